@@ -1,0 +1,79 @@
+//! The keys a verifier trusts, each loaded into a crypto backend once.
+
+use std::fmt;
+
+use crate::crypto::{CryptoBackend, VerifyingKey};
+use crate::key::{KeyError, PublicKey};
+use crate::{KeyId, KeyVersion};
+
+/// A public key a verifier accepts, under the key id tokens name it by, and
+/// with its rotation version when that is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub kid: KeyId,
+    pub key: PublicKey,
+    pub version: Option<KeyVersion>,
+}
+
+impl TrustedKey {
+    /// A key under an explicit key id (a JWKS may name keys as it likes).
+    pub fn new(kid: KeyId, key: PublicKey) -> TrustedKey {
+        TrustedKey {
+            kid,
+            key,
+            version: None,
+        }
+    }
+
+    /// A key under the key id kube-apiserver derives for it.
+    pub fn derived(key: PublicKey) -> TrustedKey {
+        TrustedKey::new(key.kid().clone(), key)
+    }
+
+    pub fn with_version(mut self, version: KeyVersion) -> TrustedKey {
+        self.version = Some(version);
+        self
+    }
+}
+
+pub(crate) struct LoadedKey {
+    pub(crate) trusted: TrustedKey,
+    pub(crate) verifier: Box<dyn VerifyingKey>,
+}
+
+/// Trusted keys loaded into a crypto backend, ready to verify tokens.
+pub struct KeySet {
+    pub(crate) keys: Vec<LoadedKey>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.trusted))
+            .finish()
+    }
+}
+
+impl KeySet {
+    pub fn new(
+        keys: impl IntoIterator<Item = TrustedKey>,
+        backend: &dyn CryptoBackend,
+    ) -> Result<KeySet, KeyError> {
+        let keys = keys
+            .into_iter()
+            .map(|trusted| {
+                let verifier = backend.verifying_key(&trusted.key)?;
+                Ok(LoadedKey { trusted, verifier })
+            })
+            .collect::<Result<_, KeyError>>()?;
+        Ok(KeySet { keys })
+    }
+
+    pub fn trusted_keys(&self) -> impl Iterator<Item = &TrustedKey> {
+        self.keys.iter().map(|k| &k.trusted)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}

@@ -1,0 +1,255 @@
+//! The status line of SPEC section 2, formatted and parsed byte for byte:
+//!
+//! ```text
+//! State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}
+//! ```
+//!
+//! The parser also accepts the line broken over several lines after `is -`
+//! and after each comma (including inside the message), as operators paste it
+//! from a terminal.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rotation::{InvariantViolation, KeyVersions};
+use crate::{KeyVersion, MAX_INPUT_BYTES};
+
+const PREFIX: &str = "State of KSASigningKeyRotation with KSASigningKeyVersion ";
+const PROCESSED: &str = "KSASigningKeyRotationProcessedReason";
+const COMPLETED: &str = "KSASigningKeyRotationCompleted";
+const REASON_STEM: &str = "KSASigningKeyRotation";
+
+/// The reason of a status line. Only `Completed` comes with `status: True`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum StatusReason {
+    /// `KSASigningKeyRotationProcessedReason`: a rotation is under way.
+    Processed,
+    /// `KSASigningKeyRotationCompleted`.
+    Completed,
+    /// Another `KSASigningKeyRotation...` reason, for a failed or blocked step.
+    Other(String),
+}
+
+impl StatusReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            StatusReason::Processed => PROCESSED,
+            StatusReason::Completed => COMPLETED,
+            StatusReason::Other(other) => other,
+        }
+    }
+
+    /// `status: True` only when completed.
+    pub fn status(&self) -> bool {
+        *self == StatusReason::Completed
+    }
+}
+
+impl From<StatusReason> for String {
+    fn from(reason: StatusReason) -> String {
+        reason.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for StatusReason {
+    type Error = StatusLineError;
+
+    fn try_from(reason: String) -> Result<Self, Self::Error> {
+        match reason.as_str() {
+            PROCESSED => Ok(StatusReason::Processed),
+            COMPLETED => Ok(StatusReason::Completed),
+            other
+                if other.len() > REASON_STEM.len()
+                    && other.starts_with(REASON_STEM)
+                    && other.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Ok(StatusReason::Other(reason))
+            }
+            _ => Err(StatusLineError::UnknownReason(reason)),
+        }
+    }
+}
+
+/// A parsed status line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StatusLine {
+    /// The `KSASigningKeyVersion`: the version being rotated to.
+    pub key_version: KeyVersion,
+    pub reason: StatusReason,
+    pub versions: KeyVersions,
+}
+
+impl StatusLine {
+    pub fn status(&self) -> bool {
+        self.reason.status()
+    }
+
+    /// The message: the three numbers as compact JSON, keys in fixed order.
+    pub fn message(&self) -> String {
+        let public = self
+            .versions
+            .public_key_versions()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            r#"{{"tokenVersion":{},"privateKeyVersion":{},"publicKeyVersions":[{}]}}"#,
+            self.versions.token_version(),
+            self.versions.private_key_version(),
+            public
+        )
+    }
+}
+
+impl fmt::Display for StatusLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PREFIX}{} is - status: {}, reason: {}, message:{}",
+            self.key_version,
+            if self.status() { "True" } else { "False" },
+            self.reason.as_str(),
+            self.message()
+        )
+    }
+}
+
+/// Why a status line could not be parsed; each names what was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusLineError {
+    #[error("status line is {len} bytes; at most {max} are accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("expected the status line to start with {PREFIX:?}")]
+    MissingPrefix,
+    #[error("expected {expected:?} after {after}")]
+    Expected {
+        expected: &'static str,
+        after: &'static str,
+    },
+    #[error("KSASigningKeyVersion {0:?} is not a positive whole number")]
+    BadKeyVersion(String),
+    #[error("status {0:?} is neither True nor False")]
+    BadStatus(String),
+    #[error("reason {0:?} is not a KSASigningKeyRotation reason")]
+    UnknownReason(String),
+    #[error(
+        "status {status} does not fit reason {reason}; status is True exactly when the reason is {COMPLETED}"
+    )]
+    StatusReasonMismatch { status: bool, reason: String },
+    #[error("message is not {{\"tokenVersion\":N,\"privateKeyVersion\":N,\"publicKeyVersions\":[N,...]}}: {0}")]
+    BadMessage(String),
+    #[error("message breaks an invariant: {0}")]
+    Invariant(#[from] InvariantViolation),
+    #[error(
+        "a completed rotation to version {key_version} must have every number at {key_version}, found {message}"
+    )]
+    NotCompleted {
+        key_version: KeyVersion,
+        message: String,
+    },
+    #[error("unexpected text after the message: {0:?}")]
+    TrailingText(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Message {
+    token_version: KeyVersion,
+    private_key_version: KeyVersion,
+    public_key_versions: Vec<KeyVersion>,
+}
+
+impl std::str::FromStr for StatusLine {
+    type Err = StatusLineError;
+
+    fn from_str(text: &str) -> Result<StatusLine, StatusLineError> {
+        parse(text)
+    }
+}
+
+/// Parses a status line, on one line or broken over several.
+pub fn parse(text: &str) -> Result<StatusLine, StatusLineError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(StatusLineError::TooLarge {
+            len: text.len(),
+            max: MAX_INPUT_BYTES,
+        });
+    }
+    // Line breaks and runs of blanks count as one space, wherever they are.
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let rest = joined
+        .strip_prefix(PREFIX)
+        .ok_or(StatusLineError::MissingPrefix)?;
+    let (version, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let key_version = version
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .map(KeyVersion::new)
+        .ok_or_else(|| StatusLineError::BadKeyVersion(version.to_owned()))?;
+    let rest = expect(rest, "is - status: ", "KSASigningKeyVersion")?;
+    let (status, rest) = rest.split_once(',').ok_or(StatusLineError::Expected {
+        expected: ",",
+        after: "the status",
+    })?;
+    let status = match status {
+        "True" => true,
+        "False" => false,
+        other => return Err(StatusLineError::BadStatus(other.to_owned())),
+    };
+    let rest = expect(rest.trim_start(), "reason: ", "the status")?;
+    let (reason, rest) = rest.split_once(',').ok_or(StatusLineError::Expected {
+        expected: ",",
+        after: "the reason",
+    })?;
+    let reason = StatusReason::try_from(reason.to_owned())?;
+    if reason.status() != status {
+        return Err(StatusLineError::StatusReasonMismatch {
+            status,
+            reason: reason.as_str().to_owned(),
+        });
+    }
+    let message = expect(rest.trim_start(), "message:", "the reason")?;
+    // The message holds no strings, so blanks inside it are line breaks.
+    let message: String = message.chars().filter(|c| *c != ' ').collect();
+    let mut stream = serde_json::Deserializer::from_str(&message).into_iter::<Message>();
+    let parsed = match stream.next() {
+        Some(Ok(parsed)) => parsed,
+        Some(Err(e)) => return Err(StatusLineError::BadMessage(e.to_string())),
+        None => return Err(StatusLineError::BadMessage("the message is empty".into())),
+    };
+    let trailing = &message[stream.byte_offset()..];
+    if !trailing.is_empty() {
+        return Err(StatusLineError::TrailingText(trailing.to_owned()));
+    }
+    let versions = KeyVersions::new(
+        parsed.token_version,
+        parsed.private_key_version,
+        parsed.public_key_versions,
+    )?;
+    let line = StatusLine {
+        key_version,
+        reason,
+        versions,
+    };
+    if line.status() && line.versions != KeyVersions::settled(key_version) {
+        return Err(StatusLineError::NotCompleted {
+            key_version,
+            message: line.message(),
+        });
+    }
+    Ok(line)
+}
+
+fn expect<'a>(
+    text: &'a str,
+    expected: &'static str,
+    after: &'static str,
+) -> Result<&'a str, StatusLineError> {
+    text.strip_prefix(expected)
+        .ok_or(StatusLineError::Expected { expected, after })
+}
