@@ -253,3 +253,91 @@ fn expect<'a>(
     text.strip_prefix(expected)
         .ok_or(StatusLineError::Expected { expected, after })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IN_PROGRESS: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
+    const COMPLETED_LINE: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#;
+
+    #[test]
+    fn spec_examples_parse_and_round_trip_byte_for_byte() {
+        for text in [IN_PROGRESS, COMPLETED_LINE] {
+            let line = parse(text).expect("the SPEC example parses");
+            assert_eq!(line.to_string(), text);
+        }
+        let line = parse(IN_PROGRESS).expect("parses");
+        assert!(!line.status());
+        assert_eq!(line.reason, StatusReason::Processed);
+        assert_eq!(line.versions.public_key_versions(), [KeyVersion::new(1), KeyVersion::new(2)]);
+        assert!(parse(COMPLETED_LINE).expect("parses").status());
+    }
+
+    #[test]
+    fn accepts_lines_broken_as_operators_paste_them() {
+        let broken = "State of KSASigningKeyRotation with KSASigningKeyVersion 2 is -\n  status: False,\n  reason: KSASigningKeyRotationProcessedReason,\n  message:{\"tokenVersion\":2,\n\"privateKeyVersion\":2,\n\"publicKeyVersions\":[1,\n2]}\n";
+        assert_eq!(parse(broken).expect("parses").to_string(), IN_PROGRESS);
+        let crlf = COMPLETED_LINE.replace(", ", ",\r\n").replace("is - ", "is -\r\n");
+        assert_eq!(parse(&crlf).expect("parses").to_string(), COMPLETED_LINE);
+    }
+
+    #[test]
+    fn every_bad_line_gets_a_precise_error() {
+        let cases: [(&str, fn(&StatusLineError) -> bool); 9] = [
+            ("", |e| matches!(e, StatusLineError::MissingPrefix)),
+            (
+                &IN_PROGRESS.replace("Version 2 is", "Version x is"),
+                |e| matches!(e, StatusLineError::BadKeyVersion(v) if v == "x"),
+            ),
+            (
+                &IN_PROGRESS.replace("status: False", "status: Maybe"),
+                |e| matches!(e, StatusLineError::BadStatus(s) if s == "Maybe"),
+            ),
+            (
+                &IN_PROGRESS.replace("ProcessedReason", "Processed Reason"),
+                |e| matches!(e, StatusLineError::UnknownReason(_)),
+            ),
+            (
+                &IN_PROGRESS.replace("status: False", "status: True"),
+                |e| matches!(e, StatusLineError::StatusReasonMismatch { .. }),
+            ),
+            (
+                &IN_PROGRESS.replace("[1,2]", "[2,1]"),
+                |e| matches!(e, StatusLineError::Invariant(InvariantViolation::NotAscending(_))),
+            ),
+            (
+                &IN_PROGRESS.replace("\"tokenVersion\":2", "\"tokenVersion\":3"),
+                |e| {
+                    matches!(
+                        e,
+                        StatusLineError::Invariant(InvariantViolation::TokenVersionNotTrusted(3))
+                    )
+                },
+            ),
+            (
+                &COMPLETED_LINE.replace("[2]", "[1,2]"),
+                |e| matches!(e, StatusLineError::NotCompleted { .. }),
+            ),
+            (
+                &format!("{IN_PROGRESS} extra"),
+                |e| matches!(e, StatusLineError::TrailingText(t) if t == "extra"),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text);
+            assert!(expected(&error), "{text:?} gave {error:?}");
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_members_and_other_reasons() {
+        let extra = IN_PROGRESS.replace("[1,2]}", "[1,2],\"x\":1}");
+        assert!(matches!(parse(&extra), Err(StatusLineError::BadMessage(_))));
+        let blocked = IN_PROGRESS.replace("ProcessedReason", "BlockedReason");
+        let line = parse(&blocked).expect("other KSASigningKeyRotation reasons parse");
+        assert_eq!(line.reason.as_str(), "KSASigningKeyRotationBlockedReason");
+        assert_eq!(line.to_string(), blocked);
+    }
+}

@@ -1,0 +1,438 @@
+//! Property tests of the rotation step function against a model of a cluster.
+//!
+//! The model has a key store, several API servers that pick up new key sets
+//! one at a time (a roll-out), and tokens in circulation. Random event
+//! sequences interleave reconciles, partial roll-outs, token issuance, partial
+//! refreshes, crashes (state reloaded from its serialized form, some effects
+//! lost), stale observations and concurrent start attempts. After every event:
+//! - the stored numbers satisfy SPEC section 2 and never go backwards;
+//! - every token in circulation verifies on every API server (nobody is
+//!   logged out);
+//! - at most one rotation is in progress.
+//!
+//! And once the world is left to converge, every rotation completes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use ksa_core::KeyVersion;
+use ksa_core::key::KeySpec;
+use ksa_core::rotation::{
+    self, ApiServerView, BoundTokenRefresh, Effect, Observed, OperationLock, Policy, Refusal,
+    RotationState, StartRequest, Step,
+};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+struct Server {
+    accepts: BTreeSet<KeyVersion>,
+    signs: KeyVersion,
+}
+
+#[derive(Clone, Debug)]
+struct World {
+    store: BTreeSet<KeyVersion>,
+    servers: Vec<Server>,
+    /// The key set the servers are being rolled to: (public, signing).
+    desired: (BTreeSet<KeyVersion>, KeyVersion),
+    legacy_tokens: Vec<KeyVersion>,
+    /// Projected tokens: the key that signed each, and when it was issued.
+    bound_tokens: Vec<(KeyVersion, i64)>,
+    /// Lifetime of projected tokens; kubelets refresh at 80% of it.
+    token_seconds: i64,
+    /// Versions the last effects asked tokens to be refreshed to.
+    legacy_refresh_to: Option<KeyVersion>,
+    bound_refresh_to: Option<KeyVersion>,
+    lock_held: bool,
+}
+
+impl World {
+    fn new(servers: usize, token_seconds: i64, now: i64) -> World {
+        let one = KeyVersion::FIRST;
+        World {
+            store: [one].into(),
+            servers: vec![
+                Server {
+                    accepts: [one].into(),
+                    signs: one
+                };
+                servers
+            ],
+            desired: ([one].into(), one),
+            legacy_tokens: vec![one; 3],
+            bound_tokens: vec![(one, now); 3],
+            token_seconds,
+            legacy_refresh_to: None,
+            bound_refresh_to: None,
+            lock_held: false,
+        }
+    }
+
+    fn observe(&self, target: KeyVersion) -> Observed {
+        Observed {
+            stored_keys: self.store.clone(),
+            api_servers: self
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ApiServerView {
+                    name: format!("apiserver-{i}"),
+                    accepts: s.accepts.clone(),
+                    signs_with: Some(s.signs),
+                })
+                .collect(),
+            stale_legacy_tokens: Some(self.legacy_tokens.iter().filter(|v| **v != target).count() as u64),
+            stale_bound_tokens: Some(self.bound_tokens.iter().filter(|(v, _)| *v != target).count() as u64),
+        }
+    }
+
+    fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::HoldOperationLock => self.lock_held = true,
+            Effect::ReleaseOperationLock => self.lock_held = false,
+            Effect::GenerateKey { version, .. } => {
+                self.store.insert(*version);
+            }
+            Effect::PublishPublicKeys { public, signing }
+            | Effect::SwitchSigner { signing, public } => {
+                self.desired = (public.iter().copied().collect(), *signing);
+            }
+            Effect::RefreshLegacyTokens { version } => self.legacy_refresh_to = Some(*version),
+            Effect::RefreshBoundTokens { version, .. } => self.bound_refresh_to = Some(*version),
+            Effect::RetireKey { version } => {
+                self.store.remove(version);
+            }
+        }
+    }
+
+    /// One API server restarts with the desired key set.
+    fn roll_out(&mut self, index: usize) {
+        let server = index % self.servers.len();
+        self.servers[server] = Server {
+            accepts: self.desired.0.clone(),
+            signs: self.desired.1,
+        };
+    }
+
+    /// A pod gets a fresh bound token from some API server.
+    fn issue(&mut self, index: usize, now: i64) {
+        let signs = self.servers[index % self.servers.len()].signs;
+        self.bound_tokens.push((signs, now));
+    }
+
+    /// Kubelets refresh every projected token at 80% of its lifetime, from
+    /// some API server.
+    fn kubelets_refresh(&mut self, now: i64) {
+        let due = self.token_seconds * 8 / 10;
+        let signs = self.servers[0].signs;
+        for token in &mut self.bound_tokens {
+            if now >= token.1 + due {
+                *token = (signs, now);
+            }
+        }
+    }
+
+    /// Part of the refresh work happens: one legacy token re-minted, one
+    /// workload restarted (its new token comes from some API server).
+    fn refresh_some(&mut self, index: usize) {
+        if let Some(to) = self.legacy_refresh_to
+            && let Some(token) = self.legacy_tokens.iter_mut().find(|v| **v != to)
+        {
+            *token = to;
+        }
+        if self.bound_refresh_to.is_some() {
+            let signs = self.servers[index % self.servers.len()].signs;
+            if let Some(token) = self.bound_tokens.iter_mut().find(|(v, _)| *v != signs) {
+                token.0 = signs;
+            }
+        }
+    }
+
+    fn check_nobody_logged_out(&self) -> Result<(), String> {
+        let bound = self.bound_tokens.iter().map(|(v, _)| v);
+        for token in self.legacy_tokens.iter().chain(bound) {
+            for (i, server) in self.servers.iter().enumerate() {
+                if !server.accepts.contains(token) {
+                    return Err(format!("apiserver-{i} rejects a token of key {token}: {self:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Reconcile { stale: usize },
+    RollOut(usize),
+    Issue(usize),
+    RefreshSome(usize),
+    /// The process dies after persisting the plan but having applied only
+    /// `applied` of its effects; the state is reloaded from JSON.
+    CrashMidEffects { applied: usize },
+    StartAttempt,
+    Tick(u64),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => (0..3usize).prop_map(|stale| Event::Reconcile { stale }),
+        3 => (0..8usize).prop_map(Event::RollOut),
+        1 => (0..8usize).prop_map(Event::Issue),
+        2 => (0..8usize).prop_map(Event::RefreshSome),
+        1 => (0..4usize).prop_map(|applied| Event::CrashMidEffects { applied }),
+        1 => Just(Event::StartAttempt),
+        1 => (1..400u64).prop_map(Event::Tick),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        prop_oneof![
+            Just(BoundTokenRefresh::RestartPods),
+            Just(BoundTokenRefresh::RecreateNodes),
+            (600..7200u64).prop_map(|s| BoundTokenRefresh::Wait { max_token_seconds: s }),
+        ],
+        0..120u64,
+    )
+        .prop_map(|(bound_token_refresh, lead)| Policy {
+            key_spec: KeySpec::EcP256,
+            trust_lead_time: Duration::from_secs(lead),
+            bound_token_refresh,
+            clock_skew: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+        })
+}
+
+struct Harness {
+    world: World,
+    stored: String,
+    history: Vec<Observed>,
+    now: Timestamp,
+    policy: Policy,
+}
+
+impl Harness {
+    fn state(&self) -> RotationState {
+        serde_json::from_str(&self.stored).expect("the stored state always reloads")
+    }
+
+    fn persist(&mut self, next: &RotationState) -> Result<(), TestCaseError> {
+        let before = self.state();
+        before
+            .versions()
+            .check_transition(&next.versions())
+            .map_err(|v| TestCaseError::fail(format!("{v}")))?;
+        prop_assert!(next.step() >= before.step() || before.key_version() < next.key_version());
+        self.stored = serde_json::to_string(next).expect("serializes");
+        Ok(())
+    }
+
+    /// Reconcile: observe (possibly a snapshot some events old), step,
+    /// persist the plan, then apply `applied` of its effects.
+    fn reconcile(&mut self, stale: usize, applied: usize) -> Result<(), TestCaseError> {
+        let state = self.state();
+        self.history.push(self.world.observe(state.key_version()));
+        let index = self.history.len().saturating_sub(1 + stale);
+        let observed = self.history[index].clone();
+        let plan = rotation::step(&state, &observed, self.now, &self.policy)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if plan.next.step() != state.step() {
+            // Observations from before the new step are not about it.
+            self.history.clear();
+        }
+        self.persist(&plan.next)?;
+        for effect in plan.effects.iter().take(applied) {
+            self.world.apply(effect);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<bool, TestCaseError> {
+        let state = self.state();
+        let request = StartRequest {
+            target: KeyVersion::new(state.key_version().get() + 1),
+            advanced_cluster: false,
+            lock: if self.world.lock_held {
+                OperationLock::HeldByRotation
+            } else {
+                OperationLock::Free
+            },
+        };
+        match rotation::start(&state, &request, self.now) {
+            Ok(next) => {
+                self.persist(&next)?;
+                self.history.clear();
+                Ok(true)
+            }
+            Err(Refusal::RotationInProgress { .. }) => {
+                prop_assert!(!state.is_completed());
+                Ok(false)
+            }
+            Err(other) => Err(TestCaseError::fail(format!("unexpected refusal {other}"))),
+        }
+    }
+
+    /// Lets the world converge: every server rolls out, refreshes complete,
+    /// time passes. The rotation must complete within a bounded number of
+    /// rounds.
+    fn converge(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..40 {
+            if self.state().is_completed() {
+                return Ok(());
+            }
+            self.reconcile(0, usize::MAX)?;
+            for i in 0..self.world.servers.len() {
+                self.world.roll_out(i);
+            }
+            for i in 0..16 {
+                self.world.refresh_some(i);
+            }
+            self.world.check_nobody_logged_out().map_err(TestCaseError::fail)?;
+            self.now += jiff::SignedDuration::from_secs(600);
+            self.world.kubelets_refresh(self.now.as_second());
+        }
+        Err(TestCaseError::fail(format!("did not complete: {:?}", self.state())))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rotations_keep_every_invariant_and_complete(
+        policy in policy(),
+        servers in 1..4usize,
+        rotations in prop::collection::vec(prop::collection::vec(event(), 0..60), 1..3),
+    ) {
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let token_seconds = match policy.bound_token_refresh {
+            BoundTokenRefresh::Wait { max_token_seconds } => max_token_seconds as i64,
+            _ => 3600,
+        };
+        let mut h = Harness {
+            world: World::new(servers, token_seconds, now.as_second()),
+            stored: serde_json::to_string(&RotationState::settled(KeyVersion::FIRST)).expect("json"),
+            history: Vec::new(),
+            now,
+            policy,
+        };
+        for (round, events) in rotations.iter().enumerate() {
+            prop_assert!(h.start()?, "a completed cluster accepts a new rotation");
+            prop_assert_eq!(h.state().key_version(), KeyVersion::new(round as u64 + 2));
+            for event in events {
+                match event {
+                    Event::Reconcile { stale } => h.reconcile(*stale, usize::MAX)?,
+                    Event::RollOut(i) => h.world.roll_out(*i),
+                    Event::Issue(i) => h.world.issue(*i, h.now.as_second()),
+                    Event::RefreshSome(i) => h.world.refresh_some(*i),
+                    Event::CrashMidEffects { applied } => h.reconcile(0, *applied)?,
+                    Event::StartAttempt => {
+                        let was = h.state();
+                        if h.start()? {
+                            // Only possible once the previous rotation completed.
+                            prop_assert!(was.is_completed());
+                        }
+                    }
+                    Event::Tick(seconds) => {
+                        h.now += jiff::SignedDuration::from_secs(*seconds as i64);
+                        h.world.kubelets_refresh(h.now.as_second());
+                    }
+                }
+                h.world.check_nobody_logged_out().map_err(TestCaseError::fail)?;
+            }
+            h.converge()?;
+            let done = h.state();
+            prop_assert_eq!(done.step(), Step::Completed);
+            let versions = done.versions();
+            prop_assert_eq!(versions.public_key_versions(), [done.key_version()]);
+            prop_assert_eq!(&h.world.store, &[done.key_version()].into());
+        }
+    }
+}
+
+#[test]
+fn a_rotation_walks_the_spec_triples_in_order() {
+    let policy = Policy::default();
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let state = rotation::start(
+        &RotationState::settled(KeyVersion::FIRST),
+        &StartRequest {
+            target: KeyVersion::new(2),
+            advanced_cluster: false,
+            lock: OperationLock::Free,
+        },
+        now,
+    )
+    .expect("starts");
+    let mut world = World::new(2, 3600, now.as_second());
+    let mut state = state;
+    let mut lines = vec![state.status_line().to_string()];
+    while !state.is_completed() {
+        let plan = rotation::step(&state, &world.observe(state.key_version()), now, &policy).expect("steps");
+        for effect in &plan.effects {
+            world.apply(effect);
+        }
+        for i in 0..2 {
+            world.roll_out(i);
+        }
+        for i in 0..8 {
+            world.refresh_some(i);
+        }
+        state = plan.next;
+        let line = state.status_line().to_string();
+        if lines.last() != Some(&line) {
+            lines.push(line);
+        }
+    }
+    let messages: Vec<&str> = lines.iter().map(|l| l.split_once("message:").expect("message").1).collect();
+    assert_eq!(
+        messages,
+        [
+            r#"{"tokenVersion":1,"privateKeyVersion":1,"publicKeyVersions":[1]}"#,
+            r#"{"tokenVersion":1,"privateKeyVersion":1,"publicKeyVersions":[1,2]}"#,
+            r#"{"tokenVersion":1,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#,
+            r#"{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#,
+            r#"{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#,
+        ]
+    );
+    assert!(lines.last().expect("a line").contains("status: True, reason: KSASigningKeyRotationCompleted"));
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains("status: False, reason: KSASigningKeyRotationProcessedReason")));
+}
+
+#[test]
+fn refusals_change_nothing_and_are_typed() {
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let settled = RotationState::settled(KeyVersion::new(3));
+    let request = |target, advanced, lock| StartRequest {
+        target: KeyVersion::new(target),
+        advanced_cluster: advanced,
+        lock,
+    };
+    assert_eq!(rotation::start(&settled, &request(4, true, OperationLock::Free), now), Err(Refusal::AdvancedCluster));
+    assert_eq!(
+        rotation::start(&settled, &request(4, false, OperationLock::HeldBy("CA rotation".into())), now),
+        Err(Refusal::OperationLocked { holder: "CA rotation".into() })
+    );
+    assert!(matches!(rotation::start(&settled, &request(3, false, OperationLock::Free), now), Err(Refusal::AlreadyAtVersion { .. })));
+    assert!(matches!(rotation::start(&settled, &request(2, false, OperationLock::Free), now), Err(Refusal::NotNextVersion { .. })));
+    assert!(matches!(rotation::start(&settled, &request(6, false, OperationLock::Free), now), Err(Refusal::NotNextVersion { .. })));
+    let running = rotation::start(&settled, &request(4, false, OperationLock::Free), now).expect("starts");
+    let refusal = rotation::start(&running, &request(5, false, OperationLock::HeldByRotation), now).expect_err("refused");
+    assert!(refusal.is_busy());
+}
+
+#[test]
+fn stored_states_that_break_invariants_do_not_load() {
+    for bad in [
+        r#"{"keyVersion":0,"step":"Completed"}"#,
+        r#"{"keyVersion":1,"step":"Trust"}"#,
+        r#"{"keyVersion":2,"step":"Paused"}"#,
+        r#"{"keyVersion":2,"step":"Trust","extra":1}"#,
+    ] {
+        assert!(serde_json::from_str::<RotationState>(bad).is_err(), "{bad}");
+    }
+    let good: RotationState = serde_json::from_str(r#"{"keyVersion":2,"step":"Sign","startedAt":"2026-11-22T07:00:00Z"}"#).expect("loads");
+    assert_eq!(good.versions().private_key_version(), KeyVersion::new(1));
+}
