@@ -19,8 +19,14 @@ fn main() -> anyhow::Result<()> {
     let backend = AwsLc::new();
     let rsa = parse_pem(include_bytes!("../test_data/keys/rsa-pkcs1.pem"))?;
     let ec = parse_pem(include_bytes!("../test_data/keys/ec-sec1.pem"))?;
-    let rsa = rsa.private_keys().next().ok_or_else(|| anyhow::anyhow!("no RSA key"))?;
-    let ec = ec.private_keys().next().ok_or_else(|| anyhow::anyhow!("no EC key"))?;
+    let rsa = rsa
+        .private_keys()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no RSA key"))?;
+    let ec = ec
+        .private_keys()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no EC key"))?;
     let rsa_signer = backend.signing_key(rsa)?;
     let ec_signer = backend.signing_key(ec)?;
     let other = backend.generate(ksa_core::key::KeySpec::Rsa2048)?;
@@ -30,25 +36,27 @@ fn main() -> anyhow::Result<()> {
         name: "builder".into(),
         uid: "6f1c1a0e-2b1f-4a43-9e1c-3b9c1f0c7d11".into(),
     };
-    let bound = |issued_at: i64| BoundToken {
-        issuer: ISSUER.into(),
-        audiences: vec!["https://kubernetes.default.svc".into()],
-        namespace: "ci".into(),
-        service_account: sa.clone(),
-        pod: Some(ObjectRef {
-            name: "builder-7d9f".into(),
-            uid: "0b3c5a52-0f8e-4a5e-8d2e-5f4f6c1b2a90".into(),
-        }),
-        node: Some(ObjectRef {
-            name: "node-a".into(),
-            uid: "a0e1b2c3-d4e5-4f60-8172-8394a5b6c7d8".into(),
-        }),
-        secret: None,
-        issued_at,
-        lifetime_seconds: 3600,
-        jti: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
-    }
-    .claims();
+    let bound = |issued_at: i64| {
+        BoundToken {
+            issuer: ISSUER.into(),
+            audiences: vec!["https://kubernetes.default.svc".into()],
+            namespace: "ci".into(),
+            service_account: sa.clone(),
+            pod: Some(ObjectRef {
+                name: "builder-7d9f".into(),
+                uid: "0b3c5a52-0f8e-4a5e-8d2e-5f4f6c1b2a90".into(),
+            }),
+            node: Some(ObjectRef {
+                name: "node-a".into(),
+                uid: "a0e1b2c3-d4e5-4f60-8172-8394a5b6c7d8".into(),
+            }),
+            secret: None,
+            issued_at,
+            lifetime_seconds: 3600,
+            jti: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+        }
+        .claims()
+    };
     let fresh = bound(AT - 60)?;
     let stale = bound(AT - 7200)?;
     let future = bound(AT + 600)?;
@@ -99,15 +107,50 @@ fn main() -> anyhow::Result<()> {
                "at": AT, "expect": expect, "kid": kid})
     };
     let mut vectors = vec![
-        vector("valid RS256 bound token", &valid_rs, "ok", Some(rsa.kid().as_str())),
-        vector("valid ES256 bound token", &valid_es, "ok", Some(ec.kid().as_str())),
-        vector("no kid: every key is tried", &no_kid, "ok", Some(rsa.kid().as_str())),
+        vector(
+            "valid RS256 bound token",
+            &valid_rs,
+            "ok",
+            Some(rsa.kid().as_str()),
+        ),
+        vector(
+            "valid ES256 bound token",
+            &valid_es,
+            "ok",
+            Some(ec.kid().as_str()),
+        ),
+        vector(
+            "no kid: every key is tried",
+            &no_kid,
+            "ok",
+            Some(rsa.kid().as_str()),
+        ),
         vector("tampered claims", &tampered, "bad_signature", None),
-        vector("expired", &mint(&stale, rsa_signer.as_ref())?, "expired", None),
-        vector("not yet valid", &mint(&future, rsa_signer.as_ref())?, "not_yet_valid", None),
+        vector(
+            "expired",
+            &mint(&stale, rsa_signer.as_ref())?,
+            "expired",
+            None,
+        ),
+        vector(
+            "not yet valid",
+            &mint(&future, rsa_signer.as_ref())?,
+            "not_yet_valid",
+            None,
+        ),
         vector("alg none", &alg_none, "algorithm_not_allowed", None),
-        vector("HS256 keyed with the public key", &hmac, "algorithm_not_allowed", None),
-        vector("unknown kid", &mint(&fresh, other_signer.as_ref())?, "unknown_kid", None),
+        vector(
+            "HS256 keyed with the public key",
+            &hmac,
+            "algorithm_not_allowed",
+            None,
+        ),
+        vector(
+            "unknown kid",
+            &mint(&fresh, other_signer.as_ref())?,
+            "unknown_kid",
+            None,
+        ),
         vector("malformed", "not.a-token", "malformed", None),
     ];
     let mut wrong_issuer = vector("wrong issuer", &valid_rs, "wrong_issuer", None);

@@ -172,8 +172,8 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Reads a DER SubjectPublicKeyInfo (the `PUBLIC KEY` PEM block).
     pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, KeyError> {
-        let spki = SubjectPublicKeyInfoRef::from_der(der)
-            .map_err(der_error("SubjectPublicKeyInfo"))?;
+        let spki =
+            SubjectPublicKeyInfoRef::from_der(der).map_err(der_error("SubjectPublicKeyInfo"))?;
         let key_bytes = spki.subject_public_key.raw_bytes();
         if spki.algorithm.oid == RSA_ENCRYPTION {
             let rsa = pkcs1::RsaPublicKey::from_der(key_bytes)

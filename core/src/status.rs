@@ -140,7 +140,9 @@ pub enum StatusLineError {
         "status {status} does not fit reason {reason}; status is True exactly when the reason is {COMPLETED}"
     )]
     StatusReasonMismatch { status: bool, reason: String },
-    #[error("message is not {{\"tokenVersion\":N,\"privateKeyVersion\":N,\"publicKeyVersions\":[N,...]}}: {0}")]
+    #[error(
+        "message is not {{\"tokenVersion\":N,\"privateKeyVersion\":N,\"publicKeyVersions\":[N,...]}}: {0}"
+    )]
     BadMessage(String),
     #[error("message breaks an invariant: {0}")]
     Invariant(#[from] InvariantViolation),
@@ -270,7 +272,10 @@ mod tests {
         let line = parse(IN_PROGRESS).expect("parses");
         assert!(!line.status());
         assert_eq!(line.reason, StatusReason::Processed);
-        assert_eq!(line.versions.public_key_versions(), [KeyVersion::new(1), KeyVersion::new(2)]);
+        assert_eq!(
+            line.versions.public_key_versions(),
+            [KeyVersion::new(1), KeyVersion::new(2)]
+        );
         assert!(parse(COMPLETED_LINE).expect("parses").status());
     }
 
@@ -278,13 +283,16 @@ mod tests {
     fn accepts_lines_broken_as_operators_paste_them() {
         let broken = "State of KSASigningKeyRotation with KSASigningKeyVersion 2 is -\n  status: False,\n  reason: KSASigningKeyRotationProcessedReason,\n  message:{\"tokenVersion\":2,\n\"privateKeyVersion\":2,\n\"publicKeyVersions\":[1,\n2]}\n";
         assert_eq!(parse(broken).expect("parses").to_string(), IN_PROGRESS);
-        let crlf = COMPLETED_LINE.replace(", ", ",\r\n").replace("is - ", "is -\r\n");
+        let crlf = COMPLETED_LINE
+            .replace(", ", ",\r\n")
+            .replace("is - ", "is -\r\n");
         assert_eq!(parse(&crlf).expect("parses").to_string(), COMPLETED_LINE);
     }
 
     #[test]
     fn every_bad_line_gets_a_precise_error() {
-        let cases: [(&str, fn(&StatusLineError) -> bool); 9] = [
+        type Check = fn(&StatusLineError) -> bool;
+        let cases: [(&str, Check); 9] = [
             ("", |e| matches!(e, StatusLineError::MissingPrefix)),
             (
                 &IN_PROGRESS.replace("Version 2 is", "Version x is"),
@@ -298,14 +306,15 @@ mod tests {
                 &IN_PROGRESS.replace("ProcessedReason", "Processed Reason"),
                 |e| matches!(e, StatusLineError::UnknownReason(_)),
             ),
-            (
-                &IN_PROGRESS.replace("status: False", "status: True"),
-                |e| matches!(e, StatusLineError::StatusReasonMismatch { .. }),
-            ),
-            (
-                &IN_PROGRESS.replace("[1,2]", "[2,1]"),
-                |e| matches!(e, StatusLineError::Invariant(InvariantViolation::NotAscending(_))),
-            ),
+            (&IN_PROGRESS.replace("status: False", "status: True"), |e| {
+                matches!(e, StatusLineError::StatusReasonMismatch { .. })
+            }),
+            (&IN_PROGRESS.replace("[1,2]", "[2,1]"), |e| {
+                matches!(
+                    e,
+                    StatusLineError::Invariant(InvariantViolation::NotAscending(_))
+                )
+            }),
             (
                 &IN_PROGRESS.replace("\"tokenVersion\":2", "\"tokenVersion\":3"),
                 |e| {
@@ -315,10 +324,9 @@ mod tests {
                     )
                 },
             ),
-            (
-                &COMPLETED_LINE.replace("[2]", "[1,2]"),
-                |e| matches!(e, StatusLineError::NotCompleted { .. }),
-            ),
+            (&COMPLETED_LINE.replace("[2]", "[1,2]"), |e| {
+                matches!(e, StatusLineError::NotCompleted { .. })
+            }),
             (
                 &format!("{IN_PROGRESS} extra"),
                 |e| matches!(e, StatusLineError::TrailingText(t) if t == "extra"),

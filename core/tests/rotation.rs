@@ -82,8 +82,15 @@ impl World {
                     signs_with: Some(s.signs),
                 })
                 .collect(),
-            stale_legacy_tokens: Some(self.legacy_tokens.iter().filter(|v| **v != target).count() as u64),
-            stale_bound_tokens: Some(self.bound_tokens.iter().filter(|(v, _)| *v != target).count() as u64),
+            stale_legacy_tokens: Some(
+                self.legacy_tokens.iter().filter(|v| **v != target).count() as u64
+            ),
+            stale_bound_tokens: Some(
+                self.bound_tokens
+                    .iter()
+                    .filter(|(v, _)| *v != target)
+                    .count() as u64,
+            ),
         }
     }
 
@@ -154,7 +161,9 @@ impl World {
         for token in self.legacy_tokens.iter().chain(bound) {
             for (i, server) in self.servers.iter().enumerate() {
                 if !server.accepts.contains(token) {
-                    return Err(format!("apiserver-{i} rejects a token of key {token}: {self:?}"));
+                    return Err(format!(
+                        "apiserver-{i} rejects a token of key {token}: {self:?}"
+                    ));
                 }
             }
         }
@@ -164,13 +173,17 @@ impl World {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Reconcile { stale: usize },
+    Reconcile {
+        stale: usize,
+    },
     RollOut(usize),
     Issue(usize),
     RefreshSome(usize),
     /// The process dies after persisting the plan but having applied only
     /// `applied` of its effects; the state is reloaded from JSON.
-    CrashMidEffects { applied: usize },
+    CrashMidEffects {
+        applied: usize,
+    },
     StartAttempt,
     Tick(u64),
 }
@@ -192,7 +205,9 @@ fn policy() -> impl Strategy<Value = Policy> {
         prop_oneof![
             Just(BoundTokenRefresh::RestartPods),
             Just(BoundTokenRefresh::RecreateNodes),
-            (600..7200u64).prop_map(|s| BoundTokenRefresh::Wait { max_token_seconds: s }),
+            (600..7200u64).prop_map(|s| BoundTokenRefresh::Wait {
+                max_token_seconds: s
+            }),
         ],
         0..120u64,
     )
@@ -289,11 +304,16 @@ impl Harness {
             for i in 0..16 {
                 self.world.refresh_some(i);
             }
-            self.world.check_nobody_logged_out().map_err(TestCaseError::fail)?;
+            self.world
+                .check_nobody_logged_out()
+                .map_err(TestCaseError::fail)?;
             self.now += jiff::SignedDuration::from_secs(600);
             self.world.kubelets_refresh(self.now.as_second());
         }
-        Err(TestCaseError::fail(format!("did not complete: {:?}", self.state())))
+        Err(TestCaseError::fail(format!(
+            "did not complete: {:?}",
+            self.state()
+        )))
     }
 }
 
@@ -370,7 +390,8 @@ fn a_rotation_walks_the_spec_triples_in_order() {
     let mut state = state;
     let mut lines = vec![state.status_line().to_string()];
     while !state.is_completed() {
-        let plan = rotation::step(&state, &world.observe(state.key_version()), now, &policy).expect("steps");
+        let plan = rotation::step(&state, &world.observe(state.key_version()), now, &policy)
+            .expect("steps");
         for effect in &plan.effects {
             world.apply(effect);
         }
@@ -386,7 +407,10 @@ fn a_rotation_walks_the_spec_triples_in_order() {
             lines.push(line);
         }
     }
-    let messages: Vec<&str> = lines.iter().map(|l| l.split_once("message:").expect("message").1).collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once("message:").expect("message").1)
+        .collect();
     assert_eq!(
         messages,
         [
@@ -397,8 +421,17 @@ fn a_rotation_walks_the_spec_triples_in_order() {
             r#"{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#,
         ]
     );
-    assert!(lines.last().expect("a line").contains("status: True, reason: KSASigningKeyRotationCompleted"));
-    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains("status: False, reason: KSASigningKeyRotationProcessedReason")));
+    assert!(
+        lines
+            .last()
+            .expect("a line")
+            .contains("status: True, reason: KSASigningKeyRotationCompleted")
+    );
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.contains("status: False, reason: KSASigningKeyRotationProcessedReason"))
+    );
 }
 
 #[test]
@@ -410,16 +443,40 @@ fn refusals_change_nothing_and_are_typed() {
         advanced_cluster: advanced,
         lock,
     };
-    assert_eq!(rotation::start(&settled, &request(4, true, OperationLock::Free), now), Err(Refusal::AdvancedCluster));
     assert_eq!(
-        rotation::start(&settled, &request(4, false, OperationLock::HeldBy("CA rotation".into())), now),
-        Err(Refusal::OperationLocked { holder: "CA rotation".into() })
+        rotation::start(&settled, &request(4, true, OperationLock::Free), now),
+        Err(Refusal::AdvancedCluster)
     );
-    assert!(matches!(rotation::start(&settled, &request(3, false, OperationLock::Free), now), Err(Refusal::AlreadyAtVersion { .. })));
-    assert!(matches!(rotation::start(&settled, &request(2, false, OperationLock::Free), now), Err(Refusal::NotNextVersion { .. })));
-    assert!(matches!(rotation::start(&settled, &request(6, false, OperationLock::Free), now), Err(Refusal::NotNextVersion { .. })));
-    let running = rotation::start(&settled, &request(4, false, OperationLock::Free), now).expect("starts");
-    let refusal = rotation::start(&running, &request(5, false, OperationLock::HeldByRotation), now).expect_err("refused");
+    assert_eq!(
+        rotation::start(
+            &settled,
+            &request(4, false, OperationLock::HeldBy("CA rotation".into())),
+            now
+        ),
+        Err(Refusal::OperationLocked {
+            holder: "CA rotation".into()
+        })
+    );
+    assert!(matches!(
+        rotation::start(&settled, &request(3, false, OperationLock::Free), now),
+        Err(Refusal::AlreadyAtVersion { .. })
+    ));
+    assert!(matches!(
+        rotation::start(&settled, &request(2, false, OperationLock::Free), now),
+        Err(Refusal::NotNextVersion { .. })
+    ));
+    assert!(matches!(
+        rotation::start(&settled, &request(6, false, OperationLock::Free), now),
+        Err(Refusal::NotNextVersion { .. })
+    ));
+    let running =
+        rotation::start(&settled, &request(4, false, OperationLock::Free), now).expect("starts");
+    let refusal = rotation::start(
+        &running,
+        &request(5, false, OperationLock::HeldByRotation),
+        now,
+    )
+    .expect_err("refused");
     assert!(refusal.is_busy());
 }
 
@@ -433,6 +490,9 @@ fn stored_states_that_break_invariants_do_not_load() {
     ] {
         assert!(serde_json::from_str::<RotationState>(bad).is_err(), "{bad}");
     }
-    let good: RotationState = serde_json::from_str(r#"{"keyVersion":2,"step":"Sign","startedAt":"2026-11-22T07:00:00Z"}"#).expect("loads");
+    let good: RotationState = serde_json::from_str(
+        r#"{"keyVersion":2,"step":"Sign","startedAt":"2026-11-22T07:00:00Z"}"#,
+    )
+    .expect("loads");
     assert_eq!(good.versions().private_key_version(), KeyVersion::new(1));
 }

@@ -23,13 +23,24 @@ fn fixture() -> &'static Fixture {
         let aws = AwsLc::new();
         let rsa = aws.generate(KeySpec::Rsa2048).expect("rsa");
         let ec = aws.generate(KeySpec::EcP256).expect("ec");
-        let signers = vec![aws.signing_key(&rsa).expect("rsa"), aws.signing_key(&ec).expect("ec")];
+        let signers = vec![
+            aws.signing_key(&rsa).expect("rsa"),
+            aws.signing_key(&ec).expect("ec"),
+        ];
         let keys = KeySet::new(
-            [TrustedKey::derived(rsa.public_key().clone()), TrustedKey::derived(ec.public_key().clone())],
+            [
+                TrustedKey::derived(rsa.public_key().clone()),
+                TrustedKey::derived(ec.public_key().clone()),
+            ],
             &aws,
         )
         .expect("keys");
-        Fixture { rsa, ec, signers, keys }
+        Fixture {
+            rsa,
+            ec,
+            signers,
+            keys,
+        }
     })
 }
 

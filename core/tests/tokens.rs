@@ -14,14 +14,23 @@ fn test_data(name: &str) -> Vec<u8> {
 }
 
 fn kid_of(name: &str) -> String {
-    String::from_utf8(test_data(name)).expect("utf-8").trim().to_owned()
+    String::from_utf8(test_data(name))
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 #[test]
 fn kid_matches_openssl_for_every_encoding() {
     for (files, kid) in [
-        (["rsa-pkcs1.pem", "rsa-pkcs8.pem", "rsa-pub.pem"], kid_of("keys/rsa.kid")),
-        (["ec-sec1.pem", "ec-pkcs8.pem", "ec-pub.pem"], kid_of("keys/ec.kid")),
+        (
+            ["rsa-pkcs1.pem", "rsa-pkcs8.pem", "rsa-pub.pem"],
+            kid_of("keys/rsa.kid"),
+        ),
+        (
+            ["ec-sec1.pem", "ec-pkcs8.pem", "ec-pub.pem"],
+            kid_of("keys/ec.kid"),
+        ),
     ] {
         for file in files {
             let keys = parse_pem(&test_data(&format!("keys/{file}"))).expect(file);
@@ -69,9 +78,15 @@ fn private_keys_round_trip_in_their_format_and_never_show_in_debug() {
     let keys = parse_pem(&pem).expect("parses");
     let key = keys.private_keys().next().expect("a private key");
     assert_eq!(key.format(), PrivateKeyFormat::Pkcs1);
-    assert_eq!(key.to_pem().as_str(), String::from_utf8(pem).expect("utf-8"));
+    assert_eq!(
+        key.to_pem().as_str(),
+        String::from_utf8(pem).expect("utf-8")
+    );
     let debug = format!("{key:?}");
-    assert!(!debug.contains("MII") && !debug.contains("secret"), "{debug}");
+    assert!(
+        !debug.contains("MII") && !debug.contains("secret"),
+        "{debug}"
+    );
 }
 
 #[test]
@@ -95,7 +110,8 @@ fn generated_keys_sign_tokens_both_backends_verify() {
         let jwt = token::mint(&claims, signer.as_ref()).expect("mints");
         for backend in backends {
             let set = KeySet::new(
-                [TrustedKey::derived(key.public_key().clone()).with_version(ksa_core::KeyVersion::new(7))],
+                [TrustedKey::derived(key.public_key().clone())
+                    .with_version(ksa_core::KeyVersion::new(7))],
                 backend,
             )
             .expect("loads");
@@ -122,7 +138,8 @@ fn jsonwebtoken_accepts_our_tokens_and_we_accept_its() {
     let mut validation = Validation::new(JwtAlg::RS256);
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
-    let theirs = jsonwebtoken::decode::<Value>(&ours, &decoding, &validation).expect("jsonwebtoken verifies ours");
+    let theirs = jsonwebtoken::decode::<Value>(&ours, &decoding, &validation)
+        .expect("jsonwebtoken verifies ours");
     assert_eq!(theirs.header.kid.as_deref(), Some(key.kid().as_str()));
 
     let encoding = EncodingKey::from_rsa_pem(&test_data("keys/rsa-pkcs1.pem")).expect("pem");
@@ -130,7 +147,8 @@ fn jsonwebtoken_accepts_our_tokens_and_we_accept_its() {
     header.kid = Some(key.kid().to_string());
     let minted = jsonwebtoken::encode(&header, &claims, &encoding).expect("encodes");
     for backend in [&aws as &dyn CryptoBackend, &RustCrypto] {
-        let set = KeySet::new([TrustedKey::derived(key.public_key().clone())], backend).expect("set");
+        let set =
+            KeySet::new([TrustedKey::derived(key.public_key().clone())], backend).expect("set");
         token::verify(&minted, &set, &Expectations::at(0)).expect("we verify jsonwebtoken's token");
     }
 }
@@ -145,7 +163,12 @@ fn shared_vectors_pass_on_both_backends() {
         let set = KeySet::new(trusted.clone(), backend).expect("loads");
         for vector in document["vectors"].as_array().expect("vectors") {
             let strings = |field: &str| -> Vec<String> {
-                vector[field].as_array().expect(field).iter().map(|v| v.as_str().expect("str").to_owned()).collect()
+                vector[field]
+                    .as_array()
+                    .expect(field)
+                    .iter()
+                    .map(|v| v.as_str().expect("str").to_owned())
+                    .collect()
             };
             let expect = Expectations {
                 issuers: strings("issuers"),
@@ -157,7 +180,11 @@ fn shared_vectors_pass_on_both_backends() {
             let outcome = token::verify(vector["token"].as_str().expect("token"), &set, &expect);
             match (vector["expect"].as_str().expect("expect"), outcome) {
                 ("ok", Ok(verified)) => {
-                    assert_eq!(Some(verified.kid.as_str()), vector["kid"].as_str(), "{name}");
+                    assert_eq!(
+                        Some(verified.kid.as_str()),
+                        vector["kid"].as_str(),
+                        "{name}"
+                    );
                 }
                 (expected, Err(error)) => assert_eq!(error.kind(), expected, "{name}: {error}"),
                 (expected, Ok(_)) => panic!("{name}: expected {expected}, verified"),
@@ -176,12 +203,18 @@ fn header_algorithm_must_fit_the_key() {
     let rsa = parse_pem(&test_data("keys/rsa-pkcs8.pem")).expect("rsa");
     let rsa = rsa.private_keys().next().expect("private");
     // An RS256 token whose kid names the EC key.
-    let header = serde_json::to_vec(&serde_json::json!({"alg": "RS256", "kid": ec.kid()})).expect("json");
-    let jwt = token::sign_parts(&header, b"{}", aws.signing_key(rsa).expect("rsa").as_ref()).expect("signs");
+    let header =
+        serde_json::to_vec(&serde_json::json!({"alg": "RS256", "kid": ec.kid()})).expect("json");
+    let jwt = token::sign_parts(&header, b"{}", aws.signing_key(rsa).expect("rsa").as_ref())
+        .expect("signs");
     let set = KeySet::new([TrustedKey::derived(ec.public_key().clone())], &aws).expect("set");
     assert!(matches!(
         token::verify(&jwt, &set, &Expectations::at(0)),
-        Err(TokenError::AlgorithmKeyMismatch { alg: Algorithm::RS256, key_alg: Algorithm::ES256, .. })
+        Err(TokenError::AlgorithmKeyMismatch {
+            alg: Algorithm::RS256,
+            key_alg: Algorithm::ES256,
+            ..
+        })
     ));
 }
 
@@ -190,22 +223,38 @@ fn jwks_round_trips_and_refuses_private_members() {
     let keys = parse_pem(&test_data("keys/rsa-pub.pem")).expect("parses");
     let public: Vec<_> = keys.public_keys().cloned().collect();
     let json = Jwks::from_public_keys(&public).to_json();
-    assert!(json.starts_with(r#"{"keys":[{"use":"sig","kty":"RSA","kid":""#), "{json}");
+    assert!(
+        json.starts_with(r#"{"keys":[{"use":"sig","kty":"RSA","kid":""#),
+        "{json}"
+    );
     let back = parse_jwks(&json).expect("parses");
     assert_eq!(back[0].key, public[0]);
     assert_eq!(back[0].kid, *public[0].kid());
 
     let leaked = json.replace(r#""use":"sig""#, r#""use":"sig","d":"AAAA""#);
-    assert_eq!(parse_jwks(&leaked), Err(JwkError::PrivateMember { index: 0, member: "d" }));
+    assert_eq!(
+        parse_jwks(&leaked),
+        Err(JwkError::PrivateMember {
+            index: 0,
+            member: "d"
+        })
+    );
     assert_eq!(parse_jwks("[]"), Err(JwkError::NotAJwks));
     let skipped = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"},{"kty":"RSA","use":"enc","n":"AA","e":"AQAB"}]}"#;
     assert_eq!(parse_jwks(skipped).expect("skips").len(), 0);
     assert!(matches!(
         parse_jwks(r#"{"keys":[{"kty":"RSA","e":"AQAB"}]}"#),
-        Err(JwkError::MissingMember { index: 0, member: "n", .. })
+        Err(JwkError::MissingMember {
+            index: 0,
+            member: "n",
+            ..
+        })
     ));
     assert!(matches!(
         parse_jwks(r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#),
-        Err(JwkError::Key { index: 0, source: KeyError::RsaKeySize { .. } })
+        Err(JwkError::Key {
+            index: 0,
+            source: KeyError::RsaKeySize { .. }
+        })
     ));
 }

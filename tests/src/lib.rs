@@ -1,1 +1,13 @@
-//! placeholder
+//! The end-to-end harness: a real control plane (etcd, kube-apiserver and,
+//! when a test needs it, kube-controller-manager) started on loopback from
+//! the binaries `cargo xtask control-plane` builds.
+//!
+//! Tests find the binaries through `KSA_CONTROL_PLANE_DIR`, which `cargo
+//! xtask e2e` and `cargo xtask ci` set. A test that cannot find them fails and
+//! says how to get them; it is never skipped.
+
+mod control_plane;
+mod pki;
+
+pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER};
+pub use pki::Pki;

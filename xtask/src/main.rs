@@ -1,1 +1,121 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo
+//! does. Each subcommand prints the commands it runs.
+//!
+//! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
+//!   and every test, end-to-end included. `.ci/run` calls exactly this.
+//! - `setup`: the set-up part alone: the rustup target and the control plane.
+//! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
+//!   from the pinned Go modules in `xtask/control-plane/` into the cache.
+//! - `e2e`: the end-to-end tests against the real control plane.
+//! - `bench [--quick]`: criterion benchmarks and their reference numbers,
+//!   written to `target/bench/report.json` and `report.md`.
+
+mod bench;
+mod control_plane;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("setup") => setup().map(drop),
+        Some("control-plane") => {
+            let dir = control_plane::ensure()?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Some("e2e") => e2e(&rest),
+        Some("bench") => bench::run(rest.contains(&"--quick")),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci | setup | control-plane | e2e [TEST...] | bench [--quick]>"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Runs a command from the workspace root, echoing it, and fails when it does.
+pub fn run(command: &mut Command) -> Result<()> {
+    command.current_dir(root());
+    eprintln!("$ {}", describe(command));
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Installs what the tests need and returns the control-plane directory.
+fn setup() -> Result<PathBuf> {
+    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
+        .context("installing the wasm32 target (rustup must be on PATH)")?;
+    control_plane::ensure()
+}
+
+fn ci() -> Result<()> {
+    let control_plane = setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "ksa-core",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--no-default-features",
+        "--features",
+        "rust-crypto",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-features"])
+        .env(control_plane::ENV, &control_plane))?;
+    Ok(())
+}
+
+fn e2e(filters: &[&str]) -> Result<()> {
+    let control_plane = control_plane::ensure()?;
+    run(cargo()
+        .args(["test", "-p", "ksa-tests", "--"])
+        .args(filters)
+        .env(control_plane::ENV, &control_plane))
+}

@@ -80,9 +80,7 @@ fn rejected(e: impl std::fmt::Display) -> KeyError {
 impl CryptoBackend for AwsLc {
     fn verifying_key(&self, key: &PublicKey) -> Result<Box<dyn VerifyingKey>, KeyError> {
         let parsed = match key.algorithm() {
-            Algorithm::RS256 => {
-                ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key.spki_der())
-            }
+            Algorithm::RS256 => ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key.spki_der()),
             Algorithm::ES256 => ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.spki_der()),
         }
         .map_err(rejected)?;
@@ -94,8 +92,8 @@ impl SigningBackend for AwsLc {
     fn generate(&self, spec: KeySpec) -> Result<PrivateKey, KeyError> {
         let pkcs8 = match spec {
             KeySpec::EcP256 => {
-                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-                    .map_err(rejected)?;
+                let pair =
+                    EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(rejected)?;
                 pair.to_pkcs8v1().map_err(rejected)?.as_ref().to_vec()
             }
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
@@ -129,9 +127,9 @@ impl SigningBackend for AwsLc {
         // Refuse a key whose arithmetic does not match the public half we
         // derived from its structure: the kid would lie about the signer.
         let backend_public = match &pair {
-            Pair::Rsa(p) => PublicKey::from_spki_der(
-                p.public_key().as_der().map_err(rejected)?.as_ref(),
-            )?,
+            Pair::Rsa(p) => {
+                PublicKey::from_spki_der(p.public_key().as_der().map_err(rejected)?.as_ref())?
+            }
             Pair::Ec(p) => PublicKey::from_ec_point(p.public_key().as_ref())?,
         };
         if backend_public != *key.public_key() {

@@ -489,7 +489,8 @@ pub fn step(
 ) -> Result<Plan, StepError> {
     let (old, new) = (state.previous_version(), state.key_version);
     let servers = &observed.api_servers;
-    let every_server = |f: &dyn Fn(&ApiServerView) -> bool| !servers.is_empty() && servers.iter().all(f);
+    let every_server =
+        |f: &dyn Fn(&ApiServerView) -> bool| !servers.is_empty() && servers.iter().all(f);
 
     let confirmed = match state.step {
         Step::Generate => observed.stored_keys.contains(&new),
@@ -588,7 +589,11 @@ fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
         }),
         Step::RefreshTokens => {
             effects.push(Effect::RefreshLegacyTokens { version: new });
-            if policy.bound_token_refresh.wait_window(Duration::ZERO).is_none() {
+            if policy
+                .bound_token_refresh
+                .wait_window(Duration::ZERO)
+                .is_none()
+            {
                 effects.push(Effect::RefreshBoundTokens {
                     version: new,
                     policy: policy.bound_token_refresh,

@@ -86,7 +86,9 @@ impl KeyVersions {
             ));
         }
         if !public_key_versions.contains(&token_version) {
-            return Err(InvariantViolation::TokenVersionNotTrusted(token_version.get()));
+            return Err(InvariantViolation::TokenVersionNotTrusted(
+                token_version.get(),
+            ));
         }
         Ok(KeyVersions {
             token_version,

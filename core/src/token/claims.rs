@@ -153,7 +153,10 @@ impl Claims {
         Some(ServiceAccountIdentity {
             namespace: self.legacy_namespace.as_deref()?,
             name: self.legacy_service_account_name.as_deref()?,
-            uid: self.legacy_service_account_uid.as_deref().unwrap_or_default(),
+            uid: self
+                .legacy_service_account_uid
+                .as_deref()
+                .unwrap_or_default(),
         })
     }
 
@@ -202,7 +205,9 @@ pub struct BoundToken {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BoundTokenError {
-    #[error("token lifetime of {0} s is too short; at least {MIN_BOUND_TOKEN_SECONDS} s is required")]
+    #[error(
+        "token lifetime of {0} s is too short; at least {MIN_BOUND_TOKEN_SECONDS} s is required"
+    )]
     LifetimeTooShort(i64),
     #[error("a bound token needs at least one audience")]
     NoAudience,

@@ -106,9 +106,7 @@ impl TokenError {
             TokenError::AlgorithmKeyMismatch { .. } => "algorithm_key_mismatch",
             TokenError::BadSignature { .. } => "bad_signature",
             TokenError::Expired { .. } => "expired",
-            TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
-                "not_yet_valid"
-            }
+            TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => "not_yet_valid",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::WrongIssuer { .. } => "wrong_issuer",
             TokenError::WrongAudience { .. } => "wrong_audience",
@@ -158,16 +156,14 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, TokenError> {
     let header_json = decode_part("header", header_b64)?;
     let claims_json = decode_part("claims", claims_b64)?;
     let signature = decode_part("signature", signature_b64)?;
-    let header: Header =
-        serde_json::from_slice(&header_json).map_err(|e| TokenError::BadJson {
-            part: "header",
-            detail: e.to_string(),
-        })?;
-    let claims: Claims =
-        serde_json::from_slice(&claims_json).map_err(|e| TokenError::BadJson {
-            part: "claims",
-            detail: e.to_string(),
-        })?;
+    let header: Header = serde_json::from_slice(&header_json).map_err(|e| TokenError::BadJson {
+        part: "header",
+        detail: e.to_string(),
+    })?;
+    let claims: Claims = serde_json::from_slice(&claims_json).map_err(|e| TokenError::BadJson {
+        part: "claims",
+        detail: e.to_string(),
+    })?;
     let signing_input = &token[..header_b64.len() + 1 + claims_b64.len()];
     Ok(Decoded {
         header,
@@ -260,7 +256,10 @@ pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Verif
     })
 }
 
-fn check_signature<'k>(decoded: &Decoded<'_>, keys: &'k KeySet) -> Result<&'k LoadedKey, TokenError> {
+fn check_signature<'k>(
+    decoded: &Decoded<'_>,
+    keys: &'k KeySet,
+) -> Result<&'k LoadedKey, TokenError> {
     let header = &decoded.header;
     let Some(alg) = Algorithm::from_jws(&header.alg) else {
         return Err(TokenError::AlgorithmNotAllowed {
@@ -293,7 +292,11 @@ fn check_signature<'k>(decoded: &Decoded<'_>, keys: &'k KeySet) -> Result<&'k Lo
     }
     // No kid: try every key of the header's algorithm, as kube-apiserver does.
     let mut tried = 0;
-    for key in keys.keys.iter().filter(|k| k.trusted.key.algorithm() == alg) {
+    for key in keys
+        .keys
+        .iter()
+        .filter(|k| k.trusted.key.algorithm() == alg)
+    {
         tried += 1;
         if key.verifier.verify(message, &decoded.signature) {
             return Ok(key);

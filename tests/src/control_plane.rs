@@ -1,0 +1,417 @@
+//! Starts and stops a real control plane for one test.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ksa_core::key::{PrivateKey, PublicKey, public_keys_to_pem};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::pki::Pki;
+
+/// The service-account issuer of every test control plane.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The key files kube-apiserver is started with: the key that signs and the
+/// public keys it accepts (`--service-account-key-file`, in this order).
+#[derive(Debug, Clone)]
+pub struct ApiServerKeys {
+    pub signing: PrivateKey,
+    pub public: Vec<PublicKey>,
+}
+
+impl ApiServerKeys {
+    /// One key that signs and is the only one accepted.
+    pub fn single(signing: PrivateKey) -> ApiServerKeys {
+        let public = vec![signing.public_key().clone()];
+        ApiServerKeys { signing, public }
+    }
+}
+
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Result<Process> {
+        let log = dir.join(format!("{name}.log"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        Ok(Process { name, child, log })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn tail(&self, lines: usize) -> String {
+        let Ok(file) = fs::File::open(&self.log) else {
+            return String::new();
+        };
+        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// A running etcd and kube-apiserver (and optionally
+/// kube-controller-manager). Every process is killed when this is dropped,
+/// on panic too, and the tail of each log is printed when a test failed.
+#[allow(
+    missing_debug_implementations,
+    reason = "holds child processes; nothing useful to print"
+)]
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pki: Pki,
+    etcd: Process,
+    apiserver: Option<Process>,
+    controller_manager: Option<Process>,
+    apiserver_port: u16,
+    etcd_port: u16,
+    keys: ApiServerKeys,
+    extra_flags: Vec<String>,
+    /// How many times kube-apiserver was started.
+    pub apiserver_starts: u32,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the binaries are, or an error that says how to build them.
+pub fn binaries() -> Result<PathBuf> {
+    let dir = std::env::var_os("KSA_CONTROL_PLANE_DIR")
+        .map(PathBuf::from)
+        .context(
+            "KSA_CONTROL_PLANE_DIR is not set: the end-to-end tests need a real control plane. \
+         Run them with `cargo xtask e2e` (or `cargo xtask ci`), which builds etcd and \
+         kube-apiserver from the pinned Go modules and sets it",
+        )?;
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        if !dir.join(name).is_file() {
+            bail!(
+                "{} has no {name}; run `cargo xtask control-plane` to build it",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver with these service-account keys and
+    /// waits until the API server is ready.
+    pub async fn start(keys: ApiServerKeys) -> Result<ControlPlane> {
+        ControlPlane::start_with_flags(keys, Vec::new()).await
+    }
+
+    /// Like [`ControlPlane::start`], with extra kube-apiserver flags.
+    pub async fn start_with_flags(
+        keys: ApiServerKeys,
+        extra_flags: Vec<String>,
+    ) -> Result<ControlPlane> {
+        let started = Instant::now();
+        let bin = binaries()?;
+        let dir = tempfile::Builder::new().prefix("ksa-e2e-").tempdir()?;
+        let pki = Pki::generate()?;
+        for (name, pem) in [
+            ("ca.crt", &pki.ca_cert),
+            ("apiserver.crt", &pki.server_cert),
+            ("apiserver.key", &pki.server_key),
+        ] {
+            fs::write(dir.path().join(name), pem)?;
+        }
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let mut etcd = Command::new(bin.join("etcd"));
+        let client_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        etcd.arg("--name=e2e")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=e2e={peer_url}"))
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        let etcd = Process::spawn("etcd", etcd, dir.path())?;
+        let mut plane = ControlPlane {
+            dir,
+            bin,
+            pki,
+            etcd,
+            apiserver: None,
+            controller_manager: None,
+            apiserver_port: free_port()?,
+            etcd_port,
+            keys,
+            extra_flags,
+            apiserver_starts: 0,
+        };
+        plane.write_kubeconfig()?;
+        plane.start_apiserver().await?;
+        eprintln!(
+            "control plane ready in {:.1?} at {}",
+            started.elapsed(),
+            plane.server_url()
+        );
+        Ok(plane)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.pki.ca_cert
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.apiserver_port)
+    }
+
+    pub fn keys(&self) -> &ApiServerKeys {
+        &self.keys
+    }
+
+    /// A client authenticated as cluster admin.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A client that presents `token` as its bearer token.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client> {
+        let mut config = kube::Config::new(self.server_url().parse()?);
+        config.root_cert = Some(vec![pem_to_der(&self.pki.ca_cert)?]);
+        config.auth_info.token = Some(token.to_owned().into());
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    fn write_kubeconfig(&self) -> Result<()> {
+        let b64 = |s: &str| STANDARD.encode(s);
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: e2e
+  context: {{cluster: e2e, user: admin}}
+current-context: e2e
+",
+            server = self.server_url(),
+            ca = b64(&self.pki.ca_cert),
+            cert = b64(&self.pki.admin_cert),
+            key = b64(&self.pki.admin_key),
+        );
+        fs::write(self.kubeconfig_path(), kubeconfig)?;
+        Ok(())
+    }
+
+    fn write_key_files(&self) -> Result<(PathBuf, PathBuf)> {
+        let signing = self.dir.path().join("sa.key");
+        let public = self.dir.path().join("sa.pub");
+        write_private(&signing, self.keys.signing.to_pem().as_bytes())?;
+        fs::write(&public, public_keys_to_pem(&self.keys.public))?;
+        Ok((signing, public))
+    }
+
+    async fn start_apiserver(&mut self) -> Result<()> {
+        let (signing, public) = self.write_key_files()?;
+        let d = self.dir.path();
+        let mut command = Command::new(self.bin.join("kube-apiserver"));
+        command
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.apiserver_port))
+            .arg(format!("--cert-dir={}", d.join("certs").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                d.join("apiserver.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                d.join("apiserver.key").display()
+            ))
+            .arg(format!("--client-ca-file={}", d.join("ca.crt").display()))
+            .arg(format!("--service-account-issuer={ISSUER}"))
+            .arg(format!("--service-account-key-file={}", public.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                signing.display()
+            ))
+            .arg("--service-cluster-ip-range=10.96.0.0/24")
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .arg("--v=1")
+            .args(&self.extra_flags);
+        self.apiserver = Some(Process::spawn("kube-apiserver", command, d)?);
+        self.apiserver_starts += 1;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let client = self.client().await?;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            if let Ok(body) = client.request_text(request).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if let Some(process) = self.apiserver.as_mut()
+                && let Some(status) = process.exited()
+            {
+                bail!("kube-apiserver exited ({status}):\n{}", process.tail(40));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                let tail = self
+                    .apiserver
+                    .as_ref()
+                    .map(|p| p.tail(40))
+                    .unwrap_or_default();
+                bail!("kube-apiserver not ready after {READY_TIMEOUT:?}:\n{tail}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Restarts kube-apiserver with new key files, the way kubelet restarts a
+    /// static pod whose manifest changed, and waits until it is ready.
+    pub async fn restart_apiserver(&mut self, keys: ApiServerKeys) -> Result<()> {
+        if let Some(mut old) = self.apiserver.take() {
+            old.stop();
+        }
+        self.keys = keys;
+        self.start_apiserver().await
+    }
+
+    /// Starts kube-controller-manager (Deployments, ReplicaSets, the legacy
+    /// token controller) signing legacy tokens with the current signing key.
+    pub fn start_controller_manager(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let mut command = Command::new(self.bin.join("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                d.join("sa.key").display()
+            ))
+            .arg(format!("--root-ca-file={}", d.join("ca.crt").display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--secure-port=0")
+            .arg("--leader-elect=false")
+            .arg("--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle")
+            .arg("--v=1");
+        self.controller_manager = Some(Process::spawn("kube-controller-manager", command, d)?);
+        Ok(())
+    }
+
+    /// The last `lines` lines of a process's log (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        [
+            Some(&self.etcd),
+            self.apiserver.as_ref(),
+            self.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.name == name)
+        .map(|p| p.tail(lines))
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for process in [
+            self.controller_manager.as_mut(),
+            self.apiserver.as_mut(),
+            Some(&mut self.etcd),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            process.stop();
+            if failed {
+                eprintln!(
+                    "----- last lines of {} ({}) -----\n{}",
+                    process.name,
+                    process.log.display(),
+                    process.tail(30)
+                );
+            }
+        }
+    }
+}
+
+/// Writes a private key file readable by its owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+fn pem_to_der(pem_text: &str) -> Result<Vec<u8>> {
+    let body: String = pem_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    Ok(STANDARD.decode(body)?)
+}

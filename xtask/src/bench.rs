@@ -1,0 +1,172 @@
+//! `cargo xtask bench`: runs the criterion benchmarks and, in the same run,
+//! the reference each is measured against, and writes
+//! `target/bench/report.json` and `target/bench/report.md`.
+//!
+//! Ratios come from numbers measured side by side in one run: the machines
+//! are shared and noisy, so absolute numbers from different runs mean little.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// OpenSSL's single-core RSA-2048 sign/s and verify/s.
+fn openssl_rsa2048(seconds: u32) -> Result<(f64, f64)> {
+    let out = Command::new("openssl")
+        .args(["speed", "-seconds", &seconds.to_string(), "rsa2048"])
+        .output()
+        .context("running `openssl speed` (install the openssl package)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rsa 2048 bits 0.000754s 0.000023s   1326.0  43661.0": the last two
+    // numbers are sign/s and verify/s.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rsa") && l.contains("2048 bits"))
+        .with_context(|| format!("no RSA-2048 line in `openssl speed` output:\n{text}"))?;
+    let rates: Vec<f64> = line
+        .split_whitespace()
+        .filter(|w| !w.ends_with('s'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match rates[..] {
+        [.., sign, verify] => Ok((sign, verify)),
+        _ => bail!("cannot read rates from {line:?}"),
+    }
+}
+
+/// The median time of one criterion benchmark, in nanoseconds.
+fn criterion_median_ns(target: &Path, id: &str) -> Result<f64> {
+    let path = target.join("criterion").join(id).join("new/estimates.json");
+    let estimates: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    estimates["median"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("no median in {}", path.display()))
+}
+
+fn result(name: &str, value: f64, unit: &str, reference: Option<(&str, f64)>) -> Value {
+    let (reference, reference_value) = reference.unzip();
+    json!({
+        "name": name,
+        "value": round(value),
+        "unit": unit,
+        "reference": reference,
+        "reference_value": reference_value.map(round),
+        "ratio": reference_value.map(|r| round(value / r)),
+    })
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let root = crate::root();
+    let target = root.join("target");
+    let mut bench = crate::cargo();
+    bench.args([
+        "bench",
+        "-p",
+        "ksa-core",
+        "--features",
+        "rust-crypto",
+        "--bench",
+        "tokens",
+        "--",
+    ]);
+    if quick {
+        bench.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    crate::run(&mut bench)?;
+    let seconds = if quick { 2 } else { 10 };
+    eprintln!("$ openssl speed -seconds {seconds} rsa2048");
+    let (openssl_sign, openssl_verify) = openssl_rsa2048(seconds)?;
+
+    let per_second = |id: &str| criterion_median_ns(&target, id).map(|ns| 1e9 / ns);
+    let results = vec![
+        result(
+            "core.mint_rs256",
+            per_second("tokens/mint_rs256")?,
+            "ops/s",
+            Some(("openssl speed rsa2048 sign/s", openssl_sign)),
+        ),
+        result(
+            "core.verify_rs256",
+            per_second("tokens/verify_rs256")?,
+            "ops/s",
+            Some(("openssl speed rsa2048 verify/s", openssl_verify)),
+        ),
+        result(
+            "core.mint_es256",
+            per_second("tokens/mint_es256")?,
+            "ops/s",
+            None,
+        ),
+        result(
+            "core.verify_es256",
+            per_second("tokens/verify_es256")?,
+            "ops/s",
+            None,
+        ),
+        result(
+            "core.verify_rs256_rust_crypto",
+            per_second("tokens/verify_rs256_rust_crypto")?,
+            "ops/s",
+            Some(("openssl speed rsa2048 verify/s", openssl_verify)),
+        ),
+        result(
+            "core.keygen_rsa2048_ms",
+            criterion_median_ns(&target, "keygen/rsa2048")? / 1e6,
+            "ms",
+            None,
+        ),
+    ];
+    write_report(&target.join("bench"), results)
+}
+
+/// Merges `results` into the report (other subcommands add theirs) and
+/// writes it as JSON and as a Markdown table.
+pub fn write_report(dir: &Path, results: Vec<Value>) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("report.json");
+    let mut all: Vec<Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|report| report["results"].as_array().cloned())
+        .unwrap_or_default();
+    for new in results {
+        all.retain(|old| old["name"] != new["name"]);
+        all.push(new);
+    }
+    all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({ "results": all }))?,
+    )?;
+
+    let mut table = String::from(
+        "| benchmark | value | unit | reference | reference value | ratio |\n|---|---:|---|---|---:|---:|\n",
+    );
+    for r in &all {
+        let cell = |v: &Value| match v {
+            Value::Null => "".to_owned(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            cell(&r["name"]),
+            cell(&r["value"]),
+            cell(&r["unit"]),
+            cell(&r["reference"]),
+            cell(&r["reference_value"]),
+            cell(&r["ratio"]),
+        ));
+    }
+    std::fs::write(dir.join("report.md"), &table)?;
+    println!("{table}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
