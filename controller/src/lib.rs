@@ -1,1 +1,19 @@
-//! placeholder
+//! `ksa-controller`: carries `KSASigningKeyRotation` resources through the
+//! five rotation steps by driving `ksa-core`'s step function.
+//!
+//! - [`api`]: the custom resource.
+//! - [`reconcile`]: observe, step, write status, apply effects.
+//! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
+//! - [`cluster`]: the user cluster and what its API servers do.
+//! - [`refresh`]: legacy and bound token refresh.
+//! - [`lock`]: the cluster operation lock.
+
+pub mod api;
+pub mod cluster;
+pub mod error;
+pub mod keystore;
+pub mod lock;
+pub mod reconcile;
+pub mod refresh;
+
+pub use error::{Error, Result};

@@ -1,0 +1,278 @@
+//! The `KSASigningKeyRotation` custom resource (group `ksa.dev`, version
+//! `v1alpha1`), one per user cluster in the admin cluster. The CRD YAML in
+//! `deploy/` is generated from these types by `cargo xtask manifests`.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use ksa_core::KeyVersion;
+use ksa_core::key::KeySpec;
+use ksa_core::rotation::{BoundTokenRefresh, Policy, RotationState};
+use ksa_core::status::StatusLine;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The condition type that carries the status line.
+pub const CONDITION_TYPE: &str = "KSASigningKeyRotation";
+
+/// Rotate a user cluster's service-account signing key to `keyVersion`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ksa.dev",
+    version = "v1alpha1",
+    kind = "KSASigningKeyRotation",
+    plural = "ksasigningkeyrotations",
+    shortname = "ksarot",
+    namespaced,
+    status = "RotationStatus",
+    printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.keyVersion"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"KSASigningKeyRotation\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// The key version to rotate to: the current version plus one.
+    pub key_version: u64,
+    /// How to reach the user cluster. None: the controller's own cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRef>,
+    /// The key to generate.
+    #[serde(default)]
+    pub key: KeyKind,
+    /// How API servers pick up a new key set.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// How bound (projected) tokens are refreshed.
+    #[serde(default)]
+    pub token_refresh: TokenRefreshSpec,
+    /// Seconds between every API server accepting the new key and signing
+    /// with it, for outside verifiers that cache the JWKS.
+    #[serde(default)]
+    pub trust_lead_time_seconds: u64,
+}
+
+/// A Secret in the admin cluster holding the user cluster's kubeconfig.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRef {
+    pub kubeconfig_secret: SecretKeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// The data key; `value` when omitted.
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "value".to_owned()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum KeyKind {
+    #[default]
+    #[serde(rename = "RSA-2048")]
+    Rsa2048,
+    #[serde(rename = "RSA-3072")]
+    Rsa3072,
+    #[serde(rename = "RSA-4096")]
+    Rsa4096,
+    #[serde(rename = "ECDSA-P256")]
+    EcdsaP256,
+}
+
+impl From<KeyKind> for KeySpec {
+    fn from(kind: KeyKind) -> KeySpec {
+        match kind {
+            KeyKind::Rsa2048 => KeySpec::Rsa2048,
+            KeyKind::Rsa3072 => KeySpec::Rsa3072,
+            KeyKind::Rsa4096 => KeySpec::Rsa4096,
+            KeyKind::EcdsaP256 => KeySpec::EcP256,
+        }
+    }
+}
+
+/// How API servers get a new key set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    #[serde(default)]
+    pub kind: RolloutKind,
+    /// The Secret (in this namespace) the API server pods mount, holding
+    /// `sa.key` and `sa.pub`. Default: `<name>-apiserver-keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret: Option<String>,
+    /// The workload running the API server pods, restarted when the key set
+    /// changes. None: whoever mounts the Secret restarts on change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RolloutKind {
+    /// API server pods in the admin cluster mount the key Secret.
+    #[default]
+    HostedControlPlane,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRefreshSpec {
+    #[serde(default)]
+    pub policy: TokenRefreshPolicy,
+    /// For `wait`: the longest projected token lifetime in the cluster.
+    #[serde(default = "default_max_token_seconds")]
+    pub max_token_seconds: u64,
+}
+
+fn default_max_token_seconds() -> u64 {
+    3600
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRefreshPolicy {
+    #[default]
+    RestartPods,
+    RecreateNodes,
+    Wait,
+}
+
+impl RotationSpec {
+    /// The core's policy for this spec.
+    pub fn policy(&self) -> Policy {
+        let bound_token_refresh = match self.token_refresh.policy {
+            TokenRefreshPolicy::RestartPods => BoundTokenRefresh::RestartPods,
+            TokenRefreshPolicy::RecreateNodes => BoundTokenRefresh::RecreateNodes,
+            TokenRefreshPolicy::Wait => BoundTokenRefresh::Wait {
+                max_token_seconds: self.token_refresh.max_token_seconds,
+            },
+        };
+        Policy {
+            key_spec: self.key.into(),
+            trust_lead_time: Duration::from_secs(self.trust_lead_time_seconds),
+            bound_token_refresh,
+            ..Policy::default()
+        }
+    }
+}
+
+/// Where the rotation stands: the core's state, the three numbers, and a
+/// condition whose status, reason and message are exactly the status line's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    pub key_version: u64,
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub token_version: u64,
+    pub private_key_version: u64,
+    pub public_key_versions: Vec<u64>,
+    /// The status line, verbatim.
+    #[serde(default)]
+    pub status_line: String,
+    /// What the current step waits for, or the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Why a stored status cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("status of the KSASigningKeyRotation does not load: {0}")]
+pub struct BadStatus(String);
+
+impl RotationStatus {
+    /// The core state this status records.
+    pub fn state(&self) -> Result<RotationState, BadStatus> {
+        let value = serde_json::json!({
+            "keyVersion": self.key_version,
+            "step": self.step,
+            "startedAt": self.started_at,
+            "stepStartedAt": self.step_started_at,
+            "confirmedAt": self.confirmed_at,
+            "completedAt": self.completed_at,
+        });
+        serde_json::from_value(value).map_err(|e| BadStatus(e.to_string()))
+    }
+
+    /// The status of a state, with its condition.
+    pub fn of(
+        state: &RotationState,
+        previous: Option<&RotationStatus>,
+        waiting_for: Option<String>,
+        generation: Option<i64>,
+        now: jiff::Timestamp,
+    ) -> RotationStatus {
+        let json = serde_json::to_value(state).unwrap_or_default();
+        let text = |field: &str| json[field].as_str().map(str::to_owned);
+        let line: StatusLine = state.status_line();
+        let versions = state.versions();
+        let status = if line.status() { "True" } else { "False" };
+        // Keep the transition time while the condition's status is unchanged.
+        let last_transition = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == CONDITION_TYPE))
+            .filter(|c| c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        RotationStatus {
+            key_version: state.key_version().get(),
+            step: state.step().to_string(),
+            started_at: text("startedAt"),
+            step_started_at: text("stepStartedAt"),
+            confirmed_at: text("confirmedAt"),
+            completed_at: text("completedAt"),
+            token_version: versions.token_version().get(),
+            private_key_version: versions.private_key_version().get(),
+            public_key_versions: versions
+                .public_key_versions()
+                .iter()
+                .map(|v| v.get())
+                .collect(),
+            status_line: line.to_string(),
+            waiting_for,
+            observed_generation: generation,
+            conditions: vec![Condition {
+                type_: CONDITION_TYPE.to_owned(),
+                status: status.to_owned(),
+                reason: line.reason.as_str().to_owned(),
+                message: line.message(),
+                last_transition_time: last_transition,
+                observed_generation: generation,
+            }],
+        }
+    }
+}
+
+impl KSASigningKeyRotation {
+    /// The stored state, or a cluster settled on key 1 before any rotation.
+    pub fn state(&self) -> Result<RotationState, BadStatus> {
+        match &self.status {
+            Some(status) if !status.step.is_empty() => status.state(),
+            _ => Ok(RotationState::settled(KeyVersion::FIRST)),
+        }
+    }
+}

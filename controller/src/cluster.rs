@@ -1,0 +1,213 @@
+//! The user cluster: how to reach it, and what its API servers are doing.
+//!
+//! Every step is confirmed by asking each API server instance itself (from
+//! the `kubernetes` EndpointSlices): which keys its `/openid/v1/jwks` serves,
+//! and which key signs a fresh TokenRequest it answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use ksa_core::jwk::parse_jwks;
+use ksa_core::key::PublicKey;
+use ksa_core::rotation::ApiServerView;
+use ksa_core::{KeyId, KeyVersion};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::api::ClusterRef;
+use crate::error::{Error, Result};
+
+/// The namespace and name of the service account whose fresh tokens tell
+/// which key an API server signs with.
+const PROBE_NAMESPACE: &str = "kube-system";
+const PROBE_ACCOUNT: &str = "ksa-rotation-probe";
+
+/// A connection to the user cluster.
+#[derive(Clone)]
+pub struct TargetCluster {
+    pub client: kube::Client,
+    config: kube::Config,
+}
+
+impl std::fmt::Debug for TargetCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetCluster")
+            .field("url", &self.config.cluster_url)
+            .finish()
+    }
+}
+
+impl TargetCluster {
+    pub fn new(client: kube::Client, config: kube::Config) -> TargetCluster {
+        TargetCluster { client, config }
+    }
+
+    /// The user cluster a rotation names, or the controller's own.
+    pub async fn connect(
+        own: &TargetCluster,
+        admin: &kube::Client,
+        namespace: &str,
+        cluster: Option<&ClusterRef>,
+    ) -> Result<TargetCluster> {
+        let Some(cluster) = cluster else {
+            return Ok(own.clone());
+        };
+        let secret_ref = &cluster.kubeconfig_secret;
+        let bad = |detail: String| Error::Kubeconfig {
+            secret: format!("{namespace}/{}", secret_ref.name),
+            detail,
+        };
+        let secret = Api::<Secret>::namespaced(admin.clone(), namespace)
+            .get(&secret_ref.name)
+            .await?;
+        let yaml = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret_ref.key))
+            .ok_or_else(|| bad(format!("no data key {:?}", secret_ref.key)))?;
+        let text = std::str::from_utf8(&yaml.0).map_err(|e| bad(e.to_string()))?;
+        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| bad(e.to_string()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let client = kube::Client::try_from(config.clone()).map_err(|e| bad(e.to_string()))?;
+        Ok(TargetCluster { client, config })
+    }
+
+    /// The issuer the API servers advertise in OIDC discovery.
+    pub async fn issuer(&self) -> Result<Option<String>> {
+        let request = http::Request::get("/.well-known/openid-configuration")
+            .body(Vec::new())
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let Ok(text) = self.client.request_text(request).await else {
+            return Ok(None);
+        };
+        let discovery: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Other(e.to_string()))?;
+        Ok(discovery["issuer"].as_str().map(str::to_owned))
+    }
+
+    /// The URL of every API server instance.
+    pub async fn api_servers(&self) -> Result<Vec<http::Uri>> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+            .await?;
+        let mut urls = BTreeSet::new();
+        for slice in list {
+            let port = slice
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some("https"))
+                .and_then(|p| p.port)
+                .unwrap_or(443);
+            for endpoint in slice.endpoints {
+                if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for address in endpoint.addresses {
+                    let host = if address.contains(':') {
+                        format!("[{address}]")
+                    } else {
+                        address
+                    };
+                    urls.insert(format!("https://{host}:{port}"));
+                }
+            }
+        }
+        if urls.is_empty() {
+            return Ok(vec![self.config.cluster_url.clone()]);
+        }
+        urls.into_iter()
+            .map(|u| u.parse().map_err(|e: http::uri::InvalidUri| Error::Other(e.to_string())))
+            .collect()
+    }
+
+    /// Makes sure the probe service account exists.
+    pub async fn ensure_probe_account(&self) -> Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), PROBE_NAMESPACE);
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(PROBE_ACCOUNT.into()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        match api.create(&PostParams::default(), &account).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What every API server instance accepts and signs with, in versions
+    /// of the key store. Unknown kids are left out.
+    pub async fn observe_api_servers(
+        &self,
+        keys: &BTreeMap<KeyVersion, PublicKey>,
+        want_signer: bool,
+    ) -> Result<Vec<ApiServerView>> {
+        let versions: BTreeMap<&KeyId, KeyVersion> =
+            keys.iter().map(|(v, k)| (k.kid(), *v)).collect();
+        if want_signer {
+            self.ensure_probe_account().await?;
+        }
+        let mut views = Vec::new();
+        for url in self.api_servers().await? {
+            let mut config = self.config.clone();
+            config.cluster_url = url.clone();
+            let client = kube::Client::try_from(config)?;
+            let request = http::Request::get("/openid/v1/jwks")
+                .body(Vec::new())
+                .map_err(|e| Error::Other(e.to_string()))?;
+            let mut view = ApiServerView {
+                name: url.to_string(),
+                ..ApiServerView::default()
+            };
+            // An instance that does not answer confirms nothing.
+            let Ok(text) = client.request_text(request).await else {
+                views.push(view);
+                continue;
+            };
+            if let Ok(trusted) = parse_jwks(&text) {
+                view.accepts = trusted
+                    .iter()
+                    .filter_map(|t| versions.get(&t.kid).copied())
+                    .collect();
+            }
+            if want_signer {
+                view.signs_with = fresh_token_kid(&client)
+                    .await
+                    .ok()
+                    .and_then(|kid| versions.get(&kid).copied());
+            }
+            views.push(view);
+        }
+        Ok(views)
+    }
+}
+
+/// Requests a fresh token from one API server and returns its kid.
+async fn fresh_token_kid(client: &kube::Client) -> Result<KeyId> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let response = api
+        .create_token_request(PROBE_ACCOUNT, &PostParams::default(), &request)
+        .await?;
+    let token = response.status.map(|s| s.token).unwrap_or_default();
+    let decoded = ksa_core::token::decode(&token).map_err(|e| Error::Other(e.to_string()))?;
+    decoded
+        .header
+        .kid
+        .map(KeyId::new)
+        .ok_or_else(|| Error::Other("fresh token has no kid".into()))
+}

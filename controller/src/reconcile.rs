@@ -1,0 +1,346 @@
+//! The reconciler: read the world into `Observed`, call the core's `step`,
+//! write the next state to status, then apply its effects.
+//!
+//! It decides nothing about the rotation itself. Order matters for crash
+//! safety: the next state is written before any of its effects is applied,
+//! so after a crash the stored state is never behind the world, and every
+//! effect is idempotent so applying it again is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use ksa_core::KeyVersion;
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::rotation::{
+    self, BoundTokenRefresh, Effect, Observed, Policy, RotationState, StartRequest, Step,
+};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource as _, ResourceExt as _};
+
+use crate::api::{KSASigningKeyRotation, RotationStatus};
+use crate::cluster::TargetCluster;
+use crate::error::{Error, Result};
+use crate::keystore::KeyStore;
+use crate::{lock, refresh};
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The admin cluster, where rotation resources, keys and locks live.
+    pub client: kube::Client,
+    /// The controller's own cluster as a target, for rotations that name no
+    /// other.
+    pub own: TargetCluster,
+    pub recorder: Recorder,
+    pub backend: AwsLc,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// One rotation resource and the handles to act on it.
+struct Rotation<'a> {
+    resource: &'a KSASigningKeyRotation,
+    name: String,
+    namespace: String,
+    api: Api<KSASigningKeyRotation>,
+    keystore: KeyStore,
+    cluster: TargetCluster,
+    policy: Policy,
+    ctx: &'a Context,
+}
+
+pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = resource.namespace().unwrap_or_default();
+    let name = resource.name_any();
+    let api = Api::namespaced(ctx.client.clone(), &namespace);
+    let outcome = async {
+        let cluster = TargetCluster::connect(
+            &ctx.own,
+            &ctx.client,
+            &namespace,
+            resource.spec.cluster.as_ref(),
+        )
+        .await?;
+        let rotation = Rotation {
+            resource: &resource,
+            keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),
+            name: name.clone(),
+            namespace: namespace.clone(),
+            api: api.clone(),
+            cluster,
+            policy: resource.spec.policy(),
+            ctx: &ctx,
+        };
+        rotation.reconcile().await
+    }
+    .await;
+    if let Err(error) = &outcome {
+        tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
+        // Best effort: show the error where operators look.
+        let patch = serde_json::json!({"status": {"waitingFor": format!("error: {error}")}});
+        let _ = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+    }
+    outcome
+}
+
+pub fn error_policy(_: Arc<KSASigningKeyRotation>, _: &Error, _: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(5))
+}
+
+impl Rotation<'_> {
+    async fn reconcile(&self) -> Result<Action> {
+        let now = Timestamp::now();
+        let mut state = self.resource.state()?;
+        let target = KeyVersion::new(self.resource.spec.key_version);
+        if state.is_completed() && target != state.key_version() {
+            match self.start(&state, target, now).await? {
+                Some(started) => state = started,
+                None => return Ok(Action::requeue(Duration::from_secs(30))),
+            }
+        }
+        let observed = self.observe(&state).await?;
+        let plan = rotation::step(&state, &observed, now, &self.policy)?;
+        let waiting = (plan.next.step() == state.step()).then(|| waiting_for(&state, &observed));
+        self.write_status(&plan.next, waiting).await?;
+        if plan.next.step() != state.step() {
+            self.event(
+                EventType::Normal,
+                &format!("Step{}", plan.next.step()),
+                format!(
+                    "{} confirmed; {}",
+                    state.step(),
+                    plan.next.status_line()
+                ),
+            )
+            .await;
+            tracing::info!(rotation = %self.name, from = %state.step(), to = %plan.next.step(), "step confirmed");
+        }
+        for effect in &plan.effects {
+            self.apply(&plan.next, effect).await?;
+        }
+        let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
+        Ok(Action::requeue(after.max(Duration::from_millis(250))))
+    }
+
+    /// Starts a rotation, or records the refusal and returns `None`.
+    async fn start(
+        &self,
+        state: &RotationState,
+        target: KeyVersion,
+        now: Timestamp,
+    ) -> Result<Option<RotationState>> {
+        let lock = lock::observe(&self.ctx.client, &self.namespace, &self.name).await?;
+        let request = StartRequest {
+            target,
+            advanced_cluster: false,
+            lock,
+        };
+        match rotation::start(state, &request, now) {
+            Ok(started) => {
+                // The lease is the compare-and-swap between racing starters.
+                lock::hold(&self.ctx.client, &self.namespace, &self.name).await?;
+                self.event(
+                    EventType::Normal,
+                    "RotationStarted",
+                    format!("rotating the service-account signing key to version {target}"),
+                )
+                .await;
+                Ok(Some(started))
+            }
+            Err(refusal) => {
+                self.write_status(state, Some(format!("refused: {refusal}")))
+                    .await?;
+                self.event(EventType::Warning, "RotationRefused", refusal.to_string())
+                    .await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn observe(&self, state: &RotationState) -> Result<Observed> {
+        let keys = self.keystore.public_keys().await?;
+        let mut observed = Observed {
+            stored_keys: keys.keys().copied().collect(),
+            ..Observed::default()
+        };
+        match state.step() {
+            Step::Trust | Step::Retire => {
+                observed.api_servers = self.cluster.observe_api_servers(&keys, false).await?;
+            }
+            Step::Sign => {
+                observed.api_servers = self.cluster.observe_api_servers(&keys, true).await?;
+            }
+            Step::RefreshTokens => {
+                let new = keys.get(&state.key_version()).ok_or_else(|| Error::MissingKey {
+                    version: state.key_version(),
+                    secret: self.keystore.secret_name(state.key_version()),
+                })?;
+                let client = &self.cluster.client;
+                observed.stale_legacy_tokens =
+                    Some(refresh::stale_legacy_secrets(client, new.kid()).await?.len() as u64);
+                let since = state.step_started_at().unwrap_or_else(Timestamp::now);
+                observed.stale_bound_tokens = match self.policy.bound_token_refresh {
+                    BoundTokenRefresh::RestartPods => {
+                        Some(refresh::stale_pods(client, since).await?.len() as u64)
+                    }
+                    BoundTokenRefresh::RecreateNodes => {
+                        Some(refresh::recreate_nodes_pending(client, since).await?)
+                    }
+                    BoundTokenRefresh::Wait { .. } => None,
+                };
+            }
+            Step::Generate | Step::Completed => {}
+        }
+        Ok(observed)
+    }
+
+    async fn apply(&self, state: &RotationState, effect: &Effect) -> Result<()> {
+        let client = &self.ctx.client;
+        match effect {
+            Effect::HoldOperationLock => lock::hold(client, &self.namespace, &self.name).await,
+            Effect::ReleaseOperationLock => lock::release(client, &self.namespace, &self.name).await,
+            Effect::GenerateKey { version, spec } => {
+                if self.keystore.private_key(*version).await.is_err() {
+                    let key = self.ctx.backend.generate(*spec)?;
+                    self.keystore.create(*version, &key).await?;
+                    tracing::info!(rotation = %self.name, %version, kid = %key.kid(), "generated key");
+                }
+                Ok(())
+            }
+            Effect::PublishPublicKeys { public, signing }
+            | Effect::SwitchSigner { signing, public } => {
+                let issuer = self.cluster.issuer().await?;
+                let secret = self.resource.spec.rollout.key_secret.clone().unwrap_or_else(|| format!("{}-apiserver-keys", self.name));
+                let changed = self
+                    .keystore
+                    .publish(&secret, *signing, public, issuer.as_deref())
+                    .await?;
+                if changed {
+                    self.roll_out(*signing, public).await?;
+                }
+                Ok(())
+            }
+            Effect::RefreshLegacyTokens { version } => {
+                let key = self.keystore.private_key(*version).await?;
+                let signer = self.ctx.backend.signing_key(&key)?;
+                let done = refresh::refresh_legacy_tokens(&self.cluster.client, signer.as_ref()).await?;
+                if done > 0 {
+                    tracing::info!(rotation = %self.name, secrets = done, "re-minted legacy tokens");
+                }
+                Ok(())
+            }
+            Effect::RefreshBoundTokens { version, policy } => {
+                let since = state.step_started_at().unwrap_or_else(Timestamp::now);
+                match policy {
+                    BoundTokenRefresh::RestartPods => {
+                        refresh::restart_pods(&self.cluster.client, version.get(), since).await?;
+                    }
+                    BoundTokenRefresh::RecreateNodes => {
+                        refresh::recreate_nodes(&self.cluster.client, since).await?;
+                    }
+                    BoundTokenRefresh::Wait { .. } => {}
+                }
+                Ok(())
+            }
+            Effect::RetireKey { version } => self.keystore.delete(*version).await,
+        }
+    }
+
+    /// Restarts the API server workload, when one is configured, by its pod
+    /// template. Without one, whoever mounts the key Secret restarts on its
+    /// change (the end-to-end harness does).
+    async fn roll_out(&self, signing: KeyVersion, public: &[KeyVersion]) -> Result<()> {
+        let Some(workload) = &self.resource.spec.rollout.workload else {
+            return Ok(());
+        };
+        let id = crate::keystore::key_set_id(signing, public);
+        let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"ksa.dev/key-set": id}}}}});
+        let params = PatchParams::default();
+        match workload.kind.as_str() {
+            "StatefulSet" => {
+                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(self.ctx.client.clone(), &self.namespace)
+                    .patch(&workload.name, &params, &Patch::Merge(&patch))
+                    .await?;
+            }
+            _ => {
+                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(self.ctx.client.clone(), &self.namespace)
+                    .patch(&workload.name, &params, &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_status(&self, state: &RotationState, waiting: Option<String>) -> Result<()> {
+        let status = RotationStatus::of(
+            state,
+            self.resource.status.as_ref(),
+            waiting,
+            self.resource.meta().generation,
+            Timestamp::now(),
+        );
+        // Conditional on the resourceVersion read: a concurrent writer (a
+        // second controller that thinks it leads) makes this fail instead of
+        // overwriting.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": self.resource.resource_version()},
+            "status": status,
+        });
+        self.api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Rotate".to_owned(),
+            secondary: None,
+        };
+        let reference = self.resource.object_ref(&());
+        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "could not record event");
+        }
+    }
+}
+
+/// What the current step waits for, in words.
+fn waiting_for(state: &RotationState, observed: &Observed) -> String {
+    let (old, new) = (state.previous_version(), state.key_version());
+    let servers = &observed.api_servers;
+    let count = |f: &dyn Fn(&ksa_core::rotation::ApiServerView) -> bool| {
+        format!("{}/{}", servers.iter().filter(|s| f(s)).count(), servers.len())
+    };
+    match state.step() {
+        Step::Generate => format!("key version {new} to be stored"),
+        Step::Trust => format!(
+            "API servers accepting key {new}: {}",
+            count(&|s| s.accepts.contains(&new))
+        ),
+        Step::Sign => format!(
+            "API servers signing with key {new}: {}",
+            count(&|s| s.signs_with == Some(new))
+        ),
+        Step::RefreshTokens => format!(
+            "legacy tokens to re-mint: {}; bound-token holders to refresh: {}",
+            observed.stale_legacy_tokens.map_or("?".into(), |n| n.to_string()),
+            observed.stale_bound_tokens.map_or("(waiting out the kubelet refresh window)".into(), |n| n.to_string()),
+        ),
+        Step::Retire => format!(
+            "API servers no longer accepting key {old}: {}",
+            count(&|s| !s.accepts.contains(&old))
+        ),
+        Step::Completed => String::new(),
+    }
+}
