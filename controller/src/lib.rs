@@ -17,3 +17,4 @@ pub mod reconcile;
 pub mod refresh;
 
 pub use error::{Error, Result};
+pub mod run;

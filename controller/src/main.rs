@@ -1,18 +1,9 @@
-//! The `ksa-controller` binary.
+//! The `ksa-controller` binary: a thin `main` over the library.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use futures::StreamExt as _;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 use ksa_controller::api::KSASigningKeyRotation;
-use ksa_controller::cluster::TargetCluster;
-use ksa_controller::reconcile::{self, Context};
 use kube::CustomResourceExt as _;
-use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
 
 #[derive(Parser, Debug)]
 #[command(name = "ksa-controller", version, about = "Rotates Kubernetes service-account signing keys")]
@@ -24,33 +15,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile KSASigningKeyRotation resources (with leader election).
-    Run(RunArgs),
+    Run(ksa_controller::run::RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
-}
-
-#[derive(Parser, Debug)]
-struct RunArgs {
-    /// Only watch this namespace (default: all).
-    #[arg(long, env = "KSA_WATCH_NAMESPACE")]
-    namespace: Option<String>,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, env = "KSA_LEADER_NAMESPACE", default_value = "ksa-system")]
-    leader_namespace: String,
-    /// This replica's identity in the Lease.
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// Lease duration in seconds: how soon a replica takes over from a dead leader.
-    #[arg(long, default_value_t = 15)]
-    lease_seconds: u64,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[tokio::main]
@@ -61,73 +28,7 @@ async fn main() -> Result<()> {
             print!("{}", serde_yaml::to_string(&KSASigningKeyRotation::crd())?);
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => ksa_controller::run::run(args).await,
     }
 }
 
-async fn run(args: RunArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn".into());
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Text => subscriber.init(),
-    }
-    let config = kube::Config::infer().await.context("finding cluster credentials")?;
-    let client = kube::Client::try_from(config.clone())?;
-    let identity = args.identity.unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
-
-    let leader = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
-        .with_namespace(&args.leader_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_seconds)
-        .with_grace(2)
-        .build()
-        .await
-        .context("setting up leader election")?;
-    let (mut leading, lease_task) = leader.watch().await;
-    tracing::info!(%identity, "waiting to lead");
-    while !*leading.borrow_and_update() {
-        leading.changed().await.context("leader election stopped")?;
-    }
-    tracing::info!(%identity, "leading");
-
-    let api: Api<KSASigningKeyRotation> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        own: TargetCluster::new(client.clone(), config),
-        recorder: Recorder::new(client.clone(), Reporter {
-            controller: "ksa-controller".into(),
-            instance: Some(identity.clone()),
-        }),
-        backend: ksa_core::crypto::AwsLc::new(),
-    });
-    let controller = Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
-            }
-        });
-    tokio::select! {
-        () = controller => {}
-        _ = async {
-            // Stop at once when leadership is lost: another replica takes over.
-            while *leading.borrow_and_update() {
-                if leading.changed().await.is_err() {
-                    break;
-                }
-            }
-        } => {
-            tracing::error!("lost leadership; exiting");
-            std::process::exit(1);
-        }
-    }
-    drop(leading);
-    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
-    Ok(())
-}

@@ -1,0 +1,259 @@
+//! The command line, as clap parses it. Examples are part of each command's
+//! `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (for `token verify`: the token is valid)
+  1  failed (for `token verify`: the token is not valid)
+  2  usage error or bad input
+  3  refused: another key rotation or cluster operation is in progress";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ksa",
+    version,
+    about = "Rotate a Kubernetes cluster's service-account signing key with no workload logged out; decode and verify service-account tokens",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log what ksa does to stderr (or set KSA_LOG=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Change cluster credentials (as `gkectl update credentials`).
+    Update {
+        #[command(subcommand)]
+        what: UpdateCommand,
+    },
+    /// Decode a status line.
+    Status {
+        #[command(subcommand)]
+        command: StatusCommand,
+    },
+    /// Make keys and key sets in the formats kube-apiserver reads.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Decode, verify and mint service-account tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpdateCommand {
+    /// Cluster credentials.
+    Credentials {
+        #[command(subcommand)]
+        which: CredentialsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// The service-account token signing key.
+    #[command(name = "ksa-signing-key")]
+    KsaSigningKey {
+        #[command(subcommand)]
+        action: RotationCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// The user cluster config file (gkectl format).
+    #[arg(long, value_name = "USER_CLUSTER_CONFIG")]
+    pub config: PathBuf,
+    /// The admin cluster kubeconfig; default: $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, value_name = "ADMIN_CLUSTER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RotationCommand {
+    /// Start a rotation to the next key version.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --skip-prompt --wait\n\n",
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress"
+    ))]
+    Rotate {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        skip_prompt: bool,
+        /// Follow the rotation to the end, printing each new status line.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
+        #[arg(long, value_name = "DURATION", default_value = "2h")]
+        timeout: String,
+    },
+    /// Print where the rotation stands.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  ksa update credentials ksa-signing-key status --config user-cluster.yaml -o json\n",
+        "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --watch"
+    ))]
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
+        /// Keep printing each new status line until the rotation completes.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StatusCommand {
+    /// Decode a status line (one line, or broken over lines as pasted) into JSON.
+    #[command(after_help = "Example:\n  ksa status decode 'State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{\"tokenVersion\":2,\"privateKeyVersion\":2,\"publicKeyVersions\":[2]}'\n  pbpaste | ksa status decode -")]
+    Decode {
+        /// The status line, or - to read stdin.
+        text: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Generate a key pair as sa.key (0600) and sa.pub.
+    #[command(after_help = "Examples:\n  ksa keys generate --algorithm RS256 --bits 3072 --out /etc/kubernetes/pki/new\n  ksa keys generate --algorithm ES256 --out .")]
+    Generate {
+        #[arg(long, value_enum, default_value_t = Alg::Rs256)]
+        algorithm: Alg,
+        /// RSA modulus size: 2048, 3072 or 4096.
+        #[arg(long)]
+        bits: Option<u32>,
+        /// Directory to write sa.key and sa.pub into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JWKS of PEM keys (public parts only), with kube-apiserver's kids.
+    #[command(after_help = "Example:\n  ksa keys jwks /etc/kubernetes/pki/sa.pub new/sa.pub")]
+    Jwks {
+        /// PEM files: public or private keys, several blocks each; - for stdin.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Show a token's header and claims without verifying it.
+    #[command(after_help = "Example:\n  kubectl create token default | ksa token decode -")]
+    Decode {
+        /// The token, or - for stdin.
+        token: Option<String>,
+    },
+    /// Verify a token against keys; exit 0 when valid, 1 when not.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  kubectl get --raw /openid/v1/jwks > jwks.json\n",
+        "  kubectl create token app | ksa token verify - --jwks jwks.json --issuer https://kubernetes.default.svc.cluster.local\n",
+        "  ksa token verify \"$TOKEN\" --public-key sa.pub --at 2026-01-01T00:00:00Z -o json"
+    ))]
+    Verify {
+        /// The token, or - for stdin.
+        token: Option<String>,
+        /// A JWKS file or http(s) URL.
+        #[arg(long)]
+        jwks: Vec<String>,
+        /// A PEM file of public (or private) keys.
+        #[arg(long = "public-key")]
+        public_key: Vec<PathBuf>,
+        /// Accepted issuer; repeat for several. None: any issuer.
+        #[arg(long)]
+        issuer: Vec<String>,
+        /// Accepted audience; repeat for several. None: not checked.
+        #[arg(long)]
+        audience: Vec<String>,
+        /// Verify as of this time: RFC 3339 or seconds since the epoch.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Mint a legacy or bound token from a private key, for recovery and tests.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa token mint --key sa.key legacy --namespace default --service-account app --uid 6f1c... --secret app-token\n",
+        "  ksa token mint --key sa.key bound --issuer https://kubernetes.default.svc.cluster.local --audience vault --namespace default --service-account app --uid 6f1c... --expiration 1h"
+    ))]
+    Mint {
+        /// The private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[command(subcommand)]
+        kind: MintKind,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MintKind {
+    /// A legacy (Secret) token: no expiry.
+    Legacy {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long)]
+        uid: String,
+        /// The Secret the token is for.
+        #[arg(long)]
+        secret: String,
+    },
+    /// A bound token, as TokenRequest issues.
+    Bound {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long)]
+        uid: String,
+        /// Lifetime, at least 10m (e.g. 1h).
+        #[arg(long, default_value = "1h")]
+        expiration: String,
+    },
+}

@@ -1,0 +1,309 @@
+//! `ksa update credentials ksa-signing-key rotate | status`, against the
+//! `KSASigningKeyRotation` resource in the admin cluster.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ksa_controller::api::{
+    ClusterRef, KSASigningKeyRotation, KeyKind, RolloutSpec, RotationSpec, RotationStatus,
+    SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
+};
+use ksa_controller::lock;
+use ksa_core::rotation::{OperationLock, Step};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::args::{ClusterArgs, Format, RotationCommand};
+use crate::config::UserClusterConfig;
+use crate::{Failure, Outcome, exit};
+
+const EXPLANATION: &str = "\
+This rotates the service-account token signing key of user cluster {cluster} from version {from} to {to}:
+  1. Generate key {to} and store it.
+  2. Trust: every API server and the published JWKS accept keys {from} and {to}.
+  3. Sign: every API server signs new tokens with key {to}.
+  4. Refresh: every legacy token Secret is re-minted with key {to}; pods are restarted
+     (or nodes recreated, or the kubelet refresh window waited out, as configured)
+     so their bound tokens are re-issued.
+  5. Retire: key {from} is removed everywhere and deleted.
+The rotation cannot be paused or rolled back once started. Tokens issued by third
+parties from key {from} are not refreshed and stop working after step 5.";
+
+pub fn run(command: RotationCommand) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match command {
+            RotationCommand::Rotate {
+                cluster,
+                skip_prompt,
+                wait,
+                timeout,
+            } => rotate(cluster, skip_prompt, wait, &timeout).await,
+            RotationCommand::Status {
+                cluster,
+                output,
+                watch,
+            } => status(cluster, output, watch).await,
+        }
+    })
+}
+
+struct Target {
+    config: UserClusterConfig,
+    client: kube::Client,
+    api: Api<KSASigningKeyRotation>,
+}
+
+async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
+    let config = UserClusterConfig::read(&args.config).map_err(Failure::bad_input)?;
+    let kube_config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))
+                .map_err(Failure::bad_input)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))
+                .map_err(Failure::bad_input)?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig given and none found in $KUBECONFIG or ~/.kube/config")
+            .map_err(Failure::bad_input)?,
+    };
+    let client = kube::Client::try_from(kube_config)?;
+    let api = Api::namespaced(client.clone(), &config.namespace);
+    Ok(Target {
+        config,
+        client,
+        api,
+    })
+}
+
+fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
+    let key = match config.key.as_str() {
+        "RSA-3072" => KeyKind::Rsa3072,
+        "RSA-4096" => KeyKind::Rsa4096,
+        "ECDSA-P256" => KeyKind::EcdsaP256,
+        _ => KeyKind::Rsa2048,
+    };
+    let policy = match config.token_refresh.as_str() {
+        "recreate-nodes" => TokenRefreshPolicy::RecreateNodes,
+        "wait" => TokenRefreshPolicy::Wait,
+        _ => TokenRefreshPolicy::RestartPods,
+    };
+    RotationSpec {
+        key_version,
+        cluster: config.kubeconfig_secret.as_ref().map(|name| ClusterRef {
+            kubeconfig_secret: SecretKeyRef {
+                name: name.clone(),
+                key: "value".into(),
+            },
+        }),
+        key,
+        rollout: RolloutSpec {
+            key_secret: config.key_secret.clone(),
+            ..RolloutSpec::default()
+        },
+        token_refresh: TokenRefreshSpec {
+            policy,
+            max_token_seconds: config.max_token_seconds,
+        },
+        trust_lead_time_seconds: config.trust_lead_time_seconds,
+    }
+}
+
+async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str) -> Outcome {
+    let timeout = super::duration(timeout, "--timeout")?;
+    let target = connect(&args).await?;
+    let config = &target.config;
+    if config.advanced_cluster {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "{}: enableAdvancedCluster is true; service-account signing key rotation is not supported on advanced clusters (nothing was changed)",
+            args.config.display()
+        )));
+    }
+    let existing = target.api.get_opt(&config.name).await?;
+    let state = match &existing {
+        Some(resource) => resource.state()?,
+        None => ksa_core::rotation::RotationState::settled(ksa_core::KeyVersion::FIRST),
+    };
+    if let Some(resource) = &existing
+        && (!state.is_completed() || resource.spec.key_version != state.key_version().get())
+    {
+        return Err(Failure::busy(anyhow::anyhow!(
+            "a key rotation of {} to version {} is already in progress (step {}); follow it with `ksa update credentials ksa-signing-key status --watch` (nothing was changed)",
+            config.name,
+            resource.spec.key_version,
+            state.step()
+        )));
+    }
+    match lock::observe(&target.client, &config.namespace, &config.name).await? {
+        OperationLock::HeldBy(holder) => {
+            return Err(Failure::busy(anyhow::anyhow!(
+                "the cluster operation lock of {} is held by {holder}; wait for that operation to finish (nothing was changed)",
+                config.name
+            )));
+        }
+        OperationLock::HeldByRotation | OperationLock::Free => {}
+    }
+    let from = state.key_version().get();
+    let to = from + 1;
+    if !skip_prompt {
+        confirm(&EXPLANATION
+            .replace("{cluster}", &config.name)
+            .replace("{from}", &from.to_string())
+            .replace("{to}", &to.to_string()))?;
+    }
+    match existing {
+        None => {
+            let resource = KSASigningKeyRotation {
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    namespace: Some(config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: spec_for(config, to),
+                status: None,
+            };
+            target
+                .api
+                .create(&PostParams::default(), &resource)
+                .await
+                .map_err(conflict_is_busy)?;
+        }
+        Some(resource) => {
+            // Conditional on what we read: of two racing `rotate`s, one wins.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": resource.metadata.resource_version},
+                "spec": spec_for(config, to),
+            });
+            target
+                .api
+                .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(conflict_is_busy)?;
+        }
+    }
+    eprintln!("started the rotation of {} to key version {to}", config.name);
+    if !wait {
+        return Ok(exit::DONE);
+    }
+    follow(&target, to, Some(timeout)).await
+}
+
+fn conflict_is_busy(error: kube::Error) -> Failure {
+    match error {
+        kube::Error::Api(status) if status.code == 409 => Failure::busy(anyhow::anyhow!(
+            "another rotate changed the rotation at the same moment; it proceeds, this one does not ({})",
+            status.message
+        )),
+        other => Failure::from(other),
+    }
+}
+
+fn confirm(explanation: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "rotate asks for confirmation and there is no terminal; pass --skip-prompt to go ahead (nothing was changed)"
+        )));
+    }
+    eprintln!("{explanation}");
+    eprint!("Proceed? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
+        Ok(())
+    } else {
+        Err(Failure::bad_input(anyhow::anyhow!("not confirmed; nothing was changed")))
+    }
+}
+
+/// Prints each new status line until the rotation to `to` completes.
+async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome {
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(Step::ROTATION.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:20}] step {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut last = String::new();
+    loop {
+        let resource = target.api.get(&target.config.name).await?;
+        let status = resource.status.clone().unwrap_or_default();
+        if !status.status_line.is_empty() && status.status_line != last {
+            last = status.status_line.clone();
+            match &progress {
+                Some(bar) => bar.println(&last),
+                None => super::print(&last)?,
+            }
+        }
+        if let Some(bar) = &progress {
+            let state = resource.state()?;
+            bar.set_position(u64::from(state.step().number().min(6) - 1).min(5));
+            bar.set_message(format!("{} {}", state.step(), status.waiting_for.clone().unwrap_or_default()));
+        }
+        if status.key_version == to && status.step == Step::Completed.to_string() {
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
+            return Ok(exit::DONE);
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            return Err(anyhow::anyhow!(
+                "the rotation did not complete within the timeout; it goes on: follow it with `status --watch`"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
+    let target = connect(&args).await?;
+    let resource = target.api.get_opt(&target.config.name).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no KSASigningKeyRotation {} in namespace {}: no rotation has been started for this cluster",
+            target.config.name,
+            target.config.namespace
+        )
+    })?;
+    if watch {
+        return follow(&target, resource.spec.key_version, None).await;
+    }
+    let status = resource.status.clone().unwrap_or_default();
+    let state = resource.state()?;
+    match output {
+        Format::Text => super::print(&state.status_line().to_string())?,
+        Format::Json => super::print(&serde_json::to_string_pretty(&structured(&status, &resource))?)?,
+        Format::Yaml => super::print(&serde_yaml::to_string(&structured(&status, &resource))?)?,
+    }
+    Ok(exit::DONE)
+}
+
+fn structured(status: &RotationStatus, resource: &KSASigningKeyRotation) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": resource.metadata.name,
+        "targetKeyVersion": resource.spec.key_version,
+        "keyVersion": status.key_version,
+        "step": status.step,
+        "tokenVersion": status.token_version,
+        "privateKeyVersion": status.private_key_version,
+        "publicKeyVersions": status.public_key_versions,
+        "startedAt": status.started_at,
+        "stepStartedAt": status.step_started_at,
+        "completedAt": status.completed_at,
+        "waitingFor": status.waiting_for,
+        "condition": status.conditions.first(),
+        "statusLine": status.status_line,
+    })
+}

@@ -1,0 +1,97 @@
+//! `ksa`: rotate a cluster's service-account signing key like `gkectl update
+//! credentials ksa-signing-key`, and decode, verify and mint service-account
+//! tokens.
+//!
+//! Flags are parsed by clap ([`args`]); each command lives in
+//! [`commands`]. Errors are printed once, with their cause chain, and mapped
+//! to the documented exit codes ([`Failure`]).
+
+pub mod args;
+pub mod commands;
+pub mod config;
+mod output;
+
+use std::process::ExitCode;
+
+
+/// Exit codes, as `--help` documents them.
+pub mod exit {
+    pub const DONE: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const BUSY: u8 = 3;
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: exit::BAD_INPUT,
+            error: error.into(),
+        }
+    }
+
+    pub fn busy(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: exit::BUSY,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: exit::FAILED,
+            error: error.into(),
+        }
+    }
+}
+
+pub type Outcome = Result<u8, Failure>;
+
+pub fn main() -> ExitCode {
+    let invoked_as = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let mut command = <args::Cli as clap::CommandFactory>::command();
+    if invoked_as.starts_with("kubectl-ksa") {
+        command = command.bin_name("kubectl ksa");
+    }
+    let matches = match command.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT } else { exit::DONE });
+        }
+    };
+    let cli = match <args::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let filter = if cli.verbose { "ksa=debug,ksa_cli=debug" } else { "warn" };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KSA_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if output::is_broken_pipe(&failure.error) {
+                return ExitCode::from(exit::DONE);
+            }
+            eprintln!("error: {}", output::chain(&failure.error));
+            ExitCode::from(failure.code)
+        }
+    }
+}
