@@ -134,7 +134,9 @@ pub enum Format {
 #[derive(Subcommand, Debug)]
 pub enum StatusCommand {
     /// Decode a status line (one line, or broken over lines as pasted) into JSON.
-    #[command(after_help = "Example:\n  ksa status decode 'State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{\"tokenVersion\":2,\"privateKeyVersion\":2,\"publicKeyVersions\":[2]}'\n  pbpaste | ksa status decode -")]
+    #[command(
+        after_help = "Example:\n  ksa status decode 'State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{\"tokenVersion\":2,\"privateKeyVersion\":2,\"publicKeyVersions\":[2]}'\n  pbpaste | ksa status decode -"
+    )]
     Decode {
         /// The status line, or - to read stdin.
         text: Option<String>,
@@ -152,7 +154,9 @@ pub enum Alg {
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Generate a key pair as sa.key (0600) and sa.pub.
-    #[command(after_help = "Examples:\n  ksa keys generate --algorithm RS256 --bits 3072 --out /etc/kubernetes/pki/new\n  ksa keys generate --algorithm ES256 --out .")]
+    #[command(
+        after_help = "Examples:\n  ksa keys generate --algorithm RS256 --bits 3072 --out /etc/kubernetes/pki/new\n  ksa keys generate --algorithm ES256 --out ."
+    )]
     Generate {
         #[arg(long, value_enum, default_value_t = Alg::Rs256)]
         algorithm: Alg,

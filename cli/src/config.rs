@@ -43,7 +43,10 @@ pub enum ConfigError {
     #[error("{path} is not YAML: {detail}")]
     Yaml { path: String, detail: String },
     #[error("{field}: missing; {allowed}")]
-    Missing { field: String, allowed: &'static str },
+    Missing {
+        field: String,
+        allowed: &'static str,
+    },
     #[error("{field}: {value} is not allowed; {allowed}")]
     Invalid {
         field: String,
@@ -63,7 +66,9 @@ impl UserClusterConfig {
             path: path.display().to_string(),
             detail,
         };
-        let size = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| read_error(e.to_string()))?
+            .len();
         if size > MAX_CONFIG_BYTES {
             return Err(read_error(format!(
                 "{size} bytes; a user cluster config is at most {MAX_CONFIG_BYTES}"
@@ -90,7 +95,10 @@ impl UserClusterConfig {
             allowed: "a user cluster config is a YAML mapping",
         })?;
         for key in root.keys().filter_map(Value::as_str) {
-            if !matches!(key, "name" | "enableAdvancedCluster" | "ksaSigningKeyRotation") {
+            if !matches!(
+                key,
+                "name" | "enableAdvancedCluster" | "ksaSigningKeyRotation"
+            ) {
                 tracing::debug!(field = key, "ignoring user cluster config field");
             }
         }
@@ -144,7 +152,11 @@ impl UserClusterConfig {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item.as_str() {
-                    Some(url) if url.starts_with("https://") || url == "kubernetes/serviceaccount" => Ok(url.to_owned()),
+                    Some(url)
+                        if url.starts_with("https://") || url == "kubernetes/serviceaccount" =>
+                    {
+                        Ok(url.to_owned())
+                    }
                     _ => Err(ConfigError::Invalid {
                         field: format!("{S}.issuers[{i}]"),
                         value: describe(item),
@@ -160,8 +172,14 @@ impl UserClusterConfig {
                 });
             }
         };
-        let key = one_of(section, "key", &format!("{S}.key"), &KEYS, "RSA-2048 (default), RSA-3072, RSA-4096 or ECDSA-P256")?
-            .unwrap_or_else(|| "RSA-2048".into());
+        let key = one_of(
+            section,
+            "key",
+            &format!("{S}.key"),
+            &KEYS,
+            "RSA-2048 (default), RSA-3072, RSA-4096 or ECDSA-P256",
+        )?
+        .unwrap_or_else(|| "RSA-2048".into());
         let refresh = match section.get("tokenRefresh") {
             None | Some(Value::Null) => &empty,
             Some(Value::Mapping(m)) => m,
@@ -181,9 +199,27 @@ impl UserClusterConfig {
             "restart-pods (default), recreate-nodes or wait",
         )?
         .unwrap_or_else(|| "restart-pods".into());
-        let max_token_seconds = number(refresh, "maxTokenSeconds", &format!("{S}.tokenRefresh.maxTokenSeconds"), 600, "a whole number of seconds, at least 600")?.unwrap_or(3600);
-        let trust_lead_time_seconds = number(section, "trustLeadTimeSeconds", &format!("{S}.trustLeadTimeSeconds"), 0, "a whole number of seconds")?.unwrap_or(0);
-        let kubeconfig_secret = string(section, "kubeconfigSecret", &format!("{S}.kubeconfigSecret"))?;
+        let max_token_seconds = number(
+            refresh,
+            "maxTokenSeconds",
+            &format!("{S}.tokenRefresh.maxTokenSeconds"),
+            600,
+            "a whole number of seconds, at least 600",
+        )?
+        .unwrap_or(3600);
+        let trust_lead_time_seconds = number(
+            section,
+            "trustLeadTimeSeconds",
+            &format!("{S}.trustLeadTimeSeconds"),
+            0,
+            "a whole number of seconds",
+        )?
+        .unwrap_or(0);
+        let kubeconfig_secret = string(
+            section,
+            "kubeconfigSecret",
+            &format!("{S}.kubeconfigSecret"),
+        )?;
         let key_secret = string(section, "keySecret", &format!("{S}.keySecret"))?;
         Ok(UserClusterConfig {
             name,
@@ -251,7 +287,13 @@ fn one_of(
     }
 }
 
-fn number(map: &Mapping, key: &str, field: &str, min: u64, allowed: &'static str) -> Result<Option<u64>, ConfigError> {
+fn number(
+    map: &Mapping,
+    key: &str,
+    field: &str,
+    min: u64,
+    allowed: &'static str,
+) -> Result<Option<u64>, ConfigError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= min) => Ok(n.as_u64()),
@@ -266,7 +308,8 @@ fn number(map: &Mapping, key: &str, field: &str, min: u64, allowed: &'static str
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -289,12 +332,30 @@ mod tests {
     #[test]
     fn bad_values_name_field_value_and_what_is_allowed() {
         let cases = [
-            ("name: UPPER\n", "name: \"UPPER\" is not allowed; a DNS-1123 label"),
-            ("name: a\nenableAdvancedCluster: yes-please\n", "enableAdvancedCluster: \"yes-please\" is not allowed; true or false"),
-            ("name: a\nksaSigningKeyRotation:\n  key: DSA\n", "ksaSigningKeyRotation.key: \"DSA\" is not allowed; RSA-2048 (default)"),
-            ("name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    policy: reboot\n", "ksaSigningKeyRotation.tokenRefresh.policy: \"reboot\" is not allowed"),
-            ("name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    maxTokenSeconds: 10\n", "ksaSigningKeyRotation.tokenRefresh.maxTokenSeconds: 10 is not allowed; a whole number of seconds, at least 600"),
-            ("name: a\nksaSigningKeyRotation:\n  issuers: [http://x]\n", "ksaSigningKeyRotation.issuers[0]: \"http://x\" is not allowed"),
+            (
+                "name: UPPER\n",
+                "name: \"UPPER\" is not allowed; a DNS-1123 label",
+            ),
+            (
+                "name: a\nenableAdvancedCluster: yes-please\n",
+                "enableAdvancedCluster: \"yes-please\" is not allowed; true or false",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  key: DSA\n",
+                "ksaSigningKeyRotation.key: \"DSA\" is not allowed; RSA-2048 (default)",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    policy: reboot\n",
+                "ksaSigningKeyRotation.tokenRefresh.policy: \"reboot\" is not allowed",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    maxTokenSeconds: 10\n",
+                "ksaSigningKeyRotation.tokenRefresh.maxTokenSeconds: 10 is not allowed; a whole number of seconds, at least 600",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  issuers: [http://x]\n",
+                "ksaSigningKeyRotation.issuers[0]: \"http://x\" is not allowed",
+            ),
             ("gkeOnPremVersion: 1.16\n", "name: missing"),
         ];
         for (text, expected) in cases {

@@ -13,7 +13,6 @@ mod output;
 
 use std::process::ExitCode;
 
-
 /// Exit codes, as `--help` documents them.
 pub mod exit {
     pub const DONE: u8 = 0;
@@ -59,7 +58,11 @@ pub type Outcome = Result<u8, Failure>;
 pub fn main() -> ExitCode {
     let invoked_as = std::env::args_os()
         .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_default();
     let mut command = <args::Cli as clap::CommandFactory>::command();
     if invoked_as.starts_with("kubectl-ksa") {
@@ -69,7 +72,11 @@ pub fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT } else { exit::DONE });
+            return ExitCode::from(if e.use_stderr() {
+                exit::BAD_INPUT
+            } else {
+                exit::DONE
+            });
         }
     };
     let cli = match <args::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
@@ -79,9 +86,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    let filter = if cli.verbose { "ksa=debug,ksa_cli=debug" } else { "warn" };
+    let filter = if cli.verbose {
+        "info,ksa_cli=debug,ksa_controller=debug"
+    } else {
+        "error,kube_client=off"
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KSA_LOG").unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KSA_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     match commands::run(cli) {

@@ -69,9 +69,10 @@ impl TargetCluster {
             .ok_or_else(|| bad(format!("no data key {:?}", secret_ref.key)))?;
         let text = std::str::from_utf8(&yaml.0).map_err(|e| bad(e.to_string()))?;
         let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| bad(e.to_string()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?;
         let client = kube::Client::try_from(config.clone()).map_err(|e| bad(e.to_string()))?;
         Ok(TargetCluster { client, config })
     }
@@ -122,7 +123,10 @@ impl TargetCluster {
             return Ok(vec![self.config.cluster_url.clone()]);
         }
         urls.into_iter()
-            .map(|u| u.parse().map_err(|e: http::uri::InvalidUri| Error::Other(e.to_string())))
+            .map(|u| {
+                u.parse()
+                    .map_err(|e: http::uri::InvalidUri| Error::Other(e.to_string()))
+            })
             .collect()
     }
 

@@ -15,7 +15,9 @@ pub enum Error {
     BadStatus(#[from] crate::api::BadStatus),
     #[error(transparent)]
     Step(#[from] ksa_core::rotation::StepError),
-    #[error("key version {version} is not in the key store (Secret {secret}); import the cluster's current key first")]
+    #[error(
+        "key version {version} is not in the key store (Secret {secret}); import the cluster's current key first"
+    )]
     MissingKey { version: KeyVersion, secret: String },
     #[error("the user cluster kubeconfig in Secret {secret} is unusable: {detail}")]
     Kubeconfig { secret: String, detail: String },

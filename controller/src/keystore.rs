@@ -28,7 +28,9 @@ pub struct KeyStore {
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore").field("rotation", &self.rotation).finish()
+        f.debug_struct("KeyStore")
+            .field("rotation", &self.rotation)
+            .finish()
     }
 }
 
@@ -49,7 +51,10 @@ impl KeyStore {
     /// The public key of every stored version.
     pub async fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>> {
         let selector = format!("{LABEL_ROTATION}={}", self.rotation);
-        let list = self.secrets.list(&ListParams::default().labels(&selector)).await?;
+        let list = self
+            .secrets
+            .list(&ListParams::default().labels(&selector))
+            .await?;
         let mut keys = BTreeMap::new();
         for secret in list {
             let Some(version) = secret
@@ -138,10 +143,14 @@ impl KeyStore {
         }
         let sa_pub = public_keys_to_pem(&public_keys);
         let current = self.secrets.get_opt(secret_name).await?;
-        let unchanged = current.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| {
-            d.get("sa.pub").map(|b| b.0.as_slice()) == Some(sa_pub.as_bytes())
-                && d.get("sa.key").map(|b| b.0.as_slice()) == Some(signing_key.to_pem().as_bytes())
-        });
+        let unchanged = current
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .is_some_and(|d| {
+                d.get("sa.pub").map(|b| b.0.as_slice()) == Some(sa_pub.as_bytes())
+                    && d.get("sa.key").map(|b| b.0.as_slice())
+                        == Some(signing_key.to_pem().as_bytes())
+            });
         if !unchanged {
             let secret = Secret {
                 metadata: ObjectMeta {
@@ -192,7 +201,10 @@ impl KeyStore {
                 "id_token_signing_alg_values_supported":
                     keys.iter().map(|k| k.algorithm().as_str()).collect::<std::collections::BTreeSet<_>>(),
             });
-            data.insert("openid-configuration.json".to_owned(), discovery.to_string());
+            data.insert(
+                "openid-configuration.json".to_owned(),
+                discovery.to_string(),
+            );
         }
         let config_map = ConfigMap {
             metadata: ObjectMeta {

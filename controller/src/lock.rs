@@ -18,7 +18,11 @@ pub fn lease_name(rotation: &str) -> String {
 }
 
 /// Reads the lock as the core sees it.
-pub async fn observe(client: &kube::Client, namespace: &str, rotation: &str) -> Result<OperationLock> {
+pub async fn observe(
+    client: &kube::Client,
+    namespace: &str,
+    rotation: &str,
+) -> Result<OperationLock> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let lease = api.get_opt(&lease_name(rotation)).await?;
     let current = lease
@@ -57,7 +61,9 @@ pub async fn hold(client: &kube::Client, namespace: &str, rotation: &str) -> Res
                     match observe(client, namespace, rotation).await? {
                         OperationLock::HeldByRotation => Ok(()),
                         OperationLock::HeldBy(holder) => Err(Error::Locked { holder }),
-                        OperationLock::Free => Err(Error::Other("operation lock raced; retrying".into())),
+                        OperationLock::Free => {
+                            Err(Error::Other("operation lock raced; retrying".into()))
+                        }
                     }
                 }
                 Err(e) => Err(e.into()),
@@ -72,7 +78,10 @@ pub async fn release(client: &kube::Client, namespace: &str, rotation: &str) -> 
         return Ok(());
     }
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    match api.delete(&lease_name(rotation), &DeleteParams::default()).await {
+    match api
+        .delete(&lease_name(rotation), &DeleteParams::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),

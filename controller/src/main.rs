@@ -6,7 +6,11 @@ use ksa_controller::api::KSASigningKeyRotation;
 use kube::CustomResourceExt as _;
 
 #[derive(Parser, Debug)]
-#[command(name = "ksa-controller", version, about = "Rotates Kubernetes service-account signing keys")]
+#[command(
+    name = "ksa-controller",
+    version,
+    about = "Rotates Kubernetes service-account signing keys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,4 +35,3 @@ async fn main() -> Result<()> {
         Command::Run(args) => ksa_controller::run::run(args).await,
     }
 }
-

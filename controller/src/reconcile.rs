@@ -114,11 +114,7 @@ impl Rotation<'_> {
             self.event(
                 EventType::Normal,
                 &format!("Step{}", plan.next.step()),
-                format!(
-                    "{} confirmed; {}",
-                    state.step(),
-                    plan.next.status_line()
-                ),
+                format!("{} confirmed; {}", state.step(), plan.next.status_line()),
             )
             .await;
             tracing::info!(rotation = %self.name, from = %state.step(), to = %plan.next.step(), "step confirmed");
@@ -179,21 +175,29 @@ impl Rotation<'_> {
                 observed.api_servers = self.cluster.observe_api_servers(&keys, true).await?;
             }
             Step::RefreshTokens => {
-                let new = keys.get(&state.key_version()).ok_or_else(|| Error::MissingKey {
-                    version: state.key_version(),
-                    secret: self.keystore.secret_name(state.key_version()),
-                })?;
+                let new = keys
+                    .get(&state.key_version())
+                    .ok_or_else(|| Error::MissingKey {
+                        version: state.key_version(),
+                        secret: self.keystore.secret_name(state.key_version()),
+                    })?;
                 let client = &self.cluster.client;
-                observed.stale_legacy_tokens =
-                    Some(refresh::stale_legacy_secrets(client, new.kid()).await?.len() as u64);
+                observed.stale_legacy_tokens = Some(
+                    refresh::stale_legacy_secrets(client, new.kid())
+                        .await?
+                        .len() as u64,
+                );
                 let since = state.step_started_at().unwrap_or_else(Timestamp::now);
                 observed.stale_bound_tokens = match self.policy.bound_token_refresh {
-                    BoundTokenRefresh::RestartPods => {
-                        Some(refresh::stale_pods(client, since).await?.len() as u64)
-                    }
-                    BoundTokenRefresh::RecreateNodes => {
-                        Some(refresh::recreate_nodes_pending(client, since).await?)
-                    }
+                    BoundTokenRefresh::RestartPods => Some(
+                        refresh::stale_pods(client, state.key_version().get(), since)
+                            .await?
+                            .len() as u64,
+                    ),
+                    BoundTokenRefresh::RecreateNodes => Some(
+                        refresh::recreate_nodes_pending(client, state.key_version().get(), since)
+                            .await?,
+                    ),
                     BoundTokenRefresh::Wait { .. } => None,
                 };
             }
@@ -206,7 +210,9 @@ impl Rotation<'_> {
         let client = &self.ctx.client;
         match effect {
             Effect::HoldOperationLock => lock::hold(client, &self.namespace, &self.name).await,
-            Effect::ReleaseOperationLock => lock::release(client, &self.namespace, &self.name).await,
+            Effect::ReleaseOperationLock => {
+                lock::release(client, &self.namespace, &self.name).await
+            }
             Effect::GenerateKey { version, spec } => {
                 if self.keystore.private_key(*version).await.is_err() {
                     let key = self.ctx.backend.generate(*spec)?;
@@ -218,7 +224,13 @@ impl Rotation<'_> {
             Effect::PublishPublicKeys { public, signing }
             | Effect::SwitchSigner { signing, public } => {
                 let issuer = self.cluster.issuer().await?;
-                let secret = self.resource.spec.rollout.key_secret.clone().unwrap_or_else(|| format!("{}-apiserver-keys", self.name));
+                let secret = self
+                    .resource
+                    .spec
+                    .rollout
+                    .key_secret
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-apiserver-keys", self.name));
                 let changed = self
                     .keystore
                     .publish(&secret, *signing, public, issuer.as_deref())
@@ -231,7 +243,8 @@ impl Rotation<'_> {
             Effect::RefreshLegacyTokens { version } => {
                 let key = self.keystore.private_key(*version).await?;
                 let signer = self.ctx.backend.signing_key(&key)?;
-                let done = refresh::refresh_legacy_tokens(&self.cluster.client, signer.as_ref()).await?;
+                let done =
+                    refresh::refresh_legacy_tokens(&self.cluster.client, signer.as_ref()).await?;
                 if done > 0 {
                     tracing::info!(rotation = %self.name, secrets = done, "re-minted legacy tokens");
                 }
@@ -244,7 +257,7 @@ impl Rotation<'_> {
                         refresh::restart_pods(&self.cluster.client, version.get(), since).await?;
                     }
                     BoundTokenRefresh::RecreateNodes => {
-                        refresh::recreate_nodes(&self.cluster.client, since).await?;
+                        refresh::recreate_nodes(&self.cluster.client, version.get(), since).await?;
                     }
                     BoundTokenRefresh::Wait { .. } => {}
                 }
@@ -266,14 +279,20 @@ impl Rotation<'_> {
         let params = PatchParams::default();
         match workload.kind.as_str() {
             "StatefulSet" => {
-                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(self.ctx.client.clone(), &self.namespace)
-                    .patch(&workload.name, &params, &Patch::Merge(&patch))
-                    .await?;
+                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
+                    self.ctx.client.clone(),
+                    &self.namespace,
+                )
+                .patch(&workload.name, &params, &Patch::Merge(&patch))
+                .await?;
             }
             _ => {
-                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(self.ctx.client.clone(), &self.namespace)
-                    .patch(&workload.name, &params, &Patch::Merge(&patch))
-                    .await?;
+                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+                    self.ctx.client.clone(),
+                    &self.namespace,
+                )
+                .patch(&workload.name, &params, &Patch::Merge(&patch))
+                .await?;
             }
         }
         Ok(())
@@ -320,7 +339,11 @@ fn waiting_for(state: &RotationState, observed: &Observed) -> String {
     let (old, new) = (state.previous_version(), state.key_version());
     let servers = &observed.api_servers;
     let count = |f: &dyn Fn(&ksa_core::rotation::ApiServerView) -> bool| {
-        format!("{}/{}", servers.iter().filter(|s| f(s)).count(), servers.len())
+        format!(
+            "{}/{}",
+            servers.iter().filter(|s| f(s)).count(),
+            servers.len()
+        )
     };
     match state.step() {
         Step::Generate => format!("key version {new} to be stored"),
@@ -334,8 +357,13 @@ fn waiting_for(state: &RotationState, observed: &Observed) -> String {
         ),
         Step::RefreshTokens => format!(
             "legacy tokens to re-mint: {}; bound-token holders to refresh: {}",
-            observed.stale_legacy_tokens.map_or("?".into(), |n| n.to_string()),
-            observed.stale_bound_tokens.map_or("(waiting out the kubelet refresh window)".into(), |n| n.to_string()),
+            observed
+                .stale_legacy_tokens
+                .map_or("?".into(), |n| n.to_string()),
+            observed
+                .stale_bound_tokens
+                .map_or("(waiting out the kubelet refresh window)".into(), |n| n
+                    .to_string()),
         ),
         Step::Retire => format!(
             "API servers no longer accepting key {old}: {}",

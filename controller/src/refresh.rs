@@ -66,7 +66,10 @@ pub async fn stale_legacy_secrets(client: &kube::Client, kid: &KeyId) -> Result<
 /// time. Each write is conditional on the Secret's resourceVersion, so a
 /// concurrent change makes the write fail and the next pass retries it.
 /// Returns how many were re-minted.
-pub async fn refresh_legacy_tokens(client: &kube::Client, signer: &dyn SigningKey) -> Result<usize> {
+pub async fn refresh_legacy_tokens(
+    client: &kube::Client,
+    signer: &dyn SigningKey,
+) -> Result<usize> {
     let stale = stale_legacy_secrets(client, signer.kid()).await?;
     let results: Vec<Result<()>> = futures::stream::iter(stale)
         .map(|secret| remint(client, secret, signer))
@@ -115,8 +118,12 @@ async fn remint(client: &kube::Client, secret: Secret, signer: &dyn SigningKey) 
     Ok(())
 }
 
+/// Whether an object may predate `since`. Creation times have one-second
+/// precision, so an object created in the same second counts as older.
 fn created_before(meta: &ObjectMeta, since: Timestamp) -> bool {
-    meta.creation_timestamp.as_ref().is_some_and(|t| t.0 < since)
+    meta.creation_timestamp
+        .as_ref()
+        .is_some_and(|t| t.0.as_second() <= since.as_second())
 }
 
 /// Whether a pod holds a service-account token the kubelet projected.
@@ -138,14 +145,24 @@ fn holds_token(pod: &Pod) -> bool {
     !mirror && (projected || spec.automount_service_account_token != Some(false))
 }
 
-/// Pods whose bound tokens predate `since` (the start of RefreshTokens).
-pub async fn stale_pods(client: &kube::Client, since: Timestamp) -> Result<Vec<Pod>> {
+/// Pods whose bound tokens may predate `since` (the start of
+/// RefreshTokens): created before it, and not from a pod template restarted
+/// for `version` (those are new by construction).
+pub async fn stale_pods(client: &kube::Client, version: u64, since: Timestamp) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::all(client.clone());
     let pods = list_all(&api, ListParams::default()).await?;
+    let version = version.to_string();
     Ok(pods
         .into_iter()
         .filter(|p| created_before(&p.metadata, since) && holds_token(p))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RESTART_ANNOTATION))
+                != Some(&version)
+        })
         .collect())
 }
 
@@ -158,7 +175,7 @@ pub async fn restart_pods(client: &kube::Client, version: u64, since: Timestamp)
     restart_workloads::<Deployment>(client, &value).await?;
     restart_workloads::<StatefulSet>(client, &value).await?;
     restart_workloads::<DaemonSet>(client, &value).await?;
-    for pod in stale_pods(client, since).await? {
+    for pod in stale_pods(client, version, since).await? {
         let owned = pod
             .metadata
             .owner_references
@@ -168,7 +185,7 @@ pub async fn restart_pods(client: &kube::Client, version: u64, since: Timestamp)
             evict(client, &pod).await?;
         }
     }
-    Ok(stale_pods(client, since).await?.len() as u64)
+    Ok(stale_pods(client, version, since).await?.len() as u64)
 }
 
 async fn restart_workloads<K>(client: &kube::Client, version: &str) -> Result<()>
@@ -184,7 +201,8 @@ where
     let workloads = list_all(&api, ListParams::default()).await?;
     let restarts = workloads.into_iter().filter_map(|w| {
         let value = serde_json::to_value(&w).ok()?;
-        let current = value["spec"]["template"]["metadata"]["annotations"][RESTART_ANNOTATION].as_str();
+        let current =
+            value["spec"]["template"]["metadata"]["annotations"][RESTART_ANNOTATION].as_str();
         (current != Some(version)).then(|| {
             (
                 w.meta().namespace.clone().unwrap_or_default(),
@@ -218,37 +236,50 @@ async fn evict(client: &kube::Client, pod: &Pod) -> Result<()> {
 
 /// Nodes older than `since` and pods whose tokens predate it: what the
 /// recreate-nodes policy still has to replace.
-pub async fn recreate_nodes_pending(client: &kube::Client, since: Timestamp) -> Result<u64> {
+pub async fn recreate_nodes_pending(
+    client: &kube::Client,
+    version: u64,
+    since: Timestamp,
+) -> Result<u64> {
     let nodes: Api<Node> = Api::all(client.clone());
     let old = list_all(&nodes, ListParams::default())
         .await?
         .into_iter()
         .filter(|n| created_before(&n.metadata, since))
         .count();
-    Ok(old as u64 + stale_pods(client, since).await?.len() as u64)
+    Ok(old as u64 + stale_pods(client, version, since).await?.len() as u64)
 }
 
 /// The recreate-nodes policy, one pass: cordon every node older than
 /// `since`, evict its pods, and delete it for the infrastructure to replace.
 /// Returns how many nodes and pods are still stale.
-pub async fn recreate_nodes(client: &kube::Client, since: Timestamp) -> Result<u64> {
+pub async fn recreate_nodes(client: &kube::Client, version: u64, since: Timestamp) -> Result<u64> {
     let nodes: Api<Node> = Api::all(client.clone());
     let old: Vec<Node> = list_all(&nodes, ListParams::default())
         .await?
         .into_iter()
         .filter(|n| created_before(&n.metadata, since))
         .collect();
-    let pods = stale_pods(client, since).await?;
+    let pods = stale_pods(client, version, since).await?;
     let mut pods_by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for pod in &pods {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         pods_by_node.entry(node).or_default().push(pod);
     }
     for node in &old {
         let name = node.metadata.name.clone().unwrap_or_default();
         let cordon = serde_json::json!({"spec": {"unschedulable": true}});
-        nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&cordon)).await?;
-        let on_node = pods_by_node.get(&name).map(Vec::as_slice).unwrap_or_default();
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&cordon))
+            .await?;
+        let on_node = pods_by_node
+            .get(&name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for pod in on_node {
             evict(client, pod).await?;
         }

@@ -41,23 +41,31 @@ pub enum LogFormat {
 pub async fn run(args: RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
-    let config = kube::Config::infer().await.context("finding cluster credentials")?;
-    let client = kube::Client::try_from(config.clone())?;
-    let identity = args.identity.unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
-
-    let leader = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
-        .with_namespace(&args.leader_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_seconds)
-        .with_grace(2)
-        .build()
+    let config = kube::Config::infer()
         .await
-        .context("setting up leader election")?;
+        .context("finding cluster credentials")?;
+    let client = kube::Client::try_from(config.clone())?;
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
+
+    let leader =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
+            .with_namespace(&args.leader_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_seconds)
+            .with_grace(2)
+            .build()
+            .await
+            .context("setting up leader election")?;
     let (mut leading, lease_task) = leader.watch().await;
     tracing::info!(%identity, "waiting to lead");
     while !*leading.borrow_and_update() {
@@ -72,10 +80,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         own: TargetCluster::new(client.clone(), config),
-        recorder: Recorder::new(client.clone(), Reporter {
-            controller: "ksa-controller".into(),
-            instance: Some(identity.clone()),
-        }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "ksa-controller".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
         backend: ksa_core::crypto::AwsLc::new(),
     });
     let controller = Controller::new(api, watcher::Config::default())

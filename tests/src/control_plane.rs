@@ -330,7 +330,14 @@ current-context: e2e
             old.stop();
         }
         self.keys = keys;
-        self.start_apiserver().await
+        self.start_apiserver().await?;
+        // kube-controller-manager signs legacy tokens with the same key file;
+        // a static pod set restarts it with the API server.
+        if let Some(mut old) = self.controller_manager.take() {
+            old.stop();
+            self.start_controller_manager()?;
+        }
+        Ok(())
     }
 
     /// Starts kube-controller-manager (Deployments, ReplicaSets, the legacy

@@ -7,7 +7,14 @@
 //! says how to get them; it is never skipped.
 
 mod control_plane;
+mod hosted;
+mod install;
 mod pki;
+mod prober;
+pub mod scenario;
 
-pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER};
+pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
+pub use hosted::HostedApiServer;
+pub use install::{Installation, ksa_binary};
 pub use pki::Pki;
+pub use prober::{ProbeStats, ProbeTarget, Prober};

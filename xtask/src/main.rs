@@ -7,6 +7,8 @@
 //! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
 //!   from the pinned Go modules in `xtask/control-plane/` into the cache.
 //! - `e2e`: the end-to-end tests against the real control plane.
+//! - `demo`: the README's main job: a local control plane, ksa installed,
+//!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
 //!   written to `target/bench/report.json` and `report.md`.
 
@@ -30,10 +32,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("e2e") => e2e(&rest),
+        Some("demo") => demo(),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | setup | control-plane | e2e [TEST...] | bench [--quick]>"
+                "usage: cargo xtask <demo | ci | setup | control-plane | e2e [TEST...] | bench [--quick]>"
             );
             std::process::exit(2);
         }
@@ -106,16 +109,31 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    build_binaries()?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env(control_plane::ENV, &control_plane))?;
     Ok(())
 }
 
+/// The end-to-end tests run `ksa` and `ksa-controller` as processes.
+fn build_binaries() -> Result<()> {
+    run(cargo().args(["build", "-p", "ksa-cli", "-p", "ksa-controller"]))
+}
+
 fn e2e(filters: &[&str]) -> Result<()> {
     let control_plane = control_plane::ensure()?;
+    build_binaries()?;
     run(cargo()
         .args(["test", "-p", "ksa-tests", "--"])
         .args(filters)
+        .env(control_plane::ENV, &control_plane))
+}
+
+fn demo() -> Result<()> {
+    let control_plane = control_plane::ensure()?;
+    build_binaries()?;
+    run(cargo()
+        .args(["run", "--quiet", "-p", "ksa-tests", "--bin", "ksa-demo"])
         .env(control_plane::ENV, &control_plane))
 }

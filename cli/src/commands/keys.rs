@@ -50,7 +50,12 @@ fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool) -> Outco
     let key = AwsLc::new().generate(spec)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write(&out.join("sa.key"), key.to_pem().as_bytes(), 0o600, force)?;
-    write(&out.join("sa.pub"), key.public_key().to_pem().as_bytes(), 0o644, force)?;
+    write(
+        &out.join("sa.pub"),
+        key.public_key().to_pem().as_bytes(),
+        0o644,
+        force,
+    )?;
     super::print(&format!(
         "wrote {} (private, 0600) and {}\nkid: {}",
         out.join("sa.key").display(),

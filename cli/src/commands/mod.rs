@@ -15,9 +15,10 @@ use crate::{Failure, Outcome};
 pub fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Update {
-            what: UpdateCommand::Credentials {
-                which: CredentialsCommand::KsaSigningKey { action },
-            },
+            what:
+                UpdateCommand::Credentials {
+                    which: CredentialsCommand::KsaSigningKey { action },
+                },
         } => rotation::run(action),
         Command::Status { command } => status::run(command),
         Command::Keys { command } => keys::run(command),
@@ -63,7 +64,9 @@ pub fn input(arg: Option<String>, what: &str) -> Result<String, Failure> {
 pub fn read_file(path: &str) -> Result<Vec<u8>, Failure> {
     if path == "-" {
         let mut bytes = Vec::new();
-        std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut bytes)?;
+        std::io::stdin()
+            .take(MAX_INPUT + 1)
+            .read_to_end(&mut bytes)?;
         return Ok(bytes);
     }
     let size = std::fs::metadata(path)
@@ -96,9 +99,10 @@ pub fn print(text: &str) -> Result<(), Failure> {
 /// Parses a duration such as `30m`, `2h` or `1h30m`.
 pub fn duration(text: &str, flag: &str) -> Result<std::time::Duration, Failure> {
     let parsed: jiff::SignedDuration = text.parse().map_err(|e| {
-        Failure::bad_input(anyhow::anyhow!("{flag}: {text:?} is not a duration such as 30m or 2h ({e})"))
+        Failure::bad_input(anyhow::anyhow!(
+            "{flag}: {text:?} is not a duration such as 30m or 2h ({e})"
+        ))
     })?;
-    std::time::Duration::try_from(parsed).map_err(|_| {
-        Failure::bad_input(anyhow::anyhow!("{flag}: {text:?} must not be negative"))
-    })
+    std::time::Duration::try_from(parsed)
+        .map_err(|_| Failure::bad_input(anyhow::anyhow!("{flag}: {text:?} must not be negative")))
 }

@@ -154,10 +154,12 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
     let from = state.key_version().get();
     let to = from + 1;
     if !skip_prompt {
-        confirm(&EXPLANATION
-            .replace("{cluster}", &config.name)
-            .replace("{from}", &from.to_string())
-            .replace("{to}", &to.to_string()))?;
+        confirm(
+            &EXPLANATION
+                .replace("{cluster}", &config.name)
+                .replace("{from}", &from.to_string())
+                .replace("{to}", &to.to_string()),
+        )?;
     }
     match existing {
         None => {
@@ -189,7 +191,10 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
                 .map_err(conflict_is_busy)?;
         }
     }
-    eprintln!("started the rotation of {} to key version {to}", config.name);
+    eprintln!(
+        "started the rotation of {} to key version {to}",
+        config.name
+    );
     if !wait {
         return Ok(exit::DONE);
     }
@@ -220,7 +225,9 @@ fn confirm(explanation: &str) -> Result<(), Failure> {
     if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
         Ok(())
     } else {
-        Err(Failure::bad_input(anyhow::anyhow!("not confirmed; nothing was changed")))
+        Err(Failure::bad_input(anyhow::anyhow!(
+            "not confirmed; nothing was changed"
+        )))
     }
 }
 
@@ -238,9 +245,27 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
     });
     let mut last = String::new();
     loop {
-        let resource = target.api.get(&target.config.name).await?;
+        // The API servers restart during a rotation: keep polling through
+        // unavailability until the timeout.
+        let resource = match target.api.get(&target.config.name).await {
+            Ok(resource) => resource,
+            Err(error) if is_transient(&error) => {
+                tracing::debug!(%error, "API server unavailable; retrying");
+                if timeout.is_some_and(|t| started.elapsed() > t) {
+                    return Err(anyhow::Error::new(error)
+                        .context("the API server stayed unavailable until the timeout")
+                        .into());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let status = resource.status.clone().unwrap_or_default();
-        if !status.status_line.is_empty() && status.status_line != last {
+        // Until the controller has picked up the new target, the status
+        // still describes the previous rotation: print nothing of it.
+        if status.key_version == to && !status.status_line.is_empty() && status.status_line != last
+        {
             last = status.status_line.clone();
             match &progress {
                 Some(bar) => bar.println(&last),
@@ -250,7 +275,11 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
         if let Some(bar) = &progress {
             let state = resource.state()?;
             bar.set_position(u64::from(state.step().number().min(6) - 1).min(5));
-            bar.set_message(format!("{} {}", state.step(), status.waiting_for.clone().unwrap_or_default()));
+            bar.set_message(format!(
+                "{} {}",
+                state.step(),
+                status.waiting_for.clone().unwrap_or_default()
+            ));
         }
         if status.key_version == to && status.step == Step::Completed.to_string() {
             if let Some(bar) = progress {
@@ -265,6 +294,15 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
             .into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether an error is the API server being briefly away (restarting).
+fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
     }
 }
 
@@ -284,7 +322,9 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
     let state = resource.state()?;
     match output {
         Format::Text => super::print(&state.status_line().to_string())?,
-        Format::Json => super::print(&serde_json::to_string_pretty(&structured(&status, &resource))?)?,
+        Format::Json => super::print(&serde_json::to_string_pretty(&structured(
+            &status, &resource,
+        ))?)?,
         Format::Yaml => super::print(&serde_yaml::to_string(&structured(&status, &resource))?)?,
     }
     Ok(exit::DONE)

@@ -98,11 +98,17 @@ fn verify(token: &str, keys: &KeySet, expect: &Expectations, output: Format) -> 
             });
             match output {
                 Format::Text => {
-                    let expires = verified.claims.exp.map_or("never (legacy token)".to_owned(), |exp| {
-                        let left = exp - expect.at;
-                        let time = jiff::Timestamp::from_second(exp).map(|t| t.to_string()).unwrap_or_default();
-                        format!("{time} (in {}s)", left)
-                    });
+                    let expires =
+                        verified
+                            .claims
+                            .exp
+                            .map_or("never (legacy token)".to_owned(), |exp| {
+                                let left = exp - expect.at;
+                                let time = jiff::Timestamp::from_second(exp)
+                                    .map(|t| t.to_string())
+                                    .unwrap_or_default();
+                                format!("{time} (in {}s)", left)
+                            });
                     super::print(&format!(
                         "{} {:?} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}",
                         paint("valid", "32"),
@@ -111,7 +117,11 @@ fn verify(token: &str, keys: &KeySet, expect: &Expectations, output: Format) -> 
                         verified.algorithm,
                         verified.claims.iss.as_deref().unwrap_or("-"),
                         verified.claims.sub.as_deref().unwrap_or("-"),
-                        verified.claims.aud.as_ref().map_or("-".to_owned(), |a| a.join(", ")),
+                        verified
+                            .claims
+                            .aud
+                            .as_ref()
+                            .map_or("-".to_owned(), |a| a.join(", ")),
                         expires,
                     ))?;
                 }
@@ -123,7 +133,11 @@ fn verify(token: &str, keys: &KeySet, expect: &Expectations, output: Format) -> 
         Err(error) => {
             let json = serde_json::json!({"valid": false, "reason": error.kind(), "error": error.to_string()});
             match output {
-                Format::Text => super::print(&format!("{}: {}: {error}", paint("invalid", "31"), reason(&error)))?,
+                Format::Text => super::print(&format!(
+                    "{}: {}: {error}",
+                    paint("invalid", "31"),
+                    reason(&error)
+                ))?,
                 Format::Json => super::print(&serde_json::to_string_pretty(&json)?)?,
                 Format::Yaml => super::print(&serde_yaml::to_string(&json)?)?,
             }
@@ -151,7 +165,11 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
     }
     text.parse::<jiff::Timestamp>()
         .map(|t| t.as_second())
-        .map_err(|e| Failure::bad_input(anyhow::anyhow!("--at {text:?}: not RFC 3339 or seconds since the epoch ({e})")))
+        .map_err(|e| {
+            Failure::bad_input(anyhow::anyhow!(
+                "--at {text:?}: not RFC 3339 or seconds since the epoch ({e})"
+            ))
+        })
 }
 
 fn fetch(url: &str) -> Result<String, Failure> {
@@ -172,7 +190,10 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
         .with_context(|| format!("--key {}", key_path.display()))
         .map_err(Failure::bad_input)?;
     let key = keys.private_keys().next().ok_or_else(|| {
-        Failure::bad_input(anyhow::anyhow!("--key {} holds no private key", key_path.display()))
+        Failure::bad_input(anyhow::anyhow!(
+            "--key {} holds no private key",
+            key_path.display()
+        ))
     })?;
     let claims = match kind {
         MintKind::Legacy {
@@ -180,7 +201,14 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
             service_account,
             uid,
             secret,
-        } => Claims::legacy(&namespace, &ObjectRef { name: service_account, uid }, &secret),
+        } => Claims::legacy(
+            &namespace,
+            &ObjectRef {
+                name: service_account,
+                uid,
+            },
+            &secret,
+        ),
         MintKind::Bound {
             issuer,
             audience,
@@ -194,7 +222,10 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
                 issuer,
                 audiences: audience,
                 namespace,
-                service_account: ObjectRef { name: service_account, uid },
+                service_account: ObjectRef {
+                    name: service_account,
+                    uid,
+                },
                 pod: None,
                 node: None,
                 secret: None,
@@ -210,4 +241,3 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
     super::print(&token::mint(&claims, signer.as_ref())?)?;
     Ok(crate::exit::DONE)
 }
-

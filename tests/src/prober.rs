@@ -1,0 +1,224 @@
+//! The prober: while a rotation runs, it keeps requesting tokens and
+//! reviewing them (TokenReview), and reviews again every token issued
+//! earlier and the legacy Secret token. It counts every token that should
+//! have been accepted and was not: the number that must stay zero.
+//!
+//! "Should be accepted": a token whose key version the rotation has not
+//! begun to retire (the rotation resource's status says which). Legacy
+//! tokens are re-read from their Secret, since re-minting replaces them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use ksa_controller::api::KSASigningKeyRotation;
+use ksa_controller::keystore::LABEL_KEY_VERSION;
+use kube::api::{Api, ListParams, PostParams};
+use tokio::sync::Mutex;
+
+/// What the prober saw.
+#[derive(Debug, Default, Clone)]
+pub struct ProbeStats {
+    pub tokens_issued: u64,
+    pub reviews: u64,
+    /// Tokens that should have been accepted and were rejected, described.
+    pub wrongly_rejected: Vec<String>,
+    /// Requests that failed because the API server was restarting.
+    pub unavailable: u64,
+}
+
+#[derive(Debug)]
+pub struct Prober {
+    stats: Arc<Mutex<ProbeStats>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where to probe.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub namespace: String,
+    pub service_account: String,
+    pub legacy_secret: String,
+    pub rotation_namespace: String,
+    pub rotation: String,
+}
+
+impl Prober {
+    pub fn spawn(client: kube::Client, target: ProbeTarget) -> Prober {
+        let stats = Arc::new(Mutex::new(ProbeStats::default()));
+        let shared = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut tokens: Vec<String> = Vec::new();
+            let mut kid_versions: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                probe_once(&client, &target, &mut tokens, &mut kid_versions, &shared).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+        Prober { stats, task }
+    }
+
+    pub async fn stats(&self) -> ProbeStats {
+        self.stats.lock().await.clone()
+    }
+}
+
+/// The key versions whose tokens must be accepted now.
+async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u64>> {
+    let api: Api<KSASigningKeyRotation> =
+        Api::namespaced(client.clone(), &target.rotation_namespace);
+    let Ok(Some(rotation)) = api.get_opt(&target.rotation).await else {
+        return None;
+    };
+    let status = rotation.status?;
+    if status.step.is_empty() {
+        return None;
+    }
+    Some(if status.step == "Retire" {
+        vec![status.key_version]
+    } else {
+        status.public_key_versions
+    })
+}
+
+async fn review(client: &kube::Client, token: &str) -> Result<bool, kube::Error> {
+    let api: Api<TokenReview> = Api::all(client.clone());
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            ..TokenReviewSpec::default()
+        },
+        ..TokenReview::default()
+    };
+    let status = api
+        .create(&PostParams::default(), &review)
+        .await?
+        .status
+        .unwrap_or_default();
+    Ok(status.authenticated == Some(true))
+}
+
+fn kid(token: &str) -> String {
+    ksa_core::token::decode(token)
+        .ok()
+        .and_then(|d| d.header.kid)
+        .unwrap_or_default()
+}
+
+async fn probe_once(
+    client: &kube::Client,
+    target: &ProbeTarget,
+    tokens: &mut Vec<String>,
+    kid_versions: &mut BTreeMap<String, u64>,
+    stats: &Mutex<ProbeStats>,
+) {
+    // Learn kid -> version from the key store while the keys exist.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.rotation_namespace);
+    if let Ok(list) = secrets
+        .list(&ListParams::default().labels(LABEL_KEY_VERSION))
+        .await
+    {
+        for secret in list {
+            let version = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_KEY_VERSION))
+                .and_then(|v| v.parse().ok());
+            let kid = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("ksa.dev/kid"))
+                .cloned();
+            if let (Some(version), Some(kid)) = (version, kid) {
+                kid_versions.insert(kid, version);
+            }
+        }
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &target.namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    match accounts
+        .create_token_request(&target.service_account, &PostParams::default(), &request)
+        .await
+    {
+        Ok(response) => {
+            if let Some(status) = response.status {
+                tokens.push(status.token);
+                stats.lock().await.tokens_issued += 1;
+            }
+        }
+        Err(_) => stats.lock().await.unavailable += 1,
+    }
+    // Keep the earliest tokens (from before the rotation) and the latest.
+    if tokens.len() > 40 {
+        tokens.drain(10..tokens.len() - 30);
+    }
+    let legacy: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+    let legacy_token = legacy
+        .get_opt(&target.legacy_secret)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| {
+            s.data?
+                .get("token")
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        });
+    let candidates = tokens
+        .iter()
+        .cloned()
+        .map(|t| (t, false))
+        .chain(legacy_token.map(|t| (t, true)));
+    for (token, is_legacy) in candidates.collect::<Vec<_>>() {
+        let Some(before) = protected(client, target).await else {
+            continue;
+        };
+        let version = kid_versions.get(&kid(&token)).copied();
+        let must_accept = version.is_some_and(|v| before.contains(&v));
+        match review(client, &token).await {
+            Ok(true) => stats.lock().await.reviews += 1,
+            Ok(false) => {
+                stats.lock().await.reviews += 1;
+                if !must_accept {
+                    continue;
+                }
+                // Re-check: the rotation may have moved on, or the legacy
+                // Secret been re-minted, between reading and reviewing.
+                let after = protected(client, target).await.unwrap_or_default();
+                let still_protected = version.is_some_and(|v| after.contains(&v));
+                let replaced = is_legacy
+                    && legacy
+                        .get_opt(&target.legacy_secret)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.data?.get("token").map(|t| t.0 != token.as_bytes()))
+                        .unwrap_or(false);
+                if still_protected && !replaced {
+                    stats.lock().await.wrongly_rejected.push(format!(
+                        "{} token of key version {version:?} rejected while versions {after:?} are accepted",
+                        if is_legacy { "legacy" } else { "bound" }
+                    ));
+                }
+            }
+            Err(_) => stats.lock().await.unavailable += 1,
+        }
+    }
+}

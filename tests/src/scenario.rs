@@ -1,0 +1,239 @@
+//! A whole cluster to rotate, shared by the end-to-end tests and the demo:
+//! the control plane (with kube-controller-manager), ksa installed with its
+//! controller running, the harness playing the hosted API server roll-out,
+//! and a workload: a ServiceAccount, its legacy token Secret and a
+//! Deployment.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::key::{KeySpec, PrivateKey};
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::Mutex;
+
+use crate::{
+    ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober, ksa_binary,
+};
+
+/// The user cluster's name (and the rotation resource's).
+pub const CLUSTER: &str = "user-cluster-1";
+/// Its namespace in the admin cluster.
+pub const NAMESPACE: &str = "user-cluster-1";
+/// Where the workload lives.
+pub const APPS: &str = "apps";
+
+#[allow(missing_debug_implementations, reason = "holds running processes")]
+pub struct Scenario {
+    pub plane: Arc<Mutex<ControlPlane>>,
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+    pub config: PathBuf,
+    pub first_key: PrivateKey,
+    pub installation: Installation,
+    pub prober: Prober,
+    _hosted: HostedApiServer,
+}
+
+impl Scenario {
+    pub async fn start() -> Result<Scenario> {
+        let first_key = AwsLc::new().generate(KeySpec::Rsa2048)?;
+        let mut plane = ControlPlane::start(ApiServerKeys::single(first_key.clone())).await?;
+        plane.start_controller_manager()?;
+        let client = plane.client().await?;
+        let kubeconfig = plane.kubeconfig_path();
+        let mut installation =
+            Installation::install(&client, NAMESPACE, CLUSTER, &first_key, plane.dir()).await?;
+        installation.start_controller(&kubeconfig)?;
+        let config = plane.dir().join("user-cluster.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: v1\nkind: UserCluster\nname: {CLUSTER}\ngkeOnPremVersion: 1.16.0-gke.669\nenableAdvancedCluster: false\n"
+            ),
+        )?;
+        create_workload(&client).await?;
+        let plane = Arc::new(Mutex::new(plane));
+        let hosted = HostedApiServer::spawn(
+            plane.clone(),
+            client.clone(),
+            NAMESPACE,
+            &format!("{CLUSTER}-apiserver-keys"),
+        );
+        let prober = Prober::spawn(
+            client.clone(),
+            ProbeTarget {
+                namespace: APPS.into(),
+                service_account: "app".into(),
+                legacy_secret: "app-token".into(),
+                rotation_namespace: NAMESPACE.into(),
+                rotation: CLUSTER.into(),
+            },
+        );
+        Ok(Scenario {
+            plane,
+            client,
+            kubeconfig,
+            config,
+            first_key,
+            installation,
+            prober,
+            _hosted: hosted,
+        })
+    }
+
+    /// Runs `ksa` with these arguments (config and kubeconfig added for the
+    /// rotation commands).
+    pub fn ksa(&self, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new(ksa_binary("ksa")?);
+        command.args(args);
+        if args.first() == Some(&"update") {
+            if !args.contains(&"--config") {
+                command.arg("--config").arg(&self.config);
+            }
+            command.arg("--kubeconfig").arg(&self.kubeconfig);
+        }
+        Ok(command.output()?)
+    }
+
+    /// A user cluster config file with other contents.
+    pub fn config_with(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.config.with_file_name(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// The legacy token currently in the workload's Secret.
+    pub async fn legacy_token(&self) -> Result<String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), APPS)
+            .get("app-token")
+            .await?;
+        let token = secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .context("no token yet")?;
+        Ok(String::from_utf8(token.0)?)
+    }
+}
+
+async fn create_workload(client: &kube::Client) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(APPS.into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), APPS);
+    let account = accounts
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("app".into()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            },
+        )
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("app-token".into()),
+                    annotations: Some(BTreeMap::from([
+                        (
+                            "kubernetes.io/service-account.name".to_owned(),
+                            "app".to_owned(),
+                        ),
+                        (
+                            "kubernetes.io/service-account.uid".to_owned(),
+                            account.metadata.uid.clone().unwrap_or_default(),
+                        ),
+                    ])),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("kubernetes.io/service-account-token".into()),
+                ..Secret::default()
+            },
+        )
+        .await?;
+    // kube-controller-manager's token controller fills the Secret.
+    let started = Instant::now();
+    loop {
+        let secret = secrets.get("app-token").await?;
+        if secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("token"))
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("kube-controller-manager did not fill the legacy token Secret");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), APPS);
+    deployments
+        .create(
+            &PostParams::default(),
+            &Deployment {
+                metadata: ObjectMeta {
+                    name: Some("web".into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(DeploymentSpec {
+                    replicas: Some(1),
+                    selector: LabelSelector {
+                        match_labels: Some(labels.clone()),
+                        ..LabelSelector::default()
+                    },
+                    // No kubelet runs in the test cluster, so pods never
+                    // become ready; Recreate replaces them without waiting.
+                    strategy: Some(DeploymentStrategy {
+                        type_: Some("Recreate".into()),
+                        ..DeploymentStrategy::default()
+                    }),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(labels),
+                            ..ObjectMeta::default()
+                        }),
+                        spec: Some(PodSpec {
+                            service_account_name: Some("app".into()),
+                            containers: vec![Container {
+                                name: "web".into(),
+                                image: Some("registry.example/web:1".into()),
+                                ..Container::default()
+                            }],
+                            ..PodSpec::default()
+                        }),
+                    },
+                    ..DeploymentSpec::default()
+                }),
+                ..Deployment::default()
+            },
+        )
+        .await?;
+    Ok(())
+}

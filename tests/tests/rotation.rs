@@ -1,0 +1,211 @@
+//! Full rotations on a real control plane, driven by `ksa-controller` and the
+//! `ksa` CLI, with a prober reviewing tokens throughout.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use ksa_core::token;
+use ksa_tests::scenario::{APPS, Scenario};
+use kube::api::Api;
+
+fn stdout_lines(output: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn expected_lines(from: u64, to: u64) -> Vec<String> {
+    let prefix = format!(
+        "State of KSASigningKeyRotation with KSASigningKeyVersion {to} is - status: False, reason: KSASigningKeyRotationProcessedReason, message:"
+    );
+    let done = format!(
+        "State of KSASigningKeyRotation with KSASigningKeyVersion {to} is - status: True, reason: KSASigningKeyRotationCompleted, message:"
+    );
+    vec![
+        format!(
+            r#"{prefix}{{"tokenVersion":{from},"privateKeyVersion":{from},"publicKeyVersions":[{from}]}}"#
+        ),
+        format!(
+            r#"{prefix}{{"tokenVersion":{from},"privateKeyVersion":{from},"publicKeyVersions":[{from},{to}]}}"#
+        ),
+        format!(
+            r#"{prefix}{{"tokenVersion":{from},"privateKeyVersion":{to},"publicKeyVersions":[{from},{to}]}}"#
+        ),
+        format!(
+            r#"{prefix}{{"tokenVersion":{to},"privateKeyVersion":{to},"publicKeyVersions":[{from},{to}]}}"#
+        ),
+        format!(
+            r#"{done}{{"tokenVersion":{to},"privateKeyVersion":{to},"publicKeyVersions":[{to}]}}"#
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
+    let scenario = Scenario::start().await?;
+    let before_legacy = scenario.legacy_token().await?;
+    assert_eq!(
+        token::decode(&before_legacy)?.header.kid.as_deref(),
+        Some(scenario.first_key.kid().as_str())
+    );
+
+    // Refusals that need no controller: advanced clusters, bad configs.
+    let advanced = scenario.config_with(
+        "advanced.yaml",
+        "name: user-cluster-1\nenableAdvancedCluster: true\n",
+    )?;
+    let refused = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--skip-prompt",
+        "--config",
+        advanced.to_str().context("path")?,
+    ])?;
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("enableAdvancedCluster"));
+    let no_prompt = scenario.ksa(&["update", "credentials", "ksa-signing-key", "rotate"])?;
+    assert_eq!(
+        no_prompt.status.code(),
+        Some(2),
+        "no terminal and no --skip-prompt fails at once"
+    );
+
+    for (from, to) in [(1, 2), (2, 3)] {
+        let started = Instant::now();
+        let rotate = scenario.ksa(&[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "rotate",
+            "--skip-prompt",
+            "--wait",
+            "--timeout",
+            "10m",
+        ])?;
+        let stderr = String::from_utf8_lossy(&rotate.stderr);
+        assert_eq!(
+            rotate.status.code(),
+            Some(0),
+            "rotate {from}->{to} failed: {stderr}\n{}",
+            scenario.installation.controller_log()
+        );
+        eprintln!("rotation {from} -> {to} took {:.1?}", started.elapsed());
+        let lines = stdout_lines(&rotate);
+        // Every line printed is one of the SPEC lines, in order, ending completed.
+        let expected = expected_lines(from, to);
+        let mut position = 0;
+        for line in &lines {
+            let found = expected[position..]
+                .iter()
+                .position(|e| e == line)
+                .with_context(|| {
+                    format!(
+                        "unexpected or out-of-order status line {line:?}; expected one of {:?}",
+                        &expected[position..]
+                    )
+                })?;
+            position += found;
+        }
+        assert_eq!(lines.last(), expected.last(), "ends completed");
+
+        let status = scenario.ksa(&["update", "credentials", "ksa-signing-key", "status"])?;
+        assert_eq!(stdout_lines(&status), [expected[4].clone()]);
+        let json = scenario.ksa(&[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "status",
+            "-o",
+            "json",
+        ])?;
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+        assert_eq!(json["step"], "Completed");
+        assert_eq!(json["publicKeyVersions"], serde_json::json!([to]));
+        assert_eq!(
+            json["condition"]["reason"],
+            "KSASigningKeyRotationCompleted"
+        );
+
+        // The legacy token was re-minted with the new key and still works.
+        let legacy = scenario.legacy_token().await?;
+        let jwks = scenario
+            .client
+            .request_text(http::Request::get("/openid/v1/jwks").body(Vec::new())?)
+            .await?;
+        let served = ksa_core::jwk::parse_jwks(&jwks)?;
+        assert_eq!(served.len(), 1, "after Retire only the new key is served");
+        assert_eq!(
+            token::decode(&legacy)?.header.kid.as_deref(),
+            Some(served[0].kid.as_str())
+        );
+        // The Deployment was restarted for this key version.
+        let web = Api::<Deployment>::namespaced(scenario.client.clone(), APPS)
+            .get("web")
+            .await?;
+        let annotation = web
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("ksa.dev/restarted-for-key-version").cloned());
+        assert_eq!(annotation, Some(to.to_string()));
+    }
+
+    // A second rotate while one runs is refused with exit 3.
+    let first = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--skip-prompt",
+    ])?;
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--skip-prompt",
+    ])?;
+    assert_eq!(
+        second.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already in progress"));
+    let finish = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "status",
+        "--watch",
+    ])?;
+    assert_eq!(finish.status.code(), Some(0));
+
+    let stats = scenario.prober.stats().await;
+    eprintln!("prober: {stats:?}");
+    assert!(
+        stats.wrongly_rejected.is_empty(),
+        "valid tokens were rejected: {:?}",
+        stats.wrongly_rejected
+    );
+    assert!(
+        stats.reviews > 50,
+        "the prober reviewed too little to mean anything: {stats:?}"
+    );
+    Ok(())
+}
