@@ -78,7 +78,9 @@ impl World {
                 .enumerate()
                 .map(|(i, s)| ApiServerView {
                     name: format!("apiserver-{i}"),
-                    accepts: s.accepts.clone(),
+                    // Observers know a served key by its kid, and learn kids
+                    // from the key store: a deleted key is unrecognisable.
+                    accepts: s.accepts.intersection(&self.store).copied().collect(),
                     signs_with: Some(s.signs),
                 })
                 .collect(),
@@ -240,6 +242,16 @@ impl Harness {
             .check_transition(&next.versions())
             .map_err(|v| TestCaseError::fail(format!("{v}")))?;
         prop_assert!(next.step() >= before.step() || before.key_version() < next.key_version());
+        if next.is_completed() && !before.is_completed() {
+            // Completed means retired everywhere, not just believed so.
+            for server in &self.world.servers {
+                prop_assert_eq!(
+                    &server.accepts,
+                    &[next.key_version()].into(),
+                    "completed while an API server still accepts a retired key"
+                );
+            }
+        }
         self.stored = serde_json::to_string(next).expect("serializes");
         Ok(())
     }

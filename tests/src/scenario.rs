@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
 };
@@ -110,6 +113,41 @@ impl Scenario {
         let path = self.config.with_file_name(name);
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// A fresh bound token of the workload's service account.
+    pub async fn bound_token(&self) -> Result<String> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), APPS);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let response = api
+            .create_token_request("app", &PostParams::default(), &request)
+            .await?;
+        Ok(response
+            .status
+            .context("TokenRequest returned no token")?
+            .token)
+    }
+
+    /// Whether the API server authenticates a token (TokenReview).
+    pub async fn accepted(&self, token: &str) -> Result<bool> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                ..TokenReviewSpec::default()
+            },
+            ..TokenReview::default()
+        };
+        let status = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await?
+            .status;
+        Ok(status.and_then(|s| s.authenticated) == Some(true))
     }
 
     /// The legacy token currently in the workload's Secret.

@@ -81,6 +81,7 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
 
     for (from, to) in [(1, 2), (2, 3)] {
         let started = Instant::now();
+        let old_token = scenario.bound_token().await?;
         let rotate = scenario.ksa(&[
             "update",
             "credentials",
@@ -147,6 +148,13 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             token::decode(&legacy)?.header.kid.as_deref(),
             Some(served[0].kid.as_str())
         );
+        // A token of the retired key, held by no pod and so not refreshed,
+        // is rejected once the rotation says completed.
+        assert!(
+            !scenario.accepted(&old_token).await?,
+            "a token of retired key {from} still authenticates"
+        );
+        assert!(scenario.accepted(&scenario.bound_token().await?).await?);
         // The Deployment was restarted for this key version.
         let web = Api::<Deployment>::namespaced(scenario.client.clone(), APPS)
             .get("web")

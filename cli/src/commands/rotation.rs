@@ -2,7 +2,7 @@
 //! `KSASigningKeyRotation` resource in the admin cluster.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ksa_controller::api::{
@@ -231,9 +231,14 @@ fn confirm(explanation: &str) -> Result<(), Failure> {
     }
 }
 
-/// Prints each new status line until the rotation to `to` completes.
+/// Prints each new status line until the rotation to `to` completes. It
+/// watches the resource, so no step goes unprinted, and keeps watching
+/// through API server restarts until the timeout.
 async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome {
-    let started = Instant::now();
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(Step::ROTATION.len() as u64);
         bar.set_style(
@@ -243,66 +248,65 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
+    let config =
+        watcher::Config::default().fields(&format!("metadata.name={}", target.config.name));
+    let mut updates = std::pin::pin!(
+        watcher(target.api.clone(), config)
+            .default_backoff()
+            .applied_objects()
+    );
     let mut last = String::new();
     loop {
-        // The API servers restart during a rotation: keep polling through
-        // unavailability until the timeout.
-        let resource = match target.api.get(&target.config.name).await {
-            Ok(resource) => resource,
-            Err(error) if is_transient(&error) => {
-                tracing::debug!(%error, "API server unavailable; retrying");
-                if timeout.is_some_and(|t| started.elapsed() > t) {
-                    return Err(anyhow::Error::new(error)
-                        .context("the API server stayed unavailable until the timeout")
-                        .into());
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, updates.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(anyhow::anyhow!(
+                        "the rotation did not complete within the timeout; it goes on: follow it with `status --watch`"
+                    )
+                    .into());
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            },
+            None => updates.next().await,
+        };
+        let resource = match next {
+            Some(Ok(resource)) => resource,
+            // The API servers restart during a rotation; the watcher
+            // reconnects with backoff.
+            Some(Err(error)) => {
+                tracing::debug!(%error, "watch interrupted; reconnecting");
                 continue;
             }
-            Err(error) => return Err(error.into()),
+            None => return Err(anyhow::anyhow!("the watch of the rotation ended").into()),
         };
         let status = resource.status.clone().unwrap_or_default();
         // Until the controller has picked up the new target, the status
         // still describes the previous rotation: print nothing of it.
-        if status.key_version == to && !status.status_line.is_empty() && status.status_line != last
-        {
+        if status.key_version != to {
+            continue;
+        }
+        if !status.status_line.is_empty() && status.status_line != last {
             last = status.status_line.clone();
             match &progress {
                 Some(bar) => bar.println(&last),
                 None => super::print(&last)?,
             }
         }
+        let state = resource.state()?;
         if let Some(bar) = &progress {
-            let state = resource.state()?;
-            bar.set_position(u64::from(state.step().number().min(6) - 1).min(5));
+            bar.set_position(u64::from(state.step().number() - 1));
             bar.set_message(format!(
                 "{} {}",
                 state.step(),
                 status.waiting_for.clone().unwrap_or_default()
             ));
         }
-        if status.key_version == to && status.step == Step::Completed.to_string() {
+        if state.is_completed() {
             if let Some(bar) = progress {
                 bar.finish_and_clear();
             }
             return Ok(exit::DONE);
         }
-        if timeout.is_some_and(|t| started.elapsed() > t) {
-            return Err(anyhow::anyhow!(
-                "the rotation did not complete within the timeout; it goes on: follow it with `status --watch`"
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Whether an error is the API server being briefly away (restarting).
-fn is_transient(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
-        _ => false,
     }
 }
 

@@ -444,7 +444,8 @@ pub enum Effect {
         version: KeyVersion,
         policy: BoundTokenRefresh,
     },
-    /// Delete key pair `version` from the key store.
+    /// Delete key pair `version` from the key store (issued once no API
+    /// server accepts it any more).
     RetireKey { version: KeyVersion },
     /// Release the cluster operation lock (a no-op when not held).
     ReleaseOperationLock,
@@ -491,6 +492,10 @@ pub fn step(
     let servers = &observed.api_servers;
     let every_server =
         |f: &dyn Fn(&ApiServerView) -> bool| !servers.is_empty() && servers.iter().all(f);
+    // Whether every API server has stopped accepting the old key. Key N is
+    // deleted only after that: while it exists, its kid is what observers
+    // recognise in a JWKS.
+    let old_dropped = every_server(&|s| !s.accepts.contains(&old) && s.accepts.contains(&new));
 
     let confirmed = match state.step {
         Step::Generate => observed.stored_keys.contains(&new),
@@ -504,10 +509,7 @@ pub fn step(
             };
             legacy_done && bound_done
         }
-        Step::Retire => {
-            every_server(&|s| !s.accepts.contains(&old) && s.accepts.contains(&new))
-                && !observed.stored_keys.contains(&old)
-        }
+        Step::Retire => old_dropped && !observed.stored_keys.contains(&old),
         Step::Completed => false,
     };
 
@@ -548,7 +550,10 @@ pub fn step(
             violation,
         })?;
 
-    let effects = effects_of(&next, policy);
+    let mut effects = effects_of(&next, policy);
+    if next.step == Step::Retire && state.step == Step::Retire && old_dropped {
+        effects.push(Effect::RetireKey { version: old });
+    }
     let requeue_after = if next.is_completed() {
         None
     } else if next.step != state.step {
@@ -600,13 +605,12 @@ fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
                 });
             }
         }
-        Step::Retire => {
-            effects.push(Effect::PublishPublicKeys {
-                public: vec![new],
-                signing: new,
-            });
-            effects.push(Effect::RetireKey { version: old });
-        }
+        // RetireKey follows once every API server has dropped the old key
+        // (see `step`).
+        Step::Retire => effects.push(Effect::PublishPublicKeys {
+            public: vec![new],
+            signing: new,
+        }),
         Step::Completed => return vec![Effect::ReleaseOperationLock],
     }
     effects

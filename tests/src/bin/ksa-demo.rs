@@ -5,44 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::authentication::v1::{
-    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
-};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use anyhow::{Result, bail};
 use ksa_tests::ksa_binary;
-use ksa_tests::scenario::{APPS, Scenario};
-use kube::api::{Api, PostParams};
-
-async fn token(client: &kube::Client) -> Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), APPS);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let response = api
-        .create_token_request("app", &PostParams::default(), &request)
-        .await?;
-    Ok(response.status.context("no token")?.token)
-}
-
-async fn accepted(client: &kube::Client, token: &str) -> Result<bool> {
-    let review = TokenReview {
-        spec: TokenReviewSpec {
-            token: Some(token.to_owned()),
-            ..TokenReviewSpec::default()
-        },
-        ..TokenReview::default()
-    };
-    let status = Api::<TokenReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?
-        .status;
-    Ok(status.and_then(|s| s.authenticated) == Some(true))
-}
+use ksa_tests::scenario::Scenario;
 
 fn kid(token: &str) -> String {
     ksa_core::token::decode(token)
@@ -58,21 +23,20 @@ async fn main() -> Result<()> {
         "==> starting etcd, kube-apiserver and kube-controller-manager on loopback; installing ksa-controller"
     );
     let scenario = Scenario::start().await?;
-    let client = scenario.client.clone();
     println!(
         "    ready in {:.1?}; admin kubeconfig: {}",
         started.elapsed(),
         scenario.kubeconfig.display()
     );
 
-    let before = token(&client).await?;
+    let before = scenario.bound_token().await?;
     let legacy_before = scenario.legacy_token().await?;
     println!(
         "==> before: a bound token (kid {}) and the legacy Secret token (kid {}), both accepted: {} {}",
         kid(&before),
         kid(&legacy_before),
-        accepted(&client, &before).await?,
-        accepted(&client, &legacy_before).await?
+        scenario.accepted(&before).await?,
+        scenario.accepted(&legacy_before).await?
     );
 
     println!(
@@ -103,21 +67,21 @@ async fn main() -> Result<()> {
         );
     }
 
-    let after = token(&client).await?;
+    let after = scenario.bound_token().await?;
     let legacy_after = scenario.legacy_token().await?;
     println!(
         "==> after: a new bound token (kid {}) accepted: {}",
         kid(&after),
-        accepted(&client, &after).await?
+        scenario.accepted(&after).await?
     );
     println!(
         "    the legacy Secret token, re-minted (kid {}), accepted: {}",
         kid(&legacy_after),
-        accepted(&client, &legacy_after).await?
+        scenario.accepted(&legacy_after).await?
     );
     println!(
-        "    the bound token from before, held by no pod so not refreshed, accepted: {} (expected false once key 1 is retired)",
-        accepted(&client, &before).await?
+        "    the bound token from before, held by no pod so not refreshed, accepted: {} (key 1 is retired)",
+        scenario.accepted(&before).await?
     );
     let stats = scenario.prober.stats().await;
     println!(
