@@ -18,3 +18,5 @@ pub mod refresh;
 
 pub use error::{Error, Result};
 pub mod run;
+pub mod manifests;
+pub mod serve;

@@ -22,6 +22,8 @@ enum Command {
     Run(ksa_controller::run::RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
+    /// Write the install manifests (CRD, RBAC, Deployment, Service) into DIR.
+    Manifests { dir: std::path::PathBuf },
 }
 
 #[tokio::main]
@@ -33,5 +35,13 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => ksa_controller::run::run(args).await,
+        Command::Manifests { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in ksa_controller::manifests::render() {
+                std::fs::write(dir.join(name), text)?;
+                println!("wrote {}", dir.join(name).display());
+            }
+            Ok(())
+        }
     }
 }

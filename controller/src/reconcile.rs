@@ -35,6 +35,7 @@ pub struct Context {
     pub own: TargetCluster,
     pub recorder: Recorder,
     pub backend: AwsLc,
+    pub metrics: Arc<crate::serve::Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -81,6 +82,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
     }
     .await;
     if let Err(error) = &outcome {
+        ctx.metrics.reconcile_errors.inc();
         tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
         // Best effort: show the error where operators look.
         let patch = serde_json::json!({"status": {"waitingFor": format!("error: {error}")}});
@@ -110,6 +112,7 @@ impl Rotation<'_> {
         let plan = rotation::step(&state, &observed, now, &self.policy)?;
         let waiting = (plan.next.step() == state.step()).then(|| waiting_for(&state, &observed));
         self.write_status(&plan.next, waiting).await?;
+        self.record(&state, &plan.next, now);
         if plan.next.step() != state.step() {
             self.event(
                 EventType::Normal,
@@ -124,6 +127,25 @@ impl Rotation<'_> {
         }
         let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(250))))
+    }
+
+    fn record(&self, state: &RotationState, next: &RotationState, now: Timestamp) {
+        let labels = crate::serve::RotationLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        };
+        let metrics = &self.ctx.metrics;
+        metrics.step.get_or_create(&labels).set(i64::from(next.step().number()));
+        metrics.in_progress.get_or_create(&labels).set(i64::from(!next.is_completed()));
+        if next.step() != state.step()
+            && let Some(entered) = state.step_started_at()
+        {
+            let seconds = now.duration_since(entered).as_secs_f64().max(0.0);
+            metrics
+                .step_seconds
+                .get_or_create(&crate::serve::StepLabels { step: state.step().to_string() })
+                .observe(seconds);
+        }
     }
 
     /// Starts a rotation, or records the refusal and returns `None`.
@@ -245,6 +267,7 @@ impl Rotation<'_> {
                 let signer = self.ctx.backend.signing_key(&key)?;
                 let done =
                     refresh::refresh_legacy_tokens(&self.cluster.client, signer.as_ref()).await?;
+                self.ctx.metrics.secrets_refreshed.inc_by(done as u64);
                 if done > 0 {
                     tracing::info!(rotation = %self.name, secrets = done, "re-minted legacy tokens");
                 }

@@ -30,6 +30,9 @@ pub struct RunArgs {
     pub lease_seconds: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Where to serve /healthz, /readyz, /metrics and the JWKS.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -53,6 +56,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("finding cluster credentials")?;
     let client = kube::Client::try_from(config.clone())?;
+    // Served from the start, so standby replicas serve the JWKS too.
+    let metrics = Arc::new(crate::serve::Metrics::default());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = tokio::spawn(crate::serve::serve(
+        args.http_addr,
+        metrics.clone(),
+        client.clone(),
+        ready.clone(),
+    ));
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let identity = args
         .identity
         .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
@@ -67,16 +80,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .await
             .context("setting up leader election")?;
     let (mut leading, lease_task) = leader.watch().await;
-    tracing::info!(%identity, "waiting to lead");
-    while !*leading.borrow_and_update() {
-        leading.changed().await.context("leader election stopped")?;
-    }
-    tracing::info!(%identity, "leading");
-
-    let api: Api<KSASigningKeyRotation> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         own: TargetCluster::new(client.clone(), config),
@@ -88,29 +91,47 @@ pub async fn run(args: RunArgs) -> Result<()> {
             },
         ),
         backend: ksa_core::crypto::AwsLc::new(),
+        metrics: metrics.clone(),
     });
-    let controller = Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
-            }
-        });
-    tokio::select! {
-        () = controller => {}
-        _ = async {
-            // Stop at once when leadership is lost: another replica takes over.
+    // Lead while the Lease is ours; when it is lost (the API server was
+    // away longer than the lease, say), stop reconciling and stand by to
+    // take it again. Every decision is re-derived from the resource, so
+    // picking up again is safe.
+    loop {
+        tracing::info!(%identity, "waiting to lead");
+        while !*leading.borrow_and_update() {
+            leading.changed().await.context("leader election stopped")?;
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        let api: Api<KSASigningKeyRotation> = match &args.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let controller = Controller::new(api, watcher::Config::default())
+            .shutdown_on_signal()
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile error");
+                }
+            });
+        let lost = async {
             while *leading.borrow_and_update() {
                 if leading.changed().await.is_err() {
                     break;
                 }
             }
-        } => {
-            tracing::error!("lost leadership; exiting");
-            std::process::exit(1);
+        };
+        tokio::select! {
+            () = controller => break,
+            () = lost => {
+                metrics.leader.set(0);
+                tracing::warn!(%identity, "lost leadership; standing by");
+            }
         }
     }
+    server.abort();
     drop(leading);
     let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
     Ok(())

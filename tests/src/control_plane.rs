@@ -220,9 +220,24 @@ impl ControlPlane {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// A kubeconfig for user `ksa-controller` (no groups, no RBAC until
+    /// granted).
+    pub fn controller_kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("controller.kubeconfig")
+    }
+
     fn write_kubeconfig(&self) -> Result<()> {
+        fs::write(self.kubeconfig_path(), self.kubeconfig(&self.pki.admin_cert, &self.pki.admin_key))?;
+        fs::write(
+            self.controller_kubeconfig_path(),
+            self.kubeconfig(&self.pki.controller_cert, &self.pki.controller_key),
+        )?;
+        Ok(())
+    }
+
+    fn kubeconfig(&self, cert: &str, key: &str) -> String {
         let b64 = |s: &str| STANDARD.encode(s);
-        let kubeconfig = format!(
+        format!(
             "apiVersion: v1
 kind: Config
 clusters:
@@ -242,11 +257,9 @@ current-context: e2e
 ",
             server = self.server_url(),
             ca = b64(&self.pki.ca_cert),
-            cert = b64(&self.pki.admin_cert),
-            key = b64(&self.pki.admin_key),
-        );
-        fs::write(self.kubeconfig_path(), kubeconfig)?;
-        Ok(())
+            cert = b64(cert),
+            key = b64(key),
+        )
     }
 
     fn write_key_files(&self) -> Result<(PathBuf, PathBuf)> {

@@ -52,10 +52,8 @@ impl HostedApiServer {
                         .iter()
                         .map(|k| k.kid())
                         .eq(keys.public.iter().map(|k| k.kid()));
-                if !same {
-                    if let Err(error) = plane.restart_apiserver(keys).await {
-                        eprintln!("hosted control plane: restart failed: {error:#}");
-                    }
+                if !same && let Err(error) = plane.restart_apiserver(keys).await {
+                    eprintln!("hosted control plane: restart failed: {error:#}");
                 }
             }
         });

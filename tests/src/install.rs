@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksa_controller::api::KSASigningKeyRotation;
 use ksa_controller::keystore::KeyStore;
@@ -43,6 +44,8 @@ pub fn ksa_binary(name: &str) -> Result<PathBuf> {
 pub struct Installation {
     controller: Option<Child>,
     log: PathBuf,
+    /// Where the controller serves metrics, health and the JWKS.
+    pub http_addr: std::net::SocketAddr,
 }
 
 impl Installation {
@@ -93,6 +96,32 @@ impl Installation {
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
+        // The controller's permissions: exactly the ClusterRole of deploy/,
+        // bound to the user its client certificate names.
+        let roles: Api<ClusterRole> = Api::all(client.clone());
+        roles
+            .patch("ksa-controller", &PatchParams::apply("ksa-e2e").force(), &Patch::Apply(ksa_controller::manifests::cluster_role()))
+            .await?;
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some("ksa-controller".into()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: "ksa-controller".into(),
+            },
+            subjects: Some(vec![Subject {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "User".into(),
+                name: "ksa-controller".into(),
+                ..Subject::default()
+            }]),
+        };
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .patch("ksa-controller", &PatchParams::apply("ksa-e2e").force(), &Patch::Apply(binding))
+            .await?;
         let store = KeyStore::new(client.clone(), namespace, name);
         store.create(KeyVersion::FIRST, current).await?;
         store
@@ -103,13 +132,16 @@ impl Installation {
                 None,
             )
             .await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         Ok(Installation {
             controller: None,
             log: log_dir.join("ksa-controller.log"),
+            http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         })
     }
 
-    /// Starts `ksa-controller run` against the cluster.
+    /// Starts `ksa-controller run` against the cluster, with the kubeconfig
+    /// of a user that has only the controller's ClusterRole.
     pub fn start_controller(&mut self, kubeconfig: &Path) -> Result<()> {
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -15,6 +15,10 @@ pub struct Pki {
     pub server_key: String,
     pub admin_cert: String,
     pub admin_key: String,
+    /// A client certificate for user `ksa-controller`, with no groups: the
+    /// controller runs with exactly the RBAC `deploy/` grants that user.
+    pub controller_cert: String,
+    pub controller_key: String,
 }
 
 impl Pki {
@@ -52,12 +56,20 @@ impl Pki {
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 
+        let controller_key = KeyPair::generate()?;
+        let mut controller = CertificateParams::new(Vec::<String>::new())?;
+        controller.distinguished_name.push(DnType::CommonName, "ksa-controller");
+        controller.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let controller_cert = controller.signed_by(&controller_key, &issuer)?;
+
         Ok(Pki {
             ca_cert: ca_cert.pem(),
             server_cert: server_cert.pem(),
             server_key: server_key.serialize_pem(),
             admin_cert: admin_cert.pem(),
             admin_key: admin_key.serialize_pem(),
+            controller_cert: controller_cert.pem(),
+            controller_key: controller_key.serialize_pem(),
         })
     }
 }

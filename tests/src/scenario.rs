@@ -56,7 +56,7 @@ impl Scenario {
         let kubeconfig = plane.kubeconfig_path();
         let mut installation =
             Installation::install(&client, NAMESPACE, CLUSTER, &first_key, plane.dir()).await?;
-        installation.start_controller(&kubeconfig)?;
+        installation.start_controller(&plane.controller_kubeconfig_path())?;
         let config = plane.dir().join("user-cluster.yaml");
         std::fs::write(
             &config,

@@ -42,6 +42,18 @@ fn expected_lines(from: u64, to: u64) -> Vec<String> {
     ]
 }
 
+/// GET on loopback; returns the Cache-Control header and the body.
+fn get(url: &str) -> Result<(String, String)> {
+    let mut response = ureq::get(url).call()?;
+    let cache = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((cache, response.body_mut().read_to_string()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     let scenario = Scenario::start().await?;
@@ -166,6 +178,19 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             .and_then(|a| a.get("ksa.dev/restarted-for-key-version").cloned());
         assert_eq!(annotation, Some(to.to_string()));
     }
+
+    // The controller serves the JWKS for outside verifiers, with cache
+    // headers, and its metrics.
+    let http = format!("http://{}", scenario.installation.http_addr);
+    let (jwks_headers, jwks) = get(&format!("{http}/jwks/user-cluster-1/user-cluster-1"))
+        .unwrap_or_else(|e| panic!("GET the JWKS from the controller: {e}\n{}", scenario.installation.controller_log()));
+    assert_eq!(jwks_headers, "public, max-age=60");
+    let published = ksa_core::jwk::parse_jwks(&jwks)?;
+    assert_eq!(published.len(), 1);
+    let (_, metrics) = get(&format!("{http}/metrics"))?;
+    assert!(metrics.contains(r#"ksa_rotation_step{namespace="user-cluster-1",name="user-cluster-1"} 6"#), "{metrics}");
+    assert!(metrics.contains("ksa_legacy_secrets_refreshed_total 2"), "{metrics}");
+    assert!(!metrics.contains("PRIVATE KEY"));
 
     // A second rotate while one runs is refused with exit 3.
     let first = scenario.ksa(&[

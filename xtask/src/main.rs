@@ -4,6 +4,7 @@
 //! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
 //!   and every test, end-to-end included. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target and the control plane.
+//! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types.
 //! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
 //!   from the pinned Go modules in `xtask/control-plane/` into the cache.
 //! - `e2e`: the end-to-end tests against the real control plane.
@@ -33,10 +34,13 @@ fn main() -> Result<()> {
         }
         Some("e2e") => e2e(&rest),
         Some("demo") => demo(),
+        Some("manifests") => run(cargo().args([
+            "run", "--quiet", "-p", "ksa-controller", "--", "manifests", "deploy",
+        ])),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | control-plane | e2e [TEST...] | bench [--quick]>"
+                "usage: cargo xtask <demo | ci | setup | manifests | control-plane | e2e [TEST...] | bench [--quick]>"
             );
             std::process::exit(2);
         }

@@ -24,7 +24,7 @@ pub fn run(command: KeysCommand) -> Outcome {
             let mut keys: Vec<PublicKey> = Vec::new();
             for file in &files {
                 let parsed = parse_pem(&super::read_file(file)?)
-                    .with_context(|| format!("{file}"))
+                    .with_context(|| file.clone())
                     .map_err(Failure::bad_input)?;
                 for key in parsed.public_keys() {
                     if !keys.contains(key) {
@@ -74,11 +74,13 @@ fn write(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), Fai
         options.create_new(true);
     }
     let mut file = options.open(path).map_err(|e| {
-        let error = anyhow::Error::new(e).context(format!("writing {}", path.display()));
-        if path.exists() && !force {
-            Failure::bad_input(error.context("the file exists; pass --force to replace it"))
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::bad_input(anyhow::anyhow!(
+                "{} exists; pass --force to replace it (nothing was written)",
+                path.display()
+            ))
         } else {
-            Failure::from(error)
+            Failure::from(anyhow::Error::new(e).context(format!("writing {}", path.display())))
         }
     })?;
     file.write_all(contents)?;

@@ -71,11 +71,11 @@ pub enum TokenError {
     },
     #[error("bad signature (checked against {tried} trusted key(s))")]
     BadSignature { tried: usize },
-    #[error("expired at {exp} (checked at {at}, leeway {leeway} s)")]
+    #[error("expired at {} (checked at {}, leeway {leeway} s)", time(*exp), time(*at))]
     Expired { exp: i64, at: i64, leeway: i64 },
-    #[error("not valid before {nbf} (checked at {at}, leeway {leeway} s)")]
+    #[error("not valid before {} (checked at {}, leeway {leeway} s)", time(*nbf), time(*at))]
     NotYetValid { nbf: i64, at: i64, leeway: i64 },
-    #[error("issued in the future at {iat} (checked at {at}, leeway {leeway} s)")]
+    #[error("issued in the future at {} (checked at {}, leeway {leeway} s)", time(*iat), time(*at))]
     IssuedInFuture { iat: i64, at: i64, leeway: i64 },
     #[error("the token has no {0:?} claim, which a bound token must have")]
     MissingClaim(&'static str),
@@ -89,6 +89,11 @@ pub enum TokenError {
         found: Vec<String>,
         expected: Vec<String>,
     },
+}
+
+/// Seconds since the epoch as RFC 3339, for messages.
+fn time(seconds: i64) -> String {
+    jiff::Timestamp::from_second(seconds).map_or_else(|_| seconds.to_string(), |t| t.to_string())
 }
 
 impl TokenError {

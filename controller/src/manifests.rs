@@ -1,0 +1,264 @@
+//! The install manifests in `deploy/`, generated from Rust types so they
+//! cannot drift from the code: `cargo xtask manifests` writes them and a
+//! test fails when the files are stale.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
+    Capabilities, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResourceExt as _;
+use kube::api::ObjectMeta;
+
+use crate::api::KSASigningKeyRotation;
+
+pub const NAMESPACE: &str = "ksa-system";
+const NAME: &str = "ksa-controller";
+/// The port of `/metrics`, `/healthz`, `/readyz` and the JWKS.
+pub const HTTP_PORT: i32 = 8080;
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_owned(), NAME.to_owned())])
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        ..PolicyRule::default()
+    }
+}
+
+/// What the controller does, and the least it needs for it.
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(NAME, None),
+        rules: Some(vec![
+            // Its own resource and status.
+            rule(&["ksa.dev"], &["ksasigningkeyrotations"], &["get", "list", "watch", "patch"]),
+            rule(&["ksa.dev"], &["ksasigningkeyrotations/status"], &["get", "patch", "update"]),
+            // Key Secrets, the API server key Secret, and legacy token
+            // Secrets in every namespace (re-minted in RefreshTokens).
+            rule(&[""], &["secrets"], &["get", "list", "create", "patch", "delete"]),
+            // The JWKS and discovery document.
+            rule(&[""], &["configmaps"], &["get", "create", "patch"]),
+            // Leader election and the cluster operation lock.
+            rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update", "patch", "delete"]),
+            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+            // The probe account whose fresh tokens show the signing key.
+            rule(&[""], &["serviceaccounts"], &["get", "create"]),
+            rule(&[""], &["serviceaccounts/token"], &["create"]),
+            // Every API server instance.
+            rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
+            // Bound-token refresh: restart-pods and recreate-nodes.
+            rule(&[""], &["pods"], &["list"]),
+            rule(&[""], &["pods/eviction"], &["create"]),
+            rule(&["apps"], &["deployments", "statefulsets", "daemonsets"], &["list", "patch"]),
+            rule(&[""], &["nodes"], &["list", "patch", "delete"]),
+            PolicyRule {
+                non_resource_urls: Some(vec![
+                    "/openid/v1/jwks".to_owned(),
+                    "/.well-known/openid-configuration".to_owned(),
+                ]),
+                verbs: vec!["get".to_owned()],
+                ..PolicyRule::default()
+            },
+        ]),
+        ..ClusterRole::default()
+    }
+}
+
+fn deployment() -> Deployment {
+    let env = |name: &str, field: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    Deployment {
+        metadata: meta(NAME, Some(NAMESPACE)),
+        spec: Some(DeploymentSpec {
+            // Two replicas: one leads (a Lease); the other takes over
+            // within the lease duration.
+            replicas: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(labels()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(NAME.to_owned()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![Container {
+                        name: NAME.to_owned(),
+                        image: Some("ksa-controller:0.1.0".to_owned()),
+                        args: Some(vec![
+                            "run".to_owned(),
+                            "--log-format=json".to_owned(),
+                            format!("--leader-namespace={NAMESPACE}"),
+                            format!("--http-addr=0.0.0.0:{HTTP_PORT}"),
+                        ]),
+                        env: Some(vec![env("POD_NAME", "metadata.name")]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".to_owned()),
+                            container_port: HTTP_PORT,
+                            ..ContainerPort::default()
+                        }]),
+                        liveness_probe: Some(probe("/healthz")),
+                        readiness_probe: Some(probe("/readyz")),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(quantities("50m", "64Mi")),
+                            limits: Some(quantities("500m", "256Mi")),
+                            ..ResourceRequirements::default()
+                        }),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_owned()]),
+                                ..Capabilities::default()
+                            }),
+                            ..SecurityContext::default()
+                        }),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn service() -> Service {
+    Service {
+        metadata: meta(NAME, Some(NAMESPACE)),
+        spec: Some(ServiceSpec {
+            selector: Some(labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn yaml<T: serde::Serialize>(kind_and_version: (&str, &str), object: &T) -> String {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), kind_and_version.1.into());
+        map.insert("kind".into(), kind_and_version.0.into());
+    }
+    serde_yaml::to_string(&value).unwrap_or_default()
+}
+
+/// Every file of `deploy/`, by name.
+pub fn render() -> BTreeMap<&'static str, String> {
+    let header = "# Generated by `cargo xtask manifests` from controller/src/manifests.rs; do not edit.\n";
+    let crd = serde_yaml::to_string(&KSASigningKeyRotation::crd()).unwrap_or_default();
+    let namespace = Namespace {
+        metadata: meta(NAMESPACE, None),
+        ..Namespace::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta(NAME, Some(NAMESPACE)),
+        ..ServiceAccount::default()
+    };
+    let binding = ClusterRoleBinding {
+        metadata: meta(NAME, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: NAME.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: NAME.to_owned(),
+            namespace: Some(NAMESPACE.to_owned()),
+            ..Subject::default()
+        }]),
+    };
+    let controller = [
+        yaml(("Namespace", "v1"), &namespace),
+        yaml(("ServiceAccount", "v1"), &account),
+        yaml(("ClusterRole", "rbac.authorization.k8s.io/v1"), &cluster_role()),
+        yaml(("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"), &binding),
+        yaml(("Deployment", "apps/v1"), &deployment()),
+        yaml(("Service", "v1"), &service()),
+    ]
+    .join("---\n");
+    BTreeMap::from([
+        ("crd.yaml", format!("{header}{crd}")),
+        ("controller.yaml", format!("{header}{controller}")),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    /// `deploy/` must be what the code generates: run `cargo xtask
+    /// manifests` after changing the CRD or the install.
+    #[test]
+    fn deploy_files_are_fresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for (name, expected) in super::render() {
+            let path = dir.join(name);
+            let actual = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                actual == expected,
+                "{} is stale; run `cargo xtask manifests` and commit the result",
+                path.display()
+            );
+        }
+    }
+}
