@@ -25,7 +25,9 @@ fn ksa(args: &[&str], stdin: Option<&str>) -> String {
         .spawn()
         .expect("ksa runs");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.unwrap_or_default().as_bytes()).expect("stdin written");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("stdin written");
     drop(input);
     let output = child.wait_with_output().expect("ksa exits");
     format!(
@@ -60,33 +62,98 @@ fn jwks_file() -> tempfile::NamedTempFile {
 
 #[test]
 fn status_decode() {
-    insta::assert_snapshot!("status_decode_one_line", ksa(&["status", "decode", SPEC_LINE], None));
-    let broken = SPEC_LINE.replace(", ", ",\n  ").replace("is - ", "is -\n  ");
-    insta::assert_snapshot!("status_decode_stdin_broken_lines", ksa(&["status", "decode", "-"], Some(&broken)));
-    insta::assert_snapshot!("status_decode_bad", ksa(&["status", "decode", &SPEC_LINE.replace("[1,2]", "[2,1]")], None));
+    insta::assert_snapshot!(
+        "status_decode_one_line",
+        ksa(&["status", "decode", SPEC_LINE], None)
+    );
+    let broken = SPEC_LINE
+        .replace(", ", ",\n  ")
+        .replace("is - ", "is -\n  ");
+    insta::assert_snapshot!(
+        "status_decode_stdin_broken_lines",
+        ksa(&["status", "decode", "-"], Some(&broken))
+    );
+    insta::assert_snapshot!(
+        "status_decode_bad",
+        ksa(
+            &["status", "decode", &SPEC_LINE.replace("[1,2]", "[2,1]")],
+            None
+        )
+    );
 }
 
 #[test]
 fn keys_jwks_and_bad_keys() {
-    insta::assert_snapshot!("keys_jwks", ksa(&["keys", "jwks", &core_data("keys/rsa-pub.pem"), &core_data("keys/ec-sec1.pem")], None));
+    insta::assert_snapshot!(
+        "keys_jwks",
+        ksa(
+            &[
+                "keys",
+                "jwks",
+                &core_data("keys/rsa-pub.pem"),
+                &core_data("keys/ec-sec1.pem")
+            ],
+            None
+        )
+    );
     let mut bad = tempfile::NamedTempFile::new().expect("temp");
-    write!(bad, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").expect("written");
+    write!(
+        bad,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    )
+    .expect("written");
     let out = ksa(&["keys", "jwks", bad.path().to_str().expect("path")], None)
         .replace(bad.path().to_str().expect("path"), "BAD.pem");
     insta::assert_snapshot!("keys_jwks_bad_pem", out);
-    insta::assert_snapshot!("keys_generate_bad_bits", ksa(&["keys", "generate", "--bits", "1024", "--out", "/nonexistent"], None));
+    insta::assert_snapshot!(
+        "keys_generate_bad_bits",
+        ksa(
+            &[
+                "keys",
+                "generate",
+                "--bits",
+                "1024",
+                "--out",
+                "/nonexistent"
+            ],
+            None
+        )
+    );
 }
 
 #[test]
 fn keys_generate_writes_private_key_0600() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = ksa(&["keys", "generate", "--algorithm", "ES256", "--out", dir.path().to_str().expect("path")], None);
+    let out = ksa(
+        &[
+            "keys",
+            "generate",
+            "--algorithm",
+            "ES256",
+            "--out",
+            dir.path().to_str().expect("path"),
+        ],
+        None,
+    );
     assert!(out.starts_with("exit: 0"), "{out}");
-    let mode = std::fs::metadata(dir.path().join("sa.key")).expect("sa.key").permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("sa.key"))
+        .expect("sa.key")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let again = ksa(&["keys", "generate", "--algorithm", "ES256", "--out", dir.path().to_str().expect("path")], None)
-        .replace(dir.path().to_str().expect("path"), "DIR");
+    let again = ksa(
+        &[
+            "keys",
+            "generate",
+            "--algorithm",
+            "ES256",
+            "--out",
+            dir.path().to_str().expect("path"),
+        ],
+        None,
+    )
+    .replace(dir.path().to_str().expect("path"), "DIR");
     insta::assert_snapshot!("keys_generate_refuses_to_overwrite", again);
 }
 
@@ -97,17 +164,41 @@ fn token_decode_and_verify() {
     let valid = vector_token("valid RS256 bound token");
     insta::assert_snapshot!("token_decode", ksa(&["token", "decode", &valid], None));
     let verify_at = |token: &str, at: &str, extra: &[&str]| {
-        let mut args = vec!["token", "verify", token, "--jwks", jwks, "--issuer", "https://kubernetes.default.svc.cluster.local", "--audience", "https://kubernetes.default.svc", "--at", at];
+        let mut args = vec![
+            "token",
+            "verify",
+            token,
+            "--jwks",
+            jwks,
+            "--issuer",
+            "https://kubernetes.default.svc.cluster.local",
+            "--audience",
+            "https://kubernetes.default.svc",
+            "--at",
+            at,
+        ];
         args.extend_from_slice(extra);
         ksa(&args, None)
     };
     let verify = |token: &str, extra: &[&str]| verify_at(token, "2027-01-15T08:00:00Z", extra);
     insta::assert_snapshot!("token_verify_valid", verify(&valid, &[]));
     insta::assert_snapshot!("token_verify_valid_json", verify(&valid, &["-o", "json"]));
-    insta::assert_snapshot!("token_verify_expired", verify(&vector_token("expired"), &[]));
-    insta::assert_snapshot!("token_verify_alg_none", verify(&vector_token("alg none"), &[]));
-    insta::assert_snapshot!("token_verify_tampered_json", verify(&vector_token("tampered claims"), &["-o", "json"]));
-    insta::assert_snapshot!("token_verify_no_keys", ksa(&["token", "verify", &valid], None));
+    insta::assert_snapshot!(
+        "token_verify_expired",
+        verify(&vector_token("expired"), &[])
+    );
+    insta::assert_snapshot!(
+        "token_verify_alg_none",
+        verify(&vector_token("alg none"), &[])
+    );
+    insta::assert_snapshot!(
+        "token_verify_tampered_json",
+        verify(&vector_token("tampered claims"), &["-o", "json"])
+    );
+    insta::assert_snapshot!(
+        "token_verify_no_keys",
+        ksa(&["token", "verify", &valid], None)
+    );
     insta::assert_snapshot!("token_verify_bad_at", verify_at(&valid, "yesterday", &[]));
     insta::assert_snapshot!("token_verify_stdin_unix_time", {
         let args = ["token", "verify", "-", "--jwks", jwks, "--at", "1800000000"];
@@ -118,13 +209,39 @@ fn token_decode_and_verify() {
 #[test]
 fn config_errors_name_the_field() {
     let mut config = tempfile::NamedTempFile::new().expect("temp");
-    write!(config, "name: user-cluster-1\nksaSigningKeyRotation:\n  key: DSA-1024\n").expect("written");
-    let out = ksa(&["update", "credentials", "ksa-signing-key", "status", "--config", config.path().to_str().expect("path")], None);
+    write!(
+        config,
+        "name: user-cluster-1\nksaSigningKeyRotation:\n  key: DSA-1024\n"
+    )
+    .expect("written");
+    let out = ksa(
+        &[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "status",
+            "--config",
+            config.path().to_str().expect("path"),
+        ],
+        None,
+    );
     insta::assert_snapshot!("config_bad_key", out);
 }
 
 #[test]
 fn help() {
     insta::assert_snapshot!("help", ksa(&["--help"], None));
-    insta::assert_snapshot!("help_rotate", ksa(&["update", "credentials", "ksa-signing-key", "rotate", "--help"], None));
+    insta::assert_snapshot!(
+        "help_rotate",
+        ksa(
+            &[
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "rotate",
+                "--help"
+            ],
+            None
+        )
+    );
 }

@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod refresh;
 
 pub use error::{Error, Result};
-pub mod run;
 pub mod manifests;
+pub mod rollout;
+pub mod run;
 pub mod serve;

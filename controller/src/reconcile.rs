@@ -24,6 +24,7 @@ use crate::api::{KSASigningKeyRotation, RotationStatus};
 use crate::cluster::TargetCluster;
 use crate::error::{Error, Result};
 use crate::keystore::KeyStore;
+use crate::rollout::Rollout;
 use crate::{lock, refresh};
 
 /// What every reconcile shares.
@@ -81,14 +82,22 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         rotation.reconcile().await
     }
     .await;
-    if let Err(error) = &outcome {
-        ctx.metrics.reconcile_errors.inc();
-        tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
-        // Best effort: show the error where operators look.
-        let patch = serde_json::json!({"status": {"waitingFor": format!("error: {error}")}});
-        let _ = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
+    match &outcome {
+        // A stale read (the cache lags our own last write): the next
+        // reconcile reads again. Not worth an operator's attention.
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+            tracing::debug!(rotation = %name, "status changed meanwhile; reconciling again");
+        }
+        Err(error) => {
+            ctx.metrics.reconcile_errors.inc();
+            tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
+            // Best effort: show the error where operators look.
+            let patch = serde_json::json!({"status": {"waitingFor": format!("error: {error}")}});
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
+        Ok(_) => {}
     }
     outcome
 }
@@ -135,15 +144,23 @@ impl Rotation<'_> {
             name: self.name.clone(),
         };
         let metrics = &self.ctx.metrics;
-        metrics.step.get_or_create(&labels).set(i64::from(next.step().number()));
-        metrics.in_progress.get_or_create(&labels).set(i64::from(!next.is_completed()));
+        metrics
+            .step
+            .get_or_create(&labels)
+            .set(i64::from(next.step().number()));
+        metrics
+            .in_progress
+            .get_or_create(&labels)
+            .set(i64::from(!next.is_completed()));
         if next.step() != state.step()
             && let Some(entered) = state.step_started_at()
         {
             let seconds = now.duration_since(entered).as_secs_f64().max(0.0);
             metrics
                 .step_seconds
-                .get_or_create(&crate::serve::StepLabels { step: state.step().to_string() })
+                .get_or_create(&crate::serve::StepLabels {
+                    step: state.step().to_string(),
+                })
                 .observe(seconds);
         }
     }
@@ -246,21 +263,16 @@ impl Rotation<'_> {
             Effect::PublishPublicKeys { public, signing }
             | Effect::SwitchSigner { signing, public } => {
                 let issuer = self.cluster.issuer().await?;
-                let secret = self
-                    .resource
-                    .spec
-                    .rollout
-                    .key_secret
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-apiserver-keys", self.name));
-                let changed = self
-                    .keystore
-                    .publish(&secret, *signing, public, issuer.as_deref())
-                    .await?;
-                if changed {
-                    self.roll_out(*signing, public).await?;
-                }
-                Ok(())
+                Rollout::of(self.resource, &self.name)
+                    .apply(
+                        client,
+                        &self.namespace,
+                        &self.keystore,
+                        *signing,
+                        public,
+                        issuer.as_deref(),
+                    )
+                    .await
             }
             Effect::RefreshLegacyTokens { version } => {
                 let key = self.keystore.private_key(*version).await?;
@@ -288,37 +300,6 @@ impl Rotation<'_> {
             }
             Effect::RetireKey { version } => self.keystore.delete(*version).await,
         }
-    }
-
-    /// Restarts the API server workload, when one is configured, by its pod
-    /// template. Without one, whoever mounts the key Secret restarts on its
-    /// change (the end-to-end harness does).
-    async fn roll_out(&self, signing: KeyVersion, public: &[KeyVersion]) -> Result<()> {
-        let Some(workload) = &self.resource.spec.rollout.workload else {
-            return Ok(());
-        };
-        let id = crate::keystore::key_set_id(signing, public);
-        let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"ksa.dev/key-set": id}}}}});
-        let params = PatchParams::default();
-        match workload.kind.as_str() {
-            "StatefulSet" => {
-                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
-                    self.ctx.client.clone(),
-                    &self.namespace,
-                )
-                .patch(&workload.name, &params, &Patch::Merge(&patch))
-                .await?;
-            }
-            _ => {
-                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-                    self.ctx.client.clone(),
-                    &self.namespace,
-                )
-                .patch(&workload.name, &params, &Patch::Merge(&patch))
-                .await?;
-            }
-        }
-        Ok(())
     }
 
     async fn write_status(&self, state: &RotationState, waiting: Option<String>) -> Result<()> {

@@ -64,11 +64,31 @@ impl Default for Metrics {
         let in_progress = Family::<RotationLabels, Gauge>::default();
         let secrets_refreshed = Counter::default();
         let leader = Gauge::<i64, AtomicI64>::default();
-        registry.register("rotation_step", "Current step of each rotation (1 Generate .. 6 Completed)", step.clone());
-        registry.register("step_duration_seconds", "Time from entering a step to its confirmation", step_seconds.clone());
-        registry.register("reconcile_errors", "Reconciles that failed", reconcile_errors.clone());
-        registry.register("rotation_in_progress", "1 while a rotation is not completed", in_progress.clone());
-        registry.register("legacy_secrets_refreshed", "Legacy token Secrets re-minted", secrets_refreshed.clone());
+        registry.register(
+            "rotation_step",
+            "Current step of each rotation (1 Generate .. 6 Completed)",
+            step.clone(),
+        );
+        registry.register(
+            "step_duration_seconds",
+            "Time from entering a step to its confirmation",
+            step_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "rotation_in_progress",
+            "1 while a rotation is not completed",
+            in_progress.clone(),
+        );
+        registry.register(
+            "legacy_secrets_refreshed",
+            "Legacy token Secrets re-minted",
+            secrets_refreshed.clone(),
+        );
         registry.register("leader", "1 while this replica leads", leader.clone());
         Metrics {
             registry,
@@ -101,7 +121,10 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/jwks/{namespace}/{name}", get(jwks))
-        .route("/jwks/{namespace}/{name}/.well-known/openid-configuration", get(discovery))
+        .route(
+            "/jwks/{namespace}/{name}/.well-known/openid-configuration",
+            get(discovery),
+        )
         .with_state(AppState {
             metrics,
             client,
@@ -124,7 +147,10 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -132,14 +158,23 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn published(state: &AppState, namespace: &str, name: &str, key: &str, content_type: &'static str) -> Response {
+async fn published(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    content_type: &'static str,
+) -> Response {
     let api: Api<ConfigMap> = Api::namespaced(state.client.clone(), namespace);
     match api.get_opt(&format!("{name}-jwks")).await {
         Ok(Some(config_map)) => match config_map.data.and_then(|mut d| d.remove(key)) {
             Some(body) => (
                 [
                     (header::CONTENT_TYPE, content_type.to_owned()),
-                    (header::CACHE_CONTROL, format!("public, max-age={JWKS_MAX_AGE_SECONDS}")),
+                    (
+                        header::CACHE_CONTROL,
+                        format!("public, max-age={JWKS_MAX_AGE_SECONDS}"),
+                    ),
                 ],
                 body,
             )
@@ -149,15 +184,39 @@ async fn published(state: &AppState, namespace: &str, name: &str, key: &str, con
         Ok(None) => (StatusCode::NOT_FOUND, "no such rotation").into_response(),
         Err(error) => {
             tracing::warn!(%error, "reading the JWKS ConfigMap");
-            (StatusCode::SERVICE_UNAVAILABLE, "the API server is unavailable").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the API server is unavailable",
+            )
+                .into_response()
         }
     }
 }
 
-async fn jwks(State(state): State<AppState>, Path((namespace, name)): Path<(String, String)>) -> Response {
-    published(&state, &namespace, &name, "jwks.json", "application/jwk-set+json").await
+async fn jwks(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    published(
+        &state,
+        &namespace,
+        &name,
+        "jwks.json",
+        "application/jwk-set+json",
+    )
+    .await
 }
 
-async fn discovery(State(state): State<AppState>, Path((namespace, name)): Path<(String, String)>) -> Response {
-    published(&state, &namespace, &name, "openid-configuration.json", "application/json").await
+async fn discovery(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    published(
+        &state,
+        &namespace,
+        &name,
+        "openid-configuration.json",
+        "application/json",
+    )
+    .await
 }

@@ -227,7 +227,10 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self) -> Result<()> {
-        fs::write(self.kubeconfig_path(), self.kubeconfig(&self.pki.admin_cert, &self.pki.admin_key))?;
+        fs::write(
+            self.kubeconfig_path(),
+            self.kubeconfig(&self.pki.admin_cert, &self.pki.admin_key),
+        )?;
         fs::write(
             self.controller_kubeconfig_path(),
             self.kubeconfig(&self.pki.controller_cert, &self.pki.controller_key),

@@ -100,7 +100,11 @@ impl Installation {
         // bound to the user its client certificate names.
         let roles: Api<ClusterRole> = Api::all(client.clone());
         roles
-            .patch("ksa-controller", &PatchParams::apply("ksa-e2e").force(), &Patch::Apply(ksa_controller::manifests::cluster_role()))
+            .patch(
+                "ksa-controller",
+                &PatchParams::apply("ksa-e2e").force(),
+                &Patch::Apply(ksa_controller::manifests::cluster_role()),
+            )
             .await?;
         let binding = ClusterRoleBinding {
             metadata: ObjectMeta {
@@ -120,7 +124,11 @@ impl Installation {
             }]),
         };
         Api::<ClusterRoleBinding>::all(client.clone())
-            .patch("ksa-controller", &PatchParams::apply("ksa-e2e").force(), &Patch::Apply(binding))
+            .patch(
+                "ksa-controller",
+                &PatchParams::apply("ksa-e2e").force(),
+                &Patch::Apply(binding),
+            )
             .await?;
         let store = KeyStore::new(client.clone(), namespace, name);
         store.create(KeyVersion::FIRST, current).await?;
@@ -132,7 +140,9 @@ impl Installation {
                 None,
             )
             .await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         Ok(Installation {
             controller: None,
             log: log_dir.join("ksa-controller.log"),
@@ -153,8 +163,9 @@ impl Installation {
                 "--leader-namespace",
                 "default",
                 "--lease-seconds",
-                "5",
+                "15",
             ])
+            .arg(format!("--http-addr={}", self.http_addr))
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())

@@ -58,7 +58,9 @@ impl Pki {
 
         let controller_key = KeyPair::generate()?;
         let mut controller = CertificateParams::new(Vec::<String>::new())?;
-        controller.distinguished_name.push(DnType::CommonName, "ksa-controller");
+        controller
+            .distinguished_name
+            .push(DnType::CommonName, "ksa-controller");
         controller.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let controller_cert = controller.signed_by(&controller_key, &issuer)?;
 

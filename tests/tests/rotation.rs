@@ -183,13 +183,25 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     // headers, and its metrics.
     let http = format!("http://{}", scenario.installation.http_addr);
     let (jwks_headers, jwks) = get(&format!("{http}/jwks/user-cluster-1/user-cluster-1"))
-        .unwrap_or_else(|e| panic!("GET the JWKS from the controller: {e}\n{}", scenario.installation.controller_log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "GET the JWKS from the controller: {e}\n{}",
+                scenario.installation.controller_log()
+            )
+        });
     assert_eq!(jwks_headers, "public, max-age=60");
     let published = ksa_core::jwk::parse_jwks(&jwks)?;
     assert_eq!(published.len(), 1);
     let (_, metrics) = get(&format!("{http}/metrics"))?;
-    assert!(metrics.contains(r#"ksa_rotation_step{namespace="user-cluster-1",name="user-cluster-1"} 6"#), "{metrics}");
-    assert!(metrics.contains("ksa_legacy_secrets_refreshed_total 2"), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"ksa_rotation_step{namespace="user-cluster-1",name="user-cluster-1"} 6"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ksa_legacy_secrets_refreshed_total 2"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("PRIVATE KEY"));
 
     // A second rotate while one runs is refused with exit 3.

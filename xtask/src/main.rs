@@ -35,7 +35,13 @@ fn main() -> Result<()> {
         Some("e2e") => e2e(&rest),
         Some("demo") => demo(),
         Some("manifests") => run(cargo().args([
-            "run", "--quiet", "-p", "ksa-controller", "--", "manifests", "deploy",
+            "run",
+            "--quiet",
+            "-p",
+            "ksa-controller",
+            "--",
+            "manifests",
+            "deploy",
         ])),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         _ => {

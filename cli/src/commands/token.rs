@@ -112,7 +112,10 @@ fn verify(token: &str, keys: &KeySet, expect: &Expectations, output: Format) -> 
                     super::print(&format!(
                         "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}",
                         paint("valid", "32"),
-                        serde_json::to_value(verified.kind()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                        serde_json::to_value(verified.kind())
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
                         verified.kid,
                         verified.algorithm,
                         verified.claims.iss.as_deref().unwrap_or("-"),
