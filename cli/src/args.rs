@@ -53,6 +53,9 @@ pub enum Command {
     /// Print shell completions.
     #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
     Completions { shell: clap_complete::Shell },
+    /// Write man pages (one per command) into a directory.
+    #[command(hide = true)]
+    Man { out: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

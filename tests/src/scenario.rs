@@ -97,7 +97,16 @@ impl Scenario {
     /// Runs `ksa` with these arguments (config and kubeconfig added for the
     /// rotation commands).
     pub fn ksa(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.ksa_process(args)?.wait_with_output()?)
+    }
+
+    /// Starts `ksa` with these arguments, output captured.
+    pub fn ksa_process(&self, args: &[&str]) -> Result<std::process::Child> {
         let mut command = Command::new(ksa_binary("ksa")?);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         command.args(args);
         if args.first() == Some(&"update") {
             if !args.contains(&"--config") {
@@ -105,7 +114,7 @@ impl Scenario {
             }
             command.arg("--kubeconfig").arg(&self.kubeconfig);
         }
-        Ok(command.output()?)
+        Ok(command.spawn()?)
     }
 
     /// A user cluster config file with other contents.

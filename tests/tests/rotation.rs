@@ -204,19 +204,28 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     );
     assert!(!metrics.contains("PRIVATE KEY"));
 
-    // A second rotate while one runs is refused with exit 3.
-    let first = scenario.ksa(&[
-        "update",
-        "credentials",
-        "ksa-signing-key",
-        "rotate",
-        "--skip-prompt",
-    ])?;
+    // Two rotates started at the same moment: exactly one proceeds, the
+    // other is refused with exit 3; a third while it runs is refused too.
+    let racers: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            scenario.ksa_process(&[
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "rotate",
+                "--skip-prompt",
+            ])
+        })
+        .collect::<Result<_>>()?;
+    let mut codes: Vec<Option<i32>> = Vec::new();
+    for racer in racers {
+        codes.push(racer.wait_with_output()?.status.code());
+    }
+    codes.sort();
     assert_eq!(
-        first.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
+        codes,
+        [Some(0), Some(3)],
+        "one rotate proceeds, the other exits 3"
     );
     let second = scenario.ksa(&[
         "update",

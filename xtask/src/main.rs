@@ -4,6 +4,7 @@
 //! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
 //!   and every test, end-to-end included. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target and the control plane.
+//! - `man`: man pages for every `ksa` command into `target/man`.
 //! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types.
 //! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
 //!   from the pinned Go modules in `xtask/control-plane/` into the cache.
@@ -34,6 +35,17 @@ fn main() -> Result<()> {
         }
         Some("e2e") => e2e(&rest),
         Some("demo") => demo(),
+        Some("man") => run(cargo().args([
+            "run",
+            "--quiet",
+            "-p",
+            "ksa-cli",
+            "--bin",
+            "ksa",
+            "--",
+            "man",
+            "target/man",
+        ])),
         Some("manifests") => run(cargo().args([
             "run",
             "--quiet",
@@ -46,7 +58,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::run(rest.contains(&"--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | manifests | control-plane | e2e [TEST...] | bench [--quick]>"
+                "usage: cargo xtask <demo | ci | setup | manifests | man | control-plane | e2e [TEST...] | bench [--quick]>"
             );
             std::process::exit(2);
         }

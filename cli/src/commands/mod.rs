@@ -23,6 +23,12 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Status { command } => status::run(command),
         Command::Keys { command } => keys::run(command),
         Command::Token { command } => token::run(command),
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out)?;
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, &out)?;
+            Ok(crate::exit::DONE)
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "ksa", &mut std::io::stdout());
