@@ -99,6 +99,12 @@ pub fn run(quick: bool) -> Result<()> {
             Some(("openssl speed rsa2048 verify/s", openssl_verify)),
         ),
         result(
+            "core.raw_sign_rs256_aws_lc",
+            per_second("tokens/raw_sign_rs256")?,
+            "ops/s",
+            Some(("openssl speed rsa2048 sign/s", openssl_sign)),
+        ),
+        result(
             "core.mint_es256",
             per_second("tokens/mint_es256")?,
             "ops/s",
@@ -123,7 +129,65 @@ pub fn run(quick: bool) -> Result<()> {
             None,
         ),
     ];
-    write_report(&target.join("bench"), results)
+    write_report(&target.join("bench"), results)?;
+    cli(quick)
+}
+
+/// `cli.help_ms` and `cli.status_ms`: the release `ksa` timed as an
+/// operator runs it, `status` against a local real API server.
+fn cli(quick: bool) -> Result<()> {
+    let root = crate::root();
+    let control_plane = crate::control_plane::ensure()?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ksa-cli",
+        "-p",
+        "ksa-tests",
+        "--bin",
+        "ksa",
+        "--bin",
+        "ksa-bench-cli",
+    ]))?;
+    let runs = if quick { "10" } else { "50" };
+    let ksa = root.join("target/release/ksa");
+    eprintln!("$ target/release/ksa-bench-cli {} {runs}", ksa.display());
+    let out = Command::new(root.join("target/release/ksa-bench-cli"))
+        .arg(&ksa)
+        .arg(runs)
+        .env(crate::control_plane::ENV, &control_plane)
+        .output()
+        .context("running ksa-bench-cli")?;
+    if !out.status.success() {
+        bail!(
+            "ksa-bench-cli failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let medians: Value = serde_json::from_slice(&out.stdout).context("ksa-bench-cli output")?;
+    let number = |field: &str| {
+        medians[field]
+            .as_f64()
+            .with_context(|| format!("no {field}"))
+    };
+    write_report(
+        &root.join("target/bench"),
+        vec![
+            result(
+                "cli.help_ms",
+                number("help_ms")?,
+                "ms",
+                Some(("target", 20.0)),
+            ),
+            result(
+                "cli.status_ms",
+                number("status_ms")?,
+                "ms",
+                Some(("target", 150.0)),
+            ),
+        ],
+    )
 }
 
 /// Merges `results` into the report (other subcommands add theirs) and
