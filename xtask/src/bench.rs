@@ -71,6 +71,7 @@ pub fn run(quick: bool) -> Result<()> {
     // slow moment would flatter every ratio.
     eprintln!("$ openssl speed -seconds {seconds} rsa2048");
     let before = openssl_rsa2048(seconds)?;
+    let mut bench = crate::cargo();
     bench.args([
         "bench",
         "-p",
