@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksa_controller::api::KSASigningKeyRotation;
@@ -14,7 +13,7 @@ use ksa_controller::keystore::KeyStore;
 use ksa_core::KeyVersion;
 use ksa_core::key::PrivateKey;
 use kube::CustomResourceExt as _;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 /// A built binary of this workspace (`ksa`, `ksa-controller`), found beside
 /// the test executable.
@@ -83,19 +82,7 @@ impl Installation {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.to_owned()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::cluster::create_namespace(client, namespace).await?;
         // The controller's permissions: exactly the ClusterRole of deploy/,
         // bound to the user its client certificate names.
         let roles: Api<ClusterRole> = Api::all(client.clone());

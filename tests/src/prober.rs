@@ -11,13 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{
-    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
-};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use ksa_controller::api::KSASigningKeyRotation;
 use ksa_controller::keystore::LABEL_KEY_VERSION;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use tokio::sync::Mutex;
 
 /// What the prober saw.
@@ -92,20 +89,7 @@ async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u6
 }
 
 async fn review(client: &kube::Client, token: &str) -> Result<bool, kube::Error> {
-    let api: Api<TokenReview> = Api::all(client.clone());
-    let review = TokenReview {
-        spec: TokenReviewSpec {
-            token: Some(token.to_owned()),
-            ..TokenReviewSpec::default()
-        },
-        ..TokenReview::default()
-    };
-    let status = api
-        .create(&PostParams::default(), &review)
-        .await?
-        .status
-        .unwrap_or_default();
-    Ok(status.authenticated == Some(true))
+    Ok(crate::cluster::review_token(client, token).await?.is_some())
 }
 
 fn kid(token: &str) -> String {
@@ -146,23 +130,18 @@ async fn probe_once(
             }
         }
     }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &target.namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    match accounts
-        .create_token_request(&target.service_account, &PostParams::default(), &request)
-        .await
-    {
-        Ok(response) => {
-            if let Some(status) = response.status {
-                tokens.push(status.token);
-                stats.lock().await.tokens_issued += 1;
-            }
+    let fresh = crate::cluster::request_token(
+        client,
+        &target.namespace,
+        &target.service_account,
+        Vec::new(),
+        3600,
+    )
+    .await;
+    match fresh {
+        Ok(token) => {
+            tokens.push(token);
+            stats.lock().await.tokens_issued += 1;
         }
         Err(_) => stats.lock().await.unavailable += 1,
     }

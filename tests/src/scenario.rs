@@ -12,18 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::authentication::v1::{
-    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
-};
-use k8s_openapi::api::core::v1::{
-    Container, Namespace, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
 
+use crate::cluster::{create_namespace, create_service_account, request_token, review_token};
 use crate::{
     ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober, ksa_binary,
 };
@@ -126,37 +122,12 @@ impl Scenario {
 
     /// A fresh bound token of the workload's service account.
     pub async fn bound_token(&self) -> Result<String> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), APPS);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let response = api
-            .create_token_request("app", &PostParams::default(), &request)
-            .await?;
-        Ok(response
-            .status
-            .context("TokenRequest returned no token")?
-            .token)
+        request_token(&self.client, APPS, "app", Vec::new(), 3600).await
     }
 
     /// Whether the API server authenticates a token (TokenReview).
     pub async fn accepted(&self, token: &str) -> Result<bool> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                ..TokenReviewSpec::default()
-            },
-            ..TokenReview::default()
-        };
-        let status = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await?
-            .status;
-        Ok(status.and_then(|s| s.authenticated) == Some(true))
+        Ok(review_token(&self.client, token).await?.is_some())
     }
 
     /// The legacy token currently in the workload's Secret.
@@ -173,32 +144,8 @@ impl Scenario {
 }
 
 async fn create_workload(client: &kube::Client) -> Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(APPS.into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), APPS);
-    let account = accounts
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("app".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await?;
+    create_namespace(client, APPS).await?;
+    let account = create_service_account(client, APPS, "app").await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS);
     secrets
         .create(

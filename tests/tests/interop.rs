@@ -5,16 +5,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{
-    SelfSubjectReview, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
-};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::{KeySpec, PrivateKey};
 use ksa_core::keyset::KeySet;
 use ksa_core::token::{self, Claims, Expectations, ObjectRef};
+use ksa_tests::cluster::{create_namespace, create_service_account, request_token, review_token};
 use ksa_tests::{ApiServerKeys, ControlPlane, ISSUER};
 use kube::api::{Api, ObjectMeta, PostParams};
 
@@ -31,72 +30,6 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
-async fn service_account(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<ServiceAccount> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        ..ServiceAccount::default()
-    };
-    Ok(api.create(&PostParams::default(), &sa).await?)
-}
-
-async fn token_request(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    audiences: Vec<String>,
-    seconds: i64,
-) -> Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences,
-            expiration_seconds: Some(seconds),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let response = api
-        .create_token_request(name, &PostParams::default(), &request)
-        .await?;
-    response
-        .status
-        .map(|s| s.token)
-        .context("TokenRequest returned no status")
-}
-
-/// Asks the API server whether it authenticates `token`; returns the user name.
-async fn token_review(client: &kube::Client, token: &str) -> Result<Option<(String, Vec<String>)>> {
-    let api: Api<TokenReview> = Api::all(client.clone());
-    let review = TokenReview {
-        spec: TokenReviewSpec {
-            token: Some(token.to_owned()),
-            ..TokenReviewSpec::default()
-        },
-        ..TokenReview::default()
-    };
-    let status = api
-        .create(&PostParams::default(), &review)
-        .await?
-        .status
-        .unwrap_or_default();
-    if status.authenticated != Some(true) {
-        return Ok(None);
-    }
-    let user = status.user.unwrap_or_default();
-    Ok(Some((
-        user.username.unwrap_or_default(),
-        user.groups.unwrap_or_default(),
-    )))
-}
-
 async fn get_json(client: &kube::Client, path: &str) -> Result<String> {
     Ok(client
         .request_text(http::Request::get(path).body(Vec::new())?)
@@ -108,8 +41,8 @@ async fn apiserver_tokens_verify_with_ksa_core_and_carry_our_kid() -> Result<()>
     let key = new_key();
     let plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
     let client = plane.client().await?;
-    service_account(&client, "default", "reader").await?;
-    let jwt = token_request(&client, "default", "reader", vec!["vault".into()], 600).await?;
+    create_service_account(&client, "default", "reader").await?;
+    let jwt = request_token(&client, "default", "reader", vec!["vault".into()], 600).await?;
 
     let discovery: serde_json::Value =
         serde_json::from_str(&get_json(&client, "/.well-known/openid-configuration").await?)?;
@@ -158,20 +91,8 @@ async fn legacy_token_minted_by_ksa_core_authenticates_and_is_authorized() -> Re
     let key = new_key();
     let plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
     let client = plane.client().await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some("apps".into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
-    let sa = service_account(&client, "apps", "legacy").await?;
+    create_namespace(&client, "apps").await?;
+    let sa = create_service_account(&client, "apps", "legacy").await?;
     let uid = sa.metadata.uid.context("service account uid")?;
 
     let claims = Claims::legacy(
@@ -209,9 +130,10 @@ async fn legacy_token_minted_by_ksa_core_authenticates_and_is_authorized() -> Re
     };
     secrets.create(&PostParams::default(), &secret).await?;
 
-    let (user, groups) = token_review(&client, &jwt)
+    let reviewed = review_token(&client, &jwt)
         .await?
         .context("TokenReview rejected our legacy token")?;
+    let (user, groups) = (reviewed.username, reviewed.groups);
     assert_eq!(user, "system:serviceaccount:apps:legacy");
     assert!(
         groups.contains(&"system:serviceaccounts".to_owned()),
@@ -298,7 +220,7 @@ async fn legacy_token_minted_by_ksa_core_authenticates_and_is_authorized() -> Re
     let middle = tampered.len() / 2;
     tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered)?;
-    assert_eq!(token_review(&client, &tampered).await?, None);
+    assert_eq!(review_token(&client, &tampered).await?, None);
     Ok(())
 }
 
@@ -308,8 +230,8 @@ async fn overlap_accepts_both_keys_and_retiring_the_old_one_rejects_its_tokens()
     let new = new_key();
     let mut plane = ControlPlane::start(ApiServerKeys::single(old.clone())).await?;
     let client = plane.client().await?;
-    service_account(&client, "default", "app").await?;
-    let old_token = token_request(&client, "default", "app", Vec::new(), 3600).await?;
+    create_service_account(&client, "default", "app").await?;
+    let old_token = request_token(&client, "default", "app", Vec::new(), 3600).await?;
     assert_eq!(
         token::decode(&old_token)?.header.kid.as_deref(),
         Some(old.kid().as_str())
@@ -323,16 +245,16 @@ async fn overlap_accepts_both_keys_and_retiring_the_old_one_rejects_its_tokens()
         })
         .await?;
     let client = plane.client().await?;
-    let new_token = token_request(&client, "default", "app", Vec::new(), 3600).await?;
+    let new_token = request_token(&client, "default", "app", Vec::new(), 3600).await?;
     assert_eq!(
         token::decode(&new_token)?.header.kid.as_deref(),
         Some(new.kid().as_str())
     );
     for jwt in [&old_token, &new_token] {
-        let (user, _) = token_review(&client, jwt)
+        let reviewed = review_token(&client, jwt)
             .await?
             .context("accepted during the overlap")?;
-        assert_eq!(user, "system:serviceaccount:default:app");
+        assert_eq!(reviewed.username, "system:serviceaccount:default:app");
     }
 
     // Retire: only the new public key.
@@ -341,12 +263,12 @@ async fn overlap_accepts_both_keys_and_retiring_the_old_one_rejects_its_tokens()
         .await?;
     let client = plane.client().await?;
     assert_eq!(
-        token_review(&client, &old_token).await?,
+        review_token(&client, &old_token).await?,
         None,
         "old-key token must be rejected"
     );
     assert!(
-        token_review(&client, &new_token).await?.is_some(),
+        review_token(&client, &new_token).await?.is_some(),
         "new-key token still works"
     );
     assert_eq!(plane.apiserver_starts, 3);
