@@ -131,6 +131,16 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "ksa-wasm",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     build_binaries()?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
