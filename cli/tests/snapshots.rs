@@ -18,6 +18,7 @@ fn ksa(args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ksa"))
         .args(args)
         .env("NO_COLOR", "1")
+        .env("COLUMNS", "100")
         .env_remove("KSA_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
