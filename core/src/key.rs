@@ -300,17 +300,6 @@ impl PublicKey {
         &self.spki_der
     }
 
-    /// The public key as a PKCS#1 `RSAPublicKey` (RSA only): what verifiers
-    /// that take raw RSA keys want.
-    pub fn rsa_pkcs1_der(&self) -> Option<&[u8]> {
-        match self.numbers {
-            PublicNumbers::Rsa { .. } => SubjectPublicKeyInfoRef::from_der(&self.spki_der)
-                .ok()
-                .map(|spki| spki.subject_public_key.raw_bytes()),
-            PublicNumbers::EcP256 { .. } => None,
-        }
-    }
-
     /// The uncompressed SEC1 point (P-256 only).
     pub fn ec_point(&self) -> Option<Vec<u8>> {
         match &self.numbers {

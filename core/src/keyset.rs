@@ -69,10 +69,6 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
-    pub fn trusted_keys(&self) -> impl Iterator<Item = &TrustedKey> {
-        self.keys.iter().map(|k| &k.trusted)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -376,21 +376,6 @@ current-context: e2e
         self.controller_manager = Some(Process::spawn("kube-controller-manager", command, d)?);
         Ok(())
     }
-
-    /// The last `lines` lines of a process's log (`etcd`, `kube-apiserver`,
-    /// `kube-controller-manager`).
-    pub fn log_tail(&self, name: &str, lines: usize) -> String {
-        [
-            Some(&self.etcd),
-            self.apiserver.as_ref(),
-            self.controller_manager.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|p| p.name == name)
-        .map(|p| p.tail(lines))
-        .unwrap_or_default()
-    }
 }
 
 impl Drop for ControlPlane {

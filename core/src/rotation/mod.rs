@@ -460,13 +460,6 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
 }
 
-impl Plan {
-    /// Whether this plan moves the rotation to another step.
-    pub fn advanced_from(&self, state: &RotationState) -> bool {
-        self.next.step != state.step
-    }
-}
-
 /// Why a plan was refused. Only a bug can cause this; the caller must stop
 /// and change nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
