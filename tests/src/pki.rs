@@ -45,33 +45,36 @@ impl Pki {
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server.signed_by(&server_key, &issuer)?;
 
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin
-            .distinguished_name
-            .push(DnType::CommonName, "ksa-admin");
-        admin
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-
-        let controller_key = KeyPair::generate()?;
-        let mut controller = CertificateParams::new(Vec::<String>::new())?;
-        controller
-            .distinguished_name
-            .push(DnType::CommonName, "ksa-controller");
-        controller.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let controller_cert = controller.signed_by(&controller_key, &issuer)?;
+        let (admin_cert, admin_key) = client_cert(&issuer, "ksa-admin", Some("system:masters"))?;
+        let (controller_cert, controller_key) = client_cert(&issuer, "ksa-controller", None)?;
 
         Ok(Pki {
             ca_cert: ca_cert.pem(),
             server_cert: server_cert.pem(),
             server_key: server_key.serialize_pem(),
-            admin_cert: admin_cert.pem(),
-            admin_key: admin_key.serialize_pem(),
-            controller_cert: controller_cert.pem(),
-            controller_key: controller_key.serialize_pem(),
+            admin_cert,
+            admin_key,
+            controller_cert,
+            controller_key,
         })
     }
+}
+
+/// A client certificate (PEM) and its key for user `user`, in `group` if any.
+fn client_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    group: Option<&str>,
+) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }

@@ -98,11 +98,18 @@ impl Scenario {
 
     /// Starts `ksa` with these arguments, output captured.
     pub fn ksa_process(&self, args: &[&str]) -> Result<std::process::Child> {
-        let mut command = Command::new(ksa_binary("ksa")?);
-        command
+        Ok(self
+            .ksa_command(args)?
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
+    }
+
+    /// The `ksa` command line, with `--config` and `--kubeconfig` added for
+    /// the rotation commands.
+    pub fn ksa_command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(ksa_binary("ksa")?);
         command.args(args);
         if args.first() == Some(&"update") {
             if !args.contains(&"--config") {
@@ -110,7 +117,7 @@ impl Scenario {
             }
             command.arg("--kubeconfig").arg(&self.kubeconfig);
         }
-        Ok(command.spawn()?)
+        Ok(command)
     }
 
     /// A user cluster config file with other contents.

@@ -118,34 +118,30 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args([
-        "clippy",
+    // The crates that must build for browsers, checked for wasm32.
+    clippy_wasm32(&[
         "-p",
         "ksa-core",
-        "--target",
-        "wasm32-unknown-unknown",
         "--no-default-features",
         "--features",
         "rust-crypto",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(cargo().args([
-        "clippy",
-        "-p",
-        "ksa-wasm",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    ])?;
+    clippy_wasm32(&["-p", "ksa-wasm"])?;
     build_binaries()?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env(control_plane::ENV, &control_plane))?;
     Ok(())
+}
+
+fn clippy_wasm32(package: &[&str]) -> Result<()> {
+    run(cargo().arg("clippy").args(package).args([
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// The end-to-end tests run `ksa` and `ksa-controller` as processes.

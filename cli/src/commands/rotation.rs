@@ -10,7 +10,8 @@ use ksa_controller::api::{
     SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
 };
 use ksa_controller::lock;
-use ksa_core::rotation::{OperationLock, Step};
+use ksa_core::KeyVersion;
+use ksa_core::rotation::{self, RotationState, StartRequest, Step};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -121,35 +122,38 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
     let timeout = super::duration(timeout, "--timeout")?;
     let target = connect(&args).await?;
     let config = &target.config;
-    if config.advanced_cluster {
-        return Err(Failure::bad_input(anyhow::anyhow!(
-            "{}: enableAdvancedCluster is true; service-account signing key rotation is not supported on advanced clusters (nothing was changed)",
-            args.config.display()
-        )));
-    }
     let existing = target.api.get_opt(&config.name).await?;
     let state = match &existing {
         Some(resource) => resource.state()?,
-        None => ksa_core::rotation::RotationState::settled(ksa_core::KeyVersion::FIRST),
+        None => RotationState::settled(KeyVersion::FIRST),
     };
+    // A target the controller has not picked up yet is a rotation in
+    // progress too, though its status still says completed.
     if let Some(resource) = &existing
-        && (!state.is_completed() || resource.spec.key_version != state.key_version().get())
+        && state.is_completed()
+        && resource.spec.key_version != state.key_version().get()
     {
         return Err(Failure::busy(anyhow::anyhow!(
-            "a key rotation of {} to version {} is already in progress (step {}); follow it with `ksa update credentials ksa-signing-key status --watch` (nothing was changed)",
+            "a key rotation of {} to version {} is already in progress (requested, starting); follow it with `ksa update credentials ksa-signing-key status --watch` (nothing was changed)",
             config.name,
             resource.spec.key_version,
-            state.step()
         )));
     }
-    match lock::observe(&target.client, &config.namespace, &config.name).await? {
-        OperationLock::HeldBy(holder) => {
-            return Err(Failure::busy(anyhow::anyhow!(
-                "the cluster operation lock of {} is held by {holder}; wait for that operation to finish (nothing was changed)",
-                config.name
-            )));
-        }
-        OperationLock::HeldByRotation | OperationLock::Free => {}
+    // Whether a rotation may start is the core's decision, the same one the
+    // controller makes.
+    let request = StartRequest {
+        target: state.key_version().next().unwrap_or(state.key_version()),
+        advanced_cluster: config.advanced_cluster,
+        lock: lock::observe(&target.client, &config.namespace, &config.name).await?,
+    };
+    if let Err(refusal) = rotation::start(&state, &request, jiff::Timestamp::now()) {
+        let error = anyhow::Error::new(refusal.clone())
+            .context(format!("{}: nothing was changed", config.name));
+        return Err(if refusal.is_busy() {
+            Failure::busy(error)
+        } else {
+            Failure::bad_input(error)
+        });
     }
     let from = state.key_version().get();
     let to = from + 1;

@@ -2,11 +2,9 @@
 //! rotation through the CLI with its status lines, and proof that tokens
 //! issued before and after verify.
 
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use ksa_tests::ksa_binary;
 use ksa_tests::scenario::Scenario;
 
 fn kid(token: &str) -> String {
@@ -42,8 +40,8 @@ async fn main() -> Result<()> {
     println!(
         "==> ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --skip-prompt --wait"
     );
-    let status = Command::new(ksa_binary("ksa")?)
-        .args([
+    let status = scenario
+        .ksa_command(&[
             "update",
             "credentials",
             "ksa-signing-key",
@@ -52,13 +50,7 @@ async fn main() -> Result<()> {
             "--wait",
             "--timeout",
             "5m",
-        ])
-        .arg("--config")
-        .arg(&scenario.config)
-        .arg("--kubeconfig")
-        .arg(&scenario.kubeconfig)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        ])?
         .status()?;
     if !status.success() {
         bail!(
