@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::{InvariantViolation, KeyVersions};
+use crate::rotation::{InvariantViolation, KeyVersions, RotationState, Step};
 use crate::{KeyVersion, MAX_INPUT_BYTES};
 
 const PREFIX: &str = "State of KSASigningKeyRotation with KSASigningKeyVersion ";
@@ -84,6 +84,16 @@ pub struct StatusLine {
 impl StatusLine {
     pub fn status(&self) -> bool {
         self.reason.status()
+    }
+
+    /// The rotation steps this line can describe: `Completed` for a completed
+    /// line, otherwise the steps whose confirmed numbers the message carries
+    /// (`Generate` and `Trust` confirm the same numbers, so both are named).
+    pub fn steps(&self) -> Vec<Step> {
+        RotationState::steps_confirming(self.key_version, &self.versions)
+            .into_iter()
+            .filter(|step| (*step == Step::Completed) == self.status())
+            .collect()
     }
 
     /// The message: the three numbers as compact JSON, keys in fixed order.
@@ -277,6 +287,26 @@ mod tests {
             [KeyVersion::new(1), KeyVersion::new(2)]
         );
         assert!(parse(COMPLETED_LINE).expect("parses").status());
+    }
+
+    #[test]
+    fn a_line_names_the_steps_its_numbers_confirm() {
+        assert_eq!(parse(IN_PROGRESS).expect("parses").steps(), [Step::Retire]);
+        assert_eq!(
+            parse(COMPLETED_LINE).expect("parses").steps(),
+            [Step::Completed]
+        );
+        let trust = IN_PROGRESS.replace(
+            r#""tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]"#,
+            r#""tokenVersion":1,"privateKeyVersion":1,"publicKeyVersions":[1]"#,
+        );
+        assert_eq!(
+            parse(&trust).expect("parses").steps(),
+            [Step::Generate, Step::Trust]
+        );
+        // Numbers no step confirms (a line from another tool) name no step.
+        let odd = trust.replace("KSASigningKeyVersion 2", "KSASigningKeyVersion 3");
+        assert_eq!(parse(&odd).expect("parses").steps(), []);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn decode_status(text: &str) -> Result<Value, ApiError> {
         "tokenVersion": versions.token_version(),
         "privateKeyVersion": versions.private_key_version(),
         "publicKeyVersions": versions.public_key_versions(),
+        "steps": line.steps(),
     }))
 }
 

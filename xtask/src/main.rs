@@ -3,7 +3,12 @@
 //!
 //! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
 //!   and every test, end-to-end included. `.ci/run` calls exactly this.
-//! - `setup`: the set-up part alone: the rustup target and the control plane.
+//! - `setup`: the set-up part alone: the rustup target, Debian packages
+//!   (Chromium, chromedriver, binaryen, protoc), wasm-bindgen-cli and the
+//!   control plane.
+//! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
+//!   size budget.
+//! - `serve-inspector`: build it and serve the inspector page on loopback.
 //! - `man`: man pages for every `ksa` command into `target/man`.
 //! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types.
 //! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
@@ -16,6 +21,8 @@
 
 mod bench;
 mod control_plane;
+mod tools;
+mod wasm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +41,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("e2e") => e2e(&rest),
+        Some("wasm") => wasm::build().map(drop),
+        Some("serve-inspector") => serve_inspector(&rest),
         Some("demo") => demo(),
         Some("man") => run(cargo().args([
             "run",
@@ -58,7 +67,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::run(rest.contains(&"--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | manifests | man | control-plane | e2e [TEST...] | bench [--quick]>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [--quick]>"
             );
             std::process::exit(2);
         }
@@ -103,6 +112,8 @@ fn cargo() -> Command {
 fn setup() -> Result<PathBuf> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
+    tools::ensure_debian_packages()?;
+    tools::wasm_bindgen_bin()?;
     control_plane::ensure()
 }
 
@@ -126,7 +137,10 @@ fn ci() -> Result<()> {
         "--features",
         "rust-crypto",
     ])?;
-    clippy_wasm32(&["-p", "ksa-wasm"])?;
+    clippy_wasm32(&["-p", "ksa-wasm", "--tests"])?;
+    wasm::browser_tests()?;
+    // The inspector page test loads the built package.
+    wasm::build()?;
     build_binaries()?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
@@ -156,6 +170,21 @@ fn e2e(filters: &[&str]) -> Result<()> {
         .args(["test", "-p", "ksa-tests", "--"])
         .args(filters)
         .env(control_plane::ENV, &control_plane))
+}
+
+fn serve_inspector(args: &[&str]) -> Result<()> {
+    wasm::build()?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "ksa-tests",
+            "--bin",
+            "ksa-inspector",
+            "--",
+        ])
+        .args(args))
 }
 
 fn demo() -> Result<()> {

@@ -151,6 +151,29 @@ impl RotationState {
         }
     }
 
+    /// The state at `step` of a rotation to `key_version`, with no
+    /// timestamps; `None` where no such state exists (version 1 mid-rotation).
+    fn at(key_version: KeyVersion, step: Step) -> Option<RotationState> {
+        let minimum = if step == Step::Completed { 1 } else { 2 };
+        (key_version.get() >= minimum).then_some(RotationState {
+            step,
+            ..RotationState::settled(key_version)
+        })
+    }
+
+    /// The steps of a rotation to `key_version` whose confirmed numbers are
+    /// `versions`: one step, or `Generate` and `Trust` together, which
+    /// confirm the same numbers.
+    pub fn steps_confirming(key_version: KeyVersion, versions: &KeyVersions) -> Vec<Step> {
+        Step::ROTATION
+            .into_iter()
+            .chain([Step::Completed])
+            .filter(|step| {
+                RotationState::at(key_version, *step).is_some_and(|s| s.versions() == *versions)
+            })
+            .collect()
+    }
+
     /// The version being rotated to, or the current one when completed.
     pub fn key_version(&self) -> KeyVersion {
         self.key_version

@@ -1,0 +1,203 @@
+// The ksa inspector: every input is decoded and verified by ksa-core,
+// compiled to WebAssembly (./pkg, built by `cargo xtask wasm`). Untrusted
+// text only ever reaches the page through textContent.
+import init, { decodeStatus, decodeToken, verifyToken } from "./pkg/ksa_wasm.js";
+
+const $ = (id) => document.getElementById(id);
+const STEPS = ["Generate", "Trust", "Sign", "RefreshTokens", "Retire"];
+// What each step does, on the way from key `old` to key `next`.
+const STEP_MEANING = {
+  Generate: (old, next) => `generating key pair ${next}`,
+  Trust: (old, next) => `publishing keys [${old}, ${next}]; waiting until every API server accepts ${next}`,
+  Sign: (old, next) => `signing with ${next}; waiting until every API server signs with it`,
+  RefreshTokens: (old, next) => `re-minting legacy tokens and refreshing bound tokens with key ${next}`,
+  Retire: (old, next) => `publishing [${next}] only; key ${old} is deleted once no API server trusts it`,
+};
+
+let expiry = null; // seconds since the epoch, for the countdown
+
+function list(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function rows(dl, entries) {
+  dl.replaceChildren();
+  for (const [term, value] of entries) {
+    if (value === undefined || value === null || value === "") continue;
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    if (value instanceof Node) dd.append(value); else dd.textContent = String(value);
+    dl.append(dt, dd);
+  }
+}
+
+function show(element, state, text) {
+  element.dataset.state = state;
+  element.textContent = text;
+}
+
+function badge(text) {
+  const span = document.createElement("span");
+  span.className = "badge";
+  span.textContent = text;
+  return span;
+}
+
+function date(seconds) {
+  return seconds === undefined ? undefined : `${new Date(seconds * 1000).toISOString()} (${seconds})`;
+}
+
+function duration(seconds) {
+  const s = Math.abs(Math.round(seconds));
+  const parts = [[Math.floor(s / 86400), "d"], [Math.floor(s / 3600) % 24, "h"],
+    [Math.floor(s / 60) % 60, "min"], [s % 60, "s"]];
+  const first = parts.findIndex(([n]) => n > 0);
+  return first < 0 ? "0 s" : parts.slice(first, first + 2).map(([n, u]) => `${n} ${u}`).join(" ");
+}
+
+function countdownText() {
+  if (expiry === null) return "";
+  const left = expiry - Date.now() / 1000;
+  return left >= 0 ? `expires in ${duration(left)}` : `expired ${duration(left)} ago`;
+}
+
+function kindLabel(kind) {
+  return { bound: "bound token (TokenRequest)", legacy: "legacy token (Secret)" }[kind]
+    ?? "not a Kubernetes service-account token";
+}
+
+function verifyAt() {
+  const value = $("at").value;
+  return value ? Math.floor(new Date(value).getTime() / 1000) : undefined;
+}
+
+function renderToken() {
+  const jwt = $("token").value.trim();
+  const validity = $("validity");
+  expiry = null;
+  for (const id of ["identity", "lifetime", "header"]) $(id).replaceChildren();
+  $("claims").textContent = "";
+  if (!jwt) return show(validity, "empty", "Paste a token.");
+
+  let decoded;
+  try {
+    decoded = decodeToken(jwt);
+  } catch (error) {
+    return show(validity, "error", `Cannot decode: ${error.kind}: ${error.message}`);
+  }
+  const { claims, header, serviceAccount: account } = decoded;
+  const k8s = claims["kubernetes.io"];
+  const ref = (r) => (r ? `${r.name} (uid ${r.uid})` : undefined);
+  rows($("identity"), [
+    ["Kind", badge(kindLabel(decoded.kind))],
+    ["Service account", account && `${account.namespace}/${account.name}`],
+    ["Service account UID", account?.uid],
+    ["Authenticates as", account && `system:serviceaccount:${account.namespace}:${account.name}`],
+    ["Pod", ref(k8s?.pod)],
+    ["Node", ref(k8s?.node)],
+    ["Secret", ref(k8s?.secret) ?? claims["kubernetes.io/serviceaccount/secret.name"]],
+    ["Audiences", claims.aud?.join(", ")],
+    ["Issuer", claims.iss],
+  ]);
+  expiry = claims.exp ?? null;
+  const countdown = document.createElement("span");
+  countdown.id = "expiry";
+  countdown.textContent = expiry === null ? "never (no exp claim)" : countdownText();
+  rows($("lifetime"), [
+    ["Issued", date(claims.iat)],
+    ["Not before", date(claims.nbf)],
+    ["Expires", date(claims.exp)],
+    ["", countdown],
+    ["Kubelet refreshes after", date(k8s?.warnafter)],
+    ["Token ID", claims.jti],
+  ]);
+  rows($("header"), [["Algorithm", header.alg], ["Key ID (kid)", header.kid ?? "none"], ["Type", header.typ]]);
+  $("claims").textContent = JSON.stringify({ header, claims }, null, 2);
+
+  const jwks = $("jwks").value.trim();
+  if (!jwks) {
+    return show(validity, "unchecked", "Signature not checked: paste the cluster's JWKS to verify it.");
+  }
+  try {
+    const options = { issuers: list($("issuers").value), audiences: list($("audiences").value), at: verifyAt() };
+    const verified = verifyToken(jwt, jwks, options);
+    show(validity, "valid",
+      `Valid: signed by key ${verified.kid} (${verified.algorithm}); issuer, audience and lifetime accepted.`);
+  } catch (error) {
+    show(validity, "invalid", `Invalid (${error.kind}): ${error.message}`);
+  }
+}
+
+function renderStatus() {
+  const text = $("status").value.trim();
+  const summary = $("rotation-step");
+  $("rotation-steps").replaceChildren();
+  $("rotation-numbers").replaceChildren();
+  if (!text) return show(summary, "empty", "Paste a status line.");
+  let line;
+  try {
+    line = decodeStatus(text);
+  } catch (error) {
+    return show(summary, "error", `Not a status line: ${error.message}`);
+  }
+  const steps = line.steps;
+  const current = steps.length ? STEPS.indexOf(steps[steps.length - 1]) : -1;
+  if (line.status) {
+    show(summary, "completed", `Completed: every API server signs with and accepts only key ${line.keyVersion}.`);
+  } else if (steps.length === 0) {
+    show(summary, "error", `${line.reason}: these numbers match no step of a rotation to key ${line.keyVersion}.`);
+  } else {
+    const names = steps.join(" or ");
+    const numbers = steps.map((s) => STEPS.indexOf(s) + 1).join(" or ");
+    const failed = line.reason === "KSASigningKeyRotationProcessedReason" ? "" : ` (${line.reason})`;
+    show(summary, "in-progress",
+      `Rotating to key ${line.keyVersion}: step ${numbers} of 5, ${names}${failed}: ` +
+      `${STEP_MEANING[steps[steps.length - 1]](line.keyVersion - 1, line.keyVersion)}.`);
+  }
+  $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
+    const li = document.createElement("li");
+    li.textContent = `${index + 1}. ${step}`;
+    if (line.status || index < current) li.className = "done";
+    else if (steps.includes(step)) li.className = "current";
+    return li;
+  }));
+  rows($("rotation-numbers"), [
+    ["KSASigningKeyVersion", line.keyVersion],
+    ["Tokens signed with", line.tokenVersion],
+    ["Private key", line.privateKeyVersion],
+    ["Public keys", `[${line.publicKeyVersions.join(", ")}]`],
+    ["Status, reason", `${line.status ? "True" : "False"}, ${line.reason}`],
+  ]);
+}
+
+async function fetchJwks() {
+  const url = $("jwks-url").value.trim();
+  if (!url) return;
+  try {
+    const response = await fetch(url, { credentials: "omit" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    $("jwks").value = await response.text();
+  } catch (error) {
+    $("jwks").value = "";
+    show($("validity"), "error",
+      `Could not fetch ${url}: ${error.message}. The server must allow this page's origin (CORS); otherwise paste the JWKS.`);
+    return;
+  }
+  renderToken();
+}
+
+await init();
+// For the console and the in-browser benchmark.
+window.ksa = { decodeStatus, decodeToken, verifyToken };
+$("loading").remove();
+for (const id of ["token", "jwks", "issuers", "audiences", "at"]) $(id).addEventListener("input", renderToken);
+$("status").addEventListener("input", renderStatus);
+$("fetch-jwks").addEventListener("click", fetchJwks);
+setInterval(() => {
+  const element = $("expiry");
+  if (element && expiry !== null) element.textContent = countdownText();
+}, 1000);
+renderToken();
+renderStatus();
+document.body.dataset.ready = "true";
