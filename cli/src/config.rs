@@ -31,8 +31,11 @@ pub struct UserClusterConfig {
     /// `ksaSigningKeyRotation.kubeconfigSecret`: the Secret in the admin
     /// cluster holding the user cluster's kubeconfig.
     pub kubeconfig_secret: Option<String>,
-    /// `ksaSigningKeyRotation.rollout.keySecret`.
+    /// `ksaSigningKeyRotation.keySecret`.
     pub key_secret: Option<String>,
+    /// `ksaSigningKeyRotation.rollout`: `hosted-control-plane` (default) or
+    /// `external-signer`.
+    pub rollout: String,
 }
 
 /// A bad user cluster config: which field, what it was, what is allowed.
@@ -57,6 +60,7 @@ pub enum ConfigError {
 
 const KEYS: [&str; 4] = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256"];
 const POLICIES: [&str; 3] = ["restart-pods", "recreate-nodes", "wait"];
+const ROLLOUTS: [&str; 2] = ["hosted-control-plane", "external-signer"];
 /// Largest config accepted; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -221,6 +225,14 @@ impl UserClusterConfig {
             &format!("{S}.kubeconfigSecret"),
         )?;
         let key_secret = string(section, "keySecret", &format!("{S}.keySecret"))?;
+        let rollout = one_of(
+            section,
+            "rollout",
+            &format!("{S}.rollout"),
+            &ROLLOUTS,
+            "hosted-control-plane (default) or external-signer",
+        )?
+        .unwrap_or_else(|| "hosted-control-plane".into());
         Ok(UserClusterConfig {
             name,
             namespace,
@@ -232,6 +244,7 @@ impl UserClusterConfig {
             trust_lead_time_seconds,
             kubeconfig_secret,
             key_secret,
+            rollout,
         })
     }
 }

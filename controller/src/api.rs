@@ -118,6 +118,10 @@ pub enum RolloutKind {
     /// API server pods in the admin cluster mount the key Secret.
     #[default]
     HostedControlPlane,
+    /// API servers sign through `ksa-controller signer`
+    /// (`--service-account-signing-endpoint`), which follows the key Secret:
+    /// no API server restarts.
+    ExternalSigner,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -7,6 +7,7 @@
 //! - [`cluster`]: the user cluster and what its API servers do.
 //! - [`refresh`]: legacy and bound token refresh.
 //! - [`lock`]: the cluster operation lock.
+//! - [`signer`]: the KEP-740 external signer (`ksa-controller signer`).
 
 pub mod api;
 pub mod cluster;
@@ -21,3 +22,4 @@ pub mod manifests;
 pub mod rollout;
 pub mod run;
 pub mod serve;
+pub mod signer;

@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Reconcile KSASigningKeyRotation resources (with leader election).
     Run(ksa_controller::run::RunArgs),
+    /// Serve the KEP-740 external signer on a Unix socket for kube-apiserver
+    /// (--service-account-signing-endpoint).
+    Signer(ksa_controller::signer::SignerArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
     /// Write the install manifests (CRD, RBAC, Deployment, Service) into DIR.
@@ -35,6 +38,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => ksa_controller::run::run(args).await,
+        Command::Signer(args) => ksa_controller::signer::run(args).await,
         Command::Manifests { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (name, text) in ksa_controller::manifests::render() {

@@ -106,6 +106,19 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
+/// What `ksa-controller signer --secret` needs: to read and watch the key
+/// Secret. Bind it with a RoleBinding in the namespace of that Secret only.
+pub fn signer_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(SIGNER, None),
+        rules: Some(vec![rule(&[""], &["secrets"], &["get", "list", "watch"])]),
+        ..ClusterRole::default()
+    }
+}
+
+/// The signer's identity.
+pub const SIGNER: &str = "ksa-signer";
+
 fn deployment() -> Deployment {
     let env = |name: &str, field: &str| EnvVar {
         name: name.to_owned(),
@@ -268,6 +281,16 @@ pub fn render() -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         ("crd.yaml", format!("{header}{crd}")),
         ("controller.yaml", format!("{header}{controller}")),
+        (
+            "signer-rbac.yaml",
+            format!(
+                "{header}# Bind with a RoleBinding in the namespace of the key Secret the signer reads.\n{}",
+                yaml(
+                    ("ClusterRole", "rbac.authorization.k8s.io/v1"),
+                    &signer_cluster_role()
+                )
+            ),
+        ),
     ])
 }
 

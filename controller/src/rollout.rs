@@ -1,11 +1,11 @@
 //! How API servers pick up a new key set: the one place the reconciler asks
 //! for "serve signing key S and public keys P".
 //!
-//! Today: a hosted control plane, whose API server pods mount a Secret
-//! (`sa.key`, `sa.pub`) and are restarted by their workload's pod template.
-//! Static pod files (kubeadm) and the external signer are further variants
-//! of [`Rollout`]; either way, whether a step took hold is never assumed
-//! here but observed on the API servers themselves.
+//! A hosted control plane, whose API server pods mount a Secret (`sa.key`,
+//! `sa.pub`) and are restarted by their workload's pod template; or the
+//! KEP-740 external signer, which follows the same Secret and needs no
+//! restart. Either way, whether a step took hold is never assumed here but
+//! observed on the API servers themselves.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use ksa_core::KeyVersion;
@@ -25,19 +25,24 @@ pub enum Rollout {
         /// whoever mounts the Secret restarts on change.
         workload: Option<crate::api::WorkloadRef>,
     },
+    /// `ksa-controller signer` reads `sa.key` and `sa.pub` from this Secret
+    /// and serves them to kube-apiserver as they change.
+    ExternalSigner { key_secret: String },
 }
 
 impl Rollout {
     pub fn of(resource: &KSASigningKeyRotation, name: &str) -> Rollout {
         let spec = &resource.spec.rollout;
+        let key_secret = spec
+            .key_secret
+            .clone()
+            .unwrap_or_else(|| format!("{name}-apiserver-keys"));
         match spec.kind {
             RolloutKind::HostedControlPlane => Rollout::HostedControlPlane {
-                key_secret: spec
-                    .key_secret
-                    .clone()
-                    .unwrap_or_else(|| format!("{name}-apiserver-keys")),
+                key_secret,
                 workload: spec.workload.clone(),
             },
+            RolloutKind::ExternalSigner => Rollout::ExternalSigner { key_secret },
         }
     }
 
@@ -76,6 +81,14 @@ impl Rollout {
                         .patch(&workload.name, &params, &Patch::Merge(&patch))
                         .await?;
                 }
+                Ok(())
+            }
+            Rollout::ExternalSigner { key_secret } => {
+                // The signer follows the Secret; kube-apiserver fetches the
+                // keys again within the signer's refresh hint.
+                keystore
+                    .publish(key_secret, signing, public, issuer)
+                    .await?;
                 Ok(())
             }
         }

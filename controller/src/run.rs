@@ -41,17 +41,32 @@ pub enum LogFormat {
     Json,
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+/// Logs to stderr, filtered by RUST_LOG (default `info,kube=warn`).
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match format {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
+}
+
+/// Completes on SIGTERM (what a kubelet sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { terminate.as_mut()?.recv().await } => {}
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    init_tracing(args.log_format);
     let config = kube::Config::infer()
         .await
         .context("finding cluster credentials")?;

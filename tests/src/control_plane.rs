@@ -36,6 +36,16 @@ impl ApiServerKeys {
     }
 }
 
+/// How kube-apiserver signs service-account tokens.
+#[derive(Debug, Clone)]
+enum Signing {
+    /// `--service-account-signing-key-file` and `--service-account-key-file`.
+    KeyFiles(ApiServerKeys),
+    /// `--service-account-signing-endpoint`: a KEP-740 external signer on
+    /// this Unix socket, and no key file at all.
+    External(PathBuf),
+}
+
 struct Process {
     name: &'static str,
     child: Child,
@@ -93,7 +103,7 @@ pub struct ControlPlane {
     controller_manager: Option<Process>,
     apiserver_port: u16,
     etcd_port: u16,
-    keys: ApiServerKeys,
+    signing: Signing,
     extra_flags: Vec<String>,
     /// How many times kube-apiserver was started.
     pub apiserver_starts: u32,
@@ -135,6 +145,16 @@ impl ControlPlane {
         keys: ApiServerKeys,
         extra_flags: Vec<String>,
     ) -> Result<ControlPlane> {
+        ControlPlane::launch(Signing::KeyFiles(keys), extra_flags).await
+    }
+
+    /// A control plane whose kube-apiserver has no key file and signs
+    /// through the external signer serving `socket`.
+    pub async fn start_with_external_signer(socket: &Path) -> Result<ControlPlane> {
+        ControlPlane::launch(Signing::External(socket.to_owned()), Vec::new()).await
+    }
+
+    async fn launch(signing: Signing, extra_flags: Vec<String>) -> Result<ControlPlane> {
         let started = Instant::now();
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("ksa-e2e-").tempdir()?;
@@ -170,7 +190,7 @@ impl ControlPlane {
             controller_manager: None,
             apiserver_port: free_port()?,
             etcd_port,
-            keys,
+            signing,
             extra_flags,
             apiserver_starts: 0,
         };
@@ -200,8 +220,12 @@ impl ControlPlane {
         format!("https://127.0.0.1:{}", self.apiserver_port)
     }
 
-    pub fn keys(&self) -> &ApiServerKeys {
-        &self.keys
+    /// The key files kube-apiserver runs with; none with an external signer.
+    pub fn keys(&self) -> Option<&ApiServerKeys> {
+        match &self.signing {
+            Signing::KeyFiles(keys) => Some(keys),
+            Signing::External(_) => None,
+        }
     }
 
     /// A client authenticated as cluster admin.
@@ -226,6 +250,12 @@ impl ControlPlane {
         self.dir.path().join("controller.kubeconfig")
     }
 
+    /// A kubeconfig for user `ksa-signer` (no groups, no RBAC until
+    /// granted).
+    pub fn signer_kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("signer.kubeconfig")
+    }
+
     fn write_kubeconfig(&self) -> Result<()> {
         fs::write(
             self.kubeconfig_path(),
@@ -234,6 +264,10 @@ impl ControlPlane {
         fs::write(
             self.controller_kubeconfig_path(),
             self.kubeconfig(&self.pki.controller_cert, &self.pki.controller_key),
+        )?;
+        fs::write(
+            self.signer_kubeconfig_path(),
+            self.kubeconfig(&self.pki.signer_cert, &self.pki.signer_key),
         )?;
         Ok(())
     }
@@ -265,16 +299,29 @@ current-context: e2e
         )
     }
 
-    fn write_key_files(&self) -> Result<(PathBuf, PathBuf)> {
-        let signing = self.dir.path().join("sa.key");
-        let public = self.dir.path().join("sa.pub");
-        write_private(&signing, self.keys.signing.to_pem().as_bytes())?;
-        fs::write(&public, public_keys_to_pem(&self.keys.public))?;
-        Ok((signing, public))
+    /// The kube-apiserver flags that say how it signs, with the key files
+    /// written.
+    fn signing_flags(&self) -> Result<Vec<String>> {
+        match &self.signing {
+            Signing::KeyFiles(keys) => {
+                let signing = self.dir.path().join("sa.key");
+                let public = self.dir.path().join("sa.pub");
+                write_private(&signing, keys.signing.to_pem().as_bytes())?;
+                fs::write(&public, public_keys_to_pem(&keys.public))?;
+                Ok(vec![
+                    format!("--service-account-key-file={}", public.display()),
+                    format!("--service-account-signing-key-file={}", signing.display()),
+                ])
+            }
+            Signing::External(socket) => Ok(vec![format!(
+                "--service-account-signing-endpoint={}",
+                socket.display()
+            )]),
+        }
     }
 
     async fn start_apiserver(&mut self) -> Result<()> {
-        let (signing, public) = self.write_key_files()?;
+        let signing_flags = self.signing_flags()?;
         let d = self.dir.path();
         let mut command = Command::new(self.bin.join("kube-apiserver"));
         command
@@ -296,11 +343,7 @@ current-context: e2e
             ))
             .arg(format!("--client-ca-file={}", d.join("ca.crt").display()))
             .arg(format!("--service-account-issuer={ISSUER}"))
-            .arg(format!("--service-account-key-file={}", public.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                signing.display()
-            ))
+            .args(&signing_flags)
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--authorization-mode=Node,RBAC")
             .arg("--enable-priority-and-fairness=false")
@@ -345,7 +388,7 @@ current-context: e2e
         if let Some(mut old) = self.apiserver.take() {
             old.stop();
         }
-        self.keys = keys;
+        self.signing = Signing::KeyFiles(keys);
         self.start_apiserver().await?;
         // kube-controller-manager signs legacy tokens with the same key file;
         // a static pod set restarts it with the API server.

@@ -45,13 +45,14 @@ impl HostedApiServer {
                     continue;
                 };
                 let mut plane = plane.lock().await;
-                let running = plane.keys();
-                let same = running.signing.kid() == keys.signing.kid()
-                    && running
-                        .public
-                        .iter()
-                        .map(|k| k.kid())
-                        .eq(keys.public.iter().map(|k| k.kid()));
+                let same = plane.keys().is_some_and(|running| {
+                    running.signing.kid() == keys.signing.kid()
+                        && running
+                            .public
+                            .iter()
+                            .map(|k| k.kid())
+                            .eq(keys.public.iter().map(|k| k.kid()))
+                });
                 if !same && let Err(error) = plane.restart_apiserver(keys).await {
                     eprintln!("hosted control plane: restart failed: {error:#}");
                 }

@@ -19,6 +19,9 @@ pub struct Pki {
     /// controller runs with exactly the RBAC `deploy/` grants that user.
     pub controller_cert: String,
     pub controller_key: String,
+    /// A client certificate for user `ksa-signer`, with no groups.
+    pub signer_cert: String,
+    pub signer_key: String,
 }
 
 impl Pki {
@@ -47,6 +50,7 @@ impl Pki {
 
         let (admin_cert, admin_key) = client_cert(&issuer, "ksa-admin", Some("system:masters"))?;
         let (controller_cert, controller_key) = client_cert(&issuer, "ksa-controller", None)?;
+        let (signer_cert, signer_key) = client_cert(&issuer, "ksa-signer", None)?;
 
         Ok(Pki {
             ca_cert: ca_cert.pem(),
@@ -56,6 +60,8 @@ impl Pki {
             admin_key,
             controller_cert,
             controller_key,
+            signer_cert,
+            signer_key,
         })
     }
 }

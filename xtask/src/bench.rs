@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: runs the criterion benchmarks and, in the same run,
-//! the reference each is measured against, and writes
+//! `cargo xtask bench`: runs the criterion benchmarks, the in-browser wasm
+//! benchmark and the CLI timings and, in the same run, the reference each is
+//! measured against, and writes
 //! `target/bench/report.json` and `target/bench/report.md`.
 //!
 //! Ratios come from numbers measured side by side in one run: the machines
@@ -136,7 +137,63 @@ pub fn run(quick: bool) -> Result<()> {
         ),
     ];
     write_report(&target.join("bench"), results)?;
+    wasm(quick, per_second("tokens/verify_rs256")?)?;
     cli(quick)
+}
+
+/// `wasm.verify_rs256`: RS256 verifications per second through the wasm
+/// `verifyToken` inside headless Chromium, beside native `core.verify_rs256`
+/// from the same run; and the module's gzipped size against its budget.
+fn wasm(quick: bool, native_verify_per_second: f64) -> Result<()> {
+    let root = crate::root();
+    let package = crate::wasm::build()?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ksa-tests",
+        "--bin",
+        "ksa-bench-wasm",
+    ]))?;
+    let seconds = if quick { "3" } else { "10" };
+    eprintln!("$ target/release/ksa-bench-wasm {seconds}");
+    let out = Command::new(root.join("target/release/ksa-bench-wasm"))
+        .arg(seconds)
+        .output()
+        .context("running ksa-bench-wasm")?;
+    if !out.status.success() {
+        bail!(
+            "ksa-bench-wasm failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let measured: Value = serde_json::from_slice(&out.stdout).context("ksa-bench-wasm output")?;
+    let per_second = measured["verify_rs256_per_s"]
+        .as_f64()
+        .context("no verify_rs256_per_s")?;
+    write_report(
+        &root.join("target/bench"),
+        vec![
+            result(
+                "wasm.verify_rs256",
+                per_second,
+                "ops/s",
+                Some(("native core.verify_rs256", native_verify_per_second)),
+            ),
+            result(
+                "wasm.verify_rs256_vs_target",
+                per_second,
+                "ops/s",
+                Some(("target", 3000.0)),
+            ),
+            result(
+                "wasm.module_gzip_bytes",
+                package.gzip_bytes as f64,
+                "bytes",
+                Some(("budget", crate::wasm::BUDGET_GZIP_BYTES as f64)),
+            ),
+        ],
+    )
 }
 
 /// `cli.help_ms` and `cli.status_ms`: the release `ksa` timed as an

@@ -51,7 +51,7 @@ pub fn build() -> Result<Package> {
     let input = if Path::new(tools::WASM_OPT).exists() {
         let optimized = built.with_extension("opt.wasm");
         run(Command::new(tools::WASM_OPT)
-            .args(["-Oz", "--strip-debug", "--strip-producers"])
+            .args(["-O3", "--strip-debug", "--strip-producers"])
             .args(WASM_FEATURES)
             .arg(&built)
             .arg("-o")

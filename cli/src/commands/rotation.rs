@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ksa_controller::api::{
-    ClusterRef, KSASigningKeyRotation, KeyKind, RolloutSpec, RotationSpec, RotationStatus,
-    SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
+    ClusterRef, KSASigningKeyRotation, KeyKind, RolloutKind, RolloutSpec, RotationSpec,
+    RotationStatus, SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
 };
 use ksa_controller::lock;
 use ksa_core::KeyVersion;
@@ -107,6 +107,10 @@ fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
         }),
         key,
         rollout: RolloutSpec {
+            kind: match config.rollout.as_str() {
+                "external-signer" => RolloutKind::ExternalSigner,
+                _ => RolloutKind::HostedControlPlane,
+            },
             key_secret: config.key_secret.clone(),
             ..RolloutSpec::default()
         },
