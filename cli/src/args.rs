@@ -80,11 +80,22 @@ pub enum CredentialsCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The user cluster config file (gkectl format).
-    #[arg(long, value_name = "USER_CLUSTER_CONFIG")]
-    pub config: PathBuf,
-    /// The admin cluster kubeconfig; default: $KUBECONFIG, then ~/.kube/config.
+    #[arg(
+        long,
+        value_name = "USER_CLUSTER_CONFIG",
+        required_unless_present = "pki_dir",
+        conflicts_with = "pki_dir"
+    )]
+    pub config: Option<PathBuf>,
+    /// The admin cluster kubeconfig (with --pki-dir: the cluster's admin
+    /// kubeconfig); default: $KUBECONFIG, then ~/.kube/config.
     #[arg(long, value_name = "ADMIN_CLUSTER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeadm control plane instead: its pki directory
+    /// (/etc/kubernetes/pki). ksa drives the rotation itself, keeping its
+    /// state there; no controller is involved.
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,12 +104,22 @@ pub enum RotationCommand {
     #[command(after_help = concat!(
         "Examples:\n",
         "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
-        "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --skip-prompt --wait\n\n",
+        "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --skip-prompt --wait\n",
+        "  ksa update credentials ksa-signing-key rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
         "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress"
     ))]
     Rotate {
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// With --pki-dir: kubeadm's static pod manifests
+        /// (/etc/kubernetes/manifests), edited at each step.
+        #[arg(
+            long,
+            value_name = "DIR",
+            requires = "pki_dir",
+            required_unless_present = "config"
+        )]
+        manifests_dir: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
         skip_prompt: bool,

@@ -9,6 +9,7 @@
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod kubeadm;
 mod output;
 
 use std::process::ExitCode;

@@ -11,13 +11,14 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::PublicKey;
-use ksa_core::rotation::ApiServerView;
+use ksa_core::rotation::{ApiServerView, Observed, Policy, RotationState, Step};
 use ksa_core::{KeyId, KeyVersion};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::api::ClusterRef;
 use crate::error::{Error, Result};
+use crate::refresh;
 
 /// The namespace and name of the service account whose fresh tokens tell
 /// which key an API server signs with.
@@ -145,6 +146,47 @@ impl TargetCluster {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// What the step `state` is at needs observed in the user cluster (every
+    /// field of [`Observed`] but `stored_keys`, which the caller's key store
+    /// knows): the API servers for Trust, Sign and Retire; stale legacy and
+    /// bound tokens for RefreshTokens.
+    pub async fn observe(
+        &self,
+        keys: &BTreeMap<KeyVersion, PublicKey>,
+        state: &RotationState,
+        policy: &Policy,
+    ) -> Result<Observed> {
+        let mut observed = Observed::default();
+        match state.step() {
+            Step::Trust | Step::Retire => {
+                observed.api_servers = self.observe_api_servers(keys, false).await?;
+            }
+            Step::Sign => {
+                observed.api_servers = self.observe_api_servers(keys, true).await?;
+            }
+            Step::RefreshTokens => {
+                let new = keys.get(&state.key_version()).ok_or_else(|| {
+                    Error::Other(format!(
+                        "key version {} is missing from the key store",
+                        state.key_version()
+                    ))
+                })?;
+                let stale = refresh::stale_legacy_secrets(&self.client, new.kid()).await?;
+                observed.stale_legacy_tokens = Some(stale.len() as u64);
+                let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
+                observed.stale_bound_tokens = refresh::stale_bound_tokens(
+                    &self.client,
+                    state.key_version(),
+                    &policy.bound_token_refresh,
+                    since,
+                )
+                .await?;
+            }
+            Step::Generate | Step::Completed => {}
+        }
+        Ok(observed)
     }
 
     /// What every API server instance accepts and signs with, in versions

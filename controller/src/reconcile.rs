@@ -12,9 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{
-    self, BoundTokenRefresh, Effect, Observed, Policy, RotationState, StartRequest, Step,
-};
+use ksa_core::rotation::{self, Effect, Observed, Policy, RotationState, StartRequest, Step};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -202,46 +200,14 @@ impl Rotation<'_> {
 
     async fn observe(&self, state: &RotationState) -> Result<Observed> {
         let keys = self.keystore.public_keys().await?;
-        let mut observed = Observed {
-            stored_keys: keys.keys().copied().collect(),
-            ..Observed::default()
-        };
-        match state.step() {
-            Step::Trust | Step::Retire => {
-                observed.api_servers = self.cluster.observe_api_servers(&keys, false).await?;
-            }
-            Step::Sign => {
-                observed.api_servers = self.cluster.observe_api_servers(&keys, true).await?;
-            }
-            Step::RefreshTokens => {
-                let new = keys
-                    .get(&state.key_version())
-                    .ok_or_else(|| Error::MissingKey {
-                        version: state.key_version(),
-                        secret: self.keystore.secret_name(state.key_version()),
-                    })?;
-                let client = &self.cluster.client;
-                observed.stale_legacy_tokens = Some(
-                    refresh::stale_legacy_secrets(client, new.kid())
-                        .await?
-                        .len() as u64,
-                );
-                let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-                observed.stale_bound_tokens = match self.policy.bound_token_refresh {
-                    BoundTokenRefresh::RestartPods => Some(
-                        refresh::stale_pods(client, state.key_version().get(), since)
-                            .await?
-                            .len() as u64,
-                    ),
-                    BoundTokenRefresh::RecreateNodes => Some(
-                        refresh::recreate_nodes_pending(client, state.key_version().get(), since)
-                            .await?,
-                    ),
-                    BoundTokenRefresh::Wait { .. } => None,
-                };
-            }
-            Step::Generate | Step::Completed => {}
+        if state.step() == Step::RefreshTokens && !keys.contains_key(&state.key_version()) {
+            return Err(Error::MissingKey {
+                version: state.key_version(),
+                secret: self.keystore.secret_name(state.key_version()),
+            });
         }
+        let mut observed = self.cluster.observe(&keys, state, &self.policy).await?;
+        observed.stored_keys = keys.keys().copied().collect();
         Ok(observed)
     }
 
@@ -287,16 +253,7 @@ impl Rotation<'_> {
             }
             Effect::RefreshBoundTokens { version, policy } => {
                 let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-                match policy {
-                    BoundTokenRefresh::RestartPods => {
-                        refresh::restart_pods(&self.cluster.client, version.get(), since).await?;
-                    }
-                    BoundTokenRefresh::RecreateNodes => {
-                        refresh::recreate_nodes(&self.cluster.client, version.get(), since).await?;
-                    }
-                    BoundTokenRefresh::Wait { .. } => {}
-                }
-                Ok(())
+                refresh::refresh_bound_tokens(&self.cluster.client, *version, policy, since).await
             }
             Effect::RetireKey { version } => self.keystore.delete(*version).await,
         }
@@ -339,7 +296,8 @@ impl Rotation<'_> {
 }
 
 /// What the current step waits for, in words.
-fn waiting_for(state: &RotationState, observed: &Observed) -> String {
+/// What a step that did not advance waits for, with counts, for status and logs.
+pub fn waiting_for(state: &RotationState, observed: &Observed) -> String {
     let (old, new) = (state.previous_version(), state.key_version());
     let servers = &observed.api_servers;
     let count = |f: &dyn Fn(&ksa_core::rotation::ApiServerView) -> bool| {

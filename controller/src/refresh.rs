@@ -13,9 +13,10 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use ksa_core::KeyId;
 use ksa_core::crypto::SigningKey;
+use ksa_core::rotation::BoundTokenRefresh;
 use ksa_core::token::{self, Claims, ObjectRef};
+use ksa_core::{KeyId, KeyVersion};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, ObjectMeta, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 
@@ -292,4 +293,42 @@ pub async fn recreate_nodes(client: &kube::Client, version: u64, since: Timestam
         }
     }
     Ok(old.len() as u64 + pods.len() as u64)
+}
+
+/// Bound-token holders still to refresh under `policy` (none to count for
+/// `Wait`, which waits out the kubelet refresh window instead).
+pub async fn stale_bound_tokens(
+    client: &kube::Client,
+    version: KeyVersion,
+    policy: &BoundTokenRefresh,
+    since: Timestamp,
+) -> Result<Option<u64>> {
+    Ok(match policy {
+        BoundTokenRefresh::RestartPods => {
+            Some(stale_pods(client, version.get(), since).await?.len() as u64)
+        }
+        BoundTokenRefresh::RecreateNodes => {
+            Some(recreate_nodes_pending(client, version.get(), since).await?)
+        }
+        BoundTokenRefresh::Wait { .. } => None,
+    })
+}
+
+/// One pass of bound-token refresh under `policy`.
+pub async fn refresh_bound_tokens(
+    client: &kube::Client,
+    version: KeyVersion,
+    policy: &BoundTokenRefresh,
+    since: Timestamp,
+) -> Result<()> {
+    match policy {
+        BoundTokenRefresh::RestartPods => {
+            restart_pods(client, version.get(), since).await?;
+        }
+        BoundTokenRefresh::RecreateNodes => {
+            recreate_nodes(client, version.get(), since).await?;
+        }
+        BoundTokenRefresh::Wait { .. } => {}
+    }
+    Ok(())
 }

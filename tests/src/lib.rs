@@ -11,12 +11,14 @@ pub mod cluster;
 mod control_plane;
 mod hosted;
 mod install;
+pub mod kubelet;
 mod pki;
 mod prober;
 pub mod scenario;
+pub mod signer;
 
 pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
 pub use hosted::HostedApiServer;
 pub use install::{Installation, ksa_binary};
 pub use pki::Pki;
-pub use prober::{ProbeStats, ProbeTarget, Prober};
+pub use prober::{ProbeStats, ProbeTarget, Prober, RotationSource};

@@ -4,16 +4,19 @@
 //! have been accepted and was not: the number that must stay zero.
 //!
 //! "Should be accepted": a token whose key version the rotation has not
-//! begun to retire (the rotation resource's status says which). Legacy
-//! tokens are re-read from their Secret, since re-minting replaces them.
+//! begun to retire (the rotation resource's status, or a kubeadm control
+//! plane's state file, says which). Legacy tokens are re-read from their
+//! Secret, since re-minting replaces them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use ksa_controller::api::KSASigningKeyRotation;
 use ksa_controller::keystore::LABEL_KEY_VERSION;
+use ksa_core::rotation::{RotationState, Step};
 use kube::api::{Api, ListParams};
 use tokio::sync::Mutex;
 
@@ -46,8 +49,16 @@ pub struct ProbeTarget {
     pub namespace: String,
     pub service_account: String,
     pub legacy_secret: String,
-    pub rotation_namespace: String,
-    pub rotation: String,
+    pub rotation: RotationSource,
+}
+
+/// Where the rotation's state and its keys' kids are read.
+#[derive(Debug, Clone)]
+pub enum RotationSource {
+    /// A `KSASigningKeyRotation` and its key store Secrets.
+    Resource { namespace: String, name: String },
+    /// A kubeadm control plane: `ksa-rotation.json` and `sa-vN.pub`.
+    StateFile { pki_dir: PathBuf },
 }
 
 impl Prober {
@@ -72,9 +83,25 @@ impl Prober {
 
 /// The key versions whose tokens must be accepted now.
 async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u64>> {
-    let api: Api<KSASigningKeyRotation> =
-        Api::namespaced(client.clone(), &target.rotation_namespace);
-    let Ok(Some(rotation)) = api.get_opt(&target.rotation).await else {
+    let (namespace, name) = match &target.rotation {
+        RotationSource::Resource { namespace, name } => (namespace, name),
+        RotationSource::StateFile { pki_dir } => {
+            let bytes = std::fs::read(pki_dir.join("ksa-rotation.json")).ok()?;
+            let state: RotationState = serde_json::from_slice(&bytes).ok()?;
+            return Some(if state.step() == Step::Retire {
+                vec![state.key_version().get()]
+            } else {
+                let versions = state.versions();
+                versions
+                    .public_key_versions()
+                    .iter()
+                    .map(|v| v.get())
+                    .collect()
+            });
+        }
+    };
+    let api: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), namespace);
+    let Ok(Some(rotation)) = api.get_opt(name).await else {
         return None;
     };
     let status = rotation.status?;
@@ -99,6 +126,64 @@ fn kid(token: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Learns kid -> version from the key store while the keys exist.
+async fn learn_kids(
+    client: &kube::Client,
+    source: &RotationSource,
+    kid_versions: &mut BTreeMap<String, u64>,
+) {
+    match source {
+        RotationSource::Resource { namespace, .. } => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let Ok(list) = secrets
+                .list(&ListParams::default().labels(LABEL_KEY_VERSION))
+                .await
+            else {
+                return;
+            };
+            for secret in list {
+                let version = secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KEY_VERSION))
+                    .and_then(|v| v.parse().ok());
+                let kid = secret
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("ksa.dev/kid"))
+                    .cloned();
+                if let (Some(version), Some(kid)) = (version, kid) {
+                    kid_versions.insert(kid, version);
+                }
+            }
+        }
+        RotationSource::StateFile { pki_dir } => {
+            let Ok(entries) = std::fs::read_dir(pki_dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(version) = name
+                    .strip_prefix("sa-v")
+                    .and_then(|n| n.strip_suffix(".pub"))
+                    .and_then(|n| n.parse().ok())
+                else {
+                    continue;
+                };
+                let key = std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|pem| ksa_core::key::parse_pem(&pem).ok())
+                    .and_then(|keys| keys.public_keys().next().cloned());
+                if let Some(key) = key {
+                    kid_versions.insert(key.kid().as_str().to_owned(), version);
+                }
+            }
+        }
+    }
+}
+
 async fn probe_once(
     client: &kube::Client,
     target: &ProbeTarget,
@@ -106,30 +191,7 @@ async fn probe_once(
     kid_versions: &mut BTreeMap<String, u64>,
     stats: &Mutex<ProbeStats>,
 ) {
-    // Learn kid -> version from the key store while the keys exist.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.rotation_namespace);
-    if let Ok(list) = secrets
-        .list(&ListParams::default().labels(LABEL_KEY_VERSION))
-        .await
-    {
-        for secret in list {
-            let version = secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_KEY_VERSION))
-                .and_then(|v| v.parse().ok());
-            let kid = secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("ksa.dev/kid"))
-                .cloned();
-            if let (Some(version), Some(kid)) = (version, kid) {
-                kid_versions.insert(kid, version);
-            }
-        }
-    }
+    learn_kids(client, &target.rotation, kid_versions).await;
     let fresh = crate::cluster::request_token(
         client,
         &target.namespace,

@@ -21,7 +21,8 @@ use tokio::sync::Mutex;
 
 use crate::cluster::{create_namespace, create_service_account, request_token, review_token};
 use crate::{
-    ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober, ksa_binary,
+    ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober,
+    RotationSource, ksa_binary,
 };
 
 /// The user cluster's name (and the rotation resource's).
@@ -74,8 +75,10 @@ impl Scenario {
                 namespace: APPS.into(),
                 service_account: "app".into(),
                 legacy_secret: "app-token".into(),
-                rotation_namespace: NAMESPACE.into(),
-                rotation: CLUSTER.into(),
+                rotation: RotationSource::Resource {
+                    namespace: NAMESPACE.into(),
+                    name: CLUSTER.into(),
+                },
             },
         );
         Ok(Scenario {
@@ -150,7 +153,9 @@ impl Scenario {
     }
 }
 
-async fn create_workload(client: &kube::Client) -> Result<()> {
+/// The workload every rotation test refreshes: namespace `apps`, service
+/// account `app` with a legacy token Secret `app-token`, Deployment `web`.
+pub async fn create_workload(client: &kube::Client) -> Result<()> {
     create_namespace(client, APPS).await?;
     let account = create_service_account(client, APPS, "app").await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS);

@@ -5,8 +5,6 @@
 //! while TokenRequest and TokenReview pairs run throughout.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,44 +23,9 @@ use ksa_core::token::{self, Expectations};
 use ksa_core::{KeyId, KeyVersion};
 use ksa_tests::cluster::{create_namespace, create_service_account, request_token, review_token};
 use ksa_tests::scenario::{CLUSTER, NAMESPACE};
+use ksa_tests::signer::SignerProcess;
 use ksa_tests::{ApiServerKeys, ControlPlane, ISSUER, Installation, ksa_binary};
 use kube::api::{Api, ObjectMeta, PostParams};
-
-/// `ksa-controller signer` as a process; killed when dropped.
-struct SignerProcess(Child);
-
-impl Drop for SignerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_signer(
-    socket: &Path,
-    secret: &str,
-    kubeconfig: &Path,
-    log: &Path,
-) -> Result<SignerProcess> {
-    let log = std::fs::File::create(log)?;
-    let child = Command::new(ksa_binary("ksa-controller")?)
-        .args(["signer", "--secret", secret, "--refresh-hint-seconds", "1"])
-        .arg("--socket")
-        .arg(socket)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let started = Instant::now();
-    while !socket.exists() {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the signer did not create {}", socket.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(SignerProcess(child))
-}
 
 /// The signer's RBAC from `deploy/signer-rbac.yaml`, bound in the cluster's
 /// namespace only, to the user its client certificate names.
@@ -143,7 +106,7 @@ async fn the_external_signer_serves_tokens_and_rotates_with_no_api_server_restar
         Installation::install(&admin_client, NAMESPACE, CLUSTER, &first, admin.dir()).await?;
     grant_signer(&admin_client).await?;
     let socket = admin.dir().join("signer.sock");
-    let _signer = start_signer(
+    let _signer = SignerProcess::from_secret(
         &socket,
         &format!("{NAMESPACE}/{CLUSTER}-apiserver-keys"),
         &admin.signer_kubeconfig_path(),

@@ -138,7 +138,78 @@ pub fn run(quick: bool) -> Result<()> {
     ];
     write_report(&target.join("bench"), results)?;
     wasm(quick, per_second("tokens/verify_rs256")?)?;
+    signer(quick)?;
     cli(quick)
+}
+
+/// `signer.tokenrequest_ratio` and `signer.sign_p99_ms`: the release signer
+/// beside kube-apiserver's own key files, on real control planes.
+fn signer(quick: bool) -> Result<()> {
+    let root = crate::root();
+    let control_plane = crate::control_plane::ensure()?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ksa-controller",
+        "-p",
+        "ksa-tests",
+        "--bin",
+        "ksa-controller",
+        "--bin",
+        "ksa-bench-signer",
+    ]))?;
+    let seconds = if quick { "3" } else { "10" };
+    let measured = run_json(
+        Command::new(root.join("target/release/ksa-bench-signer"))
+            .arg(seconds)
+            .env(crate::control_plane::ENV, &control_plane),
+    )?;
+    let number = |field: &str| {
+        measured[field]
+            .as_f64()
+            .with_context(|| format!("no {field} in {measured}"))
+    };
+    write_report(
+        &root.join("target/bench"),
+        vec![
+            result(
+                "signer.tokenrequest_ratio",
+                number("signer_per_s")?,
+                "TokenRequests/s",
+                Some(("kube-apiserver key files", number("key_files_per_s")?)),
+            ),
+            result(
+                "signer.sign_p50_ms",
+                number("sign_p50_ms")?,
+                "ms at 200/s",
+                None,
+            ),
+            result(
+                "signer.sign_p99_ms",
+                number("sign_p99_ms")?,
+                "ms at 200/s",
+                Some(("target", 2.0)),
+            ),
+        ],
+    )
+}
+
+/// Runs a benchmark binary (echoed) and parses the JSON it prints.
+fn run_json(command: &mut Command) -> Result<Value> {
+    eprintln!("$ {}", crate::describe(command));
+    let out = command
+        .output()
+        .with_context(|| format!("running {}", crate::describe(command)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            crate::describe(command),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the output of {}", crate::describe(command)))
 }
 
 /// `wasm.verify_rs256`: RS256 verifications per second through the wasm
@@ -156,18 +227,7 @@ fn wasm(quick: bool, native_verify_per_second: f64) -> Result<()> {
         "ksa-bench-wasm",
     ]))?;
     let seconds = if quick { "3" } else { "10" };
-    eprintln!("$ target/release/ksa-bench-wasm {seconds}");
-    let out = Command::new(root.join("target/release/ksa-bench-wasm"))
-        .arg(seconds)
-        .output()
-        .context("running ksa-bench-wasm")?;
-    if !out.status.success() {
-        bail!(
-            "ksa-bench-wasm failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let measured: Value = serde_json::from_slice(&out.stdout).context("ksa-bench-wasm output")?;
+    let measured = run_json(Command::new(root.join("target/release/ksa-bench-wasm")).arg(seconds))?;
     let per_second = measured["verify_rs256_per_s"]
         .as_f64()
         .context("no verify_rs256_per_s")?;
@@ -214,21 +274,12 @@ fn cli(quick: bool) -> Result<()> {
         "ksa-bench-cli",
     ]))?;
     let runs = if quick { "10" } else { "50" };
-    let ksa = root.join("target/release/ksa");
-    eprintln!("$ target/release/ksa-bench-cli {} {runs}", ksa.display());
-    let out = Command::new(root.join("target/release/ksa-bench-cli"))
-        .arg(&ksa)
-        .arg(runs)
-        .env(crate::control_plane::ENV, &control_plane)
-        .output()
-        .context("running ksa-bench-cli")?;
-    if !out.status.success() {
-        bail!(
-            "ksa-bench-cli failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let medians: Value = serde_json::from_slice(&out.stdout).context("ksa-bench-cli output")?;
+    let medians = run_json(
+        Command::new(root.join("target/release/ksa-bench-cli"))
+            .arg(root.join("target/release/ksa"))
+            .arg(runs)
+            .env(crate::control_plane::ENV, &control_plane),
+    )?;
     let number = |field: &str| {
         medians[field]
             .as_f64()

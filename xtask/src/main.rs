@@ -95,7 +95,7 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn describe(command: &Command) -> String {
+pub fn describe(command: &Command) -> String {
     let mut text = command.get_program().to_string_lossy().into_owned();
     for arg in command.get_args() {
         text.push(' ');

@@ -1,7 +1,7 @@
 //! One module per command family; [`run`] dispatches.
 
 mod keys;
-mod rotation;
+pub(crate) mod rotation;
 mod status;
 mod token;
 

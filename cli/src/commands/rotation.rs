@@ -39,11 +39,43 @@ pub fn run(command: RotationCommand) -> Outcome {
     runtime.block_on(async {
         match command {
             RotationCommand::Rotate {
+                cluster:
+                    ClusterArgs {
+                        pki_dir: Some(pki_dir),
+                        kubeconfig,
+                        ..
+                    },
+                manifests_dir,
+                skip_prompt,
+                wait,
+                timeout,
+            } => {
+                crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
+                    pki_dir,
+                    manifests_dir: manifests_dir.unwrap_or_default(),
+                    kube_config: kube_config(kubeconfig.as_deref()).await?,
+                    skip_prompt,
+                    wait,
+                    timeout: super::duration(&timeout, "--timeout")?,
+                })
+                .await
+            }
+            RotationCommand::Rotate {
                 cluster,
                 skip_prompt,
                 wait,
                 timeout,
+                ..
             } => rotate(cluster, skip_prompt, wait, &timeout).await,
+            RotationCommand::Status {
+                cluster:
+                    ClusterArgs {
+                        pki_dir: Some(pki_dir),
+                        ..
+                    },
+                output,
+                ..
+            } => crate::kubeadm::status(&pki_dir, output),
             RotationCommand::Status {
                 cluster,
                 output,
@@ -59,9 +91,9 @@ struct Target {
     api: Api<KSASigningKeyRotation>,
 }
 
-async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
-    let config = UserClusterConfig::read(&args.config).map_err(Failure::bad_input)?;
-    let kube_config = match &args.kubeconfig {
+/// The kubeconfig given, or the one found as kubectl finds it.
+async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, Failure> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))
@@ -75,8 +107,13 @@ async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
             .await
             .context("no --kubeconfig given and none found in $KUBECONFIG or ~/.kube/config")
             .map_err(Failure::bad_input)?,
-    };
-    let client = kube::Client::try_from(kube_config)?;
+    })
+}
+
+async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
+    let path = args.config.as_deref().unwrap_or(std::path::Path::new(""));
+    let config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
+    let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
     let api = Api::namespaced(client.clone(), &config.namespace);
     Ok(Target {
         config,
@@ -219,7 +256,7 @@ fn conflict_is_busy(error: kube::Error) -> Failure {
     }
 }
 
-fn confirm(explanation: &str) -> Result<(), Failure> {
+pub(crate) fn confirm(explanation: &str) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(Failure::bad_input(anyhow::anyhow!(
             "rotate asks for confirmation and there is no terminal; pass --skip-prompt to go ahead (nothing was changed)"

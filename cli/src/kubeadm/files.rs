@@ -1,0 +1,142 @@
+//! The files a kubeadm control plane reads, in its pki directory: one key
+//! pair per version (`sa-vN.key`, 0600, and `sa-vN.pub`), and kubeadm's own
+//! `sa.key`/`sa.pub`, imported as version 1 and, once a rotation completes,
+//! replaced by the new key (kubeadm reads them when a control-plane node
+//! joins or is upgraded). Every write is atomic: a hidden temporary file in
+//! the same directory, fsynced, renamed over the target, directory fsynced.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use ksa_core::KeyVersion;
+use ksa_core::key::{PrivateKey, PublicKey, parse_pem};
+
+/// Writes `bytes` to `path` atomically with `mode`, so a crash leaves the old
+/// contents or the new, never a mix. The temporary name starts with a dot:
+/// kubelet ignores hidden files in its manifests directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The key files of one pki directory.
+#[derive(Debug, Clone)]
+pub struct PkiDir {
+    pub dir: PathBuf,
+}
+
+impl PkiDir {
+    pub fn key_path(&self, version: KeyVersion) -> PathBuf {
+        self.dir.join(format!("sa-v{version}.key"))
+    }
+
+    pub fn pub_path(&self, version: KeyVersion) -> PathBuf {
+        self.dir.join(format!("sa-v{version}.pub"))
+    }
+
+    /// kubeadm's signing key, `sa.key`.
+    pub fn kubeadm_key(&self) -> Result<PrivateKey> {
+        let path = self.dir.join("sa.key");
+        let text = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading {} (is --pki-dir a kubeadm pki directory?)",
+                path.display()
+            )
+        })?;
+        parse_pem(&text)
+            .with_context(|| path.display().to_string())?
+            .private_keys()
+            .next()
+            .cloned()
+            .with_context(|| format!("{} holds no private key", path.display()))
+    }
+
+    /// The private key of every stored version (`sa-vN.key`).
+    pub fn stored(&self) -> Result<BTreeMap<KeyVersion, PrivateKey>> {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading {}", self.dir.display()))?
+        {
+            let name = entry?.file_name();
+            let Some(version) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("sa-v"))
+                .and_then(|n| n.strip_suffix(".key"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|v| *v > 0)
+            else {
+                continue;
+            };
+            let version = KeyVersion::new(version);
+            found.insert(version, self.private_key(version)?);
+        }
+        Ok(found)
+    }
+
+    pub fn private_key(&self, version: KeyVersion) -> Result<PrivateKey> {
+        let path = self.key_path(version);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        parse_pem(&text)
+            .with_context(|| path.display().to_string())?
+            .private_keys()
+            .next()
+            .cloned()
+            .with_context(|| format!("{} holds no private key", path.display()))
+    }
+
+    pub fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>> {
+        Ok(self
+            .stored()?
+            .into_iter()
+            .map(|(version, key)| (version, key.public_key().clone()))
+            .collect())
+    }
+
+    /// Stores key `version`: `sa-vN.key` (0600) and `sa-vN.pub` (0644).
+    pub fn store(&self, version: KeyVersion, key: &PrivateKey) -> Result<()> {
+        write_atomic(
+            &self.pub_path(version),
+            key.public_key().to_pem().as_bytes(),
+            0o644,
+        )?;
+        write_atomic(&self.key_path(version), key.to_pem().as_bytes(), 0o600)
+    }
+
+    /// Deletes key `version`; nothing to do when it is gone already.
+    pub fn delete(&self, version: KeyVersion) -> Result<()> {
+        for path in [self.key_path(version), self.pub_path(version)] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("deleting {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `key` kubeadm's `sa.key`/`sa.pub`, replacing the retired one.
+    pub fn make_kubeadm_key(&self, key: &PrivateKey) -> Result<()> {
+        write_atomic(
+            &self.dir.join("sa.pub"),
+            key.public_key().to_pem().as_bytes(),
+            0o644,
+        )?;
+        write_atomic(&self.dir.join("sa.key"), key.to_pem().as_bytes(), 0o600)
+    }
+}

@@ -1,0 +1,314 @@
+//! kubeadm control planes: `ksa update credentials ksa-signing-key rotate |
+//! status --pki-dir DIR`. With no controller, the CLI drives `ksa-core`'s
+//! step function itself: it keeps the state in the pki directory
+//! ([`state`]), writes one key pair per version there ([`files`]), points the
+//! kube-apiserver and kube-controller-manager static pod manifests at them
+//! ([`manifest`]; kubelet restarts the pods), and confirms every step on the
+//! API servers through `--kubeconfig`, with the controller's own
+//! observation and token refresh code.
+
+pub mod files;
+pub mod manifest;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use ksa_controller::cluster::TargetCluster;
+use ksa_controller::refresh;
+use ksa_core::KeyVersion;
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest};
+
+use self::files::{PkiDir, write_atomic};
+use self::state::LockedState;
+use crate::args::Format;
+use crate::{Failure, Outcome, exit};
+
+const APISERVER_MANIFEST: &str = "kube-apiserver.yaml";
+const CONTROLLER_MANAGER_MANIFEST: &str = "kube-controller-manager.yaml";
+
+const EXPLANATION: &str = "\
+This rotates the service-account token signing key of the kubeadm control plane whose
+pki directory is {pki} from version {from} to {to}. Keys live in {pki}/sa-vN.key and
+the static pod manifests in {manifests} are edited; kubelet restarts kube-apiserver and
+kube-controller-manager at each step:
+  1. Generate key {to}.
+  2. Trust: kube-apiserver accepts keys {from} and {to}.
+  3. Sign: kube-apiserver signs with key {to}; kube-controller-manager too.
+  4. Refresh: legacy token Secrets are re-minted with key {to}; pods are restarted
+     so their bound tokens are re-issued.
+  5. Retire: key {from} is removed from the manifests and deleted; sa.key/sa.pub become key {to}.
+With several control-plane nodes, copy {pki}/sa-v* and both manifests to every node
+at each step; each step waits until every API server confirms.";
+
+/// The flags that name key files.
+const KEY_FILE: &str = "service-account-key-file";
+const SIGNING_KEY_FILE: &str = "service-account-signing-key-file";
+const PRIVATE_KEY_FILE: &str = "service-account-private-key-file";
+
+/// What `rotate --pki-dir` was asked.
+#[derive(Debug)]
+pub struct RotateRequest {
+    pub pki_dir: PathBuf,
+    pub manifests_dir: PathBuf,
+    pub kube_config: kube::Config,
+    pub skip_prompt: bool,
+    pub wait: bool,
+    pub timeout: Duration,
+}
+
+pub async fn rotate(request: RotateRequest) -> Outcome {
+    let locked = LockedState::lock(&request.pki_dir)?;
+    let pki = PkiDir {
+        dir: request.pki_dir.clone(),
+    };
+    let manifests = &request.manifests_dir;
+    for name in [APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST] {
+        let path = manifests.join(name);
+        if !path.is_file() {
+            return Err(Failure::bad_input(anyhow::anyhow!(
+                "{} does not exist; --manifests-dir must hold kubeadm's static pod manifests",
+                path.display()
+            )));
+        }
+    }
+    let mut state = match locked.load()? {
+        Some(state) => state,
+        None => {
+            // The first run: kubeadm's key becomes version 1.
+            pki.store(
+                KeyVersion::FIRST,
+                &pki.kubeadm_key().map_err(Failure::bad_input)?,
+            )?;
+            let settled = RotationState::settled(KeyVersion::FIRST);
+            locked.save(&settled)?;
+            settled
+        }
+    };
+    if state.is_completed() {
+        let target = state.key_version().next().unwrap_or(state.key_version());
+        let start = StartRequest {
+            target,
+            advanced_cluster: false,
+            // The lock file held by this run is the operation lock.
+            lock: OperationLock::Free,
+        };
+        let started = rotation::start(&state, &start, Timestamp::now())
+            .map_err(|refusal| Failure::bad_input(anyhow::Error::new(refusal)))?;
+        if !request.skip_prompt {
+            crate::commands::rotation::confirm(
+                &EXPLANATION
+                    .replace("{pki}", &pki.dir.display().to_string())
+                    .replace("{manifests}", &manifests.display().to_string())
+                    .replace("{from}", &state.key_version().to_string())
+                    .replace("{to}", &target.to_string()),
+            )?;
+        }
+        locked.save(&started)?;
+        state = started;
+        eprintln!("started the rotation of this control plane to key version {target}");
+    } else {
+        eprintln!(
+            "resuming the rotation to key version {} at step {}",
+            state.key_version(),
+            state.step()
+        );
+    }
+    crate::commands::print(&state.status_line().to_string())?;
+
+    let client = kube::Client::try_from(request.kube_config.clone())?;
+    let cluster = TargetCluster::new(client, request.kube_config);
+    let policy = Policy::default();
+    let started = Instant::now();
+    // The state whose effects were applied last: a pass that finds the same
+    // state again is waiting on the API servers.
+    let mut applied: Option<RotationState> = None;
+    let mut last_waiting: Option<String> = None;
+    loop {
+        let keys = pki.public_keys()?;
+        let mut observed = match cluster.observe(&keys, &state, &policy).await {
+            Ok(observed) => observed,
+            // kube-apiserver restarts at every step: with --wait, an API
+            // server that does not answer is asked again.
+            Err(error) if request.wait && started.elapsed() < request.timeout => {
+                eprintln!("the API servers did not answer ({error}); asking again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            // Restarting after this run's own manifest edit: waiting.
+            Err(error) if applied.is_some() => {
+                eprintln!(
+                    "the API servers did not answer ({error}): kubelet is restarting them; \
+                     run the same command again to continue (or add --wait)"
+                );
+                return Ok(exit::DONE);
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context("observing the API servers; run the same command again to resume")
+                    .into());
+            }
+        };
+        observed.stored_keys = keys.keys().copied().collect();
+        let plan = rotation::step(&state, &observed, Timestamp::now(), &policy)
+            .context("the rotation state is inconsistent")?;
+        let waiting_on_servers = plan.next == state && applied.as_ref() == Some(&state);
+        if waiting_on_servers {
+            let waiting = ksa_controller::reconcile::waiting_for(&state, &observed);
+            if last_waiting.as_deref() != Some(waiting.as_str()) {
+                eprintln!("waiting for {waiting}");
+                last_waiting = Some(waiting);
+            }
+        }
+        if !request.wait && waiting_on_servers {
+            eprintln!(
+                "step {} is waiting on the API servers; run the same command again to continue (or add --wait)",
+                state.step()
+            );
+            return Ok(exit::DONE);
+        }
+        if plan.next != state {
+            locked.save(&plan.next)?;
+        }
+        if plan.next.status_line() != state.status_line() {
+            crate::commands::print(&plan.next.status_line().to_string())?;
+        }
+        for effect in &plan.effects {
+            match apply(&pki, manifests, &cluster, &plan.next, effect).await {
+                Ok(()) => {}
+                // Token refresh talks to the API servers; the next pass
+                // applies it again.
+                Err(ApplyError::Cluster(error)) if request.wait => {
+                    eprintln!("{effect:?} did not complete ({error}); trying again");
+                }
+                Err(ApplyError::Cluster(error)) => return Err(anyhow::Error::new(error).into()),
+                Err(ApplyError::Files(error)) => return Err(error.into()),
+            }
+        }
+        applied = Some(plan.next.clone());
+        state = plan.next;
+        if state.is_completed() {
+            return Ok(exit::DONE);
+        }
+        if started.elapsed() > request.timeout {
+            return Err(anyhow::anyhow!(
+                "the rotation did not complete within the timeout; it stays at step {}: run the same command again to resume",
+                state.step()
+            )
+            .into());
+        }
+        let pause = plan.requeue_after.unwrap_or(Duration::from_secs(2));
+        tokio::time::sleep(pause.clamp(Duration::from_millis(250), Duration::from_secs(2))).await;
+    }
+}
+
+/// Why an effect was not applied: the node's files (fatal), or the
+/// cluster (the API servers restart at every step; tried again).
+enum ApplyError {
+    Files(anyhow::Error),
+    Cluster(ksa_controller::Error),
+}
+
+impl From<anyhow::Error> for ApplyError {
+    fn from(error: anyhow::Error) -> ApplyError {
+        ApplyError::Files(error)
+    }
+}
+
+impl From<ksa_controller::Error> for ApplyError {
+    fn from(error: ksa_controller::Error) -> ApplyError {
+        ApplyError::Cluster(error)
+    }
+}
+
+/// Applies one effect; each is idempotent, so a run that crashed halfway
+/// applies it again.
+async fn apply(
+    pki: &PkiDir,
+    manifests: &Path,
+    cluster: &TargetCluster,
+    state: &RotationState,
+    effect: &Effect,
+) -> Result<(), ApplyError> {
+    match effect {
+        // The lock file this run holds is the operation lock.
+        Effect::HoldOperationLock | Effect::ReleaseOperationLock => {}
+        Effect::GenerateKey { version, spec } => {
+            if pki.private_key(*version).is_err() {
+                let key = AwsLc::new().generate(*spec).map_err(anyhow::Error::new)?;
+                pki.store(*version, &key)?;
+            }
+        }
+        Effect::PublishPublicKeys { public, signing }
+        | Effect::SwitchSigner { signing, public } => {
+            let public: Vec<String> = public
+                .iter()
+                .map(|v| pki.pub_path(*v).display().to_string())
+                .collect();
+            let signing = vec![pki.key_path(*signing).display().to_string()];
+            edit_manifest(
+                &manifests.join(APISERVER_MANIFEST),
+                &[(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)],
+            )?;
+            edit_manifest(
+                &manifests.join(CONTROLLER_MANAGER_MANIFEST),
+                &[(PRIVATE_KEY_FILE, &signing)],
+            )?;
+        }
+        Effect::RefreshLegacyTokens { version } => {
+            let signer = AwsLc::new()
+                .signing_key(&pki.private_key(*version)?)
+                .map_err(anyhow::Error::new)?;
+            refresh::refresh_legacy_tokens(&cluster.client, signer.as_ref()).await?;
+        }
+        Effect::RefreshBoundTokens { version, policy } => {
+            let since = state.step_started_at().unwrap_or_else(Timestamp::now);
+            refresh::refresh_bound_tokens(&cluster.client, *version, policy, since).await?;
+        }
+        Effect::RetireKey { version } => {
+            pki.make_kubeadm_key(&pki.private_key(state.key_version())?)?;
+            pki.delete(*version)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets flags in a static pod manifest; writes only when something changed
+/// (kubelet restarts the pod on every change).
+fn edit_manifest(path: &Path, flags: &[(&str, &Vec<String>)]) -> anyhow::Result<()> {
+    let before =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut after = before.clone();
+    for (flag, values) in flags {
+        after =
+            manifest::set_flag(&after, flag, values).with_context(|| path.display().to_string())?;
+    }
+    if after != before {
+        write_atomic(path, after.as_bytes(), 0o600)?;
+    }
+    Ok(())
+}
+
+/// `status --pki-dir`: the status line from the state file.
+pub fn status(pki_dir: &Path, output: Format) -> Outcome {
+    let state = match state::read(pki_dir)? {
+        Some(state) => state,
+        None => {
+            eprintln!(
+                "no rotation has run on this control plane: it signs with kubeadm's {}/sa.key (version 1)",
+                pki_dir.display()
+            );
+            RotationState::settled(KeyVersion::FIRST)
+        }
+    };
+    let line = state.status_line();
+    match output {
+        Format::Text => crate::commands::print(&line.to_string())?,
+        Format::Json => crate::commands::print(&serde_json::to_string_pretty(&state)?)?,
+        Format::Yaml => crate::commands::print(&serde_yaml::to_string(&state)?)?,
+    }
+    Ok(exit::DONE)
+}

@@ -1,0 +1,84 @@
+//! The harness playing kubelet for a kubeadm control plane: it watches the
+//! kube-apiserver static pod manifest and, when it changes, restarts
+//! kube-apiserver (and kube-controller-manager) with the key files its
+//! `--service-account-key-file` and `--service-account-signing-key-file`
+//! flags name, as kubelet restarts a static pod whose manifest changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use ksa_core::key::parse_pem;
+use tokio::sync::Mutex;
+
+use crate::{ApiServerKeys, ControlPlane};
+
+/// A running kubelet stand-in; stops when dropped.
+#[derive(Debug)]
+pub struct StaticPods {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StaticPods {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The values of `--flag=` in a manifest's command list.
+fn flag_values(manifest: &str, flag: &str) -> Vec<PathBuf> {
+    let prefix = format!("- --{flag}=");
+    manifest
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix(&prefix).map(PathBuf::from))
+        .collect()
+}
+
+/// The keys a kube-apiserver manifest names.
+pub fn manifest_keys(manifest: &str) -> Result<ApiServerKeys> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let signing_file = flag_values(manifest, "service-account-signing-key-file")
+        .pop()
+        .context("no --service-account-signing-key-file")?;
+    let signing = parse_pem(&read(&signing_file)?)?
+        .private_keys()
+        .next()
+        .cloned()
+        .context("no private key in the signing key file")?;
+    let mut public = Vec::new();
+    for file in flag_values(manifest, "service-account-key-file") {
+        public.extend(parse_pem(&read(&file)?)?.public_keys().cloned());
+    }
+    Ok(ApiServerKeys { signing, public })
+}
+
+impl StaticPods {
+    /// Watches `manifests/kube-apiserver.yaml` every 250 ms.
+    pub fn spawn(plane: Arc<Mutex<ControlPlane>>, manifests: &Path) -> StaticPods {
+        let manifest = manifests.join("kube-apiserver.yaml");
+        let task = tokio::spawn(async move {
+            let mut last = std::fs::read_to_string(&manifest).ok();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Ok(now) = std::fs::read_to_string(&manifest) else {
+                    continue;
+                };
+                if last.as_deref() == Some(now.as_str()) {
+                    continue;
+                }
+                last = Some(now.clone());
+                match manifest_keys(&now) {
+                    Ok(keys) => {
+                        if let Err(error) = plane.lock().await.restart_apiserver(keys).await {
+                            eprintln!("static pods: restart failed: {error:#}");
+                        }
+                    }
+                    Err(error) => eprintln!("static pods: bad manifest: {error:#}"),
+                }
+            }
+        });
+        StaticPods { task }
+    }
+}

@@ -1,0 +1,267 @@
+//! A kubeadm control plane rotated by `ksa ... rotate --pki-dir`, with no
+//! controller: the harness plays kubelet (it restarts kube-apiserver and
+//! kube-controller-manager from the keys the static pod manifests name when
+//! the manifests change) while the prober reviews tokens throughout. The CLI
+//! is run without --wait, killed mid-rotation, raced by a second run, and
+//! run again: it resumes and completes.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::key::{KeySpec, parse_pem};
+use ksa_core::rotation::{RotationState, Step};
+use ksa_tests::cluster::request_token;
+use ksa_tests::kubelet::StaticPods;
+use ksa_tests::scenario::{APPS, create_workload};
+use ksa_tests::{
+    ApiServerKeys, ControlPlane, ProbeTarget, Prober, RotationSource, ksa_binary, write_private,
+};
+use tokio::sync::Mutex;
+
+/// kubeadm's manifests, as `kubeadm init` writes them (trimmed to what a
+/// test control plane needs to say), naming keys in `pki`.
+fn manifests(pki: &Path) -> (String, String) {
+    let pki = pki.display();
+    let apiserver = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint: 127.0.0.1:6443
+  labels:
+    component: kube-apiserver
+    tier: control-plane
+  name: kube-apiserver
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - kube-apiserver
+    - --advertise-address=127.0.0.1
+    - --authorization-mode=Node,RBAC
+    - --client-ca-file={pki}/ca.crt
+    - --service-account-issuer=https://kubernetes.default.svc.cluster.local
+    - --service-account-key-file={pki}/sa.pub
+    - --service-account-signing-key-file={pki}/sa.key
+    - --service-cluster-ip-range=10.96.0.0/12
+    image: registry.k8s.io/kube-apiserver:v1.36.3
+    name: kube-apiserver
+    volumeMounts:
+    - mountPath: {pki}
+      name: k8s-certs
+      readOnly: true
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: {pki}
+      type: DirectoryOrCreate
+    name: k8s-certs
+"
+    );
+    let controller_manager = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-controller-manager
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - kube-controller-manager
+    - --root-ca-file={pki}/ca.crt
+    - --service-account-private-key-file={pki}/sa.key
+    - --use-service-account-credentials=true
+    image: registry.k8s.io/kube-controller-manager:v1.36.3
+    name: kube-controller-manager
+"
+    );
+    (apiserver, controller_manager)
+}
+
+fn state(pki: &Path) -> Option<RotationState> {
+    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
+}
+
+fn ksa(args: &[&str], pki: &Path, manifests: &Path, kubeconfig: &Path) -> Result<Command> {
+    let mut command = Command::new(ksa_binary("ksa")?);
+    command
+        .args(["update", "credentials", "ksa-signing-key"])
+        .args(args)
+        .arg("--pki-dir")
+        .arg(pki);
+    if args.first() == Some(&"rotate") {
+        command
+            .arg("--manifests-dir")
+            .arg(manifests)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--skip-prompt");
+    }
+    command.stdin(Stdio::null());
+    Ok(command)
+}
+
+/// Runs `ksa` to its end without blocking the runtime: the harness playing
+/// kubelet runs on it meanwhile.
+async fn run(command: Command) -> Result<Output> {
+    Ok(tokio::process::Command::from(command).output().await?)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> Result<()> {
+    let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let mut plane = ControlPlane::start(ApiServerKeys::single(first.clone())).await?;
+    plane.start_controller_manager()?;
+    let client = plane.client().await?;
+    let kubeconfig = plane.kubeconfig_path();
+    let root = plane.dir().join("etc-kubernetes");
+    let (pki, manifests_dir) = (root.join("pki"), root.join("manifests"));
+    std::fs::create_dir_all(&pki)?;
+    std::fs::create_dir_all(&manifests_dir)?;
+    write_private(&pki.join("sa.key"), first.to_pem().as_bytes())?;
+    std::fs::write(pki.join("sa.pub"), first.public_key().to_pem())?;
+    let (apiserver, controller_manager) = manifests(&pki);
+    std::fs::write(manifests_dir.join("kube-apiserver.yaml"), &apiserver)?;
+    std::fs::write(
+        manifests_dir.join("kube-controller-manager.yaml"),
+        &controller_manager,
+    )?;
+    create_workload(&client).await?;
+    let plane = Arc::new(Mutex::new(plane));
+    let _kubelet = StaticPods::spawn(plane.clone(), &manifests_dir);
+    let prober = Prober::spawn(
+        client.clone(),
+        ProbeTarget {
+            namespace: APPS.into(),
+            service_account: "app".into(),
+            legacy_secret: "app-token".into(),
+            rotation: RotationSource::StateFile {
+                pki_dir: pki.clone(),
+            },
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Without --wait: as far as it goes without waiting on the API servers.
+    let once = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
+    assert!(once.status.success(), "{}", text(&once));
+    assert!(
+        text(&once).contains("run the same command again"),
+        "{}",
+        text(&once)
+    );
+    let stopped_at = state(&pki).map(|s| s.step());
+    assert!(
+        stopped_at.is_some_and(|step| step >= Step::Trust && step < Step::Completed),
+        "stopped mid-rotation, at {stopped_at:?}"
+    );
+
+    // With --wait, killed once it reaches RefreshTokens; a second run
+    // meanwhile is refused.
+    let mut running = ksa(&["rotate", "--wait"], &pki, &manifests_dir, &kubeconfig)?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    while state(&pki).is_none_or(|s| s.step() < Step::RefreshTokens) {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = running.kill();
+            let output = running.wait_with_output()?;
+            bail!(
+                "the rotation did not reach RefreshTokens; state {:?}; ksa said:\n{}",
+                state(&pki),
+                text(&output)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raced = run(ksa(
+        &["rotate", "--wait"],
+        &pki,
+        &manifests_dir,
+        &kubeconfig,
+    )?)
+    .await?;
+    assert_eq!(raced.status.code(), Some(3), "{}", text(&raced));
+    assert!(
+        text(&raced).contains("another ksa holds"),
+        "{}",
+        text(&raced)
+    );
+    running.kill()?;
+    running.wait()?;
+
+    // Run again: it resumes and completes.
+    let resumed = run(ksa(
+        &["rotate", "--wait", "--timeout", "150s"],
+        &pki,
+        &manifests_dir,
+        &kubeconfig,
+    )?)
+    .await?;
+    let resumed_text = text(&resumed);
+    eprintln!("{resumed_text}");
+    assert!(resumed.status.success(), "{resumed_text}");
+    assert!(resumed_text.contains("resuming the rotation to key version 2"));
+    let completed = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#;
+    assert!(resumed_text.contains(completed));
+    let status = run(ksa(&["status"], &pki, &manifests_dir, &kubeconfig)?).await?;
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), completed);
+
+    // The files: key 1 gone, sa.key is key 2, the manifests changed only
+    // in the key flags.
+    let second = parse_pem(&std::fs::read(pki.join("sa-v2.key"))?)?
+        .private_keys()
+        .next()
+        .cloned()
+        .context("key 2")?;
+    assert!(!pki.join("sa-v1.key").exists() && !pki.join("sa-v1.pub").exists());
+    let kubeadm_key = parse_pem(&std::fs::read(pki.join("sa.key"))?)?;
+    assert_eq!(
+        kubeadm_key.private_keys().next().map(|k| k.kid()),
+        Some(second.kid())
+    );
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-apiserver.yaml"))?;
+    let v2 = |suffix: &str| format!("{}/sa-v2.{suffix}", pki.display());
+    assert_eq!(
+        edited,
+        apiserver
+            .replace(&format!("{}/sa.pub", pki.display()), &v2("pub"))
+            .replace(&format!("{}/sa.key", pki.display()), &v2("key")),
+        "only the key flags changed"
+    );
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-controller-manager.yaml"))?;
+    assert_eq!(
+        edited,
+        controller_manager.replace(&format!("{}/sa.key", pki.display()), &v2("key"))
+    );
+
+    // Tokens: fresh ones from key 2; no valid token was ever rejected.
+    let fresh = request_token(&client, APPS, "app", vec![], 600).await?;
+    let kid = ksa_core::token::decode(&fresh)?.header.kid;
+    assert_eq!(kid.as_deref(), Some(second.kid().as_str()));
+    let stats = prober.stats().await;
+    eprintln!(
+        "prober: {} tokens issued, {} reviews, {} unavailable",
+        stats.tokens_issued, stats.reviews, stats.unavailable
+    );
+    assert!(stats.reviews > 0);
+    assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+    assert!(
+        plane.lock().await.apiserver_starts >= 4,
+        "kube-apiserver restarted at Trust, Sign and Retire"
+    );
+    Ok(())
+}
