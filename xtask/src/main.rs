@@ -4,8 +4,8 @@
 //! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
 //!   and every test, end-to-end included. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
-//!   (Chromium, chromedriver, binaryen, protoc), wasm-bindgen-cli and the
-//!   control plane.
+//!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli and the control
+//!   plane.
 //! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.

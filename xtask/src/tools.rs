@@ -1,8 +1,8 @@
 //! The tools the tests need beyond cargo and Go: Debian packages (Chromium
-//! and its WebDriver for the browser tests, binaryen's `wasm-opt`, `protoc`
-//! for the signer's proto) and `wasm-bindgen-cli` at exactly the version of
-//! the `wasm-bindgen` crate in `Cargo.lock`, installed from crates.io into
-//! the cache.
+//! and its WebDriver for the browser tests, binaryen's `wasm-opt`) and
+//! `wasm-bindgen-cli` at exactly the version of the `wasm-bindgen` crate in
+//! `Cargo.lock`, installed from crates.io into the cache. (The signer's
+//! proto is compiled by protox, in Rust: no `protoc`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,11 +12,10 @@ use anyhow::{Context, Result};
 use crate::{cargo, control_plane::cache_root, run};
 
 /// Debian packages and a file each one installs.
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+const DEBIAN_PACKAGES: [(&str, &str); 3] = [
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     ("binaryen", "/usr/bin/wasm-opt"),
-    ("protobuf-compiler", "/usr/bin/protoc"),
 ];
 
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
