@@ -44,6 +44,9 @@ kube-controller-manager at each step:
 With several control-plane nodes, copy {pki}/sa-v* and both manifests to every node
 at each step; each step waits until every API server confirms.";
 
+/// Without --wait, how long an API server restart is waited out.
+const NO_WAIT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The flags that name key files.
 const KEY_FILE: &str = "service-account-key-file";
 const SIGNING_KEY_FILE: &str = "service-account-signing-key-file";
@@ -123,28 +126,28 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     let cluster = TargetCluster::new(client, request.kube_config);
     let policy = Policy::default();
     let started = Instant::now();
-    // The state whose effects were applied last: a pass that finds the same
-    // state again is waiting on the API servers.
-    let mut applied: Option<RotationState> = None;
+    // How long API servers that do not answer (kubelet restarting them) are
+    // waited for: the whole timeout with --wait, a minute without.
+    let patience = if request.wait {
+        request.timeout
+    } else {
+        request.timeout.min(NO_WAIT_PATIENCE)
+    };
+    // The state and effects applied last: a pass that finds both again is
+    // waiting on the API servers. (A step can stay put with a new effect:
+    // Retire deletes the old key once no API server trusts it.)
+    let mut applied: Option<(RotationState, Vec<Effect>)> = None;
     let mut last_waiting: Option<String> = None;
     loop {
         let keys = pki.public_keys()?;
         let mut observed = match cluster.observe(&keys, &state, &policy).await {
             Ok(observed) => observed,
-            // kube-apiserver restarts at every step: with --wait, an API
-            // server that does not answer is asked again.
-            Err(error) if request.wait && started.elapsed() < request.timeout => {
+            // kube-apiserver restarts at every step: an API server that
+            // does not answer is asked again, for a while.
+            Err(error) if started.elapsed() < patience => {
                 eprintln!("the API servers did not answer ({error}); asking again");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
-            }
-            // Restarting after this run's own manifest edit: waiting.
-            Err(error) if applied.is_some() => {
-                eprintln!(
-                    "the API servers did not answer ({error}): kubelet is restarting them; \
-                     run the same command again to continue (or add --wait)"
-                );
-                return Ok(exit::DONE);
             }
             Err(error) => {
                 return Err(anyhow::Error::new(error)
@@ -155,7 +158,10 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         observed.stored_keys = keys.keys().copied().collect();
         let plan = rotation::step(&state, &observed, Timestamp::now(), &policy)
             .context("the rotation state is inconsistent")?;
-        let waiting_on_servers = plan.next == state && applied.as_ref() == Some(&state);
+        let waiting_on_servers = plan.next == state
+            && applied
+                .as_ref()
+                .is_some_and(|(s, effects)| *s == state && *effects == plan.effects);
         if waiting_on_servers {
             let waiting = ksa_controller::reconcile::waiting_for(&state, &observed);
             if last_waiting.as_deref() != Some(waiting.as_str()) {
@@ -181,14 +187,14 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                 Ok(()) => {}
                 // Token refresh talks to the API servers; the next pass
                 // applies it again.
-                Err(ApplyError::Cluster(error)) if request.wait => {
+                Err(ApplyError::Cluster(error)) if started.elapsed() < patience => {
                     eprintln!("{effect:?} did not complete ({error}); trying again");
                 }
                 Err(ApplyError::Cluster(error)) => return Err(anyhow::Error::new(error).into()),
                 Err(ApplyError::Files(error)) => return Err(error.into()),
             }
         }
-        applied = Some(plan.next.clone());
+        applied = Some((plan.next.clone(), plan.effects.clone()));
         state = plan.next;
         if state.is_completed() {
             return Ok(exit::DONE);

@@ -86,7 +86,7 @@ impl Signer {
             .ok_or_else(|| Status::unavailable("no key set loaded yet"))
     }
 
-    fn sign(&self, claims: &str) -> Result<(String, String), Status> {
+    fn sign_claims(&self, claims: &str) -> Result<(String, String), Status> {
         let keys = self.keys()?;
         keys.sign(claims).map_err(|refusal| match refusal {
             SignRefusal::BadClaims(_) => Status::invalid_argument(refusal.to_string()),
@@ -105,7 +105,7 @@ macro_rules! external_jwt_signer {
                 &self,
                 request: Request<proto::$version::SignJwtRequest>,
             ) -> Result<Response<proto::$version::SignJwtResponse>, Status> {
-                let (header, signature) = Signer::sign(self, &request.get_ref().claims)?;
+                let (header, signature) = self.sign_claims(&request.get_ref().claims)?;
                 Ok(Response::new(proto::$version::SignJwtResponse {
                     header,
                     signature,
