@@ -4,10 +4,65 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use ksa_core::token;
-use ksa_tests::scenario::{APPS, Scenario};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use ksa_controller::api::KSASigningKeyRotation;
+use ksa_controller::keystore::KeyStore;
+use ksa_core::key::PrivateKey;
+use ksa_core::{KeyVersion, token};
+use ksa_tests::scenario::{APPS, CLUSTER, NAMESPACE, Scenario};
+use kube::api::{Api, ListParams};
+
+/// Pieces of each (RSA) private key as they would appear if leaked: a line
+/// of its PEM body and its DER in base64 and base64url at every alignment,
+/// all from the end of the key, where the private CRT values are (the
+/// start holds the modulus, which the JWKS publishes).
+fn key_fragments(keys: &[PrivateKey]) -> Vec<String> {
+    let mut fragments = Vec::new();
+    for key in keys {
+        assert_eq!(key.algorithm(), ksa_core::key::Algorithm::RS256);
+        let pem = key.to_pem();
+        let lines: Vec<&str> = pem.lines().collect();
+        fragments.push(lines[lines.len() - 3].to_owned());
+        let der = key.secret_der();
+        let end = der.len() - 40;
+        for start in [end, end + 1, end + 2] {
+            let chunk = &der[start..start + 30];
+            for encoded in [
+                base64::engine::general_purpose::STANDARD.encode(chunk),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(chunk),
+            ] {
+                fragments.push(encoded[4..32].to_owned());
+            }
+        }
+    }
+    fragments
+}
+
+/// What in `text` looks like private key material, described.
+fn leaks(text: &str, fragments: &[String]) -> Vec<String> {
+    let mut found: Vec<String> = [
+        "PRIVATE KEY",
+        "\"d\":",
+        "\"p\":",
+        "\"q\":",
+        "\"dp\":",
+        "\"dq\":",
+        "\"qi\":",
+    ]
+    .iter()
+    .filter(|marker| text.contains(*marker))
+    .map(|marker| format!("marker {marker}"))
+    .collect();
+    found.extend(
+        fragments
+            .iter()
+            .filter(|fragment| text.contains(fragment.as_str()))
+            .map(|fragment| format!("key bytes {fragment}")),
+    );
+    found
+}
 
 fn stdout_lines(output: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
@@ -91,6 +146,9 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         "no terminal and no --skip-prompt fails at once"
     );
 
+    // Every private key the rotations handle, for the key-hygiene check.
+    let store = KeyStore::new(scenario.client.clone(), NAMESPACE, CLUSTER);
+    let mut keys = vec![scenario.first_key.clone()];
     for (from, to) in [(1, 2), (2, 3)] {
         let started = Instant::now();
         let old_token = scenario.bound_token().await?;
@@ -130,6 +188,7 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         }
         assert_eq!(lines.last(), expected.last(), "ends completed");
 
+        keys.push(store.private_key(KeyVersion::new(to)).await?);
         let status = scenario.ksa(&["update", "credentials", "ksa-signing-key", "status"])?;
         assert_eq!(stdout_lines(&status), [expected[4].clone()]);
         let json = scenario.ksa(&[
@@ -249,6 +308,38 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         "--watch",
     ])?;
     assert_eq!(finish.status.code(), Some(0));
+
+    // Key hygiene: no private key material in the controller's log, the
+    // Events, the resource and its status, the ConfigMaps or the metrics.
+    keys.push(store.private_key(KeyVersion::new(4)).await?);
+    let fragments = key_fragments(&keys);
+    let events = Api::<Event>::all(scenario.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let resource = Api::<KSASigningKeyRotation>::namespaced(scenario.client.clone(), NAMESPACE)
+        .get(CLUSTER)
+        .await?;
+    let config_maps = Api::<ConfigMap>::namespaced(scenario.client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await?;
+    let (_, metrics) = get(&format!("{http}/metrics"))?;
+    for (place, text) in [
+        ("the controller log", scenario.installation.controller_log()),
+        ("Events", serde_json::to_string(&events.items)?),
+        ("the rotation resource", serde_json::to_string(&resource)?),
+        ("ConfigMaps", serde_json::to_string(&config_maps.items)?),
+        ("metrics", metrics),
+    ] {
+        assert!(!text.is_empty(), "{place} is empty: nothing was checked");
+        let found = leaks(&text, &fragments);
+        assert!(
+            found.is_empty(),
+            "private key material in {place}: {found:?}"
+        );
+    }
+    // The check can fail: the key Secret itself holds what it looks for.
+    let secret = store.private_key(KeyVersion::new(4)).await?.to_pem();
+    assert!(!leaks(&secret, &fragments).is_empty());
 
     let stats = scenario.prober.stats().await;
     eprintln!("prober: {stats:?}");
