@@ -165,6 +165,8 @@ fn build_binaries() -> Result<()> {
 
 fn e2e(filters: &[&str]) -> Result<()> {
     let control_plane = control_plane::ensure()?;
+    // The inspector page test loads the built package.
+    wasm::build()?;
     build_binaries()?;
     run(cargo()
         .args(["test", "-p", "ksa-tests", "--"])
