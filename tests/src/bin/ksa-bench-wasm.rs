@@ -58,6 +58,9 @@ async fn main() -> Result<()> {
             ],
         )
         .await?;
+    // Ending the session makes chromedriver stop Chromium; killing
+    // chromedriver alone would leave Chromium running.
+    browser.client.clone().close().await?;
     let (Some(count), Some(ms)) = (result["count"].as_f64(), result["ms"].as_f64()) else {
         bail!("the benchmark script returned {result}");
     };
