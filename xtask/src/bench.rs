@@ -165,11 +165,7 @@ fn signer(quick: bool) -> Result<()> {
             .arg(seconds)
             .env(crate::control_plane::ENV, &control_plane),
     )?;
-    let number = |field: &str| {
-        measured[field]
-            .as_f64()
-            .with_context(|| format!("no {field} in {measured}"))
-    };
+    let number = |field: &str| number(&measured, field);
     write_report(
         &root.join("target/bench"),
         vec![
@@ -193,6 +189,13 @@ fn signer(quick: bool) -> Result<()> {
             ),
         ],
     )
+}
+
+/// A number a benchmark binary printed.
+fn number(measured: &Value, field: &str) -> Result<f64> {
+    measured[field]
+        .as_f64()
+        .with_context(|| format!("no {field} in {measured}"))
 }
 
 /// Runs a benchmark binary (echoed) and parses the JSON it prints.
@@ -228,9 +231,7 @@ fn wasm(quick: bool, native_verify_per_second: f64) -> Result<()> {
     ]))?;
     let seconds = if quick { "3" } else { "10" };
     let measured = run_json(Command::new(root.join("target/release/ksa-bench-wasm")).arg(seconds))?;
-    let per_second = measured["verify_rs256_per_s"]
-        .as_f64()
-        .context("no verify_rs256_per_s")?;
+    let per_second = number(&measured, "verify_rs256_per_s")?;
     write_report(
         &root.join("target/bench"),
         vec![
@@ -280,11 +281,7 @@ fn cli(quick: bool) -> Result<()> {
             .arg(runs)
             .env(crate::control_plane::ENV, &control_plane),
     )?;
-    let number = |field: &str| {
-        medians[field]
-            .as_f64()
-            .with_context(|| format!("no {field}"))
-    };
+    let number = |field: &str| number(&medians, field);
     write_report(
         &root.join("target/bench"),
         vec![

@@ -34,6 +34,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The first private key in a PEM file.
+fn read_private_key(path: &Path) -> Result<PrivateKey> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_pem(&text)
+        .with_context(|| path.display().to_string())?
+        .private_keys()
+        .next()
+        .cloned()
+        .with_context(|| format!("{} holds no private key", path.display()))
+}
+
 /// The key files of one pki directory.
 #[derive(Debug, Clone)]
 pub struct PkiDir {
@@ -52,18 +63,7 @@ impl PkiDir {
     /// kubeadm's signing key, `sa.key`.
     pub fn kubeadm_key(&self) -> Result<PrivateKey> {
         let path = self.dir.join("sa.key");
-        let text = std::fs::read(&path).with_context(|| {
-            format!(
-                "reading {} (is --pki-dir a kubeadm pki directory?)",
-                path.display()
-            )
-        })?;
-        parse_pem(&text)
-            .with_context(|| path.display().to_string())?
-            .private_keys()
-            .next()
-            .cloned()
-            .with_context(|| format!("{} holds no private key", path.display()))
+        read_private_key(&path).context("is --pki-dir a kubeadm pki directory?")
     }
 
     /// The private key of every stored version (`sa-vN.key`).
@@ -89,14 +89,7 @@ impl PkiDir {
     }
 
     pub fn private_key(&self, version: KeyVersion) -> Result<PrivateKey> {
-        let path = self.key_path(version);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        parse_pem(&text)
-            .with_context(|| path.display().to_string())?
-            .private_keys()
-            .next()
-            .cloned()
-            .with_context(|| format!("{} holds no private key", path.display()))
+        read_private_key(&self.key_path(version))
     }
 
     pub fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>> {

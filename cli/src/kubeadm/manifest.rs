@@ -10,18 +10,6 @@ pub enum ManifestError {
     FlagMissing { flag: String },
 }
 
-/// The values of `--flag` in the command list, in order.
-pub fn flag_values(text: &str, flag: &str) -> Vec<String> {
-    let prefix = format!("--{flag}=");
-    text.lines()
-        .filter_map(|line| {
-            let item = line.trim_start().strip_prefix("- ")?.trim();
-            let item = item.trim_matches('"').trim_matches('\'');
-            item.strip_prefix(&prefix).map(str::to_owned)
-        })
-        .collect()
-}
-
 /// Sets the values of `--flag`: the first line naming it becomes one line
 /// per value (same indentation), later lines naming it are removed.
 pub fn set_flag(text: &str, flag: &str, values: &[String]) -> Result<String, ManifestError> {
@@ -59,6 +47,18 @@ pub fn set_flag(text: &str, flag: &str, values: &[String]) -> Result<String, Man
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The values of `--flag` in the command list, in order.
+    pub fn flag_values(text: &str, flag: &str) -> Vec<String> {
+        let prefix = format!("--{flag}=");
+        text.lines()
+            .filter_map(|line| {
+                let item = line.trim_start().strip_prefix("- ")?.trim();
+                let item = item.trim_matches('"').trim_matches('\'');
+                item.strip_prefix(&prefix).map(str::to_owned)
+            })
+            .collect()
+    }
 
     const APISERVER: &str = "\
 apiVersion: v1
