@@ -104,8 +104,15 @@ pub fn describe(command: &Command) -> String {
     text
 }
 
+/// Cargo, as the one that runs xtask. On CI (`CI` set) incremental
+/// compilation is off unless asked for: a clean clone builds once, and the
+/// incremental caches would only take disk.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
+    command
 }
 
 /// Installs what the tests need and returns the control-plane directory.
