@@ -85,15 +85,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .identity
         .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
 
-    let leader =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
-            .with_namespace(&args.leader_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_seconds)
-            .with_grace(2)
-            .build()
-            .await
-            .context("setting up leader election")?;
+    // Setting up reads or creates the Lease: retried while the API server
+    // is away (restarting with new keys, say), rather than exiting.
+    let leader = loop {
+        let built =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
+                .with_namespace(&args.leader_namespace)
+                .with_identity(&identity)
+                .with_duration(args.lease_seconds)
+                .with_grace(2)
+                .build()
+                .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(error) => {
+                tracing::warn!(%error, "cannot set up leader election yet; retrying in 2 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    () = shutdown_signal() => return Ok(()),
+                }
+            }
+        }
+    };
     let (mut leading, lease_task) = leader.watch().await;
     let ctx = Arc::new(Context {
         client: client.clone(),

@@ -103,6 +103,7 @@ pub struct ControlPlane {
     controller_manager: Option<Process>,
     apiserver_port: u16,
     etcd_port: u16,
+    etcd_peer_port: u16,
     signing: Signing,
     extra_flags: Vec<String>,
     /// How many times kube-apiserver was started.
@@ -167,20 +168,8 @@ impl ControlPlane {
             fs::write(dir.path().join(name), pem)?;
         }
         let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let mut etcd = Command::new(bin.join("etcd"));
-        let client_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        etcd.arg("--name=e2e")
-            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=e2e={peer_url}"))
-            .arg("--unsafe-no-fsync")
-            .arg("--log-level=warn");
-        let etcd = Process::spawn("etcd", etcd, dir.path())?;
+        let etcd_peer_port = free_port()?;
+        let etcd = spawn_etcd(&bin, dir.path(), etcd_port, etcd_peer_port)?;
         let mut plane = ControlPlane {
             dir,
             bin,
@@ -190,6 +179,7 @@ impl ControlPlane {
             controller_manager: None,
             apiserver_port: free_port()?,
             etcd_port,
+            etcd_peer_port,
             signing,
             extra_flags,
             apiserver_starts: 0,
@@ -399,6 +389,28 @@ current-context: e2e
         Ok(())
     }
 
+    /// Kills kube-apiserver (SIGKILL) and starts it again with the same
+    /// keys, as when its node fails; waits until it is ready.
+    pub async fn kill_and_restart_apiserver(&mut self) -> Result<()> {
+        if let Some(mut old) = self.apiserver.take() {
+            old.stop();
+        }
+        self.start_apiserver().await
+    }
+
+    /// Kills etcd (SIGKILL) and starts it again on the same data and port;
+    /// waits until kube-apiserver is ready on it again.
+    pub async fn kill_and_restart_etcd(&mut self) -> Result<()> {
+        self.etcd.stop();
+        self.etcd = spawn_etcd(
+            &self.bin,
+            self.dir.path(),
+            self.etcd_port,
+            self.etcd_peer_port,
+        )?;
+        self.wait_ready().await
+    }
+
     /// Starts kube-controller-manager (Deployments, ReplicaSets, the legacy
     /// token controller) signing legacy tokens with the current signing key.
     pub fn start_controller_manager(&mut self) -> Result<()> {
@@ -443,6 +455,23 @@ impl Drop for ControlPlane {
             }
         }
     }
+}
+
+/// Starts a one-member etcd keeping its data in `dir/etcd`.
+fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer_port: u16) -> Result<Process> {
+    let client_url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = Command::new(bin.join("etcd"));
+    etcd.arg("--name=e2e")
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=e2e={peer_url}"))
+        .arg("--unsafe-no-fsync")
+        .arg("--log-level=warn");
+    Process::spawn("etcd", etcd, dir)
 }
 
 /// Writes a private key file readable by its owner only.

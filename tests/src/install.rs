@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksa_controller::api::KSASigningKeyRotation;
@@ -37,14 +38,27 @@ pub fn ksa_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// ksa installed in a test cluster; the controller process is killed when
-/// this is dropped.
+/// The identity of the controller replica a test starts first.
+pub const FIRST_REPLICA: &str = "ksa-controller-0";
+
+/// ksa installed in a test cluster; the controller processes are killed
+/// when this is dropped.
 #[derive(Debug)]
 pub struct Installation {
-    controller: Option<Child>,
+    replicas: Vec<Replica>,
+    kubeconfig: Option<PathBuf>,
     log: PathBuf,
-    /// Where the controller serves metrics, health and the JWKS.
+    /// Where the first replica serves metrics, health and the JWKS.
     pub http_addr: std::net::SocketAddr,
+    /// The leader-election Lease duration the replicas are started with.
+    pub lease_seconds: u64,
+}
+
+/// One running `ksa-controller run` process.
+#[derive(Debug)]
+struct Replica {
+    identity: String,
+    child: Child,
 }
 
 impl Installation {
@@ -127,32 +141,40 @@ impl Installation {
                 None,
             )
             .await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
         Ok(Installation {
-            controller: None,
+            replicas: Vec::new(),
+            kubeconfig: None,
             log: log_dir.join("ksa-controller.log"),
-            http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            http_addr: loopback_addr()?,
+            lease_seconds: 15,
         })
     }
 
-    /// Starts `ksa-controller run` against the cluster, with the kubeconfig
-    /// of a user that has only the controller's ClusterRole.
+    /// Starts `ksa-controller run` ([`FIRST_REPLICA`], serving on
+    /// `http_addr`) against the cluster, with the kubeconfig of a user that
+    /// has only the controller's ClusterRole.
     pub fn start_controller(&mut self, kubeconfig: &Path) -> Result<()> {
+        self.kubeconfig = Some(kubeconfig.to_owned());
+        self.start_replica(FIRST_REPLICA, self.http_addr)
+    }
+
+    /// Starts another replica of the controller (or restarts a killed one:
+    /// the same identity, as a container restarted in its pod keeps its pod
+    /// name). Every replica logs to the same file.
+    pub fn start_replica(&mut self, identity: &str, http_addr: std::net::SocketAddr) -> Result<()> {
+        let kubeconfig = self
+            .kubeconfig
+            .as_ref()
+            .context("start_controller first: it names the kubeconfig")?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
         let child = Command::new(ksa_binary("ksa-controller")?)
-            .args([
-                "run",
-                "--leader-namespace",
-                "default",
-                "--lease-seconds",
-                "15",
-            ])
-            .arg(format!("--http-addr={}", self.http_addr))
+            .args(["run", "--leader-namespace", "default"])
+            .arg(format!("--lease-seconds={}", self.lease_seconds))
+            .arg(format!("--identity={identity}"))
+            .arg(format!("--http-addr={http_addr}"))
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
@@ -160,8 +182,36 @@ impl Installation {
             .stderr(file)
             .spawn()
             .context("starting ksa-controller")?;
-        self.controller = Some(child);
+        self.replicas.push(Replica {
+            identity: identity.to_owned(),
+            child,
+        });
         Ok(())
+    }
+
+    /// SIGKILLs the replica with this identity and reaps it: no shutdown
+    /// handler runs, the Lease is not released.
+    pub fn kill_replica(&mut self, identity: &str) -> Result<()> {
+        let index = self
+            .replicas
+            .iter()
+            .position(|r| r.identity == identity)
+            .with_context(|| format!("no running controller replica {identity}"))?;
+        let mut replica = self.replicas.remove(index);
+        replica.child.kill()?;
+        replica.child.wait()?;
+        Ok(())
+    }
+
+    /// The identity holding the controller's leader-election Lease.
+    pub async fn leader(client: &kube::Client) -> Result<Option<String>> {
+        let lease = Api::<Lease>::namespaced(client.clone(), "default")
+            .get_opt("ksa-controller-leader")
+            .await?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
     }
 
     pub fn controller_log(&self) -> String {
@@ -171,9 +221,9 @@ impl Installation {
 
 impl Drop for Installation {
     fn drop(&mut self) {
-        if let Some(child) = self.controller.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for replica in &mut self.replicas {
+            let _ = replica.child.kill();
+            let _ = replica.child.wait();
         }
         if std::thread::panicking() {
             let log = self.controller_log();
@@ -185,4 +235,12 @@ impl Drop for Installation {
             );
         }
     }
+}
+
+/// A free loopback address for a controller replica to serve on.
+pub fn loopback_addr() -> Result<std::net::SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }

@@ -19,6 +19,6 @@ pub mod signer;
 
 pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
 pub use hosted::HostedApiServer;
-pub use install::{Installation, ksa_binary};
+pub use install::{FIRST_REPLICA, Installation, ksa_binary, loopback_addr};
 pub use pki::Pki;
 pub use prober::{ProbeStats, ProbeTarget, Prober, RotationSource};

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
 
 use crate::cluster::{create_namespace, create_service_account, request_token, review_token};
@@ -156,90 +157,124 @@ impl Scenario {
 /// The workload every rotation test refreshes: namespace `apps`, service
 /// account `app` with a legacy token Secret `app-token`, Deployment `web`.
 pub async fn create_workload(client: &kube::Client) -> Result<()> {
-    create_namespace(client, APPS).await?;
-    let account = create_service_account(client, APPS, "app").await?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS);
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("app-token".into()),
-                    annotations: Some(BTreeMap::from([
-                        (
-                            "kubernetes.io/service-account.name".to_owned(),
-                            "app".to_owned(),
-                        ),
-                        (
-                            "kubernetes.io/service-account.uid".to_owned(),
-                            account.metadata.uid.clone().unwrap_or_default(),
-                        ),
-                    ])),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("kubernetes.io/service-account-token".into()),
-                ..Secret::default()
-            },
-        )
+    create_fleet(client, APPS, "app", &["app-token"], &["web"], 1).await
+}
+
+/// A namespace of workloads: a service account, legacy token Secrets of it
+/// (filled by kube-controller-manager's token controller before this
+/// returns) and Deployments running as it with `replicas` pods each.
+pub async fn create_fleet(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+    secrets: &[&str],
+    deployments: &[&str],
+    replicas: i32,
+) -> Result<()> {
+    create_namespace(client, namespace).await?;
+    let account = create_service_account(client, namespace, service_account).await?;
+    let uid = account.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    futures::stream::iter(secrets)
+        .map(|name| {
+            let secret = legacy_token_secret(name, service_account, &uid);
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &secret).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
         .await?;
-    // kube-controller-manager's token controller fills the Secret.
+    // kube-controller-manager's token controller fills the Secrets.
     let started = Instant::now();
     loop {
-        let secret = secrets.get("app-token").await?;
-        if secret
-            .data
-            .as_ref()
-            .is_some_and(|d| d.contains_key("token"))
-        {
+        let filled = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("token")))
+            .count();
+        if filled >= secrets.len() {
             break;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("kube-controller-manager did not fill the legacy token Secret");
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "kube-controller-manager filled {filled} of {} legacy token Secrets in {namespace}",
+                secrets.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), APPS);
-    deployments
-        .create(
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    for name in deployments {
+        api.create(
             &PostParams::default(),
-            &Deployment {
-                metadata: ObjectMeta {
-                    name: Some("web".into()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(DeploymentSpec {
-                    replicas: Some(1),
-                    selector: LabelSelector {
-                        match_labels: Some(labels.clone()),
-                        ..LabelSelector::default()
-                    },
-                    // No kubelet runs in the test cluster, so pods never
-                    // become ready; Recreate replaces them without waiting.
-                    strategy: Some(DeploymentStrategy {
-                        type_: Some("Recreate".into()),
-                        ..DeploymentStrategy::default()
-                    }),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels),
-                            ..ObjectMeta::default()
-                        }),
-                        spec: Some(PodSpec {
-                            service_account_name: Some("app".into()),
-                            containers: vec![Container {
-                                name: "web".into(),
-                                image: Some("registry.example/web:1".into()),
-                                ..Container::default()
-                            }],
-                            ..PodSpec::default()
-                        }),
-                    },
-                    ..DeploymentSpec::default()
-                }),
-                ..Deployment::default()
-            },
+            &deployment(name, service_account, replicas),
         )
         .await?;
+    }
     Ok(())
+}
+
+/// A `kubernetes.io/service-account-token` Secret for the token controller
+/// to fill.
+fn legacy_token_secret(name: &str, service_account: &str, uid: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(BTreeMap::from([
+                (
+                    "kubernetes.io/service-account.name".to_owned(),
+                    service_account.to_owned(),
+                ),
+                (
+                    "kubernetes.io/service-account.uid".to_owned(),
+                    uid.to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/service-account-token".into()),
+        ..Secret::default()
+    }
+}
+
+fn deployment(name: &str, service_account: &str, replicas: i32) -> Deployment {
+    let labels = BTreeMap::from([("app".to_owned(), name.to_owned())]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            // No kubelet runs in the test cluster, so pods never become
+            // ready; Recreate replaces them without waiting.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(service_account.to_owned()),
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("registry.example/app:1".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
 }

@@ -1,0 +1,635 @@
+//! Faults injected into full rotations on a real control plane: the
+//! controller SIGKILLed as each step begins and in the middle of the long
+//! steps, kube-apiserver and etcd killed and restarted mid-rotation, and the
+//! leading replica killed so that its standby takes over. After every
+//! rotation the cluster is checked end to end, the rotation's four numbers
+//! are checked at every status the API server recorded, and the prober
+//! must have seen no valid token rejected.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use ksa_controller::api::{KSASigningKeyRotation, RotationStatus};
+use ksa_controller::keystore::KeyStore;
+use ksa_core::rotation::{RotationState, Step};
+use ksa_core::{KeyVersion, token};
+use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
+use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
+use kube::api::Api;
+use kube::runtime::utils::Backoff;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use tokio::sync::{mpsc, watch};
+
+/// Where the many workloads live whose refresh the controller is killed in.
+const FLEET: &str = "fleet";
+const FLEET_SECRETS: usize = 400;
+const FLEET_DEPLOYMENTS: usize = 8;
+const RESTART_ANNOTATION: &str = ksa_controller::refresh::RESTART_ANNOTATION;
+/// Generous: a rotation here takes well under a minute.
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// When a fault is injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// The first status of this step of the rotation.
+    StepBegins(Step),
+    /// Some, not all, fleet legacy Secrets re-minted with the new key.
+    LegacySecretsPartlyRefreshed,
+    /// A fleet Deployment restarted for the new key, the step not done.
+    RolloutStarted,
+}
+
+/// The process a fault kills (SIGKILL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kill {
+    /// SIGKILL the controller and start it again (same pod name, as a
+    /// container restart keeps it).
+    Controller,
+    /// SIGKILL the leading replica of two; the other must take over within
+    /// the lease duration. The killed one is started again as standby.
+    Leader,
+    /// SIGKILL kube-apiserver and start it again.
+    ApiServer,
+    /// SIGKILL etcd and start it again on the same data.
+    Etcd,
+}
+
+/// A fault that was injected, for the report.
+#[derive(Debug)]
+struct Injected {
+    rotation: u64,
+    fault: Kill,
+    trigger: Trigger,
+    /// The state it hit, in words.
+    detail: String,
+}
+
+/// Watches here resume 100 ms after an error: the API server is killed on
+/// purpose, and a status missed while a watch waits to resume would be a
+/// fault not injected where it was meant to be.
+struct Quick;
+
+impl Iterator for Quick {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::from_millis(100))
+    }
+}
+
+impl Backoff for Quick {
+    fn reset(&mut self) {}
+}
+
+/// The latest counts of a watched kind of object by a key of each.
+type Tally = watch::Receiver<BTreeMap<String, usize>>;
+
+/// Watches every object of `api` and keeps a count of them by `key`.
+fn tally<K>(api: Api<K>, key: fn(&K) -> Option<String>) -> (Tally, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (sender, receiver) = watch::channel(BTreeMap::new());
+    let (reader, writer) = reflector::store();
+    let events = reflector(writer, watcher(api, watcher::Config::default()))
+        .backoff(Quick)
+        .touched_objects();
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while events.next().await.is_some() {
+            let mut counts = BTreeMap::new();
+            for object in reader.state() {
+                if let Some(key) = key(&object) {
+                    *counts.entry(key).or_insert(0) += 1;
+                }
+            }
+            sender.send_replace(counts);
+        }
+    });
+    (receiver, task)
+}
+
+/// The steps the controller logged entering in this piece of its log.
+fn steps_confirmed(log: &str) -> Vec<Step> {
+    log.lines()
+        .filter(|line| line.contains("step confirmed") && line.contains(CLUSTER))
+        .filter_map(|line| {
+            let name = line.split_once(" to=")?.1.split_whitespace().next()?;
+            Step::ROTATION
+                .into_iter()
+                .chain([Step::Completed])
+                .find(|step| step.to_string() == name)
+        })
+        .collect()
+}
+
+fn secret_kid(secret: &Secret) -> Option<String> {
+    let token = secret.data.as_ref()?.get("token")?;
+    token::decode(std::str::from_utf8(&token.0).ok()?)
+        .ok()?
+        .header
+        .kid
+}
+
+fn restarted_for(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RESTART_ANNOTATION)
+        .cloned()
+}
+
+/// Every status the rotation resource takes, in order, each checked
+/// against the invariants of SPEC section 2 and against the one before.
+struct StatusFeed {
+    statuses: mpsc::UnboundedReceiver<RotationStatus>,
+    violations: Arc<Mutex<Vec<String>>>,
+    checked: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StatusFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StatusFeed {
+    fn spawn(client: kube::Client) -> StatusFeed {
+        let api: Api<KSASigningKeyRotation> = Api::namespaced(client, NAMESPACE);
+        let events = watcher(
+            api,
+            watcher::Config::default().fields(&format!("metadata.name={CLUSTER}")),
+        )
+        .backoff(Quick)
+        .applied_objects();
+        let (sender, statuses) = mpsc::unbounded_channel();
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let checked = Arc::new(Mutex::new(0));
+        let task = tokio::spawn(check_statuses(
+            events,
+            sender,
+            violations.clone(),
+            checked.clone(),
+        ));
+        StatusFeed {
+            statuses,
+            violations,
+            checked,
+            task,
+        }
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    fn checked(&self) -> u64 {
+        self.checked.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+async fn check_statuses(
+    events: impl Stream<Item = Result<KSASigningKeyRotation, watcher::Error>>,
+    sender: mpsc::UnboundedSender<RotationStatus>,
+    violations: Arc<Mutex<Vec<String>>>,
+    checked: Arc<Mutex<u64>>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut previous: Option<RotationState> = None;
+    while let Some(event) = events.next().await {
+        let rotation = match event {
+            Ok(rotation) => rotation,
+            Err(error) => {
+                eprintln!("status watch: {error}; resuming");
+                continue;
+            }
+        };
+        let Some(status) = rotation.status else {
+            continue;
+        };
+        if status.step.is_empty() {
+            continue;
+        }
+        let mut found = Vec::new();
+        // Loading the state checks the numbers themselves: private key
+        // and token versions trusted, public versions ascending.
+        match status.state() {
+            Err(error) => found.push(format!("{}: {error}", status.status_line)),
+            Ok(state) => {
+                if let Some(before) = &previous {
+                    if state.key_version() < before.key_version() {
+                        found.push(format!(
+                            "key version went down from {} to {}",
+                            before.key_version(),
+                            state.key_version()
+                        ));
+                    }
+                    if let Err(error) = before.versions().check_transition(&state.versions()) {
+                        found.push(format!("{} -> {}: {error}", before.step(), state.step()));
+                    }
+                }
+                previous = Some(state);
+            }
+        }
+        if let Ok(mut list) = violations.lock() {
+            list.extend(found);
+        }
+        if let Ok(mut count) = checked.lock() {
+            *count += 1;
+        }
+        let _ = sender.send(status);
+    }
+}
+
+/// The cluster under test and the watches the faults are timed by.
+struct Bench {
+    scenario: Scenario,
+    store: KeyStore,
+    statuses: StatusFeed,
+    fleet_kids: Tally,
+    fleet_restarts: Tally,
+    _watches: Vec<tokio::task::JoinHandle<()>>,
+    /// Where each controller replica serves, by identity.
+    replicas: BTreeMap<String, std::net::SocketAddr>,
+    injected: Vec<Injected>,
+}
+
+impl Bench {
+    async fn start() -> Result<Bench> {
+        let scenario = Scenario::start().await?;
+        let client = scenario.client.clone();
+        let secrets: Vec<String> = (0..FLEET_SECRETS).map(|i| format!("robot-{i}")).collect();
+        let deployments: Vec<String> = (0..FLEET_DEPLOYMENTS)
+            .map(|i| format!("service-{i}"))
+            .collect();
+        create_fleet(
+            &client,
+            FLEET,
+            "robot",
+            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+            &deployments.iter().map(String::as_str).collect::<Vec<_>>(),
+            2,
+        )
+        .await?;
+        let (fleet_kids, kids_task) =
+            tally(Api::<Secret>::namespaced(client.clone(), FLEET), secret_kid);
+        let (fleet_restarts, restarts_task) = tally(
+            Api::<Deployment>::namespaced(client.clone(), FLEET),
+            restarted_for,
+        );
+        let first_addr = scenario.installation.http_addr;
+        Ok(Bench {
+            scenario,
+            store: KeyStore::new(client.clone(), NAMESPACE, CLUSTER),
+            statuses: StatusFeed::spawn(client),
+            fleet_kids,
+            fleet_restarts,
+            _watches: vec![kids_task, restarts_task],
+            replicas: BTreeMap::from([(FIRST_REPLICA.to_owned(), first_addr)]),
+            injected: Vec::new(),
+        })
+    }
+
+    /// Rotates to key version `to` through the CLI, injecting each fault of
+    /// `plan` once when its trigger holds; then checks the cluster.
+    async fn rotate(&mut self, to: u64, plan: &[(Trigger, Kill)]) -> Result<()> {
+        let started = Instant::now();
+        let rotate = self.scenario.ksa(&[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "rotate",
+            "--skip-prompt",
+        ])?;
+        ensure!(
+            rotate.status.success(),
+            "rotate to {to}: {}",
+            String::from_utf8_lossy(&rotate.stderr)
+        );
+        let mut pending: Vec<(Trigger, Kill)> = plan.to_vec();
+        let mut log_read = self.scenario.installation.controller_log().len();
+        let mut new_kid: Option<String> = None;
+        let mut step = Step::Generate;
+        loop {
+            if started.elapsed() > ROTATION_TIMEOUT {
+                bail!(
+                    "rotation to {to} did not complete in {ROTATION_TIMEOUT:?} (at {step}); faults left: {pending:?}\n{}",
+                    self.scenario.installation.controller_log()
+                );
+            }
+            // The next status, or a look at the fleet every 20 ms.
+            let status =
+                tokio::time::timeout(Duration::from_millis(20), self.statuses.statuses.recv())
+                    .await
+                    .ok()
+                    .flatten();
+            // A step begins when its status is seen, or when the
+            // controller logs it: a watch resuming after an API server
+            // restart re-lists and misses the statuses written meanwhile.
+            let mut begun = Vec::new();
+            if let Some(status) = status
+                && status.key_version == to
+                && let Ok(state) = status.state()
+            {
+                step = step.max(state.step());
+                begun.push(state.step());
+            }
+            let log = self.scenario.installation.controller_log();
+            begun.extend(steps_confirmed(log.get(log_read..).unwrap_or_default()));
+            log_read = log.len();
+            if let Some(latest) = begun.iter().max() {
+                step = step.max(*latest);
+                eprintln!("{:>6.1?} rotation to {to}: {step}", started.elapsed());
+            }
+            if new_kid.is_none() && step > Step::Generate {
+                new_kid = self
+                    .store
+                    .public_keys()
+                    .await?
+                    .get(&KeyVersion::new(to))
+                    .map(|k| k.kid().as_str().to_owned());
+            }
+            let refreshed = new_kid
+                .as_ref()
+                .and_then(|kid| self.fleet_kids.borrow().get(kid).copied())
+                .unwrap_or(0);
+            let restarted = self
+                .fleet_restarts
+                .borrow()
+                .get(&to.to_string())
+                .copied()
+                .unwrap_or(0);
+            let due = pending.iter().position(|(trigger, _)| match trigger {
+                Trigger::StepBegins(s) => begun.contains(s),
+                Trigger::LegacySecretsPartlyRefreshed => refreshed > 0 && refreshed < FLEET_SECRETS,
+                Trigger::RolloutStarted => restarted > 0 && step == Step::RefreshTokens,
+            });
+            if let Some(index) = due {
+                let (trigger, fault) = pending.remove(index);
+                let detail = format!(
+                    "at {step}; watch saw {refreshed}/{FLEET_SECRETS} legacy Secrets and \
+                     {restarted}/{FLEET_DEPLOYMENTS} Deployments refreshed"
+                );
+                self.inject(fault).await?;
+                if trigger == Trigger::LegacySecretsPartlyRefreshed {
+                    // With the controller dead the count stands still: the
+                    // kill really came mid-step.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let after = new_kid
+                        .as_ref()
+                        .and_then(|kid| self.fleet_kids.borrow().get(kid).copied())
+                        .unwrap_or(0);
+                    ensure!(
+                        after < FLEET_SECRETS,
+                        "the kill came after the legacy refresh finished ({after} refreshed)"
+                    );
+                }
+                eprintln!("kill {fault:?} on {trigger:?} {detail}");
+                self.injected.push(Injected {
+                    rotation: to,
+                    fault,
+                    trigger,
+                    detail,
+                });
+            }
+            if step == Step::Completed {
+                ensure!(
+                    pending.is_empty(),
+                    "rotation to {to} completed before these faults could be injected: {pending:?}"
+                );
+                break;
+            }
+        }
+        eprintln!("rotation to {to} completed in {:.1?}", started.elapsed());
+        self.check_completed(to).await
+    }
+
+    async fn inject(&mut self, fault: Kill) -> Result<()> {
+        match fault {
+            Kill::Controller => {
+                let installation = &mut self.scenario.installation;
+                installation.kill_replica(FIRST_REPLICA)?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let addr = installation.http_addr;
+                installation.start_replica(FIRST_REPLICA, addr)?;
+            }
+            Kill::Leader => {
+                let client = &self.scenario.client;
+                let leader = Installation::leader(client)
+                    .await?
+                    .context("no replica holds the leader Lease")?;
+                let killed = Instant::now();
+                self.scenario.installation.kill_replica(&leader)?;
+                let lease = Duration::from_secs(self.scenario.installation.lease_seconds);
+                let successor = loop {
+                    match Installation::leader(client).await {
+                        Ok(Some(holder)) if holder != leader => break holder,
+                        _ => {}
+                    }
+                    if killed.elapsed() > lease * 2 {
+                        bail!(
+                            "no replica took over from {leader} in {:?}",
+                            killed.elapsed()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let handover = killed.elapsed();
+                eprintln!("{successor} took over from {leader} in {handover:.1?}");
+                // The Lease is renewed with 2 s to spare and checked by
+                // the standby when it expires: within the lease duration,
+                // plus a second for the API calls on a loaded machine.
+                ensure!(
+                    handover <= lease + Duration::from_secs(1),
+                    "hand-over took {handover:?}, more than the {lease:?} lease"
+                );
+                // The killed replica comes back, as a standby now.
+                let addr = self.replicas[&leader];
+                self.scenario.installation.start_replica(&leader, addr)?;
+            }
+            Kill::ApiServer => {
+                self.scenario
+                    .plane
+                    .lock()
+                    .await
+                    .kill_and_restart_apiserver()
+                    .await?;
+            }
+            Kill::Etcd => {
+                self.scenario
+                    .plane
+                    .lock()
+                    .await
+                    .kill_and_restart_etcd()
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A second replica, standing by.
+    fn add_replica(&mut self, identity: &str) -> Result<()> {
+        let addr = loopback_addr()?;
+        self.scenario.installation.start_replica(identity, addr)?;
+        self.replicas.insert(identity.to_owned(), addr);
+        Ok(())
+    }
+
+    /// The rotation to `to` is complete everywhere: one key published and
+    /// served, the old key deleted, every legacy token re-minted, every
+    /// Deployment restarted.
+    async fn check_completed(&self, to: u64) -> Result<()> {
+        let client = &self.scenario.client;
+        let rotation = Api::<KSASigningKeyRotation>::namespaced(client.clone(), NAMESPACE)
+            .get(CLUSTER)
+            .await?;
+        let state = rotation.state()?;
+        ensure!(
+            state.step() == Step::Completed && state.key_version() == KeyVersion::new(to),
+            "not completed at {to}: {state:?}"
+        );
+        let keys = self.store.public_keys().await?;
+        ensure!(
+            keys.keys().copied().eq([KeyVersion::new(to)]),
+            "the key store holds versions {:?}, not just {to}",
+            keys.keys().collect::<Vec<_>>()
+        );
+        let kid = keys[&KeyVersion::new(to)].kid().as_str().to_owned();
+        let jwks = client
+            .request_text(http::Request::get("/openid/v1/jwks").body(Vec::new())?)
+            .await?;
+        let served: Vec<String> = ksa_core::jwk::parse_jwks(&jwks)?
+            .iter()
+            .map(|k| k.kid.as_str().to_owned())
+            .collect();
+        ensure!(served == [kid.clone()], "the API server serves {served:?}");
+        let secrets = Api::<Secret>::namespaced(client.clone(), FLEET)
+            .list(&Default::default())
+            .await?;
+        let stale: Vec<_> = secrets
+            .iter()
+            .filter(|s| secret_kid(s).as_deref() != Some(kid.as_str()))
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        ensure!(stale.is_empty(), "legacy Secrets not re-minted: {stale:?}");
+        ensure!(secrets.items.len() == FLEET_SECRETS);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), FLEET)
+            .list(&Default::default())
+            .await?;
+        let not_restarted: Vec<_> = deployments
+            .iter()
+            .filter(|d| restarted_for(d) != Some(to.to_string()))
+            .filter_map(|d| d.metadata.name.clone())
+            .collect();
+        ensure!(
+            not_restarted.is_empty(),
+            "Deployments not restarted: {not_restarted:?}"
+        );
+        ensure!(
+            self.scenario
+                .accepted(&self.scenario.legacy_token().await?)
+                .await?,
+            "the workload's legacy token is not accepted"
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<()> {
+    let mut bench = Bench::start().await?;
+
+    // 1 -> 2: the controller dies as each step begins.
+    let boundaries: Vec<(Trigger, Kill)> = [
+        Step::Generate,
+        Step::Trust,
+        Step::Sign,
+        Step::RefreshTokens,
+        Step::Retire,
+        Step::Completed,
+    ]
+    .into_iter()
+    .map(|step| (Trigger::StepBegins(step), Kill::Controller))
+    .collect();
+    bench.rotate(2, &boundaries).await?;
+
+    // 2 -> 3: the controller dies mid-step; the control plane's own
+    // processes die while the rotation waits on them.
+    let mid_step = [
+        (Trigger::StepBegins(Step::Trust), Kill::Etcd),
+        (Trigger::StepBegins(Step::Sign), Kill::ApiServer),
+        (Trigger::LegacySecretsPartlyRefreshed, Kill::Controller),
+        (Trigger::RolloutStarted, Kill::Controller),
+        (Trigger::StepBegins(Step::Retire), Kill::Etcd),
+    ];
+    bench.rotate(3, &mid_step).await?;
+
+    // 3 -> 4: two replicas; the leader dies twice, the second time the
+    // replica that took over the first time.
+    bench.add_replica("ksa-controller-1")?;
+    let hand_overs = [
+        (Trigger::StepBegins(Step::Trust), Kill::Leader),
+        (Trigger::StepBegins(Step::RefreshTokens), Kill::Leader),
+    ];
+    bench.rotate(4, &hand_overs).await?;
+
+    let stats = bench.scenario.prober.stats().await;
+    let violations = bench.statuses.violations();
+    eprintln!("\n| rotation | fault | trigger | state hit |\n|---|---|---|---|");
+    for injected in &bench.injected {
+        eprintln!(
+            "| {} | {:?} | {:?} | {} |",
+            injected.rotation, injected.fault, injected.trigger, injected.detail
+        );
+    }
+    eprintln!(
+        "faults injected: {}, rotations completed: 3, statuses checked: {}, invariant violations: {}, \
+         tokens reviewed: {}, wrongly rejected: {}, requests refused while the API server was down: {}",
+        bench.injected.len(),
+        bench.statuses.checked(),
+        violations.len(),
+        stats.reviews,
+        stats.wrongly_rejected.len(),
+        stats.unavailable
+    );
+    assert_eq!(
+        bench.injected.len(),
+        boundaries.len() + mid_step.len() + hand_overs.len(),
+        "every planned fault was injected"
+    );
+    assert!(violations.is_empty(), "invariants broken: {violations:?}");
+    assert!(
+        bench.statuses.checked() >= 15,
+        "too few statuses seen to mean anything"
+    );
+    assert!(
+        stats.wrongly_rejected.is_empty(),
+        "valid tokens were rejected: {:?}",
+        stats.wrongly_rejected
+    );
+    assert!(
+        stats.reviews > 100,
+        "the prober reviewed too little: {stats:?}"
+    );
+    Ok(())
+}
