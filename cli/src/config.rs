@@ -56,6 +56,8 @@ pub enum ConfigError {
         value: String,
         allowed: &'static str,
     },
+    #[error("the config is {len} bytes; a user cluster config is at most {max}")]
+    TooLarge { len: usize, max: u64 },
 }
 
 const KEYS: [&str; 4] = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256"];
@@ -89,6 +91,12 @@ impl UserClusterConfig {
     }
 
     pub fn parse(text: &str) -> Result<UserClusterConfig, ConfigError> {
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                len: text.len(),
+                max: MAX_CONFIG_BYTES,
+            });
+        }
         let document: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
             path: "the config".into(),
             detail: e.to_string(),

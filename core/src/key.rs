@@ -521,6 +521,13 @@ pub fn parse_pem(text: &[u8]) -> Result<PemKeys, KeyError> {
         });
     }
     let blocks = pem::parse_many(text).map_err(|e| KeyError::Pem(e.to_string()))?;
+    // The pem crate passes over a BEGIN line that no END line closes.
+    let begun = text.windows(11).filter(|w| w == b"-----BEGIN ").count();
+    if begun > blocks.len() {
+        return Err(KeyError::Pem(
+            "a -----BEGIN line has no matching -----END line (is the file cut short?)".into(),
+        ));
+    }
     let mut found = PemKeys::default();
     for block in &blocks {
         let key = match block.tag() {

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo
 //! does. Each subcommand prints the commands it runs.
 //!
-//! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32)
-//!   and every test, end-to-end included. `.ci/run` calls exactly this.
+//! - `ci`: set up what the tests need, then fmt, clippy (native and wasm32),
+//!   `cargo deny`, every test, end-to-end included, and 20 s of fuzzing per
+//!   target. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
 //!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli and the control
 //!   plane.
@@ -18,9 +19,13 @@
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
 //!   written to `target/bench/report.json` and `report.md`.
+//! - `fuzz [--seconds N]`: each libFuzzer target for N seconds (nightly).
+//! - `deny`: `cargo deny check` of licenses, bans, sources and advisories
+//!   (`deny.toml`).
 
 mod bench;
 mod control_plane;
+mod fuzz;
 mod tools;
 mod wasm;
 
@@ -65,9 +70,11 @@ fn main() -> Result<()> {
             "deploy",
         ])),
         Some("bench") => bench::run(rest.contains(&"--quick")),
+        Some("fuzz") => fuzz::run(seconds(&rest, 60)?),
+        Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [--quick]>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }
@@ -145,6 +152,7 @@ fn ci() -> Result<()> {
         "rust-crypto",
     ])?;
     clippy_wasm32(&["-p", "ksa-wasm", "--tests"])?;
+    deny()?;
     wasm::browser_tests()?;
     // The inspector page test loads the built package.
     wasm::build()?;
@@ -152,7 +160,45 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env(control_plane::ENV, &control_plane))?;
-    Ok(())
+    fuzz::run(20)
+}
+
+/// `--seconds N` among the arguments, or `default`.
+fn seconds(args: &[&str], default: u64) -> Result<u64> {
+    match args.iter().position(|a| *a == "--seconds") {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .context("--seconds takes a whole number of seconds"),
+    }
+}
+
+/// `cargo deny check`: licenses, bans and sources always; advisories
+/// against the advisory database copy in the cargo home when one is there
+/// (this machine reaches package registries only, so it is never fetched).
+fn deny() -> Result<()> {
+    let bin = tools::cargo_deny_bin()?;
+    let mut checks = vec!["licenses", "bans", "sources"];
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let database = cargo_home.join("advisory-dbs");
+    let has_database = std::fs::read_dir(&database).is_ok_and(|mut d| d.next().is_some());
+    if has_database {
+        checks.push("advisories");
+    } else {
+        eprintln!(
+            "no advisory database in {}: advisories not checked (copy one there to check them)",
+            database.display()
+        );
+    }
+    run(Command::new(bin.join("cargo-deny"))
+        .args(["deny", "--offline", "check"])
+        .args(&checks)
+        .env_remove("CARGO"))
 }
 
 fn clippy_wasm32(package: &[&str]) -> Result<()> {

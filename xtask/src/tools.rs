@@ -1,8 +1,9 @@
 //! The tools the tests need beyond cargo and Go: Debian packages (Chromium
 //! and its WebDriver for the browser tests, binaryen's `wasm-opt`) and
 //! `wasm-bindgen-cli` at exactly the version of the `wasm-bindgen` crate in
-//! `Cargo.lock`, installed from crates.io into the cache. (The signer's
-//! proto is compiled by protox, in Rust: no `protoc`.)
+//! `Cargo.lock`, `cargo-fuzz` and `cargo-deny`, installed from crates.io
+//! into the cache. (The signer's proto is compiled by protox, in Rust: no
+//! `protoc`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,20 +69,55 @@ fn locked_version(package: &str) -> Result<String> {
 /// the locked version, installed from crates.io when missing.
 pub fn wasm_bindgen_bin() -> Result<PathBuf> {
     let version = locked_version("wasm-bindgen")?;
-    let root = cache_root()
-        .join("tools")
-        .join(format!("wasm-bindgen-cli-{version}"));
-    let bin = root.join("bin");
-    if bin.join("wasm-bindgen-test-runner").exists() {
-        return Ok(bin);
-    }
     // Not --locked: the crate's own lock file names a webpki-roots release
     // the registry mirror here does not carry.
-    run(cargo()
-        .args(["install", "--quiet", "wasm-bindgen-cli", "--version"])
+    cargo_install(
+        "wasm-bindgen-cli",
+        &version,
+        "wasm-bindgen-test-runner",
+        Locked::No,
+    )
+}
+
+/// `cargo-fuzz`, for `cargo xtask fuzz`.
+pub fn cargo_fuzz_bin() -> Result<PathBuf> {
+    cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION, "cargo-fuzz", Locked::Yes)
+}
+
+/// `cargo-deny`, for the supply-chain check.
+pub fn cargo_deny_bin() -> Result<PathBuf> {
+    cargo_install("cargo-deny", CARGO_DENY_VERSION, "cargo-deny", Locked::Yes)
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// Whether `cargo install` uses the crate's own lock file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Locked {
+    Yes,
+    No,
+}
+
+/// The `bin` directory of `package` at `version` in the tools cache,
+/// installed from crates.io when `binary` is not there yet.
+fn cargo_install(package: &str, version: &str, binary: &str, locked: Locked) -> Result<PathBuf> {
+    let root = cache_root()
+        .join("tools")
+        .join(format!("{package}-{version}"));
+    let bin = root.join("bin");
+    if bin.join(binary).exists() {
+        return Ok(bin);
+    }
+    let mut command = cargo();
+    command
+        .args(["install", "--quiet", package, "--version"])
         .arg(format!("={version}"))
         .arg("--root")
-        .arg(&root))
-    .context("installing wasm-bindgen-cli from crates.io")?;
+        .arg(&root);
+    if locked == Locked::Yes {
+        command.arg("--locked");
+    }
+    run(&mut command).with_context(|| format!("installing {package} {version} from crates.io"))?;
     Ok(bin)
 }
