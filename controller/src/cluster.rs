@@ -22,8 +22,8 @@ use crate::refresh;
 
 /// The namespace and name of the service account whose fresh tokens tell
 /// which key an API server signs with.
-const PROBE_NAMESPACE: &str = "kube-system";
-const PROBE_ACCOUNT: &str = "ksa-rotation-probe";
+pub const PROBE_NAMESPACE: &str = "kube-system";
+pub const PROBE_ACCOUNT: &str = "ksa-rotation-probe";
 
 /// A connection to the user cluster.
 #[derive(Clone)]

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -20,6 +22,7 @@ use kube::api::ObjectMeta;
 use crate::api::KSASigningKeyRotation;
 
 pub const NAMESPACE: &str = "ksa-system";
+const RBAC: &str = "rbac.authorization.k8s.io/v1";
 const NAME: &str = "ksa-controller";
 /// The port of `/metrics`, `/healthz`, `/readyz` and the JWKS.
 pub const HTTP_PORT: i32 = 8080;
@@ -47,11 +50,21 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the controller does, and the least it needs for it.
+/// What the controller does across the cluster, and the least it needs for
+/// it. Bound by a ClusterRoleBinding. Its keys, JWKS and locks live in the
+/// namespaces of its rotations ([`rotation_role`]), its leader Lease in its
+/// own ([`leases_role`]), its probe account in kube-system
+/// ([`probe_role`]): each bound there only.
+///
+/// Re-minting legacy token Secrets takes `list` and `patch` on Secrets in
+/// every namespace: RBAC cannot grant them by Secret type, so this is the
+/// one broad grant (kube-controller-manager's token controller has the
+/// same). No `get`, `create` or `delete` of Secrets outside its own
+/// namespaces.
 pub fn cluster_role() -> ClusterRole {
-    ClusterRole {
-        metadata: meta(NAME, None),
-        rules: Some(vec![
+    cluster_role_named(
+        NAME,
+        vec![
             // Its own resource and status.
             rule(
                 &["ksa.dev"],
@@ -63,25 +76,9 @@ pub fn cluster_role() -> ClusterRole {
                 &["ksasigningkeyrotations/status"],
                 &["get", "patch", "update"],
             ),
-            // Key Secrets, the API server key Secret, and legacy token
-            // Secrets in every namespace (re-minted in RefreshTokens).
-            rule(
-                &[""],
-                &["secrets"],
-                &["get", "list", "create", "patch", "delete"],
-            ),
-            // The JWKS and discovery document.
-            rule(&[""], &["configmaps"], &["get", "create", "patch"]),
-            // Leader election and the cluster operation lock.
-            rule(
-                &["coordination.k8s.io"],
-                &["leases"],
-                &["get", "create", "update", "patch", "delete"],
-            ),
+            // Legacy token Secrets, re-minted in RefreshTokens.
+            rule(&[""], &["secrets"], &["list", "patch"]),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-            // The probe account whose fresh tokens show the signing key.
-            rule(&[""], &["serviceaccounts"], &["get", "create"]),
-            rule(&[""], &["serviceaccounts/token"], &["create"]),
             // Every API server instance.
             rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
             // Bound-token refresh: restart-pods and recreate-nodes.
@@ -101,8 +98,78 @@ pub fn cluster_role() -> ClusterRole {
                 verbs: vec!["get".to_owned()],
                 ..PolicyRule::default()
             },
-        ]),
+        ],
+    )
+}
+
+/// Bind with a RoleBinding in each namespace that holds
+/// KSASigningKeyRotations: the key Secrets, the API server key Secret, the
+/// JWKS ConfigMaps and the cluster operation lock.
+pub fn rotation_role() -> ClusterRole {
+    cluster_role_named(
+        ROTATION_ROLE,
+        vec![
+            rule(&[""], &["secrets"], &["get", "create", "patch", "delete"]),
+            rule(&[""], &["configmaps"], &["get", "create", "patch"]),
+            lease_rule(),
+        ],
+    )
+}
+
+/// Bind with a RoleBinding in the leader-election namespace.
+pub fn leases_role() -> ClusterRole {
+    cluster_role_named(LEASES_ROLE, vec![lease_rule()])
+}
+
+/// Bind with a RoleBinding in kube-system: the probe account whose fresh
+/// tokens show which key an API server signs with, and its tokens only.
+pub fn probe_role() -> ClusterRole {
+    let probe = || Some(vec![crate::cluster::PROBE_ACCOUNT.to_owned()]);
+    let mut account = rule(&[""], &["serviceaccounts"], &["get"]);
+    account.resource_names = probe();
+    let mut token = rule(&[""], &["serviceaccounts/token"], &["create"]);
+    token.resource_names = probe();
+    cluster_role_named(
+        PROBE_ROLE,
+        vec![
+            account,
+            // Create cannot be limited by name: the name is in the body.
+            rule(&[""], &["serviceaccounts"], &["create"]),
+            token,
+        ],
+    )
+}
+
+pub const ROTATION_ROLE: &str = "ksa-controller-rotation";
+pub const LEASES_ROLE: &str = "ksa-controller-leases";
+pub const PROBE_ROLE: &str = "ksa-controller-probe";
+
+fn lease_rule() -> PolicyRule {
+    rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "create", "update", "patch", "delete"],
+    )
+}
+
+fn cluster_role_named(name: &str, rules: Vec<PolicyRule>) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(name, None),
+        rules: Some(rules),
         ..ClusterRole::default()
+    }
+}
+
+/// A RoleBinding of ClusterRole `role` to `subject` in `namespace`.
+pub fn role_binding(role: &str, namespace: &str, subject: Subject) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(role, Some(namespace)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: role.to_owned(),
+        },
+        subjects: Some(vec![subject]),
     }
 }
 
@@ -263,32 +330,45 @@ pub fn render() -> BTreeMap<&'static str, String> {
             ..Subject::default()
         }]),
     };
+    let subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: NAME.to_owned(),
+        namespace: Some(NAMESPACE.to_owned()),
+        ..Subject::default()
+    };
+    let cluster_role_yaml = |role: &ClusterRole| yaml(("ClusterRole", RBAC), role);
+    let binding_yaml = |binding: &RoleBinding| yaml(("RoleBinding", RBAC), binding);
     let controller = [
         yaml(("Namespace", "v1"), &namespace),
         yaml(("ServiceAccount", "v1"), &account),
-        yaml(
-            ("ClusterRole", "rbac.authorization.k8s.io/v1"),
-            &cluster_role(),
-        ),
-        yaml(
-            ("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"),
-            &binding,
-        ),
+        cluster_role_yaml(&cluster_role()),
+        yaml(("ClusterRoleBinding", RBAC), &binding),
+        cluster_role_yaml(&rotation_role()),
+        cluster_role_yaml(&leases_role()),
+        binding_yaml(&role_binding(LEASES_ROLE, NAMESPACE, subject.clone())),
+        cluster_role_yaml(&probe_role()),
+        binding_yaml(&role_binding(PROBE_ROLE, "kube-system", subject.clone())),
         yaml(("Deployment", "apps/v1"), &deployment()),
         yaml(("Service", "v1"), &service()),
     ]
     .join("---\n");
+    // The namespace is left for `kubectl apply -n` to give.
+    let mut rotation_binding = role_binding(ROTATION_ROLE, "", subject);
+    rotation_binding.metadata.namespace = None;
+    let rotation_binding = format!(
+        "{header}# Apply in each namespace that holds KSASigningKeyRotations:\n\
+         # kubectl apply -n <namespace> -f rotation-rbac.yaml\n{}",
+        binding_yaml(&rotation_binding)
+    );
     BTreeMap::from([
         ("crd.yaml", format!("{header}{crd}")),
+        ("rotation-rbac.yaml", rotation_binding),
         ("controller.yaml", format!("{header}{controller}")),
         (
             "signer-rbac.yaml",
             format!(
                 "{header}# Bind with a RoleBinding in the namespace of the key Secret the signer reads.\n{}",
-                yaml(
-                    ("ClusterRole", "rbac.authorization.k8s.io/v1"),
-                    &signer_cluster_role()
-                )
+                cluster_role_yaml(&signer_cluster_role())
             ),
         ),
     ])

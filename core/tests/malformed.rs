@@ -391,7 +391,8 @@ fn tokens_that_do_not_verify() {
     };
     // Decoding shows any token, as an inspector must; verifying refuses
     // what cannot be trusted.
-    let cases: Vec<(&str, String, Expectations, fn(&TokenError) -> bool, &str)> = vec![
+    type Expected = fn(&TokenError) -> bool;
+    let cases: Vec<(&str, String, Expectations, Expected, &str)> = vec![
         (
             "alg none",
             unsigned(r#"{"alg":"none"}"#, CLAIMS),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksa_controller::api::KSASigningKeyRotation;
 use ksa_controller::keystore::KeyStore;
@@ -97,40 +97,7 @@ impl Installation {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         crate::cluster::create_namespace(client, namespace).await?;
-        // The controller's permissions: exactly the ClusterRole of deploy/,
-        // bound to the user its client certificate names.
-        let roles: Api<ClusterRole> = Api::all(client.clone());
-        roles
-            .patch(
-                "ksa-controller",
-                &PatchParams::apply("ksa-e2e").force(),
-                &Patch::Apply(ksa_controller::manifests::cluster_role()),
-            )
-            .await?;
-        let binding = ClusterRoleBinding {
-            metadata: ObjectMeta {
-                name: Some("ksa-controller".into()),
-                ..ObjectMeta::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "ClusterRole".into(),
-                name: "ksa-controller".into(),
-            },
-            subjects: Some(vec![Subject {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "User".into(),
-                name: "ksa-controller".into(),
-                ..Subject::default()
-            }]),
-        };
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .patch(
-                "ksa-controller",
-                &PatchParams::apply("ksa-e2e").force(),
-                &Patch::Apply(binding),
-            )
-            .await?;
+        grant_controller(client, namespace).await?;
         let store = KeyStore::new(client.clone(), namespace, name);
         store.create(KeyVersion::FIRST, current).await?;
         store
@@ -203,6 +170,14 @@ impl Installation {
         Ok(())
     }
 
+    /// The process id of the running replica with this identity.
+    pub fn replica_pid(&self, identity: &str) -> Option<u32> {
+        self.replicas
+            .iter()
+            .find(|r| r.identity == identity)
+            .map(|r| r.child.id())
+    }
+
     /// The identity holding the controller's leader-election Lease.
     pub async fn leader(client: &kube::Client) -> Result<Option<String>> {
         let lease = Api::<Lease>::namespaced(client.clone(), "default")
@@ -236,6 +211,61 @@ impl Drop for Installation {
         }
     }
 }
+
+/// The controller's permissions, exactly as deploy/ grants them, to the
+/// user its client certificate names: the ClusterRole bound cluster-wide,
+/// the rotation role in `namespace`, the leases role in the leader
+/// namespace (`default` here) and the probe role in kube-system.
+async fn grant_controller(client: &kube::Client, namespace: &str) -> Result<()> {
+    use ksa_controller::manifests::{
+        LEASES_ROLE, PROBE_ROLE, ROTATION_ROLE, cluster_role, leases_role, probe_role,
+        role_binding, rotation_role,
+    };
+    let apply = PatchParams::apply("ksa-e2e").force();
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    for role in [cluster_role(), rotation_role(), leases_role(), probe_role()] {
+        let name = role.metadata.name.clone().unwrap_or_default();
+        roles.patch(&name, &apply, &Patch::Apply(role)).await?;
+    }
+    let user = Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "User".into(),
+        name: CONTROLLER_USER.into(),
+        ..Subject::default()
+    };
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some("ksa-controller".into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "ksa-controller".into(),
+        },
+        subjects: Some(vec![user.clone()]),
+    };
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch("ksa-controller", &apply, &Patch::Apply(binding))
+        .await?;
+    for (role, place) in [
+        (ROTATION_ROLE, namespace),
+        (LEASES_ROLE, "default"),
+        (PROBE_ROLE, "kube-system"),
+    ] {
+        Api::<RoleBinding>::namespaced(client.clone(), place)
+            .patch(
+                role,
+                &apply,
+                &Patch::Apply(role_binding(role, place, user.clone())),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The user name in the controller's client certificate.
+pub const CONTROLLER_USER: &str = "ksa-controller";
 
 /// A free loopback address for a controller replica to serve on.
 pub fn loopback_addr() -> Result<std::net::SocketAddr> {

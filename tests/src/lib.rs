@@ -10,7 +10,7 @@ pub mod browser;
 pub mod cluster;
 mod control_plane;
 mod hosted;
-mod install;
+pub mod install;
 pub mod kubelet;
 mod pki;
 mod prober;

@@ -250,6 +250,22 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         controller_manager.replace(&format!("{}/sa.key", pki.display()), &v2("key"))
     );
 
+    // Every private key ksa wrote is readable by its owner only.
+    for entry in std::fs::read_dir(&pki)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+        }
+    }
+    assert!(pki.join("sa-v2.key").exists(), "the new key was checked");
+
     // Tokens: fresh ones from key 2; no valid token was ever rejected.
     let fresh = request_token(&client, APPS, "app", vec![], 600).await?;
     let kid = ksa_core::token::decode(&fresh)?.header.kid;

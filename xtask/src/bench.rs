@@ -47,7 +47,7 @@ fn criterion_median_ns(target: &Path, id: &str) -> Result<f64> {
         .with_context(|| format!("no median in {}", path.display()))
 }
 
-fn result(name: &str, value: f64, unit: &str, reference: Option<(&str, f64)>) -> Value {
+pub fn result(name: &str, value: f64, unit: &str, reference: Option<(&str, f64)>) -> Value {
     let (reference, reference_value) = reference.unzip();
     json!({
         "name": name,
@@ -139,7 +139,8 @@ pub fn run(quick: bool) -> Result<()> {
     write_report(&target.join("bench"), results)?;
     wasm(quick, per_second("tokens/verify_rs256")?)?;
     signer(quick)?;
-    cli(quick)
+    cli(quick)?;
+    crate::scale::run(quick)
 }
 
 /// `signer.tokenrequest_ratio` and `signer.sign_p99_ms`: the release signer
@@ -192,14 +193,14 @@ fn signer(quick: bool) -> Result<()> {
 }
 
 /// A number a benchmark binary printed.
-fn number(measured: &Value, field: &str) -> Result<f64> {
+pub fn number(measured: &Value, field: &str) -> Result<f64> {
     measured[field]
         .as_f64()
         .with_context(|| format!("no {field} in {measured}"))
 }
 
 /// Runs a benchmark binary (echoed) and parses the JSON it prints.
-fn run_json(command: &mut Command) -> Result<Value> {
+pub fn run_json(command: &mut Command) -> Result<Value> {
     eprintln!("$ {}", crate::describe(command));
     let out = command
         .output()

@@ -26,6 +26,7 @@
 mod bench;
 mod control_plane;
 mod fuzz;
+mod scale;
 mod tools;
 mod wasm;
 
@@ -196,7 +197,7 @@ fn deny() -> Result<()> {
         );
     }
     run(Command::new(bin.join("cargo-deny"))
-        .args(["deny", "--offline", "check"])
+        .args(["deny", "--offline", "check", "--hide-inclusion-graph"])
         .args(&checks)
         .env_remove("CARGO"))
 }

@@ -13,10 +13,12 @@ use anyhow::{Context, Result};
 use crate::{cargo, control_plane::cache_root, run};
 
 /// Debian packages and a file each one installs.
-const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     ("binaryen", "/usr/bin/wasm-opt"),
+    // The font of the benchmark chart.
+    ("fonts-dejavu-core", crate::scale::FONT),
 ];
 
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";

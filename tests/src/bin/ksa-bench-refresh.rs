@@ -1,0 +1,367 @@
+//! Legacy token refresh at scale, for `cargo xtask bench`: on one real
+//! control plane, for each size (cumulative: the Secrets of a size stay for
+//! the next), it creates legacy token Secrets up to that size, times a bare
+//! concurrent update loop over them (the API server's own limit), then runs
+//! a full rotation with the real `ksa-controller` and measures:
+//!
+//! - how fast the controller re-minted them (from its log: the RefreshTokens
+//!   step confirmed to "re-minted legacy tokens"),
+//! - the writes each Secret got during the rotation (a watch counts them),
+//! - the controller's peak resident memory (`VmHWM`, a fresh process per
+//!   size),
+//! - the API requests the controller made for the whole rotation (the API
+//!   server's audit log, filtered to the controller's user).
+//!
+//! Prints one JSON object. Usage: ksa-bench-refresh SIZE...
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use base64::Engine as _;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use ksa_controller::api::KSASigningKeyRotation;
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::key::{KeySpec, PrivateKey};
+use ksa_core::rotation::Step;
+use ksa_core::token::{self, Claims, ObjectRef};
+use ksa_tests::cluster::{create_namespace, create_service_account};
+use ksa_tests::install::CONTROLLER_USER;
+use ksa_tests::{ApiServerKeys, ControlPlane, FIRST_REPLICA, HostedApiServer, Installation};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const NAMESPACE: &str = "user-cluster-1";
+const FLEET: &str = "fleet";
+/// The controller re-mints 16 at a time; the bare loop does the same.
+const CONCURRENCY: usize = 16;
+
+/// Logs every request of the controller's user, once each, as metadata.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  users: [ksa-controller]
+- level: None
+";
+
+fn legacy_secret(name: &str, uid: &str, jwt: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(BTreeMap::from([
+                (
+                    "kubernetes.io/service-account.name".to_owned(),
+                    "robot".to_owned(),
+                ),
+                (
+                    "kubernetes.io/service-account.uid".to_owned(),
+                    uid.to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/service-account-token".into()),
+        data: Some(BTreeMap::from([(
+            "token".to_owned(),
+            ByteString(jwt.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Creates Secrets `robot-{from}`..`robot-{to - 1}` holding a legacy token
+/// of `key`, as the token controller would have filled them.
+async fn create_secrets(
+    client: &kube::Client,
+    uid: &str,
+    key: &PrivateKey,
+    from: usize,
+    to: usize,
+) -> Result<()> {
+    let signer = AwsLc::new().signing_key(key)?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
+    let account = ObjectRef {
+        name: "robot".into(),
+        uid: uid.into(),
+    };
+    let secrets: Vec<Secret> = (from..to)
+        .map(|i| {
+            let name = format!("robot-{i}");
+            let jwt = token::mint(&Claims::legacy(FLEET, &account, &name), signer.as_ref())?;
+            Ok(legacy_secret(&name, uid, &jwt))
+        })
+        .collect::<Result<_>>()?;
+    futures::stream::iter(secrets)
+        .map(|secret| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &secret).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// Patches every fleet Secret's token once, `CONCURRENCY` at a time, with
+/// a value made in advance: the API server's update rate, no signing.
+/// Returns Secrets per second.
+async fn bare_update_loop(client: &kube::Client, size: usize, filler: &str) -> Result<f64> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
+    let patch =
+        json!({"data": {"bench": base64::engine::general_purpose::STANDARD.encode(filler)}});
+    let started = Instant::now();
+    futures::stream::iter(0..size)
+        .map(|i| {
+            let (api, patch) = (api.clone(), &patch);
+            async move {
+                api.patch(
+                    &format!("robot-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(size as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Counts writes to each fleet Secret from now on.
+fn count_writes(
+    client: &kube::Client,
+) -> (
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let shared = counts.clone();
+    let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
+    let task = tokio::spawn(async move {
+        // Events after the initial list are writes.
+        let events = watcher(api, watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        let mut listed = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(watcher::Event::Apply(secret)) if listed => {
+                    let name = secret.metadata.name.unwrap_or_default();
+                    if let Ok(mut counts) = shared.lock() {
+                        *counts.entry(name).or_insert(0) += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    (counts, task)
+}
+
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// The timestamps of the controller's log lines after byte `from` that
+/// contain all of `parts`.
+fn logged_at(log: &str, from: usize, parts: &[&str]) -> Vec<jiff::Timestamp> {
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| parts.iter().all(|p| line.contains(p)))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+struct Bench {
+    plane: std::sync::Arc<Mutex<ControlPlane>>,
+    client: kube::Client,
+    installation: Installation,
+    audit_log: std::path::PathBuf,
+    _hosted: HostedApiServer,
+}
+
+impl Bench {
+    /// Rotates to `to` with a fresh controller process; returns the row.
+    async fn rotation(
+        &mut self,
+        to: u64,
+        size: usize,
+        bare_per_s: f64,
+    ) -> Result<serde_json::Value> {
+        let installation = &mut self.installation;
+        installation.kill_replica(FIRST_REPLICA)?;
+        installation.start_replica(FIRST_REPLICA, installation.http_addr)?;
+        let pid = installation
+            .replica_pid(FIRST_REPLICA)
+            .context("the controller runs")?;
+        let (writes, watch) = count_writes(&self.client);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let audit_before = std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let log_from = installation.controller_log().len();
+        let api: Api<KSASigningKeyRotation> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let started = Instant::now();
+        api.patch(
+            NAMESPACE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"keyVersion": to}})),
+        )
+        .await?;
+        loop {
+            let state = api.get(NAMESPACE).await?.state()?;
+            if state.step() == Step::Completed && state.key_version().get() == to {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                bail!(
+                    "rotation to {to} did not complete:\n{}",
+                    installation.controller_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let rss = peak_rss_mib(pid)?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        watch.abort();
+        let audit_after = std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let log = installation.controller_log();
+        let refresh_began = *logged_at(&log, log_from, &["step confirmed", "to=RefreshTokens"])
+            .first()
+            .context("no RefreshTokens step in the controller log")?;
+        // The last pass that re-minted any (a write that raced another is
+        // retried by the next pass).
+        let reminted = *logged_at(&log, log_from, &["re-minted legacy tokens"])
+            .last()
+            .context("the controller logged no re-minting")?;
+        let refresh_seconds = reminted.duration_since(refresh_began).as_secs_f64();
+        let writes = writes.lock().map(|w| w.clone()).unwrap_or_default();
+        let total_writes: u64 = writes.values().sum();
+        ensure!(
+            writes.len() == size,
+            "{} of {size} Secrets were written",
+            writes.len()
+        );
+        Ok(json!({
+            "secrets": size,
+            "bare_per_s": bare_per_s,
+            "controller_per_s": size as f64 / refresh_seconds,
+            "refresh_seconds": refresh_seconds,
+            "bare_seconds": size as f64 / bare_per_s,
+            "writes_per_secret": total_writes as f64 / size as f64,
+            "max_writes_to_one_secret": writes.values().max().copied().unwrap_or(0),
+            "controller_peak_rss_mib": rss,
+            "rotation_api_requests": audit_after.saturating_sub(audit_before),
+            "rotation_seconds": seconds,
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().context("usage: ksa-bench-refresh SIZE..."))
+        .collect::<Result<_>>()?;
+    ensure!(
+        !sizes.is_empty() && sizes.windows(2).all(|w| w[0] < w[1]),
+        "sizes ascending, at least one"
+    );
+    let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("audit-policy.yaml");
+    let audit_log = dir.path().join("audit.log");
+    std::fs::write(&policy, AUDIT_POLICY)?;
+    let plane = ControlPlane::start_with_flags(
+        ApiServerKeys::single(key.clone()),
+        vec![
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", audit_log.display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+        ],
+    )
+    .await?;
+    let client = plane.client().await?;
+    let mut installation =
+        Installation::install(&client, NAMESPACE, NAMESPACE, &key, plane.dir()).await?;
+    installation.start_controller(&plane.controller_kubeconfig_path())?;
+    create_namespace(&client, FLEET).await?;
+    let uid = create_service_account(&client, FLEET, "robot")
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    let plane = std::sync::Arc::new(Mutex::new(plane));
+    let hosted = HostedApiServer::spawn(
+        plane.clone(),
+        client.clone(),
+        NAMESPACE,
+        &format!("{NAMESPACE}-apiserver-keys"),
+    );
+    let mut bench = Bench {
+        plane,
+        client: client.clone(),
+        installation,
+        audit_log,
+        _hosted: hosted,
+    };
+    let filler = "x".repeat(
+        token::mint(
+            &Claims::legacy(
+                FLEET,
+                &ObjectRef {
+                    name: "robot".into(),
+                    uid: uid.clone(),
+                },
+                "robot-0",
+            ),
+            AwsLc::new().signing_key(&key)?.as_ref(),
+        )?
+        .len(),
+    );
+    let mut rows = Vec::new();
+    let mut created = 0;
+    for (to, size) in (2u64..).zip(sizes) {
+        let started = Instant::now();
+        create_secrets(&client, &uid, &key, created, size).await?;
+        created = size;
+        let count = Api::<Secret>::namespaced(client.clone(), FLEET)
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len();
+        ensure!(count == size, "{count} Secrets, not {size}");
+        eprintln!("{size} legacy Secrets in {:.1?}", started.elapsed());
+        let bare = bare_update_loop(&client, size, &filler).await?;
+        eprintln!("bare update loop: {bare:.0} Secrets/s");
+        let row = bench.rotation(to, size, bare).await?;
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    drop(bench.plane);
+    println!(
+        "{}",
+        json!({ "sizes": rows, "controller_user": CONTROLLER_USER })
+    );
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The controller's permissions, exactly as `deploy/` grants them, asked
+//! of the real API server's RBAC authorizer with SubjectAccessReviews: what
+//! a rotation needs is allowed, and what it has no business with is not.
+//! (The end-to-end rotation and fault tests run the controller with these
+//! same permissions: that is the proof they suffice.)
+
+use anyhow::Result;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::key::KeySpec;
+use ksa_tests::{ApiServerKeys, ControlPlane, Installation};
+use kube::api::{Api, PostParams};
+
+const ROTATIONS: &str = "user-cluster-1";
+
+/// One request: verb, API group, resource (with `/subresource`),
+/// namespace ("" for all) and name ("" for any).
+type Request = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+async fn allowed(
+    client: &kube::Client,
+    (verb, group, resource, namespace, name): Request,
+) -> Result<bool> {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, sub)) => (resource, Some(sub.to_owned())),
+        None => (resource, None),
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(ksa_tests::install::CONTROLLER_USER.to_owned()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                namespace: some(namespace),
+                name: some(name),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+#[tokio::test]
+async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
+    let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
+    let client = plane.client().await?;
+    let _installation =
+        Installation::install(&client, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
+
+    let needed: [Request; 14] = [
+        ("watch", "ksa.dev", "ksasigningkeyrotations", "", ""),
+        (
+            "patch",
+            "ksa.dev",
+            "ksasigningkeyrotations/status",
+            ROTATIONS,
+            ROTATIONS,
+        ),
+        // Legacy token Secrets, everywhere.
+        ("list", "", "secrets", "", ""),
+        ("patch", "", "secrets", "apps", "app-token"),
+        // Keys and the JWKS in the rotation's namespace.
+        ("get", "", "secrets", ROTATIONS, "user-cluster-1-key-v1"),
+        ("create", "", "secrets", ROTATIONS, ""),
+        ("delete", "", "secrets", ROTATIONS, "user-cluster-1-key-v1"),
+        ("patch", "", "configmaps", ROTATIONS, "user-cluster-1-jwks"),
+        ("create", "coordination.k8s.io", "leases", ROTATIONS, ""),
+        (
+            "update",
+            "coordination.k8s.io",
+            "leases",
+            "default",
+            "ksa-controller-leader",
+        ),
+        (
+            "create",
+            "",
+            "serviceaccounts/token",
+            "kube-system",
+            "ksa-rotation-probe",
+        ),
+        ("patch", "apps", "deployments", "apps", "web"),
+        ("create", "", "pods/eviction", "apps", "web-1"),
+        ("list", "discovery.k8s.io", "endpointslices", "default", ""),
+    ];
+    let forbidden: [Request; 19] = [
+        // Secrets it has no business with: no reading one by name, no
+        // watching them all, no creating or deleting outside its namespace.
+        (
+            "get",
+            "",
+            "secrets",
+            "kube-system",
+            "bootstrap-token-abcdef",
+        ),
+        ("get", "", "secrets", "apps", "database-password"),
+        ("watch", "", "secrets", "", ""),
+        ("create", "", "secrets", "apps", ""),
+        ("delete", "", "secrets", "apps", "app-token"),
+        ("patch", "", "configmaps", "kube-system", "kube-proxy"),
+        // Tokens of any other service account.
+        (
+            "create",
+            "",
+            "serviceaccounts/token",
+            "kube-system",
+            "default",
+        ),
+        ("create", "", "serviceaccounts/token", "apps", "app"),
+        // Other components' leases.
+        (
+            "update",
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "kube-controller-manager",
+        ),
+        // Workloads: restart, never run or reach into them.
+        ("create", "", "pods", "apps", ""),
+        ("create", "", "pods/exec", "apps", "web-1"),
+        ("delete", "apps", "deployments", "apps", "web"),
+        ("get", "", "nodes/proxy", "", "node-1"),
+        // No way to grant itself more.
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "",
+            "",
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "apps",
+            "",
+        ),
+        (
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "",
+            "ksa-controller",
+        ),
+        ("impersonate", "", "users", "", "admin"),
+        ("delete", "", "namespaces", "", "apps"),
+        (
+            "update",
+            "ksa.dev",
+            "ksasigningkeyrotations",
+            ROTATIONS,
+            ROTATIONS,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for request in needed {
+        if !allowed(&client, request).await? {
+            wrong.push(format!("denied, but a rotation needs it: {request:?}"));
+        }
+    }
+    for request in forbidden {
+        if allowed(&client, request).await? {
+            wrong.push(format!(
+                "allowed, but it has no business with it: {request:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
