@@ -104,3 +104,21 @@ pub async fn review_token(
         groups: user.groups.unwrap_or_default(),
     }))
 }
+
+/// A watch backoff for tests that restart the API server on purpose:
+/// resume 100 ms after an error, always. (The default waits up to 30 s, and
+/// the writes made meanwhile would be seen only as a re-list.)
+#[derive(Debug, Clone, Copy)]
+pub struct QuickBackoff;
+
+impl Iterator for QuickBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(100))
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickBackoff {
+    fn reset(&mut self) {}
+}

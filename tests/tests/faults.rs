@@ -18,10 +18,10 @@ use ksa_controller::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_controller::keystore::KeyStore;
 use ksa_core::rotation::{RotationState, Step};
 use ksa_core::{KeyVersion, token};
+use ksa_tests::cluster::QuickBackoff;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
 use kube::api::Api;
-use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::{mpsc, watch};
 
@@ -69,23 +69,6 @@ struct Injected {
     detail: String,
 }
 
-/// Watches here resume 100 ms after an error: the API server is killed on
-/// purpose, and a status missed while a watch waits to resume would be a
-/// fault not injected where it was meant to be.
-struct Quick;
-
-impl Iterator for Quick {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::from_millis(100))
-    }
-}
-
-impl Backoff for Quick {
-    fn reset(&mut self) {}
-}
-
 /// The latest counts of a watched kind of object by a key of each.
 type Tally = watch::Receiver<BTreeMap<String, usize>>;
 
@@ -103,7 +86,7 @@ where
     let (sender, receiver) = watch::channel(BTreeMap::new());
     let (reader, writer) = reflector::store();
     let events = reflector(writer, watcher(api, watcher::Config::default()))
-        .backoff(Quick)
+        .backoff(QuickBackoff)
         .touched_objects();
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
@@ -177,7 +160,7 @@ impl StatusFeed {
             api,
             watcher::Config::default().fields(&format!("metadata.name={CLUSTER}")),
         )
-        .backoff(Quick)
+        .backoff(QuickBackoff)
         .applied_objects();
         let (sender, statuses) = mpsc::unbounded_channel();
         let violations = Arc::new(Mutex::new(Vec::new()));

@@ -43,7 +43,18 @@ pub fn run(seconds: u64) -> Result<()> {
         return Ok(());
     }
     let bin = tools::cargo_fuzz_bin()?;
-    crate::run(cargo_fuzz(&bin).args(["build", "--sanitizer", "none"]))?;
+    // Built outside the checkout, so a clean clone reuses the dependencies
+    // (ten minutes of kube, tokio and aws-lc built with coverage flags).
+    let target_dir = crate::control_plane::cache_root().join("fuzz-target");
+    let build = |command: &mut Command| {
+        command
+            .args(["--sanitizer", "none", "--target-dir"])
+            .arg(&target_dir);
+    };
+    let mut command = cargo_fuzz(&bin);
+    command.arg("build");
+    build(&mut command);
+    crate::run(&mut command)?;
     let logs = root().join("target/fuzz-logs");
     std::fs::create_dir_all(&logs)?;
     let mut runs = Vec::new();
@@ -53,8 +64,10 @@ pub fn run(seconds: u64) -> Result<()> {
         let log = logs.join(format!("{target}.log"));
         let file = std::fs::File::create(&log)?;
         let mut command = cargo_fuzz(&bin);
+        command.arg("run");
+        build(&mut command);
         command
-            .args(["run", "--sanitizer", "none", target])
+            .arg(target)
             .arg(&corpus)
             .arg(root().join("fuzz/seeds").join(target))
             .arg("--")

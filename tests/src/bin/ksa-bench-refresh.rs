@@ -27,7 +27,7 @@ use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
 use ksa_core::rotation::Step;
 use ksa_core::token::{self, Claims, ObjectRef};
-use ksa_tests::cluster::{create_namespace, create_service_account};
+use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
 use ksa_tests::install::CONTROLLER_USER;
 use ksa_tests::{ApiServerKeys, ControlPlane, FIRST_REPLICA, HostedApiServer, Installation};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -146,7 +146,7 @@ fn count_writes(
     let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
     let task = tokio::spawn(async move {
         // Events after the initial list are writes.
-        let events = watcher(api, watcher::Config::default()).default_backoff();
+        let events = watcher(api, watcher::Config::default()).backoff(QuickBackoff);
         let mut events = std::pin::pin!(events);
         let mut listed = false;
         while let Some(event) = events.next().await {
