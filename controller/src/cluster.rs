@@ -173,8 +173,8 @@ impl TargetCluster {
                         state.key_version()
                     ))
                 })?;
-                let stale = refresh::stale_legacy_secrets(&self.client, new.kid()).await?;
-                observed.stale_legacy_tokens = Some(stale.len() as u64);
+                observed.stale_legacy_tokens =
+                    Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
                 let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
                 observed.stale_bound_tokens = refresh::stale_bound_tokens(
                     &self.client,

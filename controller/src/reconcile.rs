@@ -244,7 +244,7 @@ impl Rotation<'_> {
                 let key = self.keystore.private_key(*version).await?;
                 let signer = self.ctx.backend.signing_key(&key)?;
                 let done =
-                    refresh::refresh_legacy_tokens(&self.cluster.client, signer.as_ref()).await?;
+                    refresh::refresh_legacy_tokens(&self.cluster.client, signer.into()).await?;
                 self.ctx.metrics.secrets_refreshed.inc_by(done as u64);
                 if done > 0 {
                     tracing::info!(rotation = %self.name, secrets = done, "re-minted legacy tokens");

@@ -6,10 +6,11 @@
 //! already-refreshed Secrets are recognised by their token's kid.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -53,27 +54,63 @@ fn token_kid(secret: &Secret) -> Option<String> {
     token::decode(token).ok()?.header.kid
 }
 
-/// Legacy token Secrets whose token is not signed by `kid`.
-pub async fn stale_legacy_secrets(client: &kube::Client, kid: &KeyId) -> Result<Vec<Secret>> {
+/// Every legacy token Secret, a page at a time: memory holds one page,
+/// not the cluster's Secrets, and the next page is asked for only when the
+/// work on this one needs more.
+fn legacy_secret_pages(client: &kube::Client) -> impl Stream<Item = Result<Vec<Secret>>> + use<> {
     let api: Api<Secret> = Api::all(client.clone());
-    let secrets = list_all(&api, ListParams::default().fields(TOKEN_SECRET_TYPE)).await?;
-    Ok(secrets
-        .into_iter()
-        .filter(|s| token_kid(s).as_deref() != Some(kid.as_str()))
-        .collect())
+    futures::stream::try_unfold(Some(String::new()), move |next| {
+        let api = api.clone();
+        async move {
+            let Some(token) = next else {
+                return Ok(None);
+            };
+            let mut params = ListParams::default().fields(TOKEN_SECRET_TYPE).limit(PAGE);
+            if !token.is_empty() {
+                params = params.continue_token(&token);
+            }
+            let page = api.list(&params).await?;
+            let next = page.metadata.continue_.filter(|c| !c.is_empty());
+            Ok(Some((page.items, next)))
+        }
+    })
+}
+
+/// How many legacy token Secrets hold a token not signed by `kid`.
+pub async fn count_stale_legacy_secrets(client: &kube::Client, kid: &KeyId) -> Result<u64> {
+    legacy_secret_pages(client)
+        .try_fold(0, |count, page| async move {
+            let stale = page
+                .iter()
+                .filter(|s| token_kid(s).as_deref() != Some(kid.as_str()))
+                .count();
+            Ok(count + stale as u64)
+        })
+        .await
 }
 
 /// Re-mints every stale legacy token with `signer`, a bounded number at a
-/// time. Each write is conditional on the Secret's resourceVersion, so a
+/// time, each on its own task (signing runs in parallel with the writes).
+/// Each write is conditional on the Secret's resourceVersion, so a
 /// concurrent change makes the write fail and the next pass retries it.
 /// Returns how many were re-minted.
 pub async fn refresh_legacy_tokens(
     client: &kube::Client,
-    signer: &dyn SigningKey,
+    signer: Arc<dyn SigningKey>,
 ) -> Result<usize> {
-    let stale = stale_legacy_secrets(client, signer.kid()).await?;
-    let results: Vec<Result<()>> = futures::stream::iter(stale)
-        .map(|secret| remint(client, secret, signer))
+    let kid = signer.kid().as_str().to_owned();
+    let results: Vec<Result<()>> = legacy_secret_pages(client)
+        .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok::<_, Error>)))
+        .try_flatten()
+        .try_filter(|secret| std::future::ready(token_kid(secret).as_deref() != Some(kid.as_str())))
+        .map(|secret| {
+            let (client, signer) = (client.clone(), signer.clone());
+            async move {
+                tokio::spawn(remint(client, secret?, signer))
+                    .await
+                    .map_err(|e| Error::Other(format!("re-minting task failed: {e}")))?
+            }
+        })
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -88,7 +125,7 @@ pub async fn refresh_legacy_tokens(
     Ok(done)
 }
 
-async fn remint(client: &kube::Client, secret: Secret, signer: &dyn SigningKey) -> Result<()> {
+async fn remint(client: kube::Client, secret: Secret, signer: Arc<dyn SigningKey>) -> Result<()> {
     let namespace = secret.metadata.namespace.clone().unwrap_or_default();
     let name = secret.metadata.name.clone().unwrap_or_default();
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
@@ -108,12 +145,12 @@ async fn remint(client: &kube::Client, secret: Secret, signer: &dyn SigningKey) 
         )));
     }
     let claims = Claims::legacy(&namespace, &account, &name);
-    let jwt = token::mint(&claims, signer)?;
+    let jwt = token::mint(&claims, signer.as_ref())?;
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": secret.metadata.resource_version},
         "data": {"token": STANDARD.encode(jwt)},
     });
-    Api::<Secret>::namespaced(client.clone(), &namespace)
+    Api::<Secret>::namespaced(client, &namespace)
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())

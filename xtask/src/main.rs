@@ -18,7 +18,9 @@
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
-//!   written to `target/bench/report.json` and `report.md`.
+//!   written to `target/bench/report.json` and `report.md`; `bench scale`
+//!   runs only the scale part (legacy refresh at 1k/5k/10k Secrets, its
+//!   chart).
 //! - `fuzz [--seconds N]`: each libFuzzer target for N seconds (nightly).
 //! - `deny`: `cargo deny check` of licenses, bans, sources and advisories
 //!   (`deny.toml`).
@@ -70,12 +72,13 @@ fn main() -> Result<()> {
             "manifests",
             "deploy",
         ])),
+        Some("bench") if rest.contains(&"scale") => scale::run(rest.contains(&"--quick")),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         Some("fuzz") => fuzz::run(seconds(&rest, 60)?),
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }

@@ -23,9 +23,13 @@ pub fn run(quick: bool) -> Result<()> {
         "build",
         "--release",
         "-p",
+        "ksa-cli",
+        "-p",
         "ksa-controller",
         "-p",
         "ksa-tests",
+        "--bin",
+        "ksa",
         "--bin",
         "ksa-controller",
         "--bin",
@@ -65,6 +69,12 @@ pub fn run(quick: bool) -> Result<()> {
             number(row, "controller_peak_rss_mib")?,
             "MiB",
             Some(("target", 100.0)),
+        ));
+        results.push(result(
+            &at("controller.cpu_seconds"),
+            number(row, "controller_cpu_seconds")?,
+            "s",
+            Some(("rotation seconds", number(row, "rotation_seconds")?)),
         ));
         results.push(result(
             &at("rotation.api_requests"),

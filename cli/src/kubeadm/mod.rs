@@ -268,7 +268,7 @@ async fn apply(
             let signer = AwsLc::new()
                 .signing_key(&pki.private_key(*version)?)
                 .map_err(anyhow::Error::new)?;
-            refresh::refresh_legacy_tokens(&cluster.client, signer.as_ref()).await?;
+            refresh::refresh_legacy_tokens(&cluster.client, signer.into()).await?;
         }
         Effect::RefreshBoundTokens { version, policy } => {
             let since = state.step_started_at().unwrap_or_else(Timestamp::now);

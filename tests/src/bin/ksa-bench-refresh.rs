@@ -29,7 +29,9 @@ use ksa_core::rotation::Step;
 use ksa_core::token::{self, Claims, ObjectRef};
 use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
 use ksa_tests::install::CONTROLLER_USER;
-use ksa_tests::{ApiServerKeys, ControlPlane, FIRST_REPLICA, HostedApiServer, Installation};
+use ksa_tests::{
+    ApiServerKeys, ControlPlane, FIRST_REPLICA, HostedApiServer, Installation, ksa_binary,
+};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
@@ -135,12 +137,11 @@ async fn bare_update_loop(client: &kube::Client, size: usize, filler: &str) -> R
 }
 
 /// Counts writes to each fleet Secret from now on.
-fn count_writes(
-    client: &kube::Client,
-) -> (
-    std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
-    tokio::task::JoinHandle<()>,
-) {
+/// Writes seen to each fleet Secret, by name.
+type WriteCounts = std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
+/// Counts writes to each fleet Secret from now on.
+fn count_writes(client: &kube::Client) -> (WriteCounts, tokio::task::JoinHandle<()>) {
     let counts = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let shared = counts.clone();
     let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
@@ -163,6 +164,21 @@ fn count_writes(
         }
     });
     (counts, task)
+}
+
+/// User plus system CPU seconds a process has used (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(ticks / 100.0)
 }
 
 fn peak_rss_mib(pid: u32) -> Result<f64> {
@@ -191,6 +207,8 @@ struct Bench {
     client: kube::Client,
     installation: Installation,
     audit_log: std::path::PathBuf,
+    config: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
     _hosted: HostedApiServer,
 }
 
@@ -201,6 +219,7 @@ impl Bench {
         to: u64,
         size: usize,
         bare_per_s: f64,
+        writes: &WriteCounts,
     ) -> Result<serde_json::Value> {
         let installation = &mut self.installation;
         installation.kill_replica(FIRST_REPLICA)?;
@@ -208,8 +227,11 @@ impl Bench {
         let pid = installation
             .replica_pid(FIRST_REPLICA)
             .context("the controller runs")?;
-        let (writes, watch) = count_writes(&self.client);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The watch counting writes ran through the bare loop too, so both
+        // had its load; the count starts now.
+        if let Ok(mut counts) = writes.lock() {
+            counts.clear();
+        }
         let audit_before = std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
@@ -217,16 +239,32 @@ impl Bench {
         let log_from = installation.controller_log().len();
         let api: Api<KSASigningKeyRotation> = Api::namespaced(self.client.clone(), NAMESPACE);
         let started = Instant::now();
-        api.patch(
-            NAMESPACE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"keyVersion": to}})),
-        )
-        .await?;
+        let rotate = tokio::process::Command::new(ksa_binary("ksa")?)
+            .args([
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "rotate",
+                "--skip-prompt",
+            ])
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .output()
+            .await?;
+        ensure!(
+            rotate.status.success(),
+            "ksa rotate: {}",
+            String::from_utf8_lossy(&rotate.stderr)
+        );
         loop {
-            let state = api.get(NAMESPACE).await?.state()?;
-            if state.step() == Step::Completed && state.key_version().get() == to {
-                break;
+            // The API server restarts with new keys meanwhile.
+            if let Ok(rotation) = api.get(NAMESPACE).await {
+                let state = rotation.state()?;
+                if state.step() == Step::Completed && state.key_version().get() == to {
+                    break;
+                }
             }
             if started.elapsed() > Duration::from_secs(900) {
                 bail!(
@@ -238,8 +276,8 @@ impl Bench {
         }
         let seconds = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib(pid)?;
+        let cpu = cpu_seconds(pid)?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        watch.abort();
         let audit_after = std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
@@ -270,6 +308,7 @@ impl Bench {
             "writes_per_secret": total_writes as f64 / size as f64,
             "max_writes_to_one_secret": writes.values().max().copied().unwrap_or(0),
             "controller_peak_rss_mib": rss,
+            "controller_cpu_seconds": cpu,
             "rotation_api_requests": audit_after.saturating_sub(audit_before),
             "rotation_seconds": seconds,
         }))
@@ -318,11 +357,16 @@ async fn main() -> Result<()> {
         NAMESPACE,
         &format!("{NAMESPACE}-apiserver-keys"),
     );
+    let config = dir.path().join("user-cluster.yaml");
+    std::fs::write(&config, format!("name: {NAMESPACE}\n"))?;
+    let kubeconfig = plane.lock().await.kubeconfig_path();
     let mut bench = Bench {
         plane,
         client: client.clone(),
         installation,
         audit_log,
+        config,
+        kubeconfig,
         _hosted: hosted,
     };
     let filler = "x".repeat(
@@ -352,9 +396,13 @@ async fn main() -> Result<()> {
             .len();
         ensure!(count == size, "{count} Secrets, not {size}");
         eprintln!("{size} legacy Secrets in {:.1?}", started.elapsed());
+        let (writes, watch) = count_writes(&client);
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let bare = bare_update_loop(&client, size, &filler).await?;
         eprintln!("bare update loop: {bare:.0} Secrets/s");
-        let row = bench.rotation(to, size, bare).await?;
+        let row = bench.rotation(to, size, bare, &writes).await;
+        watch.abort();
+        let row = row?;
         eprintln!("{row}");
         rows.push(row);
     }
