@@ -199,6 +199,9 @@ fn deny() -> Result<()> {
             database.display()
         );
     }
+    // Every crate of the lock file, for every target, so that cargo-deny
+    // can run offline (and never reach for an advisory database online).
+    run(cargo().args(["fetch", "--locked"]))?;
     run(Command::new(bin.join("cargo-deny"))
         .args(["deny", "--offline", "check", "--hide-inclusion-graph"])
         .args(&checks)
