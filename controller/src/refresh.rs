@@ -48,7 +48,8 @@ where
     }
 }
 
-fn token_kid(secret: &Secret) -> Option<String> {
+/// The kid of the token in a legacy token Secret, if it holds one.
+pub fn token_kid(secret: &Secret) -> Option<String> {
     let token = secret.data.as_ref()?.get("token")?;
     let token = std::str::from_utf8(&token.0).ok()?;
     token::decode(token).ok()?.header.kid

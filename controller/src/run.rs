@@ -65,6 +65,9 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The leader-election Lease, in `--leader-namespace`.
+pub const LEADER_LEASE: &str = "ksa-controller-leader";
+
 pub async fn run(args: RunArgs) -> Result<()> {
     init_tracing(args.log_format);
     let config = kube::Config::infer()
@@ -88,14 +91,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Setting up reads or creates the Lease: retried while the API server
     // is away (restarting with new keys, say), rather than exiting.
     let leader = loop {
-        let built =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "ksa-controller-leader")
-                .with_namespace(&args.leader_namespace)
-                .with_identity(&identity)
-                .with_duration(args.lease_seconds)
-                .with_grace(2)
-                .build()
-                .await;
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+            .with_namespace(&args.leader_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_seconds)
+            .with_grace(2)
+            .build()
+            .await;
         match built {
             Ok(manager) => break manager,
             Err(error) => {

@@ -181,7 +181,7 @@ impl Installation {
     /// The identity holding the controller's leader-election Lease.
     pub async fn leader(client: &kube::Client) -> Result<Option<String>> {
         let lease = Api::<Lease>::namespaced(client.clone(), "default")
-            .get_opt("ksa-controller-leader")
+            .get_opt(ksa_controller::run::LEADER_LEASE)
             .await?;
         Ok(lease
             .and_then(|l| l.spec)

@@ -16,8 +16,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use ksa_controller::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_controller::keystore::KeyStore;
+use ksa_controller::refresh::token_kid;
+use ksa_core::KeyVersion;
 use ksa_core::rotation::{RotationState, Step};
-use ksa_core::{KeyVersion, token};
 use ksa_tests::cluster::QuickBackoff;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
@@ -115,14 +116,6 @@ fn steps_confirmed(log: &str) -> Vec<Step> {
                 .find(|step| step.to_string() == name)
         })
         .collect()
-}
-
-fn secret_kid(secret: &Secret) -> Option<String> {
-    let token = secret.data.as_ref()?.get("token")?;
-    token::decode(std::str::from_utf8(&token.0).ok()?)
-        .ok()?
-        .header
-        .kid
 }
 
 fn restarted_for(deployment: &Deployment) -> Option<String> {
@@ -275,7 +268,7 @@ impl Bench {
         )
         .await?;
         let (fleet_kids, kids_task) =
-            tally(Api::<Secret>::namespaced(client.clone(), FLEET), secret_kid);
+            tally(Api::<Secret>::namespaced(client.clone(), FLEET), token_kid);
         let (fleet_restarts, restarts_task) = tally(
             Api::<Deployment>::namespaced(client.clone(), FLEET),
             restarted_for,
@@ -511,7 +504,7 @@ impl Bench {
             .await?;
         let stale: Vec<_> = secrets
             .iter()
-            .filter(|s| secret_kid(s).as_deref() != Some(kid.as_str()))
+            .filter(|s| token_kid(s).as_deref() != Some(kid.as_str()))
             .filter_map(|s| s.metadata.name.clone())
             .collect();
         ensure!(stale.is_empty(), "legacy Secrets not re-minted: {stale:?}");

@@ -87,7 +87,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
             "coordination.k8s.io",
             "leases",
             "default",
-            "ksa-controller-leader",
+            ksa_controller::run::LEADER_LEASE,
         ),
         (
             "create",
