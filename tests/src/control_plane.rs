@@ -1,5 +1,6 @@
 //! Starts and stops a real control plane for one test.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
@@ -11,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ksa_core::key::{PrivateKey, PublicKey, public_keys_to_pem};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::Pki;
@@ -101,6 +104,9 @@ pub struct ControlPlane {
     etcd: Process,
     apiserver: Option<Process>,
     controller_manager: Option<Process>,
+    controller_manager_flags: Vec<String>,
+    /// kube-scheduler and kwok, when a test simulates nodes.
+    simulation: Vec<Process>,
     apiserver_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
@@ -177,6 +183,8 @@ impl ControlPlane {
             etcd,
             apiserver: None,
             controller_manager: None,
+            controller_manager_flags: Vec::new(),
+            simulation: Vec::new(),
             apiserver_port: free_port()?,
             etcd_port,
             etcd_peer_port,
@@ -313,7 +321,7 @@ current-context: e2e
     async fn start_apiserver(&mut self) -> Result<()> {
         let signing_flags = self.signing_flags()?;
         let d = self.dir.path();
-        let mut command = Command::new(self.bin.join("kube-apiserver"));
+        let mut command = control_plane_command(self.bin.join("kube-apiserver"));
         command
             .arg(format!(
                 "--etcd-servers=http://127.0.0.1:{}",
@@ -384,7 +392,7 @@ current-context: e2e
         // a static pod set restarts it with the API server.
         if let Some(mut old) = self.controller_manager.take() {
             old.stop();
-            self.start_controller_manager()?;
+            self.spawn_controller_manager()?;
         }
         Ok(())
     }
@@ -414,8 +422,19 @@ current-context: e2e
     /// Starts kube-controller-manager (Deployments, ReplicaSets, the legacy
     /// token controller) signing legacy tokens with the current signing key.
     pub fn start_controller_manager(&mut self) -> Result<()> {
+        self.start_controller_manager_with_flags(&[])
+    }
+
+    /// Like [`ControlPlane::start_controller_manager`], with extra flags
+    /// (kept when it restarts with the API server).
+    pub fn start_controller_manager_with_flags(&mut self, flags: &[&str]) -> Result<()> {
+        self.controller_manager_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        self.spawn_controller_manager()
+    }
+
+    fn spawn_controller_manager(&mut self) -> Result<()> {
         let d = self.dir.path();
-        let mut command = Command::new(self.bin.join("kube-controller-manager"));
+        let mut command = control_plane_command(self.bin.join("kube-controller-manager"));
         command
             .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
             .arg(format!(
@@ -427,22 +446,146 @@ current-context: e2e
             .arg("--secure-port=0")
             .arg("--leader-elect=false")
             .arg("--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle")
-            .arg("--v=1");
+            .arg("--v=1")
+            .args(&self.controller_manager_flags);
         self.controller_manager = Some(Process::spawn("kube-controller-manager", command, d)?);
         Ok(())
+    }
+
+    /// Simulates `nodes` nodes with kwok (built by `cargo xtask
+    /// control-plane`, found through `KSA_KWOK_DIR`) and starts
+    /// kube-scheduler to place pods on them: pods become Running and Ready
+    /// once scheduled, and go at once when deleted, so Deployments roll out
+    /// as on a real cluster, without containers. `scheduler_flags` are
+    /// added to kube-scheduler's.
+    pub async fn simulate_nodes(&mut self, nodes: usize, scheduler_flags: &[&str]) -> Result<()> {
+        let kwok = kwok_dir()?;
+        let d = self.dir.path();
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig_path().display());
+        let mut scheduler = control_plane_command(self.bin.join("kube-scheduler"));
+        scheduler
+            .arg(&kubeconfig)
+            .arg("--bind-address=127.0.0.1")
+            .arg("--secure-port=0")
+            .arg("--leader-elect=false")
+            .arg("--v=1")
+            .args(scheduler_flags);
+        self.simulation
+            .push(Process::spawn("kube-scheduler", scheduler, d)?);
+        let mut simulator = control_plane_command(kwok.join("kwok"));
+        simulator
+            .arg(&kubeconfig)
+            .arg(format!("--config={}", kwok.join("stages.yaml").display()))
+            .arg("--manage-all-nodes");
+        self.simulation.push(Process::spawn("kwok", simulator, d)?);
+        let api: Api<Node> = Api::all(self.client().await?);
+        // The API server taints a new node not-ready, and with no node
+        // lifecycle controller here nothing would lift it: lift it at once.
+        let untaint = serde_json::json!({"spec": {"taints": null}});
+        for i in 0..nodes {
+            let name = format!("kwok-node-{i}");
+            api.create(&PostParams::default(), &simulated_node(&name))
+                .await?;
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&untaint))
+                .await?;
+        }
+        let started = Instant::now();
+        loop {
+            let ready = api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| node_ready(n))
+                .count();
+            if ready == nodes {
+                return Ok(());
+            }
+            if let Some(process) = self.simulation.iter_mut().find_map(|p| {
+                let status = p.exited()?;
+                Some((p.name, status, p.tail(30)))
+            }) {
+                bail!("{} exited ({}):\n{}", process.0, process.1, process.2);
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("kwok made {ready} of {nodes} nodes Ready in {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A node for kwok to manage (it marks it Ready and runs its pods).
+fn simulated_node(name: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(BTreeMap::from([(
+                "kwok.x-k8s.io/node".to_owned(),
+                "fake".to_owned(),
+            )])),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/hostname".to_owned(), name.to_owned()),
+                ("type".to_owned(), "kwok".to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Where kwok and its stages are, or an error that says how to build them.
+fn kwok_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("KSA_KWOK_DIR").map(PathBuf::from).context(
+        "KSA_KWOK_DIR is not set: simulated nodes need kwok. Run with `cargo xtask e2e` or \
+         `cargo xtask bench`, which build it from the pinned Go module and set it",
+    )?;
+    for name in ["kwok", "stages.yaml"] {
+        if !dir.join(name).is_file() {
+            bail!(
+                "{} has no {name}; run `cargo xtask control-plane` to build it",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// A command for a control-plane process. `KSA_CONTROL_PLANE_CPUS` (a
+/// `taskset --cpu-list` list), when set, pins it to those CPUs: a benchmark
+/// keeps its clients off the API server's CPUs, as a cluster keeps
+/// workloads off its control-plane nodes.
+fn control_plane_command(program: PathBuf) -> Command {
+    match std::env::var("KSA_CONTROL_PLANE_CPUS") {
+        Ok(cpus) if !cpus.is_empty() => {
+            let mut command = Command::new("taskset");
+            command.arg("--cpu-list").arg(cpus).arg(program);
+            command
+        }
+        _ => Command::new(program),
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        for process in [
+        let core = [
             self.controller_manager.as_mut(),
             self.apiserver.as_mut(),
             Some(&mut self.etcd),
-        ]
-        .into_iter()
-        .flatten()
+        ];
+        // The simulation first: it talks to the API server.
+        for process in self
+            .simulation
+            .iter_mut()
+            .chain(core.into_iter().flatten())
         {
             process.stop();
             if failed {
@@ -461,7 +604,7 @@ impl Drop for ControlPlane {
 fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer_port: u16) -> Result<Process> {
     let client_url = format!("http://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let mut etcd = Command::new(bin.join("etcd"));
+    let mut etcd = control_plane_command(bin.join("etcd"));
     etcd.arg("--name=e2e")
         .arg(format!("--data-dir={}", dir.join("etcd").display()))
         .arg(format!("--listen-client-urls={client_url}"))

@@ -6,6 +6,7 @@
 //! xtask e2e` and `cargo xtask ci` set. A test that cannot find them fails and
 //! says how to get them; it is never skipped.
 
+pub mod bench;
 pub mod browser;
 pub mod cluster;
 mod control_plane;

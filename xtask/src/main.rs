@@ -5,15 +5,16 @@
 //!   `cargo deny`, every test, end-to-end included, and 20 s of fuzzing per
 //!   target. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
-//!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli and the control
-//!   plane.
+//!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli, the control
+//!   plane and kwok.
 //! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.
 //! - `man`: man pages for every `ksa` command into `target/man`.
 //! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types.
-//! - `control-plane`: build etcd, kube-apiserver and kube-controller-manager
-//!   from the pinned Go modules in `xtask/control-plane/` into the cache.
+//! - `control-plane`: build etcd, kube-apiserver, kube-controller-manager and
+//!   kube-scheduler from the pinned Go modules in `xtask/control-plane/`, and
+//!   kwok from `xtask/kwok/`, into the cache.
 //! - `e2e`: the end-to-end tests against the real control plane.
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
@@ -44,8 +45,9 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("setup") => setup().map(drop),
         Some("control-plane") => {
-            let dir = control_plane::ensure()?;
-            println!("{}", dir.display());
+            for (_, dir) in control_plane::environment()? {
+                println!("{}", dir.display());
+            }
             Ok(())
         }
         Some("e2e") => e2e(&rest),
@@ -126,17 +128,18 @@ fn cargo() -> Command {
     command
 }
 
-/// Installs what the tests need and returns the control-plane directory.
-fn setup() -> Result<PathBuf> {
+/// Installs what the tests need and returns the variables that tell them
+/// where the control plane and kwok are.
+fn setup() -> Result<[(&'static str, PathBuf); 2]> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
     tools::ensure_debian_packages()?;
     tools::wasm_bindgen_bin()?;
-    control_plane::ensure()
+    control_plane::environment()
 }
 
 fn ci() -> Result<()> {
-    let control_plane = setup()?;
+    let environment = setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -163,7 +166,7 @@ fn ci() -> Result<()> {
     build_binaries()?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
-        .env(control_plane::ENV, &control_plane))?;
+        .envs(environment))?;
     fuzz::run(20)
 }
 
@@ -224,14 +227,14 @@ fn build_binaries() -> Result<()> {
 }
 
 fn e2e(filters: &[&str]) -> Result<()> {
-    let control_plane = control_plane::ensure()?;
+    let environment = control_plane::environment()?;
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
     run(cargo()
         .args(["test", "-p", "ksa-tests", "--"])
         .args(filters)
-        .env(control_plane::ENV, &control_plane))
+        .envs(environment))
 }
 
 fn serve_inspector(args: &[&str]) -> Result<()> {

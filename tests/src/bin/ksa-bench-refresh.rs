@@ -17,40 +17,25 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use ksa_controller::api::KSASigningKeyRotation;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::key::{KeySpec, PrivateKey};
+use ksa_core::key::PrivateKey;
 use ksa_core::rotation::Step;
 use ksa_core::token::{self, Claims, ObjectRef};
+use ksa_tests::bench::{RotationBench, RotationRun};
 use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
 use ksa_tests::install::CONTROLLER_USER;
-use ksa_tests::{
-    ApiServerKeys, ControlPlane, FIRST_REPLICA, HostedApiServer, Installation, ksa_binary,
-};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
-use tokio::sync::Mutex;
 
-const NAMESPACE: &str = "user-cluster-1";
 const FLEET: &str = "fleet";
 /// The controller re-mints 16 at a time; the bare loop does the same.
 const CONCURRENCY: usize = 16;
-
-/// Logs every request of the controller's user, once each, as metadata.
-const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived, ResponseStarted]
-rules:
-- level: Metadata
-  users: [ksa-controller]
-- level: None
-";
 
 fn legacy_secret(name: &str, uid: &str, jwt: &str) -> Secret {
     Secret {
@@ -136,7 +121,6 @@ async fn bare_update_loop(client: &kube::Client, size: usize, filler: &str) -> R
     Ok(size as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Counts writes to each fleet Secret from now on.
 /// Writes seen to each fleet Secret, by name.
 type WriteCounts = std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 
@@ -166,153 +150,37 @@ fn count_writes(client: &kube::Client) -> (WriteCounts, tokio::task::JoinHandle<
     (counts, task)
 }
 
-/// User plus system CPU seconds a process has used (`/proc/PID/stat`).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces), from field 3 on.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed /proc/PID/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // USER_HZ is 100 on Linux.
-    Ok(ticks / 100.0)
-}
-
-fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")?;
-    Ok(kib / 1024.0)
-}
-
-/// The timestamps of the controller's log lines after byte `from` that
-/// contain all of `parts`.
-fn logged_at(log: &str, from: usize, parts: &[&str]) -> Vec<jiff::Timestamp> {
-    log.get(from..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| parts.iter().all(|p| line.contains(p)))
-        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-struct Bench {
-    plane: std::sync::Arc<Mutex<ControlPlane>>,
-    client: kube::Client,
-    installation: Installation,
-    audit_log: std::path::PathBuf,
-    config: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
-    _hosted: HostedApiServer,
-}
-
-impl Bench {
-    /// Rotates to `to` with a fresh controller process; returns the row.
-    async fn rotation(
-        &mut self,
-        to: u64,
-        size: usize,
-        bare_per_s: f64,
-        writes: &WriteCounts,
-    ) -> Result<serde_json::Value> {
-        let installation = &mut self.installation;
-        installation.kill_replica(FIRST_REPLICA)?;
-        installation.start_replica(FIRST_REPLICA, installation.http_addr)?;
-        let pid = installation
-            .replica_pid(FIRST_REPLICA)
-            .context("the controller runs")?;
-        // The watch counting writes ran through the bare loop too, so both
-        // had its load; the count starts now.
-        if let Ok(mut counts) = writes.lock() {
-            counts.clear();
-        }
-        let audit_before = std::fs::read_to_string(&self.audit_log)
-            .unwrap_or_default()
-            .lines()
-            .count();
-        let log_from = installation.controller_log().len();
-        let api: Api<KSASigningKeyRotation> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let started = Instant::now();
-        let rotate = tokio::process::Command::new(ksa_binary("ksa")?)
-            .args([
-                "update",
-                "credentials",
-                "ksa-signing-key",
-                "rotate",
-                "--skip-prompt",
-            ])
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .output()
-            .await?;
-        ensure!(
-            rotate.status.success(),
-            "ksa rotate: {}",
-            String::from_utf8_lossy(&rotate.stderr)
-        );
-        loop {
-            // The API server restarts with new keys meanwhile.
-            if let Ok(rotation) = api.get(NAMESPACE).await {
-                let state = rotation.state()?;
-                if state.step() == Step::Completed && state.key_version().get() == to {
-                    break;
-                }
-            }
-            if started.elapsed() > Duration::from_secs(900) {
-                bail!(
-                    "rotation to {to} did not complete:\n{}",
-                    installation.controller_log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let rss = peak_rss_mib(pid)?;
-        let cpu = cpu_seconds(pid)?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let audit_after = std::fs::read_to_string(&self.audit_log)
-            .unwrap_or_default()
-            .lines()
-            .count();
-        let log = installation.controller_log();
-        let refresh_began = *logged_at(&log, log_from, &["step confirmed", "to=RefreshTokens"])
-            .first()
-            .context("no RefreshTokens step in the controller log")?;
-        // The last pass that re-minted any (a write that raced another is
-        // retried by the next pass).
-        let reminted = *logged_at(&log, log_from, &["re-minted legacy tokens"])
-            .last()
-            .context("the controller logged no re-minting")?;
-        let refresh_seconds = reminted.duration_since(refresh_began).as_secs_f64();
-        let writes = writes.lock().map(|w| w.clone()).unwrap_or_default();
-        let total_writes: u64 = writes.values().sum();
-        ensure!(
-            writes.len() == size,
-            "{} of {size} Secrets were written",
-            writes.len()
-        );
-        Ok(json!({
-            "secrets": size,
-            "bare_per_s": bare_per_s,
-            "controller_per_s": size as f64 / refresh_seconds,
-            "refresh_seconds": refresh_seconds,
-            "bare_seconds": size as f64 / bare_per_s,
-            "writes_per_secret": total_writes as f64 / size as f64,
-            "max_writes_to_one_secret": writes.values().max().copied().unwrap_or(0),
-            "controller_peak_rss_mib": rss,
-            "controller_cpu_seconds": cpu,
-            "rotation_api_requests": audit_after.saturating_sub(audit_before),
-            "rotation_seconds": seconds,
-        }))
-    }
+/// The row of one size: the rotation beside the bare loop.
+fn row(
+    run: &RotationRun,
+    size: usize,
+    bare_per_s: f64,
+    writes: &BTreeMap<String, u64>,
+) -> Result<serde_json::Value> {
+    let refresh_began = run.entered(Step::RefreshTokens)?;
+    // The last pass that re-minted any (a write that raced another is
+    // retried by the next pass).
+    let reminted = run.last_logged(&["re-minted legacy tokens"])?;
+    let refresh_seconds = reminted.duration_since(refresh_began).as_secs_f64();
+    let total_writes: u64 = writes.values().sum();
+    ensure!(
+        writes.len() == size,
+        "{} of {size} Secrets were written",
+        writes.len()
+    );
+    Ok(json!({
+        "secrets": size,
+        "bare_per_s": bare_per_s,
+        "controller_per_s": size as f64 / refresh_seconds,
+        "refresh_seconds": refresh_seconds,
+        "bare_seconds": size as f64 / bare_per_s,
+        "writes_per_secret": total_writes as f64 / size as f64,
+        "max_writes_to_one_secret": writes.values().max().copied().unwrap_or(0),
+        "controller_peak_rss_mib": run.controller_peak_rss_mib,
+        "controller_cpu_seconds": run.controller_cpu_seconds,
+        "rotation_api_requests": run.api_requests.len(),
+        "rotation_seconds": run.seconds,
+    }))
 }
 
 #[tokio::main]
@@ -325,50 +193,15 @@ async fn main() -> Result<()> {
         !sizes.is_empty() && sizes.windows(2).all(|w| w[0] < w[1]),
         "sizes ascending, at least one"
     );
-    let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
-    let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("audit-policy.yaml");
-    let audit_log = dir.path().join("audit.log");
-    std::fs::write(&policy, AUDIT_POLICY)?;
-    let plane = ControlPlane::start_with_flags(
-        ApiServerKeys::single(key.clone()),
-        vec![
-            format!("--audit-policy-file={}", policy.display()),
-            format!("--audit-log-path={}", audit_log.display()),
-            "--audit-log-format=json".into(),
-            "--audit-log-mode=blocking".into(),
-        ],
-    )
-    .await?;
-    let client = plane.client().await?;
-    let mut installation =
-        Installation::install(&client, NAMESPACE, NAMESPACE, &key, plane.dir()).await?;
-    installation.start_controller(&plane.controller_kubeconfig_path())?;
+    let mut bench = RotationBench::start(async |_| Ok(())).await?;
+    let client = bench.client.clone();
+    let key = bench.key.clone();
     create_namespace(&client, FLEET).await?;
     let uid = create_service_account(&client, FLEET, "robot")
         .await?
         .metadata
         .uid
         .unwrap_or_default();
-    let plane = std::sync::Arc::new(Mutex::new(plane));
-    let hosted = HostedApiServer::spawn(
-        plane.clone(),
-        client.clone(),
-        NAMESPACE,
-        &format!("{NAMESPACE}-apiserver-keys"),
-    );
-    let config = dir.path().join("user-cluster.yaml");
-    std::fs::write(&config, format!("name: {NAMESPACE}\n"))?;
-    let kubeconfig = plane.lock().await.kubeconfig_path();
-    let mut bench = Bench {
-        plane,
-        client: client.clone(),
-        installation,
-        audit_log,
-        config,
-        kubeconfig,
-        _hosted: hosted,
-    };
     let filler = "x".repeat(
         token::mint(
             &Claims::legacy(
@@ -400,13 +233,18 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let bare = bare_update_loop(&client, size, &filler).await?;
         eprintln!("bare update loop: {bare:.0} Secrets/s");
-        let row = bench.rotation(to, size, bare, &writes).await;
+        // The watch counting writes ran through the bare loop too, so both
+        // had its load; the count starts now.
+        if let Ok(mut counts) = writes.lock() {
+            counts.clear();
+        }
+        let run = bench.rotate(to).await;
         watch.abort();
-        let row = row?;
+        let counts = writes.lock().map(|w| w.clone()).unwrap_or_default();
+        let row = row(&run?, size, bare, &counts)?;
         eprintln!("{row}");
         rows.push(row);
     }
-    drop(bench.plane);
     println!(
         "{}",
         json!({ "sizes": rows, "controller_user": CONTROLLER_USER })

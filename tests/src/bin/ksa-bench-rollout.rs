@@ -1,0 +1,245 @@
+//! Bound token refresh at scale, for `cargo xtask bench`: on one real
+//! control plane (kube-controller-manager and kube-scheduler included) with
+//! nodes and pods simulated by kwok, for each size (cumulative: the
+//! Deployments of a size stay for the next), it creates Deployments up to
+//! that size (one pod each, default rolling update) and waits until every
+//! pod is Running and Ready, then:
+//!
+//! - times a bare restart of every Deployment (`kubectl rollout restart`,
+//!   16 at a time) until every one has rolled out: the cluster's own limit;
+//! - runs a full rotation with the real `ksa-controller` under the
+//!   restart-pods policy and measures how long its RefreshTokens step took
+//!   (from its log), the API requests it made (the audit log), per
+//!   workload, and its peak memory and CPU;
+//! - checks that every Deployment was restarted for the new key and rolled
+//!   out.
+//!
+//! Prints one JSON object. Usage: ksa-bench-rollout SIZE...
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use ksa_controller::refresh::RESTART_ANNOTATION;
+use ksa_core::rotation::Step;
+use ksa_tests::bench::RotationBench;
+use ksa_tests::cluster::{create_namespace, create_service_account};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const FLEET: &str = "fleet";
+/// Simulated nodes; kwok gives each room for a million pods.
+const NODES: usize = 10;
+/// `kubectl rollout restart`'s annotation, which the bare restart sets.
+const BARE_RESTART: &str = "kubectl.kubernetes.io/restartedAt";
+/// Client rate limits of kube-controller-manager and kube-scheduler (their
+/// defaults, 20 and 50 requests/s, are raised on clusters of this size).
+const COMPONENT_FLAGS: [&str; 2] = ["--kube-api-qps=100", "--kube-api-burst=200"];
+
+fn deployment(name: &str) -> Deployment {
+    let labels = BTreeMap::from([("app".to_owned(), name.to_owned())]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some("robot".into()),
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("registry.example/app:1".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// Creates Deployments `app-{from}`..`app-{to - 1}`.
+async fn create_deployments(client: &kube::Client, from: usize, to: usize) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
+    futures::stream::iter(from..to)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &deployment(&format!("app-{i}")))
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// How many Deployments have rolled out their current template: seen by
+/// the deployment controller, the one pod updated and available, no old
+/// pod left.
+fn rolled_out(deployments: &[Deployment]) -> usize {
+    deployments
+        .iter()
+        .filter(|d| {
+            let generation = d.metadata.generation.unwrap_or_default();
+            d.status.as_ref().is_some_and(|s| {
+                s.observed_generation.unwrap_or_default() >= generation
+                    && s.updated_replicas == Some(1)
+                    && s.available_replicas == Some(1)
+                    && s.replicas == Some(1)
+            })
+        })
+        .count()
+}
+
+/// Waits until all `size` Deployments have rolled out and every pod is
+/// Running; returns when that was seen.
+async fn wait_rolled_out(client: &kube::Client, size: usize, within: Duration) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), FLEET);
+    let started = Instant::now();
+    loop {
+        let done = rolled_out(&deployments.list(&ListParams::default()).await?.items);
+        if done == size {
+            let running = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            if running == size {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > within {
+            bail!("{done} of {size} Deployments rolled out in {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Restarts every Deployment as `kubectl rollout restart` does, 16 at a
+/// time, and waits until all have rolled out. Returns the seconds taken.
+async fn bare_restart(client: &kube::Client, size: usize, round: usize) -> Result<f64> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {BARE_RESTART: round.to_string()}}}}});
+    let started = Instant::now();
+    futures::stream::iter(0..size)
+        .map(|i| {
+            let (api, patch) = (api.clone(), &patch);
+            async move {
+                api.patch(
+                    &format!("app-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    wait_rolled_out(client, size, Duration::from_secs(1800)).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Checks that every Deployment's template says it was restarted for key
+/// version `version`.
+async fn check_restarted_for(client: &kube::Client, size: usize, version: u64) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
+    let version = version.to_string();
+    let restarted = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(RESTART_ANNOTATION))
+                == Some(&version)
+        })
+        .count();
+    ensure!(
+        restarted == size,
+        "{restarted} of {size} Deployments were restarted for key version {version}"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().context("usage: ksa-bench-rollout SIZE..."))
+        .collect::<Result<_>>()?;
+    ensure!(
+        !sizes.is_empty() && sizes.windows(2).all(|w| w[0] < w[1]),
+        "sizes ascending, at least one"
+    );
+    let mut bench = RotationBench::start(async |plane| {
+        plane.start_controller_manager_with_flags(&COMPONENT_FLAGS)?;
+        plane.simulate_nodes(NODES, &COMPONENT_FLAGS).await
+    })
+    .await?;
+    let client = bench.client.clone();
+    create_namespace(&client, FLEET).await?;
+    create_service_account(&client, FLEET, "robot").await?;
+    let mut rows = Vec::new();
+    let mut created = 0;
+    for (round, (to, size)) in (2u64..).zip(sizes).enumerate() {
+        let started = Instant::now();
+        create_deployments(&client, created, size).await?;
+        created = size;
+        wait_rolled_out(&client, size, Duration::from_secs(1800)).await?;
+        eprintln!(
+            "{size} Deployments running on {NODES} kwok nodes in {:.1?}",
+            started.elapsed()
+        );
+        let bare_seconds = bare_restart(&client, size, round).await?;
+        eprintln!("bare restart: {size} Deployments rolled out in {bare_seconds:.1} s");
+        let run = bench.rotate(to).await?;
+        check_restarted_for(&client, size, to).await?;
+        wait_rolled_out(&client, size, Duration::from_secs(60)).await?;
+        let refresh_began = run.entered(Step::RefreshTokens)?;
+        let refreshed = run.entered(Step::Retire)?;
+        let refresh_seconds = refreshed.duration_since(refresh_began).as_secs_f64();
+        let refresh_requests = run.api_requests_between(refresh_began, refreshed);
+        let row = json!({
+            "deployments": size,
+            "nodes": NODES,
+            "bare_seconds": bare_seconds,
+            "refresh_seconds": refresh_seconds,
+            "rotation_seconds": run.seconds,
+            "rotation_api_requests": run.api_requests.len(),
+            "refresh_api_requests": refresh_requests,
+            "api_requests_per_workload": run.api_requests.len() as f64 / size as f64,
+            "controller_peak_rss_mib": run.controller_peak_rss_mib,
+            "controller_cpu_seconds": run.controller_cpu_seconds,
+        });
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    println!("{}", json!({ "sizes": rows }));
+    Ok(())
+}
