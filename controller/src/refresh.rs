@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec, Secret};
 use ksa_core::crypto::SigningKey;
 use ksa_core::rotation::BoundTokenRefresh;
 use ksa_core::token::{self, Claims, ObjectRef};
@@ -30,22 +30,35 @@ const CONCURRENCY: usize = 16;
 /// as `kubectl rollout restart` does with `restartedAt`.
 pub const RESTART_ANNOTATION: &str = "ksa.dev/restarted-for-key-version";
 
-/// Lists every object of a kind in pages.
-async fn list_all<K>(api: &Api<K>, params: ListParams) -> Result<Vec<K>>
+/// Every object of a kind that `params` selects, a page at a time: memory
+/// holds one page, not the cluster's objects, and the next page is asked
+/// for only when the work on this one needs more.
+fn pages<K>(api: Api<K>, params: ListParams) -> impl Stream<Item = Result<Vec<K>>>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let mut items = Vec::new();
-    let mut params = params.limit(PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-        items.extend(page.items);
-        match next {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(items),
+    futures::stream::try_unfold(Some(String::new()), move |next| {
+        let (api, params) = (api.clone(), params.clone());
+        async move {
+            let Some(token) = next else {
+                return Ok(None);
+            };
+            let mut params = params.limit(PAGE);
+            if !token.is_empty() {
+                params = params.continue_token(&token);
+            }
+            let page = api.list(&params).await?;
+            let next = page.metadata.continue_.filter(|c| !c.is_empty());
+            Ok(Some((page.items, next)))
         }
-    }
+    })
+}
+
+/// The objects of `pages`, one at a time.
+fn each<K>(pages: impl Stream<Item = Result<Vec<K>>>) -> impl Stream<Item = Result<K>> {
+    pages
+        .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
 }
 
 /// The kid of the token in a legacy token Secret, if it holds one.
@@ -55,26 +68,12 @@ pub fn token_kid(secret: &Secret) -> Option<String> {
     token::decode(token).ok()?.header.kid
 }
 
-/// Every legacy token Secret, a page at a time: memory holds one page,
-/// not the cluster's Secrets, and the next page is asked for only when the
-/// work on this one needs more.
+/// Every legacy token Secret, a page at a time.
 fn legacy_secret_pages(client: &kube::Client) -> impl Stream<Item = Result<Vec<Secret>>> + use<> {
-    let api: Api<Secret> = Api::all(client.clone());
-    futures::stream::try_unfold(Some(String::new()), move |next| {
-        let api = api.clone();
-        async move {
-            let Some(token) = next else {
-                return Ok(None);
-            };
-            let mut params = ListParams::default().fields(TOKEN_SECRET_TYPE).limit(PAGE);
-            if !token.is_empty() {
-                params = params.continue_token(&token);
-            }
-            let page = api.list(&params).await?;
-            let next = page.metadata.continue_.filter(|c| !c.is_empty());
-            Ok(Some((page.items, next)))
-        }
-    })
+    pages(
+        Api::all(client.clone()),
+        ListParams::default().fields(TOKEN_SECRET_TYPE),
+    )
 }
 
 /// How many legacy token Secrets hold a token not signed by `kid`.
@@ -100,9 +99,7 @@ pub async fn refresh_legacy_tokens(
     signer: Arc<dyn SigningKey>,
 ) -> Result<usize> {
     let kid = signer.kid().as_str().to_owned();
-    let results: Vec<Result<()>> = legacy_secret_pages(client)
-        .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok::<_, Error>)))
-        .try_flatten()
+    let results: Vec<Result<()>> = each(legacy_secret_pages(client))
         .try_filter(|secret| std::future::ready(token_kid(secret).as_deref() != Some(kid.as_str())))
         .map(|secret| {
             let (client, signer) = (client.clone(), signer.clone());
@@ -184,93 +181,162 @@ fn holds_token(pod: &Pod) -> bool {
     !mirror && (projected || spec.automount_service_account_token != Some(false))
 }
 
+/// A pod whose bound token may predate the RefreshTokens step: what
+/// refreshing it needs to know.
+#[derive(Debug)]
+struct StalePod {
+    namespace: String,
+    name: String,
+    node: String,
+    /// Whether a workload controller owns it (and so replaces it when its
+    /// template restarts); a bare pod is evicted instead.
+    owned: bool,
+}
+
 /// Pods whose bound tokens may predate `since` (the start of
 /// RefreshTokens): created before it, and not from a pod template restarted
-/// for `version` (those are new by construction).
-pub async fn stale_pods(client: &kube::Client, version: u64, since: Timestamp) -> Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let pods = list_all(&api, ListParams::default()).await?;
+/// for `version` (those are new by construction). Streamed a page at a
+/// time.
+fn stale_pods(
+    client: &kube::Client,
+    version: u64,
+    since: Timestamp,
+) -> impl Stream<Item = Result<StalePod>> + use<> {
     let version = version.to_string();
-    Ok(pods
-        .into_iter()
-        .filter(|p| created_before(&p.metadata, since) && holds_token(p))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.metadata
+    each(pages(
+        Api::<Pod>::all(client.clone()),
+        ListParams::default(),
+    ))
+    .try_filter_map(move |pod| {
+        let stale = created_before(&pod.metadata, since)
+            && holds_token(&pod)
+            && pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(RESTART_ANNOTATION))
-                != Some(&version)
-        })
-        .collect())
+                != Some(&version);
+        let stale = stale.then(|| StalePod {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            owned: pod
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|r| r.controller == Some(true))),
+        });
+        std::future::ready(Ok(stale))
+    })
+}
+
+async fn count_stale_pods(client: &kube::Client, version: u64, since: Timestamp) -> Result<u64> {
+    stale_pods(client, version, since)
+        .try_fold(0, |count, _| std::future::ready(Ok(count + 1)))
+        .await
 }
 
 /// The restart-pods policy, one pass: rollout-restart every Deployment,
 /// StatefulSet and DaemonSet not yet restarted for `version`, and evict bare
 /// pods (PodDisruptionBudgets are honoured by the Eviction API; a refused
-/// eviction is retried on the next pass). Returns what is still stale.
-pub async fn restart_pods(client: &kube::Client, version: u64, since: Timestamp) -> Result<u64> {
+/// eviction is retried on the next pass).
+pub async fn restart_pods(client: &kube::Client, version: u64, since: Timestamp) -> Result<()> {
     let value = version.to_string();
     restart_workloads::<Deployment>(client, &value).await?;
     restart_workloads::<StatefulSet>(client, &value).await?;
     restart_workloads::<DaemonSet>(client, &value).await?;
-    for pod in stale_pods(client, version, since).await? {
-        let owned = pod
-            .metadata
-            .owner_references
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|r| r.controller == Some(true)));
-        if !owned {
-            evict(client, &pod).await?;
-        }
-    }
-    Ok(stale_pods(client, version, since).await?.len() as u64)
+    stale_pods(client, version, since)
+        .try_filter(|pod| std::future::ready(!pod.owned))
+        .map(|pod| async move { evict(client, &pod?).await })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await
 }
 
+/// A workload that runs pods from a template.
+trait Workload:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+    fn template(&self) -> Option<&PodTemplateSpec>;
+}
+
+impl Workload for Deployment {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for StatefulSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for DaemonSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+/// Sets the restart annotation to `version` on the pod template of every
+/// workload of kind `K` that does not have it yet, page by page.
 async fn restart_workloads<K>(client: &kube::Client, version: &str) -> Result<()>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + serde::Serialize,
+    K: Workload,
     K::DynamicType: Default,
 {
-    let api: Api<K> = Api::all(client.clone());
-    let workloads = list_all(&api, ListParams::default()).await?;
-    let restarts = workloads.into_iter().filter_map(|w| {
-        let value = serde_json::to_value(&w).ok()?;
-        let current =
-            value["spec"]["template"]["metadata"]["annotations"][RESTART_ANNOTATION].as_str();
-        (current != Some(version)).then(|| {
-            (
-                w.meta().namespace.clone().unwrap_or_default(),
-                w.meta().name.clone().unwrap_or_default(),
-            )
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: version}}}}});
+    each(pages(Api::<K>::all(client.clone()), ListParams::default()))
+        .try_filter(|workload| {
+            let current = workload
+                .template()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(RESTART_ANNOTATION));
+            std::future::ready(current.map(String::as_str) != Some(version))
         })
-    });
-    futures::stream::iter(restarts)
-        .map(|(namespace, name)| {
-            let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-            let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: version}}}}});
-            async move { api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await }
+        .map(|workload| {
+            let patch = &patch;
+            async move {
+                let workload = workload?;
+                let namespace = workload.meta().namespace.clone().unwrap_or_default();
+                let name = workload.meta().name.clone().unwrap_or_default();
+                Api::<K>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                Ok(())
+            }
         })
         .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
+        .try_collect()
+        .await
 }
 
-async fn evict(client: &kube::Client, pod: &Pod) -> Result<()> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    match api.evict(&name, &EvictParams::default()).await {
+async fn evict(client: &kube::Client, pod: &StalePod) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    match api.evict(&pod.name, &EvictParams::default()).await {
         Ok(_) => Ok(()),
         // 429: a PodDisruptionBudget says not now; 404: already gone.
         Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Nodes created before `since`, a page at a time.
+fn old_nodes(client: &kube::Client, since: Timestamp) -> impl Stream<Item = Result<Node>> + use<> {
+    each(pages(
+        Api::<Node>::all(client.clone()),
+        ListParams::default(),
+    ))
+    .try_filter(move |node| std::future::ready(created_before(&node.metadata, since)))
 }
 
 /// Nodes older than `since` and pods whose tokens predate it: what the
@@ -280,57 +346,46 @@ pub async fn recreate_nodes_pending(
     version: u64,
     since: Timestamp,
 ) -> Result<u64> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let old = list_all(&nodes, ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|n| created_before(&n.metadata, since))
-        .count();
-    Ok(old as u64 + stale_pods(client, version, since).await?.len() as u64)
+    let nodes = old_nodes(client, since)
+        .try_fold(0, |count, _| std::future::ready(Ok(count + 1)))
+        .await?;
+    Ok(nodes + count_stale_pods(client, version, since).await?)
 }
 
 /// The recreate-nodes policy, one pass: cordon every node older than
 /// `since`, evict its pods, and delete it for the infrastructure to replace.
-/// Returns how many nodes and pods are still stale.
-pub async fn recreate_nodes(client: &kube::Client, version: u64, since: Timestamp) -> Result<u64> {
+pub async fn recreate_nodes(client: &kube::Client, version: u64, since: Timestamp) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let old: Vec<Node> = list_all(&nodes, ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|n| created_before(&n.metadata, since))
-        .collect();
-    let pods = stale_pods(client, version, since).await?;
-    let mut pods_by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-    for pod in &pods {
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        pods_by_node.entry(node).or_default().push(pod);
+    let old: Vec<String> = old_nodes(client, since)
+        .map_ok(|n| n.metadata.name.unwrap_or_default())
+        .try_collect()
+        .await?;
+    let mut pods_by_node: BTreeMap<String, Vec<StalePod>> = BTreeMap::new();
+    let mut pods = std::pin::pin!(stale_pods(client, version, since));
+    while let Some(pod) = pods.try_next().await? {
+        pods_by_node.entry(pod.node.clone()).or_default().push(pod);
     }
-    for node in &old {
-        let name = node.metadata.name.clone().unwrap_or_default();
+    for name in &old {
         let cordon = serde_json::json!({"spec": {"unschedulable": true}});
         nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&cordon))
+            .patch(name, &PatchParams::default(), &Patch::Merge(&cordon))
             .await?;
         let on_node = pods_by_node
-            .get(&name)
+            .get(name)
             .map(Vec::as_slice)
             .unwrap_or_default();
         for pod in on_node {
             evict(client, pod).await?;
         }
         if on_node.is_empty() {
-            match nodes.delete(&name, &DeleteParams::default()).await {
+            match nodes.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    Ok(old.len() as u64 + pods.len() as u64)
+    Ok(())
 }
 
 /// Bound-token holders still to refresh under `policy` (none to count for
@@ -343,7 +398,7 @@ pub async fn stale_bound_tokens(
 ) -> Result<Option<u64>> {
     Ok(match policy {
         BoundTokenRefresh::RestartPods => {
-            Some(stale_pods(client, version.get(), since).await?.len() as u64)
+            Some(count_stale_pods(client, version.get(), since).await?)
         }
         BoundTokenRefresh::RecreateNodes => {
             Some(recreate_nodes_pending(client, version.get(), since).await?)
@@ -360,13 +415,8 @@ pub async fn refresh_bound_tokens(
     since: Timestamp,
 ) -> Result<()> {
     match policy {
-        BoundTokenRefresh::RestartPods => {
-            restart_pods(client, version.get(), since).await?;
-        }
-        BoundTokenRefresh::RecreateNodes => {
-            recreate_nodes(client, version.get(), since).await?;
-        }
-        BoundTokenRefresh::Wait { .. } => {}
+        BoundTokenRefresh::RestartPods => restart_pods(client, version.get(), since).await,
+        BoundTokenRefresh::RecreateNodes => recreate_nodes(client, version.get(), since).await,
+        BoundTokenRefresh::Wait { .. } => Ok(()),
     }
-    Ok(())
 }

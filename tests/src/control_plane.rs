@@ -6,13 +6,15 @@ use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ksa_core::key::{PrivateKey, PublicKey, public_keys_to_pem};
 use k8s_openapi::api::core::v1::Node;
+use ksa_core::key::{PrivateKey, PublicKey, public_keys_to_pem};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -106,7 +108,7 @@ pub struct ControlPlane {
     controller_manager: Option<Process>,
     controller_manager_flags: Vec<String>,
     /// kube-scheduler and kwok, when a test simulates nodes.
-    simulation: Vec<Process>,
+    simulation: Vec<Supervised>,
     apiserver_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
@@ -462,22 +464,33 @@ current-context: e2e
         let kwok = kwok_dir()?;
         let d = self.dir.path();
         let kubeconfig = format!("--kubeconfig={}", self.kubeconfig_path().display());
-        let mut scheduler = control_plane_command(self.bin.join("kube-scheduler"));
-        scheduler
-            .arg(&kubeconfig)
-            .arg("--bind-address=127.0.0.1")
-            .arg("--secure-port=0")
-            .arg("--leader-elect=false")
-            .arg("--v=1")
-            .args(scheduler_flags);
+        let scheduler = {
+            let (program, kubeconfig) = (self.bin.join("kube-scheduler"), kubeconfig.clone());
+            let flags: Vec<String> = scheduler_flags.iter().map(|f| (*f).to_owned()).collect();
+            move || {
+                let mut command = control_plane_command(program.clone());
+                command
+                    .arg(&kubeconfig)
+                    .arg("--bind-address=127.0.0.1")
+                    .arg("--secure-port=0")
+                    .arg("--leader-elect=false")
+                    .arg("--v=1")
+                    .args(&flags);
+                command
+            }
+        };
         self.simulation
-            .push(Process::spawn("kube-scheduler", scheduler, d)?);
-        let mut simulator = control_plane_command(kwok.join("kwok"));
-        simulator
-            .arg(&kubeconfig)
-            .arg(format!("--config={}", kwok.join("stages.yaml").display()))
-            .arg("--manage-all-nodes");
-        self.simulation.push(Process::spawn("kwok", simulator, d)?);
+            .push(Supervised::spawn("kube-scheduler", d, scheduler)?);
+        let simulator = move || {
+            let mut command = control_plane_command(kwok.join("kwok"));
+            command
+                .arg(&kubeconfig)
+                .arg(format!("--config={}", kwok.join("stages.yaml").display()))
+                .arg("--manage-all-nodes");
+            command
+        };
+        self.simulation
+            .push(Supervised::spawn("kwok", d, simulator)?);
         let api: Api<Node> = Api::all(self.client().await?);
         // The API server taints a new node not-ready, and with no node
         // lifecycle controller here nothing would lift it: lift it at once.
@@ -501,16 +514,61 @@ current-context: e2e
             if ready == nodes {
                 return Ok(());
             }
-            if let Some(process) = self.simulation.iter_mut().find_map(|p| {
-                let status = p.exited()?;
-                Some((p.name, status, p.tail(30)))
-            }) {
-                bail!("{} exited ({}):\n{}", process.0, process.1, process.2);
-            }
             if started.elapsed() > READY_TIMEOUT {
                 bail!("kwok made {ready} of {nodes} nodes Ready in {READY_TIMEOUT:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A process restarted whenever it exits, as kubelet restarts a static
+/// pod: kube-scheduler exits by design when its cache goes wrong (a pod
+/// recreated under the same name while its watch was down, as when the API
+/// server restarts during a StatefulSet's rollout). Stopped when dropped.
+struct Supervised {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    fn spawn(
+        name: &'static str,
+        dir: &Path,
+        command: impl Fn() -> Command + Send + 'static,
+    ) -> Result<Supervised> {
+        let dir = dir.to_owned();
+        let mut process = Process::spawn(name, command(), &dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                if let Some(status) = process.exited() {
+                    eprintln!("{name} exited ({status}); restarting it, as kubelet would");
+                    match Process::spawn(name, command(), &dir) {
+                        Ok(restarted) => process = restarted,
+                        Err(error) => {
+                            eprintln!("{name} could not restart: {error:#}");
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            process.stop();
+        });
+        Ok(Supervised {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -543,10 +601,12 @@ fn node_ready(node: &Node) -> bool {
 
 /// Where kwok and its stages are, or an error that says how to build them.
 fn kwok_dir() -> Result<PathBuf> {
-    let dir = std::env::var_os("KSA_KWOK_DIR").map(PathBuf::from).context(
-        "KSA_KWOK_DIR is not set: simulated nodes need kwok. Run with `cargo xtask e2e` or \
+    let dir = std::env::var_os("KSA_KWOK_DIR")
+        .map(PathBuf::from)
+        .context(
+            "KSA_KWOK_DIR is not set: simulated nodes need kwok. Run with `cargo xtask e2e` or \
          `cargo xtask bench`, which build it from the pinned Go module and set it",
-    )?;
+        )?;
     for name in ["kwok", "stages.yaml"] {
         if !dir.join(name).is_file() {
             bail!(
@@ -582,11 +642,8 @@ impl Drop for ControlPlane {
             Some(&mut self.etcd),
         ];
         // The simulation first: it talks to the API server.
-        for process in self
-            .simulation
-            .iter_mut()
-            .chain(core.into_iter().flatten())
-        {
+        self.simulation.clear();
+        for process in core.into_iter().flatten() {
             process.stop();
             if failed {
                 eprintln!(

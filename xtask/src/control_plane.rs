@@ -180,7 +180,11 @@ pub fn ensure_kwok() -> Result<PathBuf> {
 fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path) -> Result<()> {
     match Command::new("go").arg("version").output() {
         Ok(out) if out.status.success() => {
-            eprintln!("{}: {}", binary.name, String::from_utf8_lossy(&out.stdout).trim())
+            eprintln!(
+                "{}: {}",
+                binary.name,
+                String::from_utf8_lossy(&out.stdout).trim()
+            )
         }
         _ => bail!(
             "the Go toolchain is needed to build {} and `go` was not found on PATH; \

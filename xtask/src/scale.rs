@@ -1,12 +1,22 @@
-//! The scale part of `cargo xtask bench`: legacy token refresh and one
-//! rotation's API cost at growing numbers of Secrets, on a real control
-//! plane (`ksa-bench-refresh`), into the report and a chart,
-//! `target/bench/scale.png` (the README shows a copy in `docs/`).
+//! The scale part of `cargo xtask bench`, on real control planes:
+//!
+//! - legacy token refresh at growing numbers of Secrets
+//!   (`ksa-bench-refresh`), beside a bare update loop: the control plane is
+//!   pinned to CPU 0 and the clients (the loop, the controller) to CPU 1,
+//!   as a cluster keeps workloads off its control-plane nodes, so both face
+//!   the same API server;
+//! - bound token refresh (restart-pods) of growing numbers of Deployments
+//!   on nodes kwok simulates (`ksa-bench-rollout`), beside a bare
+//!   `kubectl rollout restart` of them all;
+//!
+//! into the report, and a chart, `target/bench/scale.png` (the README shows
+//! a copy in `docs/`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -18,7 +28,7 @@ pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 pub fn run(quick: bool) -> Result<()> {
     let root = crate::root();
-    let control_plane = crate::control_plane::ensure()?;
+    let environment = crate::control_plane::environment()?;
     crate::run(crate::cargo().args([
         "build",
         "--release",
@@ -34,20 +44,65 @@ pub fn run(quick: bool) -> Result<()> {
         "ksa-controller",
         "--bin",
         "ksa-bench-refresh",
+        "--bin",
+        "ksa-bench-rollout",
     ]))?;
-    let sizes: &[&str] = if quick {
+    let bin = |name: &str| root.join("target/release").join(name);
+    let secrets: &[&str] = if quick {
         &["200", "1000"]
     } else {
         &["1000", "5000", "10000"]
     };
-    let measured = run_json(
-        Command::new(root.join("target/release/ksa-bench-refresh"))
-            .args(sizes)
-            .env(crate::control_plane::ENV, &control_plane),
+    let legacy = rows(
+        &run_json(
+            pinned(&bin("ksa-bench-refresh"))
+                .args(secrets)
+                .envs(environment.clone()),
+        )?,
+        "ksa-bench-refresh",
     )?;
-    let rows = measured["sizes"]
+    let deployments: &[&str] = if quick {
+        &["100", "400"]
+    } else {
+        &["500", "1000", "2000"]
+    };
+    let bound = rows(
+        &run_json(
+            Command::new(bin("ksa-bench-rollout"))
+                .args(deployments)
+                .envs(environment),
+        )?,
+        "ksa-bench-rollout",
+    )?;
+    let mut results = legacy_results(&legacy)?;
+    results.extend(bound_results(&bound)?);
+    write_report(&root.join("target/bench"), results)?;
+    chart(&legacy, &bound, &root.join("target/bench/scale.png"))
+}
+
+fn rows(measured: &Value, bench: &str) -> Result<Vec<Value>> {
+    measured["sizes"]
         .as_array()
-        .context("no sizes in ksa-bench-refresh output")?;
+        .cloned()
+        .with_context(|| format!("no sizes in {bench}'s output"))
+}
+
+/// `program` on CPU 1 and the control plane it starts on CPU 0, when
+/// there are two CPUs to split (otherwise as is).
+fn pinned(program: &PathBuf) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        return Command::new(program);
+    }
+    let mut command = Command::new("taskset");
+    command
+        .args(["--cpu-list", "1"])
+        .arg(program)
+        .env("KSA_CONTROL_PLANE_CPUS", "0");
+    command
+}
+
+fn legacy_results(rows: &[Value]) -> Result<Vec<Value>> {
     let mut results = Vec::new();
     for row in rows {
         let n = number(row, "secrets")?;
@@ -89,14 +144,53 @@ pub fn run(quick: bool) -> Result<()> {
             None,
         ));
     }
-    write_report(&root.join("target/bench"), results)?;
-    chart(rows, &root.join("target/bench/scale.png"))
+    Ok(results)
 }
 
-/// Two panels over the number of Secrets: seconds to refresh them (the
-/// controller beside the bare update loop), and the rotation's API
-/// requests.
-fn chart(rows: &[Value], path: &Path) -> Result<()> {
+fn bound_results(rows: &[Value]) -> Result<Vec<Value>> {
+    let mut results = Vec::new();
+    for row in rows {
+        let n = number(row, "deployments")?;
+        let at = |name: &str| format!("{name}_{n}_deployments");
+        results.push(result(
+            &at("refresh.bound_seconds"),
+            number(row, "refresh_seconds")?,
+            "s",
+            Some(("bare rollout restart", number(row, "bare_seconds")?)),
+        ));
+        results.push(result(
+            &at("refresh.bound_api_requests_per_workload"),
+            number(row, "api_requests_per_workload")?,
+            "requests",
+            None,
+        ));
+        results.push(result(
+            &at("rotation.api_requests"),
+            number(row, "rotation_api_requests")?,
+            "requests",
+            Some(("Deployments", n)),
+        ));
+        results.push(result(
+            &at("rotation.seconds"),
+            number(row, "rotation_seconds")?,
+            "s",
+            None,
+        ));
+        results.push(result(
+            &at("controller.peak_rss_mib"),
+            number(row, "controller_peak_rss_mib")?,
+            "MiB",
+            Some(("target", 100.0)),
+        ));
+    }
+    Ok(results)
+}
+
+/// Three panels: seconds to refresh legacy tokens (the controller beside
+/// the bare update loop) over Secrets, seconds to refresh bound tokens (the
+/// controller beside a bare rollout restart) over Deployments, and one
+/// rotation's API requests over both.
+fn chart(legacy: &[Value], bound: &[Value], path: &Path) -> Result<()> {
     let font =
         std::fs::read(FONT).with_context(|| format!("reading {FONT} (fonts-dejavu-core)"))?;
     plotters::style::register_font(
@@ -105,78 +199,133 @@ fn chart(rows: &[Value], path: &Path) -> Result<()> {
         Box::leak(font.into_boxed_slice()),
     )
     .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))?;
-    let series = |field: &str| -> Result<Vec<(f64, f64)>> {
+    let series = |rows: &[Value], x: &str, y: &str| -> Result<Vec<(f64, f64)>> {
         rows.iter()
-            .map(|row| Ok((number(row, "secrets")?, number(row, field)?)))
+            .map(|row| Ok((number(row, x)?, number(row, y)?)))
             .collect()
     };
-    let controller = series("refresh_seconds")?;
-    let bare = series("bare_seconds")?;
-    let requests = series("rotation_api_requests")?;
-    let max_x = controller.iter().map(|p| p.0).fold(0.0, f64::max) * 1.05;
-    let max_of = |points: &[(f64, f64)]| points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.15;
-
-    let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(draw)?;
-    let (left, right) = root.split_horizontally(600);
-    let mut refresh = ChartBuilder::on(&left)
-        .caption("Legacy token refresh", ("sans-serif", 22))
+    let (top, bottom) = root.split_vertically(450);
+    let (left, right) = top.split_horizontally(600);
+    panel(
+        &left,
+        "Legacy token refresh",
+        "Secrets",
+        "seconds",
+        &[
+            Line {
+                points: series(legacy, "secrets", "refresh_seconds")?,
+                label: "ksa-controller re-mints",
+                color: BLUE,
+            },
+            Line {
+                points: series(legacy, "secrets", "bare_seconds")?,
+                label: "bare update loop (API server limit)",
+                color: RED,
+            },
+        ],
+    )?;
+    panel(
+        &right,
+        "Bound token refresh (restart-pods, kwok)",
+        "Deployments",
+        "seconds",
+        &[
+            Line {
+                points: series(bound, "deployments", "refresh_seconds")?,
+                label: "ksa-controller restarts",
+                color: BLUE,
+            },
+            Line {
+                points: series(bound, "deployments", "bare_seconds")?,
+                label: "bare rollout restart (cluster limit)",
+                color: RED,
+            },
+        ],
+    )?;
+    panel(
+        &bottom,
+        "API requests of one rotation",
+        "Secrets or Deployments in the cluster",
+        "requests",
+        &[
+            Line {
+                points: series(legacy, "secrets", "rotation_api_requests")?,
+                label: "legacy token Secrets",
+                color: GREEN,
+            },
+            Line {
+                points: series(bound, "deployments", "rotation_api_requests")?,
+                label: "Deployments (restart-pods)",
+                color: MAGENTA,
+            },
+        ],
+    )?;
+    root.present().map_err(draw)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// One series of a panel.
+struct Line {
+    points: Vec<(f64, f64)>,
+    label: &'static str,
+    color: RGBColor,
+}
+
+/// One line chart from the origin, a line and points per series.
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+) -> Result<()> {
+    let points = lines.iter().flat_map(|line| &line.points);
+    let max_x = points.clone().map(|p| p.0).fold(0.0, f64::max) * 1.05;
+    let max_y = points.map(|p| p.1).fold(0.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..max_x, 0.0..max_of(&controller).max(max_of(&bare)))
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)
         .map_err(draw)?;
-    refresh
+    chart
         .configure_mesh()
-        .x_desc("Secrets")
-        .y_desc("seconds")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(draw)?;
-    for (points, label, color) in [
-        (&controller, "ksa-controller re-mints", BLUE),
-        (&bare, "bare update loop (API server limit)", RED),
-    ] {
-        refresh
+    for Line {
+        points,
+        label,
+        color,
+    } in lines
+    {
+        let color = *color;
+        chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
                 color.stroke_width(2),
             ))
             .map_err(draw)?
-            .label(label)
+            .label(*label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        refresh
+        chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
             .map_err(draw)?;
     }
-    refresh
+    chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
         .map_err(draw)?;
-
-    let mut cost = ChartBuilder::on(&right)
-        .caption("API requests of one rotation", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_x, 0.0..max_of(&requests))
-        .map_err(draw)?;
-    cost.configure_mesh()
-        .x_desc("Secrets")
-        .y_desc("requests")
-        .draw()
-        .map_err(draw)?;
-    cost.draw_series(LineSeries::new(
-        requests.iter().copied(),
-        GREEN.stroke_width(2),
-    ))
-    .map_err(draw)?;
-    cost.draw_series(requests.iter().map(|p| Circle::new(*p, 4, GREEN.filled())))
-        .map_err(draw)?;
-    root.present().map_err(draw)?;
-    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
