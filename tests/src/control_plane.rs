@@ -230,10 +230,13 @@ impl ControlPlane {
 
     /// A client authenticated as cluster admin.
     pub async fn client(&self) -> Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path())?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig_path()).await
+    }
+
+    /// A client authenticated as user `ksa-controller`, with only what it
+    /// has been granted.
+    pub async fn controller_client(&self) -> Result<kube::Client> {
+        client_from(&self.controller_kubeconfig_path()).await
     }
 
     /// A client that presents `token` as its bearer token.
@@ -520,6 +523,13 @@ current-context: e2e
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// A process restarted whenever it exits, as kubelet restarts a static

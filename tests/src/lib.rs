@@ -1,10 +1,12 @@
 //! The end-to-end harness: a real control plane (etcd, kube-apiserver and,
-//! when a test needs it, kube-controller-manager) started on loopback from
-//! the binaries `cargo xtask control-plane` builds.
+//! when a test needs them, kube-controller-manager, and kube-scheduler with
+//! nodes simulated by kwok) started on loopback from the binaries `cargo
+//! xtask control-plane` builds.
 //!
-//! Tests find the binaries through `KSA_CONTROL_PLANE_DIR`, which `cargo
-//! xtask e2e` and `cargo xtask ci` set. A test that cannot find them fails and
-//! says how to get them; it is never skipped.
+//! Tests find the binaries through `KSA_CONTROL_PLANE_DIR` and
+//! `KSA_KWOK_DIR`, which `cargo xtask e2e` and `cargo xtask ci` set. A test
+//! that cannot find them fails and says how to get them; it is never
+//! skipped.
 
 pub mod bench;
 pub mod browser;

@@ -1,7 +1,8 @@
 //! Legacy token refresh at scale, for `cargo xtask bench`: on one real
 //! control plane, for each size (cumulative: the Secrets of a size stay for
 //! the next), it creates legacy token Secrets up to that size, times a bare
-//! concurrent update loop over them (the API server's own limit), then runs
+//! concurrent update loop over them (the API server's own limit, as the
+//! controller's user, so authorized and audited alike), then runs
 //! a full rotation with the real `ksa-controller` and measures:
 //!
 //! - how fast the controller re-minted them (from its log: the RefreshTokens
@@ -95,9 +96,10 @@ async fn create_secrets(
     Ok(())
 }
 
-/// Patches every fleet Secret's token once, `CONCURRENCY` at a time, with
-/// a value made in advance: the API server's update rate, no signing.
-/// Returns Secrets per second.
+/// Patches every fleet Secret once, `CONCURRENCY` at a time, with a value
+/// made in advance: the API server's update rate, no signing. `client` is
+/// the controller's user, so the API server authorizes and audits these
+/// requests as it does the controller's. Returns Secrets per second.
 async fn bare_update_loop(client: &kube::Client, size: usize, filler: &str) -> Result<f64> {
     let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
     let patch =
@@ -195,6 +197,7 @@ async fn main() -> Result<()> {
     );
     let mut bench = RotationBench::start(async |_| Ok(())).await?;
     let client = bench.client.clone();
+    let as_controller = bench.plane.lock().await.controller_client().await?;
     let key = bench.key.clone();
     create_namespace(&client, FLEET).await?;
     let uid = create_service_account(&client, FLEET, "robot")
@@ -231,7 +234,7 @@ async fn main() -> Result<()> {
         eprintln!("{size} legacy Secrets in {:.1?}", started.elapsed());
         let (writes, watch) = count_writes(&client);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let bare = bare_update_loop(&client, size, &filler).await?;
+        let bare = bare_update_loop(&as_controller, size, &filler).await?;
         eprintln!("bare update loop: {bare:.0} Secrets/s");
         // The watch counting writes ran through the bare loop too, so both
         // had its load; the count starts now.
