@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 
 const TOKEN_SECRET_TYPE: &str = "type=kubernetes.io/service-account-token";
 const PAGE: u32 = 500;
-const CONCURRENCY: usize = 16;
+/// How many objects the refresh changes at a time.
+pub const CONCURRENCY: usize = 16;
 /// The pod-template annotation that restarts a workload for a key version,
 /// as `kubectl rollout restart` does with `restartedAt`.
 pub const RESTART_ANNOTATION: &str = "ksa.dev/restarted-for-key-version";

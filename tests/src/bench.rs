@@ -10,12 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use ksa_controller::api::KSASigningKeyRotation;
+use ksa_controller::refresh;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
 use ksa_core::rotation::Step;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use crate::install::CONTROLLER_USER;
@@ -234,6 +237,28 @@ impl RotationBench {
             log: log.get(log_from..).unwrap_or_default().to_owned(),
         })
     }
+}
+
+/// Merge-patches each object of `api` that `names` names with `patch`,
+/// as many at a time as the controller's refresh works on
+/// ([`refresh::CONCURRENCY`]): the bare loops the benches set beside it.
+pub async fn patch_each<K>(
+    api: &Api<K>,
+    names: impl Iterator<Item = String>,
+    patch: &serde_json::Value,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    futures::stream::iter(names)
+        .map(|name| async move {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+        })
+        .buffer_unordered(refresh::CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// User plus system CPU seconds a process has used (`/proc/PID/stat`).

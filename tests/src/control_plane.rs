@@ -131,7 +131,12 @@ pub fn binaries() -> Result<PathBuf> {
          Run them with `cargo xtask e2e` (or `cargo xtask ci`), which builds etcd and \
          kube-apiserver from the pinned Go modules and sets it",
         )?;
-    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
         if !dir.join(name).is_file() {
             bail!(
                 "{} has no {name}; run `cargo xtask control-plane` to build it",

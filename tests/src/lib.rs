@@ -19,6 +19,7 @@ mod pki;
 mod prober;
 pub mod scenario;
 pub mod signer;
+pub mod workload;
 
 pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
 pub use hosted::HostedApiServer;

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
+use k8s_openapi::api::core::v1::Secret;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
 
 use crate::cluster::{create_namespace, create_service_account, request_token, review_token};
+use crate::workload;
 use crate::{
     ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober,
     RotationSource, ksa_binary,
@@ -206,10 +206,16 @@ pub async fn create_fleet(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    // No kubelet runs in the test cluster, so pods never become ready;
+    // Recreate replaces them without waiting.
+    let recreate = DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        ..DeploymentStrategy::default()
+    };
     for name in deployments {
         api.create(
             &PostParams::default(),
-            &deployment(name, service_account, replicas),
+            &workload::deployment(name, service_account, replicas, Some(recreate.clone())),
         )
         .await?;
     }
@@ -236,45 +242,5 @@ fn legacy_token_secret(name: &str, service_account: &str, uid: &str) -> Secret {
         },
         type_: Some("kubernetes.io/service-account-token".into()),
         ..Secret::default()
-    }
-}
-
-fn deployment(name: &str, service_account: &str, replicas: i32) -> Deployment {
-    let labels = BTreeMap::from([("app".to_owned(), name.to_owned())]);
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            // No kubelet runs in the test cluster, so pods never become
-            // ready; Recreate replaces them without waiting.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..DeploymentStrategy::default()
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(service_account.to_owned()),
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.example/app:1".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
     }
 }

@@ -6,22 +6,21 @@
 //! available throughout; when it completes, every pod comes from a template
 //! restarted for the new key.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy,
-    RollingUpdateDeployment, StatefulSet, StatefulSetSpec,
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetSpec,
 };
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use ksa_controller::refresh::RESTART_ANNOTATION;
 use ksa_tests::bench::RotationBench;
 use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
+use ksa_tests::workload::{self, labels, meta, pod_spec, selector, template};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
@@ -34,66 +33,17 @@ const STATEFUL_REPLICAS: i32 = 2;
 /// and one bare pod.
 const PODS: usize = DEPLOYMENTS * REPLICAS as usize + STATEFUL_REPLICAS as usize + NODES + 1;
 
-fn labels(app: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([("app".to_owned(), app.to_owned())])
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        ..ObjectMeta::default()
-    }
-}
-
-fn selector(app: &str) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels(app)),
-        ..LabelSelector::default()
-    }
-}
-
-fn pod_spec() -> PodSpec {
-    PodSpec {
-        service_account_name: Some("robot".into()),
-        containers: vec![Container {
-            name: "app".into(),
-            image: Some("registry.example/app:1".into()),
-            ..Container::default()
-        }],
-        ..PodSpec::default()
-    }
-}
-
-fn template(app: &str) -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels(app)),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(pod_spec()),
-    }
-}
-
 /// A Deployment that may never have fewer than `REPLICAS` available pods:
 /// a new pod must be Ready before an old one goes.
 fn deployment(name: &str) -> Deployment {
-    Deployment {
-        metadata: meta(name),
-        spec: Some(DeploymentSpec {
-            replicas: Some(REPLICAS),
-            selector: selector(name),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
-            template: template(name),
-            ..DeploymentSpec::default()
+    let strategy = DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
         }),
-        ..Deployment::default()
-    }
+    };
+    workload::deployment(name, "robot", REPLICAS, Some(strategy))
 }
 
 async fn create_fleet(client: &kube::Client) -> Result<()> {
@@ -112,7 +62,7 @@ async fn create_fleet(client: &kube::Client) -> Result<()> {
             replicas: Some(STATEFUL_REPLICAS),
             selector: selector("db"),
             service_name: Some("db".into()),
-            template: template("db"),
+            template: template("db", "robot"),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
@@ -124,7 +74,7 @@ async fn create_fleet(client: &kube::Client) -> Result<()> {
         metadata: meta("agent"),
         spec: Some(DaemonSetSpec {
             selector: selector("agent"),
-            template: template("agent"),
+            template: template("agent", "robot"),
             ..DaemonSetSpec::default()
         }),
         ..DaemonSet::default()
@@ -137,7 +87,7 @@ async fn create_fleet(client: &kube::Client) -> Result<()> {
             labels: Some(labels("bare")),
             ..meta("bare")
         },
-        spec: Some(pod_spec()),
+        spec: Some(pod_spec("robot")),
         ..Pod::default()
     };
     Api::<Pod>::namespaced(client.clone(), FLEET)

@@ -27,16 +27,14 @@ use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::PrivateKey;
 use ksa_core::rotation::Step;
 use ksa_core::token::{self, Claims, ObjectRef};
-use ksa_tests::bench::{RotationBench, RotationRun};
+use ksa_tests::bench::{RotationBench, RotationRun, patch_each};
 use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
 use ksa_tests::install::CONTROLLER_USER;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
 const FLEET: &str = "fleet";
-/// The controller re-mints 16 at a time; the bare loop does the same.
-const CONCURRENCY: usize = 16;
 
 fn legacy_secret(name: &str, uid: &str, jwt: &str) -> Secret {
     Secret {
@@ -96,30 +94,24 @@ async fn create_secrets(
     Ok(())
 }
 
-/// Patches every fleet Secret once, `CONCURRENCY` at a time, with a value
-/// made in advance: the API server's update rate, no signing. `client` is
-/// the controller's user, so the API server authorizes and audits these
-/// requests as it does the controller's. Returns Secrets per second.
-async fn bare_update_loop(client: &kube::Client, size: usize, filler: &str) -> Result<f64> {
+/// Patches every fleet Secret once, as many at a time as the controller
+/// re-mints, with a value made in advance as long as a token: the API
+/// server's update rate, no signing. The value differs in each `round`: a
+/// patch that changes nothing is not written to etcd, and would flatter
+/// the loop. `client` is the controller's user, so the API server
+/// authorizes and audits these requests as it does the controller's.
+/// Returns Secrets per second.
+async fn bare_update_loop(
+    client: &kube::Client,
+    size: usize,
+    token_len: usize,
+    round: u64,
+) -> Result<f64> {
     let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
-    let patch =
-        json!({"data": {"bench": base64::engine::general_purpose::STANDARD.encode(filler)}});
+    let value = format!("{round:x>token_len$}");
+    let patch = json!({"data": {"bench": base64::engine::general_purpose::STANDARD.encode(value)}});
     let started = Instant::now();
-    futures::stream::iter(0..size)
-        .map(|i| {
-            let (api, patch) = (api.clone(), &patch);
-            async move {
-                api.patch(
-                    &format!("robot-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(patch),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await?;
+    patch_each(&api, (0..size).map(|i| format!("robot-{i}")), &patch).await?;
     Ok(size as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -150,6 +142,22 @@ fn count_writes(client: &kube::Client) -> (WriteCounts, tokio::task::JoinHandle<
         }
     });
     (counts, task)
+}
+
+/// Waits until the watch has seen a write to `size` Secrets.
+async fn wait_written(writes: &WriteCounts, size: usize) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let written = writes.lock().map(|w| w.len()).unwrap_or_default();
+        if written == size {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the bare update loop wrote {written} of {size} Secrets"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The row of one size: the rotation beside the bare loop.
@@ -205,20 +213,18 @@ async fn main() -> Result<()> {
         .metadata
         .uid
         .unwrap_or_default();
-    let filler = "x".repeat(
-        token::mint(
-            &Claims::legacy(
-                FLEET,
-                &ObjectRef {
-                    name: "robot".into(),
-                    uid: uid.clone(),
-                },
-                "robot-0",
-            ),
-            AwsLc::new().signing_key(&key)?.as_ref(),
-        )?
-        .len(),
-    );
+    let token_len = token::mint(
+        &Claims::legacy(
+            FLEET,
+            &ObjectRef {
+                name: "robot".into(),
+                uid: uid.clone(),
+            },
+            "robot-0",
+        ),
+        AwsLc::new().signing_key(&key)?.as_ref(),
+    )?
+    .len();
     let mut rows = Vec::new();
     let mut created = 0;
     for (to, size) in (2u64..).zip(sizes) {
@@ -234,8 +240,9 @@ async fn main() -> Result<()> {
         eprintln!("{size} legacy Secrets in {:.1?}", started.elapsed());
         let (writes, watch) = count_writes(&client);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let bare = bare_update_loop(&as_controller, size, &filler).await?;
+        let bare = bare_update_loop(&as_controller, size, token_len, to).await?;
         eprintln!("bare update loop: {bare:.0} Secrets/s");
+        wait_written(&writes, size).await?;
         // The watch counting writes ran through the bare loop too, so both
         // had its load; the count starts now.
         if let Ok(mut counts) = writes.lock() {
@@ -244,7 +251,8 @@ async fn main() -> Result<()> {
         let run = bench.rotate(to).await;
         watch.abort();
         let counts = writes.lock().map(|w| w.clone()).unwrap_or_default();
-        let row = row(&run?, size, bare, &counts)?;
+        let run = run?;
+        let row = row(&run, size, bare, &counts)?;
         eprintln!("{row}");
         rows.push(row);
     }

@@ -16,19 +16,18 @@
 //!
 //! Prints one JSON object. Usage: ksa-bench-rollout SIZE...
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use ksa_controller::refresh::RESTART_ANNOTATION;
 use ksa_core::rotation::Step;
-use ksa_tests::bench::RotationBench;
+use ksa_tests::bench::{RotationBench, patch_each};
 use ksa_tests::cluster::{create_namespace, create_service_account};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use ksa_tests::workload;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 const FLEET: &str = "fleet";
@@ -40,40 +39,6 @@ const BARE_RESTART: &str = "kubectl.kubernetes.io/restartedAt";
 /// defaults, 20 and 50 requests/s, are raised on clusters of this size).
 const COMPONENT_FLAGS: [&str; 2] = ["--kube-api-qps=100", "--kube-api-burst=200"];
 
-fn deployment(name: &str) -> Deployment {
-    let labels = BTreeMap::from([("app".to_owned(), name.to_owned())]);
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some("robot".into()),
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.example/app:1".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    }
-}
-
 /// Creates Deployments `app-{from}`..`app-{to - 1}`.
 async fn create_deployments(client: &kube::Client, from: usize, to: usize) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
@@ -81,8 +46,8 @@ async fn create_deployments(client: &kube::Client, from: usize, to: usize) -> Re
         .map(|i| {
             let api = api.clone();
             async move {
-                api.create(&PostParams::default(), &deployment(&format!("app-{i}")))
-                    .await
+                let deployment = workload::deployment(&format!("app-{i}"), "robot", 1, None);
+                api.create(&PostParams::default(), &deployment).await
             }
         })
         .buffer_unordered(16)
@@ -136,27 +101,13 @@ async fn wait_rolled_out(client: &kube::Client, size: usize, within: Duration) -
     }
 }
 
-/// Restarts every Deployment as `kubectl rollout restart` does, 16 at a
-/// time, and waits until all have rolled out. Returns the seconds taken.
+/// Restarts every Deployment as `kubectl rollout restart` does, as many
+/// at a time as the controller does, and waits until all have rolled out. Returns the seconds taken.
 async fn bare_restart(client: &kube::Client, size: usize, round: usize) -> Result<f64> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {BARE_RESTART: round.to_string()}}}}});
     let started = Instant::now();
-    futures::stream::iter(0..size)
-        .map(|i| {
-            let (api, patch) = (api.clone(), &patch);
-            async move {
-                api.patch(
-                    &format!("app-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(patch),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    patch_each(&api, (0..size).map(|i| format!("app-{i}")), &patch).await?;
     wait_rolled_out(client, size, Duration::from_secs(1800)).await?;
     Ok(started.elapsed().as_secs_f64())
 }
