@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -337,11 +337,14 @@ impl Bench {
                 step = step.max(*latest);
                 eprintln!("{:>6.1?} rotation to {to}: {step}", started.elapsed());
             }
-            if new_kid.is_none() && step > Step::Generate {
-                new_kid = self
-                    .store
-                    .public_keys()
-                    .await?
+            // The API server restarts during the rotation; a read that
+            // fails is tried again on the next look (the timeout above ends
+            // a failure that lasts).
+            if new_kid.is_none()
+                && step > Step::Generate
+                && let Ok(keys) = self.store.public_keys().await
+            {
+                new_kid = keys
                     .get(&KeyVersion::new(to))
                     .map(|k| k.kid().as_str().to_owned());
             }
@@ -411,9 +414,7 @@ impl Bench {
             }
             Kill::Leader => {
                 let client = &self.scenario.client;
-                let leader = Installation::leader(client)
-                    .await?
-                    .context("no replica holds the leader Lease")?;
+                let leader = current_leader(client).await?;
                 let killed = Instant::now();
                 self.scenario.installation.kill_replica(&leader)?;
                 let lease = Duration::from_secs(self.scenario.installation.lease_seconds);
@@ -608,4 +609,19 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
         "the prober reviewed too little: {stats:?}"
     );
     Ok(())
+}
+
+/// The replica that holds the leader Lease. The API server restarts during
+/// a rotation, so a read that fails is tried again for a while.
+async fn current_leader(client: &kube::Client) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        match Installation::leader(client).await {
+            Ok(Some(holder)) => return Ok(holder),
+            outcome if started.elapsed() > Duration::from_secs(30) => {
+                bail!("no replica holds the leader Lease after 30 s: {outcome:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
