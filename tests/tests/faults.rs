@@ -23,7 +23,7 @@ use ksa_tests::cluster::QuickBackoff;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::{mpsc, watch};
 
 /// Where the many workloads live whose refresh the controller is killed in.
@@ -73,7 +73,9 @@ struct Injected {
 /// The latest counts of a watched kind of object by a key of each.
 type Tally = watch::Receiver<BTreeMap<String, usize>>;
 
-/// Watches every object of `api` and keeps a count of them by `key`.
+/// Watches every object of `api` and keeps a count of them by `key`. Each
+/// event computes the key of one object only, so the counts keep up with a
+/// refresh that writes hundreds of objects a second.
 fn tally<K>(api: Api<K>, key: fn(&K) -> Option<String>) -> (Tally, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -85,18 +87,33 @@ where
         + 'static,
 {
     let (sender, receiver) = watch::channel(BTreeMap::new());
-    let (reader, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, watcher::Config::default()))
-        .backoff(QuickBackoff)
-        .touched_objects();
+    let events = watcher(api, watcher::Config::default()).backoff(QuickBackoff);
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
-        while events.next().await.is_some() {
-            let mut counts = BTreeMap::new();
-            for object in reader.state() {
-                if let Some(key) = key(&object) {
-                    *counts.entry(key).or_insert(0) += 1;
+        // The key of each object by name; a re-list fills `listing`, which
+        // replaces it when the list is done.
+        let mut keys: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut listing = BTreeMap::new();
+        while let Some(event) = events.next().await {
+            let name = |object: &K| object.meta().name.clone().unwrap_or_default();
+            match event {
+                Ok(watcher::Event::Init) => listing.clear(),
+                Ok(watcher::Event::InitApply(object)) => {
+                    listing.insert(name(&object), key(&object));
+                    continue;
                 }
+                Ok(watcher::Event::InitDone) => keys = std::mem::take(&mut listing),
+                Ok(watcher::Event::Apply(object)) => {
+                    keys.insert(name(&object), key(&object));
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    keys.remove(&name(&object));
+                }
+                Err(_) => continue,
+            }
+            let mut counts = BTreeMap::new();
+            for key in keys.values().flatten() {
+                *counts.entry(key.clone()).or_insert(0) += 1;
             }
             sender.send_replace(counts);
         }
