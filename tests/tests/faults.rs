@@ -88,6 +88,7 @@ where
 {
     let (sender, receiver) = watch::channel(BTreeMap::new());
     let events = watcher(api, watcher::Config::default()).backoff(QuickBackoff);
+    let name = |object: &K| object.meta().name.clone().unwrap_or_default();
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         // The key of each object by name; a re-list fills `listing`, which
@@ -95,7 +96,6 @@ where
         let mut keys: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut listing = BTreeMap::new();
         while let Some(event) = events.next().await {
-            let name = |object: &K| object.meta().name.clone().unwrap_or_default();
             match event {
                 Ok(watcher::Event::Init) => listing.clear(),
                 Ok(watcher::Event::InitApply(object)) => {

@@ -6,7 +6,8 @@
 //! pod is Running and Ready, then:
 //!
 //! - times a bare restart of every Deployment (`kubectl rollout restart`,
-//!   16 at a time) until every one has rolled out: the cluster's own limit;
+//!   as many at a time as the controller) until every one has rolled out:
+//!   the cluster's own limit;
 //! - runs a full rotation with the real `ksa-controller` under the
 //!   restart-pods policy and measures how long its RefreshTokens step took
 //!   (from its log), the API requests it made (the audit log), per
@@ -102,7 +103,8 @@ async fn wait_rolled_out(client: &kube::Client, size: usize, within: Duration) -
 }
 
 /// Restarts every Deployment as `kubectl rollout restart` does, as many
-/// at a time as the controller does, and waits until all have rolled out. Returns the seconds taken.
+/// at a time as the controller does, and waits until all have rolled out.
+/// Returns the seconds taken.
 async fn bare_restart(client: &kube::Client, size: usize, round: usize) -> Result<f64> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), FLEET);
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {BARE_RESTART: round.to_string()}}}}});
