@@ -7,11 +7,15 @@
 //! - [`cluster`]: the user cluster and what its API servers do.
 //! - [`refresh`]: legacy and bound token refresh.
 //! - [`lock`]: the cluster operation lock.
+//! - [`admission`]: the admission policies that hold the controller's writes
+//!   to what a rotation needs.
 //! - [`signer`]: the KEP-740 external signer (`ksa-controller signer`).
 
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod error;
+pub mod grants;
 pub mod keystore;
 pub mod lock;
 pub mod reconcile;

@@ -23,6 +23,7 @@ use crate::api::KSASigningKeyRotation;
 
 pub const NAMESPACE: &str = "ksa-system";
 const RBAC: &str = "rbac.authorization.k8s.io/v1";
+const ADMISSION: &str = "admissionregistration.k8s.io/v1";
 const NAME: &str = "ksa-controller";
 /// The port of `/metrics`, `/healthz`, `/readyz` and the JWKS.
 pub const HTTP_PORT: i32 = 8080;
@@ -50,17 +51,13 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the controller does across the cluster, and the least it needs for
-/// it. Bound by a ClusterRoleBinding. Its keys, JWKS and locks live in the
-/// namespaces of its rotations ([`rotation_role`]), its leader Lease in its
-/// own ([`leases_role`]), its probe account in kube-system
-/// ([`probe_role`]): each bound there only.
-///
-/// Re-minting legacy token Secrets takes `list` and `patch` on Secrets in
-/// every namespace: RBAC cannot grant them by Secret type, so this is the
-/// one broad grant (kube-controller-manager's token controller has the
-/// same). No `get`, `create` or `delete` of Secrets outside its own
-/// namespaces.
+/// What every rotation needs across the cluster: its own resources,
+/// Events, and the API server instances. Bound by a ClusterRoleBinding,
+/// beside [`legacy_tokens_role`] and the role of each token refresh policy
+/// the rotations use ([`restart_pods_role`], [`recreate_nodes_role`]). Its
+/// keys, JWKS and locks live in the namespaces of its rotations
+/// ([`rotation_role`]), its leader Lease in its own ([`leases_role`]), its
+/// probe account in kube-system ([`probe_role`]): each bound there only.
 pub fn cluster_role() -> ClusterRole {
     cluster_role_named(
         NAME,
@@ -76,20 +73,9 @@ pub fn cluster_role() -> ClusterRole {
                 &["ksasigningkeyrotations/status"],
                 &["get", "patch", "update"],
             ),
-            // Legacy token Secrets, re-minted in RefreshTokens.
-            rule(&[""], &["secrets"], &["list", "patch"]),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
             // Every API server instance.
             rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
-            // Bound-token refresh: restart-pods and recreate-nodes.
-            rule(&[""], &["pods"], &["list"]),
-            rule(&[""], &["pods/eviction"], &["create"]),
-            rule(
-                &["apps"],
-                &["deployments", "statefulsets", "daemonsets"],
-                &["list", "patch"],
-            ),
-            rule(&[""], &["nodes"], &["list", "patch", "delete"]),
             PolicyRule {
                 non_resource_urls: Some(vec![
                     "/openid/v1/jwks".to_owned(),
@@ -101,6 +87,59 @@ pub fn cluster_role() -> ClusterRole {
         ],
     )
 }
+
+/// Re-minting legacy token Secrets in RefreshTokens, which every rotation
+/// does: `list` and `patch` of Secrets in every namespace. This is the one
+/// grant RBAC cannot narrow: it cannot select Secrets by type, and the
+/// names of legacy token Secrets are not known in advance (the token
+/// controller of kube-controller-manager holds the same). No `get`,
+/// `watch`, `create` or `delete` of Secrets outside its own namespaces, and
+/// the admission guards ([`crate::admission`]) let a `patch` change only
+/// `data.token` of a `kubernetes.io/service-account-token` Secret.
+pub fn legacy_tokens_role() -> ClusterRole {
+    cluster_role_named(
+        LEGACY_TOKENS_ROLE,
+        vec![rule(&[""], &["secrets"], &["list", "patch"])],
+    )
+}
+
+/// The `restart-pods` token refresh policy (the default): restart the pod
+/// templates of Deployments, StatefulSets and DaemonSets and evict other
+/// pods. Bind it only when a rotation uses that policy; the admission
+/// guards let a workload `patch` only set the restart annotation.
+pub fn restart_pods_role() -> ClusterRole {
+    cluster_role_named(
+        RESTART_PODS_ROLE,
+        vec![
+            rule(&[""], &["pods"], &["list"]),
+            rule(&[""], &["pods/eviction"], &["create"]),
+            rule(
+                &["apps"],
+                &["deployments", "statefulsets", "daemonsets"],
+                &["list", "patch"],
+            ),
+        ],
+    )
+}
+
+/// The `recreate-nodes` token refresh policy: cordon each node, evict its
+/// pods and delete it for the infrastructure to replace. Bind it only when
+/// a rotation uses that policy; the admission guards let a node `patch`
+/// only cordon it, and a `delete` only remove a cordoned node.
+pub fn recreate_nodes_role() -> ClusterRole {
+    cluster_role_named(
+        RECREATE_NODES_ROLE,
+        vec![
+            rule(&[""], &["nodes"], &["list", "patch", "delete"]),
+            rule(&[""], &["pods"], &["list"]),
+            rule(&[""], &["pods/eviction"], &["create"]),
+        ],
+    )
+}
+
+pub const LEGACY_TOKENS_ROLE: &str = "ksa-controller-legacy-tokens";
+pub const RESTART_PODS_ROLE: &str = "ksa-controller-restart-pods";
+pub const RECREATE_NODES_ROLE: &str = "ksa-controller-recreate-nodes";
 
 /// Bind with a RoleBinding in each namespace that holds
 /// KSASigningKeyRotations: the key Secrets, the API server key Secret, the
@@ -303,6 +342,26 @@ fn yaml<T: serde::Serialize>(kind_and_version: (&str, &str), object: &T) -> Stri
     serde_yaml::to_string(&value).unwrap_or_default()
 }
 
+/// The controller's user name when it runs with the ServiceAccount of
+/// `deploy/`: the name the admission guards match.
+pub fn service_account_user() -> String {
+    format!("system:serviceaccount:{NAMESPACE}:{NAME}")
+}
+
+/// A ClusterRoleBinding of ClusterRole `role` (bound under the same name)
+/// to `subject`.
+pub fn cluster_role_binding(role: &str, subject: Subject) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(role, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: role.to_owned(),
+        },
+        subjects: Some(vec![subject]),
+    }
+}
+
 /// Every file of `deploy/`, by name.
 pub fn render() -> BTreeMap<&'static str, String> {
     let header =
@@ -316,20 +375,6 @@ pub fn render() -> BTreeMap<&'static str, String> {
         metadata: meta(NAME, Some(NAMESPACE)),
         ..ServiceAccount::default()
     };
-    let binding = ClusterRoleBinding {
-        metadata: meta(NAME, None),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "ClusterRole".to_owned(),
-            name: NAME.to_owned(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: NAME.to_owned(),
-            namespace: Some(NAMESPACE.to_owned()),
-            ..Subject::default()
-        }]),
-    };
     let subject = Subject {
         kind: "ServiceAccount".to_owned(),
         name: NAME.to_owned(),
@@ -337,12 +382,20 @@ pub fn render() -> BTreeMap<&'static str, String> {
         ..Subject::default()
     };
     let cluster_role_yaml = |role: &ClusterRole| yaml(("ClusterRole", RBAC), role);
+    let cluster_binding_yaml = |role: &str| {
+        yaml(
+            ("ClusterRoleBinding", RBAC),
+            &cluster_role_binding(role, subject.clone()),
+        )
+    };
     let binding_yaml = |binding: &RoleBinding| yaml(("RoleBinding", RBAC), binding);
     let controller = [
         yaml(("Namespace", "v1"), &namespace),
         yaml(("ServiceAccount", "v1"), &account),
         cluster_role_yaml(&cluster_role()),
-        yaml(("ClusterRoleBinding", RBAC), &binding),
+        cluster_binding_yaml(NAME),
+        cluster_role_yaml(&legacy_tokens_role()),
+        cluster_binding_yaml(LEGACY_TOKENS_ROLE),
         cluster_role_yaml(&rotation_role()),
         cluster_role_yaml(&leases_role()),
         binding_yaml(&role_binding(LEASES_ROLE, NAMESPACE, subject.clone())),
@@ -352,18 +405,57 @@ pub fn render() -> BTreeMap<&'static str, String> {
         yaml(("Service", "v1"), &service()),
     ]
     .join("---\n");
+    let policy_role = |role: &ClusterRole, policy: &str| {
+        let name = role.metadata.name.clone().unwrap_or_default();
+        format!(
+            "{header}# Apply when a rotation uses tokenRefresh.policy {policy}.\n{}---\n{}",
+            cluster_role_yaml(role),
+            cluster_binding_yaml(&name)
+        )
+    };
+    let admission = crate::admission::guards(&service_account_user())
+        .iter()
+        .flat_map(|guard| {
+            [
+                yaml(("ValidatingAdmissionPolicy", ADMISSION), &guard.policy),
+                yaml(
+                    ("ValidatingAdmissionPolicyBinding", ADMISSION),
+                    &guard.binding,
+                ),
+            ]
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
     // The namespace is left for `kubectl apply -n` to give.
-    let mut rotation_binding = role_binding(ROTATION_ROLE, "", subject);
+    let mut rotation_binding = role_binding(ROTATION_ROLE, "", subject.clone());
     rotation_binding.metadata.namespace = None;
     let rotation_binding = format!(
-        "{header}# Apply in each namespace that holds KSASigningKeyRotations:\n\
-         # kubectl apply -n <namespace> -f rotation-rbac.yaml\n{}",
-        binding_yaml(&rotation_binding)
+        "{header}# Apply in each namespace that holds KSASigningKeyRotations, and label it:\n\
+         # kubectl apply -n <namespace> -f rotation-rbac.yaml\n\
+         # kubectl label namespace <namespace> {label}=enabled\n{}",
+        binding_yaml(&rotation_binding),
+        label = crate::admission::ROTATION_NAMESPACE_LABEL,
     );
     BTreeMap::from([
         ("crd.yaml", format!("{header}{crd}")),
         ("rotation-rbac.yaml", rotation_binding),
         ("controller.yaml", format!("{header}{controller}")),
+        (
+            "refresh-restart-pods.yaml",
+            policy_role(&restart_pods_role(), "restart-pods (the default)"),
+        ),
+        (
+            "refresh-recreate-nodes.yaml",
+            policy_role(&recreate_nodes_role(), "recreate-nodes"),
+        ),
+        (
+            "admission-policies.yaml",
+            format!(
+                "{header}# Kubernetes 1.30 or later. Holds the controller's writes outside the namespaces\n\
+                 # labelled {label} to what a rotation needs.\n{admission}",
+                label = crate::admission::ROTATION_NAMESPACE_LABEL,
+            ),
+        ),
         (
             "signer-rbac.yaml",
             format!(

@@ -170,6 +170,20 @@ impl Rotation<'_> {
         target: KeyVersion,
         now: Timestamp,
     ) -> Result<Option<RotationState>> {
+        let missing =
+            crate::grants::missing(&self.cluster.client, &self.policy.bound_token_refresh).await?;
+        if !missing.is_empty() {
+            let refusal = missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.write_status(state, Some(format!("refused: {refusal}")))
+                .await?;
+            self.event(EventType::Warning, "MissingGrant", refusal)
+                .await;
+            return Ok(None);
+        }
         let lock = lock::observe(&self.ctx.client, &self.namespace, &self.name).await?;
         let request = StartRequest {
             target,

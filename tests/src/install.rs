@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksa_controller::api::KSASigningKeyRotation;
 use ksa_controller::keystore::KeyStore;
 use ksa_core::KeyVersion;
 use ksa_core::key::PrivateKey;
 use kube::CustomResourceExt as _;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 
 /// A built binary of this workspace (`ksa`, `ksa-controller`), found beside
 /// the test executable.
@@ -213,41 +213,43 @@ impl Drop for Installation {
 }
 
 /// The controller's permissions, exactly as deploy/ grants them, to the
-/// user its client certificate names: the ClusterRole bound cluster-wide,
-/// the rotation role in `namespace`, the leases role in the leader
-/// namespace (`default` here) and the probe role in kube-system.
+/// user its client certificate names: the ClusterRoles every rotation needs
+/// and the restart-pods policy's (the default, which the tests use), bound
+/// cluster-wide; the rotation role in `namespace`, labelled as a namespace
+/// that holds rotations; the leases role in the leader namespace (`default`
+/// here) and the probe role in kube-system; and the admission guards for
+/// that user.
 async fn grant_controller(client: &kube::Client, namespace: &str) -> Result<()> {
     use ksa_controller::manifests::{
-        LEASES_ROLE, PROBE_ROLE, ROTATION_ROLE, cluster_role, leases_role, probe_role,
-        role_binding, rotation_role,
+        LEASES_ROLE, LEGACY_TOKENS_ROLE, PROBE_ROLE, RESTART_PODS_ROLE, ROTATION_ROLE,
+        cluster_role, cluster_role_binding, leases_role, legacy_tokens_role, probe_role,
+        recreate_nodes_role, restart_pods_role, role_binding, rotation_role,
     };
     let apply = PatchParams::apply("ksa-e2e").force();
     let roles: Api<ClusterRole> = Api::all(client.clone());
-    for role in [cluster_role(), rotation_role(), leases_role(), probe_role()] {
+    for role in [
+        cluster_role(),
+        legacy_tokens_role(),
+        restart_pods_role(),
+        recreate_nodes_role(),
+        rotation_role(),
+        leases_role(),
+        probe_role(),
+    ] {
         let name = role.metadata.name.clone().unwrap_or_default();
         roles.patch(&name, &apply, &Patch::Apply(role)).await?;
     }
-    let user = Subject {
-        api_group: Some("rbac.authorization.k8s.io".into()),
-        kind: "User".into(),
-        name: CONTROLLER_USER.into(),
-        ..Subject::default()
-    };
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some("ksa-controller".into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: "ksa-controller".into(),
-        },
-        subjects: Some(vec![user.clone()]),
-    };
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .patch("ksa-controller", &apply, &Patch::Apply(binding))
-        .await?;
+    let user = controller_subject();
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    for role in ["ksa-controller", LEGACY_TOKENS_ROLE, RESTART_PODS_ROLE] {
+        bindings
+            .patch(
+                role,
+                &apply,
+                &Patch::Apply(cluster_role_binding(role, user.clone())),
+            )
+            .await?;
+    }
     for (role, place) in [
         (ROTATION_ROLE, namespace),
         (LEASES_ROLE, "default"),
@@ -260,6 +262,69 @@ async fn grant_controller(client: &kube::Client, namespace: &str) -> Result<()> 
                 &Patch::Apply(role_binding(role, place, user.clone())),
             )
             .await?;
+    }
+    label_rotation_namespace(client, namespace).await?;
+    install_admission_guards(client, CONTROLLER_USER).await
+}
+
+/// The controller's user as an RBAC subject.
+pub fn controller_subject() -> Subject {
+    Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "User".into(),
+        name: CONTROLLER_USER.into(),
+        ..Subject::default()
+    }
+}
+
+/// Binds the recreate-nodes policy's ClusterRole to the controller, as an
+/// operator does for a rotation with that policy.
+pub async fn grant_recreate_nodes(client: &kube::Client) -> Result<()> {
+    use ksa_controller::manifests::{RECREATE_NODES_ROLE, cluster_role_binding};
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(
+            RECREATE_NODES_ROLE,
+            &PatchParams::apply("ksa-e2e").force(),
+            &Patch::Apply(cluster_role_binding(
+                RECREATE_NODES_ROLE,
+                controller_subject(),
+            )),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks `namespace` as one that holds rotations, where the admission
+/// guards leave the controller's own objects to it.
+async fn label_rotation_namespace(client: &kube::Client, namespace: &str) -> Result<()> {
+    let label = serde_json::json!({"metadata": {"labels": {
+        ksa_controller::admission::ROTATION_NAMESPACE_LABEL: "enabled"
+    }}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&label))
+        .await?;
+    Ok(())
+}
+
+/// The admission guards of `deploy/admission-policies.yaml`, for the user
+/// the controller authenticates as.
+pub async fn install_admission_guards(client: &kube::Client, user: &str) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let apply = PatchParams::apply("ksa-e2e").force();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for guard in ksa_controller::admission::guards(user) {
+        let name = guard.policy.metadata.name.clone().unwrap_or_default();
+        policies
+            .patch(&name, &apply, &Patch::Apply(&guard.policy))
+            .await
+            .with_context(|| format!("installing admission policy {name}"))?;
+        bindings
+            .patch(&name, &apply, &Patch::Apply(&guard.binding))
+            .await
+            .with_context(|| format!("installing admission policy binding {name}"))?;
     }
     Ok(())
 }

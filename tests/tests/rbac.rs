@@ -96,11 +96,16 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
             "kube-system",
             "ksa-rotation-probe",
         ),
+        // The restart-pods policy's role (the default policy), bound.
         ("patch", "apps", "deployments", "apps", "web"),
         ("create", "", "pods/eviction", "apps", "web-1"),
         ("list", "discovery.k8s.io", "endpointslices", "default", ""),
     ];
-    let forbidden: [Request; 19] = [
+    let forbidden: [Request; 21] = [
+        // The recreate-nodes policy's role is not bound: no rotation here
+        // uses it.
+        ("patch", "", "nodes", "", "node-1"),
+        ("delete", "", "nodes", "", "node-1"),
         // Secrets it has no business with: no reading one by name, no
         // watching them all, no creating or deleting outside its namespace.
         (
@@ -183,5 +188,17 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Bound when a rotation uses recreate-nodes, as README says.
+    ksa_tests::install::grant_recreate_nodes(&client).await?;
+    for request in [
+        ("patch", "", "nodes", "", "node-1"),
+        ("delete", "", "nodes", "", "node-1"),
+    ] {
+        assert!(
+            allowed(&client, request).await?,
+            "recreate-nodes bound, yet denied: {request:?}"
+        );
+    }
     Ok(())
 }
