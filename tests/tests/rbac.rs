@@ -202,3 +202,88 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
     }
     Ok(())
 }
+
+/// A rotation whose token refresh policy needs a ClusterRole that is not
+/// bound is refused before anything changes, naming the role and the file
+/// that binds it; once bound, the rotation starts.
+#[tokio::test]
+async fn a_rotation_without_its_policys_role_is_refused_before_it_starts() -> Result<()> {
+    use ksa_controller::api::{
+        KSASigningKeyRotation, RotationSpec, TokenRefreshPolicy, TokenRefreshSpec,
+    };
+    use std::time::{Duration, Instant};
+
+    let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
+    let client = plane.client().await?;
+    let mut installation =
+        Installation::install(&client, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
+    installation.start_controller(&plane.controller_kubeconfig_path())?;
+    let rotations: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), ROTATIONS);
+    let rotation = KSASigningKeyRotation::new(
+        ROTATIONS,
+        RotationSpec {
+            key_version: 2,
+            cluster: None,
+            key: Default::default(),
+            rollout: Default::default(),
+            token_refresh: TokenRefreshSpec {
+                policy: TokenRefreshPolicy::RecreateNodes,
+                max_token_seconds: 3600,
+            },
+            trust_lead_time_seconds: 0,
+        },
+    );
+    rotations.create(&PostParams::default(), &rotation).await?;
+
+    let waiting_for = || async {
+        anyhow::Ok(
+            rotations
+                .get(ROTATIONS)
+                .await?
+                .status
+                .and_then(|s| s.waiting_for)
+                .unwrap_or_default(),
+        )
+    };
+    let started = Instant::now();
+    let mut seen = waiting_for().await?;
+    while !seen.contains("refused") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rotation was not refused within 60 s; status says {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        seen = waiting_for().await?;
+    }
+    assert_eq!(
+        seen,
+        "refused: ClusterRole ksa-controller-recreate-nodes is not bound to the controller \
+         (kubectl apply -f deploy/refresh-recreate-nodes.yaml)"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), ROTATIONS);
+    assert!(
+        secrets
+            .get_opt(&format!("{ROTATIONS}-signing-key-v2"))
+            .await?
+            .is_none(),
+        "a refused rotation generated a key"
+    );
+
+    ksa_tests::install::grant_recreate_nodes(&client).await?;
+    let started = Instant::now();
+    while secrets
+        .get_opt(&format!("{ROTATIONS}-signing-key-v2"))
+        .await?
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rotation did not start within 60 s of its role being bound; status says {:?}",
+            waiting_for().await?
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
