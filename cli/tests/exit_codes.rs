@@ -47,7 +47,15 @@ fn into_closed_pipe(args: &[&str]) -> common::Run {
 
 fn verify_args<'a>(token: &'a str, jwks: &'a str, output: &'a str) -> Vec<&'a str> {
     vec![
-        "token", "verify", token, "--jwks", jwks, "--at", "1800000000", "-o", output,
+        "token",
+        "verify",
+        token,
+        "--jwks",
+        jwks,
+        "--at",
+        "1800000000",
+        "-o",
+        output,
     ]
 }
 

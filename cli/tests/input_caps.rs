@@ -19,13 +19,37 @@ const READERS: [&[&str]; 6] = [
     &["token", "verify", TOKEN, "--public-key", "FILE"],
     &["keys", "jwks", "FILE"],
     &[
-        "token", "mint", "--key", "FILE", "legacy", "--namespace", "a", "--service-account", "b",
-        "--uid", "c", "--secret", "d",
+        "token",
+        "mint",
+        "--key",
+        "FILE",
+        "legacy",
+        "--namespace",
+        "a",
+        "--service-account",
+        "b",
+        "--uid",
+        "c",
+        "--secret",
+        "d",
     ],
-    &["update", "credentials", "ksa-signing-key", "status", "--config", "FILE"],
     &[
-        "update", "credentials", "ksa-signing-key", "status", "--config", "CONFIG",
-        "--kubeconfig", "FILE",
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "status",
+        "--config",
+        "FILE",
+    ],
+    &[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "status",
+        "--config",
+        "CONFIG",
+        "--kubeconfig",
+        "FILE",
     ],
 ];
 
@@ -50,7 +74,8 @@ fn refuses_within_seconds(file: &str) {
         let out = run(&mut ksa(&args), DEADLINE);
         assert_eq!(out.code, BAD_INPUT, "{args:?}: {out:?}");
         assert!(
-            out.stderr.contains(&format!("{file} holds more than 1048576 bytes")),
+            out.stderr
+                .contains(&format!("{file} holds more than 1048576 bytes")),
             "{args:?}: {out:?}"
         );
         assert!(out.took < Duration::from_secs(10), "{args:?}: {out:?}");

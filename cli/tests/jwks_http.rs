@@ -90,13 +90,21 @@ fn ok(body: &str) -> String {
 }
 
 fn redirect(location: &str) -> String {
-    format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    format!(
+        "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
 }
 
 fn verify(url: &str) -> common::Run {
     let token = valid_token();
     let mut command = ksa(&[
-        "token", "verify", &token, "--jwks", url, "--at", "1800000000",
+        "token",
+        "verify",
+        &token,
+        "--jwks",
+        url,
+        "--at",
+        "1800000000",
     ]);
     // Shorter than the default 30 s, for the test only.
     command.env("KSA_HTTP_TIMEOUT_SECONDS", "3");
@@ -155,10 +163,7 @@ fn endless_redirects_stop() {
 
 #[test]
 fn an_oversize_body_is_refused() {
-    let huge = format!(
-        r#"{{"keys":[],"pad":"{}"}}"#,
-        "a".repeat(2 * 1024 * 1024)
-    );
+    let huge = format!(r#"{{"keys":[],"pad":"{}"}}"#, "a".repeat(2 * 1024 * 1024));
     let server = serve(move |_| Some(ok(&huge)));
     let out = verify(&format!("http://127.0.0.1:{}/jwks", server.port));
     assert_eq!(out.code, CANNOT_CHECK, "{out:?}");

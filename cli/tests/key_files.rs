@@ -68,7 +68,10 @@ fn without_force_a_symlink_is_refused_and_its_target_untouched() {
     let out = generate(dir.path(), false);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("pass --force"), "{out:?}");
-    assert!(!victim.exists(), "nothing is written through a dangling symlink");
+    assert!(
+        !victim.exists(),
+        "nothing is written through a dangling symlink"
+    );
     assert!(!dir.path().join("sa.pub").exists(), "no half pair");
 }
 
@@ -91,7 +94,10 @@ fn an_existing_file_is_refused_without_force_and_kept() {
     std::fs::write(dir.path().join("sa.pub"), "old\n").expect("written");
     let out = generate(dir.path(), false);
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("sa.pub exists; pass --force"), "{out:?}");
+    assert!(
+        out.stderr.contains("sa.pub exists; pass --force"),
+        "{out:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("sa.pub")).expect("kept"),
         "old\n"

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ksa_core::KeyId;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::{Jwk, Jwks};
 use ksa_core::key::{KeySpec, PrivateKey, parse_pem};
@@ -77,10 +76,7 @@ fn extreme_times_never_panic() {
             let at = format!("--at={at}");
             for output in ["text", "json"] {
                 let out = verify(&token, &good_jwks(), &[&at, "-o", output]);
-                assert!(
-                    matches!(out.code, Some(0 | 1)),
-                    "exp {exp} {at}: {out:?}"
-                );
+                assert!(matches!(out.code, Some(0 | 1)), "exp {exp} {at}: {out:?}");
                 assert!(!out.stderr.contains("panicked"), "exp {exp} {at}: {out:?}");
             }
         }
@@ -140,10 +136,11 @@ fn crit_in_any_form_is_refused() {
 
 #[test]
 fn bytes_that_are_not_utf8_are_refused() {
-    let mut header = format!(r#"{{"alg":"RS256","kid":"{}","x":""#, test_key().kid()).into_bytes();
-    header.extend_from_slice(b"\xff\xfe\"}");
+    let mut bad_header =
+        format!(r#"{{"alg":"RS256","kid":"{}","x":""#, test_key().kid()).into_bytes();
+    bad_header.extend_from_slice(b"\xff\xfe\"}");
     let claims = br#"{"iss":"x","sub":"y","exp":4000000000}"#;
-    let token = signed(&header, claims);
+    let token = signed(&bad_header, claims);
     let out = verify(&token, &good_jwks(), &["--at", "1800000000"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("UTF-8"), "{out:?}");
@@ -171,7 +168,10 @@ fn claims_cannot_forge_output_lines() {
     assert!(!out.stdout.contains('\u{1b}'), "{out:?}");
     assert!(!out.stdout.contains('\r'), "{out:?}");
     assert!(!out.stdout.contains('\u{202e}'), "{out:?}");
-    assert!(out.stdout.contains(r"\n  issuer:"), "shown escaped: {out:?}");
+    assert!(
+        out.stdout.contains(r"\n  issuer:"),
+        "shown escaped: {out:?}"
+    );
 }
 
 #[test]

@@ -41,7 +41,11 @@ fn backends() -> [Box<dyn CryptoBackend>; 2] {
 }
 
 fn key_set(backend: &dyn CryptoBackend) -> KeySet {
-    KeySet::new([TrustedKey::derived(test_key().public_key().clone())], backend).expect("set")
+    KeySet::new(
+        [TrustedKey::derived(test_key().public_key().clone())],
+        backend,
+    )
+    .expect("set")
 }
 
 const CLAIMS: &str = r#"{"iss":"x","sub":"y","exp":4000000000}"#;
@@ -51,7 +55,10 @@ fn crit_in_any_form_is_refused() {
     for backend in backends() {
         let set = key_set(backend.as_ref());
         for crit in ["null", "[]", "{}", "\"exp\"", "[\"exp\"]", "0", "false"] {
-            let header = format!(r#"{{"alg":"RS256","kid":"{}","crit":{crit}}}"#, test_key().kid());
+            let header = format!(
+                r#"{{"alg":"RS256","kid":"{}","crit":{crit}}}"#,
+                test_key().kid()
+            );
             let token = signed(header.as_bytes(), CLAIMS.as_bytes());
             assert_eq!(
                 token::verify(&token, &set, &Expectations::at(0)).map(|_| ()),
@@ -65,7 +72,8 @@ fn crit_in_any_form_is_refused() {
 #[test]
 fn header_and_claims_must_be_utf8() {
     let set = key_set(&AwsLc::new());
-    let mut bad_header = format!(r#"{{"alg":"RS256","kid":"{}","x":""#, test_key().kid()).into_bytes();
+    let mut bad_header =
+        format!(r#"{{"alg":"RS256","kid":"{}","x":""#, test_key().kid()).into_bytes();
     bad_header.extend_from_slice(b"\xff\"}");
     let token = signed(&bad_header, CLAIMS.as_bytes());
     assert_eq!(
@@ -156,8 +164,8 @@ fn a_token_that_never_expires_is_refused_unless_allowed() {
         Err(TokenError::NoExpiry)
     );
     assert_eq!(TokenError::NoExpiry.kind(), "no_expiry");
-    let verified = token::verify_with(&token, &set, &Expectations::at(0), NoExpiry::Allow)
-        .expect("allowed");
+    let verified =
+        token::verify_with(&token, &set, &Expectations::at(0), NoExpiry::Allow).expect("allowed");
     assert_eq!(verified.claims.exp, None);
 }
 
@@ -180,7 +188,10 @@ fn a_key_the_backend_refuses_is_skipped_and_named() {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].kid.as_str(), "off-the-curve");
         assert!(
-            matches!(refused[0].error, KeyError::Rejected(_) | KeyError::BadEcPoint),
+            matches!(
+                refused[0].error,
+                KeyError::Rejected(_) | KeyError::BadEcPoint
+            ),
             "{:?}",
             refused[0].error
         );

@@ -2,7 +2,6 @@
 //! input can fail but never hang.
 #![allow(dead_code, reason = "each test file uses a part")]
 
-use std::io::Read as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
