@@ -10,7 +10,10 @@ Exit codes:
   0  done (for `token verify`: the token is valid)
   1  failed (for `token verify`: the token is not valid)
   2  usage error or bad input
-  3  refused: another key rotation or cluster operation is in progress";
+  3  refused: another key rotation or cluster operation is in progress
+  4  could not check (for `token verify`: a --jwks URL could not be fetched
+     or held no JWKS, no trusted key could be loaded, or the result could not
+     be written); nothing is known about the token";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -187,10 +190,11 @@ pub enum KeysCommand {
         /// RSA modulus size: 2048, 3072 or 4096.
         #[arg(long)]
         bits: Option<u32>,
-        /// Directory to write sa.key and sa.pub into.
+        /// Directory to write sa.key and sa.pub into; created 0700 when
+        /// missing.
         #[arg(long)]
         out: PathBuf,
-        /// Replace existing files.
+        /// Replace existing files (a symlink is replaced, never followed).
         #[arg(long)]
         force: bool,
     },
@@ -211,7 +215,8 @@ pub enum TokenCommand {
         /// The token, or - for stdin.
         token: Option<String>,
     },
-    /// Verify a token against keys; exit 0 when valid, 1 when not.
+    /// Verify a token against keys; exit 0 when valid, 1 when not, 4 when it
+    /// could not be checked.
     #[command(after_help = concat!(
         "Examples:\n",
         "  kubectl get --raw /openid/v1/jwks > jwks.json\n",
@@ -221,7 +226,9 @@ pub enum TokenCommand {
     Verify {
         /// The token, or - for stdin.
         token: Option<String>,
-        /// A JWKS file or http(s) URL.
+        /// A JWKS file or http(s) URL. A URL gets 10 s to connect and 30 s
+        /// in all, at most 1 MiB, and redirects only within its own scheme,
+        /// host and port; when it cannot be fetched, ksa exits 4.
         #[arg(long)]
         jwks: Vec<String>,
         /// A PEM file of public (or private) keys.
@@ -236,6 +243,10 @@ pub enum TokenCommand {
         /// Verify as of this time: RFC 3339 or seconds since the epoch.
         #[arg(long)]
         at: Option<String>,
+        /// Accept a token with no exp claim that is not a legacy token (it
+        /// would be valid forever); refused by default.
+        #[arg(long)]
+        allow_no_exp: bool,
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },

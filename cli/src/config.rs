@@ -72,15 +72,14 @@ impl UserClusterConfig {
             path: path.display().to_string(),
             detail,
         };
-        let size = std::fs::metadata(path)
-            .map_err(|e| read_error(e.to_string()))?
-            .len();
-        if size > MAX_CONFIG_BYTES {
-            return Err(read_error(format!(
-                "{size} bytes; a user cluster config is at most {MAX_CONFIG_BYTES}"
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
+        let bytes = crate::input::read_limited(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+            crate::input::InputError::Read { source, .. } => read_error(source.to_string()),
+            too_large @ crate::input::InputError::TooLarge { .. } => {
+                read_error(too_large.to_string())
+            }
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| read_error("not UTF-8 text; a user cluster config is YAML".into()))?;
         UserClusterConfig::parse(&text).map_err(|e| match e {
             ConfigError::Yaml { detail, .. } => ConfigError::Yaml {
                 path: path.display().to_string(),

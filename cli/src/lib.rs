@@ -9,6 +9,8 @@
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod fetch;
+pub mod input;
 pub mod kubeadm;
 mod output;
 
@@ -17,9 +19,13 @@ use std::process::ExitCode;
 /// Exit codes, as `--help` documents them.
 pub mod exit {
     pub const DONE: u8 = 0;
+    /// Also: `token verify` found the token invalid.
     pub const FAILED: u8 = 1;
     pub const BAD_INPUT: u8 = 2;
     pub const BUSY: u8 = 3;
+    /// The check could not be made (a JWKS URL could not be fetched or
+    /// used) or its result could not be written: nothing is known.
+    pub const CANNOT_CHECK: u8 = 4;
 }
 
 /// An error with the exit code it maps to.
@@ -33,6 +39,13 @@ impl Failure {
     pub fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
         Failure {
             code: exit::BAD_INPUT,
+            error: error.into(),
+        }
+    }
+
+    pub fn cannot_check(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: exit::CANNOT_CHECK,
             error: error.into(),
         }
     }
@@ -102,8 +115,9 @@ pub fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            if output::is_broken_pipe(&failure.error) {
-                return ExitCode::from(exit::DONE);
+            // Nothing more can be shown; the code stays what it was.
+            if output::is_stdout_closed(&failure.error) {
+                return ExitCode::from(failure.code);
             }
             eprintln!("error: {}", output::chain(&failure.error));
             ExitCode::from(failure.code)

@@ -54,7 +54,15 @@ impl fmt::Debug for KeySet {
     }
 }
 
+/// A key that a crypto backend would not load, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RefusedKey {
+    pub kid: KeyId,
+    pub error: KeyError,
+}
+
 impl KeySet {
+    /// Loads every key, or fails on the first one the backend refuses.
     pub fn new(
         keys: impl IntoIterator<Item = TrustedKey>,
         backend: &dyn CryptoBackend,
@@ -67,6 +75,27 @@ impl KeySet {
             })
             .collect::<Result<_, KeyError>>()?;
         Ok(KeySet { keys })
+    }
+
+    /// Loads the keys the backend accepts and returns the others with the
+    /// reason, so that one bad key in a published JWKS does not make every
+    /// other key unusable. The caller should say which keys were refused.
+    pub fn load_usable(
+        keys: impl IntoIterator<Item = TrustedKey>,
+        backend: &dyn CryptoBackend,
+    ) -> (KeySet, Vec<RefusedKey>) {
+        let mut loaded = Vec::new();
+        let mut refused = Vec::new();
+        for trusted in keys {
+            match backend.verifying_key(&trusted.key) {
+                Ok(verifier) => loaded.push(LoadedKey { trusted, verifier }),
+                Err(error) => refused.push(RefusedKey {
+                    kid: trusted.kid,
+                    error,
+                }),
+            }
+        }
+        (KeySet { keys: loaded }, refused)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -5,11 +5,10 @@ pub(crate) mod rotation;
 mod status;
 mod token;
 
-use std::io::{IsTerminal as _, Read as _};
-
-use anyhow::Context as _;
+use std::io::IsTerminal as _;
 
 use crate::args::{Cli, Command, CredentialsCommand, UpdateCommand};
+use crate::output::{StdoutClosed, is_stdout_closed};
 use crate::{Failure, Outcome};
 
 pub fn run(cli: Cli) -> Outcome {
@@ -30,15 +29,18 @@ pub fn run(cli: Cli) -> Outcome {
             Ok(crate::exit::DONE)
         }
         Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics when its
+            // writer fails, as stdout does when closed.
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "ksa", &mut std::io::stdout());
-            Ok(crate::exit::DONE)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ksa", &mut script);
+            finish(&String::from_utf8_lossy(&script))
         }
     }
 }
 
 /// Largest input read from an argument, a file or stdin.
-const MAX_INPUT: u64 = ksa_core::MAX_INPUT_BYTES as u64;
+pub(crate) const MAX_INPUT: u64 = ksa_core::MAX_INPUT_BYTES as u64;
 
 /// The text of an argument that may be `-` (stdin) or absent (stdin when it
 /// is not a terminal).
@@ -50,56 +52,61 @@ pub fn input(arg: Option<String>, what: &str) -> Result<String, Failure> {
                     "no {what} given; pass it as an argument or pipe it in with -"
                 )));
             }
-            let mut text = String::new();
-            std::io::stdin()
-                .take(MAX_INPUT + 1)
-                .read_to_string(&mut text)
-                .with_context(|| format!("reading the {what} from stdin"))?;
-            if text.len() as u64 > MAX_INPUT {
-                return Err(Failure::bad_input(anyhow::anyhow!(
-                    "the {what} on stdin is larger than {MAX_INPUT} bytes"
-                )));
-            }
-            Ok(text)
+            let bytes = crate::input::read_limited_from(
+                std::io::stdin().lock(),
+                &format!("the {what} on stdin"),
+                MAX_INPUT,
+            )
+            .map_err(Failure::bad_input)?;
+            String::from_utf8(bytes).map_err(|_| {
+                Failure::bad_input(anyhow::anyhow!("the {what} on stdin is not UTF-8 text"))
+            })
         }
         Some(text) => Ok(text.to_owned()),
     }
 }
 
-/// Reads a file (or stdin for `-`), capped in size.
+/// Reads a file (or stdin for `-`), refusing more than [`MAX_INPUT`] bytes
+/// however the file describes its size.
 pub fn read_file(path: &str) -> Result<Vec<u8>, Failure> {
-    if path == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .take(MAX_INPUT + 1)
-            .read_to_end(&mut bytes)?;
-        return Ok(bytes);
-    }
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {path}"))
-        .map_err(Failure::bad_input)?
-        .len();
-    if size > MAX_INPUT {
-        return Err(Failure::bad_input(anyhow::anyhow!(
-            "{path} is {size} bytes; at most {MAX_INPUT} are accepted"
-        )));
-    }
-    std::fs::read(path)
-        .with_context(|| format!("cannot read {path}"))
-        .map_err(Failure::bad_input)
+    let read = if path == "-" {
+        crate::input::read_limited_from(std::io::stdin().lock(), "stdin", MAX_INPUT)
+    } else {
+        crate::input::read_limited(std::path::Path::new(path), MAX_INPUT)
+    };
+    read.map_err(Failure::bad_input)
 }
 
-/// Prints to stdout; a closed pipe surfaces as an io error the caller maps
-/// to a quiet exit.
+/// Prints to stdout. A closed stdout is a [`StdoutClosed`] failure with
+/// the code [`exit::FAILED`](crate::exit::FAILED), which `main` reports
+/// quietly; a command whose result is already a success uses [`finish`].
 pub fn print(text: &str) -> Result<(), Failure> {
     use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        out.write_all(b"\n")?;
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    };
+    write().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::from(StdoutClosed)
+        } else {
+            Failure::from(anyhow::Error::new(e).context("writing to stdout"))
+        }
+    })
+}
+
+/// Prints a successful command's output and exits [`exit::DONE`]: a reader
+/// that closed stdout early (`ksa ... | head`) had what it wanted, as in
+/// ripgrep.
+pub fn finish(text: &str) -> Outcome {
+    match print(text) {
+        Err(failure) if !is_stdout_closed(&failure.error) => Err(failure),
+        _ => Ok(crate::exit::DONE),
     }
-    out.flush()?;
-    Ok(())
 }
 
 /// Parses a duration such as `30m`, `2h` or `1h30m`.

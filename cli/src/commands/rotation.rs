@@ -95,7 +95,12 @@ struct Target {
 async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, Failure> {
     Ok(match kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
+            let bytes = crate::input::read_limited(path, crate::commands::MAX_INPUT)
+                .with_context(|| format!("--kubeconfig {}", path.display()))
+                .map_err(Failure::bad_input)?;
+            let kubeconfig = std::str::from_utf8(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| Kubeconfig::from_yaml(text).map_err(anyhow::Error::from))
                 .with_context(|| format!("--kubeconfig {}", path.display()))
                 .map_err(Failure::bad_input)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -369,14 +374,12 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
     }
     let status = resource.status.clone().unwrap_or_default();
     let state = resource.state()?;
-    match output {
-        Format::Text => super::print(&state.status_line().to_string())?,
-        Format::Json => super::print(&serde_json::to_string_pretty(&structured(
-            &status, &resource,
-        ))?)?,
-        Format::Yaml => super::print(&serde_yaml::to_string(&structured(&status, &resource))?)?,
-    }
-    Ok(exit::DONE)
+    let text = match output {
+        Format::Text => state.status_line().to_string(),
+        Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
+        Format::Yaml => serde_yaml::to_string(&structured(&status, &resource))?,
+    };
+    super::finish(&text)
 }
 
 fn structured(status: &RotationStatus, resource: &KSASigningKeyRotation) -> serde_json::Value {

@@ -8,8 +8,7 @@ pub fn run(command: StatusCommand) -> Outcome {
         StatusCommand::Decode { text } => {
             let text = super::input(text, "status line")?;
             let line = ksa_core::status::parse(&text).map_err(Failure::bad_input)?;
-            super::print(&serde_json::to_string_pretty(&decoded(&line))?)?;
-            Ok(crate::exit::DONE)
+            super::finish(&serde_json::to_string_pretty(&decoded(&line))?)
         }
     }
 }

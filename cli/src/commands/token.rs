@@ -1,14 +1,18 @@
 //! `ksa token decode | verify | mint`.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::parse_pem;
 use ksa_core::keyset::{KeySet, TrustedKey};
-use ksa_core::token::{self, BoundToken, Claims, Expectations, ObjectRef, TokenError};
+use ksa_core::token::{
+    self, BoundToken, Claims, Expectations, NoExpiry, ObjectRef, TokenError, TokenKind, Verified,
+};
 
 use crate::args::{Format, MintKind, TokenCommand};
-use crate::output::paint;
+use crate::output::{is_stdout_closed, paint, shown};
 use crate::{Failure, Outcome};
 
 pub fn run(command: TokenCommand) -> Outcome {
@@ -21,49 +25,84 @@ pub fn run(command: TokenCommand) -> Outcome {
             issuer,
             audience,
             at,
+            allow_no_exp,
             output,
         } => {
             let token = super::input(token, "token")?;
-            let mut trusted = Vec::new();
-            for source in &jwks {
-                let text = if source.starts_with("https://") || source.starts_with("http://") {
-                    fetch(source)?
-                } else {
-                    String::from_utf8(super::read_file(source)?)
-                        .with_context(|| format!("{source} is not UTF-8"))
-                        .map_err(Failure::bad_input)?
-                };
-                trusted.extend(
-                    parse_jwks(&text)
-                        .with_context(|| format!("--jwks {source}"))
-                        .map_err(Failure::bad_input)?,
-                );
-            }
-            for path in &public_key {
-                let keys = parse_pem(&super::read_file(&path.display().to_string())?)
-                    .with_context(|| format!("--public-key {}", path.display()))
-                    .map_err(Failure::bad_input)?;
-                trusted.extend(keys.public_keys().cloned().map(TrustedKey::derived));
-            }
-            if trusted.is_empty() {
-                return Err(Failure::bad_input(anyhow::anyhow!(
-                    "no keys to verify against; pass --jwks FILE|URL or --public-key PEM"
-                )));
-            }
+            let trusted = trusted_keys(&jwks, &public_key)?;
             let at = match at {
                 Some(text) => parse_time(&text)?,
                 None => jiff::Timestamp::now().as_second(),
             };
-            let keys = KeySet::new(trusted, &AwsLc::new())?;
+            let (keys, refused) = KeySet::load_usable(trusted, &AwsLc::new());
+            for key in &refused {
+                eprintln!(
+                    "warning: skipped key {}: {}",
+                    shown(key.kid.as_str()),
+                    key.error
+                );
+            }
+            if keys.is_empty() {
+                return Err(Failure::cannot_check(anyhow::anyhow!(
+                    "none of the {} trusted key(s) could be loaded (see the warnings); \
+                     the token was not checked",
+                    refused.len()
+                )));
+            }
             let expect = Expectations {
                 issuers: issuer,
                 audiences: audience,
                 ..Expectations::at(at)
             };
-            verify(&token, &keys, &expect, output)
+            let no_expiry = if allow_no_exp {
+                NoExpiry::Allow
+            } else {
+                NoExpiry::Refuse
+            };
+            verify(&token, &keys, &expect, no_expiry, output)
         }
         TokenCommand::Mint { key, kind } => mint(&key, kind),
     }
+}
+
+/// The keys of every `--jwks` (file or URL) and `--public-key`. A file that
+/// cannot be read or parsed is bad input (2); a URL that cannot be fetched
+/// or does not hold a JWKS means the token cannot be checked (4).
+fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKey>, Failure> {
+    let mut trusted = Vec::new();
+    for source in jwks {
+        if source.starts_with("https://") || source.starts_with("http://") {
+            let text = crate::fetch::fetch_jwks(source)
+                .context("could not fetch the JWKS (--jwks); the token was not checked")
+                .map_err(Failure::cannot_check)?;
+            trusted.extend(
+                parse_jwks(&text)
+                    .with_context(|| format!("--jwks {source}: the token was not checked"))
+                    .map_err(Failure::cannot_check)?,
+            );
+        } else {
+            let text = String::from_utf8(super::read_file(source)?)
+                .with_context(|| format!("{source} is not UTF-8"))
+                .map_err(Failure::bad_input)?;
+            trusted.extend(
+                parse_jwks(&text)
+                    .with_context(|| format!("--jwks {source}"))
+                    .map_err(Failure::bad_input)?,
+            );
+        }
+    }
+    for path in public_key {
+        let keys = parse_pem(&super::read_file(&path.display().to_string())?)
+            .with_context(|| format!("--public-key {}", path.display()))
+            .map_err(Failure::bad_input)?;
+        trusted.extend(keys.public_keys().cloned().map(TrustedKey::derived));
+    }
+    if trusted.is_empty() {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "no keys to verify against; pass --jwks FILE|URL or --public-key PEM"
+        )));
+    }
+    Ok(trusted)
 }
 
 fn decode(token: Option<String>) -> Outcome {
@@ -76,77 +115,115 @@ fn decode(token: Option<String>) -> Outcome {
         "header": decoded.header,
         "claims": decoded.claims,
     });
-    super::print(&serde_json::to_string_pretty(&json)?)?;
-    Ok(crate::exit::DONE)
+    super::finish(&serde_json::to_string_pretty(&json)?)
 }
 
-fn verify(token: &str, keys: &KeySet, expect: &Expectations, output: Format) -> Outcome {
-    match token::verify(token, keys, expect) {
-        Ok(verified) => {
-            let sa = verified.claims.service_account();
-            let json = serde_json::json!({
-                "valid": true,
-                "kind": verified.kind(),
-                "kid": verified.kid,
-                "keyVersion": verified.key_version,
-                "algorithm": verified.algorithm,
-                "issuer": verified.claims.iss,
-                "subject": verified.claims.sub,
-                "serviceAccount": sa,
-                "audiences": verified.claims.aud,
-                "expires": verified.claims.exp,
-            });
-            match output {
-                Format::Text => {
-                    let expires =
-                        verified
-                            .claims
-                            .exp
-                            .map_or("never (legacy token)".to_owned(), |exp| {
-                                let left = exp - expect.at;
-                                let time = jiff::Timestamp::from_second(exp)
-                                    .map(|t| t.to_string())
-                                    .unwrap_or_default();
-                                format!("{time} (in {}s)", left)
-                            });
-                    super::print(&format!(
-                        "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}",
-                        paint("valid", "32"),
-                        serde_json::to_value(verified.kind())
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                        verified.kid,
-                        verified.algorithm,
-                        verified.claims.iss.as_deref().unwrap_or("-"),
-                        verified.claims.sub.as_deref().unwrap_or("-"),
-                        verified
-                            .claims
-                            .aud
-                            .as_ref()
-                            .map_or("-".to_owned(), |a| a.join(", ")),
-                        expires,
-                    ))?;
-                }
-                Format::Json => super::print(&serde_json::to_string_pretty(&json)?)?,
-                Format::Yaml => super::print(&serde_yaml::to_string(&json)?)?,
-            }
-            Ok(crate::exit::DONE)
+fn verify(
+    token: &str,
+    keys: &KeySet,
+    expect: &Expectations,
+    no_expiry: NoExpiry,
+    output: Format,
+) -> Outcome {
+    let (text, code) = match token::verify_with(token, keys, expect, no_expiry) {
+        Ok(verified) => (valid(&verified, expect, output)?, crate::exit::DONE),
+        Err(error) => (invalid(&error, output)?, crate::exit::FAILED),
+    };
+    report(&text, code)
+}
+
+/// Prints the verdict; whatever happens to stdout, the exit code stays the
+/// verdict's: an invalid token exits 1 even when stdout is closed or full.
+fn report(text: &str, code: u8) -> Outcome {
+    match super::print(text) {
+        Ok(()) => Ok(code),
+        Err(failure) if is_stdout_closed(&failure.error) => Ok(code),
+        Err(failure) if code == crate::exit::DONE => {
+            Err(Failure::cannot_check(failure.error.context(
+                "the token is valid, but the result could not be written",
+            )))
         }
-        Err(error) => {
-            let json = serde_json::json!({"valid": false, "reason": error.kind(), "error": error.to_string()});
-            match output {
-                Format::Text => super::print(&format!(
-                    "{}: {}: {error}",
-                    paint("invalid", "31"),
-                    reason(&error)
-                ))?,
-                Format::Json => super::print(&serde_json::to_string_pretty(&json)?)?,
-                Format::Yaml => super::print(&serde_yaml::to_string(&json)?)?,
-            }
-            Ok(crate::exit::FAILED)
-        }
+        Err(failure) => Err(Failure {
+            code,
+            error: failure
+                .error
+                .context("the token is not valid, and the result could not be written"),
+        }),
     }
+}
+
+fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<String, Failure> {
+    let sa = verified.claims.service_account();
+    let json = serde_json::json!({
+        "valid": true,
+        "kind": verified.kind(),
+        "kid": verified.kid,
+        "keyVersion": verified.key_version,
+        "algorithm": verified.algorithm,
+        "issuer": verified.claims.iss,
+        "subject": verified.claims.sub,
+        "serviceAccount": sa,
+        "audiences": verified.claims.aud,
+        "expires": verified.claims.exp,
+    });
+    Ok(match output {
+        Format::Text => {
+            let expires = match (verified.claims.exp, verified.kind()) {
+                (Some(exp), _) => expiry(exp, expect.at),
+                (None, TokenKind::Legacy) => "never (legacy token)".to_owned(),
+                (None, _) => "never (no exp claim; accepted because of --allow-no-exp)".to_owned(),
+            };
+            let text = |value: Option<&str>| shown(value.unwrap_or("-")).into_owned();
+            format!(
+                "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}",
+                paint("valid", "32"),
+                serde_json::to_value(verified.kind())
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                shown(verified.kid.as_str()),
+                verified.algorithm,
+                text(verified.claims.iss.as_deref()),
+                text(verified.claims.sub.as_deref()),
+                verified.claims.aud.as_ref().map_or("-".to_owned(), |a| {
+                    a.iter().map(|a| shown(a)).collect::<Vec<_>>().join(", ")
+                }),
+                expires,
+            )
+        }
+        Format::Json => serde_json::to_string_pretty(&json)?,
+        Format::Yaml => serde_yaml::to_string(&json)?,
+    })
+}
+
+/// `exp` as a time and how far it is from `at`, with no arithmetic that
+/// can overflow on hostile values.
+fn expiry(exp: i64, at: i64) -> String {
+    let time = jiff::Timestamp::from_second(exp)
+        .map_or_else(|_| format!("{exp} s since the epoch"), |t| t.to_string());
+    match exp.checked_sub(at) {
+        Some(left) if left >= 0 => format!("{time} (in {left}s)"),
+        Some(left) => format!("{time} ({}s ago, within the leeway)", left.unsigned_abs()),
+        None => time,
+    }
+}
+
+fn invalid(error: &TokenError, output: Format) -> Result<String, Failure> {
+    let mut message = error.to_string();
+    if matches!(error, TokenError::NoExpiry) {
+        message.push_str("; pass --allow-no-exp to accept it");
+    }
+    let json = serde_json::json!({"valid": false, "reason": error.kind(), "error": message});
+    Ok(match output {
+        Format::Text => format!(
+            "{}: {}: {}",
+            paint("invalid", "31"),
+            reason(error),
+            shown(&message)
+        ),
+        Format::Json => serde_json::to_string_pretty(&json)?,
+        Format::Yaml => serde_yaml::to_string(&json)?,
+    })
 }
 
 fn reason(error: &TokenError) -> &'static str {
@@ -158,6 +235,7 @@ fn reason(error: &TokenError) -> &'static str {
         "algorithm_not_allowed" | "algorithm_key_mismatch" => "algorithm not allowed",
         "wrong_issuer" => "wrong issuer",
         "wrong_audience" => "wrong audience",
+        "no_expiry" => "no expiry",
         _ => "malformed",
     }
 }
@@ -173,19 +251,6 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
                 "--at {text:?}: not RFC 3339 or seconds since the epoch ({e})"
             ))
         })
-}
-
-fn fetch(url: &str) -> Result<String, Failure> {
-    let mut response = ureq::get(url)
-        .call()
-        .with_context(|| format!("fetching the JWKS from {url}"))?;
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(ksa_core::MAX_INPUT_BYTES as u64)
-        .read_to_string()
-        .with_context(|| format!("reading the JWKS from {url}"))?;
-    Ok(text)
 }
 
 fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
@@ -241,6 +306,5 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
         }
     };
     let signer = AwsLc::new().signing_key(key)?;
-    super::print(&token::mint(&claims, signer.as_ref())?)?;
-    Ok(crate::exit::DONE)
+    super::finish(&token::mint(&claims, signer.as_ref())?)
 }

@@ -1,10 +1,12 @@
 //! Service-account tokens: mint, decode without verifying, and verify against
 //! a key set the way kube-apiserver does.
 //!
-//! Verification picks the key by `kid` (every key of the header's algorithm
-//! when there is no `kid`), accepts only RS256 and ES256, checks `exp`, `nbf`
-//! and `iat` with a stated leeway at a given time, then the issuer and the
-//! audience. Every failure is its own [`TokenError`] variant.
+//! Verification picks the key by `kid` (every key with that kid, or every key
+//! of the header's algorithm when there is no `kid`), accepts only RS256 and
+//! ES256 and no `crit` extension, checks `exp`, `nbf` and `iat` with a stated
+//! leeway at a given time (refusing a token that would never expire unless it
+//! is a legacy token), then the issuer and the audience. Every failure is its
+//! own [`TokenError`] variant.
 
 mod claims;
 
@@ -38,9 +40,21 @@ pub struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
     /// Extensions the verifier must understand (RFC 7515 section 4.1.11).
-    /// We understand none, so a token that names any is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// We understand none, so a token with a `crit` member is refused,
+    /// whatever its value: `Some` whenever the member is present, even as
+    /// `null`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub crit: Option<serde_json::Value>,
+}
+
+/// `Some` for any value of a member that is present, `null` included
+/// (`#[serde(default)]` gives `None` only when it is absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Why a token could not be decoded or verified.
@@ -53,6 +67,8 @@ pub enum TokenError {
     Malformed(&'static str),
     #[error("malformed token: the {part} is not base64url without padding")]
     BadBase64 { part: &'static str },
+    #[error("malformed token: the {part} is not UTF-8")]
+    NotUtf8 { part: &'static str },
     #[error("malformed token: the {part} is not valid JSON: {detail}")]
     BadJson { part: &'static str, detail: String },
     #[error("algorithm {alg:?} is not allowed; only RS256 and ES256 are accepted")]
@@ -79,6 +95,11 @@ pub enum TokenError {
     IssuedInFuture { iat: i64, at: i64, leeway: i64 },
     #[error("the token has no {0:?} claim, which a bound token must have")]
     MissingClaim(&'static str),
+    #[error(
+        "the token has no \"exp\" claim and is not a legacy service-account token, \
+         so it would be valid forever"
+    )]
+    NoExpiry,
     #[error("wrong issuer {found:?}; expected one of {expected:?}")]
     WrongIssuer {
         found: Option<String>,
@@ -103,6 +124,7 @@ impl TokenError {
             TokenError::TooLarge { .. } => "too_large",
             TokenError::Malformed(_)
             | TokenError::BadBase64 { .. }
+            | TokenError::NotUtf8 { .. }
             | TokenError::BadJson { .. } => "malformed",
             TokenError::AlgorithmNotAllowed { .. } | TokenError::CriticalExtension => {
                 "algorithm_not_allowed"
@@ -113,6 +135,7 @@ impl TokenError {
             TokenError::Expired { .. } => "expired",
             TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => "not_yet_valid",
             TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::NoExpiry => "no_expiry",
             TokenError::WrongIssuer { .. } => "wrong_issuer",
             TokenError::WrongAudience { .. } => "wrong_audience",
         }
@@ -161,11 +184,15 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, TokenError> {
     let header_json = decode_part("header", header_b64)?;
     let claims_json = decode_part("claims", claims_b64)?;
     let signature = decode_part("signature", signature_b64)?;
-    let header: Header = serde_json::from_slice(&header_json).map_err(|e| TokenError::BadJson {
+    // Checked as a whole first: serde_json does not check the bytes of
+    // members it skips.
+    let header_json = utf8("header", &header_json)?;
+    let claims_json = utf8("claims", &claims_json)?;
+    let header: Header = serde_json::from_str(header_json).map_err(|e| TokenError::BadJson {
         part: "header",
         detail: e.to_string(),
     })?;
-    let claims: Claims = serde_json::from_slice(&claims_json).map_err(|e| TokenError::BadJson {
+    let claims: Claims = serde_json::from_str(claims_json).map_err(|e| TokenError::BadJson {
         part: "claims",
         detail: e.to_string(),
     })?;
@@ -176,6 +203,10 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, TokenError> {
         signing_input,
         signature,
     })
+}
+
+fn utf8<'b>(part: &'static str, bytes: &'b [u8]) -> Result<&'b str, TokenError> {
+    std::str::from_utf8(bytes).map_err(|_| TokenError::NotUtf8 { part })
 }
 
 /// Signs claims into a compact JWS with the header kube-apiserver writes
@@ -247,11 +278,32 @@ impl Verified {
     }
 }
 
-/// Verifies a token against a key set and expectations.
+/// Whether a token with no `exp` that is not a legacy token (which has none
+/// by design) is accepted. A bound token without `exp` is always refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoExpiry {
+    /// Refuse it ([`TokenError::NoExpiry`]): it would be valid forever.
+    Refuse,
+    /// Accept it, for tokens from issuers that never set `exp`.
+    Allow,
+}
+
+/// Verifies a token against a key set and expectations; a token that would
+/// never expire is refused ([`NoExpiry::Refuse`]).
 pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Verified, TokenError> {
+    verify_with(token, keys, expect, NoExpiry::Refuse)
+}
+
+/// [`verify`], saying what to do with a token that has no `exp`.
+pub fn verify_with(
+    token: &str,
+    keys: &KeySet,
+    expect: &Expectations,
+    no_expiry: NoExpiry,
+) -> Result<Verified, TokenError> {
     let decoded = decode(token)?;
     let key = check_signature(&decoded, keys)?;
-    check_claims(&decoded.claims, expect)?;
+    check_claims(&decoded.claims, expect, no_expiry)?;
     Ok(Verified {
         kid: key.trusted.kid.clone(),
         key_version: key.trusted.version,
@@ -276,24 +328,33 @@ fn check_signature<'k>(
     }
     let message = decoded.signing_input.as_bytes();
     if let Some(kid) = &header.kid {
-        let key = keys
+        // A key set may hold several keys under one kid (a JWKS names keys
+        // as it likes): try each of them that fits the algorithm.
+        let mut named = keys
             .keys
             .iter()
-            .find(|k| k.trusted.kid.as_str() == kid)
-            .ok_or_else(|| TokenError::UnknownKid { kid: kid.clone() })?;
-        let key_alg = key.trusted.key.algorithm();
-        if key_alg != alg {
-            return Err(TokenError::AlgorithmKeyMismatch {
+            .filter(|k| k.trusted.kid.as_str() == kid)
+            .peekable();
+        let Some(first) = named.peek() else {
+            return Err(TokenError::UnknownKid { kid: kid.clone() });
+        };
+        let first_alg = first.trusted.key.algorithm();
+        let mut tried = 0;
+        for key in named.filter(|k| k.trusted.key.algorithm() == alg) {
+            tried += 1;
+            if key.verifier.verify(message, &decoded.signature) {
+                return Ok(key);
+            }
+        }
+        return Err(if tried == 0 {
+            TokenError::AlgorithmKeyMismatch {
                 alg,
                 kid: kid.clone(),
-                key_alg,
-            });
-        }
-        return if key.verifier.verify(message, &decoded.signature) {
-            Ok(key)
+                key_alg: first_alg,
+            }
         } else {
-            Err(TokenError::BadSignature { tried: 1 })
-        };
+            TokenError::BadSignature { tried }
+        });
     }
     // No kid: try every key of the header's algorithm, as kube-apiserver does.
     let mut tried = 0;
@@ -313,13 +374,20 @@ fn check_signature<'k>(
     Err(TokenError::BadSignature { tried })
 }
 
-fn check_claims(claims: &Claims, expect: &Expectations) -> Result<(), TokenError> {
+fn check_claims(
+    claims: &Claims,
+    expect: &Expectations,
+    no_expiry: NoExpiry,
+) -> Result<(), TokenError> {
     let (at, leeway) = (expect.at, expect.leeway_seconds);
     match (claims.exp, claims.kind()) {
         (Some(exp), _) if at > exp.saturating_add(leeway) => {
             return Err(TokenError::Expired { exp, at, leeway });
         }
         (None, TokenKind::Bound) => return Err(TokenError::MissingClaim("exp")),
+        (None, TokenKind::Other) if no_expiry == NoExpiry::Refuse => {
+            return Err(TokenError::NoExpiry);
+        }
         _ => {}
     }
     if let Some(nbf) = claims.nbf

@@ -1,0 +1,123 @@
+//! Exit codes that never lie: an invalid token exits 1 whatever happens to
+//! stdout, a check that could not be made exits 4, and a closed stdout after
+//! a success exits 0 quietly.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{ksa, run};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn vectors() -> serde_json::Value {
+    let path = format!(
+        "{}/../core/test_data/vectors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
+}
+
+fn vector_token(name: &str) -> String {
+    vectors()["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["token"].as_str())
+        .expect("vector")
+        .to_owned()
+}
+
+fn jwks_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(file.path(), vectors()["jwks"].to_string()).expect("written");
+    file
+}
+
+/// Runs `ksa` with stdout a pipe whose read end is already closed.
+fn into_closed_pipe(args: &[&str]) -> common::Run {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut command = ksa(args);
+    command.stdout(Stdio::from(writer));
+    run(&mut command, DEADLINE)
+}
+
+fn verify_args<'a>(token: &'a str, jwks: &'a str, output: &'a str) -> Vec<&'a str> {
+    vec![
+        "token",
+        "verify",
+        token,
+        "--jwks",
+        jwks,
+        "--at",
+        "1800000000",
+        "-o",
+        output,
+    ]
+}
+
+#[test]
+fn an_invalid_token_exits_1_into_a_closed_pipe() {
+    let jwks = jwks_file();
+    let jwks = jwks.path().to_str().expect("path");
+    let token = vector_token("tampered claims");
+    for output in ["text", "json", "yaml"] {
+        let out = into_closed_pipe(&verify_args(&token, jwks, output));
+        assert_eq!(out.code, Some(1), "-o {output}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+    }
+}
+
+#[test]
+fn a_valid_token_exits_0_into_a_closed_pipe() {
+    let jwks = jwks_file();
+    let jwks = jwks.path().to_str().expect("path");
+    let token = vector_token("valid RS256 bound token");
+    let out = into_closed_pipe(&verify_args(&token, jwks, "text"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "quiet");
+}
+
+#[test]
+fn completions_into_a_closed_pipe_exit_quietly() {
+    let out = into_closed_pipe(&["completions", "bash"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    assert_eq!(out.stderr, "", "quiet");
+}
+
+#[test]
+fn an_unreadable_jwks_url_is_not_an_invalid_token() {
+    let token = vector_token("valid RS256 bound token");
+    // Port 9 (discard) on 127.0.0.1: nothing listens there in the test
+    // environment, so the connection is refused at once.
+    let out = run(
+        &mut ksa(&[
+            "token",
+            "verify",
+            &token,
+            "--jwks",
+            "http://127.0.0.1:9/openid/v1/jwks",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert!(out.stderr.contains("could not fetch the JWKS"), "{out:?}");
+}
+
+#[test]
+fn help_documents_every_exit_code() {
+    let out = run(&mut ksa(&["--help"]), DEADLINE);
+    for code in [
+        "0  done",
+        "1  failed",
+        "2  usage error or bad input",
+        "3  refused",
+        "4  could not check",
+    ] {
+        assert!(out.stdout.contains(code), "{code:?} missing: {out:?}");
+    }
+}
