@@ -66,6 +66,11 @@ impl PkiDir {
         read_private_key(&path).context("is --pki-dir a kubeadm pki directory?")
     }
 
+    /// Imports kubeadm's `sa.key`/`sa.pub` as version 1.
+    pub fn import_kubeadm_key(&self) -> Result<()> {
+        self.store(KeyVersion::FIRST, &self.kubeadm_key()?)
+    }
+
     /// The private key of every stored version (`sa-vN.key`).
     pub fn stored(&self) -> Result<BTreeMap<KeyVersion, PrivateKey>> {
         let mut found = BTreeMap::new();

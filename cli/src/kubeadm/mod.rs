@@ -10,6 +10,8 @@
 pub mod files;
 pub mod manifest;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -82,10 +84,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         Some(state) => state,
         None => {
             // The first run: kubeadm's key becomes version 1.
-            pki.store(
-                KeyVersion::FIRST,
-                &pki.kubeadm_key().map_err(Failure::bad_input)?,
-            )?;
+            pki.import_kubeadm_key().map_err(Failure::bad_input)?;
             let settled = RotationState::settled(KeyVersion::FIRST);
             locked.save(&settled)?;
             settled
@@ -209,6 +208,11 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         let pause = plan.requeue_after.unwrap_or(Duration::from_secs(2));
         tokio::time::sleep(pause.clamp(Duration::from_millis(250), Duration::from_secs(2))).await;
     }
+}
+
+/// `dir` as the manifests will name it (stub).
+fn manifest_dir(_flag: &str, dir: &Path) -> Result<PathBuf, Failure> {
+    Ok(dir.to_owned())
 }
 
 /// Why an effect was not applied: the node's files (fatal), or the
