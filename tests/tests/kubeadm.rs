@@ -126,12 +126,10 @@ fn text(output: &Output) -> String {
 /// A bound token for service account `app`, signed by `key`, as an API
 /// server that signs with it would issue.
 async fn token_signed_by(client: &kube::Client, key: &PrivateKey) -> Result<String> {
-    let account = kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
-        client.clone(),
-        APPS,
-    )
-    .get("app")
-    .await?;
+    let account =
+        kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), APPS)
+            .get("app")
+            .await?;
     let claims = BoundToken {
         issuer: ISSUER.into(),
         audiences: vec![ISSUER.into()],
@@ -148,7 +146,10 @@ async fn token_signed_by(client: &kube::Client, key: &PrivateKey) -> Result<Stri
         jti: "token-of-the-extra-key".into(),
     }
     .claims()?;
-    Ok(token::mint(&claims, AwsLc::new().signing_key(key)?.as_ref())?)
+    Ok(token::mint(
+        &claims,
+        AwsLc::new().signing_key(key)?.as_ref(),
+    )?)
 }
 
 /// Whether the API server authenticates `token`, asked until it answers
@@ -212,7 +213,10 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let extra_token = token_signed_by(&client, &extra).await?;
-    assert!(accepted(&client, &extra_token).await?, "before the rotation");
+    assert!(
+        accepted(&client, &extra_token).await?,
+        "before the rotation"
+    );
 
     // Without --wait: as far as it goes without waiting on the API servers.
     let once = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;

@@ -102,7 +102,11 @@ impl PkiDir {
             public_keys_to_pem(&public).as_bytes(),
             0o644,
         )?;
-        write_atomic(&self.key_path(KeyVersion::FIRST), key.to_pem().as_bytes(), 0o600)
+        write_atomic(
+            &self.key_path(KeyVersion::FIRST),
+            key.to_pem().as_bytes(),
+            0o600,
+        )
     }
 
     /// Checks that key pair `version` is there for a manifest to name:

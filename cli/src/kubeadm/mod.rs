@@ -22,9 +22,7 @@ use ksa_controller::cluster::TargetCluster;
 use ksa_controller::refresh;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{
-    self, Effect, OperationLock, Policy, RotationState, StartRequest, Step,
-};
+use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest, Step};
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ksa_controller::cluster::TargetCluster;
+use ksa_core::KeyId;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::KeyId;
 use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
 use ksa_core::rotation::{Effect, RotationState};
 
@@ -26,7 +26,7 @@ fn new_key() -> PrivateKey {
 }
 
 /// A kubeadm node: `pki/sa.key`, `pki/sa.pub` (the signing key's public
-/// key and `extra`), and both manifests naming them.
+/// key and `extra`), and both manifests as kubeadm writes them.
 struct Node {
     _root: tempfile::TempDir,
     pki: PathBuf,
@@ -49,7 +49,8 @@ impl Node {
             .chain(extra.iter().map(|k| k.public_key()))
             .collect();
         std::fs::write(pki.join("sa.pub"), public_keys_to_pem(public)).expect("sa.pub");
-        let dir = pki.display();
+        // As kubeadm writes them; the first edit names `pki`.
+        let dir = "/etc/kubernetes/pki";
         std::fs::write(
             manifests.join(APISERVER_MANIFEST),
             format!(
@@ -168,7 +169,10 @@ async fn key_flags_are_never_pointed_at_missing_or_mismatched_key_files() {
     };
 
     // Missing.
-    let message = node.apply(&trust, publish.clone()).await.expect_err("refused");
+    let message = node
+        .apply(&trust, publish.clone())
+        .await
+        .expect_err("refused");
     assert!(message.contains("sa-v4.key"), "{message}");
     assert_eq!(node.manifests_text(), before);
 
@@ -176,23 +180,31 @@ async fn key_flags_are_never_pointed_at_missing_or_mismatched_key_files() {
     let pki = node.pki_dir();
     pki.store(KeyVersion::new(4), &new_key()).expect("key 4");
     pki.store(KeyVersion::new(5), &new_key()).expect("key 5");
-    std::fs::write(pki.pub_path(KeyVersion::new(5)), new_key().public_key().to_pem())
-        .expect("sa-v5.pub");
-    let message = node.apply(&trust, publish.clone()).await.expect_err("refused");
+    std::fs::write(
+        pki.pub_path(KeyVersion::new(5)),
+        new_key().public_key().to_pem(),
+    )
+    .expect("sa-v5.pub");
+    let message = node
+        .apply(&trust, publish.clone())
+        .await
+        .expect_err("refused");
     assert!(message.contains("sa-v5.pub"), "{message}");
     assert!(message.contains("does not match"), "{message}");
     assert_eq!(node.manifests_text(), before);
 
     // Not a key at all.
     std::fs::write(pki.pub_path(KeyVersion::new(5)), "hello\n").expect("sa-v5.pub");
-    let message = node.apply(&trust, publish.clone()).await.expect_err("refused");
+    let message = node
+        .apply(&trust, publish.clone())
+        .await
+        .expect_err("refused");
     assert!(message.contains("sa-v5.pub"), "{message}");
     assert_eq!(node.manifests_text(), before);
 
     // A public key where the private key belongs.
     let key = new_key();
-    std::fs::write(pki.key_path(KeyVersion::new(4)), key.public_key().to_pem())
-        .expect("sa-v4.key");
+    std::fs::write(pki.key_path(KeyVersion::new(4)), key.public_key().to_pem()).expect("sa-v4.key");
     let sign = Effect::SwitchSigner {
         signing: KeyVersion::new(4),
         public: vec![KeyVersion::new(4)],
