@@ -332,7 +332,7 @@ async fn extra_public_keys_of_sa_pub_stay_trusted_until_retire() {
     )
     .await
     .expect("retired from the manifests");
-    assert_eq!(node.trusted_kids(), [second.clone()]);
+    assert_eq!(node.trusted_kids(), std::slice::from_ref(&second));
     node.apply(&retire, Effect::RetireKey { version: v1 })
         .await
         .expect("deleted");
