@@ -4,6 +4,8 @@
 //! the manifests change) while the prober reviews tokens throughout. The CLI
 //! is run without --wait, killed mid-rotation with --wait, raced by a second
 //! run, and run again without --wait until done: it resumes and completes.
+//! kubeadm's `sa.pub` holds a second public key besides the signing key's:
+//! a token signed by it is accepted until Retire, and rejected after.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::key::{KeySpec, parse_pem};
+use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
 use ksa_core::rotation::{RotationState, Step};
-use ksa_tests::cluster::request_token;
+use ksa_core::token::{self, BoundToken, ObjectRef};
+use ksa_tests::cluster::{request_token, review_token};
 use ksa_tests::kubelet::StaticPods;
 use ksa_tests::scenario::{APPS, create_workload};
 use ksa_tests::{
-    ApiServerKeys, ControlPlane, ProbeTarget, Prober, RotationSource, ksa_binary, write_private,
+    ApiServerKeys, ControlPlane, ISSUER, ProbeTarget, Prober, RotationSource, ksa_binary,
+    write_private,
 };
 use tokio::sync::Mutex;
 
@@ -119,10 +123,62 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// A bound token for service account `app`, signed by `key`, as an API
+/// server that signs with it would issue.
+async fn token_signed_by(client: &kube::Client, key: &PrivateKey) -> Result<String> {
+    let account =
+        kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), APPS)
+            .get("app")
+            .await?;
+    let claims = BoundToken {
+        issuer: ISSUER.into(),
+        audiences: vec![ISSUER.into()],
+        namespace: APPS.into(),
+        service_account: ObjectRef {
+            name: "app".into(),
+            uid: account.metadata.uid.context("service account uid")?,
+        },
+        pod: None,
+        node: None,
+        secret: None,
+        issued_at: jiff::Timestamp::now().as_second(),
+        lifetime_seconds: 24 * 3600,
+        jti: "token-of-the-extra-key".into(),
+    }
+    .claims()?;
+    Ok(token::mint(
+        &claims,
+        AwsLc::new().signing_key(key)?.as_ref(),
+    )?)
+}
+
+/// Whether the API server authenticates `token`, asked until it answers
+/// (kubelet restarts it at every step).
+async fn accepted(client: &kube::Client, token: &str) -> Result<bool> {
+    let started = Instant::now();
+    loop {
+        match review_token(client, token).await {
+            Ok(user) => return Ok(user.is_some()),
+            Err(error) if started.elapsed() < Duration::from_secs(60) => {
+                eprintln!("TokenReview: {error}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> Result<()> {
     let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
-    let mut plane = ControlPlane::start(ApiServerKeys::single(first.clone())).await?;
+    // A key kube-apiserver trusts besides its own: kubeadm's sa.pub holds
+    // both (an earlier signing key, say).
+    let extra = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let mut plane = ControlPlane::start(ApiServerKeys {
+        signing: first.clone(),
+        public: vec![first.public_key().clone(), extra.public_key().clone()],
+    })
+    .await?;
     plane.start_controller_manager()?;
     let client = plane.client().await?;
     let kubeconfig = plane.kubeconfig_path();
@@ -131,7 +187,10 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     std::fs::create_dir_all(&pki)?;
     std::fs::create_dir_all(&manifests_dir)?;
     write_private(&pki.join("sa.key"), first.to_pem().as_bytes())?;
-    std::fs::write(pki.join("sa.pub"), first.public_key().to_pem())?;
+    std::fs::write(
+        pki.join("sa.pub"),
+        public_keys_to_pem([first.public_key(), extra.public_key()]),
+    )?;
     let (apiserver, controller_manager) = manifests(&pki);
     std::fs::write(manifests_dir.join("kube-apiserver.yaml"), &apiserver)?;
     std::fs::write(
@@ -153,6 +212,11 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         },
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let extra_token = token_signed_by(&client, &extra).await?;
+    assert!(
+        accepted(&client, &extra_token).await?,
+        "before the rotation"
+    );
 
     // Without --wait: as far as it goes without waiting on the API servers.
     let once = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
@@ -166,6 +230,10 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     assert!(
         stopped_at.is_some_and(|step| step >= Step::Trust && step < Step::Completed),
         "stopped mid-rotation, at {stopped_at:?}"
+    );
+    assert!(
+        accepted(&client, &extra_token).await?,
+        "the extra key of sa.pub is trusted until Retire (at {stopped_at:?})"
     );
 
     // With --wait, killed once it reaches RefreshTokens; a second run
@@ -202,6 +270,13 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     );
     running.kill()?;
     running.wait()?;
+    let at = state(&pki).map(|s| s.step());
+    if at.is_some_and(|step| step < Step::Retire) {
+        assert!(
+            accepted(&client, &extra_token).await?,
+            "the extra key of sa.pub is trusted until Retire (at {at:?})"
+        );
+    }
 
     // Run again, without --wait, as often as it says: it resumes and
     // completes.
@@ -265,6 +340,12 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         }
     }
     assert!(pki.join("sa-v2.key").exists(), "the new key was checked");
+
+    // The extra key left with key 1.
+    assert!(
+        !accepted(&client, &extra_token).await?,
+        "the extra key of sa.pub is retired with key 1"
+    );
 
     // Tokens: fresh ones from key 2; no valid token was ever rejected.
     let fresh = request_token(&client, APPS, "app", vec![], 600).await?;

@@ -2,7 +2,12 @@
 //! pair per version (`sa-vN.key`, 0600, and `sa-vN.pub`), and kubeadm's own
 //! `sa.key`/`sa.pub`, imported as version 1 and, once a rotation completes,
 //! replaced by the new key (kubeadm reads them when a control-plane node
-//! joins or is upgraded). Every write is atomic: a hidden temporary file in
+//! joins or is upgraded).
+//!
+//! `sa-vN.pub` holds the public key of `sa-vN.key` first; version 1's also
+//! holds every other key of kubeadm's `sa.pub`, which kube-apiserver
+//! trusted before the first rotation and keeps trusting until version 1 is
+//! retired. Every write is atomic: a hidden temporary file in
 //! the same directory, fsynced, renamed over the target, directory fsynced.
 
 use std::collections::BTreeMap;
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use ksa_core::KeyVersion;
-use ksa_core::key::{PrivateKey, PublicKey, parse_pem};
+use ksa_core::key::{PrivateKey, PublicKey, parse_pem, public_keys_to_pem};
 
 /// Writes `bytes` to `path` atomically with `mode`, so a crash leaves the old
 /// contents or the new, never a mix. The temporary name starts with a dot:
@@ -64,6 +69,82 @@ impl PkiDir {
     pub fn kubeadm_key(&self) -> Result<PrivateKey> {
         let path = self.dir.join("sa.key");
         read_private_key(&path).context("is --pki-dir a kubeadm pki directory?")
+    }
+
+    /// Imports kubeadm's `sa.key`/`sa.pub` as version 1: `sa-v1.pub`
+    /// holds the public key of `sa.key` and then every other key of
+    /// `sa.pub` (kube-apiserver trusts all of them), so none stops being
+    /// trusted before version 1 is retired.
+    pub fn import_kubeadm_key(&self) -> Result<()> {
+        let key = self.kubeadm_key()?;
+        let sa_pub = self.dir.join("sa.pub");
+        let mut public = vec![key.public_key().clone()];
+        match std::fs::read(&sa_pub) {
+            Ok(text) => {
+                let keys = parse_pem(&text).with_context(|| {
+                    format!(
+                        "{} is kubeadm's public key file: it must hold PEM keys, as kube-apiserver reads it",
+                        sa_pub.display()
+                    )
+                })?;
+                for other in keys.public_keys() {
+                    if !public.contains(other) {
+                        public.push(other.clone());
+                    }
+                }
+            }
+            // kube-apiserver cannot be trusting a file that is not there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", sa_pub.display())),
+        }
+        write_atomic(
+            &self.pub_path(KeyVersion::FIRST),
+            public_keys_to_pem(&public).as_bytes(),
+            0o644,
+        )?;
+        write_atomic(
+            &self.key_path(KeyVersion::FIRST),
+            key.to_pem().as_bytes(),
+            0o600,
+        )
+    }
+
+    /// Checks that key pair `version` is there for a manifest to name:
+    /// `sa-vN.key` holds a private key and `sa-vN.pub` starts with its
+    /// public key. An API server pointed at a file that is missing or is
+    /// not the right key does not start, or rejects every token.
+    pub fn check_key_pair(&self, version: KeyVersion) -> Result<()> {
+        let recover = format!(
+            "copy sa-v{version}.key and sa-v{version}.pub into {} from the control-plane node where this \
+             rotation ran (or from a backup), then run the same command again; no manifest was changed",
+            self.dir.display()
+        );
+        let (key_path, pub_path) = (self.key_path(version), self.pub_path(version));
+        for path in [&key_path, &pub_path] {
+            if !path.is_file() {
+                anyhow::bail!(
+                    "{} does not exist (or is not a file), and the rotation needs key {version}: {recover}",
+                    path.display()
+                );
+            }
+        }
+        let key = read_private_key(&key_path)
+            .with_context(|| format!("{} is not key {version}: {recover}", key_path.display()))?;
+        let text =
+            std::fs::read(&pub_path).with_context(|| format!("reading {}", pub_path.display()))?;
+        let first_public = parse_pem(&text)
+            .with_context(|| format!("{}: {recover}", pub_path.display()))?
+            .public_keys()
+            .next()
+            .cloned();
+        if first_public.as_ref() != Some(key.public_key()) {
+            anyhow::bail!(
+                "{} does not match {}: its first key must be the public key of the private key; {recover}",
+                pub_path.display(),
+                key_path.display()
+            );
+        }
+        Ok(())
     }
 
     /// The private key of every stored version (`sa-vN.key`).

@@ -2,17 +2,75 @@
 //! container's command list, every other byte left as it was (comments,
 //! order, indentation). kubelet restarts the static pod when its manifest
 //! changes.
+//!
+//! A value is written into YAML as it is, so the editor writes only values
+//! made of [`SAFE_CHARACTERS`]: a newline would start a new command-line
+//! item (a flag of the attacker's choosing), `: ` or `#` would change what
+//! the YAML means, a comma splits a list flag, a quote or a space changes
+//! how kubelet reads the item.
 
 /// Why a manifest could not be edited.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
     #[error("no `- --{flag}=...` line in the command list; is this a kubeadm static pod manifest?")]
     FlagMissing { flag: String },
+    #[error("refusing to write --{flag}={value:?}: {unsafe_character}")]
+    UnsafeValue {
+        flag: String,
+        value: String,
+        unsafe_character: UnsafeCharacter,
+    },
+    #[error("refusing to write an empty --{flag}=")]
+    EmptyValue { flag: String },
+}
+
+/// What a value written into a manifest may be made of, besides ASCII
+/// letters and digits.
+pub const SAFE_CHARACTERS: &str = "/._-+@";
+
+/// The first character of a value that is not safe in a manifest.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[error(
+    "character {character:?} at position {position} is not safe in a manifest flag value \
+     (only ASCII letters, digits and {SAFE_CHARACTERS:?} are)"
+)]
+pub struct UnsafeCharacter {
+    pub character: char,
+    /// Counted in characters, from 1.
+    pub position: usize,
+}
+
+/// Checks that `value` is made of safe characters only.
+pub fn check_value(value: &str) -> Result<(), UnsafeCharacter> {
+    match value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || SAFE_CHARACTERS.contains(*c)))
+    {
+        Some((index, character)) => Err(UnsafeCharacter {
+            character,
+            position: index + 1,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Sets the values of `--flag`: the first line naming it becomes one line
-/// per value (same indentation), later lines naming it are removed.
+/// per value (same indentation), later lines naming it are removed. Every
+/// value must pass [`check_value`].
 pub fn set_flag(text: &str, flag: &str, values: &[String]) -> Result<String, ManifestError> {
+    for value in std::iter::once(flag).chain(values.iter().map(String::as_str)) {
+        if value.is_empty() {
+            return Err(ManifestError::EmptyValue {
+                flag: flag.to_owned(),
+            });
+        }
+        check_value(value).map_err(|unsafe_character| ManifestError::UnsafeValue {
+            flag: flag.to_owned(),
+            value: value.to_owned(),
+            unsafe_character,
+        })?;
+    }
     let prefix = format!("--{flag}=");
     let mut out = String::with_capacity(text.len() + 64 * values.len());
     let mut replaced = false;
@@ -122,5 +180,41 @@ spec:
             set_flag(crlf, "service-account-private-key-file", &["/b".into()]).expect("edits"),
             "    - --service-account-private-key-file=/b\r\n    - --x=1\r\n"
         );
+    }
+
+    #[test]
+    fn values_that_could_change_the_yaml_are_refused() {
+        let flag = "service-account-key-file";
+        for (value, character, position) in [
+            ("/pki\n    - --authorization-mode=AlwaysAllow", '\n', 5),
+            ("/pki\r", '\r', 5),
+            ("/p\tki", '\t', 3),
+            ("/pki: x", ':', 5),
+            ("/pki #x", ' ', 5),
+            ("\"/pki\"", '"', 1),
+            ("'/pki'", '\'', 1),
+            (" /pki", ' ', 1),
+            ("/pki ", ' ', 5),
+            ("/a,/b", ',', 3),
+            ("/pk\u{e9}", '\u{e9}', 4),
+        ] {
+            assert_eq!(
+                set_flag(APISERVER, flag, &["/ok".into(), value.into()]),
+                Err(ManifestError::UnsafeValue {
+                    flag: flag.into(),
+                    value: value.into(),
+                    unsafe_character: UnsafeCharacter {
+                        character,
+                        position
+                    },
+                }),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            set_flag(APISERVER, flag, &["/a".into(), String::new()]),
+            Err(ManifestError::EmptyValue { flag: flag.into() })
+        );
+        assert!(set_flag(APISERVER, flag, &["/etc/k8s+x/sa-v1.pub".into()]).is_ok());
     }
 }

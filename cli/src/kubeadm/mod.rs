@@ -10,8 +10,10 @@
 pub mod files;
 pub mod manifest;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,7 +22,7 @@ use ksa_controller::cluster::TargetCluster;
 use ksa_controller::refresh;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest};
+use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest, Step};
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
@@ -64,11 +66,19 @@ pub struct RotateRequest {
 }
 
 pub async fn rotate(request: RotateRequest) -> Outcome {
-    let locked = LockedState::lock(&request.pki_dir)?;
+    // Both directories are written into the manifests (the pki directory)
+    // or named beside them: checked before anything is read or written.
     let pki = PkiDir {
-        dir: request.pki_dir.clone(),
+        dir: manifest_dir("--pki-dir", &request.pki_dir)?,
     };
-    let manifests = &request.manifests_dir;
+    let manifests = &manifest_dir("--manifests-dir", &request.manifests_dir)?;
+    if !pki.dir.is_dir() {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--pki-dir {} is not a directory; give kubeadm's pki directory (/etc/kubernetes/pki)",
+            pki.dir.display()
+        )));
+    }
+    let locked = LockedState::lock(&pki.dir)?;
     for name in [APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST] {
         let path = manifests.join(name);
         if !path.is_file() {
@@ -82,15 +92,25 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         Some(state) => state,
         None => {
             // The first run: kubeadm's key becomes version 1.
-            pki.store(
-                KeyVersion::FIRST,
-                &pki.kubeadm_key().map_err(Failure::bad_input)?,
-            )?;
+            pki.import_kubeadm_key().map_err(Failure::bad_input)?;
             let settled = RotationState::settled(KeyVersion::FIRST);
             locked.save(&settled)?;
             settled
         }
     };
+    // A state whose key files are not all here (a state file copied from
+    // another node, a restored backup) would have the manifests name
+    // missing files: refused before anything else happens.
+    for version in versions_on_disk(&state) {
+        pki.check_key_pair(version).map_err(|error| {
+            Failure::bad_input(error.context(format!(
+                "{} is at step {} of key version {}",
+                pki.dir.join(state::STATE).display(),
+                state.step(),
+                state.key_version()
+            )))
+        })?;
+    }
     if state.is_completed() {
         let target = state.key_version().next().unwrap_or(state.key_version());
         let start = StartRequest {
@@ -211,6 +231,50 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     }
 }
 
+/// The key versions whose files must be in the pki directory in `state`:
+/// the old key until Retire deletes it, the new one once generated.
+fn versions_on_disk(state: &RotationState) -> Vec<KeyVersion> {
+    let (old, new) = (state.previous_version(), state.key_version());
+    match state.step() {
+        Step::Generate => vec![old],
+        Step::Trust | Step::Sign | Step::RefreshTokens => vec![old, new],
+        Step::Retire | Step::Completed => vec![new],
+    }
+}
+
+/// `dir` (the value of `flag`) as the manifests will name it: absolute,
+/// without `.` or `..`, and made only of characters safe in a manifest
+/// (see [`manifest::check_value`]). Symbolic links are kept, not resolved:
+/// kube-apiserver reads the files through the host path its pod mounts,
+/// which is the path kubeadm wrote, not where a link leads.
+fn manifest_dir(flag: &str, dir: &Path) -> Result<PathBuf, Failure> {
+    let absolute = std::path::absolute(dir)
+        .with_context(|| format!("{flag} {}: cannot make it absolute", dir.display()))
+        .map_err(Failure::bad_input)?;
+    if absolute.components().any(|c| c == Component::ParentDir) {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "{flag} {} has a '..' component; give the directory as the manifests name it, \
+             without '..' (e.g. /etc/kubernetes/pki)",
+            dir.display()
+        )));
+    }
+    // Rebuilt from its components: no `.`, no doubled or trailing slash.
+    let absolute: PathBuf = absolute.components().collect();
+    let text = absolute.to_str().ok_or_else(|| {
+        Failure::bad_input(anyhow::anyhow!(
+            "{flag} {:?} is not UTF-8; it is written into the static pod manifests",
+            dir
+        ))
+    })?;
+    manifest::check_value(text).map_err(|unsafe_character| {
+        Failure::bad_input(anyhow::anyhow!(
+            "{flag} {text:?}: {unsafe_character}; it is written into the static pod manifests \
+             (a newline or \": \" there would add flags of its own); give a path without it"
+        ))
+    })?;
+    Ok(absolute)
+}
+
 /// Why an effect was not applied: the node's files (fatal), or the
 /// cluster (the API servers restart at every step; tried again).
 enum ApplyError {
@@ -250,19 +314,7 @@ async fn apply(
         }
         Effect::PublishPublicKeys { public, signing }
         | Effect::SwitchSigner { signing, public } => {
-            let public: Vec<String> = public
-                .iter()
-                .map(|v| pki.pub_path(*v).display().to_string())
-                .collect();
-            let signing = vec![pki.key_path(*signing).display().to_string()];
-            edit_manifest(
-                &manifests.join(APISERVER_MANIFEST),
-                &[(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)],
-            )?;
-            edit_manifest(
-                &manifests.join(CONTROLLER_MANAGER_MANIFEST),
-                &[(PRIVATE_KEY_FILE, &signing)],
-            )?;
+            point_manifests_at(pki, manifests, public, *signing)?;
         }
         Effect::RefreshLegacyTokens { version } => {
             let signer = AwsLc::new()
@@ -282,9 +334,53 @@ async fn apply(
     Ok(())
 }
 
-/// Sets flags in a static pod manifest; writes only when something changed
-/// (kubelet restarts the pod on every change).
-fn edit_manifest(path: &Path, flags: &[(&str, &Vec<String>)]) -> anyhow::Result<()> {
+/// Points kube-apiserver at public keys `public` and signing key
+/// `signing`, and kube-controller-manager at `signing`. Every key file
+/// named is checked, and both manifests are edited in memory, before
+/// either is written: a refusal leaves both as they were.
+fn point_manifests_at(
+    pki: &PkiDir,
+    manifests: &Path,
+    public: &[KeyVersion],
+    signing: KeyVersion,
+) -> anyhow::Result<()> {
+    let mut versions: Vec<KeyVersion> = public.to_vec();
+    versions.push(signing);
+    versions.sort();
+    versions.dedup();
+    for version in versions {
+        pki.check_key_pair(version)?;
+    }
+    let public: Vec<String> = public
+        .iter()
+        .map(|v| pki.pub_path(*v).display().to_string())
+        .collect();
+    let signing = vec![pki.key_path(signing).display().to_string()];
+    let edits = [
+        edited_manifest(
+            &manifests.join(APISERVER_MANIFEST),
+            &[(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)],
+        )?,
+        edited_manifest(
+            &manifests.join(CONTROLLER_MANAGER_MANIFEST),
+            &[(PRIVATE_KEY_FILE, &signing)],
+        )?,
+    ];
+    for (path, edited) in edits {
+        if let Some(text) = edited {
+            write_atomic(&path, text.as_bytes(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// A static pod manifest with flags set, or `None` when nothing changed
+/// (kubelet restarts the pod on every change, so an unchanged manifest is
+/// not written).
+fn edited_manifest(
+    path: &Path,
+    flags: &[(&str, &Vec<String>)],
+) -> anyhow::Result<(PathBuf, Option<String>)> {
     let before =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut after = before.clone();
@@ -292,10 +388,7 @@ fn edit_manifest(path: &Path, flags: &[(&str, &Vec<String>)]) -> anyhow::Result<
         after =
             manifest::set_flag(&after, flag, values).with_context(|| path.display().to_string())?;
     }
-    if after != before {
-        write_atomic(path, after.as_bytes(), 0o600)?;
-    }
-    Ok(())
+    Ok((path.to_owned(), (after != before).then_some(after)))
 }
 
 /// `status --pki-dir`: the status line from the state file.

@@ -12,7 +12,7 @@ use ksa_core::rotation::RotationState;
 use super::files::write_atomic;
 use crate::Failure;
 
-const STATE: &str = "ksa-rotation.json";
+pub const STATE: &str = "ksa-rotation.json";
 const LOCK: &str = "ksa-rotation.lock";
 
 /// The state file, read without the lock (`status`).
