@@ -24,6 +24,13 @@ pub enum InputError {
     TooLarge { what: String, limit: u64 },
 }
 
+impl InputError {
+    /// Whether the file was not there at all.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, InputError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// The contents of `path`, refused when it holds more than `limit` bytes.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, InputError> {
     let what = path.display().to_string();

@@ -10,6 +10,8 @@
 //! retired. Every write is atomic: a hidden temporary file in
 //! the same directory, fsynced, renamed over the target, directory fsynced.
 
+use crate::commands::MAX_INPUT;
+use crate::input::read_limited;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -41,7 +43,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// The first private key in a PEM file.
 fn read_private_key(path: &Path) -> Result<PrivateKey> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_limited(path, MAX_INPUT)?;
     parse_pem(&text)
         .with_context(|| path.display().to_string())?
         .private_keys()
@@ -79,7 +81,7 @@ impl PkiDir {
         let key = self.kubeadm_key()?;
         let sa_pub = self.dir.join("sa.pub");
         let mut public = vec![key.public_key().clone()];
-        match std::fs::read(&sa_pub) {
+        match read_limited(&sa_pub, MAX_INPUT) {
             Ok(text) => {
                 let keys = parse_pem(&text).with_context(|| {
                     format!(
@@ -94,8 +96,8 @@ impl PkiDir {
                 }
             }
             // kube-apiserver cannot be trusting a file that is not there.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", sa_pub.display())),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
         write_atomic(
             &self.pub_path(KeyVersion::FIRST),
@@ -130,8 +132,7 @@ impl PkiDir {
         }
         let key = read_private_key(&key_path)
             .with_context(|| format!("{} is not key {version}: {recover}", key_path.display()))?;
-        let text =
-            std::fs::read(&pub_path).with_context(|| format!("reading {}", pub_path.display()))?;
+        let text = read_limited(&pub_path, MAX_INPUT)?;
         let first_public = parse_pem(&text)
             .with_context(|| format!("{}: {recover}", pub_path.display()))?
             .public_keys()

@@ -13,6 +13,8 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
+use crate::commands::MAX_INPUT;
+use crate::input::read_limited;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -381,8 +383,8 @@ fn edited_manifest(
     path: &Path,
     flags: &[(&str, &Vec<String>)],
 ) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let before =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let before = String::from_utf8(read_limited(path, MAX_INPUT)?)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let mut after = before.clone();
     for (flag, values) in flags {
         after =

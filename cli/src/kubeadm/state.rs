@@ -3,6 +3,8 @@
 //! `ksa-rotation.lock` from start to end, so a second run cannot interleave;
 //! a crash releases the lock and leaves a state the next run resumes from.
 
+use crate::commands::MAX_INPUT;
+use crate::input::read_limited;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -18,17 +20,15 @@ const LOCK: &str = "ksa-rotation.lock";
 /// The state file, read without the lock (`status`).
 pub fn read(dir: &Path) -> Result<Option<RotationState>, Failure> {
     let path = dir.join(STATE);
-    match std::fs::read(&path) {
+    match read_limited(&path, MAX_INPUT) {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{} is not a ksa rotation state; restore it from a backup",
                 path.display()
             )
         })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context(format!("reading {}", path.display()))
-            .into()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).into()),
     }
 }
 
