@@ -232,7 +232,7 @@ current-context: user
     admin
         .create_secret(
             "garbage-kubeconfig",
-            &[("value", format!("just a note: {CANARY}").as_bytes())],
+            &[("value", format!("just a note, {CANARY}").as_bytes())],
         )
         .await?;
     admin
