@@ -82,8 +82,10 @@ impl TargetCluster {
         let config = InlineKubeconfig::parse(&bytes.0)
             .map_err(refused)?
             .to_config();
-        let client = kube::Client::try_from(config.clone())
-            .map_err(|_| Error::KubeconfigClient { secret: name.clone() })?;
+        let client =
+            kube::Client::try_from(config.clone()).map_err(|_| Error::KubeconfigClient {
+                secret: name.clone(),
+            })?;
         Ok(TargetCluster { client, config })
     }
 
@@ -135,10 +137,11 @@ impl TargetCluster {
         }
         urls.into_iter()
             .map(|u| {
-                u.parse().map_err(|e: http::uri::InvalidUri| Error::BadResponse {
-                    what: "EndpointSlice address",
-                    detail: e.to_string(),
-                })
+                u.parse()
+                    .map_err(|e: http::uri::InvalidUri| Error::BadResponse {
+                        what: "EndpointSlice address",
+                        detail: e.to_string(),
+                    })
             })
             .collect()
     }

@@ -180,7 +180,10 @@ impl InlineKubeconfig {
             })?;
 
         let place = format!("clusters[{cluster_index}].cluster");
-        let server = cluster.server.as_deref().ok_or(KubeconfigProblem::NoServer)?;
+        let server = cluster
+            .server
+            .as_deref()
+            .ok_or(KubeconfigProblem::NoServer)?;
         let server = https_url(server, &place)?;
         let root_certs = match &cluster.certificate_authority_data {
             Some(data) => Some(certificates(data, "certificate-authority-data", &place)?),
@@ -208,8 +211,7 @@ impl InlineKubeconfig {
 /// Why each refused cluster field is refused.
 const CA_FILE: &str = "it reads a file of the controller; give certificate-authority-data";
 const PROXY: &str = "it sends the controller's requests through another host";
-const INSECURE: &str =
-    "it turns off the server certificate check; give certificate-authority-data";
+const INSECURE: &str = "it turns off the server certificate check; give certificate-authority-data";
 
 fn check_cluster(cluster: &Cluster, place: &str) -> Result<(), KubeconfigProblem> {
     let forbidden = |field, why| KubeconfigProblem::Forbidden {
@@ -249,7 +251,11 @@ fn check_user(user: &AuthInfo, place: &str) -> Result<(), KubeconfigProblem> {
         ("exec", user.exec.is_some(), RUNS),
         ("auth-provider", user.auth_provider.is_some(), RUNS),
         ("tokenFile", user.token_file.is_some(), READS),
-        ("client-certificate", user.client_certificate.is_some(), READS),
+        (
+            "client-certificate",
+            user.client_certificate.is_some(),
+            READS,
+        ),
         ("client-key", user.client_key.is_some(), READS),
         ("username", user.username.is_some(), BASIC),
         ("password", user.password.is_some(), BASIC),
@@ -367,11 +373,9 @@ fn certificates(
 fn private_key(data: &str, place: &str) -> Result<(), KubeconfigProblem> {
     const FIELD: &str = "client-key-data";
     let pem = zeroize::Zeroizing::new(decode(data, FIELD, place)?);
-    let is_key = pem::parse_many(pem.as_slice())
-        .ok()
-        .is_some_and(|blocks| {
-            blocks.len() == 1 && blocks.iter().all(|p| p.tag().ends_with("PRIVATE KEY"))
-        });
+    let is_key = pem::parse_many(pem.as_slice()).ok().is_some_and(|blocks| {
+        blocks.len() == 1 && blocks.iter().all(|p| p.tag().ends_with("PRIVATE KEY"))
+    });
     if !is_key {
         return Err(KubeconfigProblem::Malformed {
             field: FIELD,
@@ -546,10 +550,7 @@ current-context: x
 
     #[test]
     fn a_plain_http_server_is_refused() {
-        let text = kubeconfig(
-            "    server: http://10.0.0.1:8080",
-            "    token: abc",
-        );
+        let text = kubeconfig("    server: http://10.0.0.1:8080", "    token: abc");
         assert_eq!(
             parse(&text).expect_err("refused"),
             KubeconfigProblem::NotHttps {
@@ -560,7 +561,10 @@ current-context: x
 
     #[test]
     fn unknown_fields_are_refused_without_quoting_them() {
-        let text = kubeconfig(&good_cluster(), &format!("{}\n    canary-1234: x", good_user()));
+        let text = kubeconfig(
+            &good_cluster(),
+            &format!("{}\n    canary-1234: x", good_user()),
+        );
         let problem = parse(&text).expect_err("refused");
         assert_eq!(
             problem,
@@ -588,10 +592,7 @@ current-context: x
                 &good_cluster(),
                 &format!("    exec: {{command: {canary}, args: [{canary}]}}"),
             ),
-            kubeconfig(
-                &good_cluster(),
-                &format!("    exec: {canary}"),
-            ),
+            kubeconfig(&good_cluster(), &format!("    exec: {canary}")),
         ];
         for input in inputs {
             let problem = parse(&input).expect_err("refused");

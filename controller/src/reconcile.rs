@@ -72,9 +72,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         .await?;
         // Before anything changes: the spec names only objects ksa owns.
         let rollout = Rollout::of(&resource, &name)?;
-        rollout
-            .check_owned(&ctx.client, &namespace, &name)
-            .await?;
+        rollout.check_owned(&ctx.client, &namespace, &name).await?;
         let rotation = Rotation {
             resource: &resource,
             keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),

@@ -562,13 +562,13 @@ mod tests {
             may_restart_workload("ns", "r", &workload, Some(&labelled("r"))),
             Ok(())
         );
-        let refusal =
-            may_restart_workload("ns", "r", &workload, Some(&BTreeMap::new())).expect_err("refused");
+        let refusal = may_restart_workload("ns", "r", &workload, Some(&BTreeMap::new()))
+            .expect_err("refused");
         assert_eq!(refusal.reason(), "WorkloadNotLabelled");
         assert!(
-            refusal.to_string().contains(
-                "`kubectl label deployment -n ns kube-apiserver ksa.dev/rotation=r`"
-            ),
+            refusal
+                .to_string()
+                .contains("`kubectl label deployment -n ns kube-apiserver ksa.dev/rotation=r`"),
             "{refusal}"
         );
         assert_eq!(

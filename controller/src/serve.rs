@@ -296,7 +296,9 @@ mod tests {
         let log = asked.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let path = request.uri().path().to_owned();
-            log.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path.clone());
             let config_map = |labels: serde_json::Value| {
                 serde_json::json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
@@ -312,9 +314,10 @@ mod tests {
                         "ksa.dev/rotation": "good",
                     })),
                 ),
-                "/api/v1/namespaces/ns/configmaps/decoy-jwks" => {
-                    (200, config_map(serde_json::json!({"ksa.dev/rotation": "decoy"})))
-                }
+                "/api/v1/namespaces/ns/configmaps/decoy-jwks" => (
+                    200,
+                    config_map(serde_json::json!({"ksa.dev/rotation": "decoy"})),
+                ),
                 _ => (
                     404,
                     serde_json::json!({

@@ -62,8 +62,14 @@ impl Admin {
     /// Imports the cluster's key as version 1 of another rotation in
     /// [`NAMESPACE`], as the operator does before its first rotation.
     async fn import_key(&self, rotation: &str) -> Result<()> {
-        Installation::install(&self.client, NAMESPACE, rotation, &self.key, self.plane.dir())
-            .await?;
+        Installation::install(
+            &self.client,
+            NAMESPACE,
+            rotation,
+            &self.key,
+            self.plane.dir(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -167,7 +173,10 @@ async fn assert_no_canary(admin: &Admin) -> Result<()> {
         .list(&ListParams::default())
         .await?;
     for (place, text) in [
-        ("the rotation resources", serde_json::to_string(&rotations.items)?),
+        (
+            "the rotation resources",
+            serde_json::to_string(&rotations.items)?,
+        ),
         ("the Events", serde_json::to_string(&events.items)?),
         ("the controller log", admin.installation.controller_log()),
     ] {
@@ -342,7 +351,11 @@ async fn the_jwks_endpoint_takes_names_only_and_serves_only_what_ksa_published()
 }
 
 /// A Deployment ksa has no business restarting, unless labelled for it.
-async fn create_deployment(admin: &Admin, name: &str, rotation: Option<&str>) -> Result<Deployment> {
+async fn create_deployment(
+    admin: &Admin,
+    name: &str,
+    rotation: Option<&str>,
+) -> Result<Deployment> {
     let mut deployment = workload::deployment(name, "default", 1, None);
     if let Some(rotation) = rotation {
         deployment
@@ -351,9 +364,11 @@ async fn create_deployment(admin: &Admin, name: &str, rotation: Option<&str>) ->
             .get_or_insert_default()
             .insert(LABEL_ROTATION.into(), rotation.into());
     }
-    Ok(Api::<Deployment>::namespaced(admin.client.clone(), NAMESPACE)
-        .create(&PostParams::default(), &deployment)
-        .await?)
+    Ok(
+        Api::<Deployment>::namespaced(admin.client.clone(), NAMESPACE)
+            .create(&PostParams::default(), &deployment)
+            .await?,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +479,10 @@ async fn a_rotation_writes_only_the_secret_and_workload_labelled_for_it() -> Res
             .await?
             .status
             .context("a status")?;
-        assert_eq!(status.step, "Completed", "rotation {rotation} did not start");
+        assert_eq!(
+            status.step, "Completed",
+            "rotation {rotation} did not start"
+        );
     }
     Ok(())
 }
