@@ -15,12 +15,12 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use crate::error::{Error, Result};
 
 /// Every object ksa writes for a rotation carries this label with the
-/// rotation's name; a key Secret or workload a rotation names must carry
-/// it too (`rollout::Rollout::check_owned`).
+/// rotation's name: the controller serves a JWKS ConfigMap only when it
+/// has it, and a key Secret or workload a rotation names must carry it too
+/// (`rollout::Rollout::check_owned`).
 pub const LABEL_ROTATION: &str = "ksa.dev/rotation";
-/// The standard label, on every object ksa publishes, with value
-/// [`MANAGED_BY`]: the controller serves a JWKS ConfigMap only when it has
-/// both.
+/// The standard label, with value [`MANAGED_BY`], on every object ksa
+/// writes, so that operators can find them all.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ksa";
 pub const LABEL_KEY_VERSION: &str = "ksa.dev/key-version";

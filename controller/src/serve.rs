@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::keystore::{LABEL_MANAGED_BY, LABEL_ROTATION, MANAGED_BY};
+use crate::keystore::LABEL_ROTATION;
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 
 /// How long outside verifiers may cache a JWKS. Short, so that a new key
@@ -177,11 +177,16 @@ pub fn jwks_config_map(namespace: &str, name: &str) -> Result<String, BadJwksPat
 }
 
 /// Whether ksa published this ConfigMap for rotation `name`: it carries
-/// both of ksa's labels.
+/// `ksa.dev/rotation: <name>`, as every version of ksa has written it (so
+/// an upgrade serves what an older version published; new ones also carry
+/// `app.kubernetes.io/managed-by: ksa`).
 pub fn published_by_ksa(config_map: &ConfigMap, name: &str) -> bool {
-    let labels = config_map.metadata.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-    label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_ROTATION) == Some(name)
+    config_map
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(LABEL_ROTATION))
+        .is_some_and(|rotation| rotation == name)
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -290,7 +295,8 @@ mod tests {
 
     /// A fake API server that records every path it is asked for and
     /// answers ConfigMaps `ns/good-jwks` (published by ksa) and
-    /// `ns/decoy-jwks` (not labelled); 404 for anything else.
+    /// `ns/decoy-jwks` (labelled for another rotation); 404 for anything
+    /// else.
     fn api_server() -> (kube::Client, Arc<Mutex<Vec<String>>>) {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
@@ -316,7 +322,10 @@ mod tests {
                 ),
                 "/api/v1/namespaces/ns/configmaps/decoy-jwks" => (
                     200,
-                    config_map(serde_json::json!({"ksa.dev/rotation": "decoy"})),
+                    config_map(serde_json::json!({
+                        "app.kubernetes.io/managed-by": "ksa",
+                        "ksa.dev/rotation": "good",
+                    })),
                 ),
                 _ => (
                     404,
