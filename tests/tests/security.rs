@@ -100,6 +100,7 @@ impl Admin {
         loop {
             let resource = self.rotations().get(name).await?;
             if let Some(waiting) = resource.status.and_then(|s| s.waiting_for) {
+                eprintln!("rotation {name}: status.waitingFor: {waiting}");
                 return Ok(waiting);
             }
             if started.elapsed() > Duration::from_secs(60) {
