@@ -104,11 +104,14 @@ pub struct RolloutSpec {
     #[serde(default)]
     pub kind: RolloutKind,
     /// The Secret (in this namespace) the API server pods mount, holding
-    /// `sa.key` and `sa.pub`. Default: `<name>-apiserver-keys`.
+    /// `sa.key` and `sa.pub`. Default: `<name>-apiserver-keys`. Any other
+    /// Secret must exist and be labelled `ksa.dev/rotation: <name>`: ksa
+    /// writes the private signing key only into a Secret it owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
     /// The workload running the API server pods, restarted when the key set
-    /// changes. None: whoever mounts the Secret restarts on change.
+    /// changes. It must be labelled `ksa.dev/rotation: <name>`. None:
+    /// whoever mounts the Secret restarts on change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadRef>,
 }
@@ -127,7 +130,8 @@ pub enum RolloutKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRef {
-    /// `Deployment` or `StatefulSet`.
+    /// `Deployment`, `StatefulSet` or `DaemonSet`; any other kind is
+    /// refused.
     pub kind: String,
     pub name: String,
 }

@@ -14,10 +14,10 @@ use ksa_core::key::PublicKey;
 use ksa_core::rotation::{ApiServerView, Observed, Policy, RotationState, Step};
 use ksa_core::{KeyId, KeyVersion};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::api::ClusterRef;
 use crate::error::{Error, Result};
+use crate::kubeconfig::{InlineKubeconfig, KubeconfigProblem};
 use crate::refresh;
 
 /// The namespace and name of the service account whose fresh tokens tell
@@ -46,6 +46,12 @@ impl TargetCluster {
     }
 
     /// The user cluster a rotation names, or the controller's own.
+    ///
+    /// The kubeconfig Secret is written by whoever may write Secrets in the
+    /// rotation's namespace: it goes through [`InlineKubeconfig`], which
+    /// refuses anything that would run a command, read a file or
+    /// impersonate, and nothing of it reaches kube-rs but its checked
+    /// inline fields. Errors name fields, never the Secret's content.
     pub async fn connect(
         own: &TargetCluster,
         admin: &kube::Client,
@@ -56,38 +62,44 @@ impl TargetCluster {
             return Ok(own.clone());
         };
         let secret_ref = &cluster.kubeconfig_secret;
-        let bad = |detail: String| Error::Kubeconfig {
-            secret: format!("{namespace}/{}", secret_ref.name),
-            detail,
+        let name = format!("{namespace}/{}", secret_ref.name);
+        let refused = |problem| Error::Kubeconfig {
+            secret: name.clone(),
+            problem,
         };
         let secret = Api::<Secret>::namespaced(admin.clone(), namespace)
             .get(&secret_ref.name)
             .await?;
-        let yaml = secret
+        let bytes = secret
             .data
             .as_ref()
             .and_then(|d| d.get(&secret_ref.key))
-            .ok_or_else(|| bad(format!("no data key {:?}", secret_ref.key)))?;
-        let text = std::str::from_utf8(&yaml.0).map_err(|e| bad(e.to_string()))?;
-        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| bad(e.to_string()))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| bad(e.to_string()))?;
-        let client = kube::Client::try_from(config.clone()).map_err(|e| bad(e.to_string()))?;
+            .ok_or_else(|| {
+                refused(KubeconfigProblem::MissingDataKey {
+                    key: secret_ref.key.clone(),
+                })
+            })?;
+        let config = InlineKubeconfig::parse(&bytes.0)
+            .map_err(refused)?
+            .to_config();
+        let client =
+            kube::Client::try_from(config.clone()).map_err(|_| Error::KubeconfigClient {
+                secret: name.clone(),
+            })?;
         Ok(TargetCluster { client, config })
     }
 
     /// The issuer the API servers advertise in OIDC discovery.
     pub async fn issuer(&self) -> Result<Option<String>> {
-        let request = http::Request::get("/.well-known/openid-configuration")
-            .body(Vec::new())
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let request = http::Request::get("/.well-known/openid-configuration").body(Vec::new())?;
         let Ok(text) = self.client.request_text(request).await else {
             return Ok(None);
         };
         let discovery: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Other(e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+                what: "OIDC discovery document",
+                detail: e.to_string(),
+            })?;
         Ok(discovery["issuer"].as_str().map(str::to_owned))
     }
 
@@ -126,7 +138,10 @@ impl TargetCluster {
         urls.into_iter()
             .map(|u| {
                 u.parse()
-                    .map_err(|e: http::uri::InvalidUri| Error::Other(e.to_string()))
+                    .map_err(|e: http::uri::InvalidUri| Error::BadResponse {
+                        what: "EndpointSlice address",
+                        detail: e.to_string(),
+                    })
             })
             .collect()
     }
@@ -206,9 +221,7 @@ impl TargetCluster {
             let mut config = self.config.clone();
             config.cluster_url = url.clone();
             let client = kube::Client::try_from(config)?;
-            let request = http::Request::get("/openid/v1/jwks")
-                .body(Vec::new())
-                .map_err(|e| Error::Other(e.to_string()))?;
+            let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
             let mut view = ApiServerView {
                 name: url.to_string(),
                 ..ApiServerView::default()
@@ -250,10 +263,16 @@ async fn fresh_token_kid(client: &kube::Client) -> Result<KeyId> {
         .create_token_request(PROBE_ACCOUNT, &PostParams::default(), &request)
         .await?;
     let token = response.status.map(|s| s.token).unwrap_or_default();
-    let decoded = ksa_core::token::decode(&token).map_err(|e| Error::Other(e.to_string()))?;
+    let decoded = ksa_core::token::decode(&token).map_err(|e| Error::BadResponse {
+        what: "fresh TokenRequest token",
+        detail: e.to_string(),
+    })?;
     decoded
         .header
         .kid
         .map(KeyId::new)
-        .ok_or_else(|| Error::Other("fresh token has no kid".into()))
+        .ok_or_else(|| Error::BadResponse {
+            what: "fresh TokenRequest token",
+            detail: "it has no kid".into(),
+        })
 }

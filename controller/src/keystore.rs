@@ -14,9 +14,25 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 
 use crate::error::{Error, Result};
 
+/// Every object ksa writes for a rotation carries this label with the
+/// rotation's name: the controller serves a JWKS ConfigMap only when it
+/// has it, and a key Secret or workload a rotation names must carry it too
+/// (`rollout::Rollout::check_owned`).
 pub const LABEL_ROTATION: &str = "ksa.dev/rotation";
+/// The standard label, with value [`MANAGED_BY`], on every object ksa
+/// writes, so that operators can find them all.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "ksa";
 pub const LABEL_KEY_VERSION: &str = "ksa.dev/key-version";
 const FIELD_MANAGER: &str = "ksa-controller";
+
+/// The labels of every object ksa writes for `rotation`.
+pub fn owned_labels(rotation: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_ROTATION.to_owned(), rotation.to_owned()),
+    ])
+}
 
 /// The key store of one rotation resource.
 #[derive(Clone)]
@@ -89,10 +105,11 @@ impl KeyStore {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.secret_name(version)),
-                labels: Some(BTreeMap::from([
-                    (LABEL_ROTATION.to_owned(), self.rotation.clone()),
-                    (LABEL_KEY_VERSION.to_owned(), version.to_string()),
-                ])),
+                labels: Some({
+                    let mut labels = owned_labels(&self.rotation);
+                    labels.insert(LABEL_KEY_VERSION.to_owned(), version.to_string());
+                    labels
+                }),
                 annotations: Some(BTreeMap::from([(
                     "ksa.dev/kid".to_owned(),
                     key.kid().to_string(),
@@ -155,10 +172,7 @@ impl KeyStore {
             let secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(secret_name.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        LABEL_ROTATION.to_owned(),
-                        self.rotation.clone(),
-                    )])),
+                    labels: Some(owned_labels(&self.rotation)),
                     annotations: Some(BTreeMap::from([(
                         "ksa.dev/key-set".to_owned(),
                         key_set_id(signing, public),
@@ -209,10 +223,7 @@ impl KeyStore {
         let config_map = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.jwks_config_map()),
-                labels: Some(BTreeMap::from([(
-                    LABEL_ROTATION.to_owned(),
-                    self.rotation.clone(),
-                )])),
+                labels: Some(owned_labels(&self.rotation)),
                 ..ObjectMeta::default()
             },
             data: Some(data),
@@ -245,10 +256,16 @@ fn private_key_of(secret: &Secret) -> Result<PrivateKey> {
         .data
         .as_ref()
         .and_then(|d| d.get("key.pem"))
-        .ok_or_else(|| Error::Other(format!("key Secret {name} has no key.pem")))?;
+        .ok_or_else(|| Error::BadKeySecret {
+            name: name.clone(),
+            problem: "has no key.pem",
+        })?;
     let keys = parse_pem(&pem.0)?;
     keys.private_keys()
         .next()
         .cloned()
-        .ok_or_else(|| Error::Other(format!("key Secret {name} holds no private key")))
+        .ok_or(Error::BadKeySecret {
+            name,
+            problem: "holds no private key",
+        })
 }

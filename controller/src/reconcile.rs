@@ -51,6 +51,9 @@ struct Rotation<'a> {
     api: Api<KSASigningKeyRotation>,
     keystore: KeyStore,
     cluster: TargetCluster,
+    /// The roll-out its spec asks for, checked to name only objects
+    /// labelled for it.
+    rollout: Rollout,
     policy: Policy,
     ctx: &'a Context,
 }
@@ -67,6 +70,9 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
             resource.spec.cluster.as_ref(),
         )
         .await?;
+        // Before anything changes: the spec names only objects ksa owns.
+        let rollout = Rollout::of(&resource, &name)?;
+        rollout.check_owned(&ctx.client, &namespace, &name).await?;
         let rotation = Rotation {
             resource: &resource,
             keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),
@@ -74,6 +80,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
             namespace: namespace.clone(),
             api: api.clone(),
             cluster,
+            rollout,
             policy: resource.spec.policy(),
             ctx: &ctx,
         };
@@ -89,19 +96,96 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         Err(error) => {
             ctx.metrics.reconcile_errors.inc();
             tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
-            // Best effort: show the error where operators look.
-            let patch = serde_json::json!({"status": {"waitingFor": format!("error: {error}")}});
-            let _ = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
+            // Best effort: show the error where operators look. No error
+            // holds Secret data (`Error::Kubeconfig` names fields only).
+            let waiting = match error.refusal_reason() {
+                Some(reason) => {
+                    let note = error.to_string();
+                    publish_event(&ctx, &resource, EventType::Warning, reason, note).await;
+                    format!("refused: {error}")
+                }
+                None => format!("error: {error}"),
+            };
+            let _ = show_error(&api, &resource, waiting).await;
         }
         Ok(_) => {}
     }
     outcome
 }
 
-pub fn error_policy(_: Arc<KSASigningKeyRotation>, _: &Error, _: Arc<Context>) -> Action {
-    Action::requeue(Duration::from_secs(5))
+/// Writes `waiting` into the status: beside the stored state, or, when
+/// there is none yet, with the state the resource stands at (a status
+/// without the state would not load back).
+async fn show_error(
+    api: &Api<KSASigningKeyRotation>,
+    resource: &KSASigningKeyRotation,
+    waiting: String,
+) -> Result<()> {
+    let name = resource.name_any();
+    let patch = match &resource.status {
+        Some(_) => serde_json::json!({"status": {"waitingFor": waiting}}),
+        None => {
+            let status = RotationStatus::of(
+                &resource.state()?,
+                None,
+                Some(waiting),
+                resource.meta().generation,
+                Timestamp::now(),
+            );
+            serde_json::json!({
+                "metadata": {"resourceVersion": resource.resource_version()},
+                "status": status,
+            })
+        }
+    };
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Records an Event about the rotation; a failure to is only logged.
+async fn publish_event(
+    ctx: &Context,
+    resource: &KSASigningKeyRotation,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, MAX_EVENT_NOTE)),
+        action: "Rotate".to_owned(),
+        secondary: None,
+    };
+    let reference = resource.object_ref(&());
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(%error, "could not record event");
+    }
+}
+
+/// The API server refuses an Event note over 1 KiB.
+const MAX_EVENT_NOTE: usize = 1024;
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+pub fn error_policy(_: Arc<KSASigningKeyRotation>, error: &Error, _: Arc<Context>) -> Action {
+    // A refusal stands until someone changes the spec (which reconciles at
+    // once) or the objects it names: no need to ask again soon.
+    if error.refusal_reason().is_some() {
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
 }
 
 impl Rotation<'_> {
@@ -243,7 +327,7 @@ impl Rotation<'_> {
             Effect::PublishPublicKeys { public, signing }
             | Effect::SwitchSigner { signing, public } => {
                 let issuer = self.cluster.issuer().await?;
-                Rollout::of(self.resource, &self.name)
+                self.rollout
                     .apply(
                         client,
                         &self.namespace,
@@ -295,17 +379,7 @@ impl Rotation<'_> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Rotate".to_owned(),
-            secondary: None,
-        };
-        let reference = self.resource.object_ref(&());
-        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "could not record event");
-        }
+        publish_event(self.ctx, self.resource, type_, reason, note).await;
     }
 }
 
