@@ -67,7 +67,7 @@ fn secret_guard(user: &str) -> Guard {
                 "ksa-controller may only re-mint the token of a kubernetes.io/service-account-token Secret here",
             ),
             check(
-                &unchanged_except("data", "token"),
+                &unchanged_except("data", &["token"]),
                 "ksa-controller may only change data.token of a legacy token Secret",
             ),
             check(
@@ -91,6 +91,9 @@ struct Workload {
     resource: &'static str,
     kind: &'static str,
     spec_fields: &'static [&'static str],
+    /// Annotations of the workload itself that kube-apiserver changes on
+    /// any template change (a restart included).
+    server_annotations: &'static [&'static str],
 }
 
 const WORKLOADS: [Workload; 3] = [
@@ -106,6 +109,7 @@ const WORKLOADS: [Workload; 3] = [
             "paused",
             "progressDeadlineSeconds",
         ],
+        server_annotations: &[],
     },
     Workload {
         resource: "statefulsets",
@@ -122,6 +126,7 @@ const WORKLOADS: [Workload; 3] = [
             "persistentVolumeClaimRetentionPolicy",
             "ordinals",
         ],
+        server_annotations: &[],
     },
     Workload {
         resource: "daemonsets",
@@ -132,6 +137,8 @@ const WORKLOADS: [Workload; 3] = [
             "minReadySeconds",
             "revisionHistoryLimit",
         ],
+        // The DaemonSet strategy counts template changes there.
+        server_annotations: &["deprecated.daemonset.template.generation"],
     },
 ];
 
@@ -149,12 +156,15 @@ fn workload_guard(user: &str, workload: &Workload) -> Guard {
         vec![
             only_updates(workload.kind),
             check(
-                &all_same(&[
-                    "metadata.?labels",
-                    "metadata.?annotations",
-                    "metadata.?ownerReferences",
-                    "metadata.?finalizers",
-                ]),
+                &format!(
+                    "{} && {}",
+                    all_same(&[
+                        "metadata.?labels",
+                        "metadata.?ownerReferences",
+                        "metadata.?finalizers",
+                    ]),
+                    unchanged_except("metadata.annotations", workload.server_annotations)
+                ),
                 "ksa-controller may not change a workload's labels, annotations, owners or finalizers",
             ),
             check(
@@ -166,7 +176,7 @@ fn workload_guard(user: &str, workload: &Workload) -> Guard {
                 "ksa-controller may not change a workload's pod spec or pod labels",
             ),
             check(
-                &unchanged_except("spec.template.metadata.annotations", RESTART_ANNOTATION),
+                &unchanged_except("spec.template.metadata.annotations", &[RESTART_ANNOTATION]),
                 &format!(
                     "ksa-controller may only set the {RESTART_ANNOTATION} annotation of a pod template"
                 ),
@@ -296,13 +306,17 @@ fn all_same(paths: &[&str]) -> String {
 }
 
 /// The map at `path` (which may be absent) is the same before and after,
-/// except for `key`.
-fn unchanged_except(path: &str, key: &str) -> String {
-    let key = cel_string(key);
+/// except for `keys`.
+fn unchanged_except(path: &str, keys: &[&str]) -> String {
+    let keys = keys
+        .iter()
+        .map(|k| cel_string(k))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "(!has(object.{path}) || object.{path}.all(k, k == {key} || \
+        "(!has(object.{path}) || object.{path}.all(k, k in [{keys}] || \
          (has(oldObject.{path}) && k in oldObject.{path} && oldObject.{path}[k] == object.{path}[k]))) \
-         && (!has(oldObject.{path}) || oldObject.{path}.all(k, k == {key} || \
+         && (!has(oldObject.{path}) || oldObject.{path}.all(k, k in [{keys}] || \
          (has(object.{path}) && k in object.{path})))"
     )
 }

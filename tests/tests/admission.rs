@@ -9,7 +9,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use ksa_controller::refresh::RESTART_ANNOTATION;
@@ -126,14 +129,26 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
     let controller = plane.controller_client().await?;
     let secrets: Api<Secret> = Api::namespaced(controller.clone(), APPS);
     // Policies take effect a moment after they are created: wait until a
-    // forbidden write to a Secret kept for it is denied.
+    // forbidden write to a Secret kept for it is denied (a new value each
+    // time: a write that changes nothing is no change to deny).
     create::<Secret>(&admin, legacy("probe-token")).await?;
     let started = Instant::now();
-    while patch(&secrets, "probe-token", json!({"data": {"extra": "eA=="}})).await?
+    let mut attempt = 0u32;
+    while patch(
+        &secrets,
+        "probe-token",
+        json!({"data": {"extra": STANDARD.encode(attempt.to_string())}}),
+    )
+    .await?
         != Answer::Guarded
     {
+        attempt += 1;
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the admission guards were not in force within 60 s");
+            let policies: Api<ValidatingAdmissionPolicy> = Api::all(admin.clone());
+            let status = policies.get("ksa-controller-secret-writes").await?.status;
+            bail!(
+                "the admission guards were not in force within 60 s; the policy's status: {status:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -258,7 +273,7 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
         patch(
             &stateful_sets,
             "db",
-            json!({"spec": {"updateStrategy": {"type": "OnDelete"}}}),
+            json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
         )
         .await?,
         Answer::Guarded,
@@ -269,6 +284,16 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
             &daemon_sets,
             "agent",
             json!({"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "annotate a DaemonSet",
+        patch(
+            &daemon_sets,
+            "agent",
+            json!({"metadata": {"annotations": {"x": "y"}}}),
         )
         .await?,
         Answer::Guarded,
