@@ -13,8 +13,12 @@
 //! every transition ([`step`] refuses to return a plan that breaks one).
 
 mod versions;
+mod waiting;
 
 pub use versions::{InvariantViolation, KeyVersions};
+pub use waiting::{Wait, Waiting};
+
+use waiting::elapsed_since;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -279,6 +283,12 @@ pub enum Refusal {
         "a key rotation to version {key_version} is already in progress (step {step}); wait for it with `status --watch`"
     )]
     RotationInProgress { key_version: KeyVersion, step: Step },
+    /// A rotation to `key_version` was requested (the stored target moved)
+    /// but has not started yet: the state still says completed.
+    #[error(
+        "a key rotation to version {key_version} is already in progress (requested, not started yet); wait for it with `status --watch`"
+    )]
+    RotationRequested { key_version: KeyVersion },
     #[error(
         "the cluster operation lock is held by {holder}; wait for that operation to finish and try again"
     )]
@@ -304,7 +314,9 @@ impl Refusal {
     pub fn is_busy(&self) -> bool {
         matches!(
             self,
-            Refusal::RotationInProgress { .. } | Refusal::OperationLocked { .. }
+            Refusal::RotationInProgress { .. }
+                | Refusal::RotationRequested { .. }
+                | Refusal::OperationLocked { .. }
         )
     }
 }
@@ -347,6 +359,34 @@ pub fn start(
         confirmed_at: None,
         completed_at: None,
     })
+}
+
+/// Starts a rotation for a new request (the CLI's `rotate`), or refuses
+/// with no change. `requested` is the target already stored where rotations
+/// are requested (the resource's `spec.keyVersion`), `None` when nothing is
+/// stored yet.
+///
+/// A stored target other than a completed state's version is a rotation
+/// requested but not started yet (the controller has not picked it up, so
+/// the state still says completed): that is a rotation in progress, and
+/// refused before anything else, as [`Refusal::RotationRequested`]. Then the
+/// request goes through [`start`]. The controller, which acts on the stored
+/// target itself, calls [`start`].
+pub fn start_new(
+    state: &RotationState,
+    requested: Option<KeyVersion>,
+    request: &StartRequest,
+    now: Timestamp,
+) -> Result<RotationState, Refusal> {
+    if let Some(requested) = requested
+        && state.is_completed()
+        && requested != state.key_version
+    {
+        return Err(Refusal::RotationRequested {
+            key_version: requested,
+        });
+    }
+    start(state, request, now)
 }
 
 /// What one API server instance was seen doing.
@@ -481,6 +521,11 @@ pub struct Plan {
     pub effects: Vec<Effect>,
     /// When to call [`step`] again; `None` once completed.
     pub requeue_after: Option<Duration>,
+    /// What the step still waits for, by the same tests that decide whether
+    /// it advances: empty when it advanced (and when completed), never empty
+    /// when a rotation step stays put. Its `Display` is the status's
+    /// "waiting for" text.
+    pub waiting: Waiting,
 }
 
 /// Why a plan was refused. Only a bug can cause this; the caller must stop
@@ -495,6 +540,10 @@ pub struct StepError {
 
 /// Advances a rotation by at most one step and says what to do next.
 ///
+/// The step advances exactly when nothing is left to wait for: each step's
+/// conditions are tested once, into [`Plan::waiting`], which is also what
+/// the status reports while the step stays put.
+///
 /// Architecture invariant: this is the only function that moves a
 /// [`RotationState`] forward, and it checks every transition against
 /// [`KeyVersions::check_transition`].
@@ -504,47 +553,25 @@ pub fn step(
     now: Timestamp,
     policy: &Policy,
 ) -> Result<Plan, StepError> {
-    let (old, new) = (state.previous_version(), state.key_version);
-    let servers = &observed.api_servers;
-    let every_server =
-        |f: &dyn Fn(&ApiServerView) -> bool| !servers.is_empty() && servers.iter().all(f);
-    // Whether every API server has stopped accepting the old key. Key N is
-    // deleted only after that: while it exists, its kid is what observers
-    // recognise in a JWKS.
-    let old_dropped = every_server(&|s| !s.accepts.contains(&old) && s.accepts.contains(&new));
+    let old = state.previous_version();
+    let waiting::Assessment {
+        waiting,
+        trust_confirmed_at,
+    } = waiting::assess(state, observed, now, policy);
 
-    let confirmed = match state.step {
-        Step::Generate => observed.stored_keys.contains(&new),
-        Step::Trust => every_server(&|s| s.accepts.contains(&old) && s.accepts.contains(&new)),
-        Step::Sign => every_server(&|s| s.signs_with == Some(new) && s.accepts.contains(&new)),
-        Step::RefreshTokens => {
-            let legacy_done = observed.stale_legacy_tokens == Some(0);
-            let bound_done = match policy.bound_token_refresh.wait_window(policy.clock_skew) {
-                Some(window) => elapsed_since(state.step_started_at, now) >= Some(window),
-                None => observed.stale_bound_tokens == Some(0),
-            };
-            legacy_done && bound_done
-        }
-        Step::Retire => old_dropped && !observed.stored_keys.contains(&old),
-        Step::Completed => false,
-    };
-
-    // Trust waits a lead time after confirmation before Sign may start.
     let mut next = state.clone();
     let mut wait = policy.poll_interval;
-    if confirmed {
-        if state.step == Step::Trust && !policy.trust_lead_time.is_zero() {
-            let confirmed_at = state.confirmed_at.unwrap_or(now);
-            next.confirmed_at = Some(confirmed_at);
-            match elapsed_since(Some(confirmed_at), now) {
-                Some(elapsed) if elapsed >= policy.trust_lead_time => {
-                    next = next.enter(Step::Sign, now);
-                }
-                elapsed => wait = policy.trust_lead_time - elapsed.unwrap_or_default(),
-            }
-        } else {
-            next = state.enter(state.step.next(), now);
-        }
+    // Trust's lead time runs from when every API server was first seen to
+    // accept both keys; that moment is kept across calls.
+    if trust_confirmed_at.is_some() {
+        next.confirmed_at = trust_confirmed_at;
+    }
+    if waiting.is_empty() && !state.is_completed() {
+        next = next.enter(state.step.next(), now);
+    } else if let Some(confirmed_at) = trust_confirmed_at {
+        // Every API server accepts both keys; only the lead time is left.
+        let elapsed = elapsed_since(Some(confirmed_at), now).unwrap_or_default();
+        wait = policy.trust_lead_time.saturating_sub(elapsed);
     } else if state.step == Step::RefreshTokens
         && let Some(window) = policy.bound_token_refresh.wait_window(policy.clock_skew)
     {
@@ -567,7 +594,8 @@ pub fn step(
         })?;
 
     let mut effects = effects_of(&next, policy);
-    if next.step == Step::Retire && state.step == Step::Retire && old_dropped {
+    if next.step == Step::Retire && state.step == Step::Retire && waiting::old_key_dropped(&waiting)
+    {
         effects.push(Effect::RetireKey { version: old });
     }
     let requeue_after = if next.is_completed() {
@@ -581,13 +609,8 @@ pub fn step(
         next,
         effects,
         requeue_after,
+        waiting,
     })
-}
-
-fn elapsed_since(since: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
-    let since = since?;
-    let seconds = now.as_second().saturating_sub(since.as_second());
-    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
 }
 
 /// The effects that drive `state`'s step towards confirmation. They are

@@ -1,0 +1,353 @@
+//! What a step still waits for: the account [`super::step`] decides by.
+//!
+//! Each step's advance condition is computed once, here, as a list of the
+//! conditions not yet met ([`Wait`]), each with what was observed of it. The
+//! step advances exactly when the list is empty, so what the status says a
+//! step waits for and what makes it advance cannot disagree (cert-manager's
+//! "decision with its reason").
+
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiServerView, Observed, Policy, RotationState, Step};
+use crate::KeyVersion;
+
+/// One condition a step waits for that `Observed` (or the clock) does not
+/// satisfy yet, with the counts observed.
+///
+/// Counts of API servers are never complete: an entry is only present while
+/// `count < total`. When no API server was observed at all, the step waits
+/// for [`Wait::ApiServersObserved`] instead of counts out of zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "wait")]
+#[non_exhaustive]
+pub enum Wait {
+    /// Generate: key pair `version` is not in the key store yet.
+    KeyStored { version: KeyVersion },
+    /// Trust, Sign, Retire: no API server was observed, and an empty
+    /// observation confirms nothing.
+    ApiServersObserved,
+    /// Trust, Sign, Retire: `accepting` of `total` API servers accept key
+    /// `version` (the new key).
+    ApiServersAccepting {
+        version: KeyVersion,
+        accepting: usize,
+        total: usize,
+    },
+    /// Trust: `accepting` of `total` API servers still accept key `version`
+    /// (the old key, which every token in circulation is signed with).
+    ApiServersStillAccepting {
+        version: KeyVersion,
+        accepting: usize,
+        total: usize,
+    },
+    /// Trust: every API server accepts both keys; outside verifiers that
+    /// cache the JWKS get [`Policy::trust_lead_time`] to catch up, which ends
+    /// at `until`.
+    TrustLeadTime { until: Timestamp },
+    /// Sign: `signing` of `total` API servers sign with key `version`.
+    ApiServersSigning {
+        version: KeyVersion,
+        signing: usize,
+        total: usize,
+    },
+    /// RefreshTokens: legacy Secret tokens not yet re-minted with the new
+    /// key; `None` when they were not counted.
+    LegacyTokens { stale: Option<u64> },
+    /// RefreshTokens (restart-pods, recreate-nodes): workloads, pods or
+    /// nodes whose bound tokens are not refreshed yet; `None` when not
+    /// counted.
+    BoundTokenHolders { stale: Option<u64> },
+    /// RefreshTokens (wait): the kubelet refresh window closes at `until`;
+    /// `None` when the step's start was not recorded, so it cannot close.
+    RefreshWindow { until: Option<Timestamp> },
+    /// Retire: `dropped` of `total` API servers no longer accept key
+    /// `version` (the old key).
+    ApiServersDroppingOld {
+        version: KeyVersion,
+        dropped: usize,
+        total: usize,
+    },
+    /// Retire: key pair `version` (the old key) is still in the key store.
+    /// It is deleted once every API server has dropped it.
+    OldKeyDeleted { version: KeyVersion },
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |n: &Option<u64>| n.map_or("?".to_owned(), |n| n.to_string());
+        match self {
+            Wait::KeyStored { version } => write!(f, "key version {version} to be stored"),
+            Wait::ApiServersObserved => f.write_str("API servers observed: none"),
+            Wait::ApiServersAccepting {
+                version,
+                accepting,
+                total,
+            } => write!(f, "API servers accepting key {version}: {accepting}/{total}"),
+            Wait::ApiServersStillAccepting {
+                version,
+                accepting,
+                total,
+            } => write!(
+                f,
+                "API servers still accepting key {version}: {accepting}/{total}"
+            ),
+            Wait::TrustLeadTime { until } => write!(f, "trust lead time until {until}"),
+            Wait::ApiServersSigning {
+                version,
+                signing,
+                total,
+            } => write!(f, "API servers signing with key {version}: {signing}/{total}"),
+            Wait::LegacyTokens { stale } => {
+                write!(f, "legacy tokens to re-mint: {}", count(stale))
+            }
+            Wait::BoundTokenHolders { stale } => {
+                write!(f, "bound-token holders to refresh: {}", count(stale))
+            }
+            Wait::RefreshWindow { until: Some(until) } => write!(
+                f,
+                "bound-token holders to refresh: (waiting out the kubelet refresh window, until {until})"
+            ),
+            Wait::RefreshWindow { until: None } => f.write_str(
+                "bound-token holders to refresh: (waiting out the kubelet refresh window, whose start was not recorded)",
+            ),
+            Wait::ApiServersDroppingOld {
+                version,
+                dropped,
+                total,
+            } => write!(
+                f,
+                "API servers no longer accepting key {version}: {dropped}/{total}"
+            ),
+            Wait::OldKeyDeleted { version } => {
+                write!(f, "old key {version} still to be deleted")
+            }
+        }
+    }
+}
+
+/// Everything a step waits for; empty when it advances (and when the
+/// rotation is completed). Displayed as its entries joined by `; `.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Waiting(pub Vec<Wait>);
+
+impl Waiting {
+    /// Nothing left to wait for: the step advances.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Wait> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Waiting {
+    type Item = &'a Wait;
+    type IntoIter = std::slice::Iter<'a, Wait>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, wait) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{wait}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The account of one step: what it waits for, and for Trust, when every
+/// API server was first seen to accept both keys (the lead time runs from
+/// there).
+pub(super) struct Assessment {
+    pub waiting: Waiting,
+    pub trust_confirmed_at: Option<Timestamp>,
+}
+
+/// Computes what `state`'s step waits for. The step advances exactly when
+/// the result is empty; this is the only place its conditions are tested.
+pub(super) fn assess(
+    state: &RotationState,
+    observed: &Observed,
+    now: Timestamp,
+    policy: &Policy,
+) -> Assessment {
+    let (old, new) = (state.previous_version(), state.key_version());
+    let servers = &observed.api_servers;
+    let mut waits = Vec::new();
+    let mut trust_confirmed_at = None;
+    match state.step() {
+        Step::Generate => {
+            if !observed.stored_keys.contains(&new) {
+                waits.push(Wait::KeyStored { version: new });
+            }
+        }
+        Step::Trust => {
+            count_servers(
+                &mut waits,
+                servers,
+                &[ServerTest::Accepts(new), ServerTest::StillAccepts(old)],
+            );
+            if waits.is_empty() && !policy.trust_lead_time.is_zero() {
+                let confirmed_at = state.confirmed_at.unwrap_or(now);
+                trust_confirmed_at = Some(confirmed_at);
+                if elapsed_since(Some(confirmed_at), now) < Some(policy.trust_lead_time) {
+                    waits.push(Wait::TrustLeadTime {
+                        until: deadline(confirmed_at, policy.trust_lead_time),
+                    });
+                }
+            }
+        }
+        Step::Sign => count_servers(
+            &mut waits,
+            servers,
+            &[ServerTest::SignsWith(new), ServerTest::Accepts(new)],
+        ),
+        Step::RefreshTokens => {
+            if observed.stale_legacy_tokens != Some(0) {
+                waits.push(Wait::LegacyTokens {
+                    stale: observed.stale_legacy_tokens,
+                });
+            }
+            match policy.bound_token_refresh.wait_window(policy.clock_skew) {
+                Some(window) => {
+                    if elapsed_since(state.step_started_at, now) < Some(window) {
+                        waits.push(Wait::RefreshWindow {
+                            until: state.step_started_at.map(|at| deadline(at, window)),
+                        });
+                    }
+                }
+                None => {
+                    if observed.stale_bound_tokens != Some(0) {
+                        waits.push(Wait::BoundTokenHolders {
+                            stale: observed.stale_bound_tokens,
+                        });
+                    }
+                }
+            }
+        }
+        Step::Retire => {
+            count_servers(
+                &mut waits,
+                servers,
+                &[ServerTest::Dropped(old), ServerTest::Accepts(new)],
+            );
+            if observed.stored_keys.contains(&old) {
+                waits.push(Wait::OldKeyDeleted { version: old });
+            }
+        }
+        Step::Completed => {}
+    }
+    Assessment {
+        waiting: Waiting(waits),
+        trust_confirmed_at,
+    }
+}
+
+/// Whether every API server has stopped accepting the old key (and accepts
+/// the new one): the condition for deleting key N. While it exists, its kid
+/// is what observers recognise in a JWKS.
+pub(super) fn old_key_dropped(waiting: &Waiting) -> bool {
+    !waiting.iter().any(|wait| {
+        matches!(
+            wait,
+            Wait::ApiServersObserved
+                | Wait::ApiServersDroppingOld { .. }
+                | Wait::ApiServersAccepting { .. }
+        )
+    })
+}
+
+/// A test every API server must pass, and the entry reporting how many do.
+#[derive(Clone, Copy)]
+enum ServerTest {
+    Accepts(KeyVersion),
+    StillAccepts(KeyVersion),
+    SignsWith(KeyVersion),
+    Dropped(KeyVersion),
+}
+
+impl ServerTest {
+    fn holds(self, server: &ApiServerView) -> bool {
+        match self {
+            ServerTest::Accepts(version) | ServerTest::StillAccepts(version) => {
+                server.accepts.contains(&version)
+            }
+            ServerTest::SignsWith(version) => server.signs_with == Some(version),
+            ServerTest::Dropped(version) => !server.accepts.contains(&version),
+        }
+    }
+
+    fn wait(self, count: usize, total: usize) -> Wait {
+        match self {
+            ServerTest::Accepts(version) => Wait::ApiServersAccepting {
+                version,
+                accepting: count,
+                total,
+            },
+            ServerTest::StillAccepts(version) => Wait::ApiServersStillAccepting {
+                version,
+                accepting: count,
+                total,
+            },
+            ServerTest::SignsWith(version) => Wait::ApiServersSigning {
+                version,
+                signing: count,
+                total,
+            },
+            ServerTest::Dropped(version) => Wait::ApiServersDroppingOld {
+                version,
+                dropped: count,
+                total,
+            },
+        }
+    }
+}
+
+/// Every API server passes every test, with at least one server observed
+/// (none confirms nothing); otherwise one entry per test not passed by all.
+fn count_servers(waits: &mut Vec<Wait>, servers: &[ApiServerView], tests: &[ServerTest]) {
+    if servers.is_empty() {
+        waits.push(Wait::ApiServersObserved);
+        return;
+    }
+    for test in tests {
+        let count = servers.iter().filter(|s| test.holds(s)).count();
+        if count < servers.len() {
+            waits.push(test.wait(count, servers.len()));
+        }
+    }
+}
+
+/// Whole seconds from `since` to `now`, as [`super::step`] has always
+/// counted them (a clock gone backwards counts zero).
+pub(super) fn elapsed_since(since: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let since = since?;
+    let seconds = now.as_second().saturating_sub(since.as_second());
+    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+}
+
+/// The first whole second at which `elapsed_since(Some(since), now) >= after`
+/// holds: for whole-second counts, `elapsed < after` is `elapsed < ceil(after)`,
+/// so any `now` still waiting is before this.
+fn deadline(since: Timestamp, after: Duration) -> Timestamp {
+    let seconds = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0));
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|s| since.as_second().checked_add(s))
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .unwrap_or(Timestamp::MAX)
+}
