@@ -19,8 +19,8 @@ use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::{
-    self, ApiServerView, BoundTokenRefresh, Effect, Observed, OperationLock, Policy, Refusal,
-    RotationState, StartRequest, Step,
+    self, ApiServerView, BoundTokenRefresh, Effect, Observed, OperationLock, Plan, Policy, Refusal,
+    RotationState, StartRequest, Step, Wait,
 };
 use proptest::prelude::*;
 
@@ -265,6 +265,7 @@ impl Harness {
         let observed = self.history[index].clone();
         let plan = rotation::step(&state, &observed, self.now, &self.policy)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_account(&state, &observed, self.now, &plan)?;
         if plan.next.step() != state.step() {
             // Observations from before the new step are not about it.
             self.history.clear();
@@ -329,6 +330,185 @@ impl Harness {
     }
 }
 
+/// What `step` says it waits for is exactly why it did not advance: empty
+/// when it advanced (or there is no rotation), and otherwise a non-empty list
+/// whose every entry is true of the input and not yet satisfied.
+fn check_account(
+    state: &RotationState,
+    observed: &Observed,
+    now: Timestamp,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let waiting = &plan.waiting;
+    if state.is_completed() || plan.next.step() != state.step() {
+        prop_assert!(
+            waiting.is_empty(),
+            "{} -> {} but still waiting for {}",
+            state.step(),
+            plan.next.step(),
+            waiting
+        );
+        return Ok(());
+    }
+    prop_assert!(
+        !waiting.is_empty(),
+        "{} stayed put with nothing to wait for",
+        state.step()
+    );
+    prop_assert!(!waiting.to_string().is_empty());
+    let (old, new) = (state.previous_version(), state.key_version());
+    let servers = &observed.api_servers;
+    let total = servers.len();
+    let count = |f: &dyn Fn(&ApiServerView) -> bool| servers.iter().filter(|s| f(s)).count();
+    for wait in waiting {
+        let pending = match *wait {
+            Wait::KeyStored { version } => {
+                version == new && !observed.stored_keys.contains(&version)
+            }
+            Wait::ApiServersObserved => servers.is_empty(),
+            Wait::ApiServersAccepting {
+                version,
+                accepting,
+                total: t,
+            } => {
+                version == new
+                    && t == total
+                    && accepting == count(&|s| s.accepts.contains(&version))
+                    && accepting < t
+            }
+            Wait::ApiServersStillAccepting {
+                version,
+                accepting,
+                total: t,
+            } => {
+                version == old
+                    && t == total
+                    && accepting == count(&|s| s.accepts.contains(&version))
+                    && accepting < t
+            }
+            Wait::ApiServersSigning {
+                version,
+                signing,
+                total: t,
+            } => {
+                version == new
+                    && t == total
+                    && signing == count(&|s| s.signs_with == Some(version))
+                    && signing < t
+            }
+            Wait::ApiServersDroppingOld {
+                version,
+                dropped,
+                total: t,
+            } => {
+                version == old
+                    && t == total
+                    && dropped == count(&|s| !s.accepts.contains(&version))
+                    && dropped < t
+            }
+            Wait::OldKeyDeleted { version } => {
+                version == old && observed.stored_keys.contains(&version)
+            }
+            Wait::TrustLeadTime { until } => until > now,
+            Wait::LegacyTokens { stale } => {
+                stale == observed.stale_legacy_tokens && stale != Some(0)
+            }
+            Wait::BoundTokenHolders { stale } => {
+                stale == observed.stale_bound_tokens && stale != Some(0)
+            }
+            Wait::RefreshWindow { until } => until.is_none_or(|until| until > now),
+            ref other => return Err(TestCaseError::fail(format!("unknown wait {other:?}"))),
+        };
+        prop_assert!(
+            pending,
+            "{} waits for {:?}, which is not pending: {:?} at {}",
+            state.step(),
+            wait,
+            observed,
+            now
+        );
+    }
+    Ok(())
+}
+
+/// Any state of a rotation to version 2 to 4, with or without its
+/// timestamps, sub-second ones included.
+fn any_state() -> impl Strategy<Value = RotationState> {
+    let time = prop::option::of((-5000..5000i64, 0..1_000_000_000i32));
+    (
+        2..5u64,
+        prop::sample::select(vec![
+            Step::Generate,
+            Step::Trust,
+            Step::Sign,
+            Step::RefreshTokens,
+            Step::Retire,
+            Step::Completed,
+        ]),
+        time.clone(),
+        time,
+    )
+        .prop_map(|(version, step, step_started, confirmed)| {
+            let at = |t: Option<(i64, i32)>| {
+                t.map(|(s, n)| Timestamp::new(1_800_000_000 + s, n).expect("time"))
+            };
+            let mut json = serde_json::json!({"keyVersion": version, "step": step});
+            if let Some(t) = at(step_started) {
+                json["stepStartedAt"] = serde_json::json!(t);
+            }
+            if let Some(t) = at(confirmed) {
+                json["confirmedAt"] = serde_json::json!(t);
+            }
+            serde_json::from_value(json).expect("a valid state")
+        })
+}
+
+/// Any observation of keys `old - 1` to `new + 1`, from zero to three API
+/// servers.
+fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
+    let version = move || (new - 2..new + 2).prop_map(KeyVersion::new);
+    let versions = move || prop::collection::btree_set(version(), 0..4);
+    let server =
+        (versions(), prop::option::of(version())).prop_map(|(accepts, signs_with)| ApiServerView {
+            name: "apiserver".into(),
+            accepts,
+            signs_with,
+        });
+    (
+        versions(),
+        prop::collection::vec(server, 0..4),
+        prop::option::of(0..3u64),
+        prop::option::of(0..3u64),
+    )
+        .prop_map(|(stored_keys, api_servers, legacy, bound)| Observed {
+            stored_keys,
+            api_servers,
+            stale_legacy_tokens: legacy,
+            stale_bound_tokens: bound,
+        })
+}
+
+fn any_policy() -> impl Strategy<Value = Policy> {
+    (
+        prop_oneof![
+            Just(BoundTokenRefresh::RestartPods),
+            Just(BoundTokenRefresh::RecreateNodes),
+            (0..7200u64).prop_map(|s| BoundTokenRefresh::Wait {
+                max_token_seconds: s
+            }),
+        ],
+        prop_oneof![Just(0u64), 0..10_000u64],
+        0..2_000u64,
+    )
+        .prop_map(|(bound_token_refresh, lead_ms, skew_ms)| Policy {
+            key_spec: KeySpec::EcP256,
+            trust_lead_time: Duration::from_millis(lead_ms),
+            bound_token_refresh,
+            clock_skew: Duration::from_millis(skew_ms),
+            poll_interval: Duration::from_secs(2),
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -382,6 +562,25 @@ proptest! {
             prop_assert_eq!(versions.public_key_versions(), [done.key_version()]);
             prop_assert_eq!(&h.world.store, &[done.key_version()].into());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_step_stays_put_exactly_while_it_waits_for_something(
+        (state, observed) in any_state().prop_flat_map(|state| {
+            let new = state.key_version().get();
+            (Just(state), any_observed(new))
+        }),
+        policy in any_policy(),
+        offset in (-5000..15_000i64, 0..1_000_000_000i32),
+    ) {
+        let now = Timestamp::new(1_800_000_000 + offset.0, offset.1).expect("time");
+        let plan = rotation::step(&state, &observed, now, &policy)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_account(&state, &observed, now, &plan)?;
     }
 }
 
@@ -508,4 +707,212 @@ fn stored_states_that_break_invariants_do_not_load() {
     )
     .expect("loads");
     assert_eq!(good.versions().private_key_version(), KeyVersion::new(1));
+}
+
+fn state_at(version: u64, step: Step, step_started_at: &str) -> RotationState {
+    serde_json::from_value(serde_json::json!({
+        "keyVersion": version,
+        "step": step,
+        "stepStartedAt": step_started_at,
+    }))
+    .expect("a valid state")
+}
+
+fn server(accepts: &[u64], signs_with: u64) -> ApiServerView {
+    ApiServerView {
+        name: format!("apiserver-{accepts:?}"),
+        accepts: accepts.iter().copied().map(KeyVersion::new).collect(),
+        signs_with: Some(KeyVersion::new(signs_with)),
+    }
+}
+
+fn observed(stored: &[u64], servers: Vec<ApiServerView>) -> Observed {
+    Observed {
+        stored_keys: stored.iter().copied().map(KeyVersion::new).collect(),
+        api_servers: servers,
+        stale_legacy_tokens: None,
+        stale_bound_tokens: None,
+    }
+}
+
+const NOW: &str = "2026-11-30T00:00:00Z";
+
+fn now() -> Timestamp {
+    NOW.parse().expect("time")
+}
+
+#[test]
+fn trust_waits_for_every_server_to_still_accept_the_old_key() {
+    let state = state_at(2, Step::Trust, NOW);
+    let seen = observed(&[1, 2], vec![server(&[1, 2], 1), server(&[2], 1)]);
+    let plan = rotation::step(&state, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::Trust);
+    assert_eq!(
+        plan.waiting.0,
+        [Wait::ApiServersStillAccepting {
+            version: KeyVersion::new(1),
+            accepting: 1,
+            total: 2
+        }]
+    );
+    assert_eq!(
+        plan.waiting.to_string(),
+        "API servers still accepting key 1: 1/2"
+    );
+}
+
+#[test]
+fn retire_waits_for_the_old_key_to_be_deleted() {
+    let state = state_at(2, Step::Retire, NOW);
+    let seen = observed(&[1, 2], vec![server(&[2], 2)]);
+    let plan = rotation::step(&state, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(
+        plan.waiting.0,
+        [Wait::OldKeyDeleted {
+            version: KeyVersion::new(1)
+        }]
+    );
+    assert_eq!(plan.waiting.to_string(), "old key 1 still to be deleted");
+    assert!(plan.effects.contains(&Effect::RetireKey {
+        version: KeyVersion::new(1)
+    }));
+
+    // Once deleted, it completes with nothing left to wait for.
+    let seen = observed(&[2], vec![server(&[2], 2)]);
+    let plan = rotation::step(&state, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::Completed);
+    assert!(plan.waiting.is_empty());
+}
+
+#[test]
+fn retire_reports_servers_still_accepting_the_old_key_and_the_key_itself() {
+    let state = state_at(2, Step::Retire, NOW);
+    let seen = observed(&[1, 2], vec![server(&[2], 2), server(&[1, 2], 2)]);
+    let plan = rotation::step(&state, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "API servers no longer accepting key 1: 1/2; old key 1 still to be deleted"
+    );
+    assert!(!plan.effects.contains(&Effect::RetireKey {
+        version: KeyVersion::new(1)
+    }));
+}
+
+#[test]
+fn waiting_reads_as_the_status_always_did() {
+    let policy = Policy::default();
+    let text = |state: &RotationState, seen: &Observed| {
+        rotation::step(state, seen, now(), &policy)
+            .expect("steps")
+            .waiting
+            .to_string()
+    };
+    assert_eq!(
+        text(&state_at(2, Step::Generate, NOW), &observed(&[1], vec![])),
+        "key version 2 to be stored"
+    );
+    let trust = state_at(2, Step::Trust, NOW);
+    assert_eq!(
+        text(&trust, &observed(&[1, 2], vec![server(&[1], 1)])),
+        "API servers accepting key 2: 0/1"
+    );
+    assert_eq!(
+        text(&trust, &observed(&[1, 2], vec![])),
+        "API servers observed: none"
+    );
+    assert_eq!(
+        text(
+            &state_at(2, Step::Sign, NOW),
+            &observed(&[1, 2], vec![server(&[1, 2], 2), server(&[1, 2], 1)])
+        ),
+        "API servers signing with key 2: 1/2"
+    );
+    let refresh = state_at(2, Step::RefreshTokens, NOW);
+    let mut seen = observed(&[1, 2], vec![]);
+    seen.stale_legacy_tokens = Some(2);
+    seen.stale_bound_tokens = Some(3);
+    assert_eq!(
+        text(&refresh, &seen),
+        "legacy tokens to re-mint: 2; bound-token holders to refresh: 3"
+    );
+    seen.stale_legacy_tokens = None;
+    seen.stale_bound_tokens = Some(0);
+    assert_eq!(text(&refresh, &seen), "legacy tokens to re-mint: ?");
+
+    let waiting = Policy {
+        bound_token_refresh: BoundTokenRefresh::Wait {
+            max_token_seconds: 3600,
+        },
+        ..Policy::default()
+    };
+    seen.stale_legacy_tokens = Some(0);
+    let plan = rotation::step(&refresh, &seen, now(), &waiting).expect("steps");
+    // 80% of an hour plus a minute of skew.
+    assert_eq!(
+        plan.waiting.to_string(),
+        "bound-token holders to refresh: (waiting out the kubelet refresh window, until 2026-11-30T00:49:00Z)"
+    );
+}
+
+#[test]
+fn trust_reports_its_lead_time_once_every_server_accepts_both_keys() {
+    let policy = Policy {
+        trust_lead_time: Duration::from_millis(90_500),
+        ..Policy::default()
+    };
+    let state = state_at(2, Step::Trust, NOW);
+    let seen = observed(&[1, 2], vec![server(&[1, 2], 1)]);
+    let plan = rotation::step(&state, &seen, now(), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Trust);
+    let until: Timestamp = "2026-11-30T00:01:31Z".parse().expect("time");
+    assert_eq!(plan.waiting.0, [Wait::TrustLeadTime { until }]);
+    assert_eq!(
+        plan.waiting.to_string(),
+        "trust lead time until 2026-11-30T00:01:31Z"
+    );
+    let later = rotation::step(&plan.next, &seen, until, &policy).expect("steps");
+    assert_eq!(later.next.step(), Step::Sign);
+    assert!(later.waiting.is_empty());
+}
+
+#[test]
+fn a_requested_rotation_not_started_yet_is_refused() {
+    let settled = RotationState::settled(KeyVersion::new(3));
+    let request = StartRequest {
+        target: KeyVersion::new(4),
+        advanced_cluster: false,
+        lock: OperationLock::Free,
+    };
+    let refusal = rotation::start_new(&settled, Some(KeyVersion::new(4)), &request, now())
+        .expect_err("refused");
+    assert_eq!(
+        refusal,
+        Refusal::RotationRequested {
+            key_version: KeyVersion::new(4)
+        }
+    );
+    assert!(refusal.is_busy());
+    // Before any other refusal, as the CLI has always checked it.
+    let advanced = StartRequest {
+        advanced_cluster: true,
+        ..request.clone()
+    };
+    assert_eq!(
+        rotation::start_new(&settled, Some(KeyVersion::new(4)), &advanced, now()),
+        Err(Refusal::RotationRequested {
+            key_version: KeyVersion::new(4)
+        })
+    );
+    // A stored target the state is at, or none stored: as `start`.
+    for requested in [Some(KeyVersion::new(3)), None] {
+        assert_eq!(
+            rotation::start_new(&settled, requested, &request, now()),
+            rotation::start(&settled, &request, now())
+        );
+    }
+    assert_eq!(
+        rotation::start_new(&settled, None, &advanced, now()),
+        Err(Refusal::AdvancedCluster)
+    );
 }
