@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod input;
 pub mod kubeadm;
 mod output;
+pub mod progress;
 
 use std::process::ExitCode;
 

@@ -248,7 +248,10 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
     if !wait {
         return Ok(exit::DONE);
     }
-    follow(&target, to, Some(timeout)).await
+    // This command started the rotation from the completed state of
+    // `from`, so it passes through every step: every line is printed.
+    let progress = crate::progress::Progress::started(KeyVersion::new(to));
+    follow(&target, progress, Some(timeout)).await
 }
 
 fn conflict_is_busy(error: kube::Error) -> Failure {
@@ -281,10 +284,16 @@ pub(crate) fn confirm(explanation: &str) -> Result<(), Failure> {
     }
 }
 
-/// Prints each new status line until the rotation to `to` completes. It
-/// watches the resource, so no step goes unprinted, and keeps watching
-/// through API server restarts until the timeout.
-async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome {
+/// Prints the status lines of the rotation until it completes, each once and
+/// in order (`crate::progress`). It watches the resource and keeps watching
+/// through API server restarts until the timeout; a step the rotation passed
+/// through while the watch was away is printed from the step, and stderr
+/// says it was not observed.
+async fn follow(
+    target: &Target,
+    mut lines: crate::progress::Progress,
+    timeout: Option<Duration>,
+) -> Outcome {
     use futures::StreamExt as _;
     use kube::runtime::{WatchStreamExt as _, watcher};
 
@@ -305,7 +314,6 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
             .default_backoff()
             .applied_objects()
     );
-    let mut last = String::new();
     loop {
         let next = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, updates.next()).await {
@@ -330,20 +338,25 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
             None => return Err(anyhow::anyhow!("the watch of the rotation ended").into()),
         };
         let status = resource.status.clone().unwrap_or_default();
-        // Until the controller has picked up the new target, the status
-        // still describes the previous rotation: print nothing of it.
-        if status.key_version != to {
-            continue;
-        }
-        if !status.status_line.is_empty() && status.status_line != last {
-            last = status.status_line.clone();
+        let state = resource.state()?;
+        // Nothing of the previous rotation (until the controller picks up
+        // the new target), nothing twice, nothing out of order.
+        for line in lines.lines_for(&state) {
+            // The line on stdout, byte for byte; the note on stderr.
             match &progress {
-                Some(bar) => bar.println(&last),
-                None => super::print(&last)?,
+                Some(bar) => bar.suspend(|| super::print(&line.text))?,
+                None => super::print(&line.text)?,
+            }
+            if let Some(note) = line.note() {
+                match &progress {
+                    Some(bar) => bar.println(&note),
+                    None => eprintln!("{note}"),
+                }
             }
         }
-        let state = resource.state()?;
-        if let Some(bar) = &progress {
+        if let Some(bar) = &progress
+            && state.key_version() == lines.target()
+        {
             bar.set_position(u64::from(state.step().number() - 1));
             bar.set_message(format!(
                 "{} {}",
@@ -351,7 +364,7 @@ async fn follow(target: &Target, to: u64, timeout: Option<Duration>) -> Outcome 
                 status.waiting_for.clone().unwrap_or_default()
             ));
         }
-        if state.is_completed() {
+        if lines.is_done() {
             if let Some(bar) = progress {
                 bar.finish_and_clear();
             }
@@ -370,7 +383,11 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
         )
     })?;
     if watch {
-        return follow(&target, resource.spec.key_version, None).await;
+        // Not started by this command: lines from the first state seen on
+        // (`Progress::joined`).
+        let progress =
+            crate::progress::Progress::joined(KeyVersion::new(resource.spec.key_version));
+        return follow(&target, progress, None).await;
     }
     let status = resource.status.clone().unwrap_or_default();
     let state = resource.state()?;

@@ -1,0 +1,477 @@
+//! Which status lines `rotate --wait` and `status --watch` print, decided on
+//! plain values.
+//!
+//! Both follow the rotation resource with a watch. A watch does not deliver
+//! every state the resource went through: while an API server restarts (a
+//! hosted roll-out restarts them at Trust and at Retire) the watch is away,
+//! and when it comes back it re-lists and delivers only the current state,
+//! again. [`Progress`] turns that stream of observed states into the status
+//! lines of the rotation, each printed exactly once and in order:
+//!
+//! - a state already printed (a re-list) or older than one printed (a stale
+//!   read) prints nothing;
+//! - a state that skipped steps prints the lines of the skipped steps first.
+//!   The three numbers of a status line are a function of the target version
+//!   and the step (`RotationState::versions`), so the line of a step the
+//!   rotation passed through is rebuilt by the core exactly as it was, and
+//!   marked [`Line::reconstructed`] so the caller can say so outside the
+//!   line;
+//! - `Generate` and `Trust` confirm the same numbers and so have the same
+//!   line: it is printed once.
+//!
+//! Where the lines begin is the one thing a follower must know from outside:
+//! - [`Progress::started`]: the caller started the rotation from the
+//!   completed state of the version before, so the rotation passed through
+//!   every step from `Generate` on, whatever the watch first shows; every
+//!   line is printed, from the first.
+//! - [`Progress::joined`]: the caller joined a rotation it did not start
+//!   (`status --watch`). Steps before the first state it sees are not
+//!   reconstructed: nothing says they were not printed by whoever started
+//!   the rotation, and a follower that prints history it did not see would
+//!   print it again on every invocation. Printing starts at the first state
+//!   seen. Exception: when that first state is the completed state of the
+//!   version before (the controller had not picked up the new target yet),
+//!   the start is known after all, and every line is printed as for
+//!   `started`.
+
+use std::fmt;
+
+use ksa_core::KeyVersion;
+use ksa_core::rotation::{RotationState, Step};
+
+/// One status line to print.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The SPEC line, byte for byte.
+    pub text: String,
+    /// The steps whose line this is (`Generate` and `Trust` share one).
+    pub steps: Vec<Step>,
+    /// Rebuilt from a step the rotation passed through while the watch was
+    /// away, not read from the resource.
+    pub reconstructed: bool,
+}
+
+impl Line {
+    /// What to say, outside the status line, about a reconstructed line.
+    pub fn note(&self) -> Option<String> {
+        self.reconstructed.then(|| {
+            let steps = self
+                .steps
+                .iter()
+                .map(Step::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ");
+            format!(
+                "(not observed: the rotation passed through step {steps} while the watch was away, as during an API server restart; its status line above is reconstructed from the step)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// How far the printed lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Printed {
+    /// Nothing printed, and where the rotation started is unknown.
+    Unknown,
+    /// Nothing printed; the rotation started from the completed state of
+    /// the version before, so it passes through every step.
+    FromStart,
+    /// Every line up to and including this step's is printed.
+    Through(Step),
+}
+
+/// The status lines of one rotation, to `target`, from observed states.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    target: KeyVersion,
+    printed: Printed,
+    last_text: Option<String>,
+}
+
+impl Progress {
+    /// A follower of the rotation to `target` that the caller started from
+    /// the completed state of `target - 1`: every line is printed.
+    pub fn started(target: KeyVersion) -> Progress {
+        Progress {
+            target,
+            printed: Printed::FromStart,
+            last_text: None,
+        }
+    }
+
+    /// A follower of the rotation to `target` that the caller did not start:
+    /// lines are printed from the first state seen on.
+    pub fn joined(target: KeyVersion) -> Progress {
+        Progress {
+            target,
+            printed: Printed::Unknown,
+            last_text: None,
+        }
+    }
+
+    pub fn target(&self) -> KeyVersion {
+        self.target
+    }
+
+    /// Whether the completed line has been printed: the follower is done.
+    pub fn is_done(&self) -> bool {
+        self.printed == Printed::Through(Step::Completed)
+    }
+
+    /// The lines to print, in order, now that `observed` was read.
+    pub fn lines_for(&mut self, observed: &RotationState) -> Vec<Line> {
+        let version = observed.key_version();
+        if version < self.target {
+            // The previous rotation (the controller has not picked up the
+            // target yet): nothing of it is printed. Its completed state
+            // says where the rotation to the target starts.
+            if self.printed == Printed::Unknown
+                && observed.is_completed()
+                && version.next() == Some(self.target)
+            {
+                self.printed = Printed::FromStart;
+            }
+            return Vec::new();
+        }
+        // Versions never decrease and one rotation runs at a time, so a
+        // later version means the rotation to the target completed; its
+        // completed line was not observed.
+        let (reached, observed_step) = if version == self.target {
+            (observed.step(), Some(observed.step()))
+        } else {
+            (Step::Completed, None)
+        };
+        let first = match self.printed {
+            Printed::Unknown => reached,
+            Printed::FromStart => Step::Generate,
+            Printed::Through(step) if step >= reached => return Vec::new(),
+            Printed::Through(step) => after(step),
+        };
+        let mut lines: Vec<Line> = Vec::new();
+        for step in steps_between(first, reached) {
+            let Some(text) = line_of(self.target, step) else {
+                continue;
+            };
+            let reconstructed = Some(step) != observed_step;
+            if self.last_text.as_deref() == Some(text.as_str()) {
+                // The same line as the step before (Generate and Trust):
+                // printed once, as observed if either was.
+                if let Some(line) = lines.last_mut() {
+                    line.steps.push(step);
+                    line.reconstructed &= reconstructed;
+                }
+                continue;
+            }
+            self.last_text = Some(text.clone());
+            lines.push(Line {
+                text,
+                steps: vec![step],
+                reconstructed,
+            });
+        }
+        self.printed = Printed::Through(reached);
+        lines
+    }
+}
+
+/// The step after `step` (`Completed` stays).
+fn after(step: Step) -> Step {
+    steps_between(step, Step::Completed)
+        .nth(1)
+        .unwrap_or(Step::Completed)
+}
+
+/// The steps from `first` to `last`, both included, in rotation order.
+fn steps_between(first: Step, last: Step) -> impl Iterator<Item = Step> {
+    Step::ROTATION
+        .into_iter()
+        .chain([Step::Completed])
+        .filter(move |step| (first..=last).contains(step))
+}
+
+/// The core's status line of the rotation to `target` at `step`, through
+/// the stored form of a state (the only public way to name a step's state);
+/// `None` for a state that cannot exist (a rotation to version 1).
+fn line_of(target: KeyVersion, step: Step) -> Option<String> {
+    let state: RotationState = serde_json::from_value(serde_json::json!({
+        "keyVersion": target,
+        "step": step,
+    }))
+    .ok()?;
+    Some(state.status_line().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(version: u64, step: Step) -> RotationState {
+        serde_json::from_value(serde_json::json!({"keyVersion": version, "step": step}))
+            .expect("a valid state")
+    }
+
+    /// The SPEC lines of a rotation from 1 to 2, written out by hand.
+    const GENERATE_TRUST: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":1,"privateKeyVersion":1,"publicKeyVersions":[1]}"#;
+    const SIGN: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":1,"privateKeyVersion":1,"publicKeyVersions":[1,2]}"#;
+    const REFRESH: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":1,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
+    const RETIRE: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
+    const COMPLETED: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#;
+    const ALL: [&str; 5] = [GENERATE_TRUST, SIGN, REFRESH, RETIRE, COMPLETED];
+
+    /// Feeds `observed` in turn; every line printed, with whether it was
+    /// reconstructed.
+    fn run(progress: &mut Progress, observed: &[(u64, Step)]) -> Vec<(String, bool)> {
+        observed
+            .iter()
+            .flat_map(|(version, step)| progress.lines_for(&state(*version, *step)))
+            .map(|line| (line.text, line.reconstructed))
+            .collect()
+    }
+
+    fn observed(texts: &[&str]) -> Vec<(String, bool)> {
+        texts.iter().map(|t| ((*t).to_owned(), false)).collect()
+    }
+
+    #[test]
+    fn a_normal_sequence_prints_each_line_once_as_observed() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        let lines = run(
+            &mut progress,
+            &[
+                (1, Step::Completed),
+                (2, Step::Generate),
+                (2, Step::Trust),
+                (2, Step::Sign),
+                (2, Step::RefreshTokens),
+                (2, Step::Retire),
+                (2, Step::Completed),
+            ],
+        );
+        assert_eq!(lines, observed(&ALL));
+        assert!(progress.is_done());
+    }
+
+    #[test]
+    fn the_lines_are_the_cores_for_each_step() {
+        for (step, text) in [
+            (Step::Generate, GENERATE_TRUST),
+            (Step::Trust, GENERATE_TRUST),
+            (Step::Sign, SIGN),
+            (Step::RefreshTokens, REFRESH),
+            (Step::Retire, RETIRE),
+            (Step::Completed, COMPLETED),
+        ] {
+            assert_eq!(line_of(KeyVersion::new(2), step).as_deref(), Some(text));
+            assert_eq!(state(2, step).status_line().to_string(), text);
+        }
+        assert_eq!(line_of(KeyVersion::FIRST, Step::Sign), None);
+    }
+
+    #[test]
+    fn a_skipped_step_is_reconstructed_before_the_observed_one() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        let lines = run(&mut progress, &[(2, Step::Trust), (2, Step::RefreshTokens)]);
+        assert_eq!(
+            lines,
+            [
+                (GENERATE_TRUST.to_owned(), false),
+                (SIGN.to_owned(), true),
+                (REFRESH.to_owned(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_skipped_steps_are_reconstructed_in_order() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        let lines = run(&mut progress, &[(2, Step::Trust), (2, Step::Retire)]);
+        assert_eq!(
+            lines,
+            [
+                (GENERATE_TRUST.to_owned(), false),
+                (SIGN.to_owned(), true),
+                (REFRESH.to_owned(), true),
+                (RETIRE.to_owned(), false),
+            ]
+        );
+        // Skipping from Retire straight to Completed too (the restart at
+        // Retire): the completed line is observed.
+        assert_eq!(
+            run(&mut progress, &[(2, Step::Completed)]),
+            [(COMPLETED.to_owned(), false)]
+        );
+    }
+
+    #[test]
+    fn the_same_state_delivered_again_prints_nothing() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        assert_eq!(
+            run(&mut progress, &[(2, Step::Sign)]),
+            [(GENERATE_TRUST.to_owned(), true), (SIGN.to_owned(), false)]
+        );
+        assert_eq!(run(&mut progress, &[(2, Step::Sign), (2, Step::Sign)]), []);
+        // Trust after Generate: the same line, printed once.
+        let mut progress = Progress::started(KeyVersion::new(2));
+        assert_eq!(
+            run(&mut progress, &[(2, Step::Generate), (2, Step::Trust)]),
+            observed(&[GENERATE_TRUST])
+        );
+    }
+
+    #[test]
+    fn a_stale_state_after_a_newer_one_is_ignored() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        let lines = run(
+            &mut progress,
+            &[
+                (2, Step::RefreshTokens),
+                (2, Step::Sign),
+                (2, Step::Generate),
+                (1, Step::Completed),
+                (2, Step::Retire),
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                (GENERATE_TRUST.to_owned(), true),
+                (SIGN.to_owned(), true),
+                (REFRESH.to_owned(), false),
+                (RETIRE.to_owned(), false),
+            ]
+        );
+        assert!(!progress.is_done());
+    }
+
+    #[test]
+    fn the_previous_rotation_prints_nothing() {
+        let mut progress = Progress::started(KeyVersion::new(3));
+        assert_eq!(
+            run(&mut progress, &[(2, Step::Completed), (2, Step::Retire)]),
+            []
+        );
+        assert!(!progress.is_done());
+    }
+
+    #[test]
+    fn a_later_version_means_the_target_completed() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        run(&mut progress, &[(2, Step::Retire)]);
+        assert_eq!(
+            run(&mut progress, &[(3, Step::Sign)]),
+            [(COMPLETED.to_owned(), true)]
+        );
+        assert!(progress.is_done());
+        assert_eq!(run(&mut progress, &[(2, Step::Completed)]), []);
+    }
+
+    #[test]
+    fn joining_mid_rotation_prints_from_the_first_state_seen() {
+        let mut progress = Progress::joined(KeyVersion::new(2));
+        let lines = run(
+            &mut progress,
+            &[(2, Step::RefreshTokens), (2, Step::Completed)],
+        );
+        // Nothing before RefreshTokens; Retire, skipped after it, is.
+        assert_eq!(
+            lines,
+            [
+                (REFRESH.to_owned(), false),
+                (RETIRE.to_owned(), true),
+                (COMPLETED.to_owned(), false),
+            ]
+        );
+        assert!(progress.is_done());
+    }
+
+    #[test]
+    fn joining_a_completed_rotation_prints_its_completed_line() {
+        let mut progress = Progress::joined(KeyVersion::new(2));
+        assert_eq!(
+            run(&mut progress, &[(2, Step::Completed)]),
+            observed(&[COMPLETED])
+        );
+        assert!(progress.is_done());
+    }
+
+    #[test]
+    fn joining_before_the_controller_picked_the_target_up_prints_every_line() {
+        let mut progress = Progress::joined(KeyVersion::new(2));
+        let lines = run(&mut progress, &[(1, Step::Completed), (2, Step::Sign)]);
+        assert_eq!(
+            lines,
+            [(GENERATE_TRUST.to_owned(), true), (SIGN.to_owned(), false)]
+        );
+    }
+
+    #[test]
+    fn the_note_names_the_steps_and_stays_out_of_the_line() {
+        let mut progress = Progress::started(KeyVersion::new(2));
+        let lines = progress.lines_for(&state(2, Step::Sign));
+        let note = lines[0].note().expect("reconstructed");
+        assert!(note.contains("step Generate and Trust"), "{note}");
+        assert!(note.contains("not observed"), "{note}");
+        assert_eq!(lines[0].to_string(), GENERATE_TRUST);
+        assert_eq!(lines[1].note(), None);
+    }
+
+    #[test]
+    fn any_order_of_observations_prints_a_prefix_of_the_lines_in_order() {
+        // Every sequence of up to four observations of the rotation 1 -> 2
+        // (including repeats, stale reads and the previous state) prints
+        // the lines in order, none twice, none past the newest step seen.
+        let states: Vec<(u64, Step)> = [(1, Step::Completed)]
+            .into_iter()
+            .chain(
+                Step::ROTATION
+                    .into_iter()
+                    .chain([Step::Completed])
+                    .map(|s| (2, s)),
+            )
+            .collect();
+        let mut sequences: Vec<Vec<(u64, Step)>> = vec![Vec::new()];
+        for _ in 0..4 {
+            sequences = sequences
+                .iter()
+                .flat_map(|seq| {
+                    states.iter().map(move |s| {
+                        let mut next = seq.clone();
+                        next.push(*s);
+                        next
+                    })
+                })
+                .collect();
+            for sequence in &sequences {
+                let newest = sequence
+                    .iter()
+                    .filter(|(v, _)| *v == 2)
+                    .map(|(_, s)| *s)
+                    .max();
+                let expected = newest.map_or(0, |step| match step {
+                    Step::Generate | Step::Trust => 1,
+                    Step::Sign => 2,
+                    Step::RefreshTokens => 3,
+                    Step::Retire => 4,
+                    Step::Completed => 5,
+                });
+                let lines = run(&mut Progress::started(KeyVersion::new(2)), sequence);
+                let texts: Vec<&str> = lines.iter().map(|(t, _)| t.as_str()).collect();
+                assert_eq!(texts, ALL[..expected], "{sequence:?}");
+                // A line is marked observed only if a state with it was
+                // delivered.
+                for (text, reconstructed) in &lines {
+                    let seen = sequence
+                        .iter()
+                        .any(|(v, s)| *v == 2 && state(2, *s).status_line().to_string() == *text);
+                    assert!(*reconstructed || seen, "{sequence:?} {text}");
+                }
+            }
+        }
+    }
+}
