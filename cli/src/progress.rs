@@ -195,16 +195,10 @@ fn steps_between(first: Step, last: Step) -> impl Iterator<Item = Step> {
         .filter(move |step| (first..=last).contains(step))
 }
 
-/// The core's status line of the rotation to `target` at `step`, through
-/// the stored form of a state (the only public way to name a step's state);
-/// `None` for a state that cannot exist (a rotation to version 1).
+/// The core's status line of the rotation to `target` at `step`; `None`
+/// for a state that cannot exist (a rotation to version 1).
 fn line_of(target: KeyVersion, step: Step) -> Option<String> {
-    let state: RotationState = serde_json::from_value(serde_json::json!({
-        "keyVersion": target,
-        "step": step,
-    }))
-    .ok()?;
-    Some(state.status_line().to_string())
+    RotationState::at(target, step).map(|state| state.status_line().to_string())
 }
 
 #[cfg(test)]
@@ -212,8 +206,7 @@ mod tests {
     use super::*;
 
     fn state(version: u64, step: Step) -> RotationState {
-        serde_json::from_value(serde_json::json!({"keyVersion": version, "step": step}))
-            .expect("a valid state")
+        RotationState::at(KeyVersion::new(version), step).expect("a valid state")
     }
 
     /// The SPEC lines of a rotation from 1 to 2, written out by hand.

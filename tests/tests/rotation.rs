@@ -104,8 +104,8 @@ fn expected_lines(from: u64, to: u64) -> Vec<String> {
 fn core_lines(to: u64) -> Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     for step in Step::ROTATION.into_iter().chain([Step::Completed]) {
-        let state: RotationState =
-            serde_json::from_value(serde_json::json!({"keyVersion": to, "step": step}))?;
+        let state = RotationState::at(KeyVersion::new(to), step)
+            .with_context(|| format!("no state at {step} of a rotation to {to}"))?;
         let line = state.status_line().to_string();
         if lines.last() != Some(&line) {
             lines.push(line);

@@ -173,26 +173,18 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
         Some(resource) => resource.state()?,
         None => RotationState::settled(KeyVersion::FIRST),
     };
-    // A target the controller has not picked up yet is a rotation in
-    // progress too, though its status still says completed.
-    if let Some(resource) = &existing
-        && state.is_completed()
-        && resource.spec.key_version != state.key_version().get()
-    {
-        return Err(Failure::busy(anyhow::anyhow!(
-            "a key rotation of {} to version {} is already in progress (requested, starting); follow it with `ksa update credentials ksa-signing-key status --watch` (nothing was changed)",
-            config.name,
-            resource.spec.key_version,
-        )));
-    }
     // Whether a rotation may start is the core's decision, the same one the
-    // controller makes.
+    // controller makes; a target the controller has not picked up yet is a
+    // rotation in progress too, though its status still says completed.
     let request = StartRequest {
         target: state.key_version().next().unwrap_or(state.key_version()),
         advanced_cluster: config.advanced_cluster,
         lock: lock::observe(&target.client, &config.namespace, &config.name).await?,
     };
-    if let Err(refusal) = rotation::start(&state, &request, jiff::Timestamp::now()) {
+    let requested = existing
+        .as_ref()
+        .map(|resource| KeyVersion::new(resource.spec.key_version));
+    if let Err(refusal) = rotation::start_new(&state, requested, &request, jiff::Timestamp::now()) {
         let error = anyhow::Error::new(refusal.clone())
             .context(format!("{}: nothing was changed", config.name));
         return Err(if refusal.is_busy() {

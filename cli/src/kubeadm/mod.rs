@@ -185,7 +185,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                 .as_ref()
                 .is_some_and(|(s, effects)| *s == state && *effects == plan.effects);
         if waiting_on_servers {
-            let waiting = ksa_controller::reconcile::waiting_for(&state, &observed);
+            let waiting = plan.waiting.to_string();
             if last_waiting.as_deref() != Some(waiting.as_str()) {
                 eprintln!("waiting for {waiting}");
                 last_waiting = Some(waiting);

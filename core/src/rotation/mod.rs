@@ -157,7 +157,7 @@ impl RotationState {
 
     /// The state at `step` of a rotation to `key_version`, with no
     /// timestamps; `None` where no such state exists (version 1 mid-rotation).
-    fn at(key_version: KeyVersion, step: Step) -> Option<RotationState> {
+    pub fn at(key_version: KeyVersion, step: Step) -> Option<RotationState> {
         let minimum = if step == Step::Completed { 1 } else { 2 };
         (key_version.get() >= minimum).then_some(RotationState {
             step,
