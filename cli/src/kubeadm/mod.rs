@@ -4,8 +4,8 @@
 //! ([`state`]), writes one key pair per version there ([`files`]), points the
 //! kube-apiserver and kube-controller-manager static pod manifests at them
 //! ([`manifest`]; kubelet restarts the pods), and confirms every step on the
-//! API servers through `--kubeconfig`, with the controller's own
-//! observation and token refresh code.
+//! API servers through `--kubeconfig`, with the observation and token
+//! refresh code the controller uses too (`ksa-kube`).
 
 pub mod files;
 pub mod manifest;
@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use ksa_controller::cluster::TargetCluster;
-use ksa_controller::refresh;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest, Step};
+use ksa_kube::cluster::TargetCluster;
+use ksa_kube::refresh;
+use ksa_kube::status::waiting_for;
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
@@ -185,7 +186,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                 .as_ref()
                 .is_some_and(|(s, effects)| *s == state && *effects == plan.effects);
         if waiting_on_servers {
-            let waiting = ksa_controller::reconcile::waiting_for(&state, &observed);
+            let waiting = waiting_for(&state, &observed);
             if last_waiting.as_deref() != Some(waiting.as_str()) {
                 eprintln!("waiting for {waiting}");
                 last_waiting = Some(waiting);
@@ -281,7 +282,7 @@ fn manifest_dir(flag: &str, dir: &Path) -> Result<PathBuf, Failure> {
 /// cluster (the API servers restart at every step; tried again).
 enum ApplyError {
     Files(anyhow::Error),
-    Cluster(ksa_controller::Error),
+    Cluster(ksa_kube::Error),
 }
 
 impl From<anyhow::Error> for ApplyError {
@@ -290,8 +291,8 @@ impl From<anyhow::Error> for ApplyError {
     }
 }
 
-impl From<ksa_controller::Error> for ApplyError {
-    fn from(error: ksa_controller::Error) -> ApplyError {
+impl From<ksa_kube::Error> for ApplyError {
+    fn from(error: ksa_kube::Error) -> ApplyError {
         ApplyError::Cluster(error)
     }
 }
