@@ -102,7 +102,7 @@ pub fn main() -> ExitCode {
         }
     };
     let filter = if cli.verbose {
-        "info,ksa_cli=debug,ksa_controller=debug"
+        "info,ksa_cli=debug,ksa_kube=debug"
     } else {
         "error,kube_client=off"
     };

@@ -27,9 +27,8 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use ksa_kube::refresh::RESTART_ANNOTATION;
 use kube::api::ObjectMeta;
-
-use crate::refresh::RESTART_ANNOTATION;
 
 /// The label an operator puts on each namespace that holds
 /// KSASigningKeyRotations (`kubectl label namespace NS

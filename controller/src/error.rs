@@ -1,55 +1,41 @@
-//! The controller's errors: one enum, matched by tests.
+//! The controller's errors: the Kubernetes I/O's (`ksa_kube::Error`), and
+//! what only the reconciler meets (roll-out refusals, a stored status that
+//! does not load, a step the core refuses). Matched by tests.
 
-use ksa_core::KeyVersion;
+use crate::rollout::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("key: {0}")]
-    Key(#[from] ksa_core::key::KeyError),
-    #[error("signing: {0}")]
-    Sign(#[from] ksa_core::crypto::SignError),
     #[error(transparent)]
-    BadStatus(#[from] crate::api::BadStatus),
+    Kube(#[from] ksa_kube::Error),
+    #[error(transparent)]
+    BadStatus(#[from] ksa_kube::api::BadStatus),
     #[error(transparent)]
     Step(#[from] ksa_core::rotation::StepError),
-    #[error(
-        "key version {version} is not in the key store (Secret {secret}); import the cluster's current key first"
-    )]
-    MissingKey { version: KeyVersion, secret: String },
-    /// The rotation's kubeconfig Secret is refused; `problem` names the
-    /// field, never the Secret's content.
-    #[error(
-        "the user cluster kubeconfig in Secret {secret} is refused: {problem}; ksa accepts only \
-         an https server with inline credentials (client-certificate-data and client-key-data, \
-         or token) and an inline certificate-authority-data"
-    )]
-    Kubeconfig {
-        secret: String,
-        problem: crate::kubeconfig::KubeconfigProblem,
-    },
-    /// The client for the user cluster could not be built from a checked
-    /// kubeconfig (say, a certificate that does not match its key). The
-    /// cause is left out: it could quote the Secret.
-    #[error(
-        "the user cluster kubeconfig in Secret {secret} is refused: no client can be made of \
-         its server, certificate authority and credentials"
-    )]
-    KubeconfigClient { secret: String },
     #[error(transparent)]
-    Refused(#[from] crate::rollout::Refusal),
-    #[error("key Secret {name} {problem}")]
-    BadKeySecret { name: String, problem: &'static str },
-    #[error("building a request: {0}")]
-    Request(#[from] http::Error),
-    #[error("the user cluster's {what} is unusable: {detail}")]
-    BadResponse { what: &'static str, detail: String },
-    #[error("the cluster operation lock is held by {holder}")]
-    Locked { holder: String },
-    #[error("{0}")]
-    Other(String),
+    Refused(#[from] Refusal),
+}
+
+// What `?` meets in the controller's own modules goes where the
+// Kubernetes I/O puts it, so an error reads and matches the same wherever
+// it was raised.
+impl From<kube::Error> for Error {
+    fn from(error: kube::Error) -> Error {
+        Error::Kube(error.into())
+    }
+}
+
+impl From<ksa_core::key::KeyError> for Error {
+    fn from(error: ksa_core::key::KeyError) -> Error {
+        Error::Kube(error.into())
+    }
+}
+
+impl From<ksa_core::crypto::SignError> for Error {
+    fn from(error: ksa_core::crypto::SignError) -> Error {
+        Error::Kube(error.into())
+    }
 }
 
 impl Error {
@@ -58,7 +44,9 @@ impl Error {
     /// fixes them); `None` for other errors.
     pub fn refusal_reason(&self) -> Option<&'static str> {
         match self {
-            Error::Kubeconfig { .. } | Error::KubeconfigClient { .. } => Some("KubeconfigRefused"),
+            Error::Kube(
+                ksa_kube::Error::Kubeconfig { .. } | ksa_kube::Error::KubeconfigClient { .. },
+            ) => Some("KubeconfigRefused"),
             Error::Refused(refusal) => Some(refusal.reason()),
             _ => None,
         }

@@ -1,35 +1,28 @@
 //! `ksa-controller`: carries `KSASigningKeyRotation` resources through the
-//! five rotation steps by driving `ksa-core`'s step function.
+//! five rotation steps by driving `ksa-core`'s step function, with the
+//! Kubernetes I/O it shares with the CLI in `ksa-kube` (the custom resource,
+//! key store, lock, API server observation and token refresh).
 //!
-//! - [`api`]: the custom resource.
 //! - [`reconcile`]: observe, step, write status, apply effects.
-//! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
-//! - [`cluster`]: the user cluster and what its API servers do.
-//! - [`kubeconfig`]: the user cluster's kubeconfig, inline fields only.
-//! - [`names`]: object names checked before they go into an API path.
 //! - [`rollout`]: how API servers pick up a key set, and only through
 //!   objects labelled for the rotation.
-//! - [`refresh`]: legacy and bound token refresh.
-//! - [`lock`]: the cluster operation lock.
+//! - [`grants`]: whether the roles a rotation's policy needs are bound.
+//! - [`run`]: leader election and the controller loop (`ksa-controller run`).
+//! - [`serve`]: health, Prometheus metrics, the JWKS and discovery document.
+//! - [`manifests`]: the `deploy/` files, generated.
 //! - [`admission`]: the admission policies that hold the controller's writes
 //!   to what a rotation needs.
 //! - [`signer`]: the KEP-740 external signer (`ksa-controller signer`).
+//! - [`error`]: `ksa_kube::Error` and the reconciler's own refusals.
 
 pub mod admission;
-pub mod api;
-pub mod cluster;
 pub mod error;
 pub mod grants;
-pub mod keystore;
-pub mod kubeconfig;
-pub mod lock;
-pub mod reconcile;
-pub mod refresh;
-
-pub use error::{Error, Result};
 pub mod manifests;
-pub mod names;
+pub mod reconcile;
 pub mod rollout;
 pub mod run;
 pub mod serve;
 pub mod signer;
+
+pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ksa_controller::api::KSASigningKeyRotation;
+use ksa_kube::api::KSASigningKeyRotation;
 use kube::CustomResourceExt as _;
 
 #[derive(Parser, Debug)]

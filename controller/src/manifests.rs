@@ -16,10 +16,9 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ksa_kube::api::KSASigningKeyRotation;
 use kube::CustomResourceExt as _;
 use kube::api::ObjectMeta;
-
-use crate::api::KSASigningKeyRotation;
 
 pub const NAMESPACE: &str = "ksa-system";
 const RBAC: &str = "rbac.authorization.k8s.io/v1";
@@ -163,7 +162,7 @@ pub fn leases_role() -> ClusterRole {
 /// Bind with a RoleBinding in kube-system: the probe account whose fresh
 /// tokens show which key an API server signs with, and its tokens only.
 pub fn probe_role() -> ClusterRole {
-    let probe = || Some(vec![crate::cluster::PROBE_ACCOUNT.to_owned()]);
+    let probe = || Some(vec![ksa_kube::cluster::PROBE_ACCOUNT.to_owned()]);
     let mut account = rule(&[""], &["serviceaccounts"], &["get"]);
     account.resource_names = probe();
     let mut token = rule(&[""], &["serviceaccounts/token"], &["create"]);

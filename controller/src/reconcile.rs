@@ -13,17 +13,17 @@ use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::rotation::{self, Effect, Observed, Policy, RotationState, StartRequest, Step};
+use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
+use ksa_kube::cluster::TargetCluster;
+use ksa_kube::keystore::KeyStore;
+use ksa_kube::{lock, refresh};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource as _, ResourceExt as _};
 
-use crate::api::{KSASigningKeyRotation, RotationStatus};
-use crate::cluster::TargetCluster;
 use crate::error::{Error, Result};
-use crate::keystore::KeyStore;
 use crate::rollout::Rollout;
-use crate::{lock, refresh};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -90,14 +90,14 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
     match &outcome {
         // A stale read (the cache lags our own last write): the next
         // reconcile reads again. Not worth an operator's attention.
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+        Err(Error::Kube(ksa_kube::Error::Kube(kube::Error::Api(status)))) if status.code == 409 => {
             tracing::debug!(rotation = %name, "status changed meanwhile; reconciling again");
         }
         Err(error) => {
             ctx.metrics.reconcile_errors.inc();
             tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
             // Best effort: show the error where operators look. No error
-            // holds Secret data (`Error::Kubeconfig` names fields only).
+            // holds Secret data (`ksa_kube::Error::Kubeconfig` names fields only).
             let waiting = match error.refusal_reason() {
                 Some(reason) => {
                     let note = error.to_string();
@@ -299,10 +299,11 @@ impl Rotation<'_> {
     async fn observe(&self, state: &RotationState) -> Result<Observed> {
         let keys = self.keystore.public_keys().await?;
         if state.step() == Step::RefreshTokens && !keys.contains_key(&state.key_version()) {
-            return Err(Error::MissingKey {
+            return Err(ksa_kube::Error::MissingKey {
                 version: state.key_version(),
                 secret: self.keystore.secret_name(state.key_version()),
-            });
+            }
+            .into());
         }
         let mut observed = self.cluster.observe(&keys, state, &self.policy).await?;
         observed.stored_keys = keys.keys().copied().collect();
@@ -312,9 +313,9 @@ impl Rotation<'_> {
     async fn apply(&self, state: &RotationState, effect: &Effect) -> Result<()> {
         let client = &self.ctx.client;
         match effect {
-            Effect::HoldOperationLock => lock::hold(client, &self.namespace, &self.name).await,
+            Effect::HoldOperationLock => Ok(lock::hold(client, &self.namespace, &self.name).await?),
             Effect::ReleaseOperationLock => {
-                lock::release(client, &self.namespace, &self.name).await
+                Ok(lock::release(client, &self.namespace, &self.name).await?)
             }
             Effect::GenerateKey { version, spec } => {
                 if self.keystore.private_key(*version).await.is_err() {
@@ -351,9 +352,12 @@ impl Rotation<'_> {
             }
             Effect::RefreshBoundTokens { version, policy } => {
                 let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-                refresh::refresh_bound_tokens(&self.cluster.client, *version, policy, since).await
+                Ok(
+                    refresh::refresh_bound_tokens(&self.cluster.client, *version, policy, since)
+                        .await?,
+                )
             }
-            Effect::RetireKey { version } => self.keystore.delete(*version).await,
+            Effect::RetireKey { version } => Ok(self.keystore.delete(*version).await?),
         }
     }
 

@@ -20,14 +20,14 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use ksa_core::KeyVersion;
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::api::RolloutKind;
+use ksa_kube::keystore::{KeyStore, LABEL_KEY_VERSION, LABEL_ROTATION, key_set_id};
+use ksa_kube::names::is_dns1123_subdomain;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 
-use crate::api::KSASigningKeyRotation;
-use crate::api::RolloutKind;
 use crate::error::Result;
-use crate::keystore::{KeyStore, LABEL_KEY_VERSION, LABEL_ROTATION, key_set_id};
-use crate::names::is_dns1123_subdomain;
 
 /// The workload kinds ksa restarts, by an annotation on their pod
 /// template.

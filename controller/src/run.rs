@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt as _;
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::cluster::TargetCluster;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 
-use crate::api::KSASigningKeyRotation;
-use crate::cluster::TargetCluster;
 use crate::reconcile::{self, Context};
 
 #[derive(Parser, Debug, Clone)]

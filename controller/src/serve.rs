@@ -19,6 +19,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::ConfigMap;
+use ksa_kube::keystore::LABEL_ROTATION;
+use ksa_kube::names::{is_dns1123_label, is_dns1123_subdomain};
 use kube::api::Api;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,9 +28,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use crate::keystore::LABEL_ROTATION;
-use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 
 /// How long outside verifiers may cache a JWKS. Short, so that a new key
 /// published in Trust reaches them well within a typical trust lead time.
@@ -162,7 +161,7 @@ pub enum BadJwksPath {
 }
 
 /// The longest rotation name whose `<name>-jwks` is still a name.
-const MAX_ROTATION_NAME: usize = crate::names::MAX_SUBDOMAIN - "-jwks".len();
+const MAX_ROTATION_NAME: usize = ksa_kube::names::MAX_SUBDOMAIN - "-jwks".len();
 
 /// The ConfigMap that holds the JWKS of rotation `name` in `namespace`,
 /// when both are names.

@@ -9,10 +9,10 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use ksa_controller::api::KSASigningKeyRotation;
-use ksa_controller::keystore::KeyStore;
 use ksa_core::KeyVersion;
 use ksa_core::key::PrivateKey;
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::keystore::KeyStore;
 use kube::CustomResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use ksa_controller::api::KSASigningKeyRotation;
-use ksa_controller::keystore::LABEL_KEY_VERSION;
 use ksa_core::rotation::{RotationState, Step};
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::keystore::LABEL_KEY_VERSION;
 use kube::api::{Api, ListParams};
 use tokio::sync::Mutex;
 

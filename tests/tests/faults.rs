@@ -14,11 +14,11 @@ use anyhow::{Result, bail, ensure};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use ksa_controller::api::{KSASigningKeyRotation, RotationStatus};
-use ksa_controller::keystore::KeyStore;
-use ksa_controller::refresh::token_kid;
 use ksa_core::KeyVersion;
 use ksa_core::rotation::{RotationState, Step};
+use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
+use ksa_kube::keystore::KeyStore;
+use ksa_kube::refresh::token_kid;
 use ksa_tests::cluster::QuickBackoff;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 const FLEET: &str = "fleet";
 const FLEET_SECRETS: usize = 400;
 const FLEET_DEPLOYMENTS: usize = 8;
-const RESTART_ANNOTATION: &str = ksa_controller::refresh::RESTART_ANNOTATION;
+const RESTART_ANNOTATION: &str = ksa_kube::refresh::RESTART_ANNOTATION;
 /// Generous: a rotation here takes well under a minute.
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -208,7 +208,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
 /// that binds it; once bound, the rotation starts.
 #[tokio::test]
 async fn a_rotation_without_its_policys_role_is_refused_before_it_starts() -> Result<()> {
-    use ksa_controller::api::{
+    use ksa_kube::api::{
         KSASigningKeyRotation, RotationSpec, TokenRefreshPolicy, TokenRefreshSpec,
     };
     use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ksa_controller::refresh::RESTART_ANNOTATION;
+use ksa_kube::refresh::RESTART_ANNOTATION;
 use ksa_tests::bench::RotationBench;
 use ksa_tests::cluster::{QuickBackoff, create_namespace, create_service_account};
 use ksa_tests::workload::{self, labels, meta, pod_spec, selector, template};

@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
-use ksa_controller::api::KSASigningKeyRotation;
-use ksa_controller::keystore::KeyStore;
 use ksa_core::key::PrivateKey;
 use ksa_core::rotation::{RotationState, Step};
 use ksa_core::{KeyVersion, token};
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::keystore::KeyStore;
 use ksa_tests::scenario::{APPS, CLUSTER, NAMESPACE, Scenario};
 use kube::api::{Api, ListParams};
 

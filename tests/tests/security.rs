@@ -20,10 +20,10 @@ use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
-use ksa_controller::api::KSASigningKeyRotation;
-use ksa_controller::keystore::LABEL_ROTATION;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::keystore::LABEL_ROTATION;
 use ksa_tests::{ApiServerKeys, ControlPlane, Installation, workload};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 

@@ -5,13 +5,13 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ksa_controller::api::{
+use ksa_core::KeyVersion;
+use ksa_core::rotation::{self, RotationState, StartRequest, Step};
+use ksa_kube::api::{
     ClusterRef, KSASigningKeyRotation, KeyKind, RolloutKind, RolloutSpec, RotationSpec,
     RotationStatus, SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
 };
-use ksa_controller::lock;
-use ksa_core::KeyVersion;
-use ksa_core::rotation::{self, RotationState, StartRequest, Step};
+use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 

@@ -4,8 +4,8 @@
 //! ([`state`]), writes one key pair per version there ([`files`]), points the
 //! kube-apiserver and kube-controller-manager static pod manifests at them
 //! ([`manifest`]; kubelet restarts the pods), and confirms every step on the
-//! API servers through `--kubeconfig`, with the controller's own
-//! observation and token refresh code.
+//! API servers through `--kubeconfig`, with the observation and token
+//! refresh code the controller uses too (`ksa-kube`).
 
 pub mod files;
 pub mod manifest;
@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use ksa_controller::cluster::TargetCluster;
-use ksa_controller::refresh;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest, Step};
+use ksa_kube::cluster::TargetCluster;
+use ksa_kube::refresh;
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
@@ -281,7 +281,7 @@ fn manifest_dir(flag: &str, dir: &Path) -> Result<PathBuf, Failure> {
 /// cluster (the API servers restart at every step; tried again).
 enum ApplyError {
     Files(anyhow::Error),
-    Cluster(ksa_controller::Error),
+    Cluster(ksa_kube::Error),
 }
 
 impl From<anyhow::Error> for ApplyError {
@@ -290,8 +290,8 @@ impl From<anyhow::Error> for ApplyError {
     }
 }
 
-impl From<ksa_controller::Error> for ApplyError {
-    fn from(error: ksa_controller::Error) -> ApplyError {
+impl From<ksa_kube::Error> for ApplyError {
+    fn from(error: ksa_kube::Error) -> ApplyError {
         ApplyError::Cluster(error)
     }
 }

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ksa_controller::cluster::TargetCluster;
 use ksa_core::KeyId;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
 use ksa_core::rotation::{Effect, RotationState};
+use ksa_kube::cluster::TargetCluster;
 
 use super::files::PkiDir;
 use super::{

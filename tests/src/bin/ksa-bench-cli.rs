@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ksa_controller::api::{KSASigningKeyRotation, RotationSpec, RotationStatus};
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::RotationState;
+use ksa_kube::api::{KSASigningKeyRotation, RotationSpec, RotationStatus};
 use ksa_tests::{ApiServerKeys, ControlPlane, Installation};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 

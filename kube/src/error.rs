@@ -1,0 +1,51 @@
+//! The errors of ksa's Kubernetes I/O: one enum, matched by tests. The
+//! controller wraps it with its own refusals (`ksa_controller::Error`); the
+//! CLI reports it with its exit code.
+
+use ksa_core::KeyVersion;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("key: {0}")]
+    Key(#[from] ksa_core::key::KeyError),
+    #[error("signing: {0}")]
+    Sign(#[from] ksa_core::crypto::SignError),
+    #[error(
+        "key version {version} is not in the key store (Secret {secret}); import the cluster's current key first"
+    )]
+    MissingKey { version: KeyVersion, secret: String },
+    /// The rotation's kubeconfig Secret is refused; `problem` names the
+    /// field, never the Secret's content.
+    #[error(
+        "the user cluster kubeconfig in Secret {secret} is refused: {problem}; ksa accepts only \
+         an https server with inline credentials (client-certificate-data and client-key-data, \
+         or token) and an inline certificate-authority-data"
+    )]
+    Kubeconfig {
+        secret: String,
+        problem: crate::kubeconfig::KubeconfigProblem,
+    },
+    /// The client for the user cluster could not be built from a checked
+    /// kubeconfig (say, a certificate that does not match its key). The
+    /// cause is left out: it could quote the Secret.
+    #[error(
+        "the user cluster kubeconfig in Secret {secret} is refused: no client can be made of \
+         its server, certificate authority and credentials"
+    )]
+    KubeconfigClient { secret: String },
+    #[error("key Secret {name} {problem}")]
+    BadKeySecret { name: String, problem: &'static str },
+    #[error("building a request: {0}")]
+    Request(#[from] http::Error),
+    #[error("the user cluster's {what} is unusable: {detail}")]
+    BadResponse { what: &'static str, detail: String },
+    #[error("the cluster operation lock is held by {holder}")]
+    Locked { holder: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

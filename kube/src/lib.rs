@@ -1,0 +1,28 @@
+//! `ksa-kube`: the Kubernetes I/O both shells of ksa share. The controller
+//! (`ksa-controller`) and the CLI (`ksa`) each drive `ksa-core`'s step
+//! function; what they read from and write to a cluster is here, once.
+//!
+//! No command-line parsing, HTTP server, gRPC or metrics: building the CLI
+//! compiles none of the controller's (checked by `tests/dependencies.rs`).
+//!
+//! - [`api`]: the `KSASigningKeyRotation` custom resource, the contract
+//!   between the CLI (which sets `spec.keyVersion` and reads status) and the
+//!   controller (which writes status).
+//! - [`cluster`]: the user cluster and what its API servers do (`observe`).
+//! - [`kubeconfig`]: the user cluster's kubeconfig, inline fields only.
+//! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
+//! - [`lock`]: the cluster operation lock.
+//! - [`refresh`]: legacy and bound token refresh.
+//! - [`names`]: object names checked before they go into an API path.
+//! - [`error`]: the one error enum of all of these.
+
+pub mod api;
+pub mod cluster;
+pub mod error;
+pub mod keystore;
+pub mod kubeconfig;
+pub mod lock;
+pub mod names;
+pub mod refresh;
+
+pub use error::{Error, Result};
