@@ -7,34 +7,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{ksa, run};
+use common::{jwks_file, ksa, run, vector_token};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn vectors() -> serde_json::Value {
-    let path = format!(
-        "{}/../core/test_data/vectors.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
-}
-
-fn vector_token(name: &str) -> String {
-    vectors()["vectors"]
-        .as_array()
-        .expect("vectors")
-        .iter()
-        .find(|v| v["name"] == name)
-        .and_then(|v| v["token"].as_str())
-        .expect("vector")
-        .to_owned()
-}
-
-fn jwks_file() -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(file.path(), vectors()["jwks"].to_string()).expect("written");
-    file
-}
 
 /// Runs `ksa` with stdout a pipe whose read end is already closed.
 fn into_closed_pipe(args: &[&str]) -> common::Run {

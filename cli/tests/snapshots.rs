@@ -2,10 +2,12 @@
 //! them: the real `ksa` binary, its stdout, stderr and exit code. Update with
 //! `INSTA_UPDATE=always cargo test -p ksa-cli` and review the diff.
 
+mod common;
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use common::{jwks_file, vector_token};
 
 const SPEC_LINE: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
 
@@ -37,28 +39,6 @@ fn ksa(args: &[&str], stdin: Option<&str>) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn vectors() -> Value {
-    let text = std::fs::read_to_string(core_data("vectors.json")).expect("vectors");
-    serde_json::from_str(&text).expect("json")
-}
-
-fn vector_token(name: &str) -> String {
-    vectors()["vectors"]
-        .as_array()
-        .expect("vectors")
-        .iter()
-        .find(|v| v["name"] == name)
-        .and_then(|v| v["token"].as_str())
-        .expect("vector")
-        .to_owned()
-}
-
-fn jwks_file() -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    write!(file, "{}", vectors()["jwks"]).expect("written");
-    file
 }
 
 #[test]

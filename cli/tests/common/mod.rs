@@ -84,3 +84,31 @@ fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::Join
         String::from_utf8_lossy(&bytes).into_owned()
     })
 }
+
+/// The shared token vectors of `core/test_data/vectors.json`.
+pub fn vectors() -> serde_json::Value {
+    let path = format!(
+        "{}/../core/test_data/vectors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
+}
+
+/// The token of the vector called `name`.
+pub fn vector_token(name: &str) -> String {
+    vectors()["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["token"].as_str())
+        .expect("vector")
+        .to_owned()
+}
+
+/// A file holding the vectors' JWKS.
+pub fn jwks_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), vectors()["jwks"].to_string()).expect("written");
+    file
+}
