@@ -1,10 +1,11 @@
-//! The reconciler: read the world into `Observed`, call the core's `step`,
-//! write the next state to status, then apply its effects.
+//! The reconciler: a thin adapter over the one rotation driver
+//! (`ksa_kube::driver`). Each reconcile starts a rotation when the spec asks
+//! for one, then runs one driver pass with the resource's status as the
+//! state store and the key Secrets, the user cluster and the roll-out as
+//! the world. The controller runtime's requeue is its loop.
 //!
-//! It decides nothing about the rotation itself. Order matters for crash
-//! safety: the next state is written before any of its effects is applied,
-//! so after a crash the stored state is never behind the world, and every
-//! effect is idempotent so applying it again is harmless.
+//! It decides nothing about the rotation itself: the core does, and the
+//! driver saves the next state before it applies any effect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{self, Effect, Observed, Policy, RotationState, StartRequest, Step};
+use ksa_core::rotation::{self, Effect, Observed, Plan, Policy, RotationState, StartRequest};
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
+use ksa_kube::driver::{self, PassError, StateStore, World};
 use ksa_kube::keystore::KeyStore;
 use ksa_kube::{lock, refresh};
 use kube::api::{Api, Patch, PatchParams};
@@ -199,25 +201,47 @@ impl Rotation<'_> {
                 None => return Ok(Action::requeue(Duration::from_secs(30))),
             }
         }
-        let observed = self.observe(&state).await?;
-        let plan = rotation::step(&state, &observed, now, &self.policy)?;
-        let waiting = (plan.next.step() == state.step()).then(|| plan.waiting.to_string());
-        self.write_status(&plan.next, waiting).await?;
-        self.record(&state, &plan.next, now);
-        if plan.next.step() != state.step() {
+        let pass = driver::pass(
+            &mut Status(self),
+            &mut Cluster(self),
+            &state,
+            &self.policy,
+            now,
+        )
+        .await
+        .map_err(|error| self.pass_error(error))?;
+        let after = pass.plan.requeue_after.unwrap_or(Duration::from_secs(300));
+        Ok(Action::requeue(after.max(Duration::from_millis(250))))
+    }
+
+    /// The controller's error for a pass that stopped.
+    fn pass_error(&self, error: PassError<Error>) -> Error {
+        match error.into_shell_error() {
+            Ok(error) => error,
+            Err(PassError::MissingKey(version)) => ksa_kube::Error::MissingKey {
+                version,
+                secret: self.keystore.secret_name(version),
+            }
+            .into(),
+            Err(PassError::Step(error)) => error.into(),
+            Err(other) => unreachable!("a shell error is returned above: {other}"),
+        }
+    }
+
+    /// After the status is written: the step's metrics, and an Event when
+    /// the step advanced.
+    async fn saved(&self, state: &RotationState, next: &RotationState) {
+        let now = next.step_started_at().unwrap_or_else(Timestamp::now);
+        self.record(state, next, now);
+        if next.step() != state.step() {
             self.event(
                 EventType::Normal,
-                &format!("Step{}", plan.next.step()),
-                format!("{} confirmed; {}", state.step(), plan.next.status_line()),
+                &format!("Step{}", next.step()),
+                format!("{} confirmed; {}", state.step(), next.status_line()),
             )
             .await;
-            tracing::info!(rotation = %self.name, from = %state.step(), to = %plan.next.step(), "step confirmed");
+            tracing::info!(rotation = %self.name, from = %state.step(), to = %next.step(), "step confirmed");
         }
-        for effect in &plan.effects {
-            self.apply(&plan.next, effect).await?;
-        }
-        let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
-        Ok(Action::requeue(after.max(Duration::from_millis(250))))
     }
 
     fn record(&self, state: &RotationState, next: &RotationState, now: Timestamp) {
@@ -298,13 +322,6 @@ impl Rotation<'_> {
 
     async fn observe(&self, state: &RotationState) -> Result<Observed> {
         let keys = self.keystore.public_keys().await?;
-        if state.step() == Step::RefreshTokens && !keys.contains_key(&state.key_version()) {
-            return Err(ksa_kube::Error::MissingKey {
-                version: state.key_version(),
-                secret: self.keystore.secret_name(state.key_version()),
-            }
-            .into());
-        }
         let mut observed = self.cluster.observe(&keys, state, &self.policy).await?;
         observed.stored_keys = keys.keys().copied().collect();
         Ok(observed)
@@ -384,5 +401,35 @@ impl Rotation<'_> {
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         publish_event(self.ctx, self.resource, type_, reason, note).await;
+    }
+}
+
+/// The rotation resource's status, as the driver's state store.
+struct Status<'a, 'b>(&'a Rotation<'b>);
+
+impl StateStore for Status<'_, '_> {
+    type Error = Error;
+
+    async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<()> {
+        let waiting = (plan.next.step() == before.step()).then(|| plan.waiting.to_string());
+        self.0.write_status(&plan.next, waiting).await?;
+        self.0.saved(before, &plan.next).await;
+        Ok(())
+    }
+}
+
+/// The user cluster, the key Secrets and the roll-out, as the driver's
+/// world.
+struct Cluster<'a, 'b>(&'a Rotation<'b>);
+
+impl World for Cluster<'_, '_> {
+    type Error = Error;
+
+    async fn observe(&mut self, state: &RotationState) -> Result<Observed> {
+        self.0.observe(state).await
+    }
+
+    async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<()> {
+        self.0.apply(state, effect).await
     }
 }

@@ -8,6 +8,8 @@
 //! - [`api`]: the `KSASigningKeyRotation` custom resource, the contract
 //!   between the CLI (which sets `spec.keyVersion` and reads status) and the
 //!   controller (which writes status).
+//! - [`driver`]: the one rotation driver (observe, step, save, apply) over
+//!   the shells' state store and world.
 //! - [`cluster`]: the user cluster and what its API servers do (`observe`).
 //! - [`kubeconfig`]: the user cluster's kubeconfig, inline fields only.
 //! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod driver;
 pub mod error;
 pub mod keystore;
 pub mod kubeconfig;

@@ -1,11 +1,13 @@
 //! kubeadm control planes: `ksa update credentials ksa-signing-key rotate |
-//! status --pki-dir DIR`. With no controller, the CLI drives `ksa-core`'s
-//! step function itself: it keeps the state in the pki directory
-//! ([`state`]), writes one key pair per version there ([`files`]), points the
-//! kube-apiserver and kube-controller-manager static pod manifests at them
-//! ([`manifest`]; kubelet restarts the pods), and confirms every step on the
-//! API servers through `--kubeconfig`, with the observation and token
-//! refresh code the controller uses too (`ksa-kube`).
+//! status --pki-dir DIR`. With no controller, the CLI runs the rotation
+//! driver (`ksa_kube::driver`) itself, the same one the controller runs:
+//! its state store is the state file in the pki directory ([`state`]), and
+//! its world is this node's key files ([`files`]) and the kube-apiserver and
+//! kube-controller-manager static pod manifests ([`manifest`]; kubelet
+//! restarts the pods), with every step confirmed on the API servers through
+//! `--kubeconfig` by the observation and token refresh code the controller
+//! uses too (`ksa-kube`). This module adds only the command's loop: passes
+//! until completed, API server restarts waited out.
 
 pub mod files;
 pub mod manifest;
@@ -22,8 +24,11 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{self, Effect, OperationLock, Policy, RotationState, StartRequest, Step};
+use ksa_core::rotation::{
+    self, Effect, Observed, OperationLock, Plan, Policy, RotationState, StartRequest,
+};
 use ksa_kube::cluster::TargetCluster;
+use ksa_kube::driver::{self, PassError, StateStore, World};
 use ksa_kube::refresh;
 
 use self::files::{PkiDir, write_atomic};
@@ -103,7 +108,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     // A state whose key files are not all here (a state file copied from
     // another node, a restored backup) would have the manifests name
     // missing files: refused before anything else happens.
-    for version in versions_on_disk(&state) {
+    for version in state.required_keys() {
         pki.check_key_pair(version).map_err(|error| {
             Failure::bad_input(error.context(format!(
                 "{} is at step {} of key version {}",
@@ -145,8 +150,14 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     crate::commands::print(&state.status_line().to_string())?;
 
     let client = kube::Client::try_from(request.kube_config.clone())?;
-    let cluster = TargetCluster::new(client, request.kube_config);
     let policy = Policy::default();
+    let mut store = StateFile(&locked);
+    let mut node = Node {
+        pki: &pki,
+        manifests,
+        cluster: TargetCluster::new(client, request.kube_config),
+        policy: &policy,
+    };
     let started = Instant::now();
     // How long API servers that do not answer (kubelet restarting them) are
     // waited for: the whole timeout with --wait, a minute without.
@@ -155,70 +166,56 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     } else {
         request.timeout.min(NO_WAIT_PATIENCE)
     };
-    // The state and effects applied last: a pass that finds both again is
-    // waiting on the API servers. (A step can stay put with a new effect:
-    // Retire deletes the old key once no API server trusts it.)
-    let mut applied: Option<(RotationState, Vec<Effect>)> = None;
+    // The state and effects of the last pass: a pass that finds both again
+    // has applied them once already and is waiting on the API servers. (A
+    // step can stay put with a new effect: Retire deletes the old key once
+    // no API server trusts it.)
+    let mut last: Option<(RotationState, Vec<Effect>)> = None;
     let mut last_waiting: Option<String> = None;
     loop {
-        let keys = pki.public_keys()?;
-        let mut observed = match cluster.observe(&keys, &state, &policy).await {
-            Ok(observed) => observed,
-            // kube-apiserver restarts at every step: an API server that
-            // does not answer is asked again, for a while.
-            Err(error) if started.elapsed() < patience => {
-                eprintln!("the API servers did not answer ({error}); asking again");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            Err(error) => {
-                return Err(anyhow::Error::new(error)
-                    .context("observing the API servers; run the same command again to resume")
-                    .into());
-            }
-        };
-        observed.stored_keys = keys.keys().copied().collect();
-        let plan = rotation::step(&state, &observed, Timestamp::now(), &policy)
-            .context("the rotation state is inconsistent")?;
-        let waiting_on_servers = plan.next == state
-            && applied
-                .as_ref()
-                .is_some_and(|(s, effects)| *s == state && *effects == plan.effects);
+        let pass =
+            match driver::pass(&mut store, &mut node, &state, &policy, Timestamp::now()).await {
+                Ok(pass) => pass,
+                // kube-apiserver restarts at every step: an API server that does
+                // not answer is asked again, for a while. The state is read back
+                // from the file, which is ahead of `state` when the failure came
+                // after the save.
+                Err(
+                    PassError::Observe(KubeadmError::Cluster(error))
+                    | PassError::Apply {
+                        error: KubeadmError::Cluster(error),
+                        ..
+                    },
+                ) if started.elapsed() < patience => {
+                    eprintln!("the API servers did not answer ({error}); asking again");
+                    state = locked.load()?.unwrap_or(state);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(error) => return Err(pass_failure(&pki, &state, error)),
+            };
+        let waiting_on_servers = last.as_ref().is_some_and(|(next, effects)| {
+            *next == pass.plan.next && *effects == pass.plan.effects
+        });
         if waiting_on_servers {
-            let waiting = plan.waiting.to_string();
+            let waiting = pass.plan.waiting.to_string();
             if last_waiting.as_deref() != Some(waiting.as_str()) {
                 eprintln!("waiting for {waiting}");
                 last_waiting = Some(waiting);
             }
+        }
+        if pass.plan.next.status_line() != state.status_line() {
+            crate::commands::print(&pass.plan.next.status_line().to_string())?;
+        }
+        state = pass.plan.next.clone();
+        if state.is_completed() {
+            return Ok(exit::DONE);
         }
         if !request.wait && waiting_on_servers {
             eprintln!(
                 "step {} is waiting on the API servers; run the same command again to continue (or add --wait)",
                 state.step()
             );
-            return Ok(exit::DONE);
-        }
-        if plan.next != state {
-            locked.save(&plan.next)?;
-        }
-        if plan.next.status_line() != state.status_line() {
-            crate::commands::print(&plan.next.status_line().to_string())?;
-        }
-        for effect in &plan.effects {
-            match apply(&pki, manifests, &cluster, &plan.next, effect).await {
-                Ok(()) => {}
-                // Token refresh talks to the API servers; the next pass
-                // applies it again.
-                Err(ApplyError::Cluster(error)) if started.elapsed() < patience => {
-                    eprintln!("{effect:?} did not complete ({error}); trying again");
-                }
-                Err(ApplyError::Cluster(error)) => return Err(anyhow::Error::new(error).into()),
-                Err(ApplyError::Files(error)) => return Err(error.into()),
-            }
-        }
-        applied = Some((plan.next.clone(), plan.effects.clone()));
-        state = plan.next;
-        if state.is_completed() {
             return Ok(exit::DONE);
         }
         if started.elapsed() > request.timeout {
@@ -228,19 +225,73 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )
             .into());
         }
-        let pause = plan.requeue_after.unwrap_or(Duration::from_secs(2));
+        let pause = pass.plan.requeue_after.unwrap_or(Duration::from_secs(2));
+        last = Some((pass.plan.next, pass.plan.effects));
         tokio::time::sleep(pause.clamp(Duration::from_millis(250), Duration::from_secs(2))).await;
     }
 }
 
-/// The key versions whose files must be in the pki directory in `state`:
-/// the old key until Retire deletes it, the new one once generated.
-fn versions_on_disk(state: &RotationState) -> Vec<KeyVersion> {
-    let (old, new) = (state.previous_version(), state.key_version());
-    match state.step() {
-        Step::Generate => vec![old],
-        Step::Trust | Step::Sign | Step::RefreshTokens => vec![old, new],
-        Step::Retire | Step::Completed => vec![new],
+/// What the CLI reports for a pass that stopped.
+fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmError>) -> Failure {
+    match error {
+        PassError::Observe(KubeadmError::Cluster(error)) => anyhow::Error::new(error)
+            .context("observing the API servers; run the same command again to resume")
+            .into(),
+        PassError::MissingKey(version) => Failure::bad_input(anyhow::anyhow!(
+            "{} is missing, but step {} of the rotation to key version {} needs it; \
+             restore it (and {}) from a backup of this pki directory",
+            pki.key_path(version).display(),
+            state.step(),
+            state.key_version(),
+            pki.pub_path(version).display()
+        )),
+        PassError::Step(error) => anyhow::Error::new(error)
+            .context("the rotation state is inconsistent")
+            .into(),
+        PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
+            match error {
+                KubeadmError::Files(error) => error.into(),
+                KubeadmError::Cluster(error) => anyhow::Error::new(error).into(),
+            }
+        }
+    }
+}
+
+/// The state file in the pki directory, as the driver's state store.
+struct StateFile<'a>(&'a LockedState);
+
+impl StateStore for StateFile<'_> {
+    type Error = KubeadmError;
+
+    async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<(), KubeadmError> {
+        if plan.next != *before {
+            self.0.save(&plan.next)?;
+        }
+        Ok(())
+    }
+}
+
+/// This node's key files and static pod manifests, and the API servers
+/// they configure, as the driver's world.
+struct Node<'a> {
+    pki: &'a PkiDir,
+    manifests: &'a Path,
+    cluster: TargetCluster,
+    policy: &'a Policy,
+}
+
+impl World for Node<'_> {
+    type Error = KubeadmError;
+
+    async fn observe(&mut self, state: &RotationState) -> Result<Observed, KubeadmError> {
+        let keys = self.pki.public_keys()?;
+        let mut observed = self.cluster.observe(&keys, state, self.policy).await?;
+        observed.stored_keys = keys.keys().copied().collect();
+        Ok(observed)
+    }
+
+    async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<(), KubeadmError> {
+        apply(self.pki, self.manifests, &self.cluster, state, effect).await
     }
 }
 
@@ -277,22 +328,23 @@ fn manifest_dir(flag: &str, dir: &Path) -> Result<PathBuf, Failure> {
     Ok(absolute)
 }
 
-/// Why an effect was not applied: the node's files (fatal), or the
-/// cluster (the API servers restart at every step; tried again).
-enum ApplyError {
+/// Why a pass failed: the node's files (fatal), or the cluster (the API
+/// servers restart at every step; tried again).
+#[derive(Debug)]
+enum KubeadmError {
     Files(anyhow::Error),
     Cluster(ksa_kube::Error),
 }
 
-impl From<anyhow::Error> for ApplyError {
-    fn from(error: anyhow::Error) -> ApplyError {
-        ApplyError::Files(error)
+impl From<anyhow::Error> for KubeadmError {
+    fn from(error: anyhow::Error) -> KubeadmError {
+        KubeadmError::Files(error)
     }
 }
 
-impl From<ksa_kube::Error> for ApplyError {
-    fn from(error: ksa_kube::Error) -> ApplyError {
-        ApplyError::Cluster(error)
+impl From<ksa_kube::Error> for KubeadmError {
+    fn from(error: ksa_kube::Error) -> KubeadmError {
+        KubeadmError::Cluster(error)
     }
 }
 
@@ -304,7 +356,7 @@ async fn apply(
     cluster: &TargetCluster,
     state: &RotationState,
     effect: &Effect,
-) -> Result<(), ApplyError> {
+) -> Result<(), KubeadmError> {
     match effect {
         // The lock file this run holds is the operation lock.
         Effect::HoldOperationLock | Effect::ReleaseOperationLock => {}

@@ -14,7 +14,7 @@ use ksa_kube::cluster::TargetCluster;
 
 use super::files::PkiDir;
 use super::{
-    APISERVER_MANIFEST, ApplyError, CONTROLLER_MANAGER_MANIFEST, KEY_FILE, RotateRequest, apply,
+    APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST, KEY_FILE, KubeadmError, RotateRequest, apply,
     manifest_dir,
 };
 
@@ -108,8 +108,8 @@ impl Node {
         let cluster = TargetCluster::new(client, config);
         match apply(&self.pki_dir(), &self.manifests, &cluster, state, &effect).await {
             Ok(()) => Ok(()),
-            Err(ApplyError::Files(error)) => Err(format!("{error:#}")),
-            Err(ApplyError::Cluster(error)) => panic!("{effect:?} reached the cluster: {error}"),
+            Err(KubeadmError::Files(error)) => Err(format!("{error:#}")),
+            Err(KubeadmError::Cluster(error)) => panic!("{effect:?} reached the cluster: {error}"),
         }
     }
 

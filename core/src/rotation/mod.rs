@@ -214,6 +214,20 @@ impl RotationState {
         }
     }
 
+    /// The key versions whose key pairs the key store must hold at this
+    /// step: the old key until Retire deletes it, and the new one from
+    /// Trust on (Generate creates it). A store without one of them was
+    /// tampered with or restored from an older backup; the drivers refuse
+    /// to go on rather than publish or sign with a key that is not there.
+    pub fn required_keys(&self) -> Vec<KeyVersion> {
+        let (old, new) = (self.previous_version(), self.key_version);
+        match self.step {
+            Step::Generate => vec![old],
+            Step::Trust | Step::Sign | Step::RefreshTokens => vec![old, new],
+            Step::Retire | Step::Completed => vec![new],
+        }
+    }
+
     /// The confirmed numbers: what every verifier, signer and token is known
     /// to be at.
     pub fn versions(&self) -> KeyVersions {
