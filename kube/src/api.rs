@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use ksa_core::KeyVersion;
 use ksa_core::key::KeySpec;
-use ksa_core::rotation::{BoundTokenRefresh, Policy, RotationState};
+use ksa_core::rotation::{BoundTokenRefresh, Policy, RotationState, Step};
 use ksa_core::status::StatusLine;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -180,19 +181,24 @@ impl RotationSpec {
 
 /// Where the rotation stands: the core's state, the three numbers, and a
 /// condition whose status, reason and message are exactly the status line's.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationStatus {
     pub key_version: u64,
-    pub step: String,
+    #[schemars(schema_with = "step_schema")]
+    pub step: Step,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
+    #[schemars(schema_with = "timestamp_schema")]
+    pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_started_at: Option<String>,
+    #[schemars(schema_with = "timestamp_schema")]
+    pub step_started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirmed_at: Option<String>,
+    #[schemars(schema_with = "timestamp_schema")]
+    pub confirmed_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<String>,
+    #[schemars(schema_with = "timestamp_schema")]
+    pub completed_at: Option<Timestamp>,
     pub token_version: u64,
     pub private_key_version: u64,
     pub public_key_versions: Vec<u64>,
@@ -208,6 +214,22 @@ pub struct RotationStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The schema of a step: one of the core's step names, so the API server
+/// refuses any other.
+fn step_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<String> = Step::ROTATION
+        .into_iter()
+        .chain([Step::Completed])
+        .map(|step| step.to_string())
+        .collect();
+    schemars::json_schema!({"type": "string", "enum": names})
+}
+
+/// The schema of a time: RFC 3339, as Kubernetes writes times.
+fn timestamp_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "date-time", "nullable": true})
+}
+
 /// Why a stored status cannot be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("status of the KSASigningKeyRotation does not load: {0}")]
@@ -216,6 +238,7 @@ pub struct BadStatus(String);
 impl RotationStatus {
     /// The core state this status records.
     pub fn state(&self) -> Result<RotationState, BadStatus> {
+        // Through the core's own deserialization, which checks the state.
         let value = serde_json::json!({
             "keyVersion": self.key_version,
             "step": self.step,
@@ -235,8 +258,6 @@ impl RotationStatus {
         generation: Option<i64>,
         now: jiff::Timestamp,
     ) -> RotationStatus {
-        let json = serde_json::to_value(state).unwrap_or_default();
-        let text = |field: &str| json[field].as_str().map(str::to_owned);
         let line: StatusLine = state.status_line();
         let versions = state.versions();
         let status = if line.status() { "True" } else { "False" };
@@ -248,11 +269,11 @@ impl RotationStatus {
             .unwrap_or_else(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
         RotationStatus {
             key_version: state.key_version().get(),
-            step: state.step().to_string(),
-            started_at: text("startedAt"),
-            step_started_at: text("stepStartedAt"),
-            confirmed_at: text("confirmedAt"),
-            completed_at: text("completedAt"),
+            step: state.step(),
+            started_at: state.started_at(),
+            step_started_at: state.step_started_at(),
+            confirmed_at: state.confirmed_at(),
+            completed_at: state.completed_at(),
             token_version: versions.token_version().get(),
             private_key_version: versions.private_key_version().get(),
             public_key_versions: versions
@@ -279,8 +300,49 @@ impl KSASigningKeyRotation {
     /// The stored state, or a cluster settled on key 1 before any rotation.
     pub fn state(&self) -> Result<RotationState, BadStatus> {
         match &self.status {
-            Some(status) if !status.step.is_empty() => status.state(),
-            _ => Ok(RotationState::settled(KeyVersion::FIRST)),
+            Some(status) => status.state(),
+            None => Ok(RotationState::settled(KeyVersion::FIRST)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ksa_core::rotation::{OperationLock, StartRequest};
+
+    fn mid_rotation() -> RotationState {
+        let request = StartRequest {
+            target: KeyVersion::new(2),
+            advanced_cluster: false,
+            lock: OperationLock::Free,
+        };
+        let now: Timestamp = "2026-11-30T02:16:27.5Z".parse().expect("a time");
+        ksa_core::rotation::start(&RotationState::settled(KeyVersion::FIRST), &request, now)
+            .expect("starts")
+    }
+
+    #[test]
+    fn a_status_loads_back_the_state_it_was_written_from() {
+        let state = mid_rotation();
+        let status = RotationStatus::of(&state, None, None, Some(3), Timestamp::UNIX_EPOCH);
+        let json = serde_json::to_value(&status).expect("serializes");
+        // Kubernetes' forms: a step name and RFC 3339 times.
+        assert_eq!(json["step"], "Generate");
+        assert_eq!(json["startedAt"], "2026-11-30T02:16:27.5Z");
+        let back: RotationStatus = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back.state().expect("loads"), state);
+    }
+
+    #[test]
+    fn a_status_with_an_unknown_step_or_a_bad_time_does_not_load() {
+        let state = mid_rotation();
+        let status = RotationStatus::of(&state, None, None, None, Timestamp::UNIX_EPOCH);
+        let mut json = serde_json::to_value(&status).expect("serializes");
+        json["step"] = "Rotate".into();
+        assert!(serde_json::from_value::<RotationStatus>(json.clone()).is_err());
+        json["step"] = "Trust".into();
+        json["startedAt"] = "yesterday".into();
+        assert!(serde_json::from_value::<RotationStatus>(json).is_err());
     }
 }

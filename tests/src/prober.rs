@@ -105,10 +105,7 @@ async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u6
         return None;
     };
     let status = rotation.status?;
-    if status.step.is_empty() {
-        return None;
-    }
-    Some(if status.step == "Retire" {
+    Some(if status.step == ksa_core::rotation::Step::Retire {
         vec![status.key_version]
     } else {
         status.public_key_versions

@@ -220,9 +220,6 @@ async fn check_statuses(
         let Some(status) = rotation.status else {
             continue;
         };
-        if status.step.is_empty() {
-            continue;
-        }
         let mut found = Vec::new();
         // Loading the state checks the numbers themselves: private key
         // and token versions trusted, public versions ascending.

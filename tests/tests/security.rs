@@ -481,7 +481,8 @@ async fn a_rotation_writes_only_the_secret_and_workload_labelled_for_it() -> Res
             .status
             .context("a status")?;
         assert_eq!(
-            status.step, "Completed",
+            status.step,
+            ksa_core::rotation::Step::Completed,
             "rotation {rotation} did not start"
         );
     }

@@ -329,8 +329,11 @@ async fn follow(
             }
             None => return Err(anyhow::anyhow!("the watch of the rotation ended").into()),
         };
-        let status = resource.status.clone().unwrap_or_default();
         let state = resource.state()?;
+        let waiting_for = resource
+            .status
+            .as_ref()
+            .and_then(|status| status.waiting_for.clone());
         // Nothing of the previous rotation (until the controller picks up
         // the new target), nothing twice, nothing out of order.
         for line in lines.lines_for(&state) {
@@ -353,7 +356,7 @@ async fn follow(
             bar.set_message(format!(
                 "{} {}",
                 state.step(),
-                status.waiting_for.clone().unwrap_or_default()
+                waiting_for.clone().unwrap_or_default()
             ));
         }
         if lines.is_done() {
@@ -381,8 +384,18 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
             crate::progress::Progress::joined(KeyVersion::new(resource.spec.key_version));
         return follow(&target, progress, None).await;
     }
-    let status = resource.status.clone().unwrap_or_default();
     let state = resource.state()?;
+    // Before the controller's first write: the status of the state the
+    // resource stands at.
+    let status = resource.status.clone().unwrap_or_else(|| {
+        RotationStatus::of(
+            &state,
+            None,
+            None,
+            resource.metadata.generation,
+            jiff::Timestamp::now(),
+        )
+    });
     let text = match output {
         Format::Text => state.status_line().to_string(),
         Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,

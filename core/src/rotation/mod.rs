@@ -203,6 +203,12 @@ impl RotationState {
         self.completed_at
     }
 
+    /// When every API server was first seen to accept both keys at Trust
+    /// (the lead time runs from here).
+    pub fn confirmed_at(&self) -> Option<Timestamp> {
+        self.confirmed_at
+    }
+
     /// The version being rotated away from (the current one when completed).
     pub fn previous_version(&self) -> KeyVersion {
         if self.is_completed() {
