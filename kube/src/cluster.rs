@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::PublicKey;
-use ksa_core::rotation::{ApiServerView, Observed, Policy, RotationState, Step};
+use ksa_core::rotation::{ApiServerView, Observed, Policy, RotationState};
 use ksa_core::{KeyId, KeyVersion};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 
@@ -174,32 +174,25 @@ impl TargetCluster {
         policy: &Policy,
     ) -> Result<Observed> {
         let mut observed = Observed::default();
-        match state.step() {
-            Step::Trust | Step::Retire => {
-                observed.api_servers = self.observe_api_servers(keys, false).await?;
-            }
-            Step::Sign => {
-                observed.api_servers = self.observe_api_servers(keys, true).await?;
-            }
-            Step::RefreshTokens => {
-                let new = keys.get(&state.key_version()).ok_or_else(|| {
-                    Error::Other(format!(
-                        "key version {} is missing from the key store",
-                        state.key_version()
-                    ))
-                })?;
-                observed.stale_legacy_tokens =
-                    Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
-                let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
-                observed.stale_bound_tokens = refresh::stale_bound_tokens(
-                    &self.client,
-                    state.key_version(),
-                    &policy.bound_token_refresh,
-                    since,
-                )
-                .await?;
-            }
-            Step::Generate | Step::Completed => {}
+        let observation = state.observation();
+        if observation.api_servers {
+            observed.api_servers = self.observe_api_servers(keys, observation.signing).await?;
+        }
+        // Without the new key in the store nothing can be counted; the
+        // driver refuses the state for its missing key.
+        if observation.tokens
+            && let Some(new) = keys.get(&state.key_version())
+        {
+            observed.stale_legacy_tokens =
+                Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
+            let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
+            observed.stale_bound_tokens = refresh::stale_bound_tokens(
+                &self.client,
+                state.key_version(),
+                &policy.bound_token_refresh,
+                since,
+            )
+            .await?;
         }
         Ok(observed)
     }

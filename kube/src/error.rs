@@ -44,6 +44,10 @@ pub enum Error {
     BadResponse { what: &'static str, detail: String },
     #[error("the cluster operation lock is held by {holder}")]
     Locked { holder: String },
+    /// The lock was released between a failed take and the look at its
+    /// holder: taking it again is safe.
+    #[error("the cluster operation lock changed hands while being taken; taking it again")]
+    LockRaced,
     #[error("{0}")]
     Other(String),
 }

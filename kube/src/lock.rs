@@ -61,9 +61,7 @@ pub async fn hold(client: &kube::Client, namespace: &str, rotation: &str) -> Res
                     match observe(client, namespace, rotation).await? {
                         OperationLock::HeldByRotation => Ok(()),
                         OperationLock::HeldBy(holder) => Err(Error::Locked { holder }),
-                        OperationLock::Free => {
-                            Err(Error::Other("operation lock raced; retrying".into()))
-                        }
+                        OperationLock::Free => Err(Error::LockRaced),
                     }
                 }
                 Err(e) => Err(e.into()),

@@ -234,6 +234,27 @@ impl RotationState {
         }
     }
 
+    /// What [`step`] needs observed of the world in this state: the drivers
+    /// look at nothing else.
+    pub fn observation(&self) -> Observation {
+        match self.step {
+            Step::Trust | Step::Retire => Observation {
+                api_servers: true,
+                ..Observation::default()
+            },
+            Step::Sign => Observation {
+                api_servers: true,
+                signing: true,
+                ..Observation::default()
+            },
+            Step::RefreshTokens => Observation {
+                tokens: true,
+                ..Observation::default()
+            },
+            Step::Generate | Step::Completed => Observation::default(),
+        }
+    }
+
     /// The confirmed numbers: what every verifier, signer and token is known
     /// to be at.
     pub fn versions(&self) -> KeyVersions {
@@ -420,6 +441,18 @@ pub struct ApiServerView {
     /// The key version that signed a fresh TokenRequest from this instance,
     /// when one was requested.
     pub signs_with: Option<KeyVersion>,
+}
+
+/// What to observe for one [`step`] ([`RotationState::observation`]).
+/// The stored key versions are always observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// What keys every API server instance accepts (its JWKS).
+    pub api_servers: bool,
+    /// Also which key signs a fresh TokenRequest on each instance.
+    pub signing: bool,
+    /// How many legacy and bound tokens are not yet signed with the new key.
+    pub tokens: bool,
 }
 
 /// What the caller saw of the world before calling [`step`]. Never trusted
