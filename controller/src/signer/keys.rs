@@ -4,15 +4,14 @@
 
 use std::time::SystemTime;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ksa_core::KeyId;
 use ksa_core::crypto::{AwsLc, SigningBackend as _, SigningKey};
 use ksa_core::key::{KeyError, PublicKey, parse_pem};
+use ksa_core::token;
 
 /// Why a key set was refused; the signer then keeps serving the previous one.
 #[derive(Debug, thiserror::Error)]
-pub enum KeySetError {
+pub enum SignerKeysError {
     #[error("sa.key: {0}")]
     SigningPem(KeyError),
     #[error("sa.pub: {0}")]
@@ -33,58 +32,59 @@ pub enum KeySetError {
 }
 
 /// A loaded key set. `Debug` names kids only.
-pub struct KeySet {
+pub struct SignerKeys {
     signing: Box<dyn SigningKey>,
-    /// The base64url JOSE header every token gets: `alg`, `kid`, `typ`.
+    /// The base64url JOSE header every token gets: `alg`, `kid`, `typ`
+    /// (the core's, for this key).
     header: String,
     trusted: Vec<PublicKey>,
     /// When this key set was first served.
     pub data_timestamp: SystemTime,
 }
 
-impl std::fmt::Debug for KeySet {
+impl std::fmt::Debug for SignerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySet")
+        f.debug_struct("SignerKeys")
             .field("signing", self.signing.kid())
             .field("trusted", &self.trusted_kids())
             .finish()
     }
 }
 
-impl KeySet {
+impl SignerKeys {
     /// Reads `sa.key` (one private key) and `sa.pub` (the trusted public
     /// keys, in order) and checks that the signing key is trusted.
-    pub fn from_pem(sa_key: &[u8], sa_pub: &[u8], now: SystemTime) -> Result<KeySet, KeySetError> {
-        let private = parse_pem(sa_key).map_err(KeySetError::SigningPem)?;
+    pub fn from_pem(
+        sa_key: &[u8],
+        sa_pub: &[u8],
+        now: SystemTime,
+    ) -> Result<SignerKeys, SignerKeysError> {
+        let private = parse_pem(sa_key).map_err(SignerKeysError::SigningPem)?;
         let mut private_keys = private.private_keys();
-        let signing = private_keys.next().ok_or(KeySetError::NoSigningKey)?;
+        let signing = private_keys.next().ok_or(SignerKeysError::NoSigningKey)?;
         let extra = private_keys.count();
         if extra > 0 {
-            return Err(KeySetError::SeveralSigningKeys(extra + 1));
+            return Err(SignerKeysError::SeveralSigningKeys(extra + 1));
         }
         let trusted: Vec<PublicKey> = parse_pem(sa_pub)
-            .map_err(KeySetError::PublicPem)?
+            .map_err(SignerKeysError::PublicPem)?
             .public_keys()
             .cloned()
             .collect();
         if trusted.is_empty() {
-            return Err(KeySetError::NoPublicKeys);
+            return Err(SignerKeysError::NoPublicKeys);
         }
         if !trusted.iter().any(|k| k.kid() == signing.kid()) {
-            return Err(KeySetError::SigningKeyNotTrusted {
+            return Err(SignerKeysError::SigningKeyNotTrusted {
                 kid: signing.kid().clone(),
             });
         }
-        let header = serde_json::json!({
-            "alg": signing.algorithm().as_str(),
-            "kid": signing.kid().as_str(),
-            "typ": "JWT",
-        });
-        Ok(KeySet {
-            signing: AwsLc::new()
-                .signing_key(signing)
-                .map_err(KeySetError::Backend)?,
-            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+        let signing = AwsLc::new()
+            .signing_key(signing)
+            .map_err(SignerKeysError::Backend)?;
+        Ok(SignerKeys {
+            header: token::encoded_header(signing.as_ref(), Some("JWT")),
+            signing,
             trusted,
             data_timestamp: now,
         })
@@ -103,7 +103,7 @@ impl KeySet {
     }
 
     /// Whether `other` signs with the same key and trusts the same keys.
-    pub fn same_keys(&self, other: &KeySet) -> bool {
+    pub fn same_keys(&self, other: &SignerKeys) -> bool {
         self.signing_kid() == other.signing_kid() && self.trusted_kids() == other.trusted_kids()
     }
 
@@ -124,15 +124,9 @@ impl KeySet {
                 "claims are not unpadded base64url text",
             ));
         }
-        let mut message = String::with_capacity(self.header.len() + 1 + claims.len());
-        message.push_str(&self.header);
-        message.push('.');
-        message.push_str(claims);
-        let signature = self
-            .signing
-            .sign(message.as_bytes())
+        let signature = token::sign_encoded(&self.header, claims, self.signing.as_ref())
             .map_err(|e| SignRefusal::Failed(e.to_string()))?;
-        Ok((self.header.clone(), URL_SAFE_NO_PAD.encode(signature)))
+        Ok((self.header.clone(), signature))
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use self::keys::{KeySet, SignRefusal};
+use self::keys::{SignRefusal, SignerKeys};
 use self::source::KeySource;
 
 /// The gRPC types and services, generated at build time from
@@ -73,13 +73,13 @@ pub struct SignerArgs {
 /// The service: the key set being served and the configured answers.
 #[derive(Debug, Clone)]
 pub struct Signer {
-    keys: watch::Receiver<Option<Arc<KeySet>>>,
+    keys: watch::Receiver<Option<Arc<SignerKeys>>>,
     refresh_hint_seconds: i64,
     max_token_expiration_seconds: i64,
 }
 
 impl Signer {
-    fn keys(&self) -> Result<Arc<KeySet>, Status> {
+    fn keys(&self) -> Result<Arc<SignerKeys>, Status> {
         self.keys
             .borrow()
             .clone()

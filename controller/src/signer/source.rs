@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::watch;
 
-use super::keys::KeySet;
+use super::keys::SignerKeys;
 
 /// The key set being served; `None` until the first one loads.
-pub type Current = watch::Sender<Option<Arc<KeySet>>>;
+pub type Current = watch::Sender<Option<Arc<SignerKeys>>>;
 
 pub enum KeySource {
     /// `sa.key` and `sa.pub` in a Secret: the one the controller publishes
@@ -100,7 +100,7 @@ fn offer(current: &Current, sa_key: Option<Vec<u8>>, sa_pub: Option<Vec<u8>>, or
         );
         return;
     };
-    match KeySet::from_pem(&sa_key, &sa_pub, SystemTime::now()) {
+    match SignerKeys::from_pem(&sa_key, &sa_pub, SystemTime::now()) {
         Ok(keys) => {
             current.send_if_modified(|served| {
                 if served.as_ref().is_some_and(|s| s.same_keys(&keys)) {

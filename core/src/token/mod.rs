@@ -212,16 +212,40 @@ fn utf8<'b>(part: &'static str, bytes: &'b [u8]) -> Result<&'b str, TokenError> 
 /// Signs claims into a compact JWS with the header kube-apiserver writes
 /// (`alg` and `kid`).
 pub fn mint(claims: &Claims, key: &dyn SigningKey) -> Result<String, SignError> {
+    let header = encoded_header(key, None);
+    // Serializing this plain struct cannot fail.
+    let claims = serde_json::to_vec(claims).unwrap_or_default();
+    let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 400);
+    token.push_str(&header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+    let signature = sign_encoded(&header, &token[header.len() + 1..], key)?;
+    token.push('.');
+    token.push_str(&signature);
+    Ok(token)
+}
+
+/// The base64url JOSE header of a token `key` signs: `alg`, `kid`, and
+/// `typ` when given.
+pub fn encoded_header(key: &dyn SigningKey, typ: Option<&str>) -> String {
     let header = Header {
         alg: key.algorithm().as_str().to_owned(),
         kid: Some(key.kid().as_str().to_owned()),
-        typ: None,
+        typ: typ.map(str::to_owned),
         crit: None,
     };
-    // Serializing these plain structs cannot fail.
-    let header = serde_json::to_vec(&header).unwrap_or_default();
-    let claims = serde_json::to_vec(claims).unwrap_or_default();
-    sign_parts(&header, &claims, key)
+    // Serializing this plain struct cannot fail.
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default())
+}
+
+/// The base64url signature of `header.claims`, both already base64url (as
+/// KEP-740 hands an external signer the claims).
+pub fn sign_encoded(header: &str, claims: &str, key: &dyn SigningKey) -> Result<String, SignError> {
+    let mut message = String::with_capacity(header.len() + 1 + claims.len());
+    message.push_str(header);
+    message.push('.');
+    message.push_str(claims);
+    Ok(URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes())?))
 }
 
 /// Signs an already serialized header and claims.
