@@ -11,10 +11,13 @@
 //!   the key id (`kid`) it derives.
 //! - [`jwk`]: JWK and JWKS (RFC 7517).
 //! - [`token`]: service-account token claims; mint, decode and verify.
+//! - [`issuer`]: the service-account issuer, the issuer state and its status
+//!   line (SPEC section 10).
 //! - [`rotation`]: the five rotation steps as a pure step function.
 //! - [`status`]: the status line, formatted and parsed byte for byte.
 
 pub mod crypto;
+pub mod issuer;
 pub mod jwk;
 pub mod key;
 pub mod keyset;

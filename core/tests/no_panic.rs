@@ -4,11 +4,13 @@
 //! on stable in every test run. Tokens have their own in
 //! `token_properties.rs`.
 
+use ksa_core::issuer::{self, Issuer};
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::parse_pem;
 use ksa_core::status;
 use proptest::prelude::*;
 
+const ISSUER_STATUS: &str = r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#;
 const STATUS: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":1,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
 
 fn test_data(name: &str) -> Vec<u8> {
@@ -55,6 +57,21 @@ proptest! {
     fn status_lines_never_panic(text in "\\PC{0,400}", changed in mutated(STATUS.as_bytes().to_vec())) {
         let _ = status::parse(&text);
         let _ = status::parse(&String::from_utf8_lossy(&changed));
+    }
+
+    #[test]
+    fn issuer_status_lines_and_issuers_never_panic(
+        text in "\\PC{0,400}",
+        changed in mutated(ISSUER_STATUS.as_bytes().to_vec()),
+    ) {
+        let changed = String::from_utf8_lossy(&changed);
+        for input in [text.as_str(), &changed] {
+            if let Ok(line) = issuer::parse(input) {
+                // What parses prints back to what parses the same.
+                prop_assert_eq!(issuer::parse(&line.to_string()), Ok(line));
+            }
+            let _ = Issuer::target(input);
+        }
     }
 
     #[test]
