@@ -295,6 +295,7 @@ impl Rotation<'_> {
         let lock = lock::observe(&self.ctx.client, &self.namespace, &self.name).await?;
         let request = StartRequest {
             target,
+            issuer: None,
             advanced_cluster: false,
             lock,
         };
@@ -342,8 +343,19 @@ impl Rotation<'_> {
                 }
                 Ok(())
             }
-            Effect::PublishPublicKeys { public, signing }
-            | Effect::SwitchSigner { signing, public } => {
+            Effect::PublishPublicKeys {
+                public,
+                signing,
+                issuers,
+            }
+            | Effect::SwitchSigner {
+                signing,
+                public,
+                issuers,
+            } => {
+                if issuers.is_some() {
+                    return Err(ksa_kube::Error::IssuerRotationUnsupported.into());
+                }
                 let issuer = self.cluster.issuer().await?;
                 self.rollout
                     .apply(

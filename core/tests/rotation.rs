@@ -11,16 +11,21 @@
 //! - at most one rotation is in progress.
 //!
 //! And once the world is left to converge, every rotation completes.
+//!
+//! Rotations change the key, the issuer (SPEC section 10) or both: the model's
+//! API servers also carry their `--service-account-issuer` list (the first
+//! signs), and bound tokens their `iss`, which every server must accept too.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
+use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::{
-    self, ApiServerView, BoundTokenRefresh, Effect, Observed, OperationLock, Plan, Policy, Refusal,
-    RotationState, StartRequest, Step, Wait,
+    self, ApiServerView, BoundTokenRefresh, Effect, IssuerChange, Observed, OperationLock, Plan,
+    Policy, Refusal, RotationState, StartRequest, Step, Wait,
 };
 use proptest::prelude::*;
 
@@ -28,17 +33,28 @@ use proptest::prelude::*;
 struct Server {
     accepts: BTreeSet<KeyVersion>,
     signs: KeyVersion,
+    /// `--service-account-issuer`, in order: the first signs, all are
+    /// accepted.
+    issuers: Vec<Issuer>,
 }
+
+/// The issuer the model cluster starts with, and the `n`th one after it.
+fn issuer(n: u64) -> Issuer {
+    Issuer::target(format!("https://issuer-{n}.example")).expect("an issuer")
+}
+
+/// A bound token: the key that signed it, when it was issued, its `iss`.
+type BoundToken = (KeyVersion, i64, Issuer);
 
 #[derive(Clone, Debug)]
 struct World {
     store: BTreeSet<KeyVersion>,
     servers: Vec<Server>,
-    /// The key set the servers are being rolled to: (public, signing).
-    desired: (BTreeSet<KeyVersion>, KeyVersion),
+    /// The key set the servers are being rolled to: (public, signing,
+    /// issuers).
+    desired: (BTreeSet<KeyVersion>, KeyVersion, Vec<Issuer>),
     legacy_tokens: Vec<KeyVersion>,
-    /// Projected tokens: the key that signed each, and when it was issued.
-    bound_tokens: Vec<(KeyVersion, i64)>,
+    bound_tokens: Vec<BoundToken>,
     /// Lifetime of projected tokens; kubelets refresh at 80% of it.
     token_seconds: i64,
     /// Versions the last effects asked tokens to be refreshed to.
@@ -55,13 +71,14 @@ impl World {
             servers: vec![
                 Server {
                     accepts: [one].into(),
-                    signs: one
+                    signs: one,
+                    issuers: vec![issuer(0)],
                 };
                 servers
             ],
-            desired: ([one].into(), one),
+            desired: ([one].into(), one, vec![issuer(0)]),
             legacy_tokens: vec![one; 3],
-            bound_tokens: vec![(one, now); 3],
+            bound_tokens: vec![(one, now, issuer(0)); 3],
             token_seconds,
             legacy_refresh_to: None,
             bound_refresh_to: None,
@@ -69,7 +86,15 @@ impl World {
         }
     }
 
-    fn observe(&self, target: KeyVersion) -> Observed {
+    /// Everything an observer could see of the world for a rotation in
+    /// `state` (the harness masks what the step did not ask for).
+    fn observe(&self, state: &RotationState) -> Observed {
+        let target = state.key_version();
+        let target_issuer = state.issuer().map_or_else(|| issuer(0), |c| c.to.clone());
+        let reviewed: Vec<Issuer> = state
+            .issuer()
+            .map(|c| vec![c.from.clone(), c.to.clone()])
+            .unwrap_or_default();
         Observed {
             stored_keys: self.store.clone(),
             api_servers: self
@@ -82,6 +107,12 @@ impl World {
                     // from the key store: a deleted key is unrecognisable.
                     accepts: s.accepts.intersection(&self.store).copied().collect(),
                     signs_with: Some(s.signs),
+                    issuer_reviews: reviewed
+                        .iter()
+                        .map(|i| (i.clone(), s.issuers.contains(i)))
+                        .collect(),
+                    issues: Some(s.issuers[0].clone()),
+                    discovery_issuer: Some(s.issuers[0].clone()),
                 })
                 .collect(),
             stale_legacy_tokens: Some(
@@ -90,7 +121,7 @@ impl World {
             stale_bound_tokens: Some(
                 self.bound_tokens
                     .iter()
-                    .filter(|(v, _)| *v != target)
+                    .filter(|(v, _, iss)| *v != target || *iss != target_issuer)
                     .count() as u64,
             ),
         }
@@ -103,9 +134,18 @@ impl World {
             Effect::GenerateKey { version, .. } => {
                 self.store.insert(*version);
             }
-            Effect::PublishPublicKeys { public, signing }
-            | Effect::SwitchSigner { signing, public } => {
-                self.desired = (public.iter().copied().collect(), *signing);
+            Effect::PublishPublicKeys {
+                public,
+                signing,
+                issuers,
+            }
+            | Effect::SwitchSigner {
+                signing,
+                public,
+                issuers,
+            } => {
+                let issuers = issuers.clone().unwrap_or_else(|| self.desired.2.clone());
+                self.desired = (public.iter().copied().collect(), *signing, issuers);
             }
             Effect::RefreshLegacyTokens { version } => self.legacy_refresh_to = Some(*version),
             Effect::RefreshBoundTokens { version, .. } => self.bound_refresh_to = Some(*version),
@@ -121,23 +161,25 @@ impl World {
         self.servers[server] = Server {
             accepts: self.desired.0.clone(),
             signs: self.desired.1,
+            issuers: self.desired.2.clone(),
         };
     }
 
     /// A pod gets a fresh bound token from some API server.
     fn issue(&mut self, index: usize, now: i64) {
-        let signs = self.servers[index % self.servers.len()].signs;
-        self.bound_tokens.push((signs, now));
+        let server = &self.servers[index % self.servers.len()];
+        self.bound_tokens
+            .push((server.signs, now, server.issuers[0].clone()));
     }
 
     /// Kubelets refresh every projected token at 80% of its lifetime, from
     /// some API server.
     fn kubelets_refresh(&mut self, now: i64) {
         let due = self.token_seconds * 8 / 10;
-        let signs = self.servers[0].signs;
+        let (signs, iss) = (self.servers[0].signs, self.servers[0].issuers[0].clone());
         for token in &mut self.bound_tokens {
             if now >= token.1 + due {
-                *token = (signs, now);
+                *token = (signs, now, iss.clone());
             }
         }
     }
@@ -151,15 +193,30 @@ impl World {
             *token = to;
         }
         if self.bound_refresh_to.is_some() {
-            let signs = self.servers[index % self.servers.len()].signs;
-            if let Some(token) = self.bound_tokens.iter_mut().find(|(v, _)| *v != signs) {
+            let server = &self.servers[index % self.servers.len()];
+            let (signs, iss) = (server.signs, &server.issuers[0]);
+            if let Some(token) = self
+                .bound_tokens
+                .iter_mut()
+                .find(|(v, _, i)| *v != signs || i != iss)
+            {
                 token.0 = signs;
+                token.2 = iss.clone();
             }
         }
     }
 
     fn check_nobody_logged_out(&self) -> Result<(), String> {
-        let bound = self.bound_tokens.iter().map(|(v, _)| v);
+        for (_, _, iss) in &self.bound_tokens {
+            for (i, server) in self.servers.iter().enumerate() {
+                if !server.issuers.contains(iss) {
+                    return Err(format!(
+                        "apiserver-{i} rejects a token of issuer {iss}: {self:?}"
+                    ));
+                }
+            }
+        }
+        let bound = self.bound_tokens.iter().map(|(v, _, _)| v);
         for token in self.legacy_tokens.iter().chain(bound) {
             for (i, server) in self.servers.iter().enumerate() {
                 if !server.accepts.contains(token) {
@@ -186,7 +243,8 @@ enum Event {
     CrashMidEffects {
         applied: usize,
     },
-    StartAttempt,
+    /// A start of a rotation of this kind (see [`Harness::start`]).
+    StartAttempt(u8),
     Tick(u64),
 }
 
@@ -197,7 +255,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0..8usize).prop_map(Event::Issue),
         2 => (0..8usize).prop_map(Event::RefreshSome),
         1 => (0..4usize).prop_map(|applied| Event::CrashMidEffects { applied }),
-        1 => Just(Event::StartAttempt),
+        1 => (0..3u8).prop_map(Event::StartAttempt),
         1 => (1..400u64).prop_map(Event::Tick),
     ]
 }
@@ -230,6 +288,17 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         .iter()
         .map(|server| ApiServerView {
             signs_with: server.signs_with.filter(|_| needed.signing),
+            issuer_reviews: server
+                .issuer_reviews
+                .iter()
+                .filter(|(issuer, _)| needed.issuers_reviewed.contains(issuer))
+                .map(|(issuer, accepted)| (issuer.clone(), *accepted))
+                .collect(),
+            issues: server.issues.clone().filter(|_| needed.issuer_signing),
+            discovery_issuer: server
+                .discovery_issuer
+                .clone()
+                .filter(|_| needed.issuer_signing),
             ..server.clone()
         })
         .filter(|_| needed.api_servers)
@@ -244,6 +313,8 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
 
 struct Harness {
     world: World,
+    /// Issuers rotated to so far: the next is `issuer(issuers_made + 1)`.
+    issuers_made: u64,
     stored: String,
     history: Vec<Observed>,
     now: Timestamp,
@@ -261,7 +332,11 @@ impl Harness {
             .versions()
             .check_transition(&next.versions())
             .map_err(|v| TestCaseError::fail(format!("{v}")))?;
-        prop_assert!(next.step() >= before.step() || before.key_version() < next.key_version());
+        // Steps move forward; only a start leaves Completed (to Generate, or
+        // to Trust for an issuer rotation that keeps the key).
+        prop_assert!(
+            next.step() >= before.step() || (before.is_completed() && next.step() <= Step::Trust)
+        );
         if next.is_completed() && !before.is_completed() {
             // Completed means retired everywhere, not just believed so.
             for server in &self.world.servers {
@@ -270,6 +345,29 @@ impl Harness {
                     &[next.key_version()].into(),
                     "completed while an API server still accepts a retired key"
                 );
+                if let Some(change) = next.issuer() {
+                    prop_assert_eq!(
+                        &server.issuers,
+                        &vec![change.to.clone()],
+                        "completed while an API server still accepts a retired issuer"
+                    );
+                }
+            }
+        }
+        // The issuers the status line reports are confirmed: every server
+        // accepts each of them.
+        if let Some(issuers) = next.issuers()
+            && next.issuer().is_some_and(|c| c.from != c.to)
+        {
+            for server in &self.world.servers {
+                for accepted in [issuers.token_issuer(), issuers.signing_issuer()] {
+                    prop_assert!(
+                        server.issuers.contains(accepted),
+                        "issuer {} reported but not accepted by {:?}",
+                        accepted,
+                        server
+                    );
+                }
             }
         }
         self.stored = serde_json::to_string(next).expect("serializes");
@@ -280,7 +378,7 @@ impl Harness {
     /// persist the plan, then apply `applied` of its effects.
     fn reconcile(&mut self, stale: usize, applied: usize) -> Result<(), TestCaseError> {
         let state = self.state();
-        self.history.push(self.world.observe(state.key_version()));
+        self.history.push(self.world.observe(&state));
         let index = self.history.len().saturating_sub(1 + stale);
         let observed = self.history[index].clone();
         let plan = rotation::step(&state, &observed, self.now, &self.policy)
@@ -306,10 +404,21 @@ impl Harness {
         Ok(())
     }
 
-    fn start(&mut self) -> Result<bool, TestCaseError> {
+    /// Starts a rotation of the key (`kind` 0), the issuer (1) or both (2).
+    fn start(&mut self, kind: u8) -> Result<bool, TestCaseError> {
         let state = self.state();
+        let (changes_key, changes_issuer) = (kind != 1, kind != 0);
+        let current_issuer = state.issuer().map_or_else(|| issuer(0), |c| c.to.clone());
         let request = StartRequest {
-            target: KeyVersion::new(state.key_version().get() + 1),
+            target: if changes_key {
+                KeyVersion::new(state.key_version().get() + 1)
+            } else {
+                state.key_version()
+            },
+            issuer: changes_issuer.then(|| IssuerChange {
+                from: current_issuer,
+                to: issuer(self.issuers_made + 1),
+            }),
             advanced_cluster: false,
             lock: if self.world.lock_held {
                 OperationLock::HeldByRotation
@@ -319,6 +428,7 @@ impl Harness {
         };
         match rotation::start(&state, &request, self.now) {
             Ok(next) => {
+                self.issuers_made += u64::from(changes_issuer);
                 self.persist(&next)?;
                 self.history.clear();
                 Ok(true)
@@ -446,6 +556,34 @@ fn check_account(
                 stale == observed.stale_bound_tokens && stale != Some(0)
             }
             Wait::RefreshWindow { until } => until.is_none_or(|until| until > now),
+            Wait::IssuerAccepted {
+                ref issuer,
+                accepting,
+                total: t,
+            } => {
+                t == total
+                    && accepting == count(&|s| s.issuer_reviews.get(issuer) == Some(&true))
+                    && accepting < t
+            }
+            Wait::IssuerSigning {
+                ref issuer,
+                issuing,
+                total: t,
+            } => {
+                let issues = |s: &ApiServerView| {
+                    s.issues.as_ref() == Some(issuer) && s.discovery_issuer.as_ref() == Some(issuer)
+                };
+                t == total && issuing == count(&issues) && issuing < t
+            }
+            Wait::IssuerRejected {
+                ref issuer,
+                rejecting,
+                total: t,
+            } => {
+                t == total
+                    && rejecting == count(&|s| s.issuer_reviews.get(issuer) == Some(&false))
+                    && rejecting < t
+            }
             ref other => return Err(TestCaseError::fail(format!("unknown wait {other:?}"))),
         };
         prop_assert!(
@@ -476,12 +614,24 @@ fn any_state() -> impl Strategy<Value = RotationState> {
         ]),
         time.clone(),
         time,
+        0..3u8,
     )
-        .prop_map(|(version, step, step_started, confirmed)| {
+        .prop_map(|(version, step, step_started, confirmed, kind)| {
             let at = |t: Option<(i64, i32)>| {
                 t.map(|(s, n)| Timestamp::new(1_800_000_000 + s, n).expect("time"))
             };
             let mut json = serde_json::json!({"keyVersion": version, "step": step});
+            // A key rotation (0), an issuer rotation that keeps the key
+            // (1, which has no Generate step), or both (2).
+            if kind != 0 {
+                json["issuer"] = serde_json::json!({"from": issuer(0), "to": issuer(1)});
+            }
+            if kind == 1 {
+                json["changesKey"] = false.into();
+                if step == Step::Generate {
+                    json["step"] = serde_json::json!(Step::Trust);
+                }
+            }
             if let Some(t) = at(step_started) {
                 json["stepStartedAt"] = serde_json::json!(t);
             }
@@ -497,12 +647,25 @@ fn any_state() -> impl Strategy<Value = RotationState> {
 fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
     let version = move || (new - 2..new + 2).prop_map(KeyVersion::new);
     let versions = move || prop::collection::btree_set(version(), 0..4);
-    let server =
-        (versions(), prop::option::of(version())).prop_map(|(accepts, signs_with)| ApiServerView {
-            name: "apiserver".into(),
-            accepts,
-            signs_with,
-        });
+    let an_issuer = || prop::option::of((0..2u64).prop_map(issuer));
+    let reviews = prop::collection::btree_map((0..2u64).prop_map(issuer), any::<bool>(), 0..3);
+    let server = (
+        versions(),
+        prop::option::of(version()),
+        reviews,
+        an_issuer(),
+        an_issuer(),
+    )
+        .prop_map(
+            |(accepts, signs_with, issuer_reviews, issues, discovery_issuer)| ApiServerView {
+                name: "apiserver".into(),
+                accepts,
+                signs_with,
+                issuer_reviews,
+                issues,
+                discovery_issuer,
+            },
+        );
     (
         versions(),
         prop::collection::vec(server, 0..4),
@@ -545,7 +708,7 @@ proptest! {
     fn rotations_keep_every_invariant_and_complete(
         policy in policy(),
         servers in 1..4usize,
-        rotations in prop::collection::vec(prop::collection::vec(event(), 0..60), 1..3),
+        rotations in prop::collection::vec((0..3u8, prop::collection::vec(event(), 0..60)), 1..4),
     ) {
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let token_seconds = match policy.bound_token_refresh {
@@ -554,15 +717,17 @@ proptest! {
         };
         let mut h = Harness {
             world: World::new(servers, token_seconds, now.as_second()),
+            issuers_made: 0,
             stored: serde_json::to_string(&RotationState::settled(KeyVersion::FIRST)).expect("json"),
             history: Vec::new(),
             now,
             policy,
         };
-        for (round, events) in rotations.iter().enumerate() {
+        for (round, (kind, events)) in rotations.iter().enumerate() {
             let before = h.state().key_version();
-            prop_assert!(h.start()?, "a completed cluster accepts a new rotation (round {})", round);
-            prop_assert_eq!(h.state().key_version(), KeyVersion::new(before.get() + 1));
+            prop_assert!(h.start(*kind)?, "a completed cluster accepts a new rotation (round {})", round);
+            let step = u64::from(*kind != 1);
+            prop_assert_eq!(h.state().key_version(), KeyVersion::new(before.get() + step));
             for event in events {
                 match event {
                     Event::Reconcile { stale } => h.reconcile(*stale, usize::MAX)?,
@@ -570,9 +735,9 @@ proptest! {
                     Event::Issue(i) => h.world.issue(*i, h.now.as_second()),
                     Event::RefreshSome(i) => h.world.refresh_some(*i),
                     Event::CrashMidEffects { applied } => h.reconcile(0, *applied)?,
-                    Event::StartAttempt => {
+                    Event::StartAttempt(kind) => {
                         let was = h.state();
-                        if h.start()? {
+                        if h.start(*kind)? {
                             // Only possible once the previous rotation completed.
                             prop_assert!(was.is_completed());
                         }
@@ -621,6 +786,7 @@ fn a_rotation_walks_the_spec_triples_in_order() {
         &RotationState::settled(KeyVersion::FIRST),
         &StartRequest {
             target: KeyVersion::new(2),
+            issuer: None,
             advanced_cluster: false,
             lock: OperationLock::Free,
         },
@@ -631,8 +797,7 @@ fn a_rotation_walks_the_spec_triples_in_order() {
     let mut state = state;
     let mut lines = vec![state.status_line().to_string()];
     while !state.is_completed() {
-        let plan = rotation::step(&state, &world.observe(state.key_version()), now, &policy)
-            .expect("steps");
+        let plan = rotation::step(&state, &world.observe(&state), now, &policy).expect("steps");
         for effect in &plan.effects {
             world.apply(effect);
         }
@@ -680,6 +845,7 @@ fn refusals_change_nothing_and_are_typed() {
     let now = Timestamp::from_second(1_800_000_000).expect("time");
     let settled = RotationState::settled(KeyVersion::new(3));
     let request = |target, advanced, lock| StartRequest {
+        issuer: None,
         target: KeyVersion::new(target),
         advanced_cluster: advanced,
         lock,
@@ -752,6 +918,7 @@ fn server(accepts: &[u64], signs_with: u64) -> ApiServerView {
         name: format!("apiserver-{accepts:?}"),
         accepts: accepts.iter().copied().map(KeyVersion::new).collect(),
         signs_with: Some(KeyVersion::new(signs_with)),
+        ..ApiServerView::default()
     }
 }
 
@@ -909,6 +1076,7 @@ fn trust_reports_its_lead_time_once_every_server_accepts_both_keys() {
 fn a_requested_rotation_not_started_yet_is_refused() {
     let settled = RotationState::settled(KeyVersion::new(3));
     let request = StartRequest {
+        issuer: None,
         target: KeyVersion::new(4),
         advanced_cluster: false,
         lock: OperationLock::Free,
@@ -944,4 +1112,149 @@ fn a_requested_rotation_not_started_yet_is_refused() {
         rotation::start_new(&settled, None, &advanced, now()),
         Err(Refusal::AdvancedCluster)
     );
+}
+
+#[test]
+fn an_issuer_rotation_walks_the_spec_lines_in_order_and_keeps_the_key() {
+    let policy = Policy::default();
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let a = Issuer::new("https://a.example").expect("issuer");
+    let b = Issuer::target("https://b.example").expect("issuer");
+    let mut state = rotation::start(
+        &RotationState::settled(KeyVersion::new(3)),
+        &StartRequest {
+            target: KeyVersion::new(3),
+            issuer: Some(IssuerChange {
+                from: a.clone(),
+                to: b.clone(),
+            }),
+            advanced_cluster: false,
+            lock: OperationLock::Free,
+        },
+        now,
+    )
+    .expect("starts");
+    assert_eq!(state.step(), Step::Trust, "no key to generate");
+    let mut world = World::new(3, 3600, now.as_second());
+    for server in &mut world.servers {
+        server.issuers = vec![a.clone()];
+        server.accepts = [KeyVersion::new(3)].into();
+        server.signs = KeyVersion::new(3);
+    }
+    world.store = [KeyVersion::new(3)].into();
+    world.desired = (
+        [KeyVersion::new(3)].into(),
+        KeyVersion::new(3),
+        vec![a.clone()],
+    );
+    world.bound_tokens = vec![(KeyVersion::new(3), now.as_second(), a.clone()); 3];
+    world.legacy_tokens = vec![KeyVersion::new(3); 3];
+    let mut lines = Vec::new();
+    let mut steps = vec![state.step()];
+    while !state.is_completed() {
+        let line = state
+            .issuer_status_line()
+            .expect("an issuer line")
+            .to_string();
+        if lines.last() != Some(&line) {
+            lines.push(line);
+        }
+        let plan = rotation::step(&state, &world.observe(&state), now, &policy).expect("steps");
+        for effect in &plan.effects {
+            assert!(
+                !matches!(
+                    effect,
+                    Effect::GenerateKey { .. }
+                        | Effect::RetireKey { .. }
+                        | Effect::RefreshLegacyTokens { .. }
+                ),
+                "an issuer rotation touched the key: {effect:?}"
+            );
+            world.apply(effect);
+        }
+        // Instances roll one at a time; tokens keep verifying throughout.
+        for i in 0..3 {
+            world.roll_out(i);
+            world.check_nobody_logged_out().expect("nobody logged out");
+        }
+        for i in 0..8 {
+            world.refresh_some(i);
+        }
+        // The key line stays "completed at 3" all along.
+        assert!(
+            plan.next.status_line().to_string().contains(
+                r#"status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":3,"privateKeyVersion":3,"publicKeyVersions":[3]}"#
+            ),
+            "{}",
+            plan.next.status_line()
+        );
+        state = plan.next;
+        if steps.last() != Some(&state.step()) {
+            steps.push(state.step());
+        }
+    }
+    lines.push(
+        state
+            .issuer_status_line()
+            .expect("an issuer line")
+            .to_string(),
+    );
+    assert_eq!(
+        steps,
+        [
+            Step::Trust,
+            Step::Sign,
+            Step::RefreshTokens,
+            Step::Retire,
+            Step::Completed
+        ]
+    );
+    // SPEC section 10, byte for byte: the RefreshTokens line and the
+    // completed one are its examples.
+    let prefix = "State of KSAIssuerRotation with KSAIssuer https://b.example is - ";
+    let processed = "status: False, reason: KSAIssuerRotationProcessedReason, message:";
+    assert_eq!(
+        lines,
+        [
+            format!(r#"{prefix}{processed}{{"tokenIssuer":"https://a.example","signingIssuer":"https://a.example","acceptedIssuers":["https://a.example"]}}"#),
+            format!(r#"{prefix}{processed}{{"tokenIssuer":"https://a.example","signingIssuer":"https://a.example","acceptedIssuers":["https://a.example","https://b.example"]}}"#),
+            r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#.to_owned(),
+            format!(r#"{prefix}{processed}{{"tokenIssuer":"https://b.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}}"#),
+            r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://b.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example"]}"#.to_owned(),
+        ]
+    );
+    for server in &world.servers {
+        assert_eq!(server.issuers, std::slice::from_ref(&b));
+    }
+}
+
+#[test]
+fn an_issuer_already_signing_or_a_rotation_that_changes_nothing_is_refused() {
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let a = Issuer::new("https://a.example").expect("issuer");
+    let settled = RotationState::settled(KeyVersion::new(2));
+    let same = StartRequest {
+        target: KeyVersion::new(2),
+        issuer: Some(IssuerChange {
+            from: a.clone(),
+            to: a.clone(),
+        }),
+        advanced_cluster: false,
+        lock: OperationLock::Free,
+    };
+    assert_eq!(
+        rotation::start(&settled, &same, now),
+        Err(Refusal::AlreadyIssuer { issuer: a })
+    );
+    // A stored issuer rotation that changes nothing does not load.
+    let nothing = serde_json::json!({
+        "keyVersion": 2, "step": "Sign", "changesKey": false,
+        "issuer": {"from": "https://a.example", "to": "https://a.example"},
+    });
+    assert!(serde_json::from_value::<RotationState>(nothing).is_err());
+    let generate = serde_json::json!({
+        "keyVersion": 2, "step": "Generate", "changesKey": false,
+        "issuer": {"from": "https://a.example", "to": "https://b.example"},
+    });
+    assert!(serde_json::from_value::<RotationState>(generate).is_err());
 }

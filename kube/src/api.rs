@@ -314,6 +314,7 @@ mod tests {
     fn mid_rotation() -> RotationState {
         let request = StartRequest {
             target: KeyVersion::new(2),
+            issuer: None,
             advanced_cluster: false,
             lock: OperationLock::Free,
         };

@@ -274,6 +274,7 @@ mod tests {
                         name: format!("apiserver-{i}"),
                         accepts: s.accepts.intersection(&self.keys).copied().collect(),
                         signs_with: Some(s.signs),
+                        ..ApiServerView::default()
                     })
                     .collect(),
                 stale_legacy_tokens: Some(0),
@@ -294,8 +295,12 @@ mod tests {
                 Effect::GenerateKey { version, .. } => {
                     self.keys.insert(*version);
                 }
-                Effect::PublishPublicKeys { public, signing }
-                | Effect::SwitchSigner { signing, public } => {
+                Effect::PublishPublicKeys {
+                    public, signing, ..
+                }
+                | Effect::SwitchSigner {
+                    signing, public, ..
+                } => {
                     self.desired = (public.iter().copied().collect(), *signing);
                 }
                 Effect::RefreshLegacyTokens { .. } => {}
@@ -318,6 +323,7 @@ mod tests {
     fn started() -> RotationState {
         let request = StartRequest {
             target: KeyVersion::new(2),
+            issuer: None,
             advanced_cluster: false,
             lock: rotation::OperationLock::Free,
         };

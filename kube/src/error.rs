@@ -48,6 +48,13 @@ pub enum Error {
     /// holder: taking it again is safe.
     #[error("the cluster operation lock changed hands while being taken; taking it again")]
     LockRaced,
+    /// A stored state asks for an issuer change, which this version of ksa
+    /// cannot apply yet.
+    #[error(
+        "the rotation state asks for an issuer change, which this version of ksa cannot apply; \
+         upgrade ksa to finish the rotation"
+    )]
+    IssuerRotationUnsupported,
     #[error("{0}")]
     Other(String),
 }

@@ -178,6 +178,7 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
     // rotation in progress too, though its status still says completed.
     let request = StartRequest {
         target: state.key_version().next().unwrap_or(state.key_version()),
+        issuer: None,
         advanced_cluster: config.advanced_cluster,
         lock: lock::observe(&target.client, &config.namespace, &config.name).await?,
     };

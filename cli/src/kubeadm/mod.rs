@@ -122,6 +122,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         let target = state.key_version().next().unwrap_or(state.key_version());
         let start = StartRequest {
             target,
+            issuer: None,
             advanced_cluster: false,
             // The lock file held by this run is the operation lock.
             lock: OperationLock::Free,
@@ -366,8 +367,19 @@ async fn apply(
                 pki.store(*version, &key)?;
             }
         }
-        Effect::PublishPublicKeys { public, signing }
-        | Effect::SwitchSigner { signing, public } => {
+        Effect::PublishPublicKeys {
+            public,
+            signing,
+            issuers,
+        }
+        | Effect::SwitchSigner {
+            signing,
+            public,
+            issuers,
+        } => {
+            if issuers.is_some() {
+                return Err(ksa_kube::Error::IssuerRotationUnsupported.into());
+            }
             point_manifests_at(pki, manifests, public, *signing)?;
         }
         Effect::RefreshLegacyTokens { version } => {

@@ -166,6 +166,7 @@ async fn key_flags_are_never_pointed_at_missing_or_mismatched_key_files() {
     let publish = Effect::PublishPublicKeys {
         public: vec![KeyVersion::new(4), KeyVersion::new(5)],
         signing: KeyVersion::new(4),
+        issuers: None,
     };
 
     // Missing.
@@ -208,6 +209,7 @@ async fn key_flags_are_never_pointed_at_missing_or_mismatched_key_files() {
     let sign = Effect::SwitchSigner {
         signing: KeyVersion::new(4),
         public: vec![KeyVersion::new(4)],
+        issuers: None,
     };
     let message = node.apply(&trust, sign).await.expect_err("refused");
     assert!(message.contains("sa-v4.key"), "{message}");
@@ -236,6 +238,7 @@ async fn a_pki_dir_that_injects_a_flag_is_refused_and_the_manifests_are_unchange
     let publish = Effect::PublishPublicKeys {
         public: vec![KeyVersion::FIRST],
         signing: KeyVersion::FIRST,
+        issuers: None,
     };
     let message = node.apply(&settled, publish).await.expect_err("refused");
     assert!(message.contains("not safe"), "{message}");
@@ -300,6 +303,7 @@ async fn extra_public_keys_of_sa_pub_stay_trusted_until_retire() {
         Effect::PublishPublicKeys {
             public: vec![v1, v2],
             signing: v1,
+            issuers: None,
         },
     )
     .await
@@ -313,6 +317,7 @@ async fn extra_public_keys_of_sa_pub_stay_trusted_until_retire() {
         Effect::SwitchSigner {
             signing: v2,
             public: vec![v1, v2],
+            issuers: None,
         },
     )
     .await
@@ -328,6 +333,7 @@ async fn extra_public_keys_of_sa_pub_stay_trusted_until_retire() {
         Effect::PublishPublicKeys {
             public: vec![v2],
             signing: v2,
+            issuers: None,
         },
     )
     .await

@@ -20,7 +20,7 @@ pub use waiting::{Wait, Waiting};
 
 use waiting::elapsed_since;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::KeyVersion;
+use crate::issuer::{Issuer, IssuerState, IssuerStatusLine};
 use crate::key::KeySpec;
 use crate::status::{StatusLine, StatusReason};
 
@@ -106,6 +107,38 @@ pub struct RotationState {
     confirmed_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     completed_at: Option<Timestamp>,
+    /// The issuer change this rotation carries (SPEC section 10); once
+    /// completed, `to` is the cluster's issuer. `None` when ksa never
+    /// changed the issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<IssuerChange>,
+    /// `false` for an issuer rotation that keeps key `key_version`.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    changes_key: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's signature")]
+fn is_yes(value: &bool) -> bool {
+    *value
+}
+
+/// An issuer rotation from `from` to `to`. When `from == to` the issuer
+/// does not change (a key rotation after an issuer rotation remembers the
+/// issuer this way).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerChange {
+    pub from: Issuer,
+    pub to: Issuer,
+}
+
+impl IssuerChange {
+    pub fn changes(&self) -> bool {
+        self.from != self.to
+    }
 }
 
 #[derive(Deserialize)]
@@ -113,6 +146,10 @@ pub struct RotationState {
 struct RawState {
     key_version: KeyVersion,
     step: Step,
+    #[serde(default)]
+    issuer: Option<IssuerChange>,
+    #[serde(default = "yes")]
+    changes_key: bool,
     #[serde(default)]
     started_at: Option<Timestamp>,
     #[serde(default)]
@@ -127,11 +164,24 @@ impl TryFrom<RawState> for RotationState {
     type Error = InvariantViolation;
 
     fn try_from(raw: RawState) -> Result<Self, Self::Error> {
-        let minimum = if raw.step == Step::Completed { 1 } else { 2 };
+        let minimum = if raw.step == Step::Completed || !raw.changes_key {
+            1
+        } else {
+            2
+        };
         if raw.key_version.get() < minimum {
             return Err(InvariantViolation::VersionZero);
         }
+        if !raw.changes_key
+            && raw.step != Step::Completed
+            && (raw.step == Step::Generate
+                || !raw.issuer.as_ref().is_some_and(IssuerChange::changes))
+        {
+            return Err(InvariantViolation::NothingToRotate);
+        }
         Ok(RotationState {
+            issuer: raw.issuer,
+            changes_key: raw.changes_key,
             key_version: raw.key_version,
             step: raw.step,
             started_at: raw.started_at,
@@ -152,12 +202,15 @@ impl RotationState {
             step_started_at: None,
             confirmed_at: None,
             completed_at: None,
+            issuer: None,
+            changes_key: true,
         }
     }
 
     /// The state at `step` of a rotation to `key_version`, with no
     /// timestamps; `None` where no such state exists (version 1 mid-rotation).
     pub fn at(key_version: KeyVersion, step: Step) -> Option<RotationState> {
+        // A key rotation: version 1 is never rotated to.
         let minimum = if step == Step::Completed { 1 } else { 2 };
         (key_version.get() >= minimum).then_some(RotationState {
             step,
@@ -209,9 +262,10 @@ impl RotationState {
         self.confirmed_at
     }
 
-    /// The version being rotated away from (the current one when completed).
+    /// The version being rotated away from (the current one when completed,
+    /// or when the rotation keeps the key).
     pub fn previous_version(&self) -> KeyVersion {
-        if self.is_completed() {
+        if self.is_completed() || !self.changes_key {
             self.key_version
         } else {
             // Non-completed states have key_version >= 2 (checked on
@@ -237,14 +291,21 @@ impl RotationState {
     /// What [`step`] needs observed of the world in this state: the drivers
     /// look at nothing else.
     pub fn observation(&self) -> Observation {
+        let issuer = self
+            .issuer
+            .as_ref()
+            .filter(|_| self.changes_issuer())
+            .map(|change| vec![change.to.clone(), change.from.clone()]);
         match self.step {
             Step::Trust | Step::Retire => Observation {
                 api_servers: true,
+                issuers_reviewed: issuer.unwrap_or_default(),
                 ..Observation::default()
             },
             Step::Sign => Observation {
                 api_servers: true,
-                signing: true,
+                signing: self.changes_key,
+                issuer_signing: issuer.is_some(),
                 ..Observation::default()
             },
             Step::RefreshTokens => Observation {
@@ -258,6 +319,9 @@ impl RotationState {
     /// The confirmed numbers: what every verifier, signer and token is known
     /// to be at.
     pub fn versions(&self) -> KeyVersions {
+        if !self.changes_key {
+            return KeyVersions::settled(self.key_version);
+        }
         let (old, new) = (self.previous_version(), self.key_version);
         let (token, private, public) = match self.step {
             Step::Generate | Step::Trust => (old, old, vec![old]),
@@ -271,11 +335,74 @@ impl RotationState {
         KeyVersions::new(token, private, public).unwrap_or_else(|_| KeyVersions::settled(new))
     }
 
+    /// Whether this rotation changes the signing key (an issuer rotation
+    /// may keep it).
+    pub fn changes_key(&self) -> bool {
+        self.changes_key
+    }
+
+    /// The issuer change this rotation carries, or the cluster's issuer
+    /// once completed; `None` when ksa never changed the issuer.
+    pub fn issuer(&self) -> Option<&IssuerChange> {
+        self.issuer.as_ref()
+    }
+
+    /// Whether this rotation changes the issuer.
+    pub fn changes_issuer(&self) -> bool {
+        !self.is_completed() && self.issuer.as_ref().is_some_and(IssuerChange::changes)
+    }
+
+    /// The confirmed issuers (SPEC section 10), a function of the change
+    /// and the step as the key numbers are; `None` when ksa never changed
+    /// the issuer.
+    pub fn issuers(&self) -> Option<IssuerState> {
+        let IssuerChange { from: a, to: b } = self.issuer.as_ref()?;
+        if a == b || self.is_completed() {
+            return Some(IssuerState::settled(b.clone()));
+        }
+        let (token, signing, accepted) = match self.step {
+            Step::Generate | Step::Trust => (a, a, vec![a.clone()]),
+            Step::Sign => (a, a, vec![a.clone(), b.clone()]),
+            Step::RefreshTokens => (a, b, vec![b.clone(), a.clone()]),
+            Step::Retire | Step::Completed => (b, b, vec![b.clone(), a.clone()]),
+        };
+        // The table above satisfies every invariant for a != b; the
+        // constructor re-checks it.
+        IssuerState::new(token.clone(), signing.clone(), accepted).ok()
+    }
+
+    /// The issuers the API servers are asked to accept while in this
+    /// step, the signing issuer first (the `--service-account-issuer`
+    /// flags); `None` when the rotation leaves the flags alone.
+    fn issuer_flags(&self) -> Option<Vec<Issuer>> {
+        let IssuerChange { from: a, to: b } = self.issuer.as_ref()?;
+        if !self.changes_issuer() {
+            return None;
+        }
+        Some(match self.step {
+            Step::Generate => return None,
+            Step::Trust => vec![a.clone(), b.clone()],
+            Step::Sign | Step::RefreshTokens => vec![b.clone(), a.clone()],
+            Step::Retire | Step::Completed => vec![b.clone()],
+        })
+    }
+
+    /// The issuer status line of this state (SPEC section 10), when ksa
+    /// has changed the issuer.
+    pub fn issuer_status_line(&self) -> Option<IssuerStatusLine> {
+        let change = self.issuer.as_ref()?;
+        Some(IssuerStatusLine {
+            issuer: change.to.clone(),
+            completed: !self.changes_issuer(),
+            issuers: self.issuers()?,
+        })
+    }
+
     /// The status line of this state (SPEC section 2).
     pub fn status_line(&self) -> StatusLine {
         StatusLine {
             key_version: self.key_version,
-            reason: if self.is_completed() {
+            reason: if self.is_completed() || !self.changes_key {
                 StatusReason::Completed
             } else {
                 StatusReason::Processed
@@ -309,8 +436,12 @@ pub enum OperationLock {
 /// What a caller asks for when starting a rotation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartRequest {
-    /// The version to rotate to; must be the current version plus one.
+    /// The version to rotate to: the current version plus one, or the
+    /// current version for an issuer rotation that keeps the key.
     pub target: KeyVersion,
+    /// The issuer to rotate to, `from` being the issuer the cluster signs
+    /// with now; `None` leaves the issuer as it is.
+    pub issuer: Option<IssuerChange>,
     /// `enableAdvancedCluster: true` in the user cluster config.
     pub advanced_cluster: bool,
     pub lock: OperationLock,
@@ -340,6 +471,8 @@ pub enum Refusal {
     AdvancedCluster,
     #[error("the cluster is already at key version {current}; nothing to rotate")]
     AlreadyAtVersion { current: KeyVersion },
+    #[error("the cluster already signs with issuer {issuer}; nothing to rotate")]
+    AlreadyIssuer { issuer: Issuer },
     #[error(
         "key version {requested} cannot follow {current}: versions never decrease and a rotation moves one version at a time (next is {current}+1)"
     )]
@@ -383,8 +516,40 @@ pub fn start(
         });
     }
     let current = state.key_version;
+    if let Some(change) = &request.issuer
+        && !change.changes()
+    {
+        return Err(Refusal::AlreadyIssuer {
+            issuer: change.to.clone(),
+        });
+    }
+    let started = RotationState {
+        key_version: request.target,
+        step: Step::Generate,
+        started_at: Some(now),
+        step_started_at: Some(now),
+        confirmed_at: None,
+        completed_at: None,
+        // A key rotation remembers the issuer an earlier one left.
+        issuer: request.issuer.clone().or_else(|| {
+            state.issuer.as_ref().map(|done| IssuerChange {
+                from: done.to.clone(),
+                to: done.to.clone(),
+            })
+        }),
+        changes_key: true,
+    };
     if request.target == current {
-        return Err(Refusal::AlreadyAtVersion { current });
+        return match request.issuer {
+            // An issuer rotation that keeps the key: nothing to generate.
+            Some(_) => Ok(RotationState {
+                key_version: current,
+                step: Step::Trust,
+                changes_key: false,
+                ..started
+            }),
+            None => Err(Refusal::AlreadyAtVersion { current }),
+        };
     }
     if current.next() != Some(request.target) {
         return Err(Refusal::NotNextVersion {
@@ -392,14 +557,7 @@ pub fn start(
             requested: request.target,
         });
     }
-    Ok(RotationState {
-        key_version: request.target,
-        step: Step::Generate,
-        started_at: Some(now),
-        step_started_at: Some(now),
-        confirmed_at: None,
-        completed_at: None,
-    })
+    Ok(started)
 }
 
 /// Starts a rotation for a new request (the CLI's `rotate`), or refuses
@@ -441,11 +599,24 @@ pub struct ApiServerView {
     /// The key version that signed a fresh TokenRequest from this instance,
     /// when one was requested.
     pub signs_with: Option<KeyVersion>,
+    /// Whether this instance's TokenReview accepted a token carrying each
+    /// issuer (minted with the current signing key), for the issuers the
+    /// step asked about ([`Observation::issuers_reviewed`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub issuer_reviews: BTreeMap<Issuer, bool>,
+    /// The `iss` of a fresh TokenRequest answered by this instance, when
+    /// asked ([`Observation::issuer_signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issues: Option<Issuer>,
+    /// The issuer this instance's `/.well-known/openid-configuration`
+    /// names, when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_issuer: Option<Issuer>,
 }
 
 /// What to observe for one [`step`] ([`RotationState::observation`]).
 /// The stored key versions are always observed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
     /// What keys every API server instance accepts (its JWKS).
     pub api_servers: bool,
@@ -453,6 +624,12 @@ pub struct Observation {
     pub signing: bool,
     /// How many legacy and bound tokens are not yet signed with the new key.
     pub tokens: bool,
+    /// Whether each instance accepts a token carrying each of these
+    /// issuers ([`ApiServerView::issuer_reviews`]).
+    pub issuers_reviewed: Vec<Issuer>,
+    /// Which issuer a fresh TokenRequest on each instance carries, and
+    /// which its discovery document names.
+    pub issuer_signing: bool,
 }
 
 /// What the caller saw of the world before calling [`step`]. Never trusted
@@ -543,15 +720,22 @@ pub enum Effect {
     /// Create key pair `version` in the key store unless it exists.
     GenerateKey { version: KeyVersion, spec: KeySpec },
     /// Make every verifier accept exactly `public` (API servers, JWKS, sinks),
-    /// signing still with `signing`.
+    /// signing still with `signing`; with `issuers`, every API server
+    /// accepts exactly those issuers and signs with the first (its
+    /// `--service-account-issuer` flags, in order).
     PublishPublicKeys {
         public: Vec<KeyVersion>,
         signing: KeyVersion,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuers: Option<Vec<Issuer>>,
     },
-    /// Make every API server sign with `signing`, accepting `public`.
+    /// Make every API server sign with `signing`, accepting `public`, and
+    /// with `issuers`, sign with the first of them and accept them all.
     SwitchSigner {
         signing: KeyVersion,
         public: Vec<KeyVersion>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuers: Option<Vec<Issuer>>,
     },
     /// Re-mint every legacy Secret token not yet signed with `version`.
     RefreshLegacyTokens { version: KeyVersion },
@@ -637,17 +821,28 @@ pub fn step(
         }
     }
 
+    let refuse = |violation| StepError {
+        from: state.step,
+        to: next.step,
+        violation,
+    };
     state
         .versions()
         .check_transition(&next.versions())
-        .map_err(|violation| StepError {
-            from: state.step,
-            to: next.step,
-            violation,
-        })?;
+        .map_err(refuse)?;
+    if let (Some(before), Some(after), Some(change)) =
+        (state.issuers(), next.issuers(), state.issuer.as_ref())
+    {
+        before
+            .check_transition(&after, &change.from, &change.to)
+            .map_err(|violation| refuse(violation.into()))?;
+    }
 
     let mut effects = effects_of(&next, policy);
-    if next.step == Step::Retire && state.step == Step::Retire && waiting::old_key_dropped(&waiting)
+    if next.step == Step::Retire
+        && state.step == Step::Retire
+        && state.changes_key
+        && waiting::old_key_dropped(&waiting)
     {
         effects.push(Effect::RetireKey { version: old });
     }
@@ -670,6 +865,10 @@ pub fn step(
 /// issued again on every call until it is confirmed; each is idempotent.
 fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
     let (old, new) = (state.previous_version(), state.key_version);
+    // Both keys while they overlap; one when the rotation keeps the key.
+    let mut both = vec![old, new];
+    both.dedup();
+    let issuers = state.issuer_flags();
     let mut effects = vec![Effect::HoldOperationLock];
     match state.step {
         Step::Generate => effects.push(Effect::GenerateKey {
@@ -677,15 +876,21 @@ fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
             spec: policy.key_spec,
         }),
         Step::Trust => effects.push(Effect::PublishPublicKeys {
-            public: vec![old, new],
+            public: both,
             signing: old,
+            issuers,
         }),
         Step::Sign => effects.push(Effect::SwitchSigner {
             signing: new,
-            public: vec![old, new],
+            public: both,
+            issuers,
         }),
         Step::RefreshTokens => {
-            effects.push(Effect::RefreshLegacyTokens { version: new });
+            // Legacy tokens carry no issuer of ours: only a new key
+            // needs them re-minted.
+            if state.changes_key {
+                effects.push(Effect::RefreshLegacyTokens { version: new });
+            }
             if policy
                 .bound_token_refresh
                 .wait_window(Duration::ZERO)
@@ -702,6 +907,7 @@ fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
         Step::Retire => effects.push(Effect::PublishPublicKeys {
             public: vec![new],
             signing: new,
+            issuers,
         }),
         Step::Completed => return vec![Effect::ReleaseOperationLock],
     }

@@ -61,6 +61,10 @@ pub enum InvariantViolation {
     },
     #[error("key version {0} left publicKeyVersions before the other numbers moved past it")]
     RetiredTooEarly(u64),
+    #[error("a rotation that keeps the key must change the issuer, and has no Generate step")]
+    NothingToRotate,
+    #[error("issuers: {0}")]
+    Issuer(#[from] crate::issuer::IssuerViolation),
 }
 
 impl KeyVersions {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiServerView, Observed, Policy, RotationState, Step};
+use super::{ApiServerView, IssuerChange, Observed, Policy, RotationState, Step};
 use crate::KeyVersion;
+use crate::issuer::Issuer;
 
 /// One condition a step waits for that `Observed` (or the clock) does not
 /// satisfy yet, with the counts observed.
@@ -74,6 +75,27 @@ pub enum Wait {
     /// Retire: key pair `version` (the old key) is still in the key store.
     /// It is deleted once every API server has dropped it.
     OldKeyDeleted { version: KeyVersion },
+    /// Trust, Retire (issuer rotations): `accepting` of `total` API servers
+    /// accept a token carrying `issuer`.
+    IssuerAccepted {
+        issuer: Issuer,
+        accepting: usize,
+        total: usize,
+    },
+    /// Sign (issuer rotations): `issuing` of `total` API servers put
+    /// `issuer` in fresh tokens and name it in their discovery document.
+    IssuerSigning {
+        issuer: Issuer,
+        issuing: usize,
+        total: usize,
+    },
+    /// Retire (issuer rotations): `rejecting` of `total` API servers reject
+    /// a token carrying `issuer` (the old issuer).
+    IssuerRejected {
+        issuer: Issuer,
+        rejecting: usize,
+        total: usize,
+    },
 }
 
 impl fmt::Display for Wait {
@@ -125,6 +147,30 @@ impl fmt::Display for Wait {
             Wait::OldKeyDeleted { version } => {
                 write!(f, "old key {version} still to be deleted")
             }
+            Wait::IssuerAccepted {
+                issuer,
+                accepting,
+                total,
+            } => write!(
+                f,
+                "API servers accepting issuer {issuer}: {accepting}/{total}"
+            ),
+            Wait::IssuerSigning {
+                issuer,
+                issuing,
+                total,
+            } => write!(
+                f,
+                "API servers issuing tokens of issuer {issuer}: {issuing}/{total}"
+            ),
+            Wait::IssuerRejected {
+                issuer,
+                rejecting,
+                total,
+            } => write!(
+                f,
+                "API servers rejecting issuer {issuer}: {rejecting}/{total}"
+            ),
         }
     }
 }
@@ -184,9 +230,17 @@ pub(super) fn assess(
     policy: &Policy,
 ) -> Assessment {
     let (old, new) = (state.previous_version(), state.key_version());
+    let key = state.changes_key();
+    let issuer = state
+        .issuer()
+        .filter(|_| state.changes_issuer())
+        .map(|IssuerChange { from, to }| (from, to));
     let servers = &observed.api_servers;
     let mut waits = Vec::new();
     let mut trust_confirmed_at = None;
+    // The tests every API server must pass at this step: the key's when the
+    // key changes, the issuer's when the issuer does.
+    let mut tests = Vec::new();
     match state.step() {
         Step::Generate => {
             if !observed.stored_keys.contains(&new) {
@@ -194,11 +248,13 @@ pub(super) fn assess(
             }
         }
         Step::Trust => {
-            count_servers(
-                &mut waits,
-                servers,
-                &[ServerTest::Accepts(new), ServerTest::StillAccepts(old)],
-            );
+            if key {
+                tests.extend([ServerTest::Accepts(new), ServerTest::StillAccepts(old)]);
+            }
+            if let Some((a, b)) = issuer {
+                tests.extend([ServerTest::AcceptsIssuer(b), ServerTest::AcceptsIssuer(a)]);
+            }
+            count_servers(&mut waits, servers, &tests);
             if waits.is_empty() && !policy.trust_lead_time.is_zero() {
                 let confirmed_at = state.confirmed_at.unwrap_or(now);
                 trust_confirmed_at = Some(confirmed_at);
@@ -209,13 +265,17 @@ pub(super) fn assess(
                 }
             }
         }
-        Step::Sign => count_servers(
-            &mut waits,
-            servers,
-            &[ServerTest::SignsWith(new), ServerTest::Accepts(new)],
-        ),
+        Step::Sign => {
+            if key {
+                tests.extend([ServerTest::SignsWith(new), ServerTest::Accepts(new)]);
+            }
+            if let Some((_, b)) = issuer {
+                tests.push(ServerTest::IssuesFor(b));
+            }
+            count_servers(&mut waits, servers, &tests);
+        }
         Step::RefreshTokens => {
-            if observed.stale_legacy_tokens != Some(0) {
+            if key && observed.stale_legacy_tokens != Some(0) {
                 waits.push(Wait::LegacyTokens {
                     stale: observed.stale_legacy_tokens,
                 });
@@ -238,12 +298,14 @@ pub(super) fn assess(
             }
         }
         Step::Retire => {
-            count_servers(
-                &mut waits,
-                servers,
-                &[ServerTest::Dropped(old), ServerTest::Accepts(new)],
-            );
-            if observed.stored_keys.contains(&old) {
+            if key {
+                tests.extend([ServerTest::Dropped(old), ServerTest::Accepts(new)]);
+            }
+            if let Some((a, b)) = issuer {
+                tests.extend([ServerTest::RejectsIssuer(a), ServerTest::AcceptsIssuer(b)]);
+            }
+            count_servers(&mut waits, servers, &tests);
+            if key && observed.stored_keys.contains(&old) {
                 waits.push(Wait::OldKeyDeleted { version: old });
             }
         }
@@ -271,14 +333,18 @@ pub(super) fn old_key_dropped(waiting: &Waiting) -> bool {
 
 /// A test every API server must pass, and the entry reporting how many do.
 #[derive(Clone, Copy)]
-enum ServerTest {
+enum ServerTest<'a> {
     Accepts(KeyVersion),
     StillAccepts(KeyVersion),
     SignsWith(KeyVersion),
     Dropped(KeyVersion),
+    AcceptsIssuer(&'a Issuer),
+    /// Fresh tokens carry the issuer and the discovery document names it.
+    IssuesFor(&'a Issuer),
+    RejectsIssuer(&'a Issuer),
 }
 
-impl ServerTest {
+impl ServerTest<'_> {
     fn holds(self, server: &ApiServerView) -> bool {
         match self {
             ServerTest::Accepts(version) | ServerTest::StillAccepts(version) => {
@@ -286,6 +352,14 @@ impl ServerTest {
             }
             ServerTest::SignsWith(version) => server.signs_with == Some(version),
             ServerTest::Dropped(version) => !server.accepts.contains(&version),
+            ServerTest::AcceptsIssuer(issuer) => server.issuer_reviews.get(issuer) == Some(&true),
+            ServerTest::IssuesFor(issuer) => {
+                server.issues.as_ref() == Some(issuer)
+                    && server.discovery_issuer.as_ref() == Some(issuer)
+            }
+            // Only an answer that says no counts: an unanswered review
+            // confirms nothing.
+            ServerTest::RejectsIssuer(issuer) => server.issuer_reviews.get(issuer) == Some(&false),
         }
     }
 
@@ -309,6 +383,21 @@ impl ServerTest {
             ServerTest::Dropped(version) => Wait::ApiServersDroppingOld {
                 version,
                 dropped: count,
+                total,
+            },
+            ServerTest::AcceptsIssuer(issuer) => Wait::IssuerAccepted {
+                issuer: issuer.clone(),
+                accepting: count,
+                total,
+            },
+            ServerTest::IssuesFor(issuer) => Wait::IssuerSigning {
+                issuer: issuer.clone(),
+                issuing: count,
+                total,
+            },
+            ServerTest::RejectsIssuer(issuer) => Wait::IssuerRejected {
+                issuer: issuer.clone(),
+                rejecting: count,
                 total,
             },
         }
