@@ -272,7 +272,15 @@ impl ControlPlane {
     ) -> Result<ControlPlane> {
         let started = Instant::now();
         let bin = binaries()?;
-        let dir = tempfile::Builder::new().prefix("ksa-e2e-").tempdir()?;
+        // KSA_E2E_KEEP=1 keeps the logs, key files and etcd data.
+        let keep = std::env::var_os("KSA_E2E_KEEP").is_some_and(|v| v == "1");
+        let dir = tempfile::Builder::new()
+            .prefix("ksa-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("KSA_E2E_KEEP: keeping {}", dir.path().display());
+        }
         let addresses: Vec<Ipv4Addr> = if instances == 1 {
             vec![Ipv4Addr::LOCALHOST]
         } else {
@@ -545,6 +553,10 @@ current-context: e2e
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--authorization-mode=Node,RBAC")
             .arg("--enable-priority-and-fairness=false")
+            // Once in-flight requests are drained, stop within 2 s rather
+            // than wait up to the request timeout (60 s) for watches to
+            // end: a roll-out stops each instance with SIGTERM.
+            .arg("--shutdown-send-retry-after=true")
             .arg("--profiling=false")
             .arg("--v=1")
             .args(&self.extra_flags);
@@ -610,15 +622,20 @@ current-context: e2e
         };
         let seconds = self.started.elapsed().as_secs_f64();
         self.roll.ask(index, wanted, seconds);
-        if let Some(line) = self.roll.history.last() {
-            eprintln!("roll-out: {line}");
-        }
+        let asked = Instant::now();
         if let Some(mut old) = self.instances[index].process.take() {
             old.terminate().await;
         }
+        let stopped = asked.elapsed();
         self.instances[index].signing = self.signing.clone();
         self.spawn_apiserver(index)?;
         self.wait_one_ready(index).await?;
+        if let Some(line) = self.roll.history.last() {
+            eprintln!(
+                "roll-out: {line}; stopped in {stopped:.1?}, ready and listed {:.1?} later",
+                asked.elapsed() - stopped
+            );
+        }
         Ok(true)
     }
 

@@ -619,6 +619,9 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
         "every planned fault was injected"
     );
     assert!(violations.is_empty(), "invariants broken: {violations:?}");
+    // Three rotations, each rolling out three key sets to three instances.
+    let asks = bench.scenario.check_roll_outs().await?;
+    assert!(asks >= 27, "only {asks} roll-out steps were checked");
     assert!(
         bench.statuses.checked() >= 15,
         "too few statuses seen to mean anything"
@@ -632,8 +635,6 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
         stats.reviews > 100,
         "the prober reviewed too little: {stats:?}"
     );
-    let asks = bench.scenario.check_roll_outs().await?;
-    assert!(asks >= 27, "only {asks} roll-out steps were checked");
     Ok(())
 }
 
