@@ -288,7 +288,13 @@ impl ControlPlane {
                 .map(|_| crate::netns::new_address())
                 .collect::<Result<_>>()?
         };
-        let pki = Pki::generate(&addresses.iter().copied().map(IpAddr::V4).collect::<Vec<_>>())?;
+        let pki = Pki::generate(
+            &addresses
+                .iter()
+                .copied()
+                .map(IpAddr::V4)
+                .collect::<Vec<_>>(),
+        )?;
         for (name, pem) in [
             ("ca.crt", &pki.ca_cert),
             ("apiserver.crt", &pki.server_cert),
@@ -601,7 +607,10 @@ current-context: e2e
     /// rolls out its newest template.
     pub async fn roll_one(&mut self, keys: &ApiServerKeys) -> Result<bool> {
         let wanted = KeySetId::of(keys);
-        if self.keys().is_none_or(|asked| KeySetId::of(asked) != wanted) {
+        if self
+            .keys()
+            .is_none_or(|asked| KeySetId::of(asked) != wanted)
+        {
             self.apiserver_starts += 1;
         }
         self.signing = Signing::KeyFiles(keys.clone());

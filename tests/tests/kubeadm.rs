@@ -372,6 +372,10 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     let rolls = plane.roll_log();
     eprintln!("roll-outs:\n{}", rolls.history.join("\n"));
     assert_eq!(rolls.violations(), [] as [String; 0]);
-    assert_eq!(rolls.asks(), 9, "three key sets rolled out to three instances");
+    assert_eq!(
+        rolls.asks(),
+        9,
+        "three key sets rolled out to three instances"
+    );
     Ok(())
 }
