@@ -90,10 +90,16 @@ pub fn enter() -> Result<Netns> {
     let _ = errors.join();
     let status = child.wait()?;
     let passed = format!("test {test} ... ok");
-    Ok(Netns::Ran(if !status.success() {
+    // libtest exits 101 when a test fails; `unshare` 1 when it cannot
+    // make the namespace.
+    Ok(Netns::Ran(if status.code() == Some(101) {
         Err(anyhow::anyhow!(
-            "the test failed in its network namespace ({status}); its output is above. \
-             (Creating the namespace needs root or unprivileged user namespaces.)"
+            "the test failed in its network namespace; its report is above"
+        ))
+    } else if !status.success() {
+        Err(anyhow::anyhow!(
+            "could not run the test in a network namespace of its own ({status}; see above): \
+             that needs root, or unprivileged user namespaces"
         ))
     } else if !report.iter().any(|line| line == &passed) {
         Err(anyhow::anyhow!(
