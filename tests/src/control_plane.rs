@@ -1,9 +1,14 @@
-//! Starts and stops a real control plane for one test.
+//! Starts and stops a real control plane for one test: etcd and one
+//! kube-apiserver on loopback, or three kube-apiserver instances on one
+//! etcd, each at an address of its own in the test's network namespace
+//! (see [`crate::netns`]), all listed in the `kubernetes` EndpointSlice as
+//! in an HA control plane. Instances pick up new key files one at a time
+//! (a roll-out), each ready and listed before the next is stopped.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,16 +19,24 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use ksa_core::KeyId;
 use ksa_core::key::{PrivateKey, PublicKey, public_keys_to_pem};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::Pki;
+use crate::roll::{KeySetId, RollLog};
 
 /// The service-account issuer of every test control plane.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a stopped instance may take to shut down before it is killed.
+const TERMINATION_GRACE: Duration = Duration::from_secs(30);
+
+/// How many kube-apiserver instances an HA control plane runs.
+pub const HA_INSTANCES: usize = 3;
 
 /// The key files kube-apiserver is started with: the key that signs and the
 /// public keys it accepts (`--service-account-key-file`, in this order).
@@ -52,13 +65,13 @@ enum Signing {
 }
 
 struct Process {
-    name: &'static str,
+    name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Result<Process> {
+    fn spawn(name: &str, mut command: Command, dir: &Path) -> Result<Process> {
         let log = dir.join(format!("{name}.log"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -71,12 +84,36 @@ impl Process {
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
-        Ok(Process { name, child, log })
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            log,
+        })
     }
 
+    /// SIGKILL, as when its node fails.
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as kubelet stops a container (kube-apiserver then takes
+    /// itself out of the `kubernetes` EndpointSlice); SIGKILL if it has not
+    /// exited after [`TERMINATION_GRACE`].
+    async fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let started = Instant::now();
+        while self.exited().is_none() {
+            if started.elapsed() > TERMINATION_GRACE {
+                eprintln!("{} ignored SIGTERM for {TERMINATION_GRACE:?}", self.name);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop();
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
@@ -92,7 +129,42 @@ impl Process {
     }
 }
 
-/// A running etcd and kube-apiserver (and optionally
+/// One kube-apiserver instance.
+struct Instance {
+    /// Where it serves and what it advertises: 127.0.0.1 when it is the
+    /// only one, otherwise an address of its own.
+    address: Ipv4Addr,
+    /// `kube-apiserver`, or `kube-apiserver-N` of several: its log and
+    /// key files are named after it.
+    name: String,
+    process: Option<Process>,
+    /// How it signs, as last started.
+    signing: Signing,
+}
+
+impl Instance {
+    fn key_set(&self) -> Option<KeySetId> {
+        match &self.signing {
+            Signing::KeyFiles(keys) => Some(KeySetId::of(keys)),
+            Signing::External(_) => None,
+        }
+    }
+}
+
+/// A client of one kube-apiserver instance, authenticated as cluster
+/// admin.
+#[derive(Clone)]
+#[allow(
+    missing_debug_implementations,
+    reason = "kube::Client prints nothing useful"
+)]
+pub struct InstanceClient {
+    /// `https://ADDRESS:PORT`.
+    pub url: String,
+    pub client: kube::Client,
+}
+
+/// A running etcd and kube-apiserver instances (and optionally
 /// kube-controller-manager). Every process is killed when this is dropped,
 /// on panic too, and the tail of each log is printed when a test failed.
 #[allow(
@@ -104,17 +176,24 @@ pub struct ControlPlane {
     bin: PathBuf,
     pki: Pki,
     etcd: Process,
-    apiserver: Option<Process>,
+    instances: Vec<Instance>,
     controller_manager: Option<Process>,
+    /// The key kube-controller-manager signs legacy tokens with.
+    controller_manager_key: Option<KeyId>,
     controller_manager_flags: Vec<String>,
     /// kube-scheduler and kwok, when a test simulates nodes.
     simulation: Vec<Supervised>,
     apiserver_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
+    /// How the instances are to sign: the key set last asked for.
     signing: Signing,
     extra_flags: Vec<String>,
-    /// How many times kube-apiserver was started.
+    roll: RollLog,
+    started: Instant,
+    /// How many times kube-apiserver was started: once at the start, once
+    /// for each new key set rolled out, once for each instance killed and
+    /// restarted.
     pub apiserver_starts: u32,
 }
 
@@ -159,20 +238,63 @@ impl ControlPlane {
         keys: ApiServerKeys,
         extra_flags: Vec<String>,
     ) -> Result<ControlPlane> {
-        ControlPlane::launch(Signing::KeyFiles(keys), extra_flags).await
+        ControlPlane::launch(Signing::KeyFiles(keys), extra_flags, 1).await
+    }
+
+    /// Like [`ControlPlane::start`], with [`HA_INSTANCES`] kube-apiserver
+    /// instances, each at its own address. Only in a network namespace of
+    /// the test's own ([`crate::netns::enter`]).
+    pub async fn start_ha(keys: ApiServerKeys) -> Result<ControlPlane> {
+        ControlPlane::launch(Signing::KeyFiles(keys), Vec::new(), HA_INSTANCES).await
     }
 
     /// A control plane whose kube-apiserver has no key file and signs
     /// through the external signer serving `socket`.
     pub async fn start_with_external_signer(socket: &Path) -> Result<ControlPlane> {
-        ControlPlane::launch(Signing::External(socket.to_owned()), Vec::new()).await
+        ControlPlane::launch(Signing::External(socket.to_owned()), Vec::new(), 1).await
     }
 
-    async fn launch(signing: Signing, extra_flags: Vec<String>) -> Result<ControlPlane> {
+    /// Like [`ControlPlane::start_with_external_signer`], with
+    /// [`HA_INSTANCES`] instances sharing the signer.
+    pub async fn start_ha_with_external_signer(socket: &Path) -> Result<ControlPlane> {
+        ControlPlane::launch(
+            Signing::External(socket.to_owned()),
+            Vec::new(),
+            HA_INSTANCES,
+        )
+        .await
+    }
+
+    async fn launch(
+        signing: Signing,
+        extra_flags: Vec<String>,
+        instances: usize,
+    ) -> Result<ControlPlane> {
         let started = Instant::now();
         let bin = binaries()?;
-        let dir = tempfile::Builder::new().prefix("ksa-e2e-").tempdir()?;
-        let pki = Pki::generate()?;
+        // KSA_E2E_KEEP=1 keeps the logs, key files and etcd data.
+        let keep = std::env::var_os("KSA_E2E_KEEP").is_some_and(|v| v == "1");
+        let dir = tempfile::Builder::new()
+            .prefix("ksa-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("KSA_E2E_KEEP: keeping {}", dir.path().display());
+        }
+        let addresses: Vec<Ipv4Addr> = if instances == 1 {
+            vec![Ipv4Addr::LOCALHOST]
+        } else {
+            (0..instances)
+                .map(|_| crate::netns::new_address())
+                .collect::<Result<_>>()?
+        };
+        let pki = Pki::generate(
+            &addresses
+                .iter()
+                .copied()
+                .map(IpAddr::V4)
+                .collect::<Vec<_>>(),
+        )?;
         for (name, pem) in [
             ("ca.crt", &pki.ca_cert),
             ("apiserver.crt", &pki.server_cert),
@@ -183,13 +305,29 @@ impl ControlPlane {
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
         let etcd = spawn_etcd(&bin, dir.path(), etcd_port, etcd_peer_port)?;
+        let instances: Vec<Instance> = addresses
+            .into_iter()
+            .enumerate()
+            .map(|(index, address)| Instance {
+                address,
+                name: if instances == 1 {
+                    "kube-apiserver".to_owned()
+                } else {
+                    format!("kube-apiserver-{index}")
+                },
+                process: None,
+                signing: signing.clone(),
+            })
+            .collect();
         let mut plane = ControlPlane {
             dir,
             bin,
             pki,
             etcd,
-            apiserver: None,
+            roll: RollLog::new(instances.iter().map(|i| i.name.clone()).collect()),
+            instances,
             controller_manager: None,
+            controller_manager_key: None,
             controller_manager_flags: Vec::new(),
             simulation: Vec::new(),
             apiserver_port: free_port()?,
@@ -197,14 +335,23 @@ impl ControlPlane {
             etcd_peer_port,
             signing,
             extra_flags,
+            started,
             apiserver_starts: 0,
         };
         plane.write_kubeconfig()?;
-        plane.start_apiserver().await?;
+        // Every instance at once: each takes seconds of CPU to start.
+        for index in 0..plane.instances.len() {
+            if let Some(key_set) = plane.instances[index].key_set() {
+                plane.roll.starting(index, key_set);
+            }
+            plane.spawn_apiserver(index)?;
+        }
+        plane.apiserver_starts += 1;
+        plane.wait_ready().await?;
         eprintln!(
             "control plane ready in {:.1?} at {}",
             started.elapsed(),
-            plane.server_url()
+            plane.instance_urls().join(" ")
         );
         Ok(plane)
     }
@@ -221,11 +368,32 @@ impl ControlPlane {
         &self.pki.ca_cert
     }
 
+    /// The URL of the first instance, which every kubeconfig names.
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        self.instance_url(0)
     }
 
-    /// The key files kube-apiserver runs with; none with an external signer.
+    fn instance_url(&self, index: usize) -> String {
+        format!(
+            "https://{}:{}",
+            self.instances[index].address, self.apiserver_port
+        )
+    }
+
+    /// The URL of every instance, in order.
+    pub fn instance_urls(&self) -> Vec<String> {
+        (0..self.instances.len())
+            .map(|index| self.instance_url(index))
+            .collect()
+    }
+
+    /// How many kube-apiserver instances run.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// The key files kube-apiserver was last asked to run with; none with
+    /// an external signer.
     pub fn keys(&self) -> Option<&ApiServerKeys> {
         match &self.signing {
             Signing::KeyFiles(keys) => Some(keys),
@@ -233,9 +401,33 @@ impl ControlPlane {
         }
     }
 
+    /// Every key set asked of an instance, and whether any was asked
+    /// before every instance served the one before.
+    pub fn roll_log(&self) -> &RollLog {
+        &self.roll
+    }
+
     /// A client authenticated as cluster admin.
     pub async fn client(&self) -> Result<kube::Client> {
         client_from(&self.kubeconfig_path()).await
+    }
+
+    /// An admin client of each instance, in order.
+    pub async fn instance_clients(&self) -> Result<Vec<InstanceClient>> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        self.instance_urls()
+            .into_iter()
+            .map(|url| {
+                let mut config = config.clone();
+                config.cluster_url = url.parse()?;
+                Ok(InstanceClient {
+                    url,
+                    client: kube::Client::try_from(config)?,
+                })
+            })
+            .collect()
     }
 
     /// A client authenticated as user `ksa-controller`, with only what it
@@ -307,13 +499,17 @@ current-context: e2e
         )
     }
 
-    /// The kube-apiserver flags that say how it signs, with the key files
-    /// written.
-    fn signing_flags(&self) -> Result<Vec<String>> {
-        match &self.signing {
+    /// The kube-apiserver flags that say how instance `index` signs, with
+    /// its own copy of the key files written (each control-plane node has
+    /// its own).
+    fn signing_flags(&self, index: usize) -> Result<Vec<String>> {
+        let instance = &self.instances[index];
+        match &instance.signing {
             Signing::KeyFiles(keys) => {
-                let signing = self.dir.path().join("sa.key");
-                let public = self.dir.path().join("sa.pub");
+                let dir = self.dir.path().join(&instance.name);
+                fs::create_dir_all(&dir)?;
+                let signing = dir.join("sa.key");
+                let public = dir.join("sa.pub");
                 write_private(&signing, keys.signing.to_pem().as_bytes())?;
                 fs::write(&public, public_keys_to_pem(&keys.public))?;
                 Ok(vec![
@@ -328,19 +524,27 @@ current-context: e2e
         }
     }
 
-    async fn start_apiserver(&mut self) -> Result<()> {
-        let signing_flags = self.signing_flags()?;
+    /// Starts instance `index` as it is configured; does not wait.
+    fn spawn_apiserver(&mut self, index: usize) -> Result<()> {
+        let signing_flags = self.signing_flags(index)?;
         let d = self.dir.path();
+        let instance = &self.instances[index];
         let mut command = control_plane_command(self.bin.join("kube-apiserver"));
         command
             .arg(format!(
                 "--etcd-servers=http://127.0.0.1:{}",
                 self.etcd_port
             ))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={}", instance.address))
+            // The lease endpoint reconciler lists this address in the
+            // `kubernetes` EndpointSlice (a loopback address is refused
+            // there, so a lone instance on 127.0.0.1 is never listed).
+            .arg(format!("--advertise-address={}", instance.address))
             .arg(format!("--secure-port={}", self.apiserver_port))
-            .arg(format!("--cert-dir={}", d.join("certs").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                d.join(&instance.name).join("certs").display()
+            ))
             .arg(format!(
                 "--tls-cert-file={}",
                 d.join("apiserver.crt").display()
@@ -355,65 +559,119 @@ current-context: e2e
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--authorization-mode=Node,RBAC")
             .arg("--enable-priority-and-fairness=false")
+            // Once in-flight requests are drained, stop within 2 s rather
+            // than wait up to the request timeout (60 s) for watches to
+            // end: a roll-out stops each instance with SIGTERM.
+            .arg("--shutdown-send-retry-after=true")
             .arg("--profiling=false")
             .arg("--v=1")
             .args(&self.extra_flags);
-        self.apiserver = Some(Process::spawn("kube-apiserver", command, d)?);
-        self.apiserver_starts += 1;
-        self.wait_ready().await
+        let process = Process::spawn(&instance.name, command, d)?;
+        self.instances[index].process = Some(process);
+        Ok(())
     }
 
+    /// Waits until every instance is ready (and, of several, listed in the
+    /// `kubernetes` EndpointSlice).
     async fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let client = self.client().await?;
-        loop {
-            let request = http::Request::get("/readyz").body(Vec::new())?;
-            if let Ok(body) = client.request_text(request).await
-                && body.trim() == "ok"
-            {
-                return Ok(());
-            }
-            if let Some(process) = self.apiserver.as_mut()
-                && let Some(status) = process.exited()
-            {
-                bail!("kube-apiserver exited ({status}):\n{}", process.tail(40));
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                let tail = self
-                    .apiserver
-                    .as_ref()
-                    .map(|p| p.tail(40))
-                    .unwrap_or_default();
-                bail!("kube-apiserver not ready after {READY_TIMEOUT:?}:\n{tail}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Restarts kube-apiserver with new key files, the way kubelet restarts a
-    /// static pod whose manifest changed, and waits until it is ready.
-    pub async fn restart_apiserver(&mut self, keys: ApiServerKeys) -> Result<()> {
-        if let Some(mut old) = self.apiserver.take() {
-            old.stop();
-        }
-        self.signing = Signing::KeyFiles(keys);
-        self.start_apiserver().await?;
-        // kube-controller-manager signs legacy tokens with the same key file;
-        // a static pod set restarts it with the API server.
-        if let Some(mut old) = self.controller_manager.take() {
-            old.stop();
-            self.spawn_controller_manager()?;
+        let clients = self.instance_clients().await?;
+        let listed = self.instances.len() > 1;
+        let waits = self
+            .instances
+            .iter_mut()
+            .zip(clients)
+            .map(|(instance, client)| wait_instance_ready(instance, client.client, listed));
+        futures::future::try_join_all(waits).await?;
+        for index in 0..self.instances.len() {
+            self.roll.serving(index);
         }
         Ok(())
     }
 
+    /// Waits until instance `index` is ready (and listed).
+    async fn wait_one_ready(&mut self, index: usize) -> Result<()> {
+        let client = self.instance_clients().await?.swap_remove(index).client;
+        let listed = self.instances.len() > 1;
+        wait_instance_ready(&mut self.instances[index], client, listed).await?;
+        self.roll.serving(index);
+        Ok(())
+    }
+
+    /// Takes one step of a roll-out of `keys`: stops the first instance
+    /// not running them (SIGTERM, as kubelet does), starts it with them
+    /// and waits until it is ready and listed. Once every instance runs
+    /// them, restarts kube-controller-manager if it signs with another key
+    /// (kubelet restarts the static pod set together). Returns whether an
+    /// instance was restarted: a roll-out calls it until it returns false,
+    /// reading what to roll out afresh before each call, as a Deployment
+    /// rolls out its newest template.
+    pub async fn roll_one(&mut self, keys: &ApiServerKeys) -> Result<bool> {
+        let wanted = KeySetId::of(keys);
+        if self
+            .keys()
+            .is_none_or(|asked| KeySetId::of(asked) != wanted)
+        {
+            self.apiserver_starts += 1;
+        }
+        self.signing = Signing::KeyFiles(keys.clone());
+        let next = self
+            .instances
+            .iter()
+            .position(|i| i.key_set().as_ref() != Some(&wanted));
+        let Some(index) = next else {
+            if self.controller_manager.is_some()
+                && self.controller_manager_key.as_ref() != Some(keys.signing.kid())
+            {
+                if let Some(mut old) = self.controller_manager.take() {
+                    old.stop();
+                }
+                self.spawn_controller_manager()?;
+            }
+            return Ok(false);
+        };
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.roll.ask(index, wanted, seconds);
+        let asked = Instant::now();
+        if let Some(mut old) = self.instances[index].process.take() {
+            old.terminate().await;
+        }
+        let stopped = asked.elapsed();
+        self.instances[index].signing = self.signing.clone();
+        self.spawn_apiserver(index)?;
+        self.wait_one_ready(index).await?;
+        if let Some(line) = self.roll.history.last() {
+            eprintln!(
+                "roll-out: {line}; stopped in {stopped:.1?}, ready and listed {:.1?} later",
+                asked.elapsed() - stopped
+            );
+        }
+        Ok(true)
+    }
+
+    /// Rolls out new key files to every instance, one at a time, the way
+    /// kubelet restarts a static pod whose manifest changed; then
+    /// kube-controller-manager. Waits until all are ready.
+    pub async fn restart_apiserver(&mut self, keys: ApiServerKeys) -> Result<()> {
+        while self.roll_one(&keys).await? {}
+        Ok(())
+    }
+
     /// Kills kube-apiserver (SIGKILL) and starts it again with the same
-    /// keys, as when its node fails; waits until it is ready.
+    /// keys, as when its node fails; waits until it is ready. Of several
+    /// instances, the last: one no kubeconfig names, which the rotation
+    /// must wait for while every client goes on.
     pub async fn kill_and_restart_apiserver(&mut self) -> Result<()> {
-        if let Some(mut old) = self.apiserver.take() {
+        let index = self.instances.len() - 1;
+        if let Some(mut old) = self.instances[index].process.take() {
             old.stop();
         }
-        self.start_apiserver().await
+        self.roll.stopped(index);
+        if let Some(key_set) = self.instances[index].key_set() {
+            self.roll.starting(index, key_set);
+        }
+        self.spawn_apiserver(index)?;
+        self.apiserver_starts += 1;
+        self.wait_one_ready(index).await
     }
 
     /// Kills etcd (SIGKILL) and starts it again on the same data and port;
@@ -444,12 +702,17 @@ current-context: e2e
 
     fn spawn_controller_manager(&mut self) -> Result<()> {
         let d = self.dir.path();
+        let key = d.join("sa.key");
+        if let Signing::KeyFiles(keys) = &self.signing {
+            write_private(&key, keys.signing.to_pem().as_bytes())?;
+            self.controller_manager_key = Some(keys.signing.kid().clone());
+        }
         let mut command = control_plane_command(self.bin.join("kube-controller-manager"));
         command
             .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
             .arg(format!(
                 "--service-account-private-key-file={}",
-                d.join("sa.key").display()
+                key.display()
             ))
             .arg(format!("--root-ca-file={}", d.join("ca.crt").display()))
             .arg("--bind-address=127.0.0.1")
@@ -461,7 +724,6 @@ current-context: e2e
         self.controller_manager = Some(Process::spawn("kube-controller-manager", command, d)?);
         Ok(())
     }
-
     /// Simulates `nodes` nodes with kwok (built by `cargo xtask
     /// control-plane`, found through `KSA_KWOK_DIR`) and starts
     /// kube-scheduler to place pods on them: pods become Running and Ready
@@ -535,6 +797,64 @@ async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Waits until `instance` answers `/readyz` with ok through `client` (one
+/// of its own) and, when `listed`, until the `kubernetes` EndpointSlice
+/// lists its address, as a roll-out waits for a pod to be ready and its
+/// endpoint to be published before it stops the next.
+async fn wait_instance_ready(
+    instance: &mut Instance,
+    client: kube::Client,
+    listed: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let address = instance.address.to_string();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut ready = false;
+    loop {
+        if !ready {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            ready = client
+                .request_text(request)
+                .await
+                .is_ok_and(|body| body.trim() == "ok");
+        }
+        if ready && !listed {
+            return Ok(());
+        }
+        if ready
+            && let Ok(list) = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+                .await
+            && list
+                .iter()
+                .flat_map(|slice| &slice.endpoints)
+                .any(|endpoint| endpoint.addresses.contains(&address))
+        {
+            return Ok(());
+        }
+        let name = &instance.name;
+        if let Some(process) = instance.process.as_mut()
+            && let Some(status) = process.exited()
+        {
+            bail!("{name} exited ({status}):\n{}", process.tail(40));
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            let tail = instance
+                .process
+                .as_ref()
+                .map(|p| p.tail(40))
+                .unwrap_or_default();
+            let what = if ready {
+                "listed in the kubernetes EndpointSlice"
+            } else {
+                "ready"
+            };
+            bail!("{name} not {what} after {READY_TIMEOUT:?}:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A process restarted whenever it exits, as kubelet restarts a static
@@ -651,14 +971,12 @@ fn control_plane_command(program: PathBuf) -> Command {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        let core = [
-            self.controller_manager.as_mut(),
-            self.apiserver.as_mut(),
-            Some(&mut self.etcd),
-        ];
+        let core = std::iter::once(self.controller_manager.as_mut())
+            .chain(self.instances.iter_mut().map(|i| i.process.as_mut()))
+            .chain([Some(&mut self.etcd)]);
         // The simulation first: it talks to the API server.
         self.simulation.clear();
-        for process in core.into_iter().flatten() {
+        for process in core.flatten() {
             process.stop();
             if failed {
                 eprintln!(

@@ -1,6 +1,8 @@
-//! The harness playing a hosted control plane: the API server "pod" mounts
-//! the key Secret the controller writes, and is restarted with it when it
-//! changes, as a Deployment roll-out would.
+//! The harness playing a hosted control plane: the API server "pods" mount
+//! the key Secret the controller writes, and are restarted with it when it
+//! changes, one at a time, each ready before the next, as a Deployment
+//! roll-out would. Like a Deployment it rolls out the newest Secret: the
+//! Secret is read again before each instance is restarted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +27,9 @@ impl Drop for HostedApiServer {
 }
 
 impl HostedApiServer {
-    /// Watches `namespace/secret` (keys `sa.key`, `sa.pub`) and restarts
-    /// kube-apiserver whenever it names a different key set.
+    /// Watches `namespace/secret` (keys `sa.key`, `sa.pub`) and rolls it
+    /// out to the kube-apiserver instances whenever it names a different
+    /// key set.
     pub fn spawn(
         plane: Arc<Mutex<ControlPlane>>,
         client: kube::Client,
@@ -36,25 +39,21 @@ impl HostedApiServer {
         let api: Api<Secret> = Api::namespaced(client, namespace);
         let secret = secret.to_owned();
         let task = tokio::spawn(async move {
+            let mut rolling = false;
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                if !rolling {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                rolling = false;
                 let Ok(Some(found)) = api.get_opt(&secret).await else {
                     continue;
                 };
                 let Some(keys) = keys_of(&found) else {
                     continue;
                 };
-                let mut plane = plane.lock().await;
-                let same = plane.keys().is_some_and(|running| {
-                    running.signing.kid() == keys.signing.kid()
-                        && running
-                            .public
-                            .iter()
-                            .map(|k| k.kid())
-                            .eq(keys.public.iter().map(|k| k.kid()))
-                });
-                if !same && let Err(error) = plane.restart_apiserver(keys).await {
-                    eprintln!("hosted control plane: restart failed: {error:#}");
+                match plane.lock().await.roll_one(&keys).await {
+                    Ok(restarted) => rolling = restarted,
+                    Err(error) => eprintln!("hosted control plane: restart failed: {error:#}"),
                 }
             }
         });

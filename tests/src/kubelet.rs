@@ -2,7 +2,10 @@
 //! kube-apiserver static pod manifest and, when it changes, restarts
 //! kube-apiserver (and kube-controller-manager) with the key files its
 //! `--service-account-key-file` and `--service-account-signing-key-file`
-//! flags name, as kubelet restarts a static pod whose manifest changed.
+//! flags name, as kubelet restarts a static pod whose manifest changed. Of
+//! several instances (one per control-plane node, the manifest the same on
+//! each), one at a time, each ready before the next, the manifest read
+//! again before each.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,22 +63,29 @@ impl StaticPods {
         let manifest = manifests.join("kube-apiserver.yaml");
         let task = tokio::spawn(async move {
             let mut last = std::fs::read_to_string(&manifest).ok();
+            let mut keys: Option<ApiServerKeys> = None;
+            let mut rolling = false;
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                if !rolling {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                rolling = false;
                 let Ok(now) = std::fs::read_to_string(&manifest) else {
                     continue;
                 };
-                if last.as_deref() == Some(now.as_str()) {
-                    continue;
-                }
-                last = Some(now.clone());
-                match manifest_keys(&now) {
-                    Ok(keys) => {
-                        if let Err(error) = plane.lock().await.restart_apiserver(keys).await {
-                            eprintln!("static pods: restart failed: {error:#}");
-                        }
+                if last.as_deref() != Some(now.as_str()) {
+                    last = Some(now.clone());
+                    match manifest_keys(&now) {
+                        Ok(named) => keys = Some(named),
+                        Err(error) => eprintln!("static pods: bad manifest: {error:#}"),
                     }
-                    Err(error) => eprintln!("static pods: bad manifest: {error:#}"),
+                }
+                let Some(keys) = &keys else {
+                    continue;
+                };
+                match plane.lock().await.roll_one(keys).await {
+                    Ok(restarted) => rolling = restarted,
+                    Err(error) => eprintln!("static pods: restart failed: {error:#}"),
                 }
             }
         });

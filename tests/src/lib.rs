@@ -1,7 +1,8 @@
-//! The end-to-end harness: a real control plane (etcd, kube-apiserver and,
-//! when a test needs them, kube-controller-manager, and kube-scheduler with
-//! nodes simulated by kwok) started on loopback from the binaries `cargo
-//! xtask control-plane` builds.
+//! The end-to-end harness: a real control plane (etcd, one kube-apiserver
+//! or three behind the `kubernetes` EndpointSlice and, when a test needs
+//! them, kube-controller-manager, and kube-scheduler with nodes simulated
+//! by kwok) started on loopback, or in a network namespace of the test's
+//! own, from the binaries `cargo xtask control-plane` builds.
 //!
 //! Tests find the binaries through `KSA_CONTROL_PLANE_DIR` and
 //! `KSA_KWOK_DIR`, which `cargo xtask e2e` and `cargo xtask ci` set. A test
@@ -15,13 +16,17 @@ mod control_plane;
 mod hosted;
 pub mod install;
 pub mod kubelet;
+pub mod netns;
 mod pki;
 mod prober;
+pub mod roll;
 pub mod scenario;
 pub mod signer;
 pub mod workload;
 
-pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
+pub use control_plane::{
+    ApiServerKeys, ControlPlane, HA_INSTANCES, ISSUER, InstanceClient, write_private,
+};
 pub use hosted::HostedApiServer;
 pub use install::{FIRST_REPLICA, Installation, ksa_binary, loopback_addr};
 pub use pki::Pki;

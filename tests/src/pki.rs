@@ -1,6 +1,8 @@
 //! Certificates for a test control plane: a CA, the API server's serving
 //! certificate and an admin client certificate (group `system:masters`).
 
+use std::net::IpAddr;
+
 use anyhow::Result;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -25,7 +27,10 @@ pub struct Pki {
 }
 
 impl Pki {
-    pub fn generate() -> Result<Pki> {
+    /// Certificates whose serving certificate names loopback, the names of
+    /// the `kubernetes` Service, and `addresses`: every API server instance
+    /// is dialled by its own address, and shares the certificate.
+    pub fn generate(addresses: &[IpAddr]) -> Result<Pki> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,12 +41,20 @@ impl Pki {
         let issuer = Issuer::new(ca, ca_key);
 
         let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-        ])?;
+        let names = [
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default.svc",
+        ]
+        .map(str::to_owned);
+        // rcgen makes a string that parses as an IP address an IP SAN.
+        let mut server = CertificateParams::new(
+            names
+                .into_iter()
+                .chain(addresses.iter().map(IpAddr::to_string))
+                .collect::<Vec<_>>(),
+        )?;
         server
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");

@@ -1,7 +1,9 @@
 //! The prober: while a rotation runs, it keeps requesting tokens and
 //! reviewing them (TokenReview), and reviews again every token issued
-//! earlier and the legacy Secret token. It counts every token that should
-//! have been accepted and was not: the number that must stay zero.
+//! earlier and the legacy Secret token. Every review is sent to every API
+//! server instance, since a client may reach any of them: a token one
+//! instance rejects is rejected. It counts every token that should have
+//! been accepted and was not: the number that must stay zero.
 //!
 //! "Should be accepted": a token whose key version the rotation has not
 //! begun to retire (the rotation resource's status, or a kubeadm control
@@ -20,10 +22,13 @@ use ksa_kube::keystore::LABEL_KEY_VERSION;
 use kube::api::{Api, ListParams};
 use tokio::sync::Mutex;
 
+use crate::InstanceClient;
+
 /// What the prober saw.
 #[derive(Debug, Default, Clone)]
 pub struct ProbeStats {
     pub tokens_issued: u64,
+    /// Reviews answered, one per instance asked.
     pub reviews: u64,
     /// Tokens that should have been accepted and were rejected, described.
     pub wrongly_rejected: Vec<String>,
@@ -62,14 +67,26 @@ pub enum RotationSource {
 }
 
 impl Prober {
-    pub fn spawn(client: kube::Client, target: ProbeTarget) -> Prober {
+    /// Requests tokens and reads the rotation through `client`; sends
+    /// every review to each of `instances`.
+    pub fn spawn(
+        client: kube::Client,
+        instances: Vec<InstanceClient>,
+        target: ProbeTarget,
+    ) -> Prober {
         let stats = Arc::new(Mutex::new(ProbeStats::default()));
         let shared = stats.clone();
         let task = tokio::spawn(async move {
             let mut tokens: Vec<String> = Vec::new();
             let mut kid_versions: BTreeMap<String, u64> = BTreeMap::new();
+            let probe = Probe {
+                client: &client,
+                instances: &instances,
+                target: &target,
+                stats: &shared,
+            };
             loop {
-                probe_once(&client, &target, &mut tokens, &mut kid_versions, &shared).await;
+                probe.once(&mut tokens, &mut kid_versions).await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         });
@@ -114,6 +131,14 @@ async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u6
 
 async fn review(client: &kube::Client, token: &str) -> Result<bool, kube::Error> {
     Ok(crate::cluster::review_token(client, token).await?.is_some())
+}
+
+/// Where one round of probing reads, reviews and counts.
+struct Probe<'a> {
+    client: &'a kube::Client,
+    instances: &'a [InstanceClient],
+    target: &'a ProbeTarget,
+    stats: &'a Mutex<ProbeStats>,
 }
 
 fn kid(token: &str) -> String {
@@ -181,82 +206,96 @@ async fn learn_kids(
     }
 }
 
-async fn probe_once(
-    client: &kube::Client,
-    target: &ProbeTarget,
-    tokens: &mut Vec<String>,
-    kid_versions: &mut BTreeMap<String, u64>,
-    stats: &Mutex<ProbeStats>,
-) {
-    learn_kids(client, &target.rotation, kid_versions).await;
-    let fresh = crate::cluster::request_token(
-        client,
-        &target.namespace,
-        &target.service_account,
-        Vec::new(),
-        3600,
-    )
-    .await;
-    match fresh {
-        Ok(token) => {
-            tokens.push(token);
-            stats.lock().await.tokens_issued += 1;
-        }
-        Err(_) => stats.lock().await.unavailable += 1,
-    }
-    // Keep the earliest tokens (from before the rotation) and the latest.
-    if tokens.len() > 40 {
-        tokens.drain(10..tokens.len() - 30);
-    }
-    let legacy: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-    let legacy_token = legacy
-        .get_opt(&target.legacy_secret)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| {
-            s.data?
-                .get("token")
-                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-        });
-    let candidates = tokens
-        .iter()
-        .cloned()
-        .map(|t| (t, false))
-        .chain(legacy_token.map(|t| (t, true)));
-    for (token, is_legacy) in candidates.collect::<Vec<_>>() {
-        let Some(before) = protected(client, target).await else {
-            continue;
-        };
-        let version = kid_versions.get(&kid(&token)).copied();
-        let must_accept = version.is_some_and(|v| before.contains(&v));
-        match review(client, &token).await {
-            Ok(true) => stats.lock().await.reviews += 1,
-            Ok(false) => {
-                stats.lock().await.reviews += 1;
-                if !must_accept {
-                    continue;
-                }
-                // Re-check: the rotation may have moved on, or the legacy
-                // Secret been re-minted, between reading and reviewing.
-                let after = protected(client, target).await.unwrap_or_default();
-                let still_protected = version.is_some_and(|v| after.contains(&v));
-                let replaced = is_legacy
-                    && legacy
-                        .get_opt(&target.legacy_secret)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|s| s.data?.get("token").map(|t| t.0 != token.as_bytes()))
-                        .unwrap_or(false);
-                if still_protected && !replaced {
-                    stats.lock().await.wrongly_rejected.push(format!(
-                        "{} token of key version {version:?} rejected while versions {after:?} are accepted",
-                        if is_legacy { "legacy" } else { "bound" }
-                    ));
-                }
+impl Probe<'_> {
+    async fn once(&self, tokens: &mut Vec<String>, kid_versions: &mut BTreeMap<String, u64>) {
+        let (client, target, stats) = (self.client, self.target, self.stats);
+        learn_kids(client, &target.rotation, kid_versions).await;
+        let fresh = crate::cluster::request_token(
+            client,
+            &target.namespace,
+            &target.service_account,
+            Vec::new(),
+            3600,
+        )
+        .await;
+        match fresh {
+            Ok(token) => {
+                tokens.push(token);
+                stats.lock().await.tokens_issued += 1;
             }
             Err(_) => stats.lock().await.unavailable += 1,
+        }
+        // Keep the earliest tokens (from before the rotation) and the latest.
+        if tokens.len() > 40 {
+            tokens.drain(10..tokens.len() - 30);
+        }
+        let legacy: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+        let legacy_token = legacy
+            .get_opt(&target.legacy_secret)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| {
+                s.data?
+                    .get("token")
+                    .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            });
+        let candidates = tokens
+            .iter()
+            .cloned()
+            .map(|t| (t, false))
+            .chain(legacy_token.map(|t| (t, true)));
+        for (token, is_legacy) in candidates.collect::<Vec<_>>() {
+            let Some(before) = protected(client, target).await else {
+                continue;
+            };
+            let version = kid_versions.get(&kid(&token)).copied();
+            let must_accept = version.is_some_and(|v| before.contains(&v));
+            // Every instance at once, so that a round takes as long with
+            // three as with one.
+            let verdicts = futures::future::join_all(
+                self.instances
+                    .iter()
+                    .map(|instance| review(&instance.client, &token)),
+            )
+            .await;
+            let mut rejected_by = Vec::new();
+            {
+                let mut stats = stats.lock().await;
+                for (instance, verdict) in self.instances.iter().zip(verdicts) {
+                    match verdict {
+                        Ok(accepted) => {
+                            stats.reviews += 1;
+                            if !accepted {
+                                rejected_by.push(instance.url.as_str());
+                            }
+                        }
+                        Err(_) => stats.unavailable += 1,
+                    }
+                }
+            }
+            if rejected_by.is_empty() || !must_accept {
+                continue;
+            }
+            // Re-check: the rotation may have moved on, or the legacy
+            // Secret been re-minted, between reading and reviewing.
+            let after = protected(client, target).await.unwrap_or_default();
+            let still_protected = version.is_some_and(|v| after.contains(&v));
+            let replaced = is_legacy
+                && legacy
+                    .get_opt(&target.legacy_secret)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.data?.get("token").map(|t| t.0 != token.as_bytes()))
+                    .unwrap_or(false);
+            if still_protected && !replaced {
+                stats.lock().await.wrongly_rejected.push(format!(
+                    "{} token of key version {version:?} rejected by {} while versions {after:?} are accepted",
+                    if is_legacy { "legacy" } else { "bound" },
+                    rejected_by.join(" and ")
+                ));
+            }
         }
     }
 }

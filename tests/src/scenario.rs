@@ -1,8 +1,8 @@
 //! A whole cluster to rotate, shared by the end-to-end tests and the demo:
-//! the control plane (with kube-controller-manager), ksa installed with its
-//! controller running, the harness playing the hosted API server roll-out,
-//! and a workload: a ServiceAccount, its legacy token Secret and a
-//! Deployment.
+//! the control plane (with kube-controller-manager; one kube-apiserver, or
+//! three for the tests), ksa installed with its controller running, the
+//! harness playing the hosted API server roll-out, and a workload: a
+//! ServiceAccount, its legacy token Secret and a Deployment.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,10 +46,28 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// On one kube-apiserver.
     pub async fn start() -> Result<Scenario> {
+        Scenario::launch(false).await
+    }
+
+    /// On [`crate::HA_INSTANCES`] kube-apiserver instances, rolled one at a
+    /// time. Only in a network namespace of the test's own
+    /// ([`crate::netns::enter`]).
+    pub async fn start_ha() -> Result<Scenario> {
+        Scenario::launch(true).await
+    }
+
+    async fn launch(ha: bool) -> Result<Scenario> {
         let first_key = AwsLc::new().generate(KeySpec::Rsa2048)?;
-        let mut plane = ControlPlane::start(ApiServerKeys::single(first_key.clone())).await?;
+        let keys = ApiServerKeys::single(first_key.clone());
+        let mut plane = if ha {
+            ControlPlane::start_ha(keys).await?
+        } else {
+            ControlPlane::start(keys).await?
+        };
         plane.start_controller_manager()?;
+        let instances = plane.instance_clients().await?;
         let client = plane.client().await?;
         let kubeconfig = plane.kubeconfig_path();
         let mut installation =
@@ -72,6 +90,7 @@ impl Scenario {
         );
         let prober = Prober::spawn(
             client.clone(),
+            instances,
             ProbeTarget {
                 namespace: APPS.into(),
                 service_account: "app".into(),
@@ -139,6 +158,22 @@ impl Scenario {
     /// Whether the API server authenticates a token (TokenReview).
     pub async fn accepted(&self, token: &str) -> Result<bool> {
         Ok(review_token(&self.client, token).await?.is_some())
+    }
+
+    /// The key sets the roll-outs asked of the API server instances, each
+    /// checked: an error names every one asked before every instance
+    /// served the key set before it; otherwise, how many were asked.
+    pub async fn check_roll_outs(&self) -> Result<usize> {
+        let plane = self.plane.lock().await;
+        let log = plane.roll_log();
+        eprintln!("roll-outs:\n{}", log.history.join("\n"));
+        if !log.violations().is_empty() {
+            bail!(
+                "instances were asked to take a step before every instance served the one before:\n{}",
+                log.violations().join("\n")
+            );
+        }
+        Ok(log.asks())
     }
 
     /// The legacy token currently in the workload's Secret.

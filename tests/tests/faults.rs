@@ -1,10 +1,12 @@
-//! Faults injected into full rotations on a real control plane: the
-//! controller SIGKILLed as each step begins and in the middle of the long
-//! steps, kube-apiserver and etcd killed and restarted mid-rotation, and the
-//! leading replica killed so that its standby takes over. After every
-//! rotation the cluster is checked end to end, the rotation's four numbers
-//! are checked at every status the API server recorded, and the prober
-//! must have seen no valid token rejected.
+//! Faults injected into full rotations on a real control plane of three
+//! kube-apiserver instances: the controller SIGKILLed as each step begins
+//! and in the middle of the long steps, a kube-apiserver instance and etcd
+//! killed and restarted mid-rotation, and the leading replica killed so
+//! that its standby takes over. After every rotation the cluster is checked
+//! end to end, the rotation's four numbers are checked at every status the
+//! API server recorded, the prober (reviewing on every instance) must have
+//! seen no valid token rejected, and no instance may have been asked to
+//! take a step before every instance served the one before.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::keystore::KeyStore;
 use ksa_kube::refresh::token_kid;
 use ksa_tests::cluster::QuickBackoff;
+use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
 use kube::api::Api;
@@ -54,7 +57,8 @@ enum Kill {
     /// SIGKILL the leading replica of two; the other must take over within
     /// the lease duration. The killed one is started again as standby.
     Leader,
-    /// SIGKILL kube-apiserver and start it again.
+    /// SIGKILL a kube-apiserver instance (one no client is pointed at)
+    /// and start it again.
     ApiServer,
     /// SIGKILL etcd and start it again on the same data.
     Etcd,
@@ -266,7 +270,7 @@ struct Bench {
 
 impl Bench {
     async fn start() -> Result<Bench> {
-        let scenario = Scenario::start().await?;
+        let scenario = Scenario::start_ha().await?;
         let client = scenario.client.clone();
         let secrets: Vec<String> = (0..FLEET_SECRETS).map(|i| format!("robot-{i}")).collect();
         let deployments: Vec<String> = (0..FLEET_DEPLOYMENTS)
@@ -548,6 +552,9 @@ impl Bench {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
     let mut bench = Bench::start().await?;
 
     // 1 -> 2: the controller dies as each step begins.
@@ -609,6 +616,9 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
         "every planned fault was injected"
     );
     assert!(violations.is_empty(), "invariants broken: {violations:?}");
+    // Three rotations, each rolling out three key sets to three instances.
+    let asks = bench.scenario.check_roll_outs().await?;
+    assert!(asks >= 27, "only {asks} roll-out steps were checked");
     assert!(
         bench.statuses.checked() >= 15,
         "too few statuses seen to mean anything"

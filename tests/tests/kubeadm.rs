@@ -1,7 +1,8 @@
 //! A kubeadm control plane rotated by `ksa ... rotate --pki-dir`, with no
-//! controller: the harness plays kubelet (it restarts kube-apiserver and
-//! kube-controller-manager from the keys the static pod manifests name when
-//! the manifests change) while the prober reviews tokens throughout. The CLI
+//! controller: the harness plays kubelet (it restarts the three
+//! kube-apiserver instances one at a time, then kube-controller-manager,
+//! from the keys the static pod manifests name when the manifests change)
+//! while the prober reviews tokens on every instance throughout. The CLI
 //! is run without --wait, killed mid-rotation with --wait, raced by a second
 //! run, and run again without --wait until done: it resumes and completes.
 //! kubeadm's `sa.pub` holds a second public key besides the signing key's:
@@ -19,6 +20,7 @@ use ksa_core::rotation::{RotationState, Step};
 use ksa_core::token::{self, BoundToken, ObjectRef};
 use ksa_tests::cluster::{request_token, review_token};
 use ksa_tests::kubelet::StaticPods;
+use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, create_workload};
 use ksa_tests::{
     ApiServerKeys, ControlPlane, ISSUER, ProbeTarget, Prober, RotationSource, ksa_binary,
@@ -170,11 +172,14 @@ async fn accepted(client: &kube::Client, token: &str) -> Result<bool> {
 
 #[tokio::test]
 async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
     let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
     // A key kube-apiserver trusts besides its own: kubeadm's sa.pub holds
     // both (an earlier signing key, say).
     let extra = AwsLc::new().generate(KeySpec::Rsa2048)?;
-    let mut plane = ControlPlane::start(ApiServerKeys {
+    let mut plane = ControlPlane::start_ha(ApiServerKeys {
         signing: first.clone(),
         public: vec![first.public_key().clone(), extra.public_key().clone()],
     })
@@ -202,6 +207,7 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     let _kubelet = StaticPods::spawn(plane.clone(), &manifests_dir);
     let prober = Prober::spawn(
         client.clone(),
+        plane.lock().await.instance_clients().await?,
         ProbeTarget {
             namespace: APPS.into(),
             service_account: "app".into(),
@@ -358,9 +364,18 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     );
     assert!(stats.reviews > 0);
     assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+    let plane = plane.lock().await;
     assert!(
-        plane.lock().await.apiserver_starts >= 4,
+        plane.apiserver_starts >= 4,
         "kube-apiserver restarted at Trust, Sign and Retire"
+    );
+    let rolls = plane.roll_log();
+    eprintln!("roll-outs:\n{}", rolls.history.join("\n"));
+    assert_eq!(rolls.violations(), [] as [String; 0]);
+    assert_eq!(
+        rolls.asks(),
+        9,
+        "three key sets rolled out to three instances"
     );
     Ok(())
 }

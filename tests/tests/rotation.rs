@@ -1,5 +1,6 @@
-//! Full rotations on a real control plane, driven by `ksa-controller` and the
-//! `ksa` CLI, with a prober reviewing tokens throughout.
+//! Full rotations on a real control plane of three kube-apiserver
+//! instances, driven by `ksa-controller` and the `ksa` CLI, with a prober
+//! reviewing tokens on every instance throughout.
 
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use ksa_core::rotation::{RotationState, Step};
 use ksa_core::{KeyVersion, token};
 use ksa_kube::api::KSASigningKeyRotation;
 use ksa_kube::keystore::KeyStore;
+use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, CLUSTER, NAMESPACE, Scenario};
 use kube::api::{Api, ListParams};
 
@@ -128,7 +130,10 @@ fn get(url: &str) -> Result<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
-    let scenario = Scenario::start().await?;
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
+    let scenario = Scenario::start_ha().await?;
     let before_legacy = scenario.legacy_token().await?;
     assert_eq!(
         token::decode(&before_legacy)?.header.kid.as_deref(),
@@ -369,6 +374,9 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     let secret = store.private_key(KeyVersion::new(4)).await?.to_pem();
     assert!(!leaks(&secret, &fragments).is_empty());
 
+    // Three rotations, each rolling out three key sets to three instances.
+    let asks = scenario.check_roll_outs().await?;
+    assert!(asks >= 27, "only {asks} roll-out steps were checked");
     let stats = scenario.prober.stats().await;
     eprintln!("prober: {stats:?}");
     assert!(

@@ -1,8 +1,9 @@
-//! The KEP-740 external signer end to end: a user cluster whose
-//! kube-apiserver has no key file and signs through `ksa-controller signer`,
-//! which follows the key Secret the controller publishes in the admin
-//! cluster. A full rotation must take effect with no API server restart
-//! while TokenRequest and TokenReview pairs run throughout.
+//! The KEP-740 external signer end to end: a user cluster whose three
+//! kube-apiserver instances have no key file and sign through one
+//! `ksa-controller signer`, which follows the key Secret the controller
+//! publishes in the admin cluster. A full rotation must take effect with no
+//! API server restart while TokenRequest and TokenReview pairs run
+//! throughout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use ksa_core::token::{self, Expectations};
 use ksa_core::{KeyId, KeyVersion};
 use ksa_kube::keystore::KeyStore;
 use ksa_tests::cluster::{create_namespace, create_service_account, request_token, review_token};
+use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{CLUSTER, NAMESPACE};
 use ksa_tests::signer::SignerProcess;
 use ksa_tests::{ApiServerKeys, ControlPlane, ISSUER, Installation, ksa_binary};
@@ -97,6 +99,9 @@ async fn run_load(client: kube::Client, load: Arc<Load>) {
 
 #[tokio::test]
 async fn the_external_signer_serves_tokens_and_rotates_with_no_api_server_restart() -> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
     let aws = AwsLc::new();
     // The admin cluster: the rotation resource, the key store, the controller.
     let admin = ControlPlane::start(ApiServerKeys::single(aws.generate(KeySpec::Rsa2048)?)).await?;
@@ -113,8 +118,8 @@ async fn the_external_signer_serves_tokens_and_rotates_with_no_api_server_restar
         &admin.dir().join("signer.log"),
     )?;
 
-    // The user cluster: kube-apiserver with no key file.
-    let user = ControlPlane::start_with_external_signer(&socket).await?;
+    // The user cluster: kube-apiserver instances with no key file.
+    let user = ControlPlane::start_ha_with_external_signer(&socket).await?;
     let user_client = user.client().await?;
     create_namespace(&user_client, "apps").await?;
     create_service_account(&user_client, "apps", "web").await?;

@@ -1,5 +1,6 @@
 //! The tools the tests need beyond cargo and Go: Debian packages (Chromium
-//! and its WebDriver for the browser tests, binaryen's `wasm-opt`) and
+//! and its WebDriver for the browser tests, binaryen's `wasm-opt`,
+//! iproute2's `ip` for the three-instance control plane) and
 //! `wasm-bindgen-cli` at exactly the version of the `wasm-bindgen` crate in
 //! `Cargo.lock`, `cargo-fuzz` and `cargo-deny`, installed from crates.io
 //! into the cache. (The signer's proto is compiled by protox, in Rust: no
@@ -13,10 +14,13 @@ use anyhow::{Context, Result};
 use crate::{cargo, control_plane::cache_root, run};
 
 /// Debian packages and a file each one installs.
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     ("binaryen", "/usr/bin/wasm-opt"),
+    // `ip`: the addresses of the three-instance control plane, in the
+    // test's own network namespace (`unshare` is util-linux, always there).
+    ("iproute2", "/sbin/ip"),
     // The font of the benchmark chart.
     ("fonts-dejavu-core", crate::scale::FONT),
 ];
