@@ -64,6 +64,26 @@ fn status_decode() {
 }
 
 #[test]
+fn status_decode_issuer_lines() {
+    let line = r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#;
+    insta::assert_snapshot!(
+        "status_decode_issuer",
+        ksa(&["status", "decode", line], None)
+    );
+    insta::assert_snapshot!(
+        "status_decode_issuer_bad",
+        ksa(
+            &[
+                "status",
+                "decode",
+                &line.replace("status: False", "status: True")
+            ],
+            None
+        )
+    );
+}
+
+#[test]
 fn keys_jwks_and_bad_keys() {
     insta::assert_snapshot!(
         "keys_jwks",

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::MAX_INPUT_BYTES;
+use crate::rotation::Step;
 
 /// The longest issuer accepted. kube-apiserver sets no limit, but an issuer
 /// goes into every token, flag and status line; real ones are well under.
@@ -290,6 +291,48 @@ impl IssuerStatusLine {
     pub fn reason(&self) -> &'static str {
         if self.completed { COMPLETED } else { PROCESSED }
     }
+
+    /// The rotation steps this line can describe: `Completed` for a
+    /// completed line, otherwise the steps whose confirmed issuers the
+    /// message carries (`Generate` and `Trust` confirm the same ones).
+    pub fn steps(&self) -> Vec<Step> {
+        if self.completed {
+            return vec![Step::Completed];
+        }
+        let to = &self.issuer;
+        // The issuer rotated away from: the other accepted one, or the
+        // token issuer before the new one is accepted anywhere.
+        let Some(from) = self
+            .issuers
+            .accepted_issuers
+            .iter()
+            .chain([&self.issuers.token_issuer])
+            .find(|issuer| *issuer != to)
+        else {
+            return Vec::new();
+        };
+        let (a, b) = (from.clone(), to.clone());
+        let at = |step| match step {
+            Step::Generate | Step::Trust => IssuerState::new(a.clone(), a.clone(), vec![a.clone()]),
+            Step::Sign => IssuerState::new(a.clone(), a.clone(), vec![a.clone(), b.clone()]),
+            Step::RefreshTokens => {
+                IssuerState::new(a.clone(), b.clone(), vec![b.clone(), a.clone()])
+            }
+            Step::Retire | Step::Completed => {
+                IssuerState::new(b.clone(), b.clone(), vec![b.clone(), a.clone()])
+            }
+        };
+        Step::ROTATION
+            .into_iter()
+            .filter(|step| at(*step).is_ok_and(|state| state == self.issuers))
+            .collect()
+    }
+}
+
+/// Whether `text` is an issuer status line rather than a key one (by its
+/// start), so that one command or function can decode both.
+pub fn is_issuer_line(text: &str) -> bool {
+    text.trim_start().starts_with(PREFIX.trim_end())
 }
 
 impl fmt::Display for IssuerStatusLine {
@@ -460,6 +503,30 @@ mod tests {
             [issuer("https://b.example"), issuer("https://a.example")]
         );
         assert!(parse(COMPLETED_LINE).expect("parses").completed);
+    }
+
+    #[test]
+    fn a_line_names_the_steps_its_issuers_confirm() {
+        assert_eq!(
+            parse(IN_PROGRESS).expect("parses").steps(),
+            [Step::RefreshTokens]
+        );
+        assert_eq!(
+            parse(COMPLETED_LINE).expect("parses").steps(),
+            [Step::Completed]
+        );
+        let trust = IN_PROGRESS.replace(
+            r#""tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]"#,
+            r#""tokenIssuer":"https://a.example","signingIssuer":"https://a.example","acceptedIssuers":["https://a.example"]"#,
+        );
+        assert_eq!(
+            parse(&trust).expect("parses").steps(),
+            [Step::Generate, Step::Trust]
+        );
+        assert!(is_issuer_line(&format!("  {IN_PROGRESS}")));
+        assert!(!is_issuer_line(
+            "State of KSASigningKeyRotation with KSASigningKeyVersion 2"
+        ));
     }
 
     #[test]

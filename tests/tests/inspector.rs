@@ -19,6 +19,7 @@ use ksa_tests::{ApiServerKeys, ControlPlane, ISSUER};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::json;
 
+const ISSUER_IN_PROGRESS: &str = r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#;
 const IN_PROGRESS: &str = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: False, reason: KSASigningKeyRotationProcessedReason, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[1,2]}"#;
 
 /// A pod on a node, and a one-hour token bound to it with audience "vault".
@@ -169,6 +170,12 @@ async fn the_inspector_shows_what_a_real_token_means() -> Result<()> {
             .await?;
         assert_eq!(current, "5. Retire");
         save_screenshot(&page.screenshot().await?)?;
+        paste(page, "status", ISSUER_IN_PROGRESS).await?;
+        let step = shown(page, "rotation-step", "in-progress").await?;
+        assert!(
+            step.contains("Rotating to issuer https://b.example: step 4 of 5, RefreshTokens"),
+            "{step}"
+        );
 
         // What a user gets wrong, each with its reason.
         let mut tampered = token.clone().into_bytes();

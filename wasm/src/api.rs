@@ -26,8 +26,23 @@ impl ApiError {
     }
 }
 
-/// `decodeStatus(text)`: a status line, on one line or several.
+/// `decodeStatus(text)`: a status line, on one line or several: a key
+/// rotation's (SPEC section 2) or an issuer rotation's (section 10, with
+/// `issuer` set).
 pub fn decode_status(text: &str) -> Result<Value, ApiError> {
+    if ksa_core::issuer::is_issuer_line(text) {
+        let line =
+            ksa_core::issuer::parse(text).map_err(|e| ApiError::new("bad_status_line", e))?;
+        return Ok(json!({
+            "issuer": line.issuer,
+            "status": line.completed,
+            "reason": line.reason(),
+            "tokenIssuer": line.issuers.token_issuer(),
+            "signingIssuer": line.issuers.signing_issuer(),
+            "acceptedIssuers": line.issuers.accepted_issuers(),
+            "steps": line.steps(),
+        }));
+    }
     let line = ksa_core::status::parse(text).map_err(|e| ApiError::new("bad_status_line", e))?;
     let versions = &line.versions;
     Ok(json!({
@@ -124,6 +139,15 @@ mod tests {
         assert_eq!(decode_status(line).expect("decodes")["status"], true);
         assert_eq!(
             decode_status("nonsense").expect_err("refused").kind,
+            "bad_status_line"
+        );
+        let issuer = r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#;
+        let decoded = decode_status(issuer).expect("decodes");
+        assert_eq!(decoded["signingIssuer"], "https://b.example");
+        assert_eq!(decoded["steps"], serde_json::json!(["RefreshTokens"]));
+        let broken = issuer.replace("\"https://a.example\"]", "\"https://b.example\"]");
+        assert_eq!(
+            decode_status(&broken).expect_err("refused").kind,
             "bad_status_line"
         );
         assert_eq!(decode_token("a.b").expect_err("refused").kind, "malformed");

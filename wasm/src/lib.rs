@@ -34,6 +34,21 @@ export interface StatusLine {
   steps: Step[];
 }
 
+/** A parsed issuer status line (SPEC section 10). */
+export interface IssuerStatusLine {
+  /** The KSAIssuer: the issuer being rotated to. */
+  issuer: string;
+  /** True exactly when the rotation is completed. */
+  status: boolean;
+  reason: string;
+  tokenIssuer: string;
+  signingIssuer: string;
+  /** The signing issuer first, as the flags list them. */
+  acceptedIssuers: string[];
+  /** The steps whose confirmed issuers the line carries. */
+  steps: Step[];
+}
+
 export interface JoseHeader {
   alg: string;
   kid?: string;
@@ -140,7 +155,10 @@ fn to_js(result: Result<serde_json::Value, api::ApiError>) -> Result<JsValue, Js
 }
 
 /// Parses a status line, on one line or broken over several.
-#[wasm_bindgen(js_name = decodeStatus, unchecked_return_type = "StatusLine")]
+#[wasm_bindgen(
+    js_name = decodeStatus,
+    unchecked_return_type = "StatusLine | IssuerStatusLine"
+)]
 pub fn decode_status(text: &str) -> Result<JsValue, JsValue> {
     to_js(api::decode_status(text))
 }

@@ -60,6 +60,16 @@ fn status_lines_and_tokens_decode_to_plain_objects() {
     let steps = JSON::stringify(&get(&status, "steps")).expect("json");
     assert_eq!(steps.as_string().as_deref(), Some(r#"["Retire"]"#));
 
+    let issuer_line = r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://b.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example"]}"#;
+    let status = ksa_wasm::decode_status(issuer_line).expect("decodes");
+    assert_eq!(string(&status, "issuer"), "https://b.example");
+    assert_eq!(get(&status, "status"), JsValue::TRUE);
+    let accepted = JSON::stringify(&get(&status, "acceptedIssuers")).expect("json");
+    assert_eq!(
+        accepted.as_string().as_deref(),
+        Some(r#"["https://b.example"]"#)
+    );
+
     let error = ksa_wasm::decode_status("State of nothing").expect_err("refused");
     assert!(error.is_instance_of::<js_sys::Error>());
     assert_eq!(string(&error, "kind"), "bad_status_line");

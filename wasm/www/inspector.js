@@ -143,6 +143,7 @@ function renderStatus() {
   }
   const steps = line.steps;
   const current = steps.length ? STEPS.indexOf(steps[steps.length - 1]) : -1;
+  if (line.issuer !== undefined) return renderIssuerStatus(line, steps, current);
   if (line.status) {
     show(summary, "completed", `Completed: every API server signs with and accepts only key ${line.keyVersion}.`);
   } else if (steps.length === 0) {
@@ -167,6 +168,34 @@ function renderStatus() {
     ["Tokens signed with", line.tokenVersion],
     ["Private key", line.privateKeyVersion],
     ["Public keys", `[${line.publicKeyVersions.join(", ")}]`],
+    ["Status, reason", `${line.status ? "True" : "False"}, ${line.reason}`],
+  ]);
+}
+
+// An issuer rotation's line (SPEC section 10).
+function renderIssuerStatus(line, steps, current) {
+  const summary = $("rotation-step");
+  if (line.status) {
+    show(summary, "completed", `Completed: every API server signs with and accepts only issuer ${line.issuer}.`);
+  } else if (steps.length === 0) {
+    show(summary, "error", `${line.reason}: these issuers match no step of a rotation to issuer ${line.issuer}.`);
+  } else {
+    const names = steps.join(" or ");
+    const numbers = steps.map((s) => STEPS.indexOf(s) + 1).join(" or ");
+    show(summary, "in-progress", `Rotating to issuer ${line.issuer}: step ${numbers} of 5, ${names}.`);
+  }
+  $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
+    const li = document.createElement("li");
+    li.textContent = `${index + 1}. ${step}`;
+    if (line.status || index < current) li.className = "done";
+    else if (steps.includes(step)) li.className = "current";
+    return li;
+  }));
+  rows($("rotation-numbers"), [
+    ["KSAIssuer", line.issuer],
+    ["Tokens carry", line.tokenIssuer],
+    ["Signing issuer", line.signingIssuer],
+    ["Accepted issuers", `[${line.acceptedIssuers.join(", ")}]`],
     ["Status, reason", `${line.status ? "True" : "False"}, ${line.reason}`],
   ]);
 }

@@ -1,5 +1,7 @@
 //! `ksa status decode`.
 
+use ksa_core::issuer::{self, IssuerStatusLine};
+
 use crate::args::StatusCommand;
 use crate::{Failure, Outcome};
 
@@ -7,8 +9,12 @@ pub fn run(command: StatusCommand) -> Outcome {
     match command {
         StatusCommand::Decode { text } => {
             let text = super::input(text, "status line")?;
-            let line = ksa_core::status::parse(&text).map_err(Failure::bad_input)?;
-            super::finish(&serde_json::to_string_pretty(&decoded(&line))?)
+            let value = if issuer::is_issuer_line(&text) {
+                decoded_issuer(&issuer::parse(&text).map_err(Failure::bad_input)?)
+            } else {
+                decoded(&ksa_core::status::parse(&text).map_err(Failure::bad_input)?)
+            };
+            super::finish(&serde_json::to_string_pretty(&value)?)
         }
     }
 }
@@ -22,5 +28,18 @@ pub fn decoded(line: &ksa_core::status::StatusLine) -> serde_json::Value {
         "tokenVersion": line.versions.token_version(),
         "privateKeyVersion": line.versions.private_key_version(),
         "publicKeyVersions": line.versions.public_key_versions(),
+    })
+}
+
+/// The JSON form of an issuer status line (SPEC section 10).
+pub fn decoded_issuer(line: &IssuerStatusLine) -> serde_json::Value {
+    serde_json::json!({
+        "issuer": line.issuer,
+        "status": line.completed,
+        "reason": line.reason(),
+        "tokenIssuer": line.issuers.token_issuer(),
+        "signingIssuer": line.issuers.signing_issuer(),
+        "acceptedIssuers": line.issuers.accepted_issuers(),
+        "steps": line.steps(),
     })
 }
