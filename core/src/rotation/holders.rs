@@ -82,8 +82,12 @@ pub enum HolderReason {
     /// (`until`, from the step's start and its token lifetime).
     RunningJob { until: Timestamp },
     /// `recreate-nodes`: a node that predates the step, to be cordoned,
-    /// drained and deleted for the infrastructure to replace.
-    NodeToRecreate { pods_to_evict: u64 },
+    /// drained and deleted for the infrastructure to replace, one node at a
+    /// time.
+    NodeToRecreate,
+    /// `recreate-nodes`: the node being recreated: cordoned, `pods` pods
+    /// still to evict or to go, then deleted.
+    NodeDraining { pods: u64 },
 }
 
 /// The kind of reason, by which holders are counted.
@@ -124,7 +128,9 @@ impl HolderReason {
             | HolderReason::DisruptionBudget { .. }
             | HolderReason::DisruptionBudgetPending { .. }
             | HolderReason::SeveralDisruptionBudgets { .. } => HolderCategory::Blocked,
-            HolderReason::NodeToRecreate { .. } => HolderCategory::Node,
+            HolderReason::NodeToRecreate | HolderReason::NodeDraining { .. } => {
+                HolderCategory::Node
+            }
             HolderReason::RunningJob { .. } => HolderCategory::RunningJob,
             HolderReason::ToEvict | HolderReason::Evicted | HolderReason::Terminating => {
                 HolderCategory::Eviction
@@ -185,13 +191,19 @@ impl fmt::Display for HolderReason {
                 f,
                 "running Job pod: waiting for it to finish, or for the kubelet to refresh its token (by {until})"
             ),
-            HolderReason::NodeToRecreate { pods_to_evict: 0 } => {
-                f.write_str("node to be deleted and replaced")
-            }
-            HolderReason::NodeToRecreate { pods_to_evict } => write!(
-                f,
-                "node to be drained ({pods_to_evict} pods to evict), deleted and replaced"
+            HolderReason::NodeToRecreate => f.write_str(
+                "node to be cordoned, drained, deleted and replaced, one node at a time",
             ),
+            HolderReason::NodeDraining { pods: 0 } => {
+                f.write_str("cordoned and drained, to be deleted and replaced")
+            }
+            HolderReason::NodeDraining { pods } => {
+                let unit = if *pods == 1 { "pod" } else { "pods" };
+                write!(
+                    f,
+                    "cordoned, draining: {pods} {unit} to evict or to go, then deleted and replaced"
+                )
+            }
         }
     }
 }
@@ -401,7 +413,7 @@ mod tests {
         direct.named.push(NamedHolder {
             namespace: String::new(),
             name: "b".repeat(10_000),
-            reason: HolderReason::NodeToRecreate { pods_to_evict: 2 },
+            reason: HolderReason::NodeDraining { pods: 2 },
         });
         assert!(direct.to_string().len() < 400);
     }
@@ -413,7 +425,7 @@ mod tests {
         holders.record(NamedHolder::new(
             "",
             "kwok-node-0",
-            HolderReason::NodeToRecreate { pods_to_evict: 3 },
+            HolderReason::NodeDraining { pods: 3 },
         ));
         let json = serde_json::to_value(&holders).expect("serializes");
         assert_eq!(
@@ -422,7 +434,7 @@ mod tests {
                 "counts": {"blocked": 1, "node": 1},
                 "named": [
                     {"namespace": "apps", "name": "guarded-0", "reason": "disruptionBudget", "budget": "web-pdb", "allowed": 0},
-                    {"name": "kwok-node-0", "reason": "nodeToRecreate", "podsToEvict": 3},
+                    {"name": "kwok-node-0", "reason": "nodeDraining", "pods": 3},
                 ],
             })
         );
@@ -479,8 +491,12 @@ mod tests {
                 "running Job pod: waiting for it to finish, or for the kubelet to refresh its token (by 2026-01-01T00:48:00Z)",
             ),
             (
-                HolderReason::NodeToRecreate { pods_to_evict: 0 },
-                "node to be deleted and replaced",
+                HolderReason::NodeToRecreate,
+                "node to be cordoned, drained, deleted and replaced, one node at a time",
+            ),
+            (
+                HolderReason::NodeDraining { pods: 1 },
+                "cordoned, draining: 1 pod to evict or to go, then deleted and replaced",
             ),
         ];
         for (reason, text) in cases {
