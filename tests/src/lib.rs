@@ -20,6 +20,7 @@ mod prober;
 pub mod scenario;
 pub mod signer;
 pub mod workload;
+pub mod zoo;
 
 pub use control_plane::{ApiServerKeys, ControlPlane, ISSUER, write_private};
 pub use hosted::HostedApiServer;

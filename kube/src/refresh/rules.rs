@@ -267,7 +267,19 @@ pub fn assess<'a>(pod: &Pod<'a>, budgets: &[Budget], horizon: &Horizon<'_>) -> V
         return Verdict::Fresh(fresh);
     }
     if pod.deleting {
-        return Verdict::Stale(Refresh::Wait(deleting(pod)));
+        let reason = match pod.controller {
+            // Its controller replaces it as the restarted template rolls out.
+            Controller::Workload(workload)
+                if !pod.evicted && workload.restarted && workload.strategy == Strategy::Replace =>
+            {
+                HolderReason::RolloutInProgress {
+                    kind: workload.kind,
+                    workload: workload.name.clone(),
+                }
+            }
+            _ => deleting(pod),
+        };
+        return Verdict::Stale(Refresh::Wait(reason));
     }
     let refresh = match pod.controller {
         Controller::None => Refresh::Evict(Pace::Alone),
@@ -989,6 +1001,23 @@ mod tests {
         assert_eq!(
             verdict(&deleted),
             Verdict::Stale(Refresh::Wait(HolderReason::Terminating))
+        );
+        // Deleted by its controller's rollout.
+        let agent = Workload {
+            restarted: true,
+            ..workload(WorkloadKind::DaemonSet, Strategy::Replace)
+        };
+        let rolled = Pod {
+            deleting: true,
+            controller: Controller::Workload(&agent),
+            ..pod("agent-x")
+        };
+        assert_eq!(
+            verdict(&rolled),
+            Verdict::Stale(Refresh::Wait(HolderReason::RolloutInProgress {
+                kind: WorkloadKind::DaemonSet,
+                workload: "web".into()
+            }))
         );
     }
 
