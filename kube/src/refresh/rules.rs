@@ -38,7 +38,7 @@
 //!   rotation waits for it to finish, or for the kubelet to refresh its
 //!   token, whichever is first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -400,72 +400,58 @@ pub fn pace_owner<'a>(pod: &Pod<'a>) -> Option<&'a str> {
 /// Picks the evictions of one pass: at most one pod per owner, and none
 /// while another pod of that owner is unavailable (its replacement not
 /// ready yet), so an evicted workload loses at most one pod at a time to
-/// the rotation. Bare pods are not paced. It tracks at most `capacity`
-/// owners and pods; what does not fit waits for a later pass.
+/// the rotation. Bare pods are not paced.
+///
+/// It keeps at most `capacity` candidates (the rest wait for a later pass,
+/// and the candidates of this one are gone by then) and `capacity` owners
+/// with an unavailable pod; past that it cannot tell which owners may lose
+/// a pod, and evicts none that is paced.
 #[derive(Debug)]
 pub struct Pacer<T> {
-    owners: HashMap<String, Slot<T>>,
+    unavailable: HashSet<String>,
+    overflowed: bool,
+    candidates: HashMap<String, T>,
     alone: Vec<T>,
     capacity: usize,
-}
-
-#[derive(Debug)]
-struct Slot<T> {
-    unavailable: bool,
-    candidate: Option<T>,
 }
 
 impl<T> Pacer<T> {
     pub fn new(capacity: usize) -> Pacer<T> {
         Pacer {
-            owners: HashMap::new(),
+            unavailable: HashSet::new(),
+            overflowed: false,
+            candidates: HashMap::new(),
             alone: Vec::new(),
             capacity,
         }
     }
 
-    fn full(&self) -> bool {
-        self.owners.len() + self.alone.len() >= self.capacity
-    }
-
-    fn slot(&mut self, owner: &str) -> Option<&mut Slot<T>> {
-        if !self.owners.contains_key(owner) {
-            if self.full() {
-                return None;
-            }
-            self.owners.insert(
-                owner.to_owned(),
-                Slot {
-                    unavailable: false,
-                    candidate: None,
-                },
-            );
-        }
-        self.owners.get_mut(owner)
+    fn room(&self) -> bool {
+        self.candidates.len() + self.alone.len() < self.capacity
     }
 
     /// A pod of `owner` was seen, available or not.
     pub fn see(&mut self, owner: &str, available: bool) {
-        if let Some(slot) = self.slot(owner)
-            && !available
-        {
-            slot.unavailable = true;
+        if available || self.unavailable.contains(owner) {
+            return;
+        }
+        if self.unavailable.len() < self.capacity {
+            self.unavailable.insert(owner.to_owned());
+        } else {
+            self.overflowed = true;
         }
     }
 
     /// A stale pod to evict, paced by `pace`.
     pub fn offer(&mut self, pace: Pace<'_>, pod: T) {
+        if !self.room() {
+            return;
+        }
         match pace {
-            Pace::Alone => {
-                if !self.full() {
-                    self.alone.push(pod);
-                }
-            }
+            Pace::Alone => self.alone.push(pod),
             Pace::Owner(owner) => {
-                if let Some(slot) = self.slot(owner)
-                    && slot.candidate.is_none()
-                {
-                    slot.candidate = Some(pod);
+                if !self.candidates.contains_key(owner) {
+                    self.candidates.insert(owner.to_owned(), pod);
                 }
             }
         }
@@ -474,12 +460,15 @@ impl<T> Pacer<T> {
     /// The pods to evict in this pass.
     pub fn evictions(self) -> Vec<T> {
         let mut pods = self.alone;
-        pods.extend(
-            self.owners
-                .into_values()
-                .filter(|slot| !slot.unavailable)
-                .filter_map(|slot| slot.candidate),
-        );
+        if !self.overflowed {
+            let unavailable = self.unavailable;
+            pods.extend(
+                self.candidates
+                    .into_iter()
+                    .filter(|(owner, _)| !unavailable.contains(owner))
+                    .map(|(_, pod)| pod),
+            );
+        }
         pods
     }
 }
@@ -1197,11 +1186,22 @@ mod tests {
             pacer.offer(Pace::Owner(owner), owner);
         }
         pacer.offer(Pace::Alone, "bare");
-        assert_eq!(
-            pacer.evictions().len(),
-            3,
-            "the rest waits for a later pass"
-        );
+        assert_eq!(pacer.evictions().len(), 3, "the rest waits for a later pass");
+        // Available owners take no room: a later pass reaches new owners.
+        let mut pacer = Pacer::new(2);
+        for owner in ["a", "b", "c", "d"] {
+            pacer.see(owner, true);
+        }
+        pacer.offer(Pace::Owner("d"), "d-1");
+        assert_eq!(pacer.evictions(), ["d-1"]);
+        // Too many owners short of a pod to tell: nothing paced is evicted.
+        let mut pacer = Pacer::new(2);
+        for owner in ["a", "b", "c"] {
+            pacer.see(owner, false);
+        }
+        pacer.offer(Pace::Owner("d"), "d-1");
+        pacer.offer(Pace::Alone, "bare");
+        assert_eq!(pacer.evictions(), ["bare"]);
     }
 
     #[test]
