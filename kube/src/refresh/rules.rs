@@ -1186,7 +1186,11 @@ mod tests {
             pacer.offer(Pace::Owner(owner), owner);
         }
         pacer.offer(Pace::Alone, "bare");
-        assert_eq!(pacer.evictions().len(), 3, "the rest waits for a later pass");
+        assert_eq!(
+            pacer.evictions().len(),
+            3,
+            "the rest waits for a later pass"
+        );
         // Available owners take no room: a later pass reaches new owners.
         let mut pacer = Pacer::new(2);
         for owner in ["a", "b", "c", "d"] {
@@ -1290,5 +1294,172 @@ mod tests {
             Drain::Wait(HolderReason::Terminating)
         );
         assert_eq!(drain(&going, &[], &horizon(3065)), Drain::Leave);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use ksa_core::rotation::WorkloadKind;
+    use proptest::prelude::*;
+
+    use super::{
+        Budget, Controller, Drain, Horizon, Phase, Pod, Refresh, Selector, Verdict, Workload,
+        assess, drain, eviction_blocked,
+    };
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Pending),
+            Just(Phase::Running),
+            Just(Phase::Succeeded),
+            Just(Phase::Failed),
+            Just(Phase::Unknown),
+        ]
+    }
+
+    fn strategy() -> impl Strategy<Value = super::Strategy> {
+        prop_oneof![
+            Just(super::Strategy::Replace),
+            Just(super::Strategy::OnDelete),
+            (0..4u32).prop_map(|partition| super::Strategy::Partitioned { partition }),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = WorkloadKind> {
+        prop_oneof![
+            Just(WorkloadKind::Deployment),
+            Just(WorkloadKind::StatefulSet),
+            Just(WorkloadKind::DaemonSet),
+        ]
+    }
+
+    /// Any pod: `(phase, scheduled, created, started, deleting, evicted,
+    /// ready, mirror, restarted_for, token_seconds, controller)`, times in
+    /// seconds from the step's start.
+    #[allow(clippy::type_complexity, reason = "a proptest tuple")]
+    fn facts() -> impl Strategy<
+        Value = (
+            (Phase, bool, Option<i64>, Option<i64>, bool, bool),
+            (bool, bool, Option<bool>, Option<u64>, u8),
+        ),
+    > {
+        (
+            (
+                phase(),
+                any::<bool>(),
+                prop::option::of(-100_000..100i64),
+                prop::option::of(-100_000..100i64),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                prop::option::of(any::<bool>()),
+                prop::option::of(prop_oneof![Just(600u64), 0..200_000u64, Just(u64::MAX)]),
+                0..5u8,
+            ),
+        )
+    }
+
+    proptest! {
+        /// Whatever a pod says of itself, a pod that holds no token, or a
+        /// fresh one, is never restarted or evicted; a running Job's pod
+        /// and a pod of a workload whose template restart replaces it are
+        /// never evicted; nothing is evicted past a budget that allows no
+        /// disruption.
+        #[test]
+        fn nothing_that_holds_no_stale_token_is_touched(
+            ((phase, scheduled, created, started, deleting, evicted),
+             (ready, mirror, restarted, token_seconds, controller)) in facts(),
+            (workload_kind, workload_strategy, workload_restarted, paused) in (kind(), strategy(), any::<bool>(), any::<bool>()),
+            now in -10..200_000i64,
+            blocking in any::<bool>(),
+        ) {
+            let labels = BTreeMap::from([("app".to_owned(), "a".to_owned())]);
+            let since: Timestamp = "2026-05-01T12:00:00Z".parse().expect("time");
+            let at = |offset: i64| Timestamp::from_second(since.as_second() + offset).expect("time");
+            let workload = Workload {
+                kind: workload_kind,
+                uid: "w".into(),
+                namespace: "ns".into(),
+                name: "web".into(),
+                strategy: workload_strategy,
+                restarted: workload_restarted,
+                paused,
+            };
+            let controller = match controller {
+                0 => Controller::None,
+                1 => Controller::Job,
+                2 => Controller::Workload(&workload),
+                3 => Controller::Other { kind: "Widget", uid: "x" },
+                _ => Controller::Other { kind: "DaemonSet", uid: "y" },
+            };
+            let pod = Pod {
+                namespace: "ns",
+                name: "web-1",
+                uid: "p",
+                labels: &labels,
+                phase,
+                scheduled,
+                created: created.map(at),
+                started: started.map(at),
+                deleting,
+                evicted,
+                ready,
+                mirror,
+                restarted_for: restarted.map(|r| if r { "2" } else { "1" }),
+                token_seconds,
+                controller,
+            };
+            let horizon = Horizon { since, now: at(now), skew: Duration::from_secs(60), version: "2" };
+            let budget = Budget {
+                name: "b".into(),
+                selector: Selector::parse(Some(&LabelSelector::default())),
+                disruptions_allowed: i32::from(!blocking),
+                processed: true,
+                always_allow_unhealthy: false,
+                current_healthy: 1,
+                desired_healthy: 1,
+            };
+            let verdict = assess(&pod, std::slice::from_ref(&budget), &horizon);
+            let holds = !mirror && token_seconds.is_some() && scheduled
+                && !matches!(phase, Phase::Succeeded | Phase::Failed);
+            let fresh = created.is_some_and(|c| c > 0)
+                || started.is_some_and(|s| s > 60)
+                || horizon.now >= horizon.kubelet_refreshed_by(token_seconds.unwrap_or(0));
+            if let Verdict::Stale(refresh) = &verdict {
+                prop_assert!(holds && !fresh, "{verdict:?} for {pod:?}");
+                match refresh {
+                    Refresh::Evict(_) => {
+                        prop_assert!(!deleting);
+                        prop_assert!(controller != Controller::Job);
+                        if let Controller::Workload(w) = controller {
+                            prop_assert!(w.strategy != super::Strategy::Replace);
+                        }
+                        prop_assert!(eviction_blocked(&pod, std::slice::from_ref(&budget)).is_none());
+                    }
+                    Refresh::RestartTemplate(w) => {
+                        prop_assert!(!deleting && !w.restarted && !w.paused);
+                    }
+                    Refresh::Wait(reason) => {
+                        // What it says is a sentence, whatever it is.
+                        prop_assert!(!reason.to_string().is_empty());
+                    }
+                }
+            }
+            // Draining never leaves a node with a running Job's pod before
+            // its kubelet refreshed it, and never evicts past a budget.
+            if let Drain::Evict = drain(&pod, std::slice::from_ref(&budget), &horizon) {
+                prop_assert!(!mirror && !deleting);
+                prop_assert!(!matches!(phase, Phase::Succeeded | Phase::Failed));
+                prop_assert!(eviction_blocked(&pod, std::slice::from_ref(&budget)).is_none());
+            }
+        }
     }
 }
