@@ -953,12 +953,14 @@ impl Operator {
                     let began = state.step_started_at();
                     let _ = self.at_refresh(version, &waiting, began, here).await;
                 }
-                Step::Completed if here.armed_for < version && state.completed_at().is_some() => {
-                    // Ready for the next rotation: the budget blocks again,
-                    // and another Job runs.
-                    if self.arm(version).await.is_ok() {
-                        here.armed_for = version;
-                    }
+                // Ready for the next rotation: the budget blocks again, and
+                // another Job runs.
+                Step::Completed
+                    if here.armed_for < version
+                        && state.completed_at().is_some()
+                        && self.arm(version).await.is_ok() =>
+                {
+                    here.armed_for = version;
                 }
                 _ => {}
             }
