@@ -104,7 +104,9 @@ pub fn legacy_tokens_role() -> ClusterRole {
 
 /// The `restart-pods` token refresh policy (the default): restart the pod
 /// templates of Deployments, StatefulSets and DaemonSets and evict other
-/// pods. Bind it only when a rotation uses that policy; the admission
+/// pods. `list` ReplicaSets (which Deployment controls a pod) and
+/// PodDisruptionBudgets (which one blocks an eviction, to name it) only
+/// reads. Bind it only when a rotation uses that policy; the admission
 /// guards let a workload `patch` only set the restart annotation.
 pub fn restart_pods_role() -> ClusterRole {
     cluster_role_named(
@@ -117,12 +119,15 @@ pub fn restart_pods_role() -> ClusterRole {
                 &["deployments", "statefulsets", "daemonsets"],
                 &["list", "patch"],
             ),
+            rule(&["apps"], &["replicasets"], &["list"]),
+            rule(&["policy"], &["poddisruptionbudgets"], &["list"]),
         ],
     )
 }
 
 /// The `recreate-nodes` token refresh policy: cordon each node, evict its
-/// pods and delete it for the infrastructure to replace. Bind it only when
+/// pods and delete it for the infrastructure to replace (`list`
+/// PodDisruptionBudgets to name one that blocks a drain). Bind it only when
 /// a rotation uses that policy; the admission guards let a node `patch`
 /// only cordon it, and a `delete` only remove a cordoned node.
 pub fn recreate_nodes_role() -> ClusterRole {
@@ -132,6 +137,7 @@ pub fn recreate_nodes_role() -> ClusterRole {
             rule(&[""], &["nodes"], &["list", "patch", "delete"]),
             rule(&[""], &["pods"], &["list"]),
             rule(&[""], &["pods/eviction"], &["create"]),
+            rule(&["policy"], &["poddisruptionbudgets"], &["list"]),
         ],
     )
 }

@@ -24,8 +24,9 @@ use ksa_core::KeyVersion;
 use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::{
-    self, ApiServerView, BoundTokenRefresh, Effect, IssuerChange, Observed, OperationLock, Plan,
-    Policy, Refusal, RotationState, StartRequest, Step, Wait,
+    self, ApiServerView, BoundTokenRefresh, Effect, HolderReason, Holders, IssuerChange,
+    NamedHolder, Observed, OperationLock, Plan, Policy, Refusal, RotationState, StartRequest, Step,
+    Wait,
 };
 use proptest::prelude::*;
 
@@ -124,6 +125,7 @@ impl World {
                     .filter(|(v, _, iss)| *v != target || *iss != target_issuer)
                     .count() as u64,
             ),
+            ..Observed::default()
         }
     }
 
@@ -308,6 +310,11 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         api_servers,
         stale_legacy_tokens: observed.stale_legacy_tokens.filter(|_| needed.tokens),
         stale_bound_tokens: observed.stale_bound_tokens.filter(|_| needed.tokens),
+        bound_token_holders: if needed.tokens {
+            observed.bound_token_holders.clone()
+        } else {
+            Holders::default()
+        },
     }
 }
 
@@ -552,7 +559,7 @@ fn check_account(
             Wait::LegacyTokens { stale } => {
                 stale == observed.stale_legacy_tokens && stale != Some(0)
             }
-            Wait::BoundTokenHolders { stale } => {
+            Wait::BoundTokenHolders { stale, .. } => {
                 stale == observed.stale_bound_tokens && stale != Some(0)
             }
             Wait::RefreshWindow { until } => until.is_none_or(|until| until > now),
@@ -677,6 +684,7 @@ fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
             api_servers,
             stale_legacy_tokens: legacy,
             stale_bound_tokens: bound,
+            ..Observed::default()
         })
 }
 
@@ -928,6 +936,7 @@ fn observed(stored: &[u64], servers: Vec<ApiServerView>) -> Observed {
         api_servers: servers,
         stale_legacy_tokens: None,
         stale_bound_tokens: None,
+        ..Observed::default()
     }
 }
 
@@ -1032,8 +1041,27 @@ fn waiting_reads_as_the_status_always_did() {
         text(&refresh, &seen),
         "legacy tokens to re-mint: 2; bound-token holders to refresh: 3"
     );
-    seen.stale_legacy_tokens = None;
+    // Who they are, named after the count; the step still goes by counts.
+    seen.stale_legacy_tokens = Some(0);
+    seen.bound_token_holders.record(NamedHolder::new(
+        "apps",
+        "guarded-x",
+        HolderReason::DisruptionBudget {
+            budget: "web-pdb".into(),
+            allowed: 0,
+        },
+    ));
+    let plan = rotation::step(&refresh, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "bound-token holders to refresh: 3 (1 blocked: apps/guarded-x (PDB web-pdb allows 0 disruptions))"
+    );
+    assert_eq!(plan.waiting.blocked_holders().count(), 1);
     seen.stale_bound_tokens = Some(0);
+    let plan = rotation::step(&refresh, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire, "names never hold a step");
+    seen.bound_token_holders = Holders::default();
+    seen.stale_legacy_tokens = None;
     assert_eq!(text(&refresh, &seen), "legacy tokens to re-mint: ?");
 
     let waiting = Policy {

@@ -186,13 +186,18 @@ impl TargetCluster {
             observed.stale_legacy_tokens =
                 Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
             let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
-            observed.stale_bound_tokens = refresh::stale_bound_tokens(
+            if let Some(bound) = refresh::observe_bound_tokens(
                 &self.client,
                 state.key_version(),
                 &policy.bound_token_refresh,
                 since,
+                policy.clock_skew,
             )
-            .await?;
+            .await?
+            {
+                observed.stale_bound_tokens = Some(bound.stale);
+                observed.bound_token_holders = bound.holders;
+            }
         }
         Ok(observed)
     }

@@ -281,6 +281,7 @@ mod tests {
                 stale_bound_tokens: Some(
                     self.tokens.iter().filter(|v| Some(**v) != target).count() as u64,
                 ),
+                ..Observed::default()
             })
         }
 

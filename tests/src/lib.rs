@@ -23,6 +23,7 @@ pub mod roll;
 pub mod scenario;
 pub mod signer;
 pub mod workload;
+pub mod zoo;
 
 pub use control_plane::{
     ApiServerKeys, ControlPlane, HA_INSTANCES, ISSUER, InstanceClient, write_private,

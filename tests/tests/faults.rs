@@ -24,6 +24,7 @@ use ksa_kube::refresh::token_kid;
 use ksa_tests::cluster::QuickBackoff;
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario, create_fleet};
+use ksa_tests::zoo::Zoo;
 use ksa_tests::{FIRST_REPLICA, Installation, loopback_addr};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -262,6 +263,8 @@ struct Bench {
     statuses: StatusFeed,
     fleet_kids: Tally,
     fleet_restarts: Tally,
+    /// Every kind of pod, refreshed through the faults too.
+    zoo: Zoo,
     _watches: Vec<tokio::task::JoinHandle<()>>,
     /// Where each controller replica serves, by identity.
     replicas: BTreeMap<String, std::net::SocketAddr>,
@@ -285,6 +288,8 @@ impl Bench {
             2,
         )
         .await?;
+        let mut zoo = Zoo::create(&scenario.plane, &client).await?;
+        zoo.operate(NAMESPACE, CLUSTER);
         let (fleet_kids, kids_task) =
             tally(Api::<Secret>::namespaced(client.clone(), FLEET), token_kid);
         let (fleet_restarts, restarts_task) = tally(
@@ -298,6 +303,7 @@ impl Bench {
             statuses: StatusFeed::spawn(client),
             fleet_kids,
             fleet_restarts,
+            zoo,
             _watches: vec![kids_task, restarts_task],
             replicas: BTreeMap::from([(FIRST_REPLICA.to_owned(), first_addr)]),
             injected: Vec::new(),
@@ -492,7 +498,8 @@ impl Bench {
 
     /// The rotation to `to` is complete everywhere: one key published and
     /// served, the old key deleted, every legacy token re-minted, every
-    /// Deployment restarted.
+    /// Deployment restarted, and on the zoo every stale token refreshed and
+    /// nothing else touched ([`Zoo::check`]).
     async fn check_completed(&self, to: u64) -> Result<()> {
         let client = &self.scenario.client;
         let rotation = Api::<KSASigningKeyRotation>::namespaced(client.clone(), NAMESPACE)
@@ -546,7 +553,7 @@ impl Bench {
                 .await?,
             "the workload's legacy token is not accepted"
         );
-        Ok(())
+        self.zoo.check(to).await
     }
 }
 

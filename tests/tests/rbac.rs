@@ -64,7 +64,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
     let _installation =
         Installation::install(&client, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
 
-    let needed: [Request; 14] = [
+    let needed: [Request; 16] = [
         ("watch", "ksa.dev", "ksasigningkeyrotations", "", ""),
         (
             "patch",
@@ -99,6 +99,10 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
         // The restart-pods policy's role (the default policy), bound.
         ("patch", "apps", "deployments", "apps", "web"),
         ("create", "", "pods/eviction", "apps", "web-1"),
+        // Reads only: which Deployment controls a pod, which budget blocks
+        // its eviction.
+        ("list", "apps", "replicasets", "", ""),
+        ("list", "policy", "poddisruptionbudgets", "", ""),
         ("list", "discovery.k8s.io", "endpointslices", "default", ""),
     ];
     let forbidden: [Request; 21] = [

@@ -15,6 +15,7 @@ use ksa_kube::api::KSASigningKeyRotation;
 use ksa_kube::keystore::KeyStore;
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, CLUSTER, NAMESPACE, Scenario};
+use ksa_tests::zoo::Zoo;
 use kube::api::{Api, ListParams};
 
 /// Pieces of each (RSA) private key as they would appear if leaked: a line
@@ -134,6 +135,11 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         return outcome;
     }
     let scenario = Scenario::start_ha().await?;
+    // Every kind of pod a cluster runs, on simulated nodes; the harness
+    // plays the operator (relaxes the blocking budget once the status
+    // names its pod, finishes the running Job once named).
+    let mut zoo = Zoo::create(&scenario.plane, &scenario.client).await?;
+    zoo.operate(NAMESPACE, CLUSTER);
     let before_legacy = scenario.legacy_token().await?;
     assert_eq!(
         token::decode(&before_legacy)?.header.kid.as_deref(),
@@ -261,7 +267,17 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             .and_then(|m| m.annotations)
             .and_then(|a| a.get("ksa.dev/restarted-for-key-version").cloned());
         assert_eq!(annotation, Some(to.to_string()));
+        // On the zoo: what held a stale token was refreshed, nothing else
+        // was touched, no Job failed, and the status named who it waited
+        // for.
+        zoo.check(to)
+            .await
+            .with_context(|| scenario.installation.controller_log())?;
     }
+    eprintln!(
+        "waiting for, as the status said it: {:#?}",
+        zoo.seen().waiting
+    );
 
     // The controller serves the JWKS for outside verifiers, with cache
     // headers, and its metrics.

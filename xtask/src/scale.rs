@@ -7,7 +7,10 @@
 //!   the same API server;
 //! - bound token refresh (restart-pods) of growing numbers of Deployments
 //!   on nodes kwok simulates (`ksa-bench-rollout`), beside a bare
-//!   `kubectl rollout restart` of them all;
+//!   `kubectl rollout restart` of them all; and of as many workloads of the
+//!   zoo's mix (`ksa-bench-rollout --zoo`: every kind of workload, some
+//!   refreshed by eviction, some holding no token), beside a bare restart
+//!   of what they hold;
 //!
 //! into the report, and a chart, `target/bench/scale.png` (the README shows
 //! a copy in `docs/`).
@@ -70,14 +73,24 @@ pub fn run(quick: bool) -> Result<()> {
         &run_json(
             Command::new(bin("ksa-bench-rollout"))
                 .args(deployments)
-                .envs(environment),
+                .envs(environment.clone()),
         )?,
         "ksa-bench-rollout",
     )?;
+    let zoo = rows(
+        &run_json(
+            Command::new(bin("ksa-bench-rollout"))
+                .arg("--zoo")
+                .args(deployments)
+                .envs(environment),
+        )?,
+        "ksa-bench-rollout --zoo",
+    )?;
     let mut results = legacy_results(&legacy)?;
-    results.extend(bound_results(&bound)?);
+    results.extend(bound_results(&bound, "deployments")?);
+    results.extend(bound_results(&zoo, "zoo_workloads")?);
     write_report(&root.join("target/bench"), results)?;
-    chart(&legacy, &bound, &root.join("target/bench/scale.png"))
+    chart(&legacy, &bound, &zoo, &root.join("target/bench/scale.png"))
 }
 
 fn rows(measured: &Value, bench: &str) -> Result<Vec<Value>> {
@@ -147,11 +160,13 @@ fn legacy_results(rows: &[Value]) -> Result<Vec<Value>> {
     Ok(results)
 }
 
-fn bound_results(rows: &[Value]) -> Result<Vec<Value>> {
+/// The rows of a restart-pods run: on plain Deployments (`what` is
+/// `deployments`) or the zoo's mix (`zoo_workloads`).
+fn bound_results(rows: &[Value], what: &str) -> Result<Vec<Value>> {
     let mut results = Vec::new();
     for row in rows {
-        let n = number(row, "deployments")?;
-        let at = |name: &str| format!("{name}_{n}_deployments");
+        let n = number(row, "workloads")?;
+        let at = |name: &str| format!("{name}_{n}_{what}");
         results.push(result(
             &at("refresh.bound_seconds"),
             number(row, "refresh_seconds")?,
@@ -168,7 +183,7 @@ fn bound_results(rows: &[Value]) -> Result<Vec<Value>> {
             &at("rotation.api_requests"),
             number(row, "rotation_api_requests")?,
             "requests",
-            Some(("Deployments", n)),
+            Some(("workloads", n)),
         ));
         results.push(result(
             &at("rotation.seconds"),
@@ -188,9 +203,9 @@ fn bound_results(rows: &[Value]) -> Result<Vec<Value>> {
 
 /// Three panels: seconds to refresh legacy tokens (the controller beside
 /// the bare update loop) over Secrets, seconds to refresh bound tokens (the
-/// controller beside a bare rollout restart) over Deployments, and one
-/// rotation's API requests over both.
-fn chart(legacy: &[Value], bound: &[Value], path: &Path) -> Result<()> {
+/// controller beside a bare restart, on Deployments and on the zoo's mix)
+/// over workloads, and one rotation's API requests over all.
+fn chart(legacy: &[Value], bound: &[Value], zoo: &[Value], path: &Path) -> Result<()> {
     let font =
         std::fs::read(FONT).with_context(|| format!("reading {FONT} (fonts-dejavu-core)"))?;
     plotters::style::register_font(
@@ -229,18 +244,28 @@ fn chart(legacy: &[Value], bound: &[Value], path: &Path) -> Result<()> {
     panel(
         &right,
         "Bound token refresh (restart-pods, kwok)",
-        "Deployments",
+        "Deployments, or workloads of the zoo's mix",
         "seconds",
         &[
             Line {
-                points: series(bound, "deployments", "refresh_seconds")?,
-                label: "ksa-controller restarts",
+                points: series(bound, "workloads", "refresh_seconds")?,
+                label: "ksa-controller, Deployments",
                 color: BLUE,
             },
             Line {
-                points: series(bound, "deployments", "bare_seconds")?,
+                points: series(bound, "workloads", "bare_seconds")?,
                 label: "bare rollout restart (cluster limit)",
                 color: RED,
+            },
+            Line {
+                points: series(zoo, "workloads", "refresh_seconds")?,
+                label: "ksa-controller, zoo mix",
+                color: CYAN,
+            },
+            Line {
+                points: series(zoo, "workloads", "bare_seconds")?,
+                label: "bare restart of the zoo mix (no pacing)",
+                color: MAGENTA,
             },
         ],
     )?;
@@ -256,9 +281,14 @@ fn chart(legacy: &[Value], bound: &[Value], path: &Path) -> Result<()> {
                 color: GREEN,
             },
             Line {
-                points: series(bound, "deployments", "rotation_api_requests")?,
+                points: series(bound, "workloads", "rotation_api_requests")?,
                 label: "Deployments (restart-pods)",
                 color: MAGENTA,
+            },
+            Line {
+                points: series(zoo, "workloads", "rotation_api_requests")?,
+                label: "zoo mix (restart-pods)",
+                color: CYAN,
             },
         ],
     )?;

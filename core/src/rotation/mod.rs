@@ -12,9 +12,13 @@
 //! section 2 holds by construction ([`KeyVersions`]) and is re-checked on
 //! every transition ([`step`] refuses to return a plan that breaks one).
 
+mod holders;
 mod versions;
 mod waiting;
 
+pub use holders::{
+    HolderCategory, HolderReason, Holders, MAX_NAME_BYTES, MAX_NAMED, NamedHolder, WorkloadKind,
+};
 pub use versions::{InvariantViolation, KeyVersions};
 pub use waiting::{Wait, Waiting};
 
@@ -648,6 +652,10 @@ pub struct Observed {
     /// Workloads, pods or nodes whose bound tokens the refresh policy has not
     /// refreshed yet; `None` when not counted. Unused by [`BoundTokenRefresh::Wait`].
     pub stale_bound_tokens: Option<u64>,
+    /// Who those are: counts by reason and the first few by name. Only
+    /// shown, never decided on: [`step`] goes by `stale_bound_tokens`.
+    #[serde(default, skip_serializing_if = "Holders::is_empty")]
+    pub bound_token_holders: Holders,
 }
 
 /// How bound (projected) tokens are refreshed in the RefreshTokens step.

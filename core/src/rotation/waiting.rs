@@ -12,7 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiServerView, IssuerChange, Observed, Policy, RotationState, Step};
+use super::{ApiServerView, Holders, IssuerChange, Observed, Policy, RotationState, Step};
 use crate::KeyVersion;
 use crate::issuer::Issuer;
 
@@ -60,8 +60,12 @@ pub enum Wait {
     LegacyTokens { stale: Option<u64> },
     /// RefreshTokens (restart-pods, recreate-nodes): workloads, pods or
     /// nodes whose bound tokens are not refreshed yet; `None` when not
-    /// counted.
-    BoundTokenHolders { stale: Option<u64> },
+    /// counted. `holders` says who, as observed (shown, not decided on).
+    BoundTokenHolders {
+        stale: Option<u64>,
+        #[serde(default, skip_serializing_if = "Holders::is_empty")]
+        holders: Holders,
+    },
     /// RefreshTokens (wait): the kubelet refresh window closes at `until`;
     /// `None` when the step's start was not recorded, so it cannot close.
     RefreshWindow { until: Option<Timestamp> },
@@ -126,8 +130,12 @@ impl fmt::Display for Wait {
             Wait::LegacyTokens { stale } => {
                 write!(f, "legacy tokens to re-mint: {}", count(stale))
             }
-            Wait::BoundTokenHolders { stale } => {
-                write!(f, "bound-token holders to refresh: {}", count(stale))
+            Wait::BoundTokenHolders { stale, holders } => {
+                write!(f, "bound-token holders to refresh: {}", count(stale))?;
+                if !holders.is_empty() {
+                    write!(f, " ({holders})")?;
+                }
+                Ok(())
             }
             Wait::RefreshWindow { until: Some(until) } => write!(
                 f,
@@ -198,6 +206,21 @@ impl<'a> IntoIterator for &'a Waiting {
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
+    }
+}
+
+impl Waiting {
+    /// The holders named as waiting for an operator (a PodDisruptionBudget
+    /// that allows no disruption, a paused Deployment): what a Warning
+    /// Event should name.
+    pub fn blocked_holders(&self) -> impl Iterator<Item = &super::NamedHolder> {
+        self.0
+            .iter()
+            .flat_map(|wait| match wait {
+                Wait::BoundTokenHolders { holders, .. } => holders.named.as_slice(),
+                _ => &[],
+            })
+            .filter(|holder| holder.reason.is_blocked())
     }
 }
 
@@ -292,6 +315,7 @@ pub(super) fn assess(
                     if observed.stale_bound_tokens != Some(0) {
                         waits.push(Wait::BoundTokenHolders {
                             stale: observed.stale_bound_tokens,
+                            holders: observed.bound_token_holders.clone(),
                         });
                     }
                 }

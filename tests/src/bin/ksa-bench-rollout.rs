@@ -15,7 +15,15 @@
 //! - checks that every Deployment was restarted for the new key and rolled
 //!   out.
 //!
-//! Prints one JSON object. Usage: ksa-bench-rollout SIZE...
+//! With `--zoo`, the workloads are the zoo's mix instead
+//! (`ksa_tests::zoo::mix`: Deployments, StatefulSets and DaemonSets with
+//! either update strategy, bare ReplicaSets, ReplicationControllers,
+//! completed Jobs, pods without tokens), and the bare restart restarts
+//! what a rotation refreshes (templates, and deletes the pods of the rest)
+//! with no pacing; the check is that no running pod still holds a token
+//! from before RefreshTokens.
+//!
+//! Prints one JSON object. Usage: ksa-bench-rollout [--zoo] SIZE...
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +36,7 @@ use ksa_kube::refresh::RESTART_ANNOTATION;
 use ksa_tests::bench::{RotationBench, patch_each};
 use ksa_tests::cluster::{create_namespace, create_service_account};
 use ksa_tests::workload;
+use ksa_tests::zoo::mix;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -140,11 +149,88 @@ async fn check_restarted_for(client: &kube::Client, size: usize, version: u64) -
     Ok(())
 }
 
+/// Waits until the first `size` workloads of the zoo's mix have settled
+/// (every pod running and ready, or completed) and, with `since`, no
+/// running pod holds a token created before it.
+async fn wait_mix_settled(
+    client: &kube::Client,
+    size: usize,
+    since: Option<jiff::Timestamp>,
+    within: Duration,
+) -> Result<()> {
+    let (running, completed) = mix::expected(size, NODES);
+    let started = Instant::now();
+    loop {
+        let census = mix::census(client, since).await?;
+        if census == [running, completed, 0, 0] {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!(
+                "the zoo mix of {size} did not settle in {within:?}: [running, completed, other, stale] = {census:?}, want [{running}, {completed}, 0, 0]"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One size of the zoo's mix: settle, time a bare restart, rotate.
+async fn zoo_round(
+    bench: &mut RotationBench,
+    created: usize,
+    size: usize,
+    round: usize,
+    to: u64,
+) -> Result<serde_json::Value> {
+    let client = bench.client.clone();
+    let started = Instant::now();
+    mix::create(&client, created, size).await?;
+    wait_mix_settled(&client, size, None, Duration::from_secs(1800)).await?;
+    eprintln!(
+        "{size} workloads of the zoo mix running on {NODES} kwok nodes in {:.1?}",
+        started.elapsed()
+    );
+    let bare_began = jiff::Timestamp::now();
+    // Creation times have one-second precision.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let bare = Instant::now();
+    mix::bare_restart(&client, size, round).await?;
+    wait_mix_settled(&client, size, Some(bare_began), Duration::from_secs(1800)).await?;
+    let bare_seconds = bare.elapsed().as_secs_f64();
+    eprintln!("bare restart: the zoo mix of {size} refreshed in {bare_seconds:.1} s");
+    let run = bench.rotate(to).await?;
+    let refresh_began = run.entered(Step::RefreshTokens)?;
+    let refreshed = run.entered(Step::Retire)?;
+    wait_mix_settled(&client, size, Some(refresh_began), Duration::from_secs(60)).await?;
+    let refresh_seconds = refreshed.duration_since(refresh_began).as_secs_f64();
+    Ok(json!({
+        "workloads": size,
+        "mix": "zoo",
+        "nodes": NODES,
+        "bare_seconds": bare_seconds,
+        "refresh_seconds": refresh_seconds,
+        "rotation_seconds": run.seconds,
+        "rotation_api_requests": run.api_requests.len(),
+        "refresh_api_requests": run.api_requests_between(refresh_began, refreshed),
+        "api_requests_per_workload": run.api_requests.len() as f64 / size as f64,
+        "controller_peak_rss_mib": run.controller_peak_rss_mib,
+        "controller_cpu_seconds": run.controller_cpu_seconds,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| s.parse().context("usage: ksa-bench-rollout SIZE..."))
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let zoo = args.first().map(String::as_str) == Some("--zoo");
+    if zoo {
+        args.remove(0);
+    }
+    let sizes: Vec<usize> = args
+        .iter()
+        .map(|s| {
+            s.parse()
+                .context("usage: ksa-bench-rollout [--zoo] SIZE...")
+        })
         .collect::<Result<_>>()?;
     ensure!(
         !sizes.is_empty() && sizes.windows(2).all(|w| w[0] < w[1]),
@@ -156,10 +242,21 @@ async fn main() -> Result<()> {
     })
     .await?;
     let client = bench.client.clone();
-    create_namespace(&client, FLEET).await?;
-    create_service_account(&client, FLEET, "robot").await?;
     let mut rows = Vec::new();
     let mut created = 0;
+    if zoo {
+        mix::prepare(&client).await?;
+        for (round, (to, size)) in (2u64..).zip(sizes).enumerate() {
+            let row = zoo_round(&mut bench, created, size, round, to).await?;
+            created = size;
+            eprintln!("{row}");
+            rows.push(row);
+        }
+        println!("{}", json!({ "sizes": rows }));
+        return Ok(());
+    }
+    create_namespace(&client, FLEET).await?;
+    create_service_account(&client, FLEET, "robot").await?;
     for (round, (to, size)) in (2u64..).zip(sizes).enumerate() {
         let started = Instant::now();
         create_deployments(&client, created, size).await?;
@@ -180,6 +277,7 @@ async fn main() -> Result<()> {
         let refresh_requests = run.api_requests_between(refresh_began, refreshed);
         let row = json!({
             "deployments": size,
+            "workloads": size,
             "nodes": NODES,
             "bare_seconds": bare_seconds,
             "refresh_seconds": refresh_seconds,

@@ -1,0 +1,506 @@
+//! Who a RefreshTokens step waits for, by name: the pods (or, under
+//! `recreate-nodes`, the nodes) whose bound tokens are not refreshed yet,
+//! each with why it is still waited for.
+//!
+//! [`super::step`] decides on counts only ([`super::Observed::stale_bound_tokens`]);
+//! [`Holders`] says who those counts are, for the status, Events and the
+//! CLI: how many wait for each kind of reason, and the first few by name,
+//! the ones an operator can act on first. Its size is bounded whatever the
+//! cluster holds ([`MAX_NAMED`] names, each cut at [`MAX_NAME_BYTES`]), and
+//! its text escapes control characters: names come from objects a tenant
+//! wrote.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// How many holders are named; the rest are counted.
+pub const MAX_NAMED: usize = 5;
+/// The longest name kept, in bytes (a DNS-1123 subdomain's limit).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// The kind of workload whose pod template ksa restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        })
+    }
+}
+
+/// Why a bound-token holder is still waited for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "reason"
+)]
+#[non_exhaustive]
+pub enum HolderReason {
+    /// Its workload's pod template is to be restarted (on the next pass).
+    TemplateToRestart {
+        kind: WorkloadKind,
+        workload: String,
+    },
+    /// Its workload's pod template was restarted; the rollout replaces it.
+    RolloutInProgress {
+        kind: WorkloadKind,
+        workload: String,
+    },
+    /// Its Deployment is paused, so a template restart would not replace
+    /// it: the rotation waits until the Deployment is resumed.
+    DeploymentPaused { deployment: String },
+    /// It is to be evicted (its controller replaces it), one pod of its
+    /// workload at a time.
+    ToEvict,
+    /// It was evicted and is terminating; its controller replaces it.
+    Evicted,
+    /// It is being deleted (not by ksa).
+    Terminating,
+    /// A PodDisruptionBudget allows no disruption now: the Eviction API
+    /// refuses to evict it.
+    DisruptionBudget { budget: String, allowed: i32 },
+    /// The PodDisruptionBudget selecting it has changed and the disruption
+    /// controller has not caught up: the Eviction API refuses until it has.
+    DisruptionBudgetPending { budget: String },
+    /// `count` PodDisruptionBudgets select it (`first` among them): the
+    /// Eviction API evicts no pod with more than one.
+    SeveralDisruptionBudgets { count: u32, first: String },
+    /// A running Job's pod: evicting it could fail the Job, so the rotation
+    /// waits for it to finish, or until its kubelet has refreshed its token
+    /// (`until`, from the step's start and its token lifetime).
+    RunningJob { until: Timestamp },
+    /// `recreate-nodes`: a node that predates the step, to be cordoned,
+    /// drained and deleted for the infrastructure to replace, one node at a
+    /// time.
+    NodeToRecreate,
+    /// `recreate-nodes`: the node being recreated: cordoned, `pods` pods
+    /// still to evict or to go, then deleted.
+    NodeDraining { pods: u64 },
+}
+
+/// The kind of reason, by which holders are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum HolderCategory {
+    /// Waits for an operator: a PodDisruptionBudget, a paused Deployment.
+    Blocked,
+    /// A node to recreate.
+    Node,
+    /// A running Job's pod.
+    RunningJob,
+    /// To be evicted, or evicted and terminating.
+    Eviction,
+    /// Its workload's template restart replaces it.
+    Rollout,
+}
+
+impl HolderCategory {
+    fn describe(self, count: u64) -> String {
+        let plural = |one: &str, many: &str| if count == 1 { one } else { many }.to_owned();
+        let what = match self {
+            HolderCategory::Blocked => "blocked".to_owned(),
+            HolderCategory::Node => plural("node to recreate", "nodes to recreate"),
+            HolderCategory::RunningJob => plural("running Job pod", "running Job pods"),
+            HolderCategory::Eviction => "being evicted".to_owned(),
+            HolderCategory::Rollout => "rolling out".to_owned(),
+        };
+        format!("{count} {what}")
+    }
+}
+
+impl HolderReason {
+    pub fn category(&self) -> HolderCategory {
+        match self {
+            HolderReason::DeploymentPaused { .. }
+            | HolderReason::DisruptionBudget { .. }
+            | HolderReason::DisruptionBudgetPending { .. }
+            | HolderReason::SeveralDisruptionBudgets { .. } => HolderCategory::Blocked,
+            HolderReason::NodeToRecreate | HolderReason::NodeDraining { .. } => {
+                HolderCategory::Node
+            }
+            HolderReason::RunningJob { .. } => HolderCategory::RunningJob,
+            HolderReason::ToEvict | HolderReason::Evicted | HolderReason::Terminating => {
+                HolderCategory::Eviction
+            }
+            HolderReason::TemplateToRestart { .. } | HolderReason::RolloutInProgress { .. } => {
+                HolderCategory::Rollout
+            }
+        }
+    }
+
+    /// Whether only an operator (or the kubelet's own token refresh, much
+    /// later) lets it proceed: what an Event should warn about.
+    pub fn is_blocked(&self) -> bool {
+        self.category() == HolderCategory::Blocked
+    }
+}
+
+impl fmt::Display for HolderReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HolderReason::TemplateToRestart { kind, workload } => {
+                write!(f, "{kind} {}: template to be restarted", Clean(workload))
+            }
+            HolderReason::RolloutInProgress { kind, workload } => write!(
+                f,
+                "{kind} {}: template restarted, rollout in progress",
+                Clean(workload)
+            ),
+            HolderReason::DeploymentPaused { deployment } => write!(
+                f,
+                "Deployment {} is paused: its rollout waits for `kubectl rollout resume`",
+                Clean(deployment)
+            ),
+            HolderReason::ToEvict => {
+                f.write_str("to be evicted, one pod of its workload at a time")
+            }
+            HolderReason::Evicted => f.write_str("evicted, waiting for its replacement"),
+            HolderReason::Terminating => f.write_str("being deleted, waiting for it to go"),
+            HolderReason::DisruptionBudget { budget, allowed } => {
+                let unit = if *allowed == 1 {
+                    "disruption"
+                } else {
+                    "disruptions"
+                };
+                write!(f, "PDB {} allows {allowed} {unit}", Clean(budget))
+            }
+            HolderReason::DisruptionBudgetPending { budget } => write!(
+                f,
+                "PDB {} is not yet processed by the disruption controller",
+                Clean(budget)
+            ),
+            HolderReason::SeveralDisruptionBudgets { count, first } => write!(
+                f,
+                "{count} PDBs select it ({} among them); the Eviction API evicts no pod with more than one",
+                Clean(first)
+            ),
+            HolderReason::RunningJob { until } => write!(
+                f,
+                "running Job pod: waiting for it to finish, or for the kubelet to refresh its token (by {until})"
+            ),
+            HolderReason::NodeToRecreate => f.write_str(
+                "node to be cordoned, drained, deleted and replaced, one node at a time",
+            ),
+            HolderReason::NodeDraining { pods: 0 } => {
+                f.write_str("cordoned and drained, to be deleted and replaced")
+            }
+            HolderReason::NodeDraining { pods } => {
+                let unit = if *pods == 1 { "pod" } else { "pods" };
+                write!(
+                    f,
+                    "cordoned, draining: {pods} {unit} to evict or to go, then deleted and replaced"
+                )
+            }
+        }
+    }
+}
+
+/// One holder named in the status: a pod (`namespace/name`) or a node
+/// (no namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedHolder {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub reason: HolderReason,
+}
+
+impl NamedHolder {
+    /// A holder, its names cut at [`MAX_NAME_BYTES`].
+    pub fn new(namespace: &str, name: &str, reason: HolderReason) -> NamedHolder {
+        NamedHolder {
+            namespace: cut(namespace).to_owned(),
+            name: cut(name).to_owned(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for NamedHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} ({})", Clean(&self.name), self.reason)
+        } else {
+            write!(
+                f,
+                "{}/{} ({})",
+                Clean(&self.namespace),
+                Clean(&self.name),
+                self.reason
+            )
+        }
+    }
+}
+
+/// Who the bound-token refresh waits for: counts by kind of reason, and the
+/// first few holders by name, those that wait for an operator first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Holders {
+    /// How many holders wait, by kind of reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<HolderCategory, u64>,
+    /// At most [`MAX_NAMED`], ordered by category (blocked first), then as
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named: Vec<NamedHolder>,
+}
+
+impl Holders {
+    /// Counts `holder`, and names it if it is among the first few.
+    pub fn record(&mut self, holder: NamedHolder) {
+        let category = holder.reason.category();
+        let count = self.counts.entry(category).or_insert(0);
+        *count = count.saturating_add(1);
+        // After every holder of the same or a more urgent category.
+        let at = self
+            .named
+            .iter()
+            .position(|named| named.reason.category() > category)
+            .unwrap_or(self.named.len());
+        if at < MAX_NAMED {
+            self.named.insert(at, holder);
+            self.named.truncate(MAX_NAMED);
+        }
+    }
+
+    /// How many holders were counted.
+    pub fn total(&self) -> u64 {
+        self.counts
+            .values()
+            .fold(0u64, |sum, n| sum.saturating_add(*n))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.named.is_empty()
+    }
+
+    /// The named holders that wait for an operator.
+    pub fn blocked(&self) -> impl Iterator<Item = &NamedHolder> {
+        self.named.iter().filter(|h| h.reason.is_blocked())
+    }
+}
+
+impl fmt::Display for Holders {
+    /// `2 blocked, 3 rolling out: ns/a (why), ns/b (why) and 3 more`; empty
+    /// when nothing was recorded.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(category, n)| category.describe(*n))
+            .collect();
+        f.write_str(&counts.join(", "))?;
+        for (i, holder) in self.named.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { ", " })?;
+            write!(f, "{holder}")?;
+        }
+        let more = self.total().saturating_sub(self.named.len() as u64);
+        if more > 0 && !self.named.is_empty() {
+            write!(f, " and {more} more")?;
+        }
+        Ok(())
+    }
+}
+
+/// `text` cut at [`MAX_NAME_BYTES`] on a character boundary.
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_NAME_BYTES {
+        return text;
+    }
+    let mut end = MAX_NAME_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A name as text: cut, with control characters escaped, so a name cannot
+/// forge lines of a log or the CLI's output.
+struct Clean<'a>(&'a str);
+
+impl fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in cut(self.0).chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, reason: HolderReason) -> NamedHolder {
+        NamedHolder::new("apps", name, reason)
+    }
+
+    fn rollout() -> HolderReason {
+        HolderReason::RolloutInProgress {
+            kind: WorkloadKind::Deployment,
+            workload: "web".into(),
+        }
+    }
+
+    fn budget() -> HolderReason {
+        HolderReason::DisruptionBudget {
+            budget: "web-pdb".into(),
+            allowed: 0,
+        }
+    }
+
+    #[test]
+    fn holders_are_counted_by_kind_and_the_blocked_named_first() {
+        let mut holders = Holders::default();
+        for i in 0..7 {
+            holders.record(pod(&format!("web-{i}"), rollout()));
+        }
+        holders.record(pod("guarded-0", budget()));
+        holders.record(pod("evicted-0", HolderReason::Evicted));
+        assert_eq!(holders.total(), 9);
+        assert_eq!(holders.named.len(), MAX_NAMED);
+        assert_eq!(holders.named[0].name, "guarded-0");
+        assert_eq!(holders.named[1].name, "evicted-0");
+        assert_eq!(holders.named[2].name, "web-0");
+        assert_eq!(
+            holders.to_string(),
+            "1 blocked, 1 being evicted, 7 rolling out: \
+             apps/guarded-0 (PDB web-pdb allows 0 disruptions), \
+             apps/evicted-0 (evicted, waiting for its replacement), \
+             apps/web-0 (Deployment web: template restarted, rollout in progress), \
+             apps/web-1 (Deployment web: template restarted, rollout in progress), \
+             apps/web-2 (Deployment web: template restarted, rollout in progress) and 4 more"
+        );
+        assert_eq!(holders.blocked().count(), 1);
+    }
+
+    #[test]
+    fn names_are_cut_and_control_characters_escaped() {
+        let long = "a".repeat(1000);
+        let holder = NamedHolder::new(&long, "evil\nState of KSASigningKeyRotation", budget());
+        assert_eq!(holder.namespace.len(), MAX_NAME_BYTES);
+        let text = holder.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains("evil\\nState"), "{text}");
+        // Cut on a character boundary.
+        let wide = "é".repeat(200);
+        assert!(NamedHolder::new("ns", &wide, budget()).name.len() <= MAX_NAME_BYTES);
+        // Fields set directly are cut when shown.
+        let mut direct = Holders::default();
+        direct.named.push(NamedHolder {
+            namespace: String::new(),
+            name: "b".repeat(10_000),
+            reason: HolderReason::NodeDraining { pods: 2 },
+        });
+        assert!(direct.to_string().len() < 400);
+    }
+
+    #[test]
+    fn the_serialized_form_is_tagged_and_round_trips() {
+        let mut holders = Holders::default();
+        holders.record(pod("guarded-0", budget()));
+        holders.record(NamedHolder::new(
+            "",
+            "kwok-node-0",
+            HolderReason::NodeDraining { pods: 3 },
+        ));
+        let json = serde_json::to_value(&holders).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "counts": {"blocked": 1, "node": 1},
+                "named": [
+                    {"namespace": "apps", "name": "guarded-0", "reason": "disruptionBudget", "budget": "web-pdb", "allowed": 0},
+                    {"name": "kwok-node-0", "reason": "nodeDraining", "pods": 3},
+                ],
+            })
+        );
+        let back: Holders = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, holders);
+        assert_eq!(Holders::default().to_string(), "");
+    }
+
+    #[test]
+    fn every_reason_reads_as_a_sentence() {
+        let until: Timestamp = "2026-01-01T00:48:00Z".parse().expect("time");
+        let cases = [
+            (
+                HolderReason::TemplateToRestart {
+                    kind: WorkloadKind::StatefulSet,
+                    workload: "db".into(),
+                },
+                "StatefulSet db: template to be restarted",
+            ),
+            (
+                HolderReason::DeploymentPaused {
+                    deployment: "web".into(),
+                },
+                "Deployment web is paused: its rollout waits for `kubectl rollout resume`",
+            ),
+            (
+                HolderReason::ToEvict,
+                "to be evicted, one pod of its workload at a time",
+            ),
+            (
+                HolderReason::Terminating,
+                "being deleted, waiting for it to go",
+            ),
+            (
+                HolderReason::DisruptionBudget {
+                    budget: "b".into(),
+                    allowed: 1,
+                },
+                "PDB b allows 1 disruption",
+            ),
+            (
+                HolderReason::DisruptionBudgetPending { budget: "b".into() },
+                "PDB b is not yet processed by the disruption controller",
+            ),
+            (
+                HolderReason::SeveralDisruptionBudgets {
+                    count: 2,
+                    first: "a".into(),
+                },
+                "2 PDBs select it (a among them); the Eviction API evicts no pod with more than one",
+            ),
+            (
+                HolderReason::RunningJob { until },
+                "running Job pod: waiting for it to finish, or for the kubelet to refresh its token (by 2026-01-01T00:48:00Z)",
+            ),
+            (
+                HolderReason::NodeToRecreate,
+                "node to be cordoned, drained, deleted and replaced, one node at a time",
+            ),
+            (
+                HolderReason::NodeDraining { pods: 1 },
+                "cordoned, draining: 1 pod to evict or to go, then deleted and replaced",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+}

@@ -1,0 +1,1465 @@
+//! The rules of bound-token refresh, on plain values: whether a pod holds a
+//! bound token, whether that token may predate the RefreshTokens step, and
+//! how it is refreshed (restart its workload's template, evict it, or wait),
+//! with the reason the status gives. No I/O: `super::pods` and
+//! `super::nodes` read the cluster into these values and act on the
+//! verdicts.
+//!
+//! The decisions, and why:
+//!
+//! - A pod holds a bound token only if its spec projects one (the
+//!   ServiceAccount admission plugin adds the projected volume when a token
+//!   is automounted), it is scheduled (the kubelet requests the token), and
+//!   it has not finished (nothing runs that could present it). A static
+//!   pod's mirror never holds one: the API server refuses a mirror pod that
+//!   names a service account or projects a token, and the mirror annotation
+//!   cannot be added or removed after creation.
+//! - A token is fresh when its pod was created (or started, by the
+//!   kubelet's clock, allowing for skew) after the step began, or when the
+//!   kubelet has refreshed it since: it does so at 80% of the token's
+//!   lifetime, or after 24 h, whichever is first. So no pod holds the
+//!   rotation longer than its kubelet would take, whatever blocks its
+//!   restart.
+//! - Deployments, and StatefulSets and DaemonSets with a rolling update,
+//!   are refreshed by restarting their pod template: their controllers
+//!   replace the pods within what the strategy allows. A paused Deployment
+//!   would not roll out, so its pods wait for it to be resumed.
+//! - Workloads whose template restart does not replace pods (`OnDelete`,
+//!   the pods below a StatefulSet's partition), and pods whose controller
+//!   ksa does not know (a ReplicaSet no Deployment controls, a
+//!   ReplicationController, a custom resource's controller), are evicted
+//!   through the Eviction API so their controllers replace them: one pod of
+//!   a workload at a time, only while every other pod of it is available,
+//!   and never past a PodDisruptionBudget. A bare pod (no controller) is
+//!   evicted too, and nothing replaces it: that is what `restart-pods`
+//!   means for it; a PodDisruptionBudget makes the rotation wait instead.
+//! - A running Job's pod is never evicted: an eviction counts against the
+//!   Job's `backoffLimit` (and fails a Job that allows no retry). The
+//!   rotation waits for it to finish, or for the kubelet to refresh its
+//!   token, whichever is first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use ksa_core::rotation::{HolderReason, KUBELET_MAX_REFRESH, WorkloadKind};
+
+/// A projected token's lifetime when the volume does not say
+/// (`expirationSeconds` defaults to an hour).
+pub const DEFAULT_TOKEN_SECONDS: u64 = 3600;
+
+/// What the kubelet may take beyond 80% of a token's lifetime to have a
+/// refreshed token in the pod: its jitter (up to 10 s) and the period in
+/// which it remounts a pod's volumes (about a minute), with room to spare.
+pub const KUBELET_SLACK: Duration = Duration::from_secs(120);
+
+/// A pod's phase; anything unknown counts as running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl Phase {
+    pub fn parse(phase: Option<&str>) -> Phase {
+        match phase {
+            Some("Pending") | None => Phase::Pending,
+            Some("Running") => Phase::Running,
+            Some("Succeeded") => Phase::Succeeded,
+            Some("Failed") => Phase::Failed,
+            Some(_) => Phase::Unknown,
+        }
+    }
+
+    fn finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// How a workload's controller replaces its pods when the template changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every pod (Deployments; StatefulSets and DaemonSets with a rolling
+    /// update and no partition).
+    Replace,
+    /// A StatefulSet's rolling update with a partition: only pods with an
+    /// ordinal at or above it.
+    Partitioned { partition: u32 },
+    /// None (`OnDelete`): pods are replaced only when deleted.
+    OnDelete,
+}
+
+/// A workload whose pod template ksa can restart, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub strategy: Strategy,
+    /// Its template carries the restart annotation for this rotation.
+    pub restarted: bool,
+    /// A paused Deployment.
+    pub paused: bool,
+}
+
+/// What controls a pod, as far as ksa knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Controller<'a> {
+    /// No controller: a bare pod.
+    None,
+    /// A Job (its own or made by a CronJob).
+    Job,
+    /// A workload ksa restarts (a Deployment through its ReplicaSet).
+    Workload(&'a Workload),
+    /// Anything else: a ReplicaSet no Deployment controls, a
+    /// ReplicationController, a custom resource, an owner not found.
+    Other { kind: &'a str, uid: &'a str },
+}
+
+/// A pod, as the rules need it.
+#[derive(Clone, Debug)]
+pub struct Pod<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub phase: Phase,
+    /// `spec.nodeName` is set.
+    pub scheduled: bool,
+    pub created: Option<Timestamp>,
+    /// `status.startTime`, by the kubelet's clock.
+    pub started: Option<Timestamp>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// A `DisruptionTarget` condition is true (it was evicted).
+    pub evicted: bool,
+    pub ready: bool,
+    /// It carries `kubernetes.io/config.mirror`: a static pod's mirror.
+    pub mirror: bool,
+    /// Its `ksa.dev/restarted-for-key-version` annotation.
+    pub restarted_for: Option<&'a str>,
+    /// The longest lifetime of the service-account tokens its volumes
+    /// project; `None` when it projects none.
+    pub token_seconds: Option<u64>,
+    pub controller: Controller<'a>,
+}
+
+/// The step a verdict is made for.
+#[derive(Clone, Copy, Debug)]
+pub struct Horizon<'a> {
+    /// When RefreshTokens began: every API server signed with the new key
+    /// before it.
+    pub since: Timestamp,
+    pub now: Timestamp,
+    /// Clock skew allowed between this process and the kubelets.
+    pub skew: Duration,
+    /// The key version being rotated to, as the restart annotation writes it.
+    pub version: &'a str,
+}
+
+impl Horizon<'_> {
+    /// By when the kubelet has replaced a token of this lifetime that
+    /// predates the step with one signed by the new key: at 80% of its
+    /// lifetime or after 24 h, whichever is first, plus its slack and the
+    /// clock skew.
+    pub fn kubelet_refreshed_by(&self, token_seconds: u64) -> Timestamp {
+        let refresh = Duration::from_secs(token_seconds.saturating_mul(8) / 10)
+            .min(KUBELET_MAX_REFRESH)
+            .saturating_add(KUBELET_SLACK)
+            .saturating_add(self.skew);
+        i64::try_from(refresh.as_secs())
+            .ok()
+            .and_then(|s| self.since.as_second().checked_add(s))
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .unwrap_or(Timestamp::MAX)
+    }
+
+    /// Whether `at` is in a whole second after the step began (creation
+    /// times have one-second precision, so the same second may be before).
+    fn after_since(&self, at: Timestamp, margin: Duration) -> bool {
+        let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
+        at.as_second() > self.since.as_second().saturating_add(margin)
+    }
+}
+
+/// Why a pod holds no bound token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotAHolder {
+    /// A static pod's mirror: the API server lets it hold no token.
+    StaticPod,
+    /// Its spec projects no service-account token.
+    NoToken,
+    /// Not scheduled: no kubelet has requested its token yet.
+    Unscheduled,
+    /// Succeeded or failed: nothing runs that could present it.
+    Finished,
+}
+
+/// Why a pod's token is signed with the new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fresh {
+    /// Created after the step began.
+    CreatedSince,
+    /// Created in the second the step began, from a template restarted for
+    /// this rotation.
+    FromRestartedTemplate,
+    /// Started by its kubelet after the step began.
+    StartedSince,
+    /// Its kubelet has refreshed its token since the step began.
+    RefreshedByKubelet,
+}
+
+/// How a stale pod is refreshed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refresh<'a> {
+    /// Restart its workload's pod template.
+    RestartTemplate(&'a Workload),
+    /// Evict it, paced by `pace`.
+    Evict(Pace<'a>),
+    /// Nothing to do: wait, for the reason given.
+    Wait(HolderReason),
+}
+
+impl Refresh<'_> {
+    /// What the status says of a pod refreshed so.
+    pub fn reason(&self) -> HolderReason {
+        match self {
+            Refresh::RestartTemplate(workload) => HolderReason::TemplateToRestart {
+                kind: workload.kind,
+                workload: workload.name.clone(),
+            },
+            Refresh::Evict(_) => HolderReason::ToEvict,
+            Refresh::Wait(reason) => reason.clone(),
+        }
+    }
+}
+
+/// Whose pods an eviction is paced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace<'a> {
+    /// Nothing replaces it: no pacing.
+    Alone,
+    /// One pod at a time of the controller with this uid.
+    Owner(&'a str),
+}
+
+/// The verdict on one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    NotAHolder(NotAHolder),
+    Fresh(Fresh),
+    Stale(Refresh<'a>),
+}
+
+/// The verdict on `pod` under `restart-pods`; `budgets` are the
+/// PodDisruptionBudgets of its namespace.
+pub fn assess<'a>(pod: &Pod<'a>, budgets: &[Budget], horizon: &Horizon<'_>) -> Verdict<'a> {
+    let token_seconds = match holds_token(pod) {
+        Ok(seconds) => seconds,
+        Err(not) => return Verdict::NotAHolder(not),
+    };
+    if let Some(fresh) = fresh(pod, token_seconds, horizon) {
+        return Verdict::Fresh(fresh);
+    }
+    if pod.deleting {
+        let reason = match pod.controller {
+            // Its controller replaces it as the restarted template rolls out.
+            Controller::Workload(workload)
+                if !pod.evicted && workload.restarted && workload.strategy == Strategy::Replace =>
+            {
+                HolderReason::RolloutInProgress {
+                    kind: workload.kind,
+                    workload: workload.name.clone(),
+                }
+            }
+            _ => deleting(pod),
+        };
+        return Verdict::Stale(Refresh::Wait(reason));
+    }
+    let refresh = match pod.controller {
+        Controller::None => Refresh::Evict(Pace::Alone),
+        Controller::Job => Refresh::Wait(HolderReason::RunningJob {
+            until: horizon.kubelet_refreshed_by(token_seconds),
+        }),
+        Controller::Other { uid, .. } => Refresh::Evict(Pace::Owner(uid)),
+        Controller::Workload(workload) => {
+            let replaced = match workload.strategy {
+                Strategy::Replace => true,
+                Strategy::OnDelete => false,
+                Strategy::Partitioned { partition } => {
+                    ordinal(pod.name, &workload.name).is_some_and(|o| o >= partition)
+                }
+            };
+            if !replaced {
+                Refresh::Evict(Pace::Owner(&workload.uid))
+            } else if workload.paused {
+                Refresh::Wait(HolderReason::DeploymentPaused {
+                    deployment: workload.name.clone(),
+                })
+            } else if workload.restarted {
+                Refresh::Wait(HolderReason::RolloutInProgress {
+                    kind: workload.kind,
+                    workload: workload.name.clone(),
+                })
+            } else {
+                Refresh::RestartTemplate(workload)
+            }
+        }
+    };
+    if let Refresh::Evict(_) = refresh
+        && let Some(blocked) = eviction_blocked(pod, budgets)
+    {
+        return Verdict::Stale(Refresh::Wait(blocked));
+    }
+    Verdict::Stale(refresh)
+}
+
+/// The lifetime of the longest token `pod` holds, or why it holds none.
+fn holds_token(pod: &Pod<'_>) -> Result<u64, NotAHolder> {
+    if pod.mirror {
+        return Err(NotAHolder::StaticPod);
+    }
+    let seconds = pod.token_seconds.ok_or(NotAHolder::NoToken)?;
+    if pod.phase.finished() {
+        return Err(NotAHolder::Finished);
+    }
+    if !pod.scheduled {
+        return Err(NotAHolder::Unscheduled);
+    }
+    Ok(seconds)
+}
+
+/// Why a token of this lifetime held by `pod` is fresh, if it is.
+fn fresh(pod: &Pod<'_>, token_seconds: u64, horizon: &Horizon<'_>) -> Option<Fresh> {
+    // A pod without a creation time is taken for old.
+    if let Some(created) = pod.created {
+        if horizon.after_since(created, Duration::ZERO) {
+            return Some(Fresh::CreatedSince);
+        }
+        if created.as_second() == horizon.since.as_second()
+            && pod.restarted_for == Some(horizon.version)
+        {
+            return Some(Fresh::FromRestartedTemplate);
+        }
+    }
+    if pod
+        .started
+        .is_some_and(|started| horizon.after_since(started, horizon.skew))
+    {
+        return Some(Fresh::StartedSince);
+    }
+    if horizon.now >= horizon.kubelet_refreshed_by(token_seconds) {
+        return Some(Fresh::RefreshedByKubelet);
+    }
+    None
+}
+
+fn deleting(pod: &Pod<'_>) -> HolderReason {
+    if pod.evicted {
+        HolderReason::Evicted
+    } else {
+        HolderReason::Terminating
+    }
+}
+
+/// The ordinal of a StatefulSet's pod, from its name (`NAME-ORDINAL`).
+fn ordinal(pod: &str, statefulset: &str) -> Option<u32> {
+    pod.strip_prefix(statefulset)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+/// Whether an eviction of `pod` may take it down now, for pacing: it is
+/// running, ready and not being deleted. `None` for a finished pod, which
+/// counts neither way.
+pub fn available(pod: &Pod<'_>) -> Option<bool> {
+    if pod.phase.finished() {
+        return None;
+    }
+    Some(pod.phase == Phase::Running && pod.ready && !pod.deleting)
+}
+
+/// The owner whose pods `pod`'s eviction is paced with: a controller whose
+/// pods ksa evicts rather than restarts.
+pub fn pace_owner<'a>(pod: &Pod<'a>) -> Option<&'a str> {
+    match pod.controller {
+        Controller::Other { uid, .. } => Some(uid),
+        Controller::Workload(workload) if workload.strategy != Strategy::Replace => {
+            Some(workload.uid.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// Picks the evictions of one pass: at most one pod per owner, and none
+/// while another pod of that owner is unavailable (its replacement not
+/// ready yet), so an evicted workload loses at most one pod at a time to
+/// the rotation. Bare pods are not paced.
+///
+/// It keeps at most `capacity` candidates (the rest wait for a later pass,
+/// and the candidates of this one are gone by then) and `capacity` owners
+/// with an unavailable pod; past that it cannot tell which owners may lose
+/// a pod, and evicts none that is paced.
+#[derive(Debug)]
+pub struct Pacer<T> {
+    unavailable: HashSet<String>,
+    overflowed: bool,
+    candidates: HashMap<String, T>,
+    alone: Vec<T>,
+    capacity: usize,
+}
+
+impl<T> Pacer<T> {
+    pub fn new(capacity: usize) -> Pacer<T> {
+        Pacer {
+            unavailable: HashSet::new(),
+            overflowed: false,
+            candidates: HashMap::new(),
+            alone: Vec::new(),
+            capacity,
+        }
+    }
+
+    fn room(&self) -> bool {
+        self.candidates.len() + self.alone.len() < self.capacity
+    }
+
+    /// A pod of `owner` was seen, available or not.
+    pub fn see(&mut self, owner: &str, available: bool) {
+        if available || self.unavailable.contains(owner) {
+            return;
+        }
+        if self.unavailable.len() < self.capacity {
+            self.unavailable.insert(owner.to_owned());
+        } else {
+            self.overflowed = true;
+        }
+    }
+
+    /// A stale pod to evict, paced by `pace`.
+    pub fn offer(&mut self, pace: Pace<'_>, pod: T) {
+        if !self.room() {
+            return;
+        }
+        match pace {
+            Pace::Alone => self.alone.push(pod),
+            Pace::Owner(owner) => {
+                if !self.candidates.contains_key(owner) {
+                    self.candidates.insert(owner.to_owned(), pod);
+                }
+            }
+        }
+    }
+
+    /// The pods to evict in this pass.
+    pub fn evictions(self) -> Vec<T> {
+        let mut pods = self.alone;
+        if !self.overflowed {
+            let unavailable = self.unavailable;
+            pods.extend(
+                self.candidates
+                    .into_iter()
+                    .filter(|(owner, _)| !unavailable.contains(owner))
+                    .map(|(_, pod)| pod),
+            );
+        }
+        pods
+    }
+}
+
+/// A label selector, parsed: `None` selects nothing (a missing or invalid
+/// selector, as the Eviction API reads one); no requirement selects all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector(Option<Vec<Requirement>>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Selector {
+    pub fn parse(selector: Option<&LabelSelector>) -> Selector {
+        let Some(selector) = selector else {
+            return Selector(None);
+        };
+        let mut requirements: Vec<Requirement> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()]))
+            .collect();
+        for expression in selector.match_expressions.iter().flatten() {
+            let key = expression.key.clone();
+            let values = expression.values.clone().unwrap_or_default();
+            let requirement = match expression.operator.as_str() {
+                "In" if !values.is_empty() => Requirement::In(key, values),
+                "NotIn" if !values.is_empty() => Requirement::NotIn(key, values),
+                "Exists" if values.is_empty() => Requirement::Exists(key),
+                "DoesNotExist" if values.is_empty() => Requirement::DoesNotExist(key),
+                _ => return Selector(None),
+            };
+            requirements.push(requirement);
+        }
+        Selector(Some(requirements))
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let Some(requirements) = &self.0 else {
+            return false;
+        };
+        requirements.iter().all(|requirement| match requirement {
+            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
+            Requirement::Exists(key) => labels.contains_key(key),
+            Requirement::DoesNotExist(key) => !labels.contains_key(key),
+        })
+    }
+}
+
+/// A PodDisruptionBudget, as the Eviction API weighs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub name: String,
+    pub selector: Selector,
+    pub disruptions_allowed: i32,
+    /// The disruption controller has seen its current generation.
+    pub processed: bool,
+    /// `unhealthyPodEvictionPolicy: AlwaysAllow`.
+    pub always_allow_unhealthy: bool,
+    pub current_healthy: i32,
+    pub desired_healthy: i32,
+}
+
+/// Why the Eviction API would refuse to evict `pod` now, if it would
+/// (kube-apiserver's `EvictionREST.Create`): a pending, finished or
+/// terminating pod is evicted whatever its budgets; more than one budget
+/// is refused; an unready pod passes when its budget says so.
+pub fn eviction_blocked(pod: &Pod<'_>, budgets: &[Budget]) -> Option<HolderReason> {
+    if matches!(pod.phase, Phase::Pending) || pod.phase.finished() || pod.deleting {
+        return None;
+    }
+    let mut matching = budgets.iter().filter(|b| b.selector.matches(pod.labels));
+    let budget = matching.next()?;
+    let others = matching.count();
+    if others > 0 {
+        return Some(HolderReason::SeveralDisruptionBudgets {
+            count: u32::try_from(others + 1).unwrap_or(u32::MAX),
+            first: budget.name.clone(),
+        });
+    }
+    if !pod.ready
+        && (budget.always_allow_unhealthy
+            || (budget.current_healthy >= budget.desired_healthy && budget.desired_healthy > 0))
+    {
+        return None;
+    }
+    if !budget.processed {
+        return Some(HolderReason::DisruptionBudgetPending {
+            budget: budget.name.clone(),
+        });
+    }
+    (budget.disruptions_allowed <= 0).then(|| HolderReason::DisruptionBudget {
+        budget: budget.name.clone(),
+        allowed: budget.disruptions_allowed,
+    })
+}
+
+/// What `recreate-nodes` does with a pod on the node it drains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing: it goes with the node (a DaemonSet's pod, a static pod's
+    /// mirror, a finished pod, or one past its kubelet refresh whose
+    /// deletion is stuck).
+    Leave,
+    /// Evict it before the node is deleted.
+    Evict,
+    /// The node waits for it, for the reason given.
+    Wait(HolderReason),
+}
+
+/// What draining does with `pod`: everything but a DaemonSet's pods and
+/// static pods is evicted (through the Eviction API, so PodDisruptionBudgets
+/// hold), as `kubectl drain --ignore-daemonsets --force` does, except that a
+/// running Job's pod is waited for until it finishes or its kubelet has
+/// refreshed its token: only then is it evicted.
+pub fn drain(pod: &Pod<'_>, budgets: &[Budget], horizon: &Horizon<'_>) -> Drain {
+    if pod.mirror || pod.phase.finished() {
+        return Drain::Leave;
+    }
+    let daemon = match pod.controller {
+        Controller::Workload(workload) => workload.kind == WorkloadKind::DaemonSet,
+        Controller::Other { kind, .. } => kind == "DaemonSet",
+        Controller::None | Controller::Job => false,
+    };
+    if daemon {
+        return Drain::Leave;
+    }
+    let refreshed_by =
+        horizon.kubelet_refreshed_by(pod.token_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS));
+    if pod.deleting {
+        // A deletion stuck past the kubelet's refresh (a node that is
+        // gone) holds nothing up: the node's deletion ends it.
+        return if horizon.now >= refreshed_by {
+            Drain::Leave
+        } else {
+            Drain::Wait(deleting(pod))
+        };
+    }
+    if pod.controller == Controller::Job && horizon.now < refreshed_by {
+        return Drain::Wait(HolderReason::RunningJob {
+            until: refreshed_by,
+        });
+    }
+    match eviction_blocked(pod, budgets) {
+        Some(blocked) => Drain::Wait(blocked),
+        None => Drain::Evict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
+
+    const SINCE: &str = "2026-05-01T12:00:00Z";
+
+    fn at(offset: i64) -> Timestamp {
+        let since: Timestamp = SINCE.parse().expect("time");
+        Timestamp::from_second(since.as_second() + offset).expect("time")
+    }
+
+    fn horizon(now: i64) -> Horizon<'static> {
+        Horizon {
+            since: at(0),
+            now: at(now),
+            skew: Duration::from_secs(60),
+            version: "2",
+        }
+    }
+
+    fn no_labels() -> &'static BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        &EMPTY
+    }
+
+    /// A running, ready, scheduled pod with the default token, created an
+    /// hour before the step, with no controller.
+    fn pod(name: &'static str) -> Pod<'static> {
+        Pod {
+            namespace: "apps",
+            name,
+            uid: "pod-uid",
+            labels: no_labels(),
+            phase: Phase::Running,
+            scheduled: true,
+            created: Some(at(-3600)),
+            started: Some(at(-3590)),
+            deleting: false,
+            evicted: false,
+            ready: true,
+            mirror: false,
+            restarted_for: None,
+            token_seconds: Some(3607),
+            controller: Controller::None,
+        }
+    }
+
+    fn workload(kind: WorkloadKind, strategy: Strategy) -> Workload {
+        Workload {
+            kind,
+            uid: "workload-uid".into(),
+            namespace: "apps".into(),
+            name: "web".into(),
+            strategy,
+            restarted: false,
+            paused: false,
+        }
+    }
+
+    fn verdict<'a>(pod: &Pod<'a>) -> Verdict<'a> {
+        assess(pod, &[], &horizon(10))
+    }
+
+    #[test]
+    fn pods_that_hold_no_token_are_never_refreshed() {
+        let mirror = Pod {
+            mirror: true,
+            controller: Controller::Other {
+                kind: "Node",
+                uid: "node-uid",
+            },
+            ..pod("kube-apiserver-node-0")
+        };
+        assert_eq!(verdict(&mirror), Verdict::NotAHolder(NotAHolder::StaticPod));
+        let no_token = Pod {
+            token_seconds: None,
+            ..pod("no-token")
+        };
+        assert_eq!(verdict(&no_token), Verdict::NotAHolder(NotAHolder::NoToken));
+        for phase in [Phase::Succeeded, Phase::Failed] {
+            let done = Pod {
+                phase,
+                ready: false,
+                controller: Controller::Job,
+                ..pod("job-x")
+            };
+            assert_eq!(verdict(&done), Verdict::NotAHolder(NotAHolder::Finished));
+        }
+        let pending = Pod {
+            phase: Phase::Pending,
+            scheduled: false,
+            ready: false,
+            started: None,
+            ..pod("pending")
+        };
+        assert_eq!(
+            verdict(&pending),
+            Verdict::NotAHolder(NotAHolder::Unscheduled)
+        );
+        // Scheduled but not started: the kubelet may have its token.
+        let scheduled = Pod {
+            phase: Phase::Pending,
+            ready: false,
+            started: None,
+            ..pod("scheduled")
+        };
+        assert_eq!(
+            verdict(&scheduled),
+            Verdict::Stale(Refresh::Evict(Pace::Alone))
+        );
+        // Unknown phases count as running.
+        assert_eq!(Phase::parse(Some("Weird")), Phase::Unknown);
+        let unknown = Pod {
+            phase: Phase::parse(Some("Weird")),
+            ..pod("unknown")
+        };
+        assert_eq!(
+            verdict(&unknown),
+            Verdict::Stale(Refresh::Evict(Pace::Alone))
+        );
+    }
+
+    #[test]
+    fn tokens_issued_after_the_step_began_are_fresh() {
+        let created = Pod {
+            created: Some(at(1)),
+            started: None,
+            ..pod("new")
+        };
+        assert_eq!(verdict(&created), Verdict::Fresh(Fresh::CreatedSince));
+        // The same second may be before: stale, unless from a template
+        // restarted for this rotation.
+        let same_second = Pod {
+            created: Some(at(0)),
+            started: None,
+            ..pod("same")
+        };
+        assert!(matches!(verdict(&same_second), Verdict::Stale(_)));
+        let restarted = Pod {
+            restarted_for: Some("2"),
+            ..same_second.clone()
+        };
+        assert_eq!(
+            verdict(&restarted),
+            Verdict::Fresh(Fresh::FromRestartedTemplate)
+        );
+        // An old pod claiming the annotation is still stale.
+        let claims = Pod {
+            restarted_for: Some("2"),
+            ..pod("claims")
+        };
+        assert!(matches!(verdict(&claims), Verdict::Stale(_)));
+        // Started by its kubelet after the step, beyond the clock skew.
+        let started_late = Pod {
+            started: Some(at(61)),
+            ..pod("late")
+        };
+        assert_eq!(verdict(&started_late), Verdict::Fresh(Fresh::StartedSince));
+        let within_skew = Pod {
+            started: Some(at(60)),
+            ..pod("skewed")
+        };
+        assert!(matches!(verdict(&within_skew), Verdict::Stale(_)));
+        // No creation time: taken for old.
+        let unknown = Pod {
+            created: None,
+            started: None,
+            ..pod("unknown")
+        };
+        assert!(matches!(verdict(&unknown), Verdict::Stale(_)));
+    }
+
+    #[test]
+    fn the_kubelet_refresh_ends_every_wait() {
+        // 80% of 3607 s is 2885 s; plus 120 s slack and 60 s skew.
+        let h = horizon(0);
+        assert_eq!(h.kubelet_refreshed_by(3607), at(2885 + 180));
+        assert_eq!(h.kubelet_refreshed_by(600), at(480 + 180));
+        // Never beyond 24 h, whatever the volume says.
+        assert_eq!(h.kubelet_refreshed_by(86_400), at(69_120 + 180));
+        assert_eq!(h.kubelet_refreshed_by(u64::MAX), at(86_400 + 180));
+        let blocked = Pod {
+            controller: Controller::Job,
+            ..pod("job")
+        };
+        assert!(matches!(
+            assess(&blocked, &[], &horizon(3064)),
+            Verdict::Stale(Refresh::Wait(HolderReason::RunningJob { .. }))
+        ));
+        assert_eq!(
+            assess(&blocked, &[], &horizon(3065)),
+            Verdict::Fresh(Fresh::RefreshedByKubelet)
+        );
+        // A token far in the future at the limit of time does not overflow.
+        let end = Horizon {
+            since: Timestamp::MAX,
+            ..horizon(0)
+        };
+        assert_eq!(end.kubelet_refreshed_by(3600), Timestamp::MAX);
+    }
+
+    #[test]
+    fn running_job_pods_are_waited_for_never_evicted() {
+        let job = Pod {
+            controller: Controller::Job,
+            ..pod("batch-x")
+        };
+        assert_eq!(
+            verdict(&job),
+            Verdict::Stale(Refresh::Wait(HolderReason::RunningJob { until: at(3065) }))
+        );
+        // Its token's lifetime sets the wait: a 600 s token is refreshed
+        // in 480 s.
+        let short = Pod {
+            token_seconds: Some(600),
+            ..job.clone()
+        };
+        assert_eq!(
+            verdict(&short),
+            Verdict::Stale(Refresh::Wait(HolderReason::RunningJob { until: at(660) }))
+        );
+    }
+
+    #[test]
+    fn workloads_that_replace_pods_on_a_template_change_are_restarted() {
+        for (kind, strategy) in [
+            (WorkloadKind::Deployment, Strategy::Replace),
+            (WorkloadKind::StatefulSet, Strategy::Replace),
+            (WorkloadKind::DaemonSet, Strategy::Replace),
+        ] {
+            let mut web = workload(kind, strategy);
+            let p = Pod {
+                controller: Controller::Workload(&web),
+                ..pod("web-1")
+            };
+            assert_eq!(
+                assess(&p, &[], &horizon(10)),
+                Verdict::Stale(Refresh::RestartTemplate(&web)),
+                "{kind}"
+            );
+            assert_eq!(
+                Refresh::RestartTemplate(&web).reason().to_string(),
+                format!("{kind} web: template to be restarted")
+            );
+            web.restarted = true;
+            let p = Pod {
+                controller: Controller::Workload(&web),
+                ..pod("web-1")
+            };
+            assert_eq!(
+                assess(&p, &[], &horizon(10)),
+                Verdict::Stale(Refresh::Wait(HolderReason::RolloutInProgress {
+                    kind,
+                    workload: "web".into()
+                }))
+            );
+            // Template restarts go past PodDisruptionBudgets: the
+            // controller's strategy paces them, not the Eviction API.
+            assert_eq!(
+                assess(&p, &[budget("web-pdb", "app", 0)], &horizon(10)),
+                Verdict::Stale(Refresh::Wait(HolderReason::RolloutInProgress {
+                    kind,
+                    workload: "web".into()
+                }))
+            );
+        }
+    }
+
+    #[test]
+    fn a_paused_deployment_is_waited_for_not_restarted() {
+        let web = Workload {
+            paused: true,
+            ..workload(WorkloadKind::Deployment, Strategy::Replace)
+        };
+        let p = Pod {
+            controller: Controller::Workload(&web),
+            ..pod("web-1")
+        };
+        let reason = HolderReason::DeploymentPaused {
+            deployment: "web".into(),
+        };
+        assert!(reason.is_blocked());
+        assert_eq!(verdict(&p), Verdict::Stale(Refresh::Wait(reason)));
+    }
+
+    #[test]
+    fn workloads_a_template_restart_does_not_replace_are_evicted_by_owner() {
+        for kind in [WorkloadKind::StatefulSet, WorkloadKind::DaemonSet] {
+            let db = workload(kind, Strategy::OnDelete);
+            let p = Pod {
+                controller: Controller::Workload(&db),
+                ..pod("web-0")
+            };
+            assert_eq!(
+                assess(&p, &[], &horizon(10)),
+                Verdict::Stale(Refresh::Evict(Pace::Owner("workload-uid")))
+            );
+            assert_eq!(pace_owner(&p), Some("workload-uid"));
+        }
+        // Below a StatefulSet's partition: evicted; at or above: restarted.
+        let db = workload(
+            WorkloadKind::StatefulSet,
+            Strategy::Partitioned { partition: 2 },
+        );
+        for (name, evicted) in [
+            ("web-0", true),
+            ("web-1", true),
+            ("web-2", false),
+            ("web-10", false),
+            ("web-x", true),
+            ("other-5", true),
+        ] {
+            let p = Pod {
+                controller: Controller::Workload(&db),
+                ..pod(name)
+            };
+            assert_eq!(
+                matches!(
+                    assess(&p, &[], &horizon(10)),
+                    Verdict::Stale(Refresh::Evict(_))
+                ),
+                evicted,
+                "{name}"
+            );
+        }
+        // Controllers ksa does not know, and bare pods.
+        let other = Pod {
+            controller: Controller::Other {
+                kind: "Widget",
+                uid: "widget-uid",
+            },
+            ..pod("widget-1")
+        };
+        assert_eq!(
+            assess(&other, &[], &horizon(10)),
+            Verdict::Stale(Refresh::Evict(Pace::Owner("widget-uid")))
+        );
+        assert_eq!(
+            verdict(&pod("bare")),
+            Verdict::Stale(Refresh::Evict(Pace::Alone))
+        );
+        assert_eq!(pace_owner(&pod("bare")), None);
+        assert_eq!(Refresh::Evict(Pace::Alone).reason(), HolderReason::ToEvict);
+    }
+
+    #[test]
+    fn pods_being_deleted_are_waited_for() {
+        let evicted = Pod {
+            deleting: true,
+            evicted: true,
+            ..pod("evicted")
+        };
+        assert_eq!(
+            verdict(&evicted),
+            Verdict::Stale(Refresh::Wait(HolderReason::Evicted))
+        );
+        let deleted = Pod {
+            deleting: true,
+            ..pod("deleted")
+        };
+        assert_eq!(
+            verdict(&deleted),
+            Verdict::Stale(Refresh::Wait(HolderReason::Terminating))
+        );
+        // Deleted by its controller's rollout.
+        let agent = Workload {
+            restarted: true,
+            ..workload(WorkloadKind::DaemonSet, Strategy::Replace)
+        };
+        let rolled = Pod {
+            deleting: true,
+            controller: Controller::Workload(&agent),
+            ..pod("agent-x")
+        };
+        assert_eq!(
+            verdict(&rolled),
+            Verdict::Stale(Refresh::Wait(HolderReason::RolloutInProgress {
+                kind: WorkloadKind::DaemonSet,
+                workload: "web".into()
+            }))
+        );
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn budget(name: &str, app: &str, allowed: i32) -> Budget {
+        Budget {
+            name: name.into(),
+            selector: Selector::parse(Some(&LabelSelector {
+                match_labels: Some(labels(&[("app", app)])),
+                ..LabelSelector::default()
+            })),
+            disruptions_allowed: allowed,
+            processed: true,
+            always_allow_unhealthy: false,
+            current_healthy: 1,
+            desired_healthy: 1,
+        }
+    }
+
+    #[test]
+    fn a_budget_that_allows_no_disruption_is_named_instead_of_evicting() {
+        let guarded_labels = labels(&[("app", "guarded")]);
+        let guarded = Pod {
+            labels: &guarded_labels,
+            controller: Controller::Other {
+                kind: "ReplicaSet",
+                uid: "rs-uid",
+            },
+            ..pod("guarded-x")
+        };
+        let h = horizon(10);
+        assert_eq!(
+            assess(&guarded, &[budget("guarded-pdb", "guarded", 0)], &h),
+            Verdict::Stale(Refresh::Wait(HolderReason::DisruptionBudget {
+                budget: "guarded-pdb".into(),
+                allowed: 0
+            }))
+        );
+        // A budget of other pods, or one that allows a disruption.
+        assert_eq!(
+            assess(&guarded, &[budget("web-pdb", "web", 0)], &h),
+            Verdict::Stale(Refresh::Evict(Pace::Owner("rs-uid")))
+        );
+        assert_eq!(
+            assess(&guarded, &[budget("guarded-pdb", "guarded", 1)], &h),
+            Verdict::Stale(Refresh::Evict(Pace::Owner("rs-uid")))
+        );
+        // Two budgets: the Eviction API refuses it.
+        assert_eq!(
+            assess(
+                &guarded,
+                &[
+                    budget("a", "guarded", 1),
+                    budget("web-pdb", "web", 1),
+                    budget("b", "guarded", 1)
+                ],
+                &h
+            ),
+            Verdict::Stale(Refresh::Wait(HolderReason::SeveralDisruptionBudgets {
+                count: 2,
+                first: "a".into()
+            }))
+        );
+        // A budget the disruption controller has not caught up with.
+        let unprocessed = Budget {
+            processed: false,
+            ..budget("guarded-pdb", "guarded", 1)
+        };
+        assert_eq!(
+            eviction_blocked(&guarded, &[unprocessed]),
+            Some(HolderReason::DisruptionBudgetPending {
+                budget: "guarded-pdb".into()
+            })
+        );
+        // A pending or terminating pod is evicted whatever its budget.
+        let blocking = [budget("guarded-pdb", "guarded", 0)];
+        for p in [
+            Pod {
+                phase: Phase::Pending,
+                ..guarded.clone()
+            },
+            Pod {
+                deleting: true,
+                ..guarded.clone()
+            },
+        ] {
+            assert_eq!(eviction_blocked(&p, &blocking), None);
+        }
+        // An unready pod: when its budget is met, or says AlwaysAllow.
+        let unready = Pod {
+            ready: false,
+            ..guarded.clone()
+        };
+        assert_eq!(eviction_blocked(&unready, &blocking), None);
+        let short = Budget {
+            current_healthy: 0,
+            ..budget("guarded-pdb", "guarded", 0)
+        };
+        assert!(eviction_blocked(&unready, std::slice::from_ref(&short)).is_some());
+        let always = Budget {
+            always_allow_unhealthy: true,
+            ..short
+        };
+        assert_eq!(eviction_blocked(&unready, &[always]), None);
+        // A bare pod behind a budget waits too.
+        let bare = Pod {
+            labels: &guarded_labels,
+            ..pod("bare")
+        };
+        assert!(matches!(
+            assess(&bare, &blocking, &h),
+            Verdict::Stale(Refresh::Wait(HolderReason::DisruptionBudget { .. }))
+        ));
+    }
+
+    #[test]
+    fn selectors_match_as_the_eviction_api_matches_them() {
+        let pod_labels = labels(&[("app", "web"), ("tier", "front")]);
+        let expression = |key: &str, operator: &str, values: Option<&[&str]>| {
+            Selector::parse(Some(&LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: key.into(),
+                    operator: operator.into(),
+                    values: values.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
+                }]),
+                ..LabelSelector::default()
+            }))
+        };
+        assert!(expression("app", "In", Some(&["web", "db"])).matches(&pod_labels));
+        assert!(!expression("app", "In", Some(&["db"])).matches(&pod_labels));
+        assert!(expression("app", "NotIn", Some(&["db"])).matches(&pod_labels));
+        assert!(expression("zone", "NotIn", Some(&["a"])).matches(&pod_labels));
+        assert!(expression("tier", "Exists", None).matches(&pod_labels));
+        assert!(expression("zone", "DoesNotExist", None).matches(&pod_labels));
+        assert!(!expression("tier", "DoesNotExist", None).matches(&pod_labels));
+        // Invalid selectors match nothing: an unknown operator, In with no
+        // values, Exists with values.
+        assert!(!expression("app", "Near", Some(&["web"])).matches(&pod_labels));
+        assert!(!expression("app", "In", Some(&[])).matches(&pod_labels));
+        assert!(!expression("app", "Exists", Some(&["web"])).matches(&pod_labels));
+        // No selector matches nothing; an empty one everything.
+        assert!(!Selector::parse(None).matches(&pod_labels));
+        assert!(Selector::parse(Some(&LabelSelector::default())).matches(&pod_labels));
+    }
+
+    #[test]
+    fn the_pacer_evicts_one_pod_per_owner_while_the_others_are_available() {
+        let mut pacer = Pacer::new(100);
+        // Owner a: all available; two stale pods, one evicted this pass.
+        pacer.see("a", true);
+        pacer.offer(Pace::Owner("a"), "a-1");
+        pacer.see("a", true);
+        pacer.offer(Pace::Owner("a"), "a-2");
+        // Owner b: one pod not ready (a replacement): none evicted.
+        pacer.see("b", true);
+        pacer.offer(Pace::Owner("b"), "b-1");
+        pacer.see("b", false);
+        // Bare pods are not paced.
+        pacer.offer(Pace::Alone, "bare-1");
+        pacer.offer(Pace::Alone, "bare-2");
+        let mut evictions = pacer.evictions();
+        evictions.sort_unstable();
+        assert_eq!(evictions, ["a-1", "bare-1", "bare-2"]);
+    }
+
+    #[test]
+    fn the_pacer_is_bounded() {
+        let mut pacer = Pacer::new(3);
+        for owner in ["a", "b", "c", "d", "e"] {
+            pacer.see(owner, true);
+            pacer.offer(Pace::Owner(owner), owner);
+        }
+        pacer.offer(Pace::Alone, "bare");
+        assert_eq!(
+            pacer.evictions().len(),
+            3,
+            "the rest waits for a later pass"
+        );
+        // Available owners take no room: a later pass reaches new owners.
+        let mut pacer = Pacer::new(2);
+        for owner in ["a", "b", "c", "d"] {
+            pacer.see(owner, true);
+        }
+        pacer.offer(Pace::Owner("d"), "d-1");
+        assert_eq!(pacer.evictions(), ["d-1"]);
+        // Too many owners short of a pod to tell: nothing paced is evicted.
+        let mut pacer = Pacer::new(2);
+        for owner in ["a", "b", "c"] {
+            pacer.see(owner, false);
+        }
+        pacer.offer(Pace::Owner("d"), "d-1");
+        pacer.offer(Pace::Alone, "bare");
+        assert_eq!(pacer.evictions(), ["bare"]);
+    }
+
+    #[test]
+    fn availability_for_pacing() {
+        assert_eq!(available(&pod("ready")), Some(true));
+        let unready = Pod {
+            ready: false,
+            ..pod("unready")
+        };
+        assert_eq!(available(&unready), Some(false));
+        let pending = Pod {
+            phase: Phase::Pending,
+            ..pod("pending")
+        };
+        assert_eq!(available(&pending), Some(false));
+        let deleting = Pod {
+            deleting: true,
+            ..pod("deleting")
+        };
+        assert_eq!(available(&deleting), Some(false));
+        let done = Pod {
+            phase: Phase::Succeeded,
+            ..pod("done")
+        };
+        assert_eq!(available(&done), None);
+    }
+
+    #[test]
+    fn draining_a_node_evicts_all_but_daemons_static_pods_and_running_jobs() {
+        let h = horizon(10);
+        assert_eq!(drain(&pod("bare"), &[], &h), Drain::Evict);
+        let no_token = Pod {
+            token_seconds: None,
+            ..pod("no-token")
+        };
+        assert_eq!(drain(&no_token, &[], &h), Drain::Evict);
+        let mirror = Pod {
+            mirror: true,
+            ..pod("etcd-node-0")
+        };
+        assert_eq!(drain(&mirror, &[], &h), Drain::Leave);
+        let daemon = Pod {
+            controller: Controller::Other {
+                kind: "DaemonSet",
+                uid: "ds",
+            },
+            ..pod("agent-x")
+        };
+        assert_eq!(drain(&daemon, &[], &h), Drain::Leave);
+        let ds = workload(WorkloadKind::DaemonSet, Strategy::Replace);
+        let daemon = Pod {
+            controller: Controller::Workload(&ds),
+            ..pod("agent-y")
+        };
+        assert_eq!(drain(&daemon, &[], &h), Drain::Leave);
+        let done = Pod {
+            phase: Phase::Succeeded,
+            controller: Controller::Job,
+            ..pod("job-done")
+        };
+        assert_eq!(drain(&done, &[], &h), Drain::Leave);
+        let job = Pod {
+            controller: Controller::Job,
+            ..pod("job-running")
+        };
+        assert_eq!(
+            drain(&job, &[], &h),
+            Drain::Wait(HolderReason::RunningJob { until: at(3065) })
+        );
+        assert_eq!(drain(&job, &[], &horizon(3065)), Drain::Evict);
+        let guarded_labels = labels(&[("app", "guarded")]);
+        let guarded = Pod {
+            labels: &guarded_labels,
+            ..pod("guarded")
+        };
+        assert!(matches!(
+            drain(&guarded, &[budget("guarded-pdb", "guarded", 0)], &h),
+            Drain::Wait(HolderReason::DisruptionBudget { .. })
+        ));
+        let going = Pod {
+            deleting: true,
+            ..pod("going")
+        };
+        assert_eq!(
+            drain(&going, &[], &h),
+            Drain::Wait(HolderReason::Terminating)
+        );
+        assert_eq!(drain(&going, &[], &horizon(3065)), Drain::Leave);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use ksa_core::rotation::WorkloadKind;
+    use proptest::prelude::*;
+
+    use super::{
+        Budget, Controller, Drain, Horizon, Phase, Pod, Refresh, Selector, Verdict, Workload,
+        assess, drain, eviction_blocked,
+    };
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Pending),
+            Just(Phase::Running),
+            Just(Phase::Succeeded),
+            Just(Phase::Failed),
+            Just(Phase::Unknown),
+        ]
+    }
+
+    fn strategy() -> impl Strategy<Value = super::Strategy> {
+        prop_oneof![
+            Just(super::Strategy::Replace),
+            Just(super::Strategy::OnDelete),
+            (0..4u32).prop_map(|partition| super::Strategy::Partitioned { partition }),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = WorkloadKind> {
+        prop_oneof![
+            Just(WorkloadKind::Deployment),
+            Just(WorkloadKind::StatefulSet),
+            Just(WorkloadKind::DaemonSet),
+        ]
+    }
+
+    /// Any pod: `(phase, scheduled, created, started, deleting, evicted,
+    /// ready, mirror, restarted_for, token_seconds, controller)`, times in
+    /// seconds from the step's start.
+    #[allow(clippy::type_complexity, reason = "a proptest tuple")]
+    fn facts() -> impl Strategy<
+        Value = (
+            (Phase, bool, Option<i64>, Option<i64>, bool, bool),
+            (bool, bool, Option<bool>, Option<u64>, u8),
+        ),
+    > {
+        (
+            (
+                phase(),
+                any::<bool>(),
+                prop::option::of(-100_000..100i64),
+                prop::option::of(-100_000..100i64),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                prop::option::of(any::<bool>()),
+                prop::option::of(prop_oneof![Just(600u64), 0..200_000u64, Just(u64::MAX)]),
+                0..5u8,
+            ),
+        )
+    }
+
+    proptest! {
+        /// Whatever a pod says of itself, a pod that holds no token, or a
+        /// fresh one, is never restarted or evicted; a running Job's pod
+        /// and a pod of a workload whose template restart replaces it are
+        /// never evicted; nothing is evicted past a budget that allows no
+        /// disruption.
+        #[test]
+        fn nothing_that_holds_no_stale_token_is_touched(
+            ((phase, scheduled, created, started, deleting, evicted),
+             (ready, mirror, restarted, token_seconds, controller)) in facts(),
+            (workload_kind, workload_strategy, workload_restarted, paused) in (kind(), strategy(), any::<bool>(), any::<bool>()),
+            now in -10..200_000i64,
+            blocking in any::<bool>(),
+        ) {
+            let labels = BTreeMap::from([("app".to_owned(), "a".to_owned())]);
+            let since: Timestamp = "2026-05-01T12:00:00Z".parse().expect("time");
+            let at = |offset: i64| Timestamp::from_second(since.as_second() + offset).expect("time");
+            let workload = Workload {
+                kind: workload_kind,
+                uid: "w".into(),
+                namespace: "ns".into(),
+                name: "web".into(),
+                strategy: workload_strategy,
+                restarted: workload_restarted,
+                paused,
+            };
+            let controller = match controller {
+                0 => Controller::None,
+                1 => Controller::Job,
+                2 => Controller::Workload(&workload),
+                3 => Controller::Other { kind: "Widget", uid: "x" },
+                _ => Controller::Other { kind: "DaemonSet", uid: "y" },
+            };
+            let pod = Pod {
+                namespace: "ns",
+                name: "web-1",
+                uid: "p",
+                labels: &labels,
+                phase,
+                scheduled,
+                created: created.map(at),
+                started: started.map(at),
+                deleting,
+                evicted,
+                ready,
+                mirror,
+                restarted_for: restarted.map(|r| if r { "2" } else { "1" }),
+                token_seconds,
+                controller,
+            };
+            let horizon = Horizon { since, now: at(now), skew: Duration::from_secs(60), version: "2" };
+            let budget = Budget {
+                name: "b".into(),
+                selector: Selector::parse(Some(&LabelSelector::default())),
+                disruptions_allowed: i32::from(!blocking),
+                processed: true,
+                always_allow_unhealthy: false,
+                current_healthy: 1,
+                desired_healthy: 1,
+            };
+            let verdict = assess(&pod, std::slice::from_ref(&budget), &horizon);
+            let holds = !mirror && token_seconds.is_some() && scheduled
+                && !matches!(phase, Phase::Succeeded | Phase::Failed);
+            let fresh = created.is_some_and(|c| c > 0)
+                || started.is_some_and(|s| s > 60)
+                || horizon.now >= horizon.kubelet_refreshed_by(token_seconds.unwrap_or(0));
+            if let Verdict::Stale(refresh) = &verdict {
+                prop_assert!(holds && !fresh, "{verdict:?} for {pod:?}");
+                match refresh {
+                    Refresh::Evict(_) => {
+                        prop_assert!(!deleting);
+                        prop_assert!(controller != Controller::Job);
+                        if let Controller::Workload(w) = controller {
+                            prop_assert!(w.strategy != super::Strategy::Replace);
+                        }
+                        prop_assert!(eviction_blocked(&pod, std::slice::from_ref(&budget)).is_none());
+                    }
+                    Refresh::RestartTemplate(w) => {
+                        prop_assert!(!deleting && !w.restarted && !w.paused);
+                    }
+                    Refresh::Wait(reason) => {
+                        // What it says is a sentence, whatever it is.
+                        prop_assert!(!reason.to_string().is_empty());
+                    }
+                }
+            }
+            // Draining never leaves a node with a running Job's pod before
+            // its kubelet refreshed it, and never evicts past a budget.
+            if let Drain::Evict = drain(&pod, std::slice::from_ref(&budget), &horizon) {
+                prop_assert!(!mirror && !deleting);
+                prop_assert!(!matches!(phase, Phase::Succeeded | Phase::Failed));
+                prop_assert!(eviction_blocked(&pod, std::slice::from_ref(&budget)).is_none());
+            }
+        }
+    }
+}
