@@ -55,8 +55,16 @@ pub enum Error {
          upgrade ksa to finish the rotation"
     )]
     IssuerRotationUnsupported,
-    #[error("{0}")]
-    Other(String),
+    /// A background task (a re-mint) panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(tokio::task::JoinError),
+    /// The API server requires the annotation on this Secret type, so only
+    /// a cluster that skipped validation can hold one.
+    #[error(
+        "legacy token Secret {namespace}/{name} names no service account (annotation \
+         kubernetes.io/service-account.name); fix or delete it"
+    )]
+    LegacySecretWithoutAccount { namespace: String, name: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -62,7 +62,7 @@ pub async fn refresh_legacy_tokens(
             async move {
                 tokio::spawn(remint(client, secret?, signer))
                     .await
-                    .map_err(|e| Error::Other(format!("re-minting task failed: {e}")))?
+                    .map_err(Error::Task)?
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -94,9 +94,7 @@ async fn remint(client: kube::Client, secret: Secret, signer: Arc<dyn SigningKey
             .unwrap_or_default(),
     };
     if account.name.is_empty() {
-        return Err(Error::Other(format!(
-            "Secret {namespace}/{name} names no service account"
-        )));
+        return Err(Error::LegacySecretWithoutAccount { namespace, name });
     }
     let claims = Claims::legacy(&namespace, &account, &name);
     let jwt = token::mint(&claims, signer.as_ref())?;
