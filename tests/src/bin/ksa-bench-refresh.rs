@@ -99,8 +99,10 @@ async fn create_secrets(
 /// server's update rate, no signing. The value differs in each `round`: a
 /// patch that changes nothing is not written to etcd, and would flatter
 /// the loop. `client` is the controller's user, so the API server
-/// authorizes and audits these requests as it does the controller's.
-/// Returns Secrets per second.
+/// authorizes, admits and audits these requests as it does the
+/// controller's: the admission guards let that user change only
+/// `data.token`, so the loop writes its value there (the rotation then
+/// re-mints every one). Returns Secrets per second.
 async fn bare_update_loop(
     client: &kube::Client,
     size: usize,
@@ -109,7 +111,7 @@ async fn bare_update_loop(
 ) -> Result<f64> {
     let api: Api<Secret> = Api::namespaced(client.clone(), FLEET);
     let value = format!("{round:x>token_len$}");
-    let patch = json!({"data": {"bench": base64::engine::general_purpose::STANDARD.encode(value)}});
+    let patch = json!({"data": {"token": base64::engine::general_purpose::STANDARD.encode(value)}});
     let started = Instant::now();
     patch_each(&api, (0..size).map(|i| format!("robot-{i}")), &patch).await?;
     Ok(size as f64 / started.elapsed().as_secs_f64())
