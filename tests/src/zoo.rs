@@ -637,6 +637,33 @@ impl Zoo {
     /// Job failed but the one made to fail; the status named the pod the
     /// budget blocks in every look until the budget was relaxed, and named
     /// the running Job's pod.
+    /// After the rotation to `version`, before the next one starts: waits
+    /// until the operator has armed the zoo again (it does on completion:
+    /// the budget allows no disruption, a new Job runs) and that Job's pod
+    /// is running, so the next rotation finds it holding a stale token. (A
+    /// pod created after the next rotation's Sign would hold a fresh token
+    /// and never be named.)
+    pub async fn ready_for_next(&self, version: u64) -> Result<()> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), ZOO);
+        let job = ListParams::default().labels(&format!("job-name=running-{}", version + 1));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let running =
+                pods.list(&job).await?.items.iter().any(|pod| {
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+            if running {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the pod of Job running-{} is not running after 90 s",
+                version + 1
+            );
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
     pub async fn check_named(&self, version: u64) -> Result<()> {
         let failed = self.failed_jobs().await?;
         ensure!(failed == ["failed"], "Jobs failed: {failed:?}");

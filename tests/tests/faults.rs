@@ -553,7 +553,8 @@ impl Bench {
                 .await?,
             "the workload's legacy token is not accepted"
         );
-        self.zoo.check(to).await
+        self.zoo.check(to).await?;
+        self.zoo.ready_for_next(to).await
     }
 }
 
