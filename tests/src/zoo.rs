@@ -603,20 +603,40 @@ impl Zoo {
             seen.rolling_available_min
         );
         let since = seen.refresh_began[&version];
+        // Creation times have one-second precision: a pod created in the
+        // second the step began is new if its template was restarted for
+        // this rotation.
+        let restarted_now = |p: &Pod| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ksa_kube::refresh::RESTART_ANNOTATION))
+                == Some(&version.to_string())
+        };
         let stale: Vec<String> = pods
             .iter()
             .filter(|p| holds_token(p))
             .filter(|p| {
-                p.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .is_none_or(|t| t.0.as_second() <= since.as_second())
+                p.metadata.creation_timestamp.as_ref().is_none_or(|t| {
+                    t.0.as_second() < since.as_second()
+                        || (t.0.as_second() == since.as_second() && !restarted_now(p))
+                })
             })
-            .filter_map(|p| p.metadata.name.clone())
+            .map(|p| {
+                format!(
+                    "{} (created {:?}, restarted for {:?})",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ksa_kube::refresh::RESTART_ANNOTATION)),
+                )
+            })
             .collect();
         ensure!(
             stale.is_empty(),
-            "pods still hold tokens from before RefreshTokens of {version}: {stale:?}"
+            "pods still hold tokens from before RefreshTokens of {version} (began {since}): {stale:?}"
         );
         let no_token = Api::<Deployment>::namespaced(self.client.clone(), ZOO)
             .get("no-token")

@@ -272,7 +272,7 @@ fn chart(legacy: &[Value], bound: &[Value], zoo: &[Value], path: &Path) -> Resul
     panel(
         &bottom,
         "API requests of one rotation",
-        "Secrets or Deployments in the cluster",
+        "Secrets, Deployments or workloads of the zoo mix in the cluster",
         "requests",
         &[
             Line {
