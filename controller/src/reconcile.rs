@@ -401,10 +401,15 @@ impl Rotation<'_> {
         // Conditional on the resourceVersion read: a concurrent writer (a
         // second controller that thinks it leads) makes this fail instead of
         // overwriting.
-        let patch = serde_json::json!({
+        let mut patch = serde_json::json!({
             "metadata": {"resourceVersion": self.resource.resource_version()},
             "status": status,
         });
+        // A merge patch keeps what it leaves out: nothing to wait for is
+        // written as null, or the last step's text would stay.
+        if patch["status"].get("waitingFor").is_none() {
+            patch["status"]["waitingFor"] = serde_json::Value::Null;
+        }
         self.api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;

@@ -152,12 +152,29 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The guards are created in order and each takes effect on its own:
+    // wait for the last one (nodes) too, with a label the guard forbids
+    // (a new value each time).
+    let nodes: Api<Node> = Api::all(controller.clone());
+    while patch(
+        &nodes,
+        "node-1",
+        json!({"metadata": {"labels": {"ksa-probe": attempt.to_string()}}}),
+    )
+    .await?
+        != Answer::Guarded
+    {
+        attempt += 1;
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the node guard was not in force within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let restart = |version: &str| json!({"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: version}}}}});
     let deployments: Api<Deployment> = Api::namespaced(controller.clone(), APPS);
     let stateful_sets: Api<StatefulSet> = Api::namespaced(controller.clone(), APPS);
     let daemon_sets: Api<DaemonSet> = Api::namespaced(controller.clone(), APPS);
-    let nodes: Api<Node> = Api::all(controller.clone());
     let mut wrong = Vec::new();
     let mut expect = |what: &str, got: Answer, want: Answer| {
         if got != want {
