@@ -216,15 +216,16 @@ impl Rotation<'_> {
 
     /// The controller's error for a pass that stopped.
     fn pass_error(&self, error: PassError<Error>) -> Error {
-        match error.into_shell_error() {
-            Ok(error) => error,
-            Err(PassError::MissingKey(version)) => ksa_kube::Error::MissingKey {
+        match error {
+            PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
+                error
+            }
+            PassError::MissingKey(version) => ksa_kube::Error::MissingKey {
                 version,
                 secret: self.keystore.secret_name(version),
             }
             .into(),
-            Err(PassError::Step(error)) => error.into(),
-            Err(other) => unreachable!("a shell error is returned above: {other}"),
+            PassError::Step(error) => error.into(),
         }
     }
 

@@ -97,18 +97,6 @@ pub enum PassError<E> {
     },
 }
 
-impl<E> PassError<E> {
-    /// The shell's own error, when the failure was its.
-    pub fn into_shell_error(self) -> Result<E, PassError<E>> {
-        match self {
-            PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
-                Ok(error)
-            }
-            other => Err(other),
-        }
-    }
-}
-
 /// One pass of a rotation in `state`: observe, [`rotation::step`], save the
 /// next state, apply its effects in order.
 pub async fn pass<S, W, E>(
