@@ -553,8 +553,7 @@ impl Bench {
                 .await?,
             "the workload's legacy token is not accepted"
         );
-        self.zoo.check(to).await?;
-        self.zoo.ready_for_next(to).await
+        self.zoo.check(to).await
     }
 }
 
@@ -578,6 +577,7 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
     .map(|step| (Trigger::StepBegins(step), Kill::Controller))
     .collect();
     bench.rotate(2, &boundaries).await?;
+    bench.zoo.ready_for_next(2).await?;
 
     // 2 -> 3: the controller dies mid-step; the control plane's own
     // processes die while the rotation waits on them.
@@ -589,6 +589,7 @@ async fn rotations_complete_through_crashes_restarts_and_hand_overs() -> Result<
         (Trigger::StepBegins(Step::Retire), Kill::Etcd),
     ];
     bench.rotate(3, &mid_step).await?;
+    bench.zoo.ready_for_next(3).await?;
 
     // 3 -> 4: two replicas; the leader dies twice, the second time the
     // replica that took over the first time.
