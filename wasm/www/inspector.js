@@ -156,13 +156,7 @@ function renderStatus() {
       `Rotating to key ${line.keyVersion}: step ${numbers} of 5, ${names}${failed}: ` +
       `${STEP_MEANING[steps[steps.length - 1]](line.keyVersion - 1, line.keyVersion)}.`);
   }
-  $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
-    const li = document.createElement("li");
-    li.textContent = `${index + 1}. ${step}`;
-    if (line.status || index < current) li.className = "done";
-    else if (steps.includes(step)) li.className = "current";
-    return li;
-  }));
+  renderSteps(line, steps, current);
   rows($("rotation-numbers"), [
     ["KSASigningKeyVersion", line.keyVersion],
     ["Tokens signed with", line.tokenVersion],
@@ -170,6 +164,17 @@ function renderStatus() {
     ["Public keys", `[${line.publicKeyVersions.join(", ")}]`],
     ["Status, reason", `${line.status ? "True" : "False"}, ${line.reason}`],
   ]);
+}
+
+// The five steps, those passed marked done and the line's marked current.
+function renderSteps(line, steps, current) {
+  $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
+    const li = document.createElement("li");
+    li.textContent = `${index + 1}. ${step}`;
+    if (line.status || index < current) li.className = "done";
+    else if (steps.includes(step)) li.className = "current";
+    return li;
+  }));
 }
 
 // An issuer rotation's line (SPEC section 10).
@@ -184,13 +189,7 @@ function renderIssuerStatus(line, steps, current) {
     const numbers = steps.map((s) => STEPS.indexOf(s) + 1).join(" or ");
     show(summary, "in-progress", `Rotating to issuer ${line.issuer}: step ${numbers} of 5, ${names}.`);
   }
-  $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
-    const li = document.createElement("li");
-    li.textContent = `${index + 1}. ${step}`;
-    if (line.status || index < current) li.className = "done";
-    else if (steps.includes(step)) li.className = "current";
-    return li;
-  }));
+  renderSteps(line, steps, current);
   rows($("rotation-numbers"), [
     ["KSAIssuer", line.issuer],
     ["Tokens carry", line.tokenIssuer],
