@@ -226,6 +226,9 @@ impl Rotation<'_> {
             }
             .into(),
             PassError::Step(error) => error.into(),
+            PassError::IssuerRotationUnsupported => {
+                ksa_kube::Error::IssuerRotationUnsupported.into()
+            }
         }
     }
 
@@ -345,18 +348,11 @@ impl Rotation<'_> {
                 Ok(())
             }
             Effect::PublishPublicKeys {
-                public,
-                signing,
-                issuers,
+                public, signing, ..
             }
             | Effect::SwitchSigner {
-                signing,
-                public,
-                issuers,
+                signing, public, ..
             } => {
-                if issuers.is_some() {
-                    return Err(ksa_kube::Error::IssuerRotationUnsupported.into());
-                }
                 let issuer = self.cluster.issuer().await?;
                 self.rollout
                     .apply(

@@ -86,6 +86,13 @@ pub enum PassError<E> {
     /// The core refused the transition (a bug). Nothing was changed.
     #[error(transparent)]
     Step(StepError),
+    /// The plan changes the API servers' issuers, which no shell can apply
+    /// yet. Nothing was changed.
+    #[error(
+        "the rotation state asks for an issuer change, which this version of ksa cannot apply; \
+         upgrade ksa to finish the rotation"
+    )]
+    IssuerRotationUnsupported,
     #[error("saving the rotation state: {0}")]
     Save(#[source] E),
     /// The state was saved; `effect` and the ones after it were not applied.
@@ -120,6 +127,21 @@ where
         return Err(PassError::MissingKey(missing));
     }
     let plan = rotation::step(state, &observed, now, policy).map_err(PassError::Step)?;
+    let sets_issuers = |effect: &Effect| {
+        matches!(
+            effect,
+            Effect::PublishPublicKeys {
+                issuers: Some(_),
+                ..
+            } | Effect::SwitchSigner {
+                issuers: Some(_),
+                ..
+            }
+        )
+    };
+    if plan.effects.iter().any(sets_issuers) {
+        return Err(PassError::IssuerRotationUnsupported);
+    }
     store.save(state, &plan).await.map_err(PassError::Save)?;
     for effect in &plan.effects {
         world
@@ -439,6 +461,28 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(PassError::MissingKey(v)) if v == KeyVersion::new(2)));
+        assert_eq!(store.calls, 0);
+        assert_eq!(world.calls, 0);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_change_is_refused_before_anything_is_saved() {
+        let mut store = MemoryStore::default();
+        let mut world = ModelWorld::new(1);
+        let trust: RotationState = serde_json::from_value(serde_json::json!({
+            "keyVersion": 1, "step": "Trust", "changesKey": false,
+            "issuer": {"from": "https://a.example", "to": "https://b.example"},
+        }))
+        .expect("an issuer rotation at Trust");
+        let result = pass(
+            &mut store,
+            &mut world,
+            &trust,
+            &policy(),
+            Timestamp::UNIX_EPOCH,
+        )
+        .await;
+        assert!(matches!(result, Err(PassError::IssuerRotationUnsupported)));
         assert_eq!(store.calls, 0);
         assert_eq!(world.calls, 0);
     }

@@ -249,6 +249,9 @@ fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmErr
         PassError::Step(error) => anyhow::Error::new(error)
             .context("the rotation state is inconsistent")
             .into(),
+        PassError::IssuerRotationUnsupported => Failure::bad_input(anyhow::Error::new(
+            ksa_kube::Error::IssuerRotationUnsupported,
+        )),
         PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
             match error {
                 KubeadmError::Files(error) => error.into(),
@@ -368,18 +371,11 @@ async fn apply(
             }
         }
         Effect::PublishPublicKeys {
-            public,
-            signing,
-            issuers,
+            public, signing, ..
         }
         | Effect::SwitchSigner {
-            signing,
-            public,
-            issuers,
+            signing, public, ..
         } => {
-            if issuers.is_some() {
-                return Err(ksa_kube::Error::IssuerRotationUnsupported.into());
-            }
             point_manifests_at(pki, manifests, public, *signing)?;
         }
         Effect::RefreshLegacyTokens { version } => {
