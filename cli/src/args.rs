@@ -78,6 +78,12 @@ pub enum CredentialsCommand {
         #[command(subcommand)]
         action: RotationCommand,
     },
+    /// The service-account token issuer (`--service-account-issuer`).
+    #[command(name = "ksa-issuer")]
+    KsaIssuer {
+        #[command(subcommand)]
+        action: IssuerCommand,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -132,6 +138,10 @@ pub enum RotationCommand {
         /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
         #[arg(long, value_name = "DURATION", default_value = "2h")]
         timeout: String,
+        /// Also change the token issuer to this https URL, in the same
+        /// steps (one token refresh for both).
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
     },
     /// Print where the rotation stands.
     #[command(after_help = concat!(
@@ -139,6 +149,58 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml -o json\n",
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --watch"
+    ))]
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
+        /// Keep printing each new status line until the rotation completes.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IssuerCommand {
+    /// Change the token issuer, keeping the signing key.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa update credentials ksa-issuer rotate --issuer https://oidc.example.com/cluster-1 --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  ksa update credentials ksa-issuer rotate --issuer https://oidc.example.com/cluster-1 --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input (a URL that is not https with a host, has a query or fragment, or is already the signing issuer), 3 another operation in progress"
+    ))]
+    Rotate {
+        /// The issuer to change to: an https URL with a host and no query,
+        /// fragment or credentials.
+        #[arg(long, value_name = "URL")]
+        issuer: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// With --pki-dir: kubeadm's static pod manifests
+        /// (/etc/kubernetes/manifests), edited at each step.
+        #[arg(
+            long,
+            value_name = "DIR",
+            requires = "pki_dir",
+            required_unless_present = "config"
+        )]
+        manifests_dir: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        skip_prompt: bool,
+        /// Follow the rotation to the end, printing each new status line.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
+        #[arg(long, value_name = "DURATION", default_value = "2h")]
+        timeout: String,
+    },
+    /// Print where the issuer rotation stands.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa update credentials ksa-issuer status --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  ksa update credentials ksa-issuer status --pki-dir /etc/kubernetes/pki -o json"
     ))]
     Status {
         #[command(flatten)]

@@ -36,6 +36,20 @@ pub struct UserClusterConfig {
     /// `ksaSigningKeyRotation.rollout`: `hosted-control-plane` (default) or
     /// `external-signer`.
     pub rollout: String,
+    /// `ksaSigningKeyRotation.apiServerWorkload`: the workload running the
+    /// API servers (restarted on a key change, its container's issuer
+    /// arguments changed by an issuer rotation).
+    pub api_server_workload: Option<ApiServerWorkload>,
+}
+
+/// `ksaSigningKeyRotation.apiServerWorkload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServerWorkload {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    pub name: String,
+    /// The API server container; `kube-apiserver` when unset.
+    pub container: Option<String>,
 }
 
 /// A bad user cluster config: which field, what it was, what is allowed.
@@ -63,6 +77,7 @@ pub enum ConfigError {
 const KEYS: [&str; 4] = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256"];
 const POLICIES: [&str; 3] = ["restart-pods", "recreate-nodes", "wait"];
 const ROLLOUTS: [&str; 2] = ["hosted-control-plane", "external-signer"];
+const WORKLOAD_KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
 /// Largest config accepted; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -240,6 +255,41 @@ impl UserClusterConfig {
             "hosted-control-plane (default) or external-signer",
         )?
         .unwrap_or_else(|| "hosted-control-plane".into());
+        let api_server_workload = match section.get("apiServerWorkload") {
+            None | Some(Value::Null) => None,
+            Some(Value::Mapping(workload)) => {
+                let field = |key: &str| format!("{S}.apiServerWorkload.{key}");
+                let kind = one_of(
+                    workload,
+                    "kind",
+                    &field("kind"),
+                    &WORKLOAD_KINDS,
+                    "Deployment, StatefulSet or DaemonSet",
+                )?
+                .ok_or(ConfigError::Missing {
+                    field: field("kind"),
+                    allowed: "Deployment, StatefulSet or DaemonSet",
+                })?;
+                let name =
+                    string(workload, "name", &field("name"))?.ok_or(ConfigError::Missing {
+                        field: field("name"),
+                        allowed: "the name of the workload running the API servers",
+                    })?;
+                let container = string(workload, "container", &field("container"))?;
+                Some(ApiServerWorkload {
+                    kind,
+                    name,
+                    container,
+                })
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: format!("{S}.apiServerWorkload"),
+                    value: describe(other),
+                    allowed: "a mapping with kind, name and container",
+                });
+            }
+        };
         Ok(UserClusterConfig {
             name,
             namespace,
@@ -252,6 +302,7 @@ impl UserClusterConfig {
             kubeconfig_secret,
             key_secret,
             rollout,
+            api_server_workload,
         })
     }
 }

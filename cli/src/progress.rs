@@ -37,7 +37,7 @@
 use std::fmt;
 
 use ksa_core::KeyVersion;
-use ksa_core::rotation::{RotationState, Step};
+use ksa_core::rotation::{IssuerChange, RotationState, Step};
 
 /// One status line to print.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,44 +79,64 @@ impl fmt::Display for Line {
 enum Printed {
     /// Nothing printed, and where the rotation started is unknown.
     Unknown,
-    /// Nothing printed; the rotation started from the completed state of
-    /// the version before, so it passes through every step.
+    /// Nothing printed; the rotation started from the completed state
+    /// before it, so it passes through every step.
     FromStart,
     /// Every line up to and including this step's is printed.
     Through(Step),
 }
 
-/// The status lines of one rotation, to `target`, from observed states.
+/// The status lines of one rotation (a key, an issuer or both), from
+/// observed states. A rotation that changes the key prints the key line
+/// (SPEC section 2); one that changes the issuer, the issuer line (SPEC
+/// section 10); one that changes both, both, key line first, each when it
+/// changes.
 #[derive(Clone, Debug)]
 pub struct Progress {
-    target: KeyVersion,
+    /// A state of the rotation followed (any step: only what identifies the
+    /// rotation is used).
+    rotation: RotationState,
     printed: Printed,
-    last_text: Option<String>,
+    /// The last line printed of each kind: key, issuer.
+    last_text: [Option<String>; 2],
 }
 
 impl Progress {
-    /// A follower of the rotation to `target` that the caller started from
-    /// the completed state of `target - 1`: every line is printed.
+    /// A follower of the rotation to key version `target` that the caller
+    /// started from the completed state of `target - 1`: every line is
+    /// printed.
     pub fn started(target: KeyVersion) -> Progress {
+        Progress::started_rotation(key_rotation(target))
+    }
+
+    /// A follower of the rotation `rotation` is a state of, which the
+    /// caller started from the completed state before it.
+    pub fn started_rotation(rotation: RotationState) -> Progress {
         Progress {
-            target,
+            rotation,
             printed: Printed::FromStart,
-            last_text: None,
+            last_text: [None, None],
         }
     }
 
-    /// A follower of the rotation to `target` that the caller did not start:
-    /// lines are printed from the first state seen on.
+    /// A follower of the rotation to key version `target` that the caller
+    /// did not start: lines are printed from the first state seen on.
     pub fn joined(target: KeyVersion) -> Progress {
+        Progress::joined_rotation(key_rotation(target))
+    }
+
+    /// Like [`Progress::joined`], of the rotation `rotation` is a state of.
+    pub fn joined_rotation(rotation: RotationState) -> Progress {
         Progress {
-            target,
+            rotation,
             printed: Printed::Unknown,
-            last_text: None,
+            last_text: [None, None],
         }
     }
 
-    pub fn target(&self) -> KeyVersion {
-        self.target
+    /// Whether `observed` is a state of the rotation followed.
+    pub fn follows(&self, observed: &RotationState) -> bool {
+        self.rotation.same_rotation(observed)
     }
 
     /// Whether the completed line has been printed: the follower is done.
@@ -126,26 +146,27 @@ impl Progress {
 
     /// The lines to print, in order, now that `observed` was read.
     pub fn lines_for(&mut self, observed: &RotationState) -> Vec<Line> {
-        let version = observed.key_version();
-        if version < self.target {
-            // The previous rotation (the controller has not picked up the
-            // target yet): nothing of it is printed. Its completed state
-            // says where the rotation to the target starts.
-            if self.printed == Printed::Unknown
-                && observed.is_completed()
-                && version.next() == Some(self.target)
-            {
+        let target = self.rotation.key_version();
+        let (reached, observed_step) = if self.follows(observed) {
+            (observed.step(), Some(observed.step()))
+        } else if observed.key_version() > target {
+            // Versions never decrease and one rotation runs at a time, so
+            // a later version means the rotation followed completed; its
+            // completed line was not observed.
+            (Step::Completed, None)
+        } else {
+            // The rotation before (the controller has not picked up the
+            // request yet): nothing of it is printed. Its completed state
+            // says where the rotation followed starts.
+            let version_before = if self.rotation.changes_key() {
+                observed.key_version().next() == Some(target)
+            } else {
+                observed.key_version() == target
+            };
+            if self.printed == Printed::Unknown && observed.is_completed() && version_before {
                 self.printed = Printed::FromStart;
             }
             return Vec::new();
-        }
-        // Versions never decrease and one rotation runs at a time, so a
-        // later version means the rotation to the target completed; its
-        // completed line was not observed.
-        let (reached, observed_step) = if version == self.target {
-            (observed.step(), Some(observed.step()))
-        } else {
-            (Step::Completed, None)
         };
         let first = match self.printed {
             Printed::Unknown => reached,
@@ -155,29 +176,50 @@ impl Progress {
         };
         let mut lines: Vec<Line> = Vec::new();
         for step in steps_between(first, reached) {
-            let Some(text) = line_of(self.target, step) else {
+            let Some(state) = self.rotation.at_step(step) else {
                 continue;
             };
             let reconstructed = Some(step) != observed_step;
-            if self.last_text.as_deref() == Some(text.as_str()) {
-                // The same line as the step before (Generate and Trust):
-                // printed once, as observed if either was.
-                if let Some(line) = lines.last_mut() {
-                    line.steps.push(step);
-                    line.reconstructed &= reconstructed;
+            for (kind, text) in texts(&state).into_iter().enumerate() {
+                let Some(text) = text else { continue };
+                if self.last_text[kind].as_deref() == Some(text.as_str()) {
+                    // The same line as the step before (Generate and
+                    // Trust): printed once, as observed if either was.
+                    if let Some(line) = lines.iter_mut().rev().find(|line| line.text == text) {
+                        line.steps.push(step);
+                        line.reconstructed &= reconstructed;
+                    }
+                    continue;
                 }
-                continue;
+                self.last_text[kind] = Some(text.clone());
+                lines.push(Line {
+                    text,
+                    steps: vec![step],
+                    reconstructed,
+                });
             }
-            self.last_text = Some(text.clone());
-            lines.push(Line {
-                text,
-                steps: vec![step],
-                reconstructed,
-            });
         }
         self.printed = Printed::Through(reached);
         lines
     }
+}
+
+/// A state of the key rotation to `target` (its completed state: what
+/// identifies the rotation is the same at every step).
+fn key_rotation(target: KeyVersion) -> RotationState {
+    RotationState::settled(target)
+}
+
+/// The lines of `state` that its rotation prints: the key line when it
+/// changes the key, the issuer line when it changes the issuer.
+fn texts(state: &RotationState) -> [Option<String>; 2] {
+    let key = state.changes_key().then(|| state.status_line().to_string());
+    let changes_issuer = state.issuer().is_some_and(IssuerChange::changes);
+    let issuer = state
+        .issuer_status_line()
+        .filter(|_| changes_issuer)
+        .map(|line| line.to_string());
+    [key, issuer]
 }
 
 /// The step after `step` (`Completed` stays).
@@ -193,12 +235,6 @@ fn steps_between(first: Step, last: Step) -> impl Iterator<Item = Step> {
         .into_iter()
         .chain([Step::Completed])
         .filter(move |step| (first..=last).contains(step))
-}
-
-/// The core's status line of the rotation to `target` at `step`; `None`
-/// for a state that cannot exist (a rotation to version 1).
-fn line_of(target: KeyVersion, step: Step) -> Option<String> {
-    RotationState::at(target, step).map(|state| state.status_line().to_string())
 }
 
 #[cfg(test)]
@@ -260,10 +296,10 @@ mod tests {
             (Step::Retire, RETIRE),
             (Step::Completed, COMPLETED),
         ] {
-            assert_eq!(line_of(KeyVersion::new(2), step).as_deref(), Some(text));
+            assert_eq!(texts(&state(2, step))[0].as_deref(), Some(text));
             assert_eq!(state(2, step).status_line().to_string(), text);
         }
-        assert_eq!(line_of(KeyVersion::FIRST, Step::Sign), None);
+        assert_eq!(key_rotation(KeyVersion::FIRST).at_step(Step::Sign), None);
     }
 
     #[test]

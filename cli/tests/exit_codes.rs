@@ -96,3 +96,42 @@ fn help_documents_every_exit_code() {
         assert!(out.stdout.contains(code), "{code:?} missing: {out:?}");
     }
 }
+
+#[test]
+fn an_issuer_that_cannot_be_rotated_to_exits_2_before_anything_is_read() {
+    // Neither the config nor the kubeconfig exists: the URL is refused
+    // first, and nothing is read or changed.
+    for (url, named) in [
+        ("http://issuer.example", "not https"),
+        ("https://", "not a URL"),
+        ("https://issuer.example/?a=b", "query or a fragment"),
+        ("https://issuer.example/#x", "query or a fragment"),
+        ("https://user:pw@issuer.example", "user name or password"),
+        ("issuer.example", "not a URL"),
+    ] {
+        for mode in [
+            ["--config", "/nonexistent/c.yaml"],
+            ["--pki-dir", "/nonexistent/pki"],
+        ] {
+            let mut args = vec![
+                "update",
+                "credentials",
+                "ksa-issuer",
+                "rotate",
+                "--issuer",
+                url,
+                "--skip-prompt",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+            ];
+            args.extend(mode);
+            if mode[0] == "--pki-dir" {
+                args.extend(["--manifests-dir", "/nonexistent/manifests"]);
+            }
+            let out = run(&mut ksa(&args), DEADLINE);
+            assert_eq!(out.code, Some(2), "{url} {mode:?}: {out:?}");
+            assert!(out.stderr.contains("--issuer"), "{url}: {out:?}");
+            assert!(out.stderr.contains(named), "{url}: {out:?}");
+        }
+    }
+}

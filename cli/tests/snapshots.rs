@@ -245,4 +245,11 @@ fn help() {
             None
         )
     );
+    insta::assert_snapshot!(
+        "help_issuer_rotate",
+        ksa(
+            &["update", "credentials", "ksa-issuer", "rotate", "--help"],
+            None
+        )
+    );
 }

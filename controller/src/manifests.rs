@@ -73,8 +73,10 @@ pub fn cluster_role() -> ClusterRole {
                 &["get", "patch", "update"],
             ),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-            // Every API server instance.
+            // Every API server instance: where they are, and (issuer
+            // rotations) whether each accepts a token of an issuer.
             rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
+            rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
             PolicyRule {
                 non_resource_urls: Some(vec![
                     "/openid/v1/jwks".to_owned(),
@@ -168,7 +170,7 @@ pub fn leases_role() -> ClusterRole {
 /// Bind with a RoleBinding in kube-system: the probe account whose fresh
 /// tokens show which key an API server signs with, and its tokens only.
 pub fn probe_role() -> ClusterRole {
-    let probe = || Some(vec![ksa_kube::cluster::PROBE_ACCOUNT.to_owned()]);
+    let probe = || Some(vec![ksa_kube::probe::PROBE_ACCOUNT.to_owned()]);
     let mut account = rule(&[""], &["serviceaccounts"], &["get"]);
     account.resource_names = probe();
     let mut token = rule(&[""], &["serviceaccounts/token"], &["create"]);

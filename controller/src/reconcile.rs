@@ -13,7 +13,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::rotation::{self, Effect, Observed, Plan, Policy, RotationState, StartRequest};
+use ksa_core::issuer::Issuer;
+use ksa_core::rotation::{
+    self, Effect, IssuerChange, Observed, Plan, Policy, RotationState, StartRequest,
+};
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, PassError, StateStore, World};
@@ -25,7 +28,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource as _, ResourceExt as _};
 
 use crate::error::{Error, Result};
-use crate::rollout::Rollout;
+use crate::rollout::{Refusal, Rollout};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -195,8 +198,13 @@ impl Rotation<'_> {
         let now = Timestamp::now();
         let mut state = self.resource.state()?;
         let target = KeyVersion::new(self.resource.spec.key_version);
-        if state.is_completed() && target != state.key_version() {
-            match self.start(&state, target, now).await? {
+        let issuer = if state.is_completed() {
+            self.issuer_change(&state).await?
+        } else {
+            None
+        };
+        if state.is_completed() && (target != state.key_version() || issuer.is_some()) {
+            match self.start(&state, target, issuer, now).await? {
                 Some(started) => state = started,
                 None => return Ok(Action::requeue(Duration::from_secs(30))),
             }
@@ -226,9 +234,6 @@ impl Rotation<'_> {
             }
             .into(),
             PassError::Step(error) => error.into(),
-            PassError::IssuerRotationUnsupported => {
-                ksa_kube::Error::IssuerRotationUnsupported.into()
-            }
         }
     }
 
@@ -275,11 +280,34 @@ impl Rotation<'_> {
         }
     }
 
+    /// The issuer change `spec.issuer` asks of a completed `state`: from
+    /// the issuer the cluster signs with (the last rotation's, or before
+    /// any, the one its discovery document names); `None` when it asks
+    /// for none.
+    async fn issuer_change(&self, state: &RotationState) -> Result<Option<IssuerChange>> {
+        let Some(target) = &self.resource.spec.issuer else {
+            return Ok(None);
+        };
+        let to =
+            Issuer::target(target.as_str()).map_err(|problem| Refusal::BadIssuer { problem })?;
+        let from = match state.issuer() {
+            Some(done) => done.to.clone(),
+            None => self
+                .cluster
+                .issuer()
+                .await?
+                .and_then(|issuer| Issuer::new(issuer).ok())
+                .ok_or(Refusal::IssuerUnknown)?,
+        };
+        Ok((from != to).then_some(IssuerChange { from, to }))
+    }
+
     /// Starts a rotation, or records the refusal and returns `None`.
     async fn start(
         &self,
         state: &RotationState,
         target: KeyVersion,
+        issuer: Option<IssuerChange>,
         now: Timestamp,
     ) -> Result<Option<RotationState>> {
         let missing =
@@ -299,7 +327,7 @@ impl Rotation<'_> {
         let lock = lock::observe(&self.ctx.client, &self.namespace, &self.name).await?;
         let request = StartRequest {
             target,
-            issuer: None,
+            issuer,
             advanced_cluster: false,
             lock,
         };
@@ -307,12 +335,8 @@ impl Rotation<'_> {
             Ok(started) => {
                 // The lease is the compare-and-swap between racing starters.
                 lock::hold(&self.ctx.client, &self.namespace, &self.name).await?;
-                self.event(
-                    EventType::Normal,
-                    "RotationStarted",
-                    format!("rotating the service-account signing key to version {target}"),
-                )
-                .await;
+                self.event(EventType::Normal, "RotationStarted", started_note(&started))
+                    .await;
                 Ok(Some(started))
             }
             Err(refusal) => {
@@ -327,7 +351,18 @@ impl Rotation<'_> {
 
     async fn observe(&self, state: &RotationState) -> Result<Observed> {
         let keys = self.keystore.public_keys().await?;
-        let mut observed = self.cluster.observe(&keys, state, &self.policy).await?;
+        // Issuer reviews: tokens signed with the key the cluster signs with.
+        let signer = if state.observation().issuers_reviewed.is_empty() {
+            None
+        } else {
+            let version = state.versions().private_key_version();
+            let key = self.keystore.private_key(version).await?;
+            Some(self.ctx.backend.signing_key(&key)?)
+        };
+        let mut observed = self
+            .cluster
+            .observe(&keys, state, &self.policy, signer.as_deref())
+            .await?;
         observed.stored_keys = keys.keys().copied().collect();
         Ok(observed)
     }
@@ -348,12 +383,21 @@ impl Rotation<'_> {
                 Ok(())
             }
             Effect::PublishPublicKeys {
-                public, signing, ..
+                public,
+                signing,
+                issuers,
             }
             | Effect::SwitchSigner {
-                signing, public, ..
+                signing,
+                public,
+                issuers,
             } => {
-                let issuer = self.cluster.issuer().await?;
+                // The published discovery document names the signing
+                // issuer: the one the effect makes first, or the cluster's.
+                let discovery_issuer = match issuers.as_deref().and_then(<[_]>::first) {
+                    Some(issuer) => Some(issuer.as_str().to_owned()),
+                    None => self.cluster.issuer().await?,
+                };
                 self.rollout
                     .apply(
                         client,
@@ -361,7 +405,8 @@ impl Rotation<'_> {
                         &self.keystore,
                         *signing,
                         public,
-                        issuer.as_deref(),
+                        issuers.as_deref(),
+                        discovery_issuer.as_deref(),
                     )
                     .await
             }
@@ -376,10 +421,11 @@ impl Rotation<'_> {
                 }
                 Ok(())
             }
-            Effect::RefreshBoundTokens { version, policy } => {
+            Effect::RefreshBoundTokens { policy, .. } => {
                 let since = state.step_started_at().unwrap_or_else(Timestamp::now);
+                let marker = state.refresh_marker();
                 Ok(
-                    refresh::refresh_bound_tokens(&self.cluster.client, *version, policy, since)
+                    refresh::refresh_bound_tokens(&self.cluster.client, &marker, policy, since)
                         .await?,
                 )
             }
@@ -416,6 +462,27 @@ impl Rotation<'_> {
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         publish_event(self.ctx, self.resource, type_, reason, note).await;
     }
+}
+
+/// What the RotationStarted Event says.
+fn started_note(started: &RotationState) -> String {
+    let issuer = started
+        .issuer()
+        .filter(|_| started.changes_issuer())
+        .map(|change| {
+            format!(
+                "the service-account issuer from {} to {}",
+                change.from, change.to
+            )
+        });
+    let key = started.changes_key().then(|| {
+        format!(
+            "the service-account signing key to version {}",
+            started.key_version()
+        )
+    });
+    let what: Vec<String> = key.into_iter().chain(issuer).collect();
+    format!("rotating {}", what.join(" and "))
 }
 
 /// The rotation resource's status, as the driver's state store.

@@ -20,10 +20,11 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use ksa_core::KeyVersion;
-use ksa_kube::api::KSASigningKeyRotation;
-use ksa_kube::api::RolloutKind;
+use ksa_core::issuer::{Issuer, IssuerError};
+use ksa_kube::api::{DEFAULT_CONTAINER, KSASigningKeyRotation, RolloutKind};
+use ksa_kube::flags::{self, FlagsError};
 use ksa_kube::keystore::{KeyStore, LABEL_KEY_VERSION, LABEL_ROTATION, key_set_id};
-use ksa_kube::names::is_dns1123_subdomain;
+use ksa_kube::names::{is_dns1123_label, is_dns1123_subdomain};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 
@@ -77,11 +78,14 @@ impl std::fmt::Display for WorkloadKind {
 }
 
 /// The workload running the API server pods, restarted when the key set
-/// changes.
+/// changes, and whose API server container's arguments carry the issuer
+/// flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub kind: WorkloadKind,
     pub name: String,
+    /// The API server container.
+    pub container: String,
 }
 
 /// Why a rotation's roll-out is refused. Names the object and the label
@@ -131,6 +135,40 @@ pub enum Refusal {
          most 253 characters)"
     )]
     BadWorkloadName { name: String },
+    #[error(
+        "spec.rollout.workload.container {name:?} is not a container name (a DNS-1123 label of \
+         at most 63 characters)"
+    )]
+    BadContainerName { name: String },
+    #[error(
+        "spec.issuer needs spec.rollout.workload: the API server workload whose container \
+         arguments carry --service-account-issuer, which ksa changes step by step"
+    )]
+    IssuerNeedsWorkload,
+    #[error("spec.issuer is refused: {problem}")]
+    BadIssuer { problem: IssuerError },
+    #[error(
+        "the issuer of the user cluster is unknown: its API server's discovery document names \
+         none (is --service-account-issuer set?)"
+    )]
+    IssuerUnknown,
+    #[error(
+        "{kind} {namespace}/{name} has no container {container:?}; name the API server container in spec.rollout.workload.container"
+    )]
+    ContainerMissing {
+        kind: WorkloadKind,
+        namespace: String,
+        name: String,
+        container: String,
+    },
+    #[error("the arguments of container {container:?} of {kind} {namespace}/{name}: {problem}")]
+    IssuerArguments {
+        kind: WorkloadKind,
+        namespace: String,
+        name: String,
+        container: String,
+        problem: FlagsError,
+    },
     #[error("spec.rollout.workload names {kind} {namespace}/{name}, which does not exist")]
     WorkloadMissing {
         kind: WorkloadKind,
@@ -163,6 +201,12 @@ impl Refusal {
             Refusal::BadWorkloadName { .. } => "BadWorkloadName",
             Refusal::WorkloadMissing { .. } => "WorkloadMissing",
             Refusal::WorkloadNotLabelled { .. } => "WorkloadNotLabelled",
+            Refusal::BadContainerName { .. } => "BadContainerName",
+            Refusal::IssuerNeedsWorkload => "IssuerNeedsWorkload",
+            Refusal::BadIssuer { .. } => "BadIssuer",
+            Refusal::IssuerUnknown => "IssuerUnknown",
+            Refusal::ContainerMissing { .. } => "ContainerMissing",
+            Refusal::IssuerArguments { .. } => "IssuerArguments",
         }
     }
 }
@@ -235,19 +279,19 @@ pub fn may_restart_workload(
     Ok(())
 }
 
-/// A rotation's way of rolling key sets out.
+/// A rotation's way of rolling key sets and issuers out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rollout {
-    HostedControlPlane {
-        /// The Secret the API server pods mount.
-        key_secret: String,
-        /// The workload restarted when the key set changes; none when
-        /// whoever mounts the Secret restarts on change.
-        workload: Option<Workload>,
-    },
-    /// `ksa-controller signer` reads `sa.key` and `sa.pub` from this Secret
-    /// and serves them to kube-apiserver as they change.
-    ExternalSigner { key_secret: String },
+pub struct Rollout {
+    pub kind: RolloutKind,
+    /// The Secret the API server pods mount (hosted), or that
+    /// `ksa-controller signer` reads `sa.key` and `sa.pub` from and serves
+    /// to kube-apiserver as they change (external signer).
+    pub key_secret: String,
+    /// The API server workload. Hosted: restarted when the key set
+    /// changes (none: whoever mounts the Secret restarts on change).
+    /// Either kind: its container's issuer arguments are changed by an
+    /// issuer rotation, which needs it.
+    pub workload: Option<Workload>,
 }
 
 impl Rollout {
@@ -265,37 +309,39 @@ impl Rollout {
             Some(secret) => secret.clone(),
             None => default_key_secret(name),
         };
-        match spec.kind {
-            RolloutKind::HostedControlPlane => {
-                let workload = match &spec.workload {
-                    Some(workload) => {
-                        let kind = WorkloadKind::parse(&workload.kind)?;
-                        if !is_dns1123_subdomain(&workload.name) {
-                            return Err(Refusal::BadWorkloadName {
-                                name: workload.name.chars().take(63).collect(),
-                            });
-                        }
-                        Some(Workload {
-                            kind,
-                            name: workload.name.clone(),
-                        })
-                    }
-                    None => None,
-                };
-                Ok(Rollout::HostedControlPlane {
-                    key_secret,
-                    workload,
+        let workload = match &spec.workload {
+            Some(workload) => {
+                let kind = WorkloadKind::parse(&workload.kind)?;
+                if !is_dns1123_subdomain(&workload.name) {
+                    return Err(Refusal::BadWorkloadName {
+                        name: workload.name.chars().take(63).collect(),
+                    });
+                }
+                let container = workload
+                    .container
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONTAINER.to_owned());
+                if !is_dns1123_label(&container) {
+                    return Err(Refusal::BadContainerName {
+                        name: container.chars().take(63).collect(),
+                    });
+                }
+                Some(Workload {
+                    kind,
+                    name: workload.name.clone(),
+                    container,
                 })
             }
-            RolloutKind::ExternalSigner => Ok(Rollout::ExternalSigner { key_secret }),
+            None => None,
+        };
+        if resource.spec.issuer.is_some() && workload.is_none() {
+            return Err(Refusal::IssuerNeedsWorkload);
         }
-    }
-
-    fn key_secret(&self) -> &str {
-        match self {
-            Rollout::HostedControlPlane { key_secret, .. }
-            | Rollout::ExternalSigner { key_secret } => key_secret,
-        }
+        Ok(Rollout {
+            kind: spec.kind,
+            key_secret,
+            workload,
+        })
     }
 
     /// Refuses a key Secret or a workload that is not labelled for the
@@ -307,19 +353,15 @@ impl Rollout {
         namespace: &str,
         rotation: &str,
     ) -> Result<()> {
-        let key_secret = self.key_secret();
-        if key_secret != default_key_secret(rotation) {
+        let key_secret = &self.key_secret;
+        if *key_secret != default_key_secret(rotation) {
             let secret = Api::<Secret>::namespaced(admin.clone(), namespace)
                 .get_opt(key_secret)
                 .await?;
             let labels = secret.map(|s| s.metadata.labels.unwrap_or_default());
             may_write_key_secret(namespace, rotation, key_secret, labels.as_ref())?;
         }
-        if let Rollout::HostedControlPlane {
-            workload: Some(workload),
-            ..
-        } = self
-        {
+        if let Some(workload) = &self.workload {
             let labels = match workload.kind {
                 WorkloadKind::Deployment => {
                     labels_of::<Deployment>(admin, namespace, &workload.name).await?
@@ -336,9 +378,14 @@ impl Rollout {
         Ok(())
     }
 
-    /// Makes the API servers sign with `signing` and accept `public`, and
-    /// publishes the JWKS. Idempotent: nothing restarts when the key set is
-    /// already in place.
+    /// Makes the API servers sign with `signing` and accept `public` (and,
+    /// with `issuers`, sign with the first issuer and accept them all), and
+    /// publishes the JWKS and the discovery document of `discovery_issuer`.
+    /// Idempotent: nothing restarts when all of it is already in place.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument named there"
+    )]
     pub async fn apply(
         &self,
         admin: &kube::Client,
@@ -346,63 +393,132 @@ impl Rollout {
         keystore: &KeyStore,
         signing: KeyVersion,
         public: &[KeyVersion],
-        issuer: Option<&str>,
+        issuers: Option<&[Issuer]>,
+        discovery_issuer: Option<&str>,
     ) -> Result<()> {
-        match self {
-            Rollout::HostedControlPlane {
-                key_secret,
-                workload,
-            } => {
-                let changed = keystore
-                    .publish(key_secret, signing, public, issuer)
-                    .await?;
-                let Some(workload) = workload.as_ref().filter(|_| changed) else {
-                    return Ok(());
-                };
-                let id = key_set_id(signing, public);
-                let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"ksa.dev/key-set": id}}}}});
-                let patch = Patch::Merge(&patch);
-                let params = PatchParams::default();
-                let name = &workload.name;
-                match workload.kind {
-                    WorkloadKind::Deployment => {
-                        Api::<Deployment>::namespaced(admin.clone(), namespace)
-                            .patch(name, &params, &patch)
-                            .await?;
-                    }
-                    WorkloadKind::StatefulSet => {
-                        Api::<StatefulSet>::namespaced(admin.clone(), namespace)
-                            .patch(name, &params, &patch)
-                            .await?;
-                    }
-                    WorkloadKind::DaemonSet => {
-                        Api::<DaemonSet>::namespaced(admin.clone(), namespace)
-                            .patch(name, &params, &patch)
-                            .await?;
-                    }
-                }
-                Ok(())
-            }
-            Rollout::ExternalSigner { key_secret } => {
-                // The signer follows the Secret; kube-apiserver fetches the
-                // keys again within the signer's refresh hint.
-                keystore
-                    .publish(key_secret, signing, public, issuer)
-                    .await?;
-                Ok(())
-            }
+        let keys_changed = keystore
+            .publish(&self.key_secret, signing, public, discovery_issuer)
+            .await?;
+        let Some(workload) = &self.workload else {
+            return Ok(());
+        };
+        let args = match issuers {
+            Some(issuers) => workload.issuer_args(admin, namespace, issuers).await?,
+            None => None,
+        };
+        // Hosted: the pods mount the Secret and restart with the workload.
+        // External signer: the signer follows the Secret, kube-apiserver
+        // fetches the keys again; only new issuer flags restart it.
+        let restart = keys_changed && self.kind == RolloutKind::HostedControlPlane;
+        if !restart && args.is_none() {
+            return Ok(());
         }
+        let mut template = serde_json::json!({});
+        if restart {
+            template["metadata"] = serde_json::json!({"annotations": {"ksa.dev/key-set": key_set_id(signing, public)}});
+        }
+        if let Some((args, resource_version)) = args {
+            template["spec"] =
+                serde_json::json!({"containers": [{"name": workload.container, "args": args}]});
+            // Conditional on the arguments read: an edit meanwhile makes
+            // this fail and the next pass read them again.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": resource_version},
+                "spec": {"template": template},
+            });
+            return workload
+                .patch(admin, namespace, &Patch::Strategic(patch))
+                .await;
+        }
+        let patch = serde_json::json!({"spec": {"template": template}});
+        workload.patch(admin, namespace, &Patch::Merge(patch)).await
     }
 }
 
-/// The labels of the workload `name` (`None`: there is none), by a list
-/// with a field selector: the controller lists and patches workloads, and
-/// needs no `get` for this.
-async fn labels_of<K>(
-    admin: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, String>>>
+impl Workload {
+    /// The container's arguments with `issuers` as its issuer flags
+    /// ([`ksa_kube::flags`]) and the workload's resourceVersion, or `None`
+    /// when they already are.
+    async fn issuer_args(
+        &self,
+        admin: &kube::Client,
+        namespace: &str,
+        issuers: &[Issuer],
+    ) -> Result<Option<(Vec<String>, String)>> {
+        let template = match self.kind {
+            WorkloadKind::Deployment => find::<Deployment>(admin, namespace, &self.name)
+                .await?
+                .and_then(|w| Some((w.spec?.template, w.metadata.resource_version?))),
+            WorkloadKind::StatefulSet => find::<StatefulSet>(admin, namespace, &self.name)
+                .await?
+                .and_then(|w| Some((w.spec?.template, w.metadata.resource_version?))),
+            WorkloadKind::DaemonSet => find::<DaemonSet>(admin, namespace, &self.name)
+                .await?
+                .and_then(|w| Some((w.spec?.template, w.metadata.resource_version?))),
+        };
+        let Some((template, resource_version)) = template else {
+            return Err(Refusal::WorkloadMissing {
+                kind: self.kind,
+                namespace: namespace.to_owned(),
+                name: self.name.clone(),
+            }
+            .into());
+        };
+        let container = template
+            .spec
+            .into_iter()
+            .flat_map(|spec| spec.containers)
+            .find(|c| c.name == self.container)
+            .ok_or_else(|| Refusal::ContainerMissing {
+                kind: self.kind,
+                namespace: namespace.to_owned(),
+                name: self.name.clone(),
+                container: self.container.clone(),
+            })?;
+        let args = container.args.unwrap_or_default();
+        let edited =
+            flags::with_issuers(&args, issuers).map_err(|problem| Refusal::IssuerArguments {
+                kind: self.kind,
+                namespace: namespace.to_owned(),
+                name: self.name.clone(),
+                container: self.container.clone(),
+                problem,
+            })?;
+        Ok(edited.map(|args| (args, resource_version)))
+    }
+
+    async fn patch(
+        &self,
+        admin: &kube::Client,
+        namespace: &str,
+        patch: &Patch<serde_json::Value>,
+    ) -> Result<()> {
+        let params = PatchParams::default();
+        let name = &self.name;
+        match self.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(admin.clone(), namespace)
+                    .patch(name, &params, patch)
+                    .await?;
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(admin.clone(), namespace)
+                    .patch(name, &params, patch)
+                    .await?;
+            }
+            WorkloadKind::DaemonSet => {
+                Api::<DaemonSet>::namespaced(admin.clone(), namespace)
+                    .patch(name, &params, patch)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The object `name`, by a list with a field selector: the controller
+/// lists and patches workloads, and needs no `get` for this.
+async fn find<K>(admin: &kube::Client, namespace: &str, name: &str) -> Result<Option<K>>
 where
     K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -415,7 +531,23 @@ where
     Ok(list
         .items
         .into_iter()
-        .find(|w| w.meta().name.as_deref() == Some(name))
+        .find(|w| w.meta().name.as_deref() == Some(name)))
+}
+
+/// The labels of the workload `name` (`None`: there is none).
+async fn labels_of<K>(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    Ok(find::<K>(admin, namespace, name)
+        .await?
         .map(|w| w.meta().labels.clone().unwrap_or_default()))
 }
 
@@ -454,7 +586,8 @@ mod tests {
     fn the_spec_is_parsed_into_a_rollout_or_refused() {
         assert_eq!(
             Rollout::of(&rotation(serde_json::json!({})), "r").expect("parses"),
-            Rollout::HostedControlPlane {
+            Rollout {
+                kind: RolloutKind::HostedControlPlane,
                 key_secret: "r-apiserver-keys".into(),
                 workload: None
             }
@@ -465,11 +598,13 @@ mod tests {
                 "r"
             )
             .expect("parses"),
-            Rollout::HostedControlPlane {
+            Rollout {
+                kind: RolloutKind::HostedControlPlane,
                 key_secret: "r-apiserver-keys".into(),
                 workload: Some(Workload {
                     kind: WorkloadKind::StatefulSet,
-                    name: "kas".into()
+                    name: "kas".into(),
+                    container: "kube-apiserver".into(),
                 })
             }
         );
@@ -506,9 +641,26 @@ mod tests {
                 "r"
             )
             .expect("parses"),
-            Rollout::ExternalSigner {
-                key_secret: "k".into()
+            Rollout {
+                kind: RolloutKind::ExternalSigner,
+                key_secret: "k".into(),
+                workload: None,
             }
+        );
+        assert_eq!(
+            Rollout::of(
+                &rotation(serde_json::json!({"workload": {"kind": "Deployment", "name": "kas", "container": "a b"}})),
+                "r"
+            )
+            .expect_err("refused")
+            .reason(),
+            "BadContainerName"
+        );
+        let mut issuer_only = rotation(serde_json::json!({}));
+        issuer_only.spec.issuer = Some("https://b.example".into());
+        assert_eq!(
+            Rollout::of(&issuer_only, "r").expect_err("refused"),
+            Refusal::IssuerNeedsWorkload
         );
     }
 
@@ -557,6 +709,7 @@ mod tests {
         let workload = Workload {
             kind: WorkloadKind::Deployment,
             name: "kube-apiserver".into(),
+            container: "kube-apiserver".into(),
         };
         assert_eq!(
             may_restart_workload("ns", "r", &workload, Some(&labelled("r"))),

@@ -25,8 +25,8 @@ use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::{
     self, ApiServerView, BoundTokenRefresh, Effect, HolderReason, Holders, IssuerChange,
-    NamedHolder, Observed, OperationLock, Plan, Policy, Refusal, RotationState, StartRequest, Step,
-    Wait,
+    NamedHolder, Observed, OperationLock, Plan, Policy, Refusal, Requested, RotationState,
+    StartRequest, Step, Wait,
 };
 use proptest::prelude::*;
 
@@ -1109,8 +1109,13 @@ fn a_requested_rotation_not_started_yet_is_refused() {
         advanced_cluster: false,
         lock: OperationLock::Free,
     };
-    let refusal = rotation::start_new(&settled, Some(KeyVersion::new(4)), &request, now())
-        .expect_err("refused");
+    let refusal = rotation::start_new(
+        &settled,
+        &Requested::key(Some(KeyVersion::new(4))),
+        &request,
+        now(),
+    )
+    .expect_err("refused");
     assert_eq!(
         refusal,
         Refusal::RotationRequested {
@@ -1124,7 +1129,12 @@ fn a_requested_rotation_not_started_yet_is_refused() {
         ..request.clone()
     };
     assert_eq!(
-        rotation::start_new(&settled, Some(KeyVersion::new(4)), &advanced, now()),
+        rotation::start_new(
+            &settled,
+            &Requested::key(Some(KeyVersion::new(4))),
+            &advanced,
+            now()
+        ),
         Err(Refusal::RotationRequested {
             key_version: KeyVersion::new(4)
         })
@@ -1132,14 +1142,51 @@ fn a_requested_rotation_not_started_yet_is_refused() {
     // A stored target the state is at, or none stored: as `start`.
     for requested in [Some(KeyVersion::new(3)), None] {
         assert_eq!(
-            rotation::start_new(&settled, requested, &request, now()),
+            rotation::start_new(&settled, &Requested::key(requested), &request, now()),
             rotation::start(&settled, &request, now())
         );
     }
     assert_eq!(
-        rotation::start_new(&settled, None, &advanced, now()),
+        rotation::start_new(&settled, &Requested::default(), &advanced, now()),
         Err(Refusal::AdvancedCluster)
     );
+}
+
+#[test]
+fn a_requested_issuer_rotation_not_started_yet_is_refused() {
+    let a = Issuer::new("https://a.example").expect("issuer");
+    let b = Issuer::target("https://b.example").expect("issuer");
+    let settled = RotationState::settled(KeyVersion::new(3));
+    let request = StartRequest {
+        issuer: None,
+        target: KeyVersion::new(4),
+        advanced_cluster: false,
+        lock: OperationLock::Free,
+    };
+    // spec.issuer says b, the cluster still signs with a.
+    let pending = Requested {
+        key_version: Some(KeyVersion::new(3)),
+        issuer: Some(b.clone()),
+        signing_issuer: Some(a.clone()),
+    };
+    let refusal = rotation::start_new(&settled, &pending, &request, now()).expect_err("refused");
+    assert_eq!(
+        refusal,
+        Refusal::IssuerRotationRequested { issuer: b.clone() }
+    );
+    assert!(refusal.is_busy());
+    // Once the cluster signs with b (or when its issuer is not known), b
+    // is no longer pending.
+    for signing in [Some(b.clone()), None] {
+        let done = Requested {
+            signing_issuer: signing,
+            ..pending.clone()
+        };
+        assert_eq!(
+            rotation::start_new(&settled, &done, &request, now()),
+            rotation::start(&settled, &request, now())
+        );
+    }
 }
 
 #[test]

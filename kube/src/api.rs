@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ksa_core::KeyVersion;
+use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
-use ksa_core::rotation::{BoundTokenRefresh, Policy, RotationState, Step};
+use ksa_core::rotation::{BoundTokenRefresh, IssuerChange, Policy, RotationState, Step};
 use ksa_core::status::StatusLine;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -16,8 +17,12 @@ use serde::{Deserialize, Serialize};
 
 /// The condition type that carries the status line.
 pub const CONDITION_TYPE: &str = "KSASigningKeyRotation";
+/// The condition type that carries the issuer status line (SPEC section
+/// 10), once ksa has changed the issuer.
+pub const ISSUER_CONDITION_TYPE: &str = "KSAIssuerRotation";
 
-/// Rotate a user cluster's service-account signing key to `keyVersion`.
+/// Rotate a user cluster's service-account signing key to `keyVersion`,
+/// and its token issuer to `issuer`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "ksa.dev",
@@ -29,13 +34,22 @@ pub const CONDITION_TYPE: &str = "KSASigningKeyRotation";
     status = "RotationStatus",
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.keyVersion"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuer.signingIssuer"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"KSASigningKeyRotation\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
-    /// The key version to rotate to: the current version plus one.
+    /// The key version to rotate to: the current version plus one (or the
+    /// current version, to change only the issuer).
     pub key_version: u64,
+    /// The issuer to rotate to (`--service-account-issuer`): an https URL
+    /// with a host and no query, fragment or credentials. Unset: the issuer
+    /// stays as it is. Needs `rollout.workload`, whose container arguments
+    /// carry the issuer flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = "^https://"))]
+    pub issuer: Option<String>,
     /// How to reach the user cluster. None: the controller's own cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRef>,
@@ -135,7 +149,14 @@ pub struct WorkloadRef {
     /// refused.
     pub kind: String,
     pub name: String,
+    /// The API server container, whose `--service-account-issuer`
+    /// arguments an issuer rotation changes. Default: `kube-apiserver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
+
+/// The API server container's name when the workload names none.
+pub const DEFAULT_CONTAINER: &str = "kube-apiserver";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +226,13 @@ pub struct RotationStatus {
     /// The status line, verbatim.
     #[serde(default)]
     pub status_line: String,
+    /// `false` for an issuer rotation that keeps the key. Absent: `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_key: Option<bool>,
+    /// The issuer rotation, once ksa has changed the issuer (SPEC section
+    /// 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<IssuerStatus>,
     /// What the current step waits for, or the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
@@ -212,6 +240,26 @@ pub struct RotationStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// Where the issuer rotation stands: the change (`from`, `to`; the state
+/// that is stored) and the three values of SPEC section 10 with their
+/// status line (derived from it, for readers).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    #[schemars(with = "String")]
+    pub from: Issuer,
+    #[schemars(with = "String")]
+    pub to: Issuer,
+    #[schemars(with = "String")]
+    pub signing_issuer: Issuer,
+    #[schemars(with = "Vec<String>")]
+    pub accepted_issuers: Vec<Issuer>,
+    #[schemars(with = "String")]
+    pub token_issuer: Issuer,
+    /// The issuer status line, verbatim.
+    pub status_line: String,
 }
 
 /// The schema of a step: one of the core's step names, so the API server
@@ -246,6 +294,11 @@ impl RotationStatus {
             "stepStartedAt": self.step_started_at,
             "confirmedAt": self.confirmed_at,
             "completedAt": self.completed_at,
+            "issuer": self.issuer.as_ref().map(|i| IssuerChange {
+                from: i.from.clone(),
+                to: i.to.clone(),
+            }),
+            "changesKey": self.changes_key.unwrap_or(true),
         });
         serde_json::from_value(value).map_err(|e| BadStatus(e.to_string()))
     }
@@ -260,13 +313,49 @@ impl RotationStatus {
     ) -> RotationStatus {
         let line: StatusLine = state.status_line();
         let versions = state.versions();
-        let status = if line.status() { "True" } else { "False" };
-        // Keep the transition time while the condition's status is unchanged.
-        let last_transition = previous
-            .and_then(|p| p.conditions.iter().find(|c| c.type_ == CONDITION_TYPE))
-            .filter(|c| c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        let condition = |type_: &str, status: bool, reason: &str, message: String| {
+            let status = if status { "True" } else { "False" };
+            // Keep the transition time while the condition's status is
+            // unchanged.
+            let last_transition = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+                .filter(|c| c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                last_transition_time: last_transition,
+                observed_generation: generation,
+            }
+        };
+        let mut conditions = vec![condition(
+            CONDITION_TYPE,
+            line.status(),
+            line.reason.as_str(),
+            line.message(),
+        )];
+        let issuer = state
+            .issuer()
+            .zip(state.issuer_status_line())
+            .map(|(change, line)| {
+                conditions.push(condition(
+                    ISSUER_CONDITION_TYPE,
+                    line.completed,
+                    line.reason(),
+                    line.message(),
+                ));
+                IssuerStatus {
+                    from: change.from.clone(),
+                    to: change.to.clone(),
+                    signing_issuer: line.issuers.signing_issuer().clone(),
+                    accepted_issuers: line.issuers.accepted_issuers().to_vec(),
+                    token_issuer: line.issuers.token_issuer().clone(),
+                    status_line: line.to_string(),
+                }
+            });
         RotationStatus {
             key_version: state.key_version().get(),
             step: state.step(),
@@ -282,16 +371,11 @@ impl RotationStatus {
                 .map(|v| v.get())
                 .collect(),
             status_line: line.to_string(),
+            changes_key: (!state.changes_key()).then_some(false),
+            issuer,
             waiting_for,
             observed_generation: generation,
-            conditions: vec![Condition {
-                type_: CONDITION_TYPE.to_owned(),
-                status: status.to_owned(),
-                reason: line.reason.as_str().to_owned(),
-                message: line.message(),
-                last_transition_time: last_transition,
-                observed_generation: generation,
-            }],
+            conditions,
         }
     }
 }

@@ -1,29 +1,26 @@
 //! The user cluster: how to reach it, and what its API servers are doing.
 //!
 //! Every step is confirmed by asking each API server instance itself (from
-//! the `kubernetes` EndpointSlices): which keys its `/openid/v1/jwks` serves,
-//! and which key signs a fresh TokenRequest it answers.
+//! the `kubernetes` EndpointSlices), through [`crate::probe`]: which keys its
+//! `/openid/v1/jwks` serves, which key and issuer a fresh TokenRequest it
+//! answers carries, which issuer its discovery document names, and whether
+//! its TokenReview accepts a token carrying an issuer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use ksa_core::crypto::SigningKey;
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::PublicKey;
-use ksa_core::rotation::{ApiServerView, Observed, Policy, RotationState};
+use ksa_core::rotation::{ApiServerView, Observation, Observed, Policy, RotationState};
 use ksa_core::{KeyId, KeyVersion};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams};
 
 use crate::api::ClusterRef;
 use crate::error::{Error, Result};
 use crate::kubeconfig::{InlineKubeconfig, KubeconfigProblem};
-use crate::refresh;
-
-/// The namespace and name of the service account whose fresh tokens tell
-/// which key an API server signs with.
-pub const PROBE_NAMESPACE: &str = "kube-system";
-pub const PROBE_ACCOUNT: &str = "ksa-rotation-probe";
+use crate::{probe, refresh};
 
 /// A connection to the user cluster.
 #[derive(Clone)]
@@ -146,37 +143,27 @@ impl TargetCluster {
             .collect()
     }
 
-    /// Makes sure the probe service account exists.
-    pub async fn ensure_probe_account(&self) -> Result<()> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), PROBE_NAMESPACE);
-        let account = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(PROBE_ACCOUNT.into()),
-                ..ObjectMeta::default()
-            },
-            ..ServiceAccount::default()
-        };
-        match api.create(&PostParams::default(), &account).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// What the step `state` is at needs observed in the user cluster (every
     /// field of [`Observed`] but `stored_keys`, which the caller's key store
     /// knows): the API servers for Trust, Sign and Retire; stale legacy and
     /// bound tokens for RefreshTokens.
+    ///
+    /// `signer` is the key the cluster signs with now
+    /// (`state.versions().private_key_version()`): an issuer rotation's
+    /// Trust and Retire mint tokens with it to ask each instance whether it
+    /// accepts an issuer. Without it no issuer review is made, which
+    /// confirms nothing.
     pub async fn observe(
         &self,
         keys: &BTreeMap<KeyVersion, PublicKey>,
         state: &RotationState,
         policy: &Policy,
+        signer: Option<&dyn SigningKey>,
     ) -> Result<Observed> {
         let mut observed = Observed::default();
         let observation = state.observation();
         if observation.api_servers {
-            observed.api_servers = self.observe_api_servers(keys, observation.signing).await?;
+            observed.api_servers = self.observe_api_servers(keys, &observation, signer).await?;
         }
         // Without the new key in the store nothing can be counted; the
         // driver refuses the state for its missing key.
@@ -188,7 +175,7 @@ impl TargetCluster {
             let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
             if let Some(bound) = refresh::observe_bound_tokens(
                 &self.client,
-                state.key_version(),
+                &state.refresh_marker(),
                 &policy.bound_token_refresh,
                 since,
                 policy.clock_skew,
@@ -203,27 +190,43 @@ impl TargetCluster {
     }
 
     /// What every API server instance accepts and signs with, in versions
-    /// of the key store. Unknown kids are left out.
+    /// of the key store (unknown kids are left out), and, as `observation`
+    /// asks, the issuers it accepts and issues.
     pub async fn observe_api_servers(
         &self,
         keys: &BTreeMap<KeyVersion, PublicKey>,
-        want_signer: bool,
+        observation: &Observation,
+        signer: Option<&dyn SigningKey>,
     ) -> Result<Vec<ApiServerView>> {
         let versions: BTreeMap<&KeyId, KeyVersion> =
             keys.iter().map(|(v, k)| (k.kid(), *v)).collect();
-        if want_signer {
-            self.ensure_probe_account().await?;
+        let wants_fresh_token = observation.signing || observation.issuer_signing;
+        let reviewing = signer.filter(|_| !observation.issuers_reviewed.is_empty());
+        let account_uid = if wants_fresh_token || reviewing.is_some() {
+            Some(probe::ensure_probe_account(&self.client).await?)
+        } else {
+            None
+        };
+        // One token per issuer for every instance: each instance judges the
+        // same tokens.
+        let mut probes = Vec::new();
+        if let (Some(signer), Some(uid)) = (reviewing, &account_uid) {
+            let now = jiff::Timestamp::now();
+            for issuer in &observation.issuers_reviewed {
+                let token = probe::issuer_probe_token(issuer, uid, signer, now)?;
+                probes.push((issuer.clone(), token));
+            }
         }
         let mut views = Vec::new();
         for url in self.api_servers().await? {
             let mut config = self.config.clone();
             config.cluster_url = url.clone();
             let client = kube::Client::try_from(config)?;
-            let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
             let mut view = ApiServerView {
                 name: url.to_string(),
                 ..ApiServerView::default()
             };
+            let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
             // An instance that does not answer confirms nothing.
             let Ok(text) = client.request_text(request).await else {
                 views.push(view);
@@ -235,42 +238,24 @@ impl TargetCluster {
                     .filter_map(|t| versions.get(&t.kid).copied())
                     .collect();
             }
-            if want_signer {
-                view.signs_with = fresh_token_kid(&client)
-                    .await
-                    .ok()
-                    .and_then(|kid| versions.get(&kid).copied());
+            if wants_fresh_token && let Ok(fresh) = probe::fresh_token(&client).await {
+                if observation.signing {
+                    view.signs_with = fresh.kid.and_then(|kid| versions.get(&kid).copied());
+                }
+                if observation.issuer_signing {
+                    view.issues = fresh.iss;
+                }
+            }
+            if observation.issuer_signing {
+                view.discovery_issuer = probe::discovery_issuer(&client).await.ok().flatten();
+            }
+            for (issuer, token) in &probes {
+                if let Ok(accepted) = probe::accepts(&client, token).await {
+                    view.issuer_reviews.insert(issuer.clone(), accepted);
+                }
             }
             views.push(view);
         }
         Ok(views)
     }
-}
-
-/// Requests a fresh token from one API server and returns its kid.
-async fn fresh_token_kid(client: &kube::Client) -> Result<KeyId> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let response = api
-        .create_token_request(PROBE_ACCOUNT, &PostParams::default(), &request)
-        .await?;
-    let token = response.status.map(|s| s.token).unwrap_or_default();
-    let decoded = ksa_core::token::decode(&token).map_err(|e| Error::BadResponse {
-        what: "fresh TokenRequest token",
-        detail: e.to_string(),
-    })?;
-    decoded
-        .header
-        .kid
-        .map(KeyId::new)
-        .ok_or_else(|| Error::BadResponse {
-            what: "fresh TokenRequest token",
-            detail: "it has no kid".into(),
-        })
 }

@@ -86,13 +86,6 @@ pub enum PassError<E> {
     /// The core refused the transition (a bug). Nothing was changed.
     #[error(transparent)]
     Step(StepError),
-    /// The plan changes the API servers' issuers, which no shell can apply
-    /// yet. Nothing was changed.
-    #[error(
-        "the rotation state asks for an issuer change, which this version of ksa cannot apply; \
-         upgrade ksa to finish the rotation"
-    )]
-    IssuerRotationUnsupported,
     #[error("saving the rotation state: {0}")]
     Save(#[source] E),
     /// The state was saved; `effect` and the ones after it were not applied.
@@ -127,21 +120,6 @@ where
         return Err(PassError::MissingKey(missing));
     }
     let plan = rotation::step(state, &observed, now, policy).map_err(PassError::Step)?;
-    let sets_issuers = |effect: &Effect| {
-        matches!(
-            effect,
-            Effect::PublishPublicKeys {
-                issuers: Some(_),
-                ..
-            } | Effect::SwitchSigner {
-                issuers: Some(_),
-                ..
-            }
-        )
-    };
-    if plan.effects.iter().any(sets_issuers) {
-        return Err(PassError::IssuerRotationUnsupported);
-    }
     store.save(state, &plan).await.map_err(PassError::Save)?;
     for effect in &plan.effects {
         world
@@ -162,15 +140,17 @@ where
 mod tests {
     //! The driver over in-memory implementations of its traits: a store that
     //! can fail to save, and a model cluster of three API servers that take a
-    //! new key set one instance per observation (a roll-out), whose applies
-    //! can fail. A failure is a crash: the next pass starts from what the
-    //! store holds.
+    //! new key set and issuer list one instance per observation (a
+    //! roll-out), whose applies can fail. A failure is a crash: the next pass
+    //! starts from what the store holds. Key rotations, issuer rotations and
+    //! both at once are driven through every crash point.
 
     use std::collections::BTreeSet;
     use std::time::Duration;
 
     use super::*;
-    use ksa_core::rotation::{ApiServerView, StartRequest, Step};
+    use ksa_core::issuer::Issuer;
+    use ksa_core::rotation::{ApiServerView, IssuerChange, StartRequest, Step};
 
     #[derive(Debug, PartialEq)]
     struct Crash;
@@ -198,20 +178,36 @@ mod tests {
         }
     }
 
-    #[derive(Clone, Debug)]
+    #[derive(Clone, Debug, PartialEq)]
     struct Server {
         accepts: BTreeSet<KeyVersion>,
         signs: KeyVersion,
+        /// `--service-account-issuer`, the first signing.
+        issuers: Vec<Issuer>,
+    }
+
+    /// A token in circulation: the key that signed it and its `iss`.
+    type Token = (KeyVersion, Issuer);
+
+    fn issuer(text: &str) -> Issuer {
+        Issuer::new(text).expect("an issuer")
+    }
+
+    fn a() -> Issuer {
+        issuer("https://a.example")
+    }
+
+    fn b() -> Issuer {
+        issuer("https://b.example")
     }
 
     struct ModelWorld {
         keys: BTreeSet<KeyVersion>,
         servers: Vec<Server>,
-        desired: (BTreeSet<KeyVersion>, KeyVersion),
-        /// Tokens in circulation, by the key that signed them.
-        tokens: BTreeSet<KeyVersion>,
-        /// The key tokens are refreshed to, once asked.
-        refresh_to: Option<KeyVersion>,
+        desired: Server,
+        tokens: BTreeSet<Token>,
+        /// What tokens are refreshed to, once asked.
+        refresh_to: Option<Token>,
         next_to_roll: usize,
         /// Fail the apply with this index.
         fail_at: Option<usize>,
@@ -223,17 +219,16 @@ mod tests {
     impl ModelWorld {
         fn new(servers: usize) -> ModelWorld {
             let one = KeyVersion::FIRST;
+            let server = Server {
+                accepts: [one].into(),
+                signs: one,
+                issuers: vec![a()],
+            };
             ModelWorld {
                 keys: [one].into(),
-                servers: vec![
-                    Server {
-                        accepts: [one].into(),
-                        signs: one,
-                    };
-                    servers
-                ],
-                desired: ([one].into(), one),
-                tokens: [one].into(),
+                servers: vec![server.clone(); servers],
+                desired: server,
+                tokens: [(one, a())].into(),
                 refresh_to: None,
                 next_to_roll: 0,
                 fail_at: None,
@@ -244,11 +239,11 @@ mod tests {
 
         /// Every token in circulation verifies on every server.
         fn check_nobody_logged_out(&self) {
-            for token in &self.tokens {
+            for (key, iss) in &self.tokens {
                 for (i, server) in self.servers.iter().enumerate() {
                     assert!(
-                        server.accepts.contains(token),
-                        "server {i} rejects a token of key {token}: {:?}",
+                        server.accepts.contains(key) && server.issuers.contains(iss),
+                        "server {i} rejects a token of key {key} and issuer {iss}: {:?}",
                         self.servers
                     );
                 }
@@ -259,21 +254,20 @@ mod tests {
     impl World for ModelWorld {
         type Error = Crash;
 
-        async fn observe(&mut self, _state: &RotationState) -> Result<Observed, Crash> {
-            // One instance restarts with the desired key set per look.
+        async fn observe(&mut self, state: &RotationState) -> Result<Observed, Crash> {
+            // One instance restarts with the desired flags per look.
             let index = self.next_to_roll % self.servers.len();
-            self.servers[index] = Server {
-                accepts: self.desired.0.clone(),
-                signs: self.desired.1,
-            };
+            self.servers[index] = self.desired.clone();
             self.next_to_roll += 1;
             // Every server hands out tokens; a refresh replaces them.
-            self.tokens.extend(self.servers.iter().map(|s| s.signs));
-            if let Some(to) = self.refresh_to {
-                self.tokens.retain(|v| *v == to);
+            self.tokens
+                .extend(self.servers.iter().map(|s| (s.signs, s.issuers[0].clone())));
+            if let Some(to) = &self.refresh_to {
+                self.tokens.retain(|token| token == to);
             }
             self.check_nobody_logged_out();
-            let target = self.refresh_to;
+            let target = self.refresh_to.clone();
+            let reviewed = state.observation().issuers_reviewed;
             Ok(Observed {
                 stored_keys: self.keys.clone(),
                 api_servers: self
@@ -284,12 +278,20 @@ mod tests {
                         name: format!("apiserver-{i}"),
                         accepts: s.accepts.intersection(&self.keys).copied().collect(),
                         signs_with: Some(s.signs),
-                        ..ApiServerView::default()
+                        issuer_reviews: reviewed
+                            .iter()
+                            .map(|iss| (iss.clone(), s.issuers.contains(iss)))
+                            .collect(),
+                        issues: Some(s.issuers[0].clone()),
+                        discovery_issuer: Some(s.issuers[0].clone()),
                     })
                     .collect(),
                 stale_legacy_tokens: Some(0),
                 stale_bound_tokens: Some(
-                    self.tokens.iter().filter(|v| Some(**v) != target).count() as u64,
+                    self.tokens
+                        .iter()
+                        .filter(|token| Some(*token) != target.as_ref())
+                        .count() as u64,
                 ),
                 ..Observed::default()
             })
@@ -307,15 +309,28 @@ mod tests {
                     self.keys.insert(*version);
                 }
                 Effect::PublishPublicKeys {
-                    public, signing, ..
+                    public,
+                    signing,
+                    issuers,
                 }
                 | Effect::SwitchSigner {
-                    signing, public, ..
+                    signing,
+                    public,
+                    issuers,
                 } => {
-                    self.desired = (public.iter().copied().collect(), *signing);
+                    self.desired = Server {
+                        accepts: public.iter().copied().collect(),
+                        signs: *signing,
+                        issuers: issuers
+                            .clone()
+                            .unwrap_or_else(|| self.desired.issuers.clone()),
+                    };
                 }
                 Effect::RefreshLegacyTokens { .. } => {}
-                Effect::RefreshBoundTokens { version, .. } => self.refresh_to = Some(*version),
+                Effect::RefreshBoundTokens { version, .. } => {
+                    let iss = state.issuer().map_or_else(a, |change| change.to.clone());
+                    self.refresh_to = Some((*version, iss));
+                }
                 Effect::RetireKey { version } => {
                     self.keys.remove(version);
                 }
@@ -331,10 +346,25 @@ mod tests {
         }
     }
 
-    fn started() -> RotationState {
+    /// What a rotation changes.
+    #[derive(Clone, Copy, Debug)]
+    enum Change {
+        Key,
+        Issuer,
+        Both,
+    }
+
+    const CHANGES: [Change; 3] = [Change::Key, Change::Issuer, Change::Both];
+
+    fn started_with(change: Change) -> RotationState {
+        let (target, issuer) = match change {
+            Change::Key => (2, None),
+            Change::Issuer => (1, Some(b())),
+            Change::Both => (2, Some(b())),
+        };
         let request = StartRequest {
-            target: KeyVersion::new(2),
-            issuer: None,
+            target: KeyVersion::new(target),
+            issuer: issuer.map(|to| IssuerChange { from: a(), to }),
             advanced_cluster: false,
             lock: rotation::OperationLock::Free,
         };
@@ -346,14 +376,30 @@ mod tests {
         .expect("a settled cluster starts")
     }
 
+    fn started() -> RotationState {
+        started_with(Change::Key)
+    }
+
     /// Drives passes until completed, restarting from the stored state
     /// after every failure. Returns the number of failures met.
     async fn drive(store: &mut MemoryStore, world: &mut ModelWorld) -> usize {
+        drive_change(store, world, Change::Key).await
+    }
+
+    async fn drive_change(
+        store: &mut MemoryStore,
+        world: &mut ModelWorld,
+        change: Change,
+    ) -> usize {
         let policy = policy();
         let mut crashes = 0;
         let mut now = Timestamp::UNIX_EPOCH;
         for _ in 0..200 {
-            let state = store.saved.last().cloned().unwrap_or_else(started);
+            let state = store
+                .saved
+                .last()
+                .cloned()
+                .unwrap_or_else(|| started_with(change));
             if state.is_completed() {
                 return crashes;
             }
@@ -399,30 +445,57 @@ mod tests {
     #[tokio::test]
     async fn a_crash_between_save_and_apply_is_resumed_from_the_saved_state() {
         // Every possible crash point: each apply of a clean run, and each
-        // save. The rotation still completes, the stored steps never go
-        // backwards, and no token is rejected on the way.
-        let mut clean = (MemoryStore::default(), ModelWorld::new(3));
-        drive(&mut clean.0, &mut clean.1).await;
-        let (applies, saves) = (clean.1.calls, clean.0.calls);
-        for fail_at in 0..applies {
+        // save, of a key, an issuer and a combined rotation. The rotation
+        // still completes, the stored steps never go backwards, and no
+        // token is rejected on the way.
+        for change in CHANGES {
+            let mut clean = (MemoryStore::default(), ModelWorld::new(3));
+            drive_change(&mut clean.0, &mut clean.1, change).await;
+            let (applies, saves) = (clean.1.calls, clean.0.calls);
+            for fail_at in 0..applies {
+                let mut store = MemoryStore::default();
+                let mut world = ModelWorld::new(3);
+                world.fail_at = Some(fail_at);
+                let crashes = drive_change(&mut store, &mut world, change).await;
+                assert_eq!(crashes, 1, "{change:?}: apply {fail_at}");
+                assert_monotone(&store.saved);
+                world.check_nobody_logged_out();
+            }
+            for fail_at in 0..saves {
+                let mut store = MemoryStore {
+                    fail_at: Some(fail_at),
+                    ..MemoryStore::default()
+                };
+                let mut world = ModelWorld::new(3);
+                let crashes = drive_change(&mut store, &mut world, change).await;
+                assert_eq!(crashes, 1, "{change:?}: save {fail_at}");
+                assert_monotone(&store.saved);
+                for state in &world.applied_in {
+                    assert!(store.saved.contains(state), "applied in unsaved {state:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_issuer_rotation_ends_with_every_server_on_the_new_issuer_alone() {
+        for change in [Change::Issuer, Change::Both] {
             let mut store = MemoryStore::default();
             let mut world = ModelWorld::new(3);
-            world.fail_at = Some(fail_at);
-            assert_eq!(drive(&mut store, &mut world).await, 1, "apply {fail_at}");
-            assert_monotone(&store.saved);
-            world.check_nobody_logged_out();
-        }
-        for fail_at in 0..saves {
-            let mut store = MemoryStore {
-                fail_at: Some(fail_at),
-                ..MemoryStore::default()
-            };
-            let mut world = ModelWorld::new(3);
-            assert_eq!(drive(&mut store, &mut world).await, 1, "save {fail_at}");
-            assert_monotone(&store.saved);
-            for state in &world.applied_in {
-                assert!(store.saved.contains(state), "applied in unsaved {state:?}");
+            assert_eq!(drive_change(&mut store, &mut world, change).await, 0);
+            let mut visited: Vec<Step> = store.saved.iter().map(RotationState::step).collect();
+            visited.dedup();
+            let mut expected = vec![Step::Trust, Step::Sign, Step::RefreshTokens, Step::Retire];
+            if let Change::Both = change {
+                expected.insert(0, Step::Generate);
             }
+            expected.push(Step::Completed);
+            assert_eq!(visited, expected, "{change:?}");
+            for server in &world.servers {
+                assert_eq!(server.issuers, [b()], "{change:?}");
+            }
+            // One refresh: every token carries the new issuer.
+            assert!(world.tokens.iter().all(|(_, iss)| *iss == b()));
         }
     }
 
@@ -461,28 +534,6 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(PassError::MissingKey(v)) if v == KeyVersion::new(2)));
-        assert_eq!(store.calls, 0);
-        assert_eq!(world.calls, 0);
-    }
-
-    #[tokio::test]
-    async fn an_issuer_change_is_refused_before_anything_is_saved() {
-        let mut store = MemoryStore::default();
-        let mut world = ModelWorld::new(1);
-        let trust: RotationState = serde_json::from_value(serde_json::json!({
-            "keyVersion": 1, "step": "Trust", "changesKey": false,
-            "issuer": {"from": "https://a.example", "to": "https://b.example"},
-        }))
-        .expect("an issuer rotation at Trust");
-        let result = pass(
-            &mut store,
-            &mut world,
-            &trust,
-            &policy(),
-            Timestamp::UNIX_EPOCH,
-        )
-        .await;
-        assert!(matches!(result, Err(PassError::IssuerRotationUnsupported)));
         assert_eq!(store.calls, 0);
         assert_eq!(world.calls, 0);
     }

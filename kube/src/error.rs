@@ -48,13 +48,6 @@ pub enum Error {
     /// holder: taking it again is safe.
     #[error("the cluster operation lock changed hands while being taken; taking it again")]
     LockRaced,
-    /// A stored state asks for an issuer change, which this version of ksa
-    /// cannot apply yet.
-    #[error(
-        "the rotation state asks for an issuer change, which this version of ksa cannot apply; \
-         upgrade ksa to finish the rotation"
-    )]
-    IssuerRotationUnsupported,
     /// A background task (a re-mint) panicked or was cancelled.
     #[error("a background task failed: {0}")]
     Task(tokio::task::JoinError),

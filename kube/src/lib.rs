@@ -11,6 +11,8 @@
 //! - [`driver`]: the one rotation driver (observe, step, save, apply) over
 //!   the shells' state store and world.
 //! - [`cluster`]: the user cluster and what its API servers do (`observe`).
+//! - [`flags`]: kube-apiserver's issuer flags, as an issuer rotation edits them.
+//! - [`probe`]: what one API server instance is asked to confirm a step.
 //! - [`kubeconfig`]: the user cluster's kubeconfig, inline fields only.
 //! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
 //! - [`lock`]: the cluster operation lock.
@@ -22,10 +24,12 @@ pub mod api;
 pub mod cluster;
 pub mod driver;
 pub mod error;
+pub mod flags;
 pub mod keystore;
 pub mod kubeconfig;
 pub mod lock;
 pub mod names;
+pub mod probe;
 pub mod refresh;
 
 pub use error::{Error, Result};

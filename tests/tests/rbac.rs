@@ -228,6 +228,7 @@ async fn a_rotation_without_its_policys_role_is_refused_before_it_starts() -> Re
         ROTATIONS,
         RotationSpec {
             key_version: 2,
+            issuer: None,
             cluster: None,
             key: Default::default(),
             rollout: Default::default(),

@@ -18,7 +18,13 @@ pub fn run(cli: Cli) -> Outcome {
                 UpdateCommand::Credentials {
                     which: CredentialsCommand::KsaSigningKey { action },
                 },
-        } => rotation::run(action),
+        } => rotation::run(action.into()),
+        Command::Update {
+            what:
+                UpdateCommand::Credentials {
+                    which: CredentialsCommand::KsaIssuer { action },
+                },
+        } => rotation::run(action.into()),
         Command::Status { command } => status::run(command),
         Command::Keys { command } => keys::run(command),
         Command::Token { command } => token::run(command),

@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ksa_core::KeyVersion;
-use ksa_core::rotation::{self, RotationState, StartRequest, Step};
+use ksa_core::issuer::Issuer;
+use ksa_core::rotation::{self, IssuerChange, Requested, RotationState, StartRequest, Step};
 use ksa_kube::api::{
-    ClusterRef, KSASigningKeyRotation, KeyKind, RolloutKind, RolloutSpec, RotationSpec,
-    RotationStatus, SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec,
+    ClusterRef, ISSUER_CONDITION_TYPE, KSASigningKeyRotation, KeyKind, RolloutKind, RolloutSpec,
+    RotationSpec, RotationStatus, SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec, WorkloadRef,
 };
+use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::args::{ClusterArgs, Format, RotationCommand};
+use crate::args::{ClusterArgs, Format, IssuerCommand, RotationCommand};
 use crate::config::UserClusterConfig;
 use crate::{Failure, Outcome, exit};
 
@@ -31,56 +33,166 @@ This rotates the service-account token signing key of user cluster {cluster} fro
 The rotation cannot be paused or rolled back once started. Tokens issued by third
 parties from key {from} are not refreshed and stop working after step 5.";
 
-pub fn run(command: RotationCommand) -> Outcome {
+/// What `ksa-issuer` explains before it starts.
+const ISSUER_EXPLANATION: &str = "\
+This changes the service-account token issuer of user cluster {cluster} from {from} to {to}{key}:
+  1. Trust: every API server accepts tokens of both issuers (the API server workload's
+     --service-account-issuer arguments are changed and it rolls out; without
+     --api-audiences, it is set to {from} so the default audience of tokens stays as it is).
+  2. Sign: new tokens carry {to}, and the discovery document names it. Every outside
+     verifier that federates with this cluster (a cloud IAM, Vault, another cluster)
+     must trust {to} and its discovery document before this step.
+  3. Refresh: pods holding bound tokens of {from} are restarted (or nodes recreated, or
+     the kubelet refresh window waited out, as configured) so their tokens carry {to}.
+     Legacy token Secrets carry kubernetes/serviceaccount and are unaffected.
+  4. Retire: {from} is removed; tokens carrying it are rejected from then on.
+The rotation cannot be paused or rolled back once started.";
+
+/// A `rotate` of the key, the issuer or both.
+#[derive(Debug)]
+pub struct RotateArgs {
+    cluster: ClusterArgs,
+    manifests_dir: Option<std::path::PathBuf>,
+    skip_prompt: bool,
+    wait: bool,
+    timeout: String,
+    /// The issuer to change to, as given.
+    issuer: Option<String>,
+    /// `false` for `ksa-issuer rotate`.
+    changes_key: bool,
+}
+
+/// A command of `ksa-signing-key` or `ksa-issuer`.
+#[derive(Debug)]
+pub enum Request {
+    Rotate(RotateArgs),
+    Status {
+        cluster: ClusterArgs,
+        output: Format,
+        watch: bool,
+        /// `ksa-issuer status`: the issuer line.
+        issuer: bool,
+    },
+}
+
+impl From<RotationCommand> for Request {
+    fn from(command: RotationCommand) -> Request {
+        match command {
+            RotationCommand::Rotate {
+                cluster,
+                manifests_dir,
+                skip_prompt,
+                wait,
+                timeout,
+                issuer,
+            } => Request::Rotate(RotateArgs {
+                cluster,
+                manifests_dir,
+                skip_prompt,
+                wait,
+                timeout,
+                issuer,
+                changes_key: true,
+            }),
+            RotationCommand::Status {
+                cluster,
+                output,
+                watch,
+            } => Request::Status {
+                cluster,
+                output,
+                watch,
+                issuer: false,
+            },
+        }
+    }
+}
+
+impl From<IssuerCommand> for Request {
+    fn from(command: IssuerCommand) -> Request {
+        match command {
+            IssuerCommand::Rotate {
+                issuer,
+                cluster,
+                manifests_dir,
+                skip_prompt,
+                wait,
+                timeout,
+            } => Request::Rotate(RotateArgs {
+                cluster,
+                manifests_dir,
+                skip_prompt,
+                wait,
+                timeout,
+                issuer: Some(issuer),
+                changes_key: false,
+            }),
+            IssuerCommand::Status {
+                cluster,
+                output,
+                watch,
+            } => Request::Status {
+                cluster,
+                output,
+                watch,
+                issuer: true,
+            },
+        }
+    }
+}
+
+pub fn run(request: Request) -> Outcome {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        match command {
-            RotationCommand::Rotate {
-                cluster:
-                    ClusterArgs {
-                        pki_dir: Some(pki_dir),
-                        kubeconfig,
-                        ..
-                    },
-                manifests_dir,
-                skip_prompt,
-                wait,
-                timeout,
-            } => {
-                crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
-                    pki_dir,
-                    manifests_dir: manifests_dir.unwrap_or_default(),
-                    kube_config: kube_config(kubeconfig.as_deref()).await?,
-                    skip_prompt,
-                    wait,
-                    timeout: super::duration(&timeout, "--timeout")?,
-                })
-                .await
+        match request {
+            Request::Rotate(args) => {
+                // A URL that cannot be an issuer is refused before anything
+                // is read or changed.
+                let issuer = args
+                    .issuer
+                    .as_deref()
+                    .map(|text| {
+                        Issuer::target(text)
+                            .context("--issuer")
+                            .map_err(Failure::bad_input)
+                    })
+                    .transpose()?;
+                match &args.cluster.pki_dir {
+                    Some(pki_dir) => {
+                        crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
+                            pki_dir: pki_dir.clone(),
+                            manifests_dir: args.manifests_dir.clone().unwrap_or_default(),
+                            kube_config: kube_config(args.cluster.kubeconfig.as_deref()).await?,
+                            skip_prompt: args.skip_prompt,
+                            wait: args.wait,
+                            timeout: super::duration(&args.timeout, "--timeout")?,
+                            issuer,
+                            changes_key: args.changes_key,
+                        })
+                        .await
+                    }
+                    None => rotate(&args, issuer).await,
+                }
             }
-            RotationCommand::Rotate {
-                cluster,
-                skip_prompt,
-                wait,
-                timeout,
-                ..
-            } => rotate(cluster, skip_prompt, wait, &timeout).await,
-            RotationCommand::Status {
+            Request::Status {
                 cluster:
                     ClusterArgs {
                         pki_dir: Some(pki_dir),
                         ..
                     },
                 output,
+                issuer,
                 ..
-            } => crate::kubeadm::status(&pki_dir, output),
-            RotationCommand::Status {
+            } => crate::kubeadm::status(&pki_dir, output, issuer),
+            Request::Status {
                 cluster,
                 output,
                 watch,
-            } => status(cluster, output, watch).await,
+                issuer,
+            } => status(cluster, output, watch, issuer).await,
         }
     })
 }
@@ -88,6 +200,7 @@ pub fn run(command: RotationCommand) -> Outcome {
 struct Target {
     config: UserClusterConfig,
     client: kube::Client,
+    kube_config: kube::Config,
     api: Api<KSASigningKeyRotation>,
 }
 
@@ -118,16 +231,18 @@ async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Confi
 async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
     let path = args.config.as_deref().unwrap_or(std::path::Path::new(""));
     let config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
-    let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
+    let kube_config = kube_config(args.kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let api = Api::namespaced(client.clone(), &config.namespace);
     Ok(Target {
         config,
         client,
+        kube_config,
         api,
     })
 }
 
-fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
+fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer>) -> RotationSpec {
     let key = match config.key.as_str() {
         "RSA-3072" => KeyKind::Rsa3072,
         "RSA-4096" => KeyKind::Rsa4096,
@@ -141,6 +256,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
     };
     RotationSpec {
         key_version,
+        issuer: issuer.map(|issuer| issuer.as_str().to_owned()),
         cluster: config.kubeconfig_secret.as_ref().map(|name| ClusterRef {
             kubeconfig_secret: SecretKeyRef {
                 name: name.clone(),
@@ -154,7 +270,11 @@ fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
                 _ => RolloutKind::HostedControlPlane,
             },
             key_secret: config.key_secret.clone(),
-            ..RolloutSpec::default()
+            workload: config.api_server_workload.as_ref().map(|w| WorkloadRef {
+                kind: w.kind.clone(),
+                name: w.name.clone(),
+                container: w.container.clone(),
+            }),
         },
         token_refresh: TokenRefreshSpec {
             policy,
@@ -164,46 +284,105 @@ fn spec_for(config: &UserClusterConfig, key_version: u64) -> RotationSpec {
     }
 }
 
-async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str) -> Outcome {
-    let timeout = super::duration(timeout, "--timeout")?;
-    let target = connect(&args).await?;
+/// The issuer the user cluster signs with before ksa ever changed it: the
+/// one its API servers' discovery document names, reached as the
+/// controller reaches it (the kubeconfig Secret the config names, or the
+/// admin cluster itself).
+async fn discovered_issuer(target: &Target) -> Result<Issuer, Failure> {
+    let own = TargetCluster::new(target.client.clone(), target.kube_config.clone());
+    let cluster_ref = target
+        .config
+        .kubeconfig_secret
+        .as_ref()
+        .map(|name| ClusterRef {
+            kubeconfig_secret: SecretKeyRef {
+                name: name.clone(),
+                key: "value".into(),
+            },
+        });
+    let cluster = TargetCluster::connect(
+        &own,
+        &target.client,
+        &target.config.namespace,
+        cluster_ref.as_ref(),
+    )
+    .await?;
+    let issuer = cluster.issuer().await?.ok_or_else(|| {
+        Failure::bad_input(anyhow::anyhow!(
+            "the user cluster's discovery document names no issuer; is --service-account-issuer set?"
+        ))
+    })?;
+    Issuer::new(issuer)
+        .context("the issuer the user cluster's discovery document names")
+        .map_err(Failure::bad_input)
+}
+
+async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
+    let timeout = super::duration(&args.timeout, "--timeout")?;
+    let target = connect(&args.cluster).await?;
     let config = &target.config;
     let existing = target.api.get_opt(&config.name).await?;
     let state = match &existing {
         Some(resource) => resource.state()?,
         None => RotationState::settled(KeyVersion::FIRST),
     };
+    let requested_issuer = existing
+        .as_ref()
+        .and_then(|resource| resource.spec.issuer.as_deref())
+        .and_then(|text| Issuer::new(text).ok());
+    // The issuer the cluster signs with: the last issuer rotation's, or
+    // the API servers', asked only when an issuer is involved.
+    let signing_issuer = match state.issuer() {
+        Some(done) => Some(done.to.clone()),
+        None if issuer.is_some() || requested_issuer.is_some() => {
+            Some(discovered_issuer(&target).await?)
+        }
+        None => None,
+    };
     // Whether a rotation may start is the core's decision, the same one the
     // controller makes; a target the controller has not picked up yet is a
     // rotation in progress too, though its status still says completed.
+    let current = state.key_version();
     let request = StartRequest {
-        target: state.key_version().next().unwrap_or(state.key_version()),
-        issuer: None,
+        target: if args.changes_key {
+            current.next().unwrap_or(current)
+        } else {
+            current
+        },
+        issuer: match (&issuer, &signing_issuer) {
+            (Some(to), Some(from)) => Some(IssuerChange {
+                from: from.clone(),
+                to: to.clone(),
+            }),
+            _ => None,
+        },
         advanced_cluster: config.advanced_cluster,
         lock: lock::observe(&target.client, &config.namespace, &config.name).await?,
     };
-    let requested = existing
-        .as_ref()
-        .map(|resource| KeyVersion::new(resource.spec.key_version));
-    if let Err(refusal) = rotation::start_new(&state, requested, &request, jiff::Timestamp::now()) {
-        let error = anyhow::Error::new(refusal.clone())
-            .context(format!("{}: nothing was changed", config.name));
-        return Err(if refusal.is_busy() {
-            Failure::busy(error)
-        } else {
-            Failure::bad_input(error)
-        });
+    let requested = Requested {
+        key_version: existing
+            .as_ref()
+            .map(|resource| KeyVersion::new(resource.spec.key_version)),
+        issuer: requested_issuer,
+        signing_issuer,
+    };
+    let started = match rotation::start_new(&state, &requested, &request, jiff::Timestamp::now()) {
+        Ok(started) => started,
+        Err(refusal) => {
+            let error = anyhow::Error::new(refusal.clone())
+                .context(format!("{}: nothing was changed", config.name));
+            return Err(if refusal.is_busy() {
+                Failure::busy(error)
+            } else {
+                Failure::bad_input(error)
+            });
+        }
+    };
+    let to = started.key_version().get();
+    if !args.skip_prompt {
+        confirm(&explanation(config, &state, &started))?;
     }
-    let from = state.key_version().get();
-    let to = from + 1;
-    if !skip_prompt {
-        confirm(
-            &EXPLANATION
-                .replace("{cluster}", &config.name)
-                .replace("{from}", &from.to_string())
-                .replace("{to}", &to.to_string()),
-        )?;
-    }
+    let spec = spec_for(config, to, issuer.as_ref());
     match existing {
         None => {
             let resource = KSASigningKeyRotation {
@@ -212,7 +391,7 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
                     namespace: Some(config.namespace.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: spec_for(config, to),
+                spec,
                 status: None,
             };
             target
@@ -222,11 +401,16 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
                 .map_err(conflict_is_busy)?;
         }
         Some(resource) => {
-            // Conditional on what we read: of two racing `rotate`s, one wins.
-            let patch = serde_json::json!({
+            // Conditional on what we read: of two racing `rotate`s, one
+            // wins. A key rotation clears a stored issuer (a merge patch
+            // keeps what it leaves out).
+            let mut patch = serde_json::json!({
                 "metadata": {"resourceVersion": resource.metadata.resource_version},
-                "spec": spec_for(config, to),
+                "spec": spec,
             });
+            if issuer.is_none() {
+                patch["spec"]["issuer"] = serde_json::Value::Null;
+            }
             target
                 .api
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -235,16 +419,61 @@ async fn rotate(args: ClusterArgs, skip_prompt: bool, wait: bool, timeout: &str)
         }
     }
     eprintln!(
-        "started the rotation of {} to key version {to}",
-        config.name
+        "started the rotation of {}: {}",
+        config.name,
+        describe(&started)
     );
-    if !wait {
+    if !args.wait {
         return Ok(exit::DONE);
     }
-    // This command started the rotation from the completed state of
-    // `from`, so it passes through every step: every line is printed.
-    let progress = crate::progress::Progress::started(KeyVersion::new(to));
+    // This command started the rotation from the completed state before
+    // it, so it passes through every step: every line is printed.
+    let progress = crate::progress::Progress::started_rotation(started);
     follow(&target, progress, Some(timeout)).await
+}
+
+/// What a rotation changes, for messages.
+fn describe(started: &RotationState) -> String {
+    let key = started
+        .changes_key()
+        .then(|| format!("key version {}", started.key_version()));
+    let issuer = started
+        .issuer()
+        .filter(|_| started.changes_issuer())
+        .map(|change| format!("issuer {} to {}", change.from, change.to));
+    key.into_iter()
+        .chain(issuer)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// What the prompt says before a rotation starts.
+fn explanation(
+    config: &UserClusterConfig,
+    before: &RotationState,
+    started: &RotationState,
+) -> String {
+    let from = before.key_version().get();
+    let keys = EXPLANATION
+        .replace("{cluster}", &config.name)
+        .replace("{from}", &from.to_string())
+        .replace("{to}", &(from + 1).to_string());
+    let Some(change) = started.issuer().filter(|_| started.changes_issuer()) else {
+        return keys;
+    };
+    let issuer = ISSUER_EXPLANATION
+        .replace("{cluster}", &config.name)
+        .replace("{from}", change.from.as_str())
+        .replace("{to}", change.to.as_str());
+    if started.changes_key() {
+        let key = format!(
+            ", together with the signing key (version {from} to {}): one Trust, one Sign,\none token refresh (one restart of the workloads) and one Retire for both",
+            from + 1
+        );
+        format!("{}\n\n{keys}", issuer.replace("{key}", &key))
+    } else {
+        issuer.replace("{key}", "")
+    }
 }
 
 fn conflict_is_busy(error: kube::Error) -> Failure {
@@ -351,7 +580,7 @@ async fn follow(
             }
         }
         if let Some(bar) = &progress
-            && state.key_version() == lines.target()
+            && lines.follows(&state)
         {
             bar.set_position(u64::from(state.step().number() - 1));
             bar.set_message(format!(
@@ -369,7 +598,7 @@ async fn follow(
     }
 }
 
-async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
+async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) -> Outcome {
     let target = connect(&args).await?;
     let resource = target.api.get_opt(&target.config.name).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -378,14 +607,24 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
             target.config.namespace
         )
     })?;
+    let state = resource.state()?;
     if watch {
         // Not started by this command: lines from the first state seen on
-        // (`Progress::joined`).
-        let progress =
-            crate::progress::Progress::joined(KeyVersion::new(resource.spec.key_version));
+        // (`Progress::joined_rotation`). The rotation is the one the state
+        // is in, or, when completed, the one the spec asks for next.
+        let rotation = if state.is_completed() {
+            let target = KeyVersion::new(resource.spec.key_version);
+            if target == state.key_version() {
+                state.clone()
+            } else {
+                RotationState::settled(target)
+            }
+        } else {
+            state.clone()
+        };
+        let progress = crate::progress::Progress::joined_rotation(rotation);
         return follow(&target, progress, None).await;
     }
-    let state = resource.state()?;
     // Before the controller's first write: the status of the state the
     // resource stands at.
     let status = resource.status.clone().unwrap_or_else(|| {
@@ -397,10 +636,47 @@ async fn status(args: ClusterArgs, output: Format, watch: bool) -> Outcome {
             jiff::Timestamp::now(),
         )
     });
+    if issuer {
+        return issuer_status(&status, &resource, output);
+    }
     let text = match output {
         Format::Text => state.status_line().to_string(),
         Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
         Format::Yaml => serde_yaml::to_string(&structured(&status, &resource))?,
+    };
+    super::finish(&text)
+}
+
+/// `ksa-issuer status`: the issuer line, or the issuer state.
+fn issuer_status(
+    status: &RotationStatus,
+    resource: &KSASigningKeyRotation,
+    output: Format,
+) -> Outcome {
+    let Some(issuer) = &status.issuer else {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "ksa has not changed the issuer of {}: there is no issuer rotation to show (start one with `ksa update credentials ksa-issuer rotate --issuer URL`)",
+            resource.metadata.name.as_deref().unwrap_or_default()
+        )));
+    };
+    let structured = || {
+        serde_json::json!({
+            "cluster": resource.metadata.name,
+            "targetIssuer": resource.spec.issuer,
+            "issuer": issuer.to,
+            "step": status.step,
+            "signingIssuer": issuer.signing_issuer,
+            "acceptedIssuers": issuer.accepted_issuers,
+            "tokenIssuer": issuer.token_issuer,
+            "waitingFor": status.waiting_for,
+            "condition": status.conditions.iter().find(|c| c.type_ == ISSUER_CONDITION_TYPE),
+            "statusLine": issuer.status_line,
+        })
+    };
+    let text = match output {
+        Format::Text => issuer.status_line.clone(),
+        Format::Json => serde_json::to_string_pretty(&structured())?,
+        Format::Yaml => serde_yaml::to_string(&structured())?,
     };
     super::finish(&text)
 }

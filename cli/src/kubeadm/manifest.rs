@@ -4,10 +4,11 @@
 //! changes.
 //!
 //! A value is written into YAML as it is, so the editor writes only values
-//! made of [`SAFE_CHARACTERS`]: a newline would start a new command-line
-//! item (a flag of the attacker's choosing), `: ` or `#` would change what
-//! the YAML means, a comma splits a list flag, a quote or a space changes
-//! how kubelet reads the item.
+//! made of [`SAFE_CHARACTERS`], and a colon only inside a value (an issuer
+//! URL's `https://`, a port): a newline would start a new command-line
+//! item (a flag of the attacker's choosing), `: `, a final `:` or `#`
+//! would change what the YAML means, a comma splits a list flag, a quote
+//! or a space changes how kubelet reads the item.
 
 /// Why a manifest could not be edited.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum ManifestError {
     },
     #[error("refusing to write an empty --{flag}=")]
     EmptyValue { flag: String },
+    #[error("`--{flag}` is already in the command list")]
+    FlagPresent { flag: String },
 }
 
 /// What a value written into a manifest may be made of, besides ASCII
@@ -32,7 +35,7 @@ pub const SAFE_CHARACTERS: &str = "/._-+@";
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 #[error(
     "character {character:?} at position {position} is not safe in a manifest flag value \
-     (only ASCII letters, digits and {SAFE_CHARACTERS:?} are)"
+     (only ASCII letters, digits, {SAFE_CHARACTERS:?} and a colon before the end are)"
 )]
 pub struct UnsafeCharacter {
     pub character: char,
@@ -40,13 +43,14 @@ pub struct UnsafeCharacter {
     pub position: usize,
 }
 
-/// Checks that `value` is made of safe characters only.
+/// Checks that `value` is made of safe characters only (a colon is safe
+/// but at the end: the other characters exclude a following blank).
 pub fn check_value(value: &str) -> Result<(), UnsafeCharacter> {
-    match value
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || SAFE_CHARACTERS.contains(*c)))
-    {
+    let last = value.chars().count();
+    match value.chars().enumerate().find(|(index, c)| {
+        let inner_colon = *c == ':' && index + 1 < last;
+        !(c.is_ascii_alphanumeric() || SAFE_CHARACTERS.contains(*c) || inner_colon)
+    }) {
         Some((index, character)) => Err(UnsafeCharacter {
             character,
             position: index + 1,
@@ -59,18 +63,7 @@ pub fn check_value(value: &str) -> Result<(), UnsafeCharacter> {
 /// per value (same indentation), later lines naming it are removed. Every
 /// value must pass [`check_value`].
 pub fn set_flag(text: &str, flag: &str, values: &[String]) -> Result<String, ManifestError> {
-    for value in std::iter::once(flag).chain(values.iter().map(String::as_str)) {
-        if value.is_empty() {
-            return Err(ManifestError::EmptyValue {
-                flag: flag.to_owned(),
-            });
-        }
-        check_value(value).map_err(|unsafe_character| ManifestError::UnsafeValue {
-            flag: flag.to_owned(),
-            value: value.to_owned(),
-            unsafe_character,
-        })?;
-    }
+    check_values(flag, values)?;
     let prefix = format!("--{flag}=");
     let mut out = String::with_capacity(text.len() + 64 * values.len());
     let mut replaced = false;
@@ -102,21 +95,80 @@ pub fn set_flag(text: &str, flag: &str, values: &[String]) -> Result<String, Man
     }
 }
 
+/// Inserts a `--flag=` line with the values joined by commas (a list
+/// flag) after the last line naming `after`, with its indentation. The flag
+/// must not be in the list yet, and `after` must be.
+pub fn insert_list_flag(
+    text: &str,
+    after: &str,
+    flag: &str,
+    values: &[String],
+) -> Result<String, ManifestError> {
+    check_values(flag, values)?;
+    if !flag_values(text, flag).is_empty() {
+        return Err(ManifestError::FlagPresent {
+            flag: flag.to_owned(),
+        });
+    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let anchor = lines
+        .iter()
+        .rposition(|line| item_value(line, after).is_some())
+        .ok_or_else(|| ManifestError::FlagMissing {
+            flag: after.to_owned(),
+        })?;
+    let line = lines[anchor];
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let ending = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(text.len() + 64);
+    for (index, line) in lines.iter().enumerate() {
+        out.push_str(line);
+        if index == anchor {
+            if !line.ends_with('\n') {
+                out.push_str(ending);
+            }
+            out.push_str(&format!("{indent}- --{flag}={}{ending}", values.join(",")));
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses an empty or unsafe flag name or value.
+fn check_values(flag: &str, values: &[String]) -> Result<(), ManifestError> {
+    for value in std::iter::once(flag).chain(values.iter().map(String::as_str)) {
+        if value.is_empty() {
+            return Err(ManifestError::EmptyValue {
+                flag: flag.to_owned(),
+            });
+        }
+        check_value(value).map_err(|unsafe_character| ManifestError::UnsafeValue {
+            flag: flag.to_owned(),
+            value: value.to_owned(),
+            unsafe_character,
+        })?;
+    }
+    Ok(())
+}
+
+/// The value of a command-list line `- --flag=VALUE` (quotes dropped).
+fn item_value<'a>(line: &'a str, flag: &str) -> Option<&'a str> {
+    let item = line.trim_start().strip_prefix("- ")?.trim();
+    let item = item.trim_matches('"').trim_matches('\'');
+    item.strip_prefix("--")?
+        .strip_prefix(flag)?
+        .strip_prefix('=')
+}
+
+/// The values of `--flag` in the command list, in order.
+pub fn flag_values(text: &str, flag: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| item_value(line, flag).map(str::to_owned))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The values of `--flag` in the command list, in order.
-    pub fn flag_values(text: &str, flag: &str) -> Vec<String> {
-        let prefix = format!("--{flag}=");
-        text.lines()
-            .filter_map(|line| {
-                let item = line.trim_start().strip_prefix("- ")?.trim();
-                let item = item.trim_matches('"').trim_matches('\'');
-                item.strip_prefix(&prefix).map(str::to_owned)
-            })
-            .collect()
-    }
 
     const APISERVER: &str = "\
 apiVersion: v1
@@ -189,7 +241,8 @@ spec:
             ("/pki\n    - --authorization-mode=AlwaysAllow", '\n', 5),
             ("/pki\r", '\r', 5),
             ("/p\tki", '\t', 3),
-            ("/pki: x", ':', 5),
+            ("/pki: x", ' ', 6),
+            ("/pki:", ':', 5),
             ("/pki #x", ' ', 5),
             ("\"/pki\"", '"', 1),
             ("'/pki'", '\'', 1),
@@ -216,5 +269,49 @@ spec:
             Err(ManifestError::EmptyValue { flag: flag.into() })
         );
         assert!(set_flag(APISERVER, flag, &["/etc/k8s+x/sa-v1.pub".into()]).is_ok());
+        assert!(set_flag(APISERVER, flag, &["https://b.example:8443/x".into()]).is_ok());
+    }
+
+    #[test]
+    fn issuer_lines_are_set_and_the_audiences_line_is_inserted_after_them() {
+        let issuers = vec![
+            "https://kubernetes.default.svc.cluster.local".to_owned(),
+            "https://b.example".to_owned(),
+        ];
+        let edited = set_flag(APISERVER, "service-account-issuer", &issuers).expect("edits");
+        let edited = insert_list_flag(
+            &edited,
+            "service-account-issuer",
+            "api-audiences",
+            &["https://kubernetes.default.svc.cluster.local".to_owned()],
+        )
+        .expect("inserts");
+        assert_eq!(
+            edited,
+            APISERVER.replace(
+                "    - --service-account-issuer=https://kubernetes.default.svc.cluster.local\n",
+                "    - --service-account-issuer=https://kubernetes.default.svc.cluster.local\n    \
+                 - --service-account-issuer=https://b.example\n    \
+                 - --api-audiences=https://kubernetes.default.svc.cluster.local\n",
+            )
+        );
+        assert_eq!(flag_values(&edited, "service-account-issuer"), issuers);
+        assert_eq!(
+            insert_list_flag(
+                &edited,
+                "service-account-issuer",
+                "api-audiences",
+                &["x".into()]
+            ),
+            Err(ManifestError::FlagPresent {
+                flag: "api-audiences".into()
+            })
+        );
+        assert_eq!(
+            insert_list_flag(APISERVER, "nope", "api-audiences", &["x".into()]),
+            Err(ManifestError::FlagMissing {
+                flag: "nope".into()
+            })
+        );
     }
 }

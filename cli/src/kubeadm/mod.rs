@@ -24,8 +24,9 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::issuer::Issuer;
 use ksa_core::rotation::{
-    self, Effect, Observed, OperationLock, Plan, Policy, RotationState, StartRequest,
+    self, Effect, IssuerChange, Observed, OperationLock, Plan, Policy, RotationState, StartRequest,
 };
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, PassError, StateStore, World};
@@ -53,6 +54,23 @@ kube-controller-manager at each step:
 With several control-plane nodes, copy {pki}/sa-v* and both manifests to every node
 at each step; each step waits until every API server confirms.";
 
+const ISSUER_EXPLANATION: &str = "\
+This changes the service-account token issuer of the kubeadm control plane whose static
+pod manifests are in {manifests} from {from} to {to}{key}. The
+--service-account-issuer lines of kube-apiserver.yaml are edited (the signing issuer
+first, every other byte kept) and kubelet restarts kube-apiserver at each step:
+  1. Trust: kube-apiserver accepts tokens of both issuers.{pin}
+  2. Sign: new tokens carry {to}, and the discovery document names it. Before this
+     step, every outside verifier that federates with this cluster (a cloud IAM, Vault,
+     another cluster) must trust {to} and its discovery document.
+  3. Refresh: pods holding bound tokens of {from} are restarted (Deployments,
+     StatefulSets and DaemonSets by their pod template, other pods evicted) so kubelet
+     requests new ones. Legacy token Secrets carry kubernetes/serviceaccount and are
+     unaffected.
+  4. Retire: {from} is removed; tokens carrying it are rejected.
+With several control-plane nodes, copy kube-apiserver.yaml to every node at each step;
+each step waits until every API server confirms.";
+
 /// Without --wait, how long an API server restart is waited out.
 const NO_WAIT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -60,6 +78,9 @@ const NO_WAIT_PATIENCE: Duration = Duration::from_secs(60);
 const KEY_FILE: &str = "service-account-key-file";
 const SIGNING_KEY_FILE: &str = "service-account-signing-key-file";
 const PRIVATE_KEY_FILE: &str = "service-account-private-key-file";
+/// The issuer flags (see `ksa_kube::flags` for the rule).
+const ISSUER_FLAG: &str = "service-account-issuer";
+const AUDIENCES_FLAG: &str = "api-audiences";
 
 /// What `rotate --pki-dir` was asked.
 #[derive(Debug)]
@@ -70,6 +91,11 @@ pub struct RotateRequest {
     pub skip_prompt: bool,
     pub wait: bool,
     pub timeout: Duration,
+    /// The issuer to change to (checked by `Issuer::target`); `None` keeps
+    /// the issuer.
+    pub issuer: Option<Issuer>,
+    /// Whether the key changes too: `false` for `ksa-issuer rotate`.
+    pub changes_key: bool,
 }
 
 pub async fn rotate(request: RotateRequest) -> Outcome {
@@ -119,10 +145,22 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         })?;
     }
     if state.is_completed() {
-        let target = state.key_version().next().unwrap_or(state.key_version());
+        let current = state.key_version();
+        let target = if request.changes_key {
+            current.next().unwrap_or(current)
+        } else {
+            current
+        };
+        let issuer = match &request.issuer {
+            Some(to) => Some(IssuerChange {
+                from: signing_issuer(&state, manifests)?,
+                to: to.clone(),
+            }),
+            None => None,
+        };
         let start = StartRequest {
             target,
-            issuer: None,
+            issuer: issuer.clone(),
             advanced_cluster: false,
             // The lock file held by this run is the operation lock.
             lock: OperationLock::Free,
@@ -130,25 +168,28 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         let started = rotation::start(&state, &start, Timestamp::now())
             .map_err(|refusal| Failure::bad_input(anyhow::Error::new(refusal)))?;
         if !request.skip_prompt {
-            crate::commands::rotation::confirm(
-                &EXPLANATION
-                    .replace("{pki}", &pki.dir.display().to_string())
-                    .replace("{manifests}", &manifests.display().to_string())
-                    .replace("{from}", &state.key_version().to_string())
-                    .replace("{to}", &target.to_string()),
-            )?;
+            crate::commands::rotation::confirm(&explanation(
+                &pki,
+                manifests,
+                &state,
+                &started,
+                issuer.as_ref(),
+            ))?;
         }
         locked.save(&started)?;
         state = started;
-        eprintln!("started the rotation of this control plane to key version {target}");
+        eprintln!(
+            "started the rotation of this control plane: {}",
+            describe(&state)
+        );
     } else {
         eprintln!(
-            "resuming the rotation to key version {} at step {}",
-            state.key_version(),
+            "resuming the rotation ({}) at step {}",
+            describe(&state),
             state.step()
         );
     }
-    crate::commands::print(&state.status_line().to_string())?;
+    print_status_lines(&state, None)?;
 
     let client = kube::Client::try_from(request.kube_config.clone())?;
     let policy = Policy::default();
@@ -205,9 +246,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                 last_waiting = Some(waiting);
             }
         }
-        if pass.plan.next.status_line() != state.status_line() {
-            crate::commands::print(&pass.plan.next.status_line().to_string())?;
-        }
+        print_status_lines(&pass.plan.next, Some(&state))?;
         state = pass.plan.next.clone();
         if state.is_completed() {
             return Ok(exit::DONE);
@@ -232,6 +271,110 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     }
 }
 
+/// What a rotation changes, for messages.
+fn describe(state: &RotationState) -> String {
+    let key = state
+        .changes_key()
+        .then(|| format!("key version {}", state.key_version()));
+    let issuer = state
+        .issuer()
+        .filter(|_| state.changes_issuer())
+        .map(|change| format!("issuer {} to {}", change.from, change.to));
+    key.into_iter()
+        .chain(issuer)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Prints `state`'s status lines that differ from `before`'s (all of them
+/// without `before`): the key line, and the issuer line once ksa has
+/// changed the issuer.
+fn print_status_lines(state: &RotationState, before: Option<&RotationState>) -> Outcome {
+    let key = state.status_line();
+    if before.is_none_or(|before| before.status_line() != key) {
+        crate::commands::print(&key.to_string())?;
+    }
+    if let Some(issuer) = state.issuer_status_line()
+        && before.is_none_or(|before| before.issuer_status_line().as_ref() != Some(&issuer))
+    {
+        crate::commands::print(&issuer.to_string())?;
+    }
+    Ok(exit::DONE)
+}
+
+/// The issuer this control plane signs with: the last rotation's, or
+/// before any, the first `--service-account-issuer` of its manifest.
+fn signing_issuer(state: &RotationState, manifests: &Path) -> Result<Issuer, Failure> {
+    if let Some(done) = state.issuer() {
+        return Ok(done.to.clone());
+    }
+    let path = manifests.join(APISERVER_MANIFEST);
+    let text = String::from_utf8(read_limited(&path, MAX_INPUT)?)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let first = manifest::flag_values(&text, ISSUER_FLAG)
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Failure::bad_input(anyhow::anyhow!(
+                "{} has no --{ISSUER_FLAG}= line; kubeadm writes one, add it back",
+                path.display()
+            ))
+        })?;
+    Issuer::new(first).map_err(|error| {
+        Failure::bad_input(
+            anyhow::Error::new(error).context(format!("the --{ISSUER_FLAG} of {}", path.display())),
+        )
+    })
+}
+
+/// What the prompt says before a rotation starts.
+fn explanation(
+    pki: &PkiDir,
+    manifests: &Path,
+    before: &RotationState,
+    started: &RotationState,
+    issuer: Option<&IssuerChange>,
+) -> String {
+    let keys = || {
+        EXPLANATION
+            .replace("{pki}", &pki.dir.display().to_string())
+            .replace("{manifests}", &manifests.display().to_string())
+            .replace("{from}", &before.key_version().to_string())
+            .replace("{to}", &started.key_version().to_string())
+    };
+    let Some(change) = issuer else {
+        return keys();
+    };
+    let pinned = String::from_utf8(
+        read_limited(&manifests.join(APISERVER_MANIFEST), MAX_INPUT).unwrap_or_default(),
+    )
+    .map(|text| manifest::flag_values(&text, AUDIENCES_FLAG).is_empty())
+    .unwrap_or(false);
+    let pin = if pinned {
+        format!(
+            "\n     --api-audiences={} is added: the default audience of tokens stays what\n     it is now instead of following the issuer.",
+            change.from
+        )
+    } else {
+        String::new()
+    };
+    let text = ISSUER_EXPLANATION
+        .replace("{manifests}", &manifests.display().to_string())
+        .replace("{from}", change.from.as_str())
+        .replace("{to}", change.to.as_str())
+        .replace("{pin}", &pin);
+    if started.changes_key() {
+        let key = format!(
+            ", together with the signing key (version {} to {}; one Trust,\none Sign, one token refresh, one Retire for both)",
+            before.key_version(),
+            started.key_version()
+        );
+        format!("{}\n\n{}", text.replace("{key}", &key), keys())
+    } else {
+        text.replace("{key}", "")
+    }
+}
+
 /// What the CLI reports for a pass that stopped.
 fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmError>) -> Failure {
     match error {
@@ -249,9 +392,6 @@ fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmErr
         PassError::Step(error) => anyhow::Error::new(error)
             .context("the rotation state is inconsistent")
             .into(),
-        PassError::IssuerRotationUnsupported => Failure::bad_input(anyhow::Error::new(
-            ksa_kube::Error::IssuerRotationUnsupported,
-        )),
         PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
             match error {
                 KubeadmError::Files(error) => error.into(),
@@ -289,7 +429,19 @@ impl World for Node<'_> {
 
     async fn observe(&mut self, state: &RotationState) -> Result<Observed, KubeadmError> {
         let keys = self.pki.public_keys()?;
-        let mut observed = self.cluster.observe(&keys, state, self.policy).await?;
+        // Issuer reviews: tokens signed with the key the cluster signs with.
+        let signer = if state.observation().issuers_reviewed.is_empty() {
+            None
+        } else {
+            let key = self
+                .pki
+                .private_key(state.versions().private_key_version())?;
+            Some(AwsLc::new().signing_key(&key).map_err(anyhow::Error::new)?)
+        };
+        let mut observed = self
+            .cluster
+            .observe(&keys, state, self.policy, signer.as_deref())
+            .await?;
         observed.stored_keys = keys.keys().copied().collect();
         Ok(observed)
     }
@@ -371,12 +523,16 @@ async fn apply(
             }
         }
         Effect::PublishPublicKeys {
-            public, signing, ..
+            public,
+            signing,
+            issuers,
         }
         | Effect::SwitchSigner {
-            signing, public, ..
+            signing,
+            public,
+            issuers,
         } => {
-            point_manifests_at(pki, manifests, public, *signing)?;
+            point_manifests_at(pki, manifests, public, *signing, issuers.as_deref())?;
         }
         Effect::RefreshLegacyTokens { version } => {
             let signer = AwsLc::new()
@@ -384,9 +540,10 @@ async fn apply(
                 .map_err(anyhow::Error::new)?;
             refresh::refresh_legacy_tokens(&cluster.client, signer.into()).await?;
         }
-        Effect::RefreshBoundTokens { version, policy } => {
+        Effect::RefreshBoundTokens { policy, .. } => {
             let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-            refresh::refresh_bound_tokens(&cluster.client, *version, policy, since).await?;
+            let marker = state.refresh_marker();
+            refresh::refresh_bound_tokens(&cluster.client, &marker, policy, since).await?;
         }
         Effect::RetireKey { version } => {
             pki.make_kubeadm_key(&pki.private_key(state.key_version())?)?;
@@ -397,14 +554,16 @@ async fn apply(
 }
 
 /// Points kube-apiserver at public keys `public` and signing key
-/// `signing`, and kube-controller-manager at `signing`. Every key file
-/// named is checked, and both manifests are edited in memory, before
-/// either is written: a refusal leaves both as they were.
+/// `signing` (and with `issuers`, at those issuers, the first signing), and
+/// kube-controller-manager at `signing`. Every key file named is checked,
+/// and both manifests are edited in memory, before either is written: a
+/// refusal leaves both as they were.
 fn point_manifests_at(
     pki: &PkiDir,
     manifests: &Path,
     public: &[KeyVersion],
     signing: KeyVersion,
+    issuers: Option<&[Issuer]>,
 ) -> anyhow::Result<()> {
     let mut versions: Vec<KeyVersion> = public.to_vec();
     versions.push(signing);
@@ -418,11 +577,14 @@ fn point_manifests_at(
         .map(|v| pki.pub_path(*v).display().to_string())
         .collect();
     let signing = vec![pki.key_path(signing).display().to_string()];
+    let issuers: Option<Vec<String>> =
+        issuers.map(|list| list.iter().map(|i| i.as_str().to_owned()).collect());
+    let mut apiserver = vec![(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)];
+    if let Some(issuers) = &issuers {
+        apiserver.push((ISSUER_FLAG, issuers));
+    }
     let edits = [
-        edited_manifest(
-            &manifests.join(APISERVER_MANIFEST),
-            &[(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)],
-        )?,
+        edited_manifest(&manifests.join(APISERVER_MANIFEST), &apiserver)?,
         edited_manifest(
             &manifests.join(CONTROLLER_MANAGER_MANIFEST),
             &[(PRIVATE_KEY_FILE, &signing)],
@@ -447,14 +609,22 @@ fn edited_manifest(
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let mut after = before.clone();
     for (flag, values) in flags {
+        if *flag == ISSUER_FLAG && manifest::flag_values(&after, AUDIENCES_FLAG).is_empty() {
+            // The default audience is pinned to what it defaults to now,
+            // the issuers (see `ksa_kube::flags`).
+            let defaulted = manifest::flag_values(&after, ISSUER_FLAG);
+            after = manifest::insert_list_flag(&after, ISSUER_FLAG, AUDIENCES_FLAG, &defaulted)
+                .with_context(|| path.display().to_string())?;
+        }
         after =
             manifest::set_flag(&after, flag, values).with_context(|| path.display().to_string())?;
     }
     Ok((path.to_owned(), (after != before).then_some(after)))
 }
 
-/// `status --pki-dir`: the status line from the state file.
-pub fn status(pki_dir: &Path, output: Format) -> Outcome {
+/// `status --pki-dir`: the status line from the state file (with
+/// `issuer`, the issuer status line).
+pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
     let state = match state::read(pki_dir)? {
         Some(state) => state,
         None => {
@@ -465,9 +635,20 @@ pub fn status(pki_dir: &Path, output: Format) -> Outcome {
             RotationState::settled(KeyVersion::FIRST)
         }
     };
-    let line = state.status_line();
+    let line = if issuer {
+        state
+            .issuer_status_line()
+            .ok_or_else(|| {
+                Failure::bad_input(anyhow::anyhow!(
+                    "ksa has not changed the issuer of this control plane: there is no issuer rotation to show"
+                ))
+            })?
+            .to_string()
+    } else {
+        state.status_line().to_string()
+    };
     match output {
-        Format::Text => crate::commands::print(&line.to_string())?,
+        Format::Text => crate::commands::print(&line)?,
         Format::Json => crate::commands::print(&serde_json::to_string_pretty(&state)?)?,
         Format::Yaml => crate::commands::print(&serde_yaml::to_string(&state)?)?,
     }

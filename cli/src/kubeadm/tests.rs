@@ -55,7 +55,9 @@ impl Node {
             manifests.join(APISERVER_MANIFEST),
             format!(
                 "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - kube-apiserver\n    \
-                 - --authorization-mode=Node,RBAC\n    - --service-account-key-file={dir}/sa.pub\n    \
+                 - --authorization-mode=Node,RBAC\n    \
+                 - --service-account-issuer=https://kubernetes.default.svc.cluster.local\n    \
+                 - --service-account-key-file={dir}/sa.pub\n    \
                  - --service-account-signing-key-file={dir}/sa.key\n    image: registry.k8s.io/kube-apiserver:v1.36.3\n"
             ),
         )
@@ -98,6 +100,8 @@ impl Node {
             skip_prompt: true,
             wait: false,
             timeout: Duration::from_secs(1),
+            issuer: None,
+            changes_key: true,
         }
     }
 
@@ -260,7 +264,8 @@ fn directories_are_written_absolute_and_with_safe_characters_only() {
     for (dir, named) in [
         ("/etc/kubernetes/pki\n    - --x=1", r"'\n'"),
         ("/etc/kube\trnetes/pki", r"'\t'"),
-        ("/etc/kubernetes/pki: x", "':'"),
+        ("/etc/kubernetes/pki: x", "' '"),
+        ("/etc/kubernetes/pki:", "':'"),
         ("/etc/kubernetes/pki #x", "' '"),
         ("/etc/kubernetes/\"pki\"", "'\"'"),
         ("/etc/kubernetes/pki,/tmp", "','"),
@@ -346,4 +351,77 @@ async fn extra_public_keys_of_sa_pub_stay_trusted_until_retire() {
     let kids: Vec<_> = sa_pub.public_keys().map(|k| k.kid().clone()).collect();
     assert_eq!(kids, [second]);
     assert!(!pki.pub_path(v1).exists());
+}
+
+#[tokio::test]
+async fn issuer_lines_are_written_signing_first_with_the_default_audience_pinned() {
+    let node = Node::new();
+    let pki = node.pki_dir();
+    pki.import_kubeadm_key().expect("imports");
+    let trust = state(
+        r#"{"keyVersion":1,"step":"Trust","changesKey":false,
+            "issuer":{"from":"https://kubernetes.default.svc.cluster.local","to":"https://b.example"}}"#,
+    );
+    let (before, _) = node.manifests_text();
+    let old = "https://kubernetes.default.svc.cluster.local";
+    let publish = |issuers: &[&str]| Effect::PublishPublicKeys {
+        public: vec![KeyVersion::FIRST],
+        signing: KeyVersion::FIRST,
+        issuers: Some(
+            issuers
+                .iter()
+                .map(|i| ksa_core::issuer::Issuer::new(*i).expect("an issuer"))
+                .collect(),
+        ),
+    };
+    node.apply(&trust, publish(&[old, "https://b.example"]))
+        .await
+        .expect("applies");
+    let (after, _) = node.manifests_text();
+    let issuer_lines = format!(
+        "    - --service-account-issuer={old}\n    - --service-account-issuer=https://b.example\n    \
+         - --api-audiences={old}\n"
+    );
+    // Only the issuer lines (and the key file lines the first edit points
+    // at versioned files) differ.
+    let expected = before
+        .replace(
+            &format!("    - --service-account-issuer={old}\n"),
+            &issuer_lines,
+        )
+        .replace(
+            "/etc/kubernetes/pki/sa.pub",
+            &pki.pub_path(KeyVersion::FIRST).display().to_string(),
+        )
+        .replace(
+            "/etc/kubernetes/pki/sa.key",
+            &pki.key_path(KeyVersion::FIRST).display().to_string(),
+        );
+    assert_eq!(after, expected);
+
+    // Retire: the old issuer goes, the pinned audience stays.
+    node.apply(&trust, publish(&["https://b.example"]))
+        .await
+        .expect("applies");
+    let (retired, _) = node.manifests_text();
+    assert!(
+        retired
+            .contains("    - --service-account-issuer=https://b.example\n    - --api-audiences=")
+    );
+    assert!(!retired.contains(&format!("--service-account-issuer={old}")));
+
+    // An issuer that would change the YAML (from a hand-edited state file)
+    // is refused, and nothing is written.
+    for hostile in [
+        "https://x.example/'",
+        "https://x.example/#c",
+        "https://x.example/a,b",
+    ] {
+        let message = node
+            .apply(&trust, publish(&[hostile]))
+            .await
+            .expect_err("refused");
+        assert!(message.contains("not safe"), "{message}");
+        assert_eq!(node.manifests_text().0, retired);
+    }
 }

@@ -222,6 +222,33 @@ impl RotationState {
         })
     }
 
+    /// This rotation (the same key version, issuer change and key change)
+    /// at `step`, with no timestamps; `None` where no such state exists (an
+    /// issuer rotation that keeps the key has no Generate step).
+    pub fn at_step(&self, step: Step) -> Option<RotationState> {
+        RotationState::try_from(RawState {
+            key_version: self.key_version,
+            step,
+            issuer: self.issuer.clone(),
+            changes_key: self.changes_key,
+            started_at: None,
+            step_started_at: None,
+            confirmed_at: None,
+            completed_at: None,
+        })
+        .ok()
+    }
+
+    /// Whether `other` is a state of the same rotation as this one: the
+    /// same key version, key change and issuer change (a remembered issuer
+    /// that does not change is no change).
+    pub fn same_rotation(&self, other: &RotationState) -> bool {
+        let change = |state: &RotationState| state.issuer.clone().filter(IssuerChange::changes);
+        self.key_version == other.key_version
+            && self.changes_key == other.changes_key
+            && change(self) == change(other)
+    }
+
     /// The steps of a rotation to `key_version` whose confirmed numbers are
     /// `versions`: one step, or `Generate` and `Trust` together, which
     /// confirm the same numbers.
@@ -351,6 +378,19 @@ impl RotationState {
         self.issuer.as_ref()
     }
 
+    /// What the restart annotation (`ksa.dev/restarted-for-key-version`)
+    /// of a workload restarted in this rotation's RefreshTokens says: the
+    /// key version, new with every key rotation; for an issuer rotation
+    /// that keeps the key, the version and when the rotation started, so
+    /// a workload restarted for an earlier rotation of the same key is
+    /// restarted again.
+    pub fn refresh_marker(&self) -> String {
+        match self.started_at.filter(|_| !self.changes_key) {
+            Some(started) => format!("{}@{started}", self.key_version.get()),
+            None => self.key_version.get().to_string(),
+        }
+    }
+
     /// Whether this rotation changes the issuer.
     pub fn changes_issuer(&self) -> bool {
         !self.is_completed() && self.issuer.as_ref().is_some_and(IssuerChange::changes)
@@ -465,6 +505,12 @@ pub enum Refusal {
         "a key rotation to version {key_version} is already in progress (requested, not started yet); wait for it with `status --watch`"
     )]
     RotationRequested { key_version: KeyVersion },
+    /// An issuer rotation to `issuer` was requested but has not started
+    /// yet.
+    #[error(
+        "an issuer rotation to {issuer} is already in progress (requested, not started yet); wait for it with `status --watch`"
+    )]
+    IssuerRotationRequested { issuer: Issuer },
     #[error(
         "the cluster operation lock is held by {holder}; wait for that operation to finish and try again"
     )]
@@ -494,6 +540,7 @@ impl Refusal {
             self,
             Refusal::RotationInProgress { .. }
                 | Refusal::RotationRequested { .. }
+                | Refusal::IssuerRotationRequested { .. }
                 | Refusal::OperationLocked { .. }
         )
     }
@@ -564,30 +611,66 @@ pub fn start(
     Ok(started)
 }
 
+/// What is already stored where rotations are requested (the resource's
+/// `spec.keyVersion` and `spec.issuer`), for [`start_new`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requested {
+    /// The stored target key version; `None` when nothing is stored yet.
+    pub key_version: Option<KeyVersion>,
+    /// The stored target issuer, if any.
+    pub issuer: Option<Issuer>,
+    /// The issuer the cluster signs with, when the caller knows it (the
+    /// state's, or before any issuer rotation, the API servers').
+    pub signing_issuer: Option<Issuer>,
+}
+
+impl Requested {
+    /// Only a stored target key version.
+    pub fn key(key_version: Option<KeyVersion>) -> Requested {
+        Requested {
+            key_version,
+            ..Requested::default()
+        }
+    }
+}
+
 /// Starts a rotation for a new request (the CLI's `rotate`), or refuses
-/// with no change. `requested` is the target already stored where rotations
-/// are requested (the resource's `spec.keyVersion`), `None` when nothing is
-/// stored yet.
+/// with no change. `requested` is what is already stored.
 ///
-/// A stored target other than a completed state's version is a rotation
+/// A stored target other than a completed state's version, or a stored
+/// issuer other than the one the cluster signs with, is a rotation
 /// requested but not started yet (the controller has not picked it up, so
 /// the state still says completed): that is a rotation in progress, and
-/// refused before anything else, as [`Refusal::RotationRequested`]. Then the
-/// request goes through [`start`]. The controller, which acts on the stored
-/// target itself, calls [`start`].
+/// refused before anything else, as [`Refusal::RotationRequested`] or
+/// [`Refusal::IssuerRotationRequested`]. Then the request goes through
+/// [`start`]. The controller, which acts on the stored target itself,
+/// calls [`start`].
 pub fn start_new(
     state: &RotationState,
-    requested: Option<KeyVersion>,
+    requested: &Requested,
     request: &StartRequest,
     now: Timestamp,
 ) -> Result<RotationState, Refusal> {
-    if let Some(requested) = requested
-        && state.is_completed()
-        && requested != state.key_version
-    {
-        return Err(Refusal::RotationRequested {
-            key_version: requested,
-        });
+    if state.is_completed() {
+        if let Some(version) = requested.key_version
+            && version != state.key_version
+        {
+            return Err(Refusal::RotationRequested {
+                key_version: version,
+            });
+        }
+        let signing = state
+            .issuer
+            .as_ref()
+            .map(|done| &done.to)
+            .or(requested.signing_issuer.as_ref());
+        if let (Some(issuer), Some(signing)) = (&requested.issuer, signing)
+            && issuer != signing
+        {
+            return Err(Refusal::IssuerRotationRequested {
+                issuer: issuer.clone(),
+            });
+        }
     }
     start(state, request, now)
 }

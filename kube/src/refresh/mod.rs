@@ -28,7 +28,6 @@ pub mod rules;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use ksa_core::KeyVersion;
 use ksa_core::rotation::{BoundTokenRefresh, Holders, Policy};
 use kube::api::{Api, EvictParams, ListParams};
 use serde::de::DeserializeOwned;
@@ -146,17 +145,16 @@ async fn evict_all(client: &kube::Client, pods: Vec<(String, String)>) -> Result
 /// between this process and the kubelets.
 pub async fn observe_bound_tokens(
     client: &kube::Client,
-    version: KeyVersion,
+    marker: &str,
     policy: &BoundTokenRefresh,
     since: Timestamp,
     skew: std::time::Duration,
 ) -> Result<Option<BoundTokens>> {
-    let version = version.get().to_string();
     let horizon = rules::Horizon {
         since,
         now: Timestamp::now(),
         skew,
-        version: &version,
+        version: marker,
     };
     Ok(match policy {
         BoundTokenRefresh::RestartPods => Some(pods::observe(client, &horizon).await?),
@@ -169,16 +167,15 @@ pub async fn observe_bound_tokens(
 /// skew ([`Policy::default`], which is what every rotation runs with).
 pub async fn refresh_bound_tokens(
     client: &kube::Client,
-    version: KeyVersion,
+    marker: &str,
     policy: &BoundTokenRefresh,
     since: Timestamp,
 ) -> Result<()> {
-    let version = version.get().to_string();
     let horizon = rules::Horizon {
         since,
         now: Timestamp::now(),
         skew: Policy::default().clock_skew,
-        version: &version,
+        version: marker,
     };
     match policy {
         BoundTokenRefresh::RestartPods => pods::refresh(client, &horizon).await,

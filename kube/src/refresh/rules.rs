@@ -158,7 +158,8 @@ pub struct Horizon<'a> {
     pub now: Timestamp,
     /// Clock skew allowed between this process and the kubelets.
     pub skew: Duration,
-    /// The key version being rotated to, as the restart annotation writes it.
+    /// The rotation's restart marker (`RotationState::refresh_marker`), as
+    /// the restart annotation writes it.
     pub version: &'a str,
 }
 

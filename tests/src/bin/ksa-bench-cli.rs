@@ -65,6 +65,7 @@ async fn main() -> Result<()> {
         },
         spec: RotationSpec {
             key_version: 1,
+            issuer: None,
             cluster: None,
             key: Default::default(),
             rollout: Default::default(),

@@ -1,0 +1,189 @@
+//! What one API server instance is asked, to confirm a step on it: the
+//! keys its `/openid/v1/jwks` serves, the kid and `iss` of a fresh
+//! TokenRequest it answers, the issuer its OIDC discovery document names,
+//! and whether its TokenReview accepts a token carrying a given issuer.
+//!
+//! Every answer comes from the instance itself (a client whose server is
+//! that instance's address); an instance that does not answer confirms
+//! nothing, so a failed request is `None`, never a guess.
+
+use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use ksa_core::KeyId;
+use ksa_core::crypto::SigningKey;
+use ksa_core::issuer::Issuer;
+use ksa_core::token::{self, BoundToken, ObjectRef};
+use kube::api::{Api, ObjectMeta, PostParams};
+
+use crate::error::{Error, Result};
+
+/// The namespace and name of the service account whose tokens ksa asks
+/// the API servers about.
+pub const PROBE_NAMESPACE: &str = "kube-system";
+pub const PROBE_ACCOUNT: &str = "ksa-rotation-probe";
+
+/// The audience of the tokens ksa mints to ask an instance whether it
+/// accepts an issuer. The review names it, so the answer does not depend
+/// on the instance's `--api-audiences`.
+pub const PROBE_AUDIENCE: &str = "ksa.dev/issuer-probe";
+
+/// How long a probe token lives: the shortest a bound token may (it needs
+/// only one review, and is worthless soon if it leaked).
+const PROBE_TOKEN_SECONDS: i64 = 600;
+
+/// Makes sure the probe service account exists and returns its UID (a
+/// bound token names it, and kube-apiserver checks it).
+pub async fn ensure_probe_account(client: &kube::Client) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(PROBE_ACCOUNT.into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    let account = match api.create(&PostParams::default(), &account).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(PROBE_ACCOUNT).await?,
+        Err(e) => return Err(e.into()),
+    };
+    account.metadata.uid.ok_or_else(|| Error::BadResponse {
+        what: "probe service account",
+        detail: "it has no uid".into(),
+    })
+}
+
+/// What a fresh token an instance issued says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshToken {
+    pub kid: Option<KeyId>,
+    /// `None` when the `iss` is absent or not an issuer.
+    pub iss: Option<Issuer>,
+}
+
+/// Requests a fresh token from the instance `client` talks to.
+pub async fn fresh_token(client: &kube::Client) -> Result<FreshToken> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(PROBE_TOKEN_SECONDS),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let response = api
+        .create_token_request(PROBE_ACCOUNT, &PostParams::default(), &request)
+        .await?;
+    let token = response.status.map(|s| s.token).unwrap_or_default();
+    let decoded = token::decode(&token).map_err(|e| Error::BadResponse {
+        what: "fresh TokenRequest token",
+        detail: e.to_string(),
+    })?;
+    Ok(FreshToken {
+        kid: decoded.header.kid.map(KeyId::new),
+        iss: decoded.claims.iss.and_then(|iss| Issuer::new(iss).ok()),
+    })
+}
+
+/// The issuer the instance's `/.well-known/openid-configuration` names.
+pub async fn discovery_issuer(client: &kube::Client) -> Result<Option<Issuer>> {
+    let request = http::Request::get("/.well-known/openid-configuration").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let discovery: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+            what: "OIDC discovery document",
+            detail: e.to_string(),
+        })?;
+    Ok(discovery["issuer"]
+        .as_str()
+        .and_then(|issuer| Issuer::new(issuer).ok()))
+}
+
+/// A short-lived token for the probe account carrying `issuer`, signed
+/// with `signer` (the key the cluster signs with now, which every instance
+/// accepts at every step): whether an instance accepts it depends on the
+/// issuer alone.
+pub fn issuer_probe_token(
+    issuer: &Issuer,
+    account_uid: &str,
+    signer: &dyn SigningKey,
+    now: Timestamp,
+) -> Result<String> {
+    let claims = BoundToken {
+        issuer: issuer.as_str().to_owned(),
+        audiences: vec![PROBE_AUDIENCE.to_owned()],
+        namespace: PROBE_NAMESPACE.to_owned(),
+        service_account: ObjectRef {
+            name: PROBE_ACCOUNT.to_owned(),
+            uid: account_uid.to_owned(),
+        },
+        pod: None,
+        node: None,
+        secret: None,
+        issued_at: now.as_second(),
+        lifetime_seconds: PROBE_TOKEN_SECONDS,
+        // Unique per token, so no instance answers from a cache of an
+        // earlier review.
+        jti: format!("ksa-issuer-probe-{}", now.as_nanosecond()),
+    }
+    .claims()
+    .map_err(|e| Error::BadResponse {
+        what: "issuer probe token",
+        detail: e.to_string(),
+    })?;
+    Ok(token::mint(&claims, signer)?)
+}
+
+/// Whether the instance's TokenReview authenticates `token` for
+/// [`PROBE_AUDIENCE`].
+pub async fn accepts(client: &kube::Client, token: &str) -> Result<bool> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![PROBE_AUDIENCE.to_owned()]),
+        },
+        ..TokenReview::default()
+    };
+    let answered = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answered
+        .status
+        .and_then(|s| s.authenticated)
+        .unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ksa_core::crypto::{AwsLc, SigningBackend as _};
+    use ksa_core::key::KeySpec;
+
+    #[test]
+    fn a_probe_token_carries_the_issuer_the_probe_account_and_the_probe_audience() {
+        let backend = AwsLc::new();
+        let key = backend.generate(KeySpec::EcP256).expect("a key");
+        let signer = backend.signing_key(&key).expect("a signer");
+        let issuer = Issuer::new("https://b.example").expect("an issuer");
+        let now: Timestamp = "2026-11-30T06:00:00Z".parse().expect("a time");
+        let token = issuer_probe_token(&issuer, "uid-1", signer.as_ref(), now).expect("mints");
+        let decoded = token::decode(&token).expect("decodes");
+        let claims = decoded.claims;
+        assert_eq!(claims.iss.as_deref(), Some("https://b.example"));
+        assert_eq!(claims.aud, Some(vec![PROBE_AUDIENCE.to_owned()]));
+        assert_eq!(
+            claims.sub.as_deref(),
+            Some("system:serviceaccount:kube-system:ksa-rotation-probe")
+        );
+        let account = claims.kubernetes.expect("bound claims").serviceaccount;
+        assert_eq!(
+            (account.name.as_str(), account.uid.as_str()),
+            (PROBE_ACCOUNT, "uid-1")
+        );
+        assert_eq!(claims.exp, Some(now.as_second() + PROBE_TOKEN_SECONDS));
+        assert_eq!(decoded.header.kid.as_deref(), Some(key.kid().as_str()));
+    }
+}
