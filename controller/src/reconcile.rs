@@ -253,6 +253,39 @@ impl Rotation<'_> {
         }
     }
 
+    /// An Event when the holders only an operator can let proceed change:
+    /// a Warning naming them, or a Normal one once none is left.
+    async fn blocked_changed(&self, blocked: &[String]) {
+        let before = self
+            .resource
+            .status
+            .as_ref()
+            .map(|status| status.blocked_holders.as_slice())
+            .unwrap_or_default();
+        if before == blocked {
+            return;
+        }
+        if blocked.is_empty() {
+            self.event(
+                EventType::Normal,
+                "RefreshUnblocked",
+                "no token holder waits for an operator any more".to_owned(),
+            )
+            .await;
+        } else {
+            self.event(
+                EventType::Warning,
+                "RefreshBlocked",
+                format!(
+                    "{} token holder(s) cannot be refreshed until an operator lets them (README: Refreshing bound tokens): {}",
+                    blocked.len(),
+                    blocked.join("; ")
+                ),
+            )
+            .await;
+        }
+    }
+
     fn record(&self, state: &RotationState, next: &RotationState, now: Timestamp) {
         let labels = crate::serve::RotationLabels {
             namespace: self.namespace.clone(),
@@ -434,13 +467,27 @@ impl Rotation<'_> {
     }
 
     async fn write_status(&self, state: &RotationState, waiting: Option<String>) -> Result<()> {
-        let status = RotationStatus::of(
-            state,
-            self.resource.status.as_ref(),
-            waiting,
-            self.resource.meta().generation,
-            Timestamp::now(),
-        );
+        self.write_status_with(state, waiting, Vec::new()).await
+    }
+
+    /// Writes the status of `state`, what it waits for, and the holders
+    /// only an operator can let proceed.
+    async fn write_status_with(
+        &self,
+        state: &RotationState,
+        waiting: Option<String>,
+        blocked_holders: Vec<String>,
+    ) -> Result<()> {
+        let status = RotationStatus {
+            blocked_holders,
+            ..RotationStatus::of(
+                state,
+                self.resource.status.as_ref(),
+                waiting,
+                self.resource.meta().generation,
+                Timestamp::now(),
+            )
+        };
         // Conditional on the resourceVersion read: a concurrent writer (a
         // second controller that thinks it leads) makes this fail instead of
         // overwriting.
@@ -450,8 +497,10 @@ impl Rotation<'_> {
         });
         // A merge patch keeps what it leaves out: nothing to wait for is
         // written as null, or the last step's text would stay.
-        if patch["status"].get("waitingFor").is_none() {
-            patch["status"]["waitingFor"] = serde_json::Value::Null;
+        for field in ["waitingFor", "blockedHolders"] {
+            if patch["status"].get(field).is_none() {
+                patch["status"][field] = serde_json::Value::Null;
+            }
         }
         self.api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -493,8 +542,16 @@ impl StateStore for Status<'_, '_> {
 
     async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<()> {
         let waiting = (plan.next.step() == before.step()).then(|| plan.waiting.to_string());
-        self.0.write_status(&plan.next, waiting).await?;
+        let blocked: Vec<String> = plan
+            .waiting
+            .blocked_holders()
+            .map(ToString::to_string)
+            .collect();
+        self.0
+            .write_status_with(&plan.next, waiting, blocked.clone())
+            .await?;
         self.0.saved(before, &plan.next).await;
+        self.0.blocked_changed(&blocked).await;
         Ok(())
     }
 }

@@ -236,6 +236,11 @@ pub struct RotationStatus {
     /// What the current step waits for, or the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The token holders the step waits for that only an operator can let
+    /// proceed (a PodDisruptionBudget that allows no disruption, a paused
+    /// Deployment), each `namespace/name (why)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_holders: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
@@ -374,6 +379,7 @@ impl RotationStatus {
             changes_key: (!state.changes_key()).then_some(false),
             issuer,
             waiting_for,
+            blocked_holders: Vec::new(),
             observed_generation: generation,
             conditions,
         }

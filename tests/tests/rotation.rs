@@ -282,6 +282,29 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         "waiting for, as the status said it: {:#?}",
         zoo.seen().waiting
     );
+    // The pod the budget blocked was named in a Warning Event, and its
+    // release in a Normal one, for each rotation.
+    let events = Api::<Event>::namespaced(scenario.client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await?;
+    let notes = |reason: &str| -> Vec<String> {
+        events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.message.clone())
+            .collect()
+    };
+    let blocked = notes("RefreshBlocked");
+    assert!(
+        blocked.iter().any(|note| note.contains("zoo/guarded-")
+            && note.contains("PDB guarded-pdb allows 0 disruptions")),
+        "no RefreshBlocked Event named the pod its budget blocks: {blocked:?}"
+    );
+    assert!(
+        !notes("RefreshUnblocked").is_empty(),
+        "no RefreshUnblocked Event once the budget was relaxed"
+    );
 
     // The controller serves the JWKS for outside verifiers, with cache
     // headers, and its metrics.
