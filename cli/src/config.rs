@@ -232,7 +232,7 @@ impl UserClusterConfig {
             600,
             "a whole number of seconds, at least 600",
         )?
-        .unwrap_or(3600);
+        .unwrap_or(0);
         let trust_lead_time_seconds = number(
             section,
             "trustLeadTimeSeconds",

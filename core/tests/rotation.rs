@@ -44,8 +44,9 @@ fn issuer(n: u64) -> Issuer {
     Issuer::target(format!("https://issuer-{n}.example")).expect("an issuer")
 }
 
-/// A bound token: the key that signed it, when it was issued, its `iss`.
-type BoundToken = (KeyVersion, i64, Issuer);
+/// A bound token: the key that signed it, when it was issued, its `iss`,
+/// its lifetime in seconds (the kubelet refreshes it at 80%, at most 24 h).
+type BoundToken = (KeyVersion, i64, Issuer, i64);
 
 #[derive(Clone, Debug)]
 struct World {
@@ -56,8 +57,11 @@ struct World {
     desired: (BTreeSet<KeyVersion>, KeyVersion, Vec<Issuer>),
     legacy_tokens: Vec<KeyVersion>,
     bound_tokens: Vec<BoundToken>,
-    /// Lifetime of projected tokens; kubelets refresh at 80% of it.
-    token_seconds: i64,
+    /// Lifetimes of projected tokens, given in turn to the tokens pods get
+    /// (600 s to 24 h): kubelets refresh each at 80% of its own, at most
+    /// 24 h after it was issued.
+    lifetimes: Vec<i64>,
+    issued: usize,
     /// Versions the last effects asked tokens to be refreshed to.
     legacy_refresh_to: Option<KeyVersion>,
     bound_refresh_to: Option<KeyVersion>,
@@ -65,7 +69,7 @@ struct World {
 }
 
 impl World {
-    fn new(servers: usize, token_seconds: i64, now: i64) -> World {
+    fn new(servers: usize, lifetimes: Vec<i64>, now: i64) -> World {
         let one = KeyVersion::FIRST;
         World {
             store: [one].into(),
@@ -79,8 +83,11 @@ impl World {
             ],
             desired: ([one].into(), one, vec![issuer(0)]),
             legacy_tokens: vec![one; 3],
-            bound_tokens: vec![(one, now, issuer(0)); 3],
-            token_seconds,
+            bound_tokens: (0..3)
+                .map(|i| (one, now, issuer(0), lifetimes[i % lifetimes.len()]))
+                .collect(),
+            issued: 3,
+            lifetimes,
             legacy_refresh_to: None,
             bound_refresh_to: None,
             lock_held: false,
@@ -122,9 +129,15 @@ impl World {
             stale_bound_tokens: Some(
                 self.bound_tokens
                     .iter()
-                    .filter(|(v, _, iss)| *v != target || *iss != target_issuer)
+                    .filter(|(v, _, iss, _)| *v != target || *iss != target_issuer)
                     .count() as u64,
             ),
+            longest_bound_token_seconds: self
+                .bound_tokens
+                .iter()
+                .map(|(_, _, _, lifetime)| *lifetime as u64)
+                .max()
+                .or(Some(0)),
             ..Observed::default()
         }
     }
@@ -170,18 +183,20 @@ impl World {
     /// A pod gets a fresh bound token from some API server.
     fn issue(&mut self, index: usize, now: i64) {
         let server = &self.servers[index % self.servers.len()];
+        let lifetime = self.lifetimes[self.issued % self.lifetimes.len()];
+        self.issued += 1;
         self.bound_tokens
-            .push((server.signs, now, server.issuers[0].clone()));
+            .push((server.signs, now, server.issuers[0].clone(), lifetime));
     }
 
     /// Kubelets refresh every projected token at 80% of its lifetime, from
     /// some API server.
     fn kubelets_refresh(&mut self, now: i64) {
-        let due = self.token_seconds * 8 / 10;
         let (signs, iss) = (self.servers[0].signs, self.servers[0].issuers[0].clone());
         for token in &mut self.bound_tokens {
+            let due = (token.3 * 8 / 10).min(24 * 3600);
             if now >= token.1 + due {
-                *token = (signs, now, iss.clone());
+                *token = (signs, now, iss.clone(), token.3);
             }
         }
     }
@@ -200,7 +215,7 @@ impl World {
             if let Some(token) = self
                 .bound_tokens
                 .iter_mut()
-                .find(|(v, _, i)| *v != signs || i != iss)
+                .find(|(v, _, i, _)| *v != signs || i != iss)
             {
                 token.0 = signs;
                 token.2 = iss.clone();
@@ -209,7 +224,7 @@ impl World {
     }
 
     fn check_nobody_logged_out(&self) -> Result<(), String> {
-        for (_, _, iss) in &self.bound_tokens {
+        for (_, _, iss, _) in &self.bound_tokens {
             for (i, server) in self.servers.iter().enumerate() {
                 if !server.issuers.contains(iss) {
                     return Err(format!(
@@ -218,7 +233,7 @@ impl World {
                 }
             }
         }
-        let bound = self.bound_tokens.iter().map(|(v, _, _)| v);
+        let bound = self.bound_tokens.iter().map(|(v, _, _, _)| v);
         for token in self.legacy_tokens.iter().chain(bound) {
             for (i, server) in self.servers.iter().enumerate() {
                 if !server.accepts.contains(token) {
@@ -267,7 +282,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         prop_oneof![
             Just(BoundTokenRefresh::RestartPods),
             Just(BoundTokenRefresh::RecreateNodes),
-            (600..7200u64).prop_map(|s| BoundTokenRefresh::Wait {
+            prop_oneof![Just(0u64), 600..7200u64].prop_map(|s| BoundTokenRefresh::Wait {
                 max_token_seconds: s
             }),
         ],
@@ -315,6 +330,9 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         } else {
             Holders::default()
         },
+        longest_bound_token_seconds: observed
+            .longest_bound_token_seconds
+            .filter(|_| needed.tokens),
     }
 }
 
@@ -466,7 +484,9 @@ impl Harness {
             self.world
                 .check_nobody_logged_out()
                 .map_err(TestCaseError::fail)?;
-            self.now += jiff::SignedDuration::from_secs(600);
+            // An hour a round: the longest kubelet window (24 h) closes
+            // well within the rounds.
+            self.now += jiff::SignedDuration::from_secs(3600);
             self.world.kubelets_refresh(self.now.as_second());
         }
         Err(TestCaseError::fail(format!(
@@ -562,7 +582,11 @@ fn check_account(
             Wait::BoundTokenHolders { stale, .. } => {
                 stale == observed.stale_bound_tokens && stale != Some(0)
             }
-            Wait::RefreshWindow { until } => until.is_none_or(|until| until > now),
+            Wait::RefreshWindow { until } => {
+                observed.longest_bound_token_seconds.is_some()
+                    && until.is_none_or(|until| until > now)
+            }
+            Wait::TokenLifetimesObserved => observed.longest_bound_token_seconds.is_none(),
             Wait::IssuerAccepted {
                 ref issuer,
                 accepting,
@@ -678,14 +702,18 @@ fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
         prop::collection::vec(server, 0..4),
         prop::option::of(0..3u64),
         prop::option::of(0..3u64),
+        prop::option::of(prop_oneof![Just(0u64), 600..90_000u64]),
     )
-        .prop_map(|(stored_keys, api_servers, legacy, bound)| Observed {
-            stored_keys,
-            api_servers,
-            stale_legacy_tokens: legacy,
-            stale_bound_tokens: bound,
-            ..Observed::default()
-        })
+        .prop_map(
+            |(stored_keys, api_servers, legacy, bound, longest)| Observed {
+                stored_keys,
+                api_servers,
+                longest_bound_token_seconds: longest,
+                stale_legacy_tokens: legacy,
+                stale_bound_tokens: bound,
+                ..Observed::default()
+            },
+        )
 }
 
 fn any_policy() -> impl Strategy<Value = Policy> {
@@ -716,15 +744,12 @@ proptest! {
     fn rotations_keep_every_invariant_and_complete(
         policy in policy(),
         servers in 1..4usize,
+        lifetimes in prop::collection::vec(prop_oneof![Just(600i64), Just(3607), Just(7200), Just(86_400), 600..86_400i64], 1..4),
         rotations in prop::collection::vec((0..3u8, prop::collection::vec(event(), 0..60)), 1..4),
     ) {
         let now = Timestamp::from_second(1_800_000_000).expect("time");
-        let token_seconds = match policy.bound_token_refresh {
-            BoundTokenRefresh::Wait { max_token_seconds } => max_token_seconds as i64,
-            _ => 3600,
-        };
         let mut h = Harness {
-            world: World::new(servers, token_seconds, now.as_second()),
+            world: World::new(servers, lifetimes, now.as_second()),
             issuers_made: 0,
             stored: serde_json::to_string(&RotationState::settled(KeyVersion::FIRST)).expect("json"),
             history: Vec::new(),
@@ -801,7 +826,7 @@ fn a_rotation_walks_the_spec_triples_in_order() {
         now,
     )
     .expect("starts");
-    let mut world = World::new(2, 3600, now.as_second());
+    let mut world = World::new(2, vec![3600], now.as_second());
     let mut state = state;
     let mut lines = vec![state.status_line().to_string()];
     while !state.is_completed() {
@@ -1072,10 +1097,26 @@ fn waiting_reads_as_the_status_always_did() {
     };
     seen.stale_legacy_tokens = Some(0);
     let plan = rotation::step(&refresh, &seen, now(), &waiting).expect("steps");
-    // 80% of an hour plus a minute of skew.
     assert_eq!(
         plan.waiting.to_string(),
-        "bound-token holders to refresh: (waiting out the kubelet refresh window, until 2026-11-30T00:49:00Z)"
+        "bound-token holders to refresh: (the projected token lifetimes pods hold, which size the kubelet refresh window, not observed yet)"
+    );
+    // Pods hold tokens of at most 30 minutes: the configured hour wins,
+    // 80% of it plus the kubelet's two minutes of slack and a minute of
+    // skew.
+    seen.longest_bound_token_seconds = Some(1800);
+    let plan = rotation::step(&refresh, &seen, now(), &waiting).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "bound-token holders to refresh: (waiting out the kubelet refresh window, until 2026-11-30T00:51:00Z)"
+    );
+    // A pod holds a 7200-second token (OpenShift's documented example):
+    // 96 minutes plus slack and skew, whatever was configured.
+    seen.longest_bound_token_seconds = Some(7200);
+    let plan = rotation::step(&refresh, &seen, now(), &waiting).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "bound-token holders to refresh: (waiting out the kubelet refresh window, until 2026-11-30T01:39:00Z)"
     );
 }
 
@@ -1210,7 +1251,7 @@ fn an_issuer_rotation_walks_the_spec_lines_in_order_and_keeps_the_key() {
     )
     .expect("starts");
     assert_eq!(state.step(), Step::Trust, "no key to generate");
-    let mut world = World::new(3, 3600, now.as_second());
+    let mut world = World::new(3, vec![3600], now.as_second());
     for server in &mut world.servers {
         server.issuers = vec![a.clone()];
         server.accepts = [KeyVersion::new(3)].into();
@@ -1222,7 +1263,7 @@ fn an_issuer_rotation_walks_the_spec_lines_in_order_and_keeps_the_key() {
         KeyVersion::new(3),
         vec![a.clone()],
     );
-    world.bound_tokens = vec![(KeyVersion::new(3), now.as_second(), a.clone()); 3];
+    world.bound_tokens = vec![(KeyVersion::new(3), now.as_second(), a.clone(), 3600); 3];
     world.legacy_tokens = vec![KeyVersion::new(3); 3];
     let mut lines = Vec::new();
     let mut steps = vec![state.step()];

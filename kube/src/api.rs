@@ -163,13 +163,13 @@ pub const DEFAULT_CONTAINER: &str = "kube-apiserver";
 pub struct TokenRefreshSpec {
     #[serde(default)]
     pub policy: TokenRefreshPolicy,
-    /// For `wait`: the longest projected token lifetime in the cluster.
-    #[serde(default = "default_max_token_seconds")]
+    /// For `wait`: a projected token lifetime, in seconds, to wait out at
+    /// least. The window is 80% of the longest lifetime a pod from before
+    /// RefreshTokens actually holds (at most 24 h), plus slack and skew;
+    /// this can only lengthen it, for tokens held outside pods. 0 (the
+    /// default): what the pods hold alone.
+    #[serde(default)]
     pub max_token_seconds: u64,
-}
-
-fn default_max_token_seconds() -> u64 {
-    3600
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]

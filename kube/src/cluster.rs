@@ -173,15 +173,17 @@ impl TargetCluster {
             observed.stale_legacy_tokens =
                 Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
             let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
-            if let Some(bound) = refresh::observe_bound_tokens(
+            let bound = refresh::observe_bound_tokens(
                 &self.client,
                 &state.refresh_marker(),
                 &policy.bound_token_refresh,
                 since,
                 policy.clock_skew,
             )
-            .await?
-            {
+            .await?;
+            if policy.bound_token_refresh.waits() {
+                observed.longest_bound_token_seconds = Some(bound.longest_stale_token_seconds);
+            } else {
                 observed.stale_bound_tokens = Some(bound.stale);
                 observed.bound_token_holders = bound.holders;
             }

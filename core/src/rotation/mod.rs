@@ -739,6 +739,11 @@ pub struct Observed {
     /// shown, never decided on: [`step`] goes by `stale_bound_tokens`.
     #[serde(default, skip_serializing_if = "Holders::is_empty")]
     pub bound_token_holders: Holders,
+    /// The longest projected token lifetime, in seconds, held by a pod
+    /// that predates RefreshTokens (0: none holds one); `None` when not
+    /// observed. What [`BoundTokenRefresh::Wait`] waits out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_bound_token_seconds: Option<u64>,
 }
 
 /// How bound (projected) tokens are refreshed in the RefreshTokens step.
@@ -750,8 +755,11 @@ pub enum BoundTokenRefresh {
     RestartPods,
     /// Cordon, drain and delete nodes for the infrastructure to replace.
     RecreateNodes,
-    /// Wait for kubelets to refresh: 80% of the longest token lifetime, at
-    /// most 24 h, plus clock skew.
+    /// Wait for kubelets to refresh: 80% of the longest projected token
+    /// lifetime that pods from before RefreshTokens hold (observed,
+    /// [`Observed::longest_bound_token_seconds`]), at most 24 h, plus clock
+    /// skew. `max_token_seconds` can only lengthen it (0: what the pods
+    /// hold alone).
     Wait {
         #[serde(rename = "maxTokenSeconds")]
         max_token_seconds: u64,
@@ -761,13 +769,29 @@ pub enum BoundTokenRefresh {
 /// The longest a kubelet waits before refreshing a projected token.
 pub const KUBELET_MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
+/// What the kubelet may take beyond 80% of a token's lifetime to have a
+/// refreshed token in the pod: its jitter (up to 10 s) and the period in
+/// which it remounts a pod's volumes (about a minute), with room to spare.
+pub const KUBELET_SLACK: Duration = Duration::from_secs(120);
+
 impl BoundTokenRefresh {
-    /// For `Wait`: how long after Sign every kubelet has refreshed its tokens.
-    pub fn wait_window(self, skew: Duration) -> Option<Duration> {
+    /// Whether this policy waits for the kubelets instead of refreshing.
+    pub fn waits(self) -> bool {
+        matches!(self, BoundTokenRefresh::Wait { .. })
+    }
+
+    /// For `Wait`: how long after RefreshTokens began every kubelet has
+    /// refreshed the tokens of pods from before it, when the longest
+    /// lifetime such a pod holds is `longest` seconds. A kubelet refreshes
+    /// a token at 80% of its lifetime, at most 24 h after it was issued
+    /// (plus [`KUBELET_SLACK`]), and each was issued before RefreshTokens
+    /// began. `None` for the other policies.
+    pub fn wait_window(self, longest: u64, skew: Duration) -> Option<Duration> {
         match self {
             BoundTokenRefresh::Wait { max_token_seconds } => {
-                let refresh = Duration::from_secs(max_token_seconds.saturating_mul(8) / 10);
-                Some(refresh.min(KUBELET_MAX_REFRESH) + skew)
+                let lifetime = longest.max(max_token_seconds);
+                let refresh = Duration::from_secs(lifetime.saturating_mul(8) / 10);
+                Some(refresh.min(KUBELET_MAX_REFRESH) + KUBELET_SLACK + skew)
             }
             _ => None,
         }
@@ -901,7 +925,10 @@ pub fn step(
         let elapsed = elapsed_since(Some(confirmed_at), now).unwrap_or_default();
         wait = policy.trust_lead_time.saturating_sub(elapsed);
     } else if state.step == Step::RefreshTokens
-        && let Some(window) = policy.bound_token_refresh.wait_window(policy.clock_skew)
+        && let Some(longest) = observed.longest_bound_token_seconds
+        && let Some(window) = policy
+            .bound_token_refresh
+            .wait_window(longest, policy.clock_skew)
     {
         let elapsed = elapsed_since(state.step_started_at, now).unwrap_or_default();
         if elapsed < window {
@@ -982,11 +1009,7 @@ fn effects_of(state: &RotationState, policy: &Policy) -> Vec<Effect> {
             if state.changes_key {
                 effects.push(Effect::RefreshLegacyTokens { version: new });
             }
-            if policy
-                .bound_token_refresh
-                .wait_window(Duration::ZERO)
-                .is_none()
-            {
+            if !policy.bound_token_refresh.waits() {
                 effects.push(Effect::RefreshBoundTokens {
                     version: new,
                     policy: policy.bound_token_refresh,

@@ -69,6 +69,9 @@ pub enum Wait {
     /// RefreshTokens (wait): the kubelet refresh window closes at `until`;
     /// `None` when the step's start was not recorded, so it cannot close.
     RefreshWindow { until: Option<Timestamp> },
+    /// RefreshTokens (`wait` policy): the projected token lifetimes pods
+    /// hold, which size the window, were not observed.
+    TokenLifetimesObserved,
     /// Retire: `dropped` of `total` API servers no longer accept key
     /// `version` (the old key).
     ApiServersDroppingOld {
@@ -140,6 +143,9 @@ impl fmt::Display for Wait {
             Wait::RefreshWindow { until: Some(until) } => write!(
                 f,
                 "bound-token holders to refresh: (waiting out the kubelet refresh window, until {until})"
+            ),
+            Wait::TokenLifetimesObserved => f.write_str(
+                "bound-token holders to refresh: (the projected token lifetimes pods hold, which size the kubelet refresh window, not observed yet)",
             ),
             Wait::RefreshWindow { until: None } => f.write_str(
                 "bound-token holders to refresh: (waiting out the kubelet refresh window, whose start was not recorded)",
@@ -303,22 +309,27 @@ pub(super) fn assess(
                     stale: observed.stale_legacy_tokens,
                 });
             }
-            match policy.bound_token_refresh.wait_window(policy.clock_skew) {
-                Some(window) => {
-                    if elapsed_since(state.step_started_at, now) < Some(window) {
-                        waits.push(Wait::RefreshWindow {
-                            until: state.step_started_at.map(|at| deadline(at, window)),
-                        });
-                    }
+            if policy.bound_token_refresh.waits() {
+                // The window is what the pods from before the step hold,
+                // looked at again each time: they only go away.
+                let window = observed.longest_bound_token_seconds.and_then(|longest| {
+                    policy
+                        .bound_token_refresh
+                        .wait_window(longest, policy.clock_skew)
+                });
+                match window {
+                    Some(window) if elapsed_since(state.step_started_at, now) >= Some(window) => {}
+                    Some(window) => waits.push(Wait::RefreshWindow {
+                        until: state.step_started_at.map(|at| deadline(at, window)),
+                    }),
+                    // Not observed: nothing says how long to wait.
+                    None => waits.push(Wait::TokenLifetimesObserved),
                 }
-                None => {
-                    if observed.stale_bound_tokens != Some(0) {
-                        waits.push(Wait::BoundTokenHolders {
-                            stale: observed.stale_bound_tokens,
-                            holders: observed.bound_token_holders.clone(),
-                        });
-                    }
-                }
+            } else if observed.stale_bound_tokens != Some(0) {
+                waits.push(Wait::BoundTokenHolders {
+                    stale: observed.stale_bound_tokens,
+                    holders: observed.bound_token_holders.clone(),
+                });
             }
         }
         Step::Retire => {

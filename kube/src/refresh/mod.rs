@@ -50,11 +50,13 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub const MAX_TRACKED: usize = 10_000;
 
 /// The bound-token holders a refresh policy has still to refresh: how many
-/// (what the step decides on), and who, for the status.
+/// (what the step decides on), and who, for the status; for `wait`, the
+/// longest lifetime of a token only a kubelet will refresh.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BoundTokens {
     pub stale: u64,
     pub holders: Holders,
+    pub longest_stale_token_seconds: u64,
 }
 
 /// Every object of a kind that `params` selects, a page at a time: memory
@@ -139,8 +141,9 @@ async fn evict_all(client: &kube::Client, pods: Vec<(String, String)>) -> Result
     Ok(tried)
 }
 
-/// Bound-token holders still to refresh under `policy`, and who they are
-/// (`None` for `Wait`, which waits out the kubelet refresh window instead).
+/// Bound-token holders still to refresh under `policy`, and who they are;
+/// for `Wait`, which waits out the kubelet refresh window instead, only the
+/// longest lifetime of a token held from before the step.
 /// `since` is when RefreshTokens began, `skew` the clock skew allowed
 /// between this process and the kubelets.
 pub async fn observe_bound_tokens(
@@ -149,7 +152,7 @@ pub async fn observe_bound_tokens(
     policy: &BoundTokenRefresh,
     since: Timestamp,
     skew: std::time::Duration,
-) -> Result<Option<BoundTokens>> {
+) -> Result<BoundTokens> {
     let horizon = rules::Horizon {
         since,
         now: Timestamp::now(),
@@ -157,9 +160,12 @@ pub async fn observe_bound_tokens(
         version: marker,
     };
     Ok(match policy {
-        BoundTokenRefresh::RestartPods => Some(pods::observe(client, &horizon).await?),
-        BoundTokenRefresh::RecreateNodes => Some(nodes::observe(client, &horizon).await?),
-        BoundTokenRefresh::Wait { .. } => None,
+        BoundTokenRefresh::RestartPods => pods::observe(client, &horizon).await?,
+        BoundTokenRefresh::RecreateNodes => nodes::observe(client, &horizon).await?,
+        BoundTokenRefresh::Wait { .. } => BoundTokens {
+            longest_stale_token_seconds: pods::longest_stale_token(client, &horizon).await?,
+            ..BoundTokens::default()
+        },
     })
 }
 

@@ -320,6 +320,24 @@ fn all_pods(client: &kube::Client) -> impl futures::Stream<Item = Result<Pod>> +
     ))
 }
 
+/// The longest lifetime of a token a pod holds from before the step,
+/// which only its kubelet will refresh (0: none): what the `wait` policy
+/// waits out. Only the pods themselves are read; no owner matters.
+pub(super) async fn longest_stale_token(
+    client: &kube::Client,
+    horizon: &Horizon<'_>,
+) -> Result<u64> {
+    let mut longest = 0;
+    let mut pods = std::pin::pin!(all_pods(client));
+    while let Some(pod) = pods.try_next().await? {
+        let facts = facts(&pod, Controller::None);
+        if let Some(seconds) = rules::stale_token_seconds(&facts, horizon) {
+            longest = longest.max(seconds);
+        }
+    }
+    Ok(longest)
+}
+
 /// How many pods hold a stale bound token, and who.
 pub(super) async fn observe(client: &kube::Client, horizon: &Horizon<'_>) -> Result<BoundTokens> {
     let index = Index::build(client, horizon.version).await?;

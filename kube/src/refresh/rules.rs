@@ -43,16 +43,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use ksa_core::rotation::{HolderReason, KUBELET_MAX_REFRESH, WorkloadKind};
+use ksa_core::rotation::{HolderReason, KUBELET_MAX_REFRESH, KUBELET_SLACK, WorkloadKind};
 
 /// A projected token's lifetime when the volume does not say
 /// (`expirationSeconds` defaults to an hour).
 pub const DEFAULT_TOKEN_SECONDS: u64 = 3600;
-
-/// What the kubelet may take beyond 80% of a token's lifetime to have a
-/// refreshed token in the pod: its jitter (up to 10 s) and the period in
-/// which it remounts a pod's volumes (about a minute), with room to spare.
-pub const KUBELET_SLACK: Duration = Duration::from_secs(120);
 
 /// A pod's phase; anything unknown counts as running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,6 +328,14 @@ fn holds_token(pod: &Pod<'_>) -> Result<u64, NotAHolder> {
         return Err(NotAHolder::Unscheduled);
     }
     Ok(seconds)
+}
+
+/// The lifetime of the token `pod` holds from before the step, which only
+/// its kubelet will refresh (the `wait` policy); `None` when it holds none,
+/// or a fresh one.
+pub fn stale_token_seconds(pod: &Pod<'_>, horizon: &Horizon<'_>) -> Option<u64> {
+    let seconds = holds_token(pod).ok()?;
+    fresh(pod, seconds, horizon).is_none().then_some(seconds)
 }
 
 /// Why a token of this lifetime held by `pod` is fresh, if it is.
