@@ -369,3 +369,61 @@ impl Probe<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: &str) -> RotationState {
+        serde_json::from_value(serde_json::json!({
+            "keyVersion": 1,
+            "step": step,
+            "issuer": {"from": "https://a.example", "to": "https://b.example"},
+            "changesKey": false,
+        }))
+        .expect("an issuer rotation state")
+    }
+
+    #[test]
+    fn a_token_of_the_old_issuer_is_protected_until_retire() {
+        let (a, b) = ("https://a.example", "https://b.example");
+        for (step, protects_a) in [
+            ("Trust", true),
+            ("Sign", true),
+            ("RefreshTokens", true),
+            ("Retire", false),
+            ("Completed", false),
+        ] {
+            let protected = Protected {
+                versions: vec![1],
+                issuers: protected_issuers(&state(step)),
+            };
+            assert_eq!(protected.covers(Some(1), a, false), protects_a, "{step}");
+            // B is protected as soon as it is accepted: from Sign on (at
+            // Trust the confirmed issuers are still A's alone).
+            assert_eq!(
+                protected.covers(Some(1), b, false),
+                step != "Trust",
+                "{step}"
+            );
+            // Legacy tokens carry the legacy issuer, which no issuer
+            // rotation touches; an unknown key version is never protected.
+            assert!(protected.covers(Some(1), "kubernetes/serviceaccount", true));
+            assert!(!protected.covers(None, b, false));
+        }
+    }
+
+    #[test]
+    fn without_an_issuer_change_any_issuer_is_protected() {
+        let settled: RotationState =
+            serde_json::from_value(serde_json::json!({"keyVersion": 1, "step": "Completed"}))
+                .expect("a settled state");
+        let protected = Protected {
+            versions: vec![1],
+            issuers: protected_issuers(&settled),
+        };
+        assert_eq!(protected.issuers, None);
+        assert!(protected.covers(Some(1), "https://whatever.example", false));
+        assert!(!protected.covers(Some(2), "https://whatever.example", false));
+    }
+}
