@@ -10,8 +10,9 @@
 //! harness plays its pods) that the controller patches for an issuer
 //! rotation: it rewrites the container's `--service-account-issuer=URL`
 //! args (one per accepted issuer, the signing one first) and, when there
-//! was none, adds `--api-audiences=` pinned to the issuer signing before
-//! the first change, and keeps every other arg
+//! was none, adds `--api-audiences=` pinned to what kube-apiserver
+//! defaulted it to before the first change (the issuers then), and keeps
+//! every other arg
 //! ([`rewrite_issuer_args`] writes it the same way, for tests that roll by
 //! hand).
 
@@ -302,11 +303,12 @@ pub async fn set_container_args(
 }
 
 /// `args` with the issuer flags set to `issuers` (the signing one first),
-/// as the controller rewrites them: the new `--service-account-issuer=`
-/// entries replace the old ones where the first of them stood; when there
-/// was no `--api-audiences=`, one naming the issuer that signed before
-/// (the first old issuer) follows them, so that tokens of the default
-/// audience keep their audience; every other arg stays as it was.
+/// as the controller rewrites them (`ksa_kube::flags`): the new
+/// `--service-account-issuer=` entries replace the old ones where the
+/// first of them stood; when there was no `--api-audiences=`, one naming
+/// the old issuers (kube-apiserver's default audiences) follows them, so
+/// that tokens of the default audience keep their audience; every other
+/// arg stays as it was.
 pub fn rewrite_issuer_args(args: &[String], issuers: &[&str]) -> Vec<String> {
     let is_issuer = |arg: &str| arg.starts_with("--service-account-issuer=");
     let old = IssuerFlags::parse(args.iter().map(String::as_str));
@@ -317,7 +319,7 @@ pub fn rewrite_issuer_args(args: &[String], issuers: &[&str]) -> Vec<String> {
     if let Some(old) = &old
         && old.api_audiences.is_none()
     {
-        new.push(format!("--api-audiences={}", old.issuers[0]));
+        new.push(format!("--api-audiences={}", old.issuers.join(",")));
     }
     let at = args.iter().position(|a| is_issuer(a)).unwrap_or(args.len());
     let mut rewritten: Vec<String> = args[..at]
@@ -387,5 +389,17 @@ mod tests {
             })
         );
         assert_eq!(IssuerFlags::parse(["--v=2"]), None);
+        // Of several issuers, all were the default audiences.
+        let two = strings(&[
+            "--service-account-issuer=https://a",
+            "--service-account-issuer=https://c",
+        ]);
+        assert_eq!(
+            rewrite_issuer_args(&two, &["https://b"]),
+            strings(&[
+                "--service-account-issuer=https://b",
+                "--api-audiences=https://a,https://c"
+            ])
+        );
     }
 }
