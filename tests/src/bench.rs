@@ -140,6 +140,7 @@ impl RotationBench {
             client.clone(),
             NAMESPACE,
             &format!("{NAMESPACE}-apiserver-keys"),
+            None,
         );
         let config = dir.path().join("user-cluster.yaml");
         std::fs::write(&config, format!("name: {NAMESPACE}\n"))?;

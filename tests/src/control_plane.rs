@@ -2,8 +2,9 @@
 //! kube-apiserver on loopback, or three kube-apiserver instances on one
 //! etcd, each at an address of its own in the test's network namespace
 //! (see [`crate::netns`]), all listed in the `kubernetes` EndpointSlice as
-//! in an HA control plane. Instances pick up new key files one at a time
-//! (a roll-out), each ready and listed before the next is stopped.
+//! in an HA control plane. Instances pick up a new configuration (key
+//! files, issuer flags) one at a time (a roll-out), each ready and listed
+//! before the next is stopped.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,7 +27,7 @@ use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::Pki;
-use crate::roll::{KeySetId, RollLog};
+use crate::roll::{RollLog, SpecId};
 
 /// The service-account issuer of every test control plane.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -56,12 +57,118 @@ impl ApiServerKeys {
 
 /// How kube-apiserver signs service-account tokens.
 #[derive(Debug, Clone)]
-enum Signing {
+pub enum Signing {
     /// `--service-account-signing-key-file` and `--service-account-key-file`.
     KeyFiles(ApiServerKeys),
     /// `--service-account-signing-endpoint`: a KEP-740 external signer on
     /// this Unix socket, and no key file at all.
     External(PathBuf),
+}
+
+/// Everything a roll-out changes on a kube-apiserver instance: how it
+/// signs and its issuer flags.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub signing: Signing,
+    /// `--service-account-issuer`, once per value, in this order: the
+    /// first is the issuer of the tokens it issues and of its discovery
+    /// document; every one is accepted.
+    pub issuers: Vec<String>,
+    /// `--api-audiences` (a comma-separated list). None: kube-apiserver's
+    /// default, the issuers.
+    pub api_audiences: Option<String>,
+}
+
+impl InstanceSpec {
+    /// Signing as `signing`, with issuer [`ISSUER`] and the default
+    /// audiences.
+    pub fn new(signing: Signing) -> InstanceSpec {
+        InstanceSpec {
+            signing,
+            issuers: vec![ISSUER.to_owned()],
+            api_audiences: None,
+        }
+    }
+
+    /// The key files, unless it signs through an external signer.
+    pub fn keys(&self) -> Option<&ApiServerKeys> {
+        match &self.signing {
+            Signing::KeyFiles(keys) => Some(keys),
+            Signing::External(_) => None,
+        }
+    }
+
+    /// The same issuer flags, signing with `keys`.
+    pub fn with_keys(&self, keys: &ApiServerKeys) -> InstanceSpec {
+        InstanceSpec {
+            signing: Signing::KeyFiles(keys.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The same signing, with these issuer flags.
+    pub fn with_issuers(&self, issuers: &[&str], api_audiences: Option<&str>) -> InstanceSpec {
+        InstanceSpec {
+            issuers: issuers.iter().map(|i| (*i).to_owned()).collect(),
+            api_audiences: api_audiences.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    /// The same signing, with `flags` when given; otherwise the issuer
+    /// flags stay as they are.
+    pub fn with_issuer_flags(&self, flags: Option<&IssuerFlags>) -> InstanceSpec {
+        match flags {
+            Some(flags) => InstanceSpec {
+                issuers: flags.issuers.clone(),
+                api_audiences: flags.api_audiences.clone(),
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
+
+    /// The issuer flags, as kube-apiserver is given them.
+    fn issuer_flags(&self) -> Vec<String> {
+        self.issuers
+            .iter()
+            .map(|issuer| format!("--service-account-issuer={issuer}"))
+            .chain(
+                self.api_audiences
+                    .iter()
+                    .map(|audiences| format!("--api-audiences={audiences}")),
+            )
+            .collect()
+    }
+}
+
+/// Issuer flags as a Deployment's args or a static pod's command give
+/// them: `--service-account-issuer=URL`, once per issuer (the signing one
+/// first), and `--api-audiences=LIST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerFlags {
+    pub issuers: Vec<String>,
+    pub api_audiences: Option<String>,
+}
+
+impl IssuerFlags {
+    /// The issuer flags among `args`; `None` when they name no issuer.
+    /// (Only the `--flag=value` form, the one ksa writes.)
+    pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<IssuerFlags> {
+        let mut issuers = Vec::new();
+        let mut api_audiences = None;
+        for arg in args {
+            if let Some(issuer) = arg.strip_prefix("--service-account-issuer=") {
+                issuers.push(issuer.to_owned());
+            } else if let Some(audiences) = arg.strip_prefix("--api-audiences=") {
+                api_audiences = Some(audiences.to_owned());
+            }
+        }
+        (!issuers.is_empty()).then_some(IssuerFlags {
+            issuers,
+            api_audiences,
+        })
+    }
 }
 
 struct Process {
@@ -138,17 +245,8 @@ struct Instance {
     /// key files are named after it.
     name: String,
     process: Option<Process>,
-    /// How it signs, as last started.
-    signing: Signing,
-}
-
-impl Instance {
-    fn key_set(&self) -> Option<KeySetId> {
-        match &self.signing {
-            Signing::KeyFiles(keys) => Some(KeySetId::of(keys)),
-            Signing::External(_) => None,
-        }
-    }
+    /// How it signs and its issuer flags, as last started.
+    spec: InstanceSpec,
 }
 
 /// A client of one kube-apiserver instance, authenticated as cluster
@@ -186,14 +284,14 @@ pub struct ControlPlane {
     apiserver_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
-    /// How the instances are to sign: the key set last asked for.
-    signing: Signing,
+    /// What the instances are to run: the configuration last asked for.
+    spec: InstanceSpec,
     extra_flags: Vec<String>,
     roll: RollLog,
     started: Instant,
     /// How many times kube-apiserver was started: once at the start, once
     /// for each new key set rolled out, once for each instance killed and
-    /// restarted.
+    /// restarted (a change of issuer flags is a roll-out too).
     pub apiserver_starts: u32,
 }
 
@@ -238,35 +336,42 @@ impl ControlPlane {
         keys: ApiServerKeys,
         extra_flags: Vec<String>,
     ) -> Result<ControlPlane> {
-        ControlPlane::launch(Signing::KeyFiles(keys), extra_flags, 1).await
+        ControlPlane::launch(InstanceSpec::new(Signing::KeyFiles(keys)), extra_flags, 1).await
     }
 
     /// Like [`ControlPlane::start`], with [`HA_INSTANCES`] kube-apiserver
     /// instances, each at its own address. Only in a network namespace of
     /// the test's own ([`crate::netns::enter`]).
     pub async fn start_ha(keys: ApiServerKeys) -> Result<ControlPlane> {
-        ControlPlane::launch(Signing::KeyFiles(keys), Vec::new(), HA_INSTANCES).await
+        ControlPlane::start_ha_with_spec(InstanceSpec::new(Signing::KeyFiles(keys))).await
+    }
+
+    /// Like [`ControlPlane::start_ha`], every instance started with `spec`
+    /// (its issuer flags, say).
+    pub async fn start_ha_with_spec(spec: InstanceSpec) -> Result<ControlPlane> {
+        ControlPlane::launch(spec, Vec::new(), HA_INSTANCES).await
     }
 
     /// A control plane whose kube-apiserver has no key file and signs
     /// through the external signer serving `socket`.
     pub async fn start_with_external_signer(socket: &Path) -> Result<ControlPlane> {
-        ControlPlane::launch(Signing::External(socket.to_owned()), Vec::new(), 1).await
+        ControlPlane::launch(
+            InstanceSpec::new(Signing::External(socket.to_owned())),
+            Vec::new(),
+            1,
+        )
+        .await
     }
 
     /// Like [`ControlPlane::start_with_external_signer`], with
     /// [`HA_INSTANCES`] instances sharing the signer.
     pub async fn start_ha_with_external_signer(socket: &Path) -> Result<ControlPlane> {
-        ControlPlane::launch(
-            Signing::External(socket.to_owned()),
-            Vec::new(),
-            HA_INSTANCES,
-        )
-        .await
+        ControlPlane::start_ha_with_spec(InstanceSpec::new(Signing::External(socket.to_owned())))
+            .await
     }
 
     async fn launch(
-        signing: Signing,
+        spec: InstanceSpec,
         extra_flags: Vec<String>,
         instances: usize,
     ) -> Result<ControlPlane> {
@@ -316,7 +421,7 @@ impl ControlPlane {
                     format!("kube-apiserver-{index}")
                 },
                 process: None,
-                signing: signing.clone(),
+                spec: spec.clone(),
             })
             .collect();
         let mut plane = ControlPlane {
@@ -333,7 +438,7 @@ impl ControlPlane {
             apiserver_port: free_port()?,
             etcd_port,
             etcd_peer_port,
-            signing,
+            spec,
             extra_flags,
             started,
             apiserver_starts: 0,
@@ -341,9 +446,8 @@ impl ControlPlane {
         plane.write_kubeconfig()?;
         // Every instance at once: each takes seconds of CPU to start.
         for index in 0..plane.instances.len() {
-            if let Some(key_set) = plane.instances[index].key_set() {
-                plane.roll.starting(index, key_set);
-            }
+            let id = SpecId::of(&plane.instances[index].spec);
+            plane.roll.starting(index, id);
             plane.spawn_apiserver(index)?;
         }
         plane.apiserver_starts += 1;
@@ -395,13 +499,27 @@ impl ControlPlane {
     /// The key files kube-apiserver was last asked to run with; none with
     /// an external signer.
     pub fn keys(&self) -> Option<&ApiServerKeys> {
-        match &self.signing {
-            Signing::KeyFiles(keys) => Some(keys),
-            Signing::External(_) => None,
-        }
+        self.spec.keys()
     }
 
-    /// Every key set asked of an instance, and whether any was asked
+    /// What kube-apiserver was last asked to run with.
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// What each instance runs, in order: once [`ControlPlane::roll_one_to`]
+    /// has returned, each is ready (and listed) with it.
+    pub fn running(&self) -> Vec<&InstanceSpec> {
+        self.instances.iter().map(|i| &i.spec).collect()
+    }
+
+    /// Whether every instance runs `spec`.
+    pub fn runs(&self, spec: &InstanceSpec) -> bool {
+        let wanted = SpecId::of(spec);
+        self.instances.iter().all(|i| SpecId::of(&i.spec) == wanted)
+    }
+
+    /// Every configuration asked of an instance, and whether any was asked
     /// before every instance served the one before.
     pub fn roll_log(&self) -> &RollLog {
         &self.roll
@@ -504,7 +622,7 @@ current-context: e2e
     /// its own).
     fn signing_flags(&self, index: usize) -> Result<Vec<String>> {
         let instance = &self.instances[index];
-        match &instance.signing {
+        match &instance.spec.signing {
             Signing::KeyFiles(keys) => {
                 let dir = self.dir.path().join(&instance.name);
                 fs::create_dir_all(&dir)?;
@@ -527,6 +645,7 @@ current-context: e2e
     /// Starts instance `index` as it is configured; does not wait.
     fn spawn_apiserver(&mut self, index: usize) -> Result<()> {
         let signing_flags = self.signing_flags(index)?;
+        let issuer_flags = self.instances[index].spec.issuer_flags();
         let d = self.dir.path();
         let instance = &self.instances[index];
         let mut command = control_plane_command(self.bin.join("kube-apiserver"));
@@ -554,7 +673,7 @@ current-context: e2e
                 d.join("apiserver.key").display()
             ))
             .arg(format!("--client-ca-file={}", d.join("ca.crt").display()))
-            .arg(format!("--service-account-issuer={ISSUER}"))
+            .args(&issuer_flags)
             .args(&signing_flags)
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--authorization-mode=Node,RBAC")
@@ -597,29 +716,28 @@ current-context: e2e
         Ok(())
     }
 
-    /// Takes one step of a roll-out of `keys`: stops the first instance
-    /// not running them (SIGTERM, as kubelet does), starts it with them
-    /// and waits until it is ready and listed. Once every instance runs
-    /// them, restarts kube-controller-manager if it signs with another key
-    /// (kubelet restarts the static pod set together). Returns whether an
-    /// instance was restarted: a roll-out calls it until it returns false,
-    /// reading what to roll out afresh before each call, as a Deployment
-    /// rolls out its newest template.
-    pub async fn roll_one(&mut self, keys: &ApiServerKeys) -> Result<bool> {
-        let wanted = KeySetId::of(keys);
-        if self
-            .keys()
-            .is_none_or(|asked| KeySetId::of(asked) != wanted)
-        {
+    /// Takes one step of a roll-out of `spec`: stops the first instance
+    /// not running it (its key set or its issuer flags differ; SIGTERM, as
+    /// kubelet does), starts it with `spec` and waits until it is ready and
+    /// listed. Once every instance runs it, restarts
+    /// kube-controller-manager if it signs with another key (kubelet
+    /// restarts the static pod set together). Returns whether an instance
+    /// was restarted: a roll-out calls it until it returns false, reading
+    /// what to roll out afresh before each call, as a Deployment rolls out
+    /// its newest template.
+    pub async fn roll_one_to(&mut self, spec: &InstanceSpec) -> Result<bool> {
+        let wanted = SpecId::of(spec);
+        if SpecId::of(&self.spec) != wanted {
             self.apiserver_starts += 1;
         }
-        self.signing = Signing::KeyFiles(keys.clone());
+        self.spec = spec.clone();
         let next = self
             .instances
             .iter()
-            .position(|i| i.key_set().as_ref() != Some(&wanted));
+            .position(|i| SpecId::of(&i.spec) != wanted);
         let Some(index) = next else {
-            if self.controller_manager.is_some()
+            if let Some(keys) = spec.keys()
+                && self.controller_manager.is_some()
                 && self.controller_manager_key.as_ref() != Some(keys.signing.kid())
             {
                 if let Some(mut old) = self.controller_manager.take() {
@@ -636,7 +754,7 @@ current-context: e2e
             old.terminate().await;
         }
         let stopped = asked.elapsed();
-        self.instances[index].signing = self.signing.clone();
+        self.instances[index].spec = spec.clone();
         self.spawn_apiserver(index)?;
         self.wait_one_ready(index).await?;
         if let Some(line) = self.roll.history.last() {
@@ -648,9 +766,24 @@ current-context: e2e
         Ok(true)
     }
 
+    /// [`ControlPlane::roll_one_to`] key files `keys`, the issuer flags as
+    /// last asked.
+    pub async fn roll_one(&mut self, keys: &ApiServerKeys) -> Result<bool> {
+        let spec = self.spec.with_keys(keys);
+        self.roll_one_to(&spec).await
+    }
+
+    /// Rolls out `spec` to every instance, one at a time; waits until all
+    /// run it.
+    pub async fn roll_out(&mut self, spec: &InstanceSpec) -> Result<()> {
+        while self.roll_one_to(spec).await? {}
+        Ok(())
+    }
+
     /// Rolls out new key files to every instance, one at a time, the way
     /// kubelet restarts a static pod whose manifest changed; then
-    /// kube-controller-manager. Waits until all are ready.
+    /// kube-controller-manager. Waits until all are ready. The issuer
+    /// flags stay as last asked.
     pub async fn restart_apiserver(&mut self, keys: ApiServerKeys) -> Result<()> {
         while self.roll_one(&keys).await? {}
         Ok(())
@@ -666,9 +799,8 @@ current-context: e2e
             old.stop();
         }
         self.roll.stopped(index);
-        if let Some(key_set) = self.instances[index].key_set() {
-            self.roll.starting(index, key_set);
-        }
+        let id = SpecId::of(&self.instances[index].spec);
+        self.roll.starting(index, id);
         self.spawn_apiserver(index)?;
         self.apiserver_starts += 1;
         self.wait_one_ready(index).await
@@ -703,7 +835,7 @@ current-context: e2e
     fn spawn_controller_manager(&mut self) -> Result<()> {
         let d = self.dir.path();
         let key = d.join("sa.key");
-        if let Signing::KeyFiles(keys) = &self.signing {
+        if let Some(keys) = self.spec.keys() {
             write_private(&key, keys.signing.to_pem().as_bytes())?;
             self.controller_manager_key = Some(keys.signing.kid().clone());
         }

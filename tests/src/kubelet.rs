@@ -2,7 +2,10 @@
 //! kube-apiserver static pod manifest and, when it changes, restarts
 //! kube-apiserver (and kube-controller-manager) with the key files its
 //! `--service-account-key-file` and `--service-account-signing-key-file`
-//! flags name, as kubelet restarts a static pod whose manifest changed. Of
+//! flags name and the issuer flags it carries (`--service-account-issuer`,
+//! one line per accepted issuer, the signing one first, and
+//! `--api-audiences`), as kubelet restarts a static pod whose manifest
+//! changed. Of
 //! several instances (one per control-plane node, the manifest the same on
 //! each), one at a time, each ready before the next, the manifest read
 //! again before each.
@@ -15,6 +18,7 @@ use anyhow::{Context as _, Result};
 use ksa_core::key::parse_pem;
 use tokio::sync::Mutex;
 
+use crate::control_plane::IssuerFlags;
 use crate::{ApiServerKeys, ControlPlane};
 
 /// A running kubelet stand-in; stops when dropped.
@@ -29,13 +33,23 @@ impl Drop for StaticPods {
     }
 }
 
-/// The values of `--flag=` in a manifest's command list.
+/// The values of `--flag=` in a manifest's command list, in order.
 fn flag_values(manifest: &str, flag: &str) -> Vec<PathBuf> {
     let prefix = format!("- --{flag}=");
     manifest
         .lines()
         .filter_map(|line| line.trim().strip_prefix(&prefix).map(PathBuf::from))
         .collect()
+}
+
+/// The issuer flags a kube-apiserver manifest carries; `None` when it
+/// names no issuer (the issuer flags then stay as they are).
+pub fn manifest_issuer_flags(manifest: &str) -> Option<IssuerFlags> {
+    let args: Vec<&str> = manifest
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- "))
+        .collect();
+    IssuerFlags::parse(args)
 }
 
 /// The keys a kube-apiserver manifest names.
@@ -64,6 +78,7 @@ impl StaticPods {
         let task = tokio::spawn(async move {
             let mut last = std::fs::read_to_string(&manifest).ok();
             let mut keys: Option<ApiServerKeys> = None;
+            let mut flags: Option<IssuerFlags> = None;
             let mut rolling = false;
             loop {
                 if !rolling {
@@ -79,16 +94,48 @@ impl StaticPods {
                         Ok(named) => keys = Some(named),
                         Err(error) => eprintln!("static pods: bad manifest: {error:#}"),
                     }
+                    flags = manifest_issuer_flags(&now);
                 }
                 let Some(keys) = &keys else {
                     continue;
                 };
-                match plane.lock().await.roll_one(keys).await {
+                let mut plane = plane.lock().await;
+                let spec = plane
+                    .spec()
+                    .with_issuer_flags(flags.as_ref())
+                    .with_keys(keys);
+                match plane.roll_one_to(&spec).await {
                     Ok(restarted) => rolling = restarted,
                     Err(error) => eprintln!("static pods: restart failed: {error:#}"),
                 }
             }
         });
         StaticPods { task }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_names_its_issuers_in_order_and_its_audiences() {
+        let manifest = "spec:
+  containers:
+  - command:
+    - kube-apiserver
+    - --api-audiences=https://a.example
+    - --service-account-issuer=https://b.example
+    - --service-account-issuer=https://a.example
+    - --service-account-key-file=/pki/sa.pub
+";
+        assert_eq!(
+            manifest_issuer_flags(manifest),
+            Some(IssuerFlags {
+                issuers: vec!["https://b.example".into(), "https://a.example".into()],
+                api_audiences: Some("https://a.example".into()),
+            })
+        );
+        assert_eq!(manifest_issuer_flags("- --v=2\n"), None);
     }
 }

@@ -13,8 +13,9 @@ pub mod bench;
 pub mod browser;
 pub mod cluster;
 mod control_plane;
-mod hosted;
+pub mod hosted;
 pub mod install;
+pub mod issuer;
 pub mod kubelet;
 pub mod netns;
 mod pki;
@@ -26,9 +27,10 @@ pub mod workload;
 pub mod zoo;
 
 pub use control_plane::{
-    ApiServerKeys, ControlPlane, HA_INSTANCES, ISSUER, InstanceClient, write_private,
+    ApiServerKeys, ControlPlane, HA_INSTANCES, ISSUER, InstanceClient, InstanceSpec, IssuerFlags,
+    Signing, write_private,
 };
-pub use hosted::HostedApiServer;
+pub use hosted::{ApiServerWorkload, HostedApiServer};
 pub use install::{FIRST_REPLICA, Installation, ksa_binary, loopback_addr};
 pub use pki::Pki;
 pub use prober::{ProbeStats, ProbeTarget, Prober, RotationSource};

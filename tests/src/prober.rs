@@ -6,9 +6,14 @@
 //! been accepted and was not: the number that must stay zero.
 //!
 //! "Should be accepted": a token whose key version the rotation has not
-//! begun to retire (the rotation resource's status, or a kubeadm control
-//! plane's state file, says which). Legacy tokens are re-read from their
-//! Secret, since re-minting replaces them.
+//! begun to retire and, when ksa has changed the issuer, whose issuer it
+//! has not begun to retire either (the rotation's state, from the rotation
+//! resource or a kubeadm control plane's state file, says which: until
+//! Retire every accepted issuer, from Retire on the signing one only; so a
+//! token taken before an issuer rotation stays protected until the
+//! rotation has refreshed tokens and retires its issuer). Legacy tokens
+//! are re-read from their Secret, since re-minting replaces them; they
+//! carry the legacy issuer, which no issuer rotation touches.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,14 +103,53 @@ impl Prober {
     }
 }
 
-/// The key versions whose tokens must be accepted now.
-async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u64>> {
+/// Whose tokens must be accepted now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Protected {
+    /// The key versions.
+    versions: Vec<u64>,
+    /// The issuers; `None` when ksa never changed the issuer (any `iss`
+    /// the API servers were started with is fine then).
+    issuers: Option<Vec<String>>,
+}
+
+impl Protected {
+    /// Whether a token of key version `version` with issuer `iss` must be
+    /// accepted.
+    fn covers(&self, version: Option<u64>, iss: &str, is_legacy: bool) -> bool {
+        let issuer_kept = is_legacy
+            || self
+                .issuers
+                .as_ref()
+                .is_none_or(|issuers| issuers.iter().any(|i| i == iss));
+        version.is_some_and(|v| self.versions.contains(&v)) && issuer_kept
+    }
+}
+
+/// The issuers whose tokens must be accepted in `state`: until Retire
+/// every accepted one, from Retire on the signing one (as with key
+/// versions); `None` when ksa never changed the issuer.
+fn protected_issuers(state: &RotationState) -> Option<Vec<String>> {
+    let issuers = state.issuers()?;
+    Some(if state.step() == Step::Retire {
+        vec![issuers.signing_issuer().to_string()]
+    } else {
+        issuers
+            .accepted_issuers()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    })
+}
+
+/// The key versions and issuers whose tokens must be accepted now.
+async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Protected> {
     let (namespace, name) = match &target.rotation {
         RotationSource::Resource { namespace, name } => (namespace, name),
         RotationSource::StateFile { pki_dir } => {
             let bytes = std::fs::read(pki_dir.join("ksa-rotation.json")).ok()?;
             let state: RotationState = serde_json::from_slice(&bytes).ok()?;
-            return Some(if state.step() == Step::Retire {
+            let versions = if state.step() == Step::Retire {
                 vec![state.key_version().get()]
             } else {
                 let versions = state.versions();
@@ -114,6 +158,10 @@ async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u6
                     .iter()
                     .map(|v| v.get())
                     .collect()
+            };
+            return Some(Protected {
+                versions,
+                issuers: protected_issuers(&state),
             });
         }
     };
@@ -121,12 +169,19 @@ async fn protected(client: &kube::Client, target: &ProbeTarget) -> Option<Vec<u6
     let Ok(Some(rotation)) = api.get_opt(name).await else {
         return None;
     };
+    // The issuers as the resource's state records them (the status's key
+    // numbers below are the confirmed ones, as before).
+    let issuers = rotation
+        .state()
+        .ok()
+        .and_then(|state| protected_issuers(&state));
     let status = rotation.status?;
-    Some(if status.step == ksa_core::rotation::Step::Retire {
+    let versions = if status.step == ksa_core::rotation::Step::Retire {
         vec![status.key_version]
     } else {
         status.public_key_versions
-    })
+    };
+    Some(Protected { versions, issuers })
 }
 
 async fn review(client: &kube::Client, token: &str) -> Result<bool, kube::Error> {
@@ -145,6 +200,13 @@ fn kid(token: &str) -> String {
     ksa_core::token::decode(token)
         .ok()
         .and_then(|d| d.header.kid)
+        .unwrap_or_default()
+}
+
+fn iss(token: &str) -> String {
+    ksa_core::token::decode(token)
+        .ok()
+        .and_then(|d| d.claims.iss)
         .unwrap_or_default()
 }
 
@@ -250,7 +312,8 @@ impl Probe<'_> {
                 continue;
             };
             let version = kid_versions.get(&kid(&token)).copied();
-            let must_accept = version.is_some_and(|v| before.contains(&v));
+            let issuer = iss(&token);
+            let must_accept = before.covers(version, &issuer, is_legacy);
             // Every instance at once, so that a round takes as long with
             // three as with one.
             let verdicts = futures::future::join_all(
@@ -279,8 +342,10 @@ impl Probe<'_> {
             }
             // Re-check: the rotation may have moved on, or the legacy
             // Secret been re-minted, between reading and reviewing.
-            let after = protected(client, target).await.unwrap_or_default();
-            let still_protected = version.is_some_and(|v| after.contains(&v));
+            let Some(after) = protected(client, target).await else {
+                continue;
+            };
+            let still_protected = after.covers(version, &issuer, is_legacy);
             let replaced = is_legacy
                 && legacy
                     .get_opt(&target.legacy_secret)
@@ -291,11 +356,74 @@ impl Probe<'_> {
                     .unwrap_or(false);
             if still_protected && !replaced {
                 stats.lock().await.wrongly_rejected.push(format!(
-                    "{} token of key version {version:?} rejected by {} while versions {after:?} are accepted",
+                    "{} token of key version {version:?} and issuer {issuer} rejected by {} while versions {:?} and issuers {} are accepted",
                     if is_legacy { "legacy" } else { "bound" },
-                    rejected_by.join(" and ")
+                    rejected_by.join(" and "),
+                    after.versions,
+                    after
+                        .issuers
+                        .as_ref()
+                        .map_or_else(|| "as started".to_owned(), |i| format!("{i:?}")),
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: &str) -> RotationState {
+        serde_json::from_value(serde_json::json!({
+            "keyVersion": 1,
+            "step": step,
+            "issuer": {"from": "https://a.example", "to": "https://b.example"},
+            "changesKey": false,
+        }))
+        .expect("an issuer rotation state")
+    }
+
+    #[test]
+    fn a_token_of_the_old_issuer_is_protected_until_retire() {
+        let (a, b) = ("https://a.example", "https://b.example");
+        for (step, protects_a) in [
+            ("Trust", true),
+            ("Sign", true),
+            ("RefreshTokens", true),
+            ("Retire", false),
+            ("Completed", false),
+        ] {
+            let protected = Protected {
+                versions: vec![1],
+                issuers: protected_issuers(&state(step)),
+            };
+            assert_eq!(protected.covers(Some(1), a, false), protects_a, "{step}");
+            // B is protected as soon as it is accepted: from Sign on (at
+            // Trust the confirmed issuers are still A's alone).
+            assert_eq!(
+                protected.covers(Some(1), b, false),
+                step != "Trust",
+                "{step}"
+            );
+            // Legacy tokens carry the legacy issuer, which no issuer
+            // rotation touches; an unknown key version is never protected.
+            assert!(protected.covers(Some(1), "kubernetes/serviceaccount", true));
+            assert!(!protected.covers(None, b, false));
+        }
+    }
+
+    #[test]
+    fn without_an_issuer_change_any_issuer_is_protected() {
+        let settled: RotationState =
+            serde_json::from_value(serde_json::json!({"keyVersion": 1, "step": "Completed"}))
+                .expect("a settled state");
+        let protected = Protected {
+            versions: vec![1],
+            issuers: protected_issuers(&settled),
+        };
+        assert_eq!(protected.issuers, None);
+        assert!(protected.covers(Some(1), "https://whatever.example", false));
+        assert!(!protected.covers(Some(2), "https://whatever.example", false));
     }
 }

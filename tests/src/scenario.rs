@@ -1,8 +1,9 @@
 //! A whole cluster to rotate, shared by the end-to-end tests and the demo:
 //! the control plane (with kube-controller-manager; one kube-apiserver, or
 //! three for the tests), ksa installed with its controller running, the
-//! harness playing the hosted API server roll-out, and a workload: a
-//! ServiceAccount, its legacy token Secret and a Deployment.
+//! harness playing the hosted API server roll-out (of the key Secret and,
+//! when asked, of the API server workload's issuer args), and a workload:
+//! a ServiceAccount, its legacy token Secret and a Deployment.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,10 +21,11 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
 
 use crate::cluster::{create_namespace, create_service_account, request_token, review_token};
+use crate::hosted::create_apiserver_deployment;
 use crate::workload;
 use crate::{
-    ApiServerKeys, ControlPlane, HostedApiServer, Installation, ProbeTarget, Prober,
-    RotationSource, ksa_binary,
+    ApiServerKeys, ApiServerWorkload, ControlPlane, HostedApiServer, Installation, ProbeTarget,
+    Prober, RotationSource, ksa_binary,
 };
 
 /// The user cluster's name (and the rotation resource's).
@@ -32,6 +34,9 @@ pub const CLUSTER: &str = "user-cluster-1";
 pub const NAMESPACE: &str = "user-cluster-1";
 /// Where the workload lives.
 pub const APPS: &str = "apps";
+/// The API server workload's Deployment in [`NAMESPACE`], when the
+/// scenario has one ([`Scenario::start_ha_with_apiserver_workload`]).
+pub const APISERVER_DEPLOYMENT: &str = "kube-apiserver";
 
 #[allow(missing_debug_implementations, reason = "holds running processes")]
 pub struct Scenario {
@@ -42,23 +47,38 @@ pub struct Scenario {
     pub first_key: PrivateKey,
     pub installation: Installation,
     pub prober: Prober,
+    /// The API server workload whose issuer args the harness rolls out,
+    /// when there is one.
+    pub apiserver_workload: Option<ApiServerWorkload>,
     _hosted: HostedApiServer,
 }
 
 impl Scenario {
     /// On one kube-apiserver.
     pub async fn start() -> Result<Scenario> {
-        Scenario::launch(false).await
+        Scenario::launch(false, None).await
     }
 
     /// On [`crate::HA_INSTANCES`] kube-apiserver instances, rolled one at a
     /// time. Only in a network namespace of the test's own
     /// ([`crate::netns::enter`]).
     pub async fn start_ha() -> Result<Scenario> {
-        Scenario::launch(true).await
+        Scenario::launch(true, None).await
     }
 
-    async fn launch(ha: bool) -> Result<Scenario> {
+    /// Like [`Scenario::start_ha`], with the API server workload: Deployment
+    /// [`APISERVER_DEPLOYMENT`] in [`NAMESPACE`], labelled for the rotation,
+    /// whose container args (`--service-account-issuer=...`) the harness
+    /// rolls out to the instances with the key Secret.
+    pub async fn start_ha_with_apiserver_workload() -> Result<Scenario> {
+        Scenario::launch(
+            true,
+            Some(ApiServerWorkload::deployment(APISERVER_DEPLOYMENT)),
+        )
+        .await
+    }
+
+    async fn launch(ha: bool, apiserver_workload: Option<ApiServerWorkload>) -> Result<Scenario> {
         let first_key = AwsLc::new().generate(KeySpec::Rsa2048)?;
         let keys = ApiServerKeys::single(first_key.clone());
         let mut plane = if ha {
@@ -81,12 +101,16 @@ impl Scenario {
             ),
         )?;
         create_workload(&client).await?;
+        if let Some(workload) = &apiserver_workload {
+            create_apiserver_deployment(&client, NAMESPACE, CLUSTER, workload).await?;
+        }
         let plane = Arc::new(Mutex::new(plane));
         let hosted = HostedApiServer::spawn(
             plane.clone(),
             client.clone(),
             NAMESPACE,
             &format!("{CLUSTER}-apiserver-keys"),
+            apiserver_workload.clone(),
         );
         let prober = Prober::spawn(
             client.clone(),
@@ -109,6 +133,7 @@ impl Scenario {
             first_key,
             installation,
             prober,
+            apiserver_workload,
             _hosted: hosted,
         })
     }
@@ -160,20 +185,12 @@ impl Scenario {
         Ok(review_token(&self.client, token).await?.is_some())
     }
 
-    /// The key sets the roll-outs asked of the API server instances, each
-    /// checked: an error names every one asked before every instance
-    /// served the key set before it; otherwise, how many were asked.
+    /// The configurations (key sets and issuer flags) the roll-outs asked
+    /// of the API server instances, each checked: an error names every one
+    /// asked before every instance served the step before it; otherwise,
+    /// how many were asked.
     pub async fn check_roll_outs(&self) -> Result<usize> {
-        let plane = self.plane.lock().await;
-        let log = plane.roll_log();
-        eprintln!("roll-outs:\n{}", log.history.join("\n"));
-        if !log.violations().is_empty() {
-            bail!(
-                "instances were asked to take a step before every instance served the one before:\n{}",
-                log.violations().join("\n")
-            );
-        }
-        Ok(log.asks())
+        self.plane.lock().await.roll_log().check()
     }
 
     /// The legacy token currently in the workload's Secret.

@@ -1,5 +1,12 @@
 //! `ksa-controller signer` as a process, for the end-to-end tests and the
 //! signer benchmark, and a gRPC channel to its socket.
+//!
+//! An issuer change does not touch the signer: the API servers that sign
+//! through it take their issuer flags from the API server workload's args,
+//! rolled out one instance at a time by
+//! [`HostedApiServer::spawn_issuer_flags`](crate::HostedApiServer::spawn_issuer_flags)
+//! (on a control plane started with
+//! [`ControlPlane::start_ha_with_external_signer`](crate::ControlPlane::start_ha_with_external_signer)).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
