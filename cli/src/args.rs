@@ -142,6 +142,18 @@ pub enum RotationCommand {
         /// steps (one token refresh for both).
         #[arg(long, value_name = "URL")]
         issuer: Option<String>,
+        /// Change nothing: print the plan (API servers, legacy and bound
+        /// tokens, who would be restarted, evicted or cut off, the refresh
+        /// window, each step) from the live cluster.
+        #[arg(long)]
+        dry_run: bool,
+        /// The plan's format, with --dry-run.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
+        output: Format,
+        /// Go on although legacy tokens used outside the cluster (no pod
+        /// mounts them) will be re-minted, cutting their holders off.
+        #[arg(long)]
+        accept_outside_legacy_tokens: bool,
     },
     /// Print where the rotation stands.
     #[command(after_help = concat!(
@@ -195,6 +207,14 @@ pub enum IssuerCommand {
         /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
         #[arg(long, value_name = "DURATION", default_value = "2h")]
         timeout: String,
+        /// Change nothing: print the plan (API servers, legacy and bound
+        /// tokens, who would be restarted, evicted or cut off, the refresh
+        /// window, each step) from the live cluster.
+        #[arg(long)]
+        dry_run: bool,
+        /// The plan's format, with --dry-run.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
+        output: Format,
     },
     /// Print where the issuer rotation stands.
     #[command(after_help = concat!(

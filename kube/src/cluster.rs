@@ -143,6 +143,17 @@ impl TargetCluster {
             .collect()
     }
 
+    /// A client for each API server instance, talking to it alone.
+    pub async fn instance_clients(&self) -> Result<Vec<(http::Uri, kube::Client)>> {
+        let mut clients = Vec::new();
+        for url in self.api_servers().await? {
+            let mut config = self.config.clone();
+            config.cluster_url = url.clone();
+            clients.push((url, kube::Client::try_from(config)?));
+        }
+        Ok(clients)
+    }
+
     /// What the step `state` is at needs observed in the user cluster (every
     /// field of [`Observed`] but `stored_keys`, which the caller's key store
     /// knows): the API servers for Trust, Sign and Retire; stale legacy and
@@ -220,10 +231,7 @@ impl TargetCluster {
             }
         }
         let mut views = Vec::new();
-        for url in self.api_servers().await? {
-            let mut config = self.config.clone();
-            config.cluster_url = url.clone();
-            let client = kube::Client::try_from(config)?;
+        for (url, client) in self.instance_clients().await? {
             let mut view = ApiServerView {
                 name: url.to_string(),
                 ..ApiServerView::default()

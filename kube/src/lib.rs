@@ -12,6 +12,7 @@
 //!   the shells' state store and world.
 //! - [`cluster`]: the user cluster and what its API servers do (`observe`).
 //! - [`flags`]: kube-apiserver's issuer flags, as an issuer rotation edits them.
+//! - [`plan`]: a rotation's plan before it starts (`rotate --dry-run`).
 //! - [`probe`]: what one API server instance is asked to confirm a step.
 //! - [`kubeconfig`]: the user cluster's kubeconfig, inline fields only.
 //! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
@@ -29,6 +30,7 @@ pub mod keystore;
 pub mod kubeconfig;
 pub mod lock;
 pub mod names;
+pub mod plan;
 pub mod probe;
 pub mod refresh;
 

@@ -1,6 +1,7 @@
 //! One module per command family; [`run`] dispatches.
 
 mod keys;
+pub(crate) mod plan;
 pub(crate) mod rotation;
 mod status;
 mod token;

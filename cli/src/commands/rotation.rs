@@ -60,6 +60,9 @@ pub struct RotateArgs {
     issuer: Option<String>,
     /// `false` for `ksa-issuer rotate`.
     changes_key: bool,
+    dry_run: bool,
+    output: Format,
+    accept_outside_legacy_tokens: bool,
 }
 
 /// A command of `ksa-signing-key` or `ksa-issuer`.
@@ -85,6 +88,9 @@ impl From<RotationCommand> for Request {
                 wait,
                 timeout,
                 issuer,
+                dry_run,
+                output,
+                accept_outside_legacy_tokens,
             } => Request::Rotate(RotateArgs {
                 cluster,
                 manifests_dir,
@@ -93,6 +99,9 @@ impl From<RotationCommand> for Request {
                 timeout,
                 issuer,
                 changes_key: true,
+                dry_run,
+                output,
+                accept_outside_legacy_tokens,
             }),
             RotationCommand::Status {
                 cluster,
@@ -118,6 +127,8 @@ impl From<IssuerCommand> for Request {
                 skip_prompt,
                 wait,
                 timeout,
+                dry_run,
+                output,
             } => Request::Rotate(RotateArgs {
                 cluster,
                 manifests_dir,
@@ -126,6 +137,10 @@ impl From<IssuerCommand> for Request {
                 timeout,
                 issuer: Some(issuer),
                 changes_key: false,
+                dry_run,
+                output,
+                // An issuer rotation re-mints no legacy token.
+                accept_outside_legacy_tokens: false,
             }),
             IssuerCommand::Status {
                 cluster,
@@ -171,6 +186,9 @@ pub fn run(request: Request) -> Outcome {
                             timeout: super::duration(&args.timeout, "--timeout")?,
                             issuer,
                             changes_key: args.changes_key,
+                            dry_run: args.dry_run,
+                            output: args.output,
+                            accept_outside_legacy_tokens: args.accept_outside_legacy_tokens,
                         })
                         .await
                     }
@@ -284,11 +302,9 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
     }
 }
 
-/// The issuer the user cluster signs with before ksa ever changed it: the
-/// one its API servers' discovery document names, reached as the
-/// controller reaches it (the kubeconfig Secret the config names, or the
-/// admin cluster itself).
-async fn discovered_issuer(target: &Target) -> Result<Issuer, Failure> {
+/// The user cluster, reached as the controller reaches it (the kubeconfig
+/// Secret the config names, or the admin cluster itself).
+async fn user_cluster(target: &Target) -> Result<TargetCluster, Failure> {
     let own = TargetCluster::new(target.client.clone(), target.kube_config.clone());
     let cluster_ref = target
         .config
@@ -300,13 +316,19 @@ async fn discovered_issuer(target: &Target) -> Result<Issuer, Failure> {
                 key: "value".into(),
             },
         });
-    let cluster = TargetCluster::connect(
+    Ok(TargetCluster::connect(
         &own,
         &target.client,
         &target.config.namespace,
         cluster_ref.as_ref(),
     )
-    .await?;
+    .await?)
+}
+
+/// The issuer the user cluster signs with before ksa ever changed it: the
+/// one its API servers' discovery document names.
+async fn discovered_issuer(target: &Target) -> Result<Issuer, Failure> {
+    let cluster = user_cluster(target).await?;
     let issuer = cluster.issuer().await?.ok_or_else(|| {
         Failure::bad_input(anyhow::anyhow!(
             "the user cluster's discovery document names no issuer; is --service-account-issuer set?"
@@ -379,10 +401,23 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         }
     };
     let to = started.key_version().get();
-    if !args.skip_prompt {
-        confirm(&explanation(config, &state, &started))?;
-    }
     let spec = spec_for(config, to, issuer.as_ref());
+    // Who the rotation affects and who it could break, from the live
+    // cluster, before anything changes.
+    let cluster = user_cluster(&target).await?;
+    let plan =
+        ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now()).await?;
+    if args.dry_run {
+        return super::plan::print(&plan, args.output);
+    }
+    super::plan::check_outside_holders(&plan, args.skip_prompt, args.accept_outside_legacy_tokens)?;
+    if !args.skip_prompt {
+        confirm(&format!(
+            "{}\n\n{}",
+            explanation(config, &state, &started),
+            super::plan::short(&plan).trim_end()
+        ))?;
+    }
     match existing {
         None => {
             let resource = KSASigningKeyRotation {

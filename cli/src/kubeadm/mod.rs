@@ -96,6 +96,12 @@ pub struct RotateRequest {
     pub issuer: Option<Issuer>,
     /// Whether the key changes too: `false` for `ksa-issuer rotate`.
     pub changes_key: bool,
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    pub output: Format,
+    /// Go on although legacy tokens held outside the cluster will be
+    /// re-minted.
+    pub accept_outside_legacy_tokens: bool,
 }
 
 pub async fn rotate(request: RotateRequest) -> Outcome {
@@ -111,7 +117,6 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             pki.dir.display()
         )));
     }
-    let locked = LockedState::lock(&pki.dir)?;
     for name in [APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST] {
         let path = manifests.join(name);
         if !path.is_file() {
@@ -121,6 +126,26 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )));
         }
     }
+    let policy = Policy::default();
+    if request.dry_run {
+        // No lock, no import of kubeadm's key, no state file: nothing is
+        // written.
+        let state = state::read(&pki.dir)?.unwrap_or(RotationState::settled(KeyVersion::FIRST));
+        if !state.is_completed() {
+            return Err(Failure::bad_input(anyhow::anyhow!(
+                "a rotation is in progress on this control plane (step {}); there is nothing to plan: run without --dry-run to resume it",
+                state.step()
+            )));
+        }
+        let started = start(&state, &request, manifests)?;
+        let cluster = TargetCluster::new(
+            kube::Client::try_from(request.kube_config.clone())?,
+            request.kube_config.clone(),
+        );
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
+        return crate::commands::plan::print(&plan, request.output);
+    }
+    let locked = LockedState::lock(&pki.dir)?;
     let mut state = match locked.load()? {
         Some(state) => state,
         None => {
@@ -144,36 +169,21 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )))
         })?;
     }
+    let client = kube::Client::try_from(request.kube_config.clone())?;
+    let cluster = TargetCluster::new(client, request.kube_config.clone());
     if state.is_completed() {
-        let current = state.key_version();
-        let target = if request.changes_key {
-            current.next().unwrap_or(current)
-        } else {
-            current
-        };
-        let issuer = match &request.issuer {
-            Some(to) => Some(IssuerChange {
-                from: signing_issuer(&state, manifests)?,
-                to: to.clone(),
-            }),
-            None => None,
-        };
-        let start = StartRequest {
-            target,
-            issuer: issuer.clone(),
-            advanced_cluster: false,
-            // The lock file held by this run is the operation lock.
-            lock: OperationLock::Free,
-        };
-        let started = rotation::start(&state, &start, Timestamp::now())
-            .map_err(|refusal| Failure::bad_input(anyhow::Error::new(refusal)))?;
+        let started = start(&state, &request, manifests)?;
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
+        crate::commands::plan::check_outside_holders(
+            &plan,
+            request.skip_prompt,
+            request.accept_outside_legacy_tokens,
+        )?;
         if !request.skip_prompt {
-            crate::commands::rotation::confirm(&explanation(
-                &pki,
-                manifests,
-                &state,
-                &started,
-                issuer.as_ref(),
+            crate::commands::rotation::confirm(&format!(
+                "{}\n\n{}",
+                explanation(&pki, manifests, &state, &started),
+                crate::commands::plan::short(&plan).trim_end()
             ))?;
         }
         locked.save(&started)?;
@@ -191,13 +201,11 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     }
     print_status_lines(&state, None)?;
 
-    let client = kube::Client::try_from(request.kube_config.clone())?;
-    let policy = Policy::default();
     let mut store = StateFile(&locked);
     let mut node = Node {
         pki: &pki,
         manifests,
-        cluster: TargetCluster::new(client, request.kube_config),
+        cluster,
         policy: &policy,
     };
     let started = Instant::now();
@@ -271,6 +279,37 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     }
 }
 
+/// The rotation `request` starts from the completed `state`, or the
+/// refusal.
+fn start(
+    state: &RotationState,
+    request: &RotateRequest,
+    manifests: &Path,
+) -> Result<RotationState, Failure> {
+    let current = state.key_version();
+    let target = if request.changes_key {
+        current.next().unwrap_or(current)
+    } else {
+        current
+    };
+    let issuer = match &request.issuer {
+        Some(to) => Some(IssuerChange {
+            from: signing_issuer(state, manifests)?,
+            to: to.clone(),
+        }),
+        None => None,
+    };
+    let start = StartRequest {
+        target,
+        issuer,
+        advanced_cluster: false,
+        // The lock file held by this run is the operation lock.
+        lock: OperationLock::Free,
+    };
+    rotation::start(state, &start, Timestamp::now())
+        .map_err(|refusal| Failure::bad_input(anyhow::Error::new(refusal)))
+}
+
 /// What a rotation changes, for messages.
 fn describe(state: &RotationState) -> String {
     let key = state
@@ -333,8 +372,8 @@ fn explanation(
     manifests: &Path,
     before: &RotationState,
     started: &RotationState,
-    issuer: Option<&IssuerChange>,
 ) -> String {
+    let issuer = started.issuer().filter(|_| started.changes_issuer());
     let keys = || {
         EXPLANATION
             .replace("{pki}", &pki.dir.display().to_string())

@@ -102,6 +102,9 @@ impl Node {
             timeout: Duration::from_secs(1),
             issuer: None,
             changes_key: true,
+            dry_run: false,
+            output: crate::args::Format::Text,
+            accept_outside_legacy_tokens: false,
         }
     }
 

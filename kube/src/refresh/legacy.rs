@@ -25,7 +25,9 @@ pub fn token_kid(secret: &Secret) -> Option<String> {
 }
 
 /// Every legacy token Secret, a page at a time.
-fn legacy_secret_pages(client: &kube::Client) -> impl Stream<Item = Result<Vec<Secret>>> + use<> {
+pub(super) fn legacy_secret_pages(
+    client: &kube::Client,
+) -> impl Stream<Item = Result<Vec<Secret>>> + use<> {
     pages(
         Api::all(client.clone()),
         ListParams::default().fields(TOKEN_SECRET_TYPE),

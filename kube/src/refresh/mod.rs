@@ -22,6 +22,7 @@
 
 mod legacy;
 mod nodes;
+pub mod plan;
 mod pods;
 pub mod rules;
 

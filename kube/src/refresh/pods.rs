@@ -338,6 +338,105 @@ pub(super) async fn longest_stale_token(
     Ok(longest)
 }
 
+/// What the refresh would do to each pod if RefreshTokens began at
+/// `horizon.since` (a dry run), and the projected tokens pods hold, each
+/// list cut at [`super::plan::MAX_LISTED`]. Reads only.
+pub(super) async fn plan(client: &kube::Client, horizon: &Horizon<'_>) -> Result<PodPlan> {
+    use super::plan::{MAX_LISTED, PlannedPod, ProjectedTokens};
+    let index = Index::build(client, horizon.version).await?;
+    let mut plan = PodPlan::default();
+    let mut projected: BTreeMap<(String, String), ProjectedTokens> = BTreeMap::new();
+    let mut pods = std::pin::pin!(all_pods(client));
+    while let Some(pod) = pods.try_next().await? {
+        let controller = index.controller(&pod);
+        let facts = facts(&pod, controller);
+        if let (Some(seconds), Some(spec)) = (facts.token_seconds, pod.spec.as_ref())
+            && !facts.mirror
+            && !facts.phase_finished()
+        {
+            let owner = match &controller {
+                Controller::Workload(workload) => format!("{} {}", workload.kind, workload.name),
+                Controller::Job => "Job".to_owned(),
+                Controller::Other { kind, .. } => format!("{kind} (not restarted by ksa)"),
+                Controller::None => format!("Pod {}", facts.name),
+            };
+            let key = (facts.namespace.to_owned(), owner.clone());
+            if projected.contains_key(&key) || projected.len() < MAX_LISTED {
+                let entry = projected.entry(key).or_insert_with(|| ProjectedTokens {
+                    namespace: facts.namespace.to_owned(),
+                    owner,
+                    ..ProjectedTokens::default()
+                });
+                entry.pods += 1;
+                entry.longest_seconds = entry.longest_seconds.max(seconds);
+                for audience in token_audiences(spec) {
+                    if !entry.audiences.contains(&audience) && entry.audiences.len() < 16 {
+                        entry.audiences.push(audience);
+                    }
+                }
+            } else {
+                plan.truncated = true;
+            }
+        }
+        let Verdict::Stale(refresh) =
+            rules::assess(&facts, index.budgets.of(facts.namespace), horizon)
+        else {
+            continue;
+        };
+        plan.stale += 1;
+        plan.longest_stale_seconds = plan
+            .longest_stale_seconds
+            .max(facts.token_seconds.unwrap_or_default());
+        if let Refresh::RestartTemplate(workload) = &refresh {
+            plan.workloads.insert(
+                workload.uid.clone(),
+                (
+                    workload.kind,
+                    workload.namespace.clone(),
+                    workload.name.clone(),
+                ),
+            );
+        }
+        if plan.pods.len() < MAX_LISTED {
+            plan.pods.push(PlannedPod::new(&facts, &refresh));
+        } else {
+            plan.truncated = true;
+        }
+    }
+    plan.projected = projected.into_values().collect();
+    Ok(plan)
+}
+
+/// What [`plan`] found.
+#[derive(Debug, Default)]
+pub(super) struct PodPlan {
+    pub stale: u64,
+    pub longest_stale_seconds: u64,
+    /// Workloads whose template would be restarted, by uid.
+    pub workloads: BTreeMap<String, Restart>,
+    pub pods: Vec<super::plan::PlannedPod>,
+    pub projected: Vec<super::plan::ProjectedTokens>,
+    pub truncated: bool,
+}
+
+/// The audiences of the service-account tokens `spec` projects (none
+/// given: the API server's default audiences, shown as `(default)`).
+fn token_audiences(spec: &PodSpec) -> Vec<String> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| {
+            t.audience
+                .clone()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "(default)".to_owned())
+        })
+        .collect()
+}
+
 /// How many pods hold a stale bound token, and who.
 pub(super) async fn observe(client: &kube::Client, horizon: &Horizon<'_>) -> Result<BoundTokens> {
     let index = Index::build(client, horizon.version).await?;
@@ -360,7 +459,7 @@ pub(super) async fn observe(client: &kube::Client, horizon: &Horizon<'_>) -> Res
 }
 
 /// A workload to restart: its kind, namespace and name.
-type Restart = (WorkloadKind, String, String);
+pub(super) type Restart = (WorkloadKind, String, String);
 
 /// One pass: restart the template of every workload with a stale pod that
 /// a restart replaces, and evict what the rules say to evict, paced.

@@ -158,6 +158,13 @@ pub struct Horizon<'a> {
     pub version: &'a str,
 }
 
+impl Pod<'_> {
+    /// Succeeded or failed.
+    pub fn phase_finished(&self) -> bool {
+        self.phase.finished()
+    }
+}
+
 impl Horizon<'_> {
     /// By when the kubelet has replaced a token of this lifetime that
     /// predates the step with one signed by the new key: at 80% of its
