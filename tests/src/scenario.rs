@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, SecretVolumeSource, Volume};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -264,12 +264,31 @@ pub async fn create_fleet(
         type_: Some("Recreate".into()),
         ..DeploymentStrategy::default()
     };
+    // The workloads mount the legacy tokens, as a workload that uses one
+    // does: a token a pod mounts is not "held outside the cluster".
+    let volumes: Vec<Volume> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Volume {
+            name: format!("legacy-token-{i}"),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some((*name).to_owned()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        })
+        .collect();
     for name in deployments {
-        api.create(
-            &PostParams::default(),
-            &workload::deployment(name, service_account, replicas, Some(recreate.clone())),
-        )
-        .await?;
+        let mut deployment =
+            workload::deployment(name, service_account, replicas, Some(recreate.clone()));
+        if let Some(spec) = deployment
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            spec.volumes = Some(volumes.clone());
+        }
+        api.create(&PostParams::default(), &deployment).await?;
     }
     Ok(())
 }

@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use ksa_core::key::PrivateKey;
 use ksa_core::rotation::{RotationState, Step};
 use ksa_core::{KeyVersion, token};
@@ -174,6 +177,64 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         "no terminal and no --skip-prompt fails at once"
     );
 
+    // The plan before the first rotation: it names who the rotation will
+    // restart, evict, wait for and cut off, and changes nothing.
+    let outside = present_a_legacy_token_from_outside(&scenario.client).await?;
+    let before = Snapshot::take(&scenario.client).await?;
+    let dry_run = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--dry-run",
+        "-o",
+        "json",
+    ])?;
+    assert_eq!(
+        dry_run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry_run.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&dry_run.stdout)?;
+    Snapshot::take(&scenario.client)
+        .await?
+        .assert_unchanged_since(&before)?;
+    check_plan(&plan, &outside)?;
+    eprintln!(
+        "the plan, as text:\n{}",
+        String::from_utf8_lossy(
+            &scenario
+                .ksa(&[
+                    "update",
+                    "credentials",
+                    "ksa-signing-key",
+                    "rotate",
+                    "--dry-run"
+                ])?
+                .stdout
+        )
+    );
+    // Without a prompt, a rotation that would cut an outside holder off is
+    // refused, naming it, and changes nothing; accepted with the flag.
+    let refused = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--skip-prompt",
+    ])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{APPS}/{outside}"))
+            && stderr.contains("--accept-outside-legacy-tokens"),
+        "{stderr}"
+    );
+    Snapshot::take(&scenario.client)
+        .await?
+        .assert_unchanged_since(&before)?;
+
     // Every private key the rotations handle, for the key-hygiene check.
     let store = KeyStore::new(scenario.client.clone(), NAMESPACE, CLUSTER);
     let mut keys = vec![scenario.first_key.clone()];
@@ -186,6 +247,7 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             "ksa-signing-key",
             "rotate",
             "--skip-prompt",
+            "--accept-outside-legacy-tokens",
             "--wait",
             "--timeout",
             "10m",
@@ -267,6 +329,34 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             .and_then(|m| m.annotations)
             .and_then(|a| a.get("ksa.dev/restarted-for-key-version").cloned());
         assert_eq!(annotation, Some(to.to_string()));
+        // The pods the plan said the first rotation would restart or
+        // evict were replaced.
+        if from == 1 {
+            let now: Vec<String> = Api::<Pod>::all(scenario.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            let planned = plan["boundTokens"]["pods"]
+                .as_array()
+                .context("planned pods")?;
+            let mut replaced = 0;
+            for pod in planned {
+                if matches!(pod["action"].as_str(), Some("restart-template" | "evict")) {
+                    assert!(
+                        !now.iter()
+                            .any(|uid| Some(uid.as_str()) == pod["uid"].as_str()),
+                        "the plan said {}/{} would be refreshed ({}), and it is still there",
+                        pod["namespace"],
+                        pod["name"],
+                        pod["action"]
+                    );
+                    replaced += 1;
+                }
+            }
+            assert!(replaced >= 10, "only {replaced} planned pods were checked");
+        }
         // On the zoo: what held a stale token was refreshed, nothing else
         // was touched, no Job failed, and the status named who it waited
         // for.
@@ -326,7 +416,9 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         "{metrics}"
     );
     assert!(
-        metrics.contains("ksa_legacy_secrets_refreshed_total 2"),
+        // Two legacy token Secrets (the workload's and the one held
+        // outside), re-minted in each of the two rotations.
+        metrics.contains("ksa_legacy_secrets_refreshed_total 4"),
         "{metrics}"
     );
     assert!(!metrics.contains("PRIVATE KEY"));
@@ -430,6 +522,234 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     assert!(
         stats.reviews > 50,
         "the prober reviewed too little to mean anything: {stats:?}"
+    );
+    Ok(())
+}
+
+/// Creates a legacy token Secret of the workload's service account that
+/// no pod mounts, and presents its token to the API server as an outside
+/// holder would, until kube-apiserver labels the Secret as used. Returns
+/// its name.
+async fn present_a_legacy_token_from_outside(client: &kube::Client) -> Result<String> {
+    let name = "outside-token";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS);
+    let account = Api::<ServiceAccount>::namespaced(client.clone(), APPS)
+        .get("app")
+        .await?;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {
+            "kubernetes.io/service-account.name": "app",
+            "kubernetes.io/service-account.uid": account.metadata.uid,
+        }},
+        "type": "kubernetes.io/service-account-token",
+    }))?;
+    secrets.create(&Default::default(), &secret).await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let secret = secrets.get(name).await?;
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("kubernetes.io/legacy-token-last-used"));
+        if labelled {
+            return Ok(name.to_owned());
+        }
+        if let Some(token) = secret.data.as_ref().and_then(|d| d.get("token")) {
+            let token = String::from_utf8(token.0.clone())?;
+            ksa_tests::cluster::review_token(client, &token).await?;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "kube-apiserver did not label {APPS}/{name} as used within 120 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// What the dry run must leave as it was: every object a rotation writes
+/// or could write.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    /// Secrets, ConfigMaps, ServiceAccounts and Leases by
+    /// namespace/name: resourceVersion.
+    versions: std::collections::BTreeMap<String, String>,
+    /// Workloads and PodDisruptionBudgets: generation (their status moves
+    /// with kwok's pods; their spec must not).
+    generations: std::collections::BTreeMap<String, i64>,
+    rotations: usize,
+    /// Every pod from before is still there.
+    pods: std::collections::BTreeSet<String>,
+}
+
+impl Snapshot {
+    async fn take(client: &kube::Client) -> Result<Snapshot> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let params = ListParams::default();
+        let key = |m: &kube::api::ObjectMeta, kind: &str| {
+            format!(
+                "{kind} {}/{}",
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default()
+            )
+        };
+        let mut versions = BTreeMap::new();
+        for s in Api::<Secret>::all(client.clone()).list(&params).await? {
+            versions.insert(
+                key(&s.metadata, "Secret"),
+                s.metadata.resource_version.unwrap_or_default(),
+            );
+        }
+        for c in Api::<ConfigMap>::all(client.clone()).list(&params).await? {
+            versions.insert(
+                key(&c.metadata, "ConfigMap"),
+                c.metadata.resource_version.unwrap_or_default(),
+            );
+        }
+        for a in Api::<ServiceAccount>::all(client.clone())
+            .list(&params)
+            .await?
+        {
+            versions.insert(
+                key(&a.metadata, "ServiceAccount"),
+                a.metadata.resource_version.unwrap_or_default(),
+            );
+        }
+        for l in Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+            .list(&params)
+            .await?
+        {
+            versions.insert(key(&l.metadata, "Lease"), String::new());
+        }
+        let mut generations = BTreeMap::new();
+        for d in Api::<Deployment>::all(client.clone()).list(&params).await? {
+            generations.insert(
+                key(&d.metadata, "Deployment"),
+                d.metadata.generation.unwrap_or_default(),
+            );
+        }
+        for d in Api::<StatefulSet>::all(client.clone())
+            .list(&params)
+            .await?
+        {
+            generations.insert(
+                key(&d.metadata, "StatefulSet"),
+                d.metadata.generation.unwrap_or_default(),
+            );
+        }
+        for d in Api::<DaemonSet>::all(client.clone()).list(&params).await? {
+            generations.insert(
+                key(&d.metadata, "DaemonSet"),
+                d.metadata.generation.unwrap_or_default(),
+            );
+        }
+        for b in Api::<PodDisruptionBudget>::all(client.clone())
+            .list(&params)
+            .await?
+        {
+            generations.insert(
+                key(&b.metadata, "PodDisruptionBudget"),
+                b.metadata.generation.unwrap_or_default(),
+            );
+        }
+        let rotations = Api::<KSASigningKeyRotation>::all(client.clone())
+            .list(&params)
+            .await?
+            .items
+            .len();
+        let pods: BTreeSet<String> = Api::<Pod>::all(client.clone())
+            .list(&params)
+            .await?
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        Ok(Snapshot {
+            versions,
+            generations,
+            rotations,
+            pods,
+        })
+    }
+
+    /// Nothing the dry run could have written changed (pods may come, as
+    /// a CronJob makes them; none may go).
+    fn assert_unchanged_since(&self, before: &Snapshot) -> Result<()> {
+        for (what, version) in &before.versions {
+            let now = self.versions.get(what);
+            anyhow::ensure!(now == Some(version), "{what} changed: {version} -> {now:?}");
+        }
+        for what in self.versions.keys() {
+            anyhow::ensure!(before.versions.contains_key(what), "{what} was created");
+        }
+        anyhow::ensure!(
+            self.generations == before.generations,
+            "a workload or budget spec changed: {:?} -> {:?}",
+            before.generations,
+            self.generations
+        );
+        anyhow::ensure!(
+            self.rotations == before.rotations,
+            "a rotation resource was created"
+        );
+        let gone: Vec<_> = before.pods.difference(&self.pods).collect();
+        anyhow::ensure!(gone.is_empty(), "pods went away: {gone:?}");
+        Ok(())
+    }
+}
+
+/// The plan names exactly the outside holder, the pod its budget blocks,
+/// and a window for the 86400- and 7200-second tokens the zoo's pods hold.
+fn check_plan(plan: &serde_json::Value, outside: &str) -> Result<()> {
+    let held: Vec<String> = plan["legacyTokens"]["heldOutside"]
+        .as_array()
+        .context("heldOutside")?
+        .iter()
+        .map(|h| {
+            format!(
+                "{}/{}",
+                h["namespace"].as_str().unwrap_or_default(),
+                h["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        held == [format!("{APPS}/{outside}")],
+        "held outside: {held:?}"
+    );
+    anyhow::ensure!(plan["keyVersion"] == 2, "{plan}");
+    anyhow::ensure!(
+        plan["apiServers"]
+            .as_array()
+            .is_some_and(|s| s.len() == ksa_tests::HA_INSTANCES),
+        "{}",
+        plan["apiServers"]
+    );
+    let pods = plan["boundTokens"]["pods"].as_array().context("pods")?;
+    let blocked: Vec<&serde_json::Value> = pods.iter().filter(|p| p["blocked"] == true).collect();
+    anyhow::ensure!(
+        blocked.iter().any(|p| p["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("guarded-"))
+            && p["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("PDB guarded-pdb allows 0 disruptions"))),
+        "the PDB-blocked pod is not in the plan: {blocked:?}"
+    );
+    anyhow::ensure!(
+        pods.iter().any(|p| p["action"] == "restart-template")
+            && pods.iter().any(|p| p["action"] == "evict"),
+        "{pods:?}"
+    );
+    let window = plan["refreshWindowSeconds"].as_u64().context("window")?;
+    anyhow::ensure!(window >= 7200 * 8 / 10, "refresh window {window} s");
+    let longest = plan["boundTokens"]["longestTokenSeconds"]
+        .as_u64()
+        .context("longest")?;
+    anyhow::ensure!(longest >= 7200, "longest token {longest} s");
+    anyhow::ensure!(
+        plan["steps"].as_array().is_some_and(|s| s.len() == 5),
+        "{}",
+        plan["steps"]
     );
     Ok(())
 }

@@ -92,11 +92,11 @@ pub fn full(plan: &RotationPlan) -> String {
         for token in tokens.iter().take(NAMES) {
             let _ = writeln!(
                 out,
-                "  {}/{}: {} pod(s), {} s, {}",
-                token.namespace,
+                "  {} in {}: {} pod(s), {}, {}",
                 token.owner,
+                token.namespace,
                 token.pods,
-                token.longest_seconds,
+                seconds(token.longest_seconds),
                 token.audiences.join(", ")
             );
         }
@@ -158,10 +158,21 @@ pub fn short(plan: &RotationPlan) -> String {
     more(&mut out, blocked.len());
     let _ = writeln!(
         out,
-        "Refresh window: {} s (80% of the longest projected token a pod holds, {} s, at most 24 h, plus slack and skew)",
-        plan.refresh_window_seconds, bound.longest_token_seconds
+        "Refresh window: {} (80% of the longest projected token a pod holds, {}, at most 24 h, plus slack and skew)",
+        seconds(plan.refresh_window_seconds),
+        seconds(bound.longest_token_seconds)
     );
     out
+}
+
+/// Seconds, and the same in hours and minutes when that reads better.
+fn seconds(seconds: u64) -> String {
+    let friendly = jiff::SignedDuration::from_secs(i64::try_from(seconds).unwrap_or(i64::MAX));
+    if seconds < 60 {
+        format!("{seconds} s")
+    } else {
+        format!("{seconds} s ({friendly:#})")
+    }
 }
 
 fn more(out: &mut String, total: usize) {
