@@ -56,7 +56,6 @@ fn needed(policy: &BoundTokenRefresh) -> Vec<(MissingGrant, &'static [Probe])> {
                     manifest: "refresh-restart-pods.yaml",
                 },
                 &[
-                    ("list", "", "pods"),
                     ("create", "", "pods/eviction"),
                     ("patch", "apps", "deployments"),
                     ("patch", "apps", "statefulsets"),

@@ -77,6 +77,10 @@ pub fn cluster_role() -> ClusterRole {
             // rotations) whether each accepts a token of an issuer.
             rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
             rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+            // Every pod, read: who holds a bound token and for how long
+            // (every policy, `wait` for its window), and who mounts a
+            // legacy token (the ones held outside the cluster).
+            rule(&[""], &["pods"], &["list"]),
             PolicyRule {
                 non_resource_urls: Some(vec![
                     "/openid/v1/jwks".to_owned(),
@@ -106,7 +110,7 @@ pub fn legacy_tokens_role() -> ClusterRole {
 
 /// The `restart-pods` token refresh policy (the default): restart the pod
 /// templates of Deployments, StatefulSets and DaemonSets and evict other
-/// pods. `list` ReplicaSets (which Deployment controls a pod) and
+/// pods (listed through [`cluster_role`]). `list` ReplicaSets (which Deployment controls a pod) and
 /// PodDisruptionBudgets (which one blocks an eviction, to name it) only
 /// reads. Bind it only when a rotation uses that policy; the admission
 /// guards let a workload `patch` only set the restart annotation.
@@ -114,7 +118,6 @@ pub fn restart_pods_role() -> ClusterRole {
     cluster_role_named(
         RESTART_PODS_ROLE,
         vec![
-            rule(&[""], &["pods"], &["list"]),
             rule(&[""], &["pods/eviction"], &["create"]),
             rule(
                 &["apps"],
@@ -137,7 +140,6 @@ pub fn recreate_nodes_role() -> ClusterRole {
         RECREATE_NODES_ROLE,
         vec![
             rule(&[""], &["nodes"], &["list", "patch", "delete"]),
-            rule(&[""], &["pods"], &["list"]),
             rule(&[""], &["pods/eviction"], &["create"]),
             rule(&["policy"], &["poddisruptionbudgets"], &["list"]),
         ],

@@ -15,7 +15,7 @@ use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::issuer::Issuer;
 use ksa_core::rotation::{
-    self, Effect, IssuerChange, Observed, Plan, Policy, RotationState, StartRequest,
+    self, Effect, IssuerChange, Observed, Plan, Policy, RotationState, StartRequest, Step,
 };
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
@@ -253,6 +253,23 @@ impl Rotation<'_> {
         }
     }
 
+    /// A Warning Event naming the legacy tokens held outside the cluster
+    /// that the re-mint cuts off.
+    async fn held_outside(&self, names: &[String]) {
+        if !names.is_empty() {
+            self.event(
+                EventType::Warning,
+                "LegacyTokensHeldOutside",
+                format!(
+                    "{} legacy token Secret(s) used in the last 30 days are mounted by no pod; the re-mint now cuts their holders outside the cluster off: hand each the re-minted token (README: Before you rotate): {}",
+                    names.len(),
+                    names.join("; ")
+                ),
+            )
+            .await;
+        }
+    }
+
     /// An Event when the holders only an operator can let proceed change:
     /// a Warning naming them, or a Normal one once none is left.
     async fn blocked_changed(&self, blocked: &[String]) {
@@ -467,19 +484,24 @@ impl Rotation<'_> {
     }
 
     async fn write_status(&self, state: &RotationState, waiting: Option<String>) -> Result<()> {
-        self.write_status_with(state, waiting, Vec::new()).await
+        self.write_status_with(state, waiting, Vec::new(), None)
+            .await
     }
 
-    /// Writes the status of `state`, what it waits for, and the holders
-    /// only an operator can let proceed.
+    /// Writes the status of `state`, what it waits for, the holders only
+    /// an operator can let proceed, and, when given, the legacy tokens held
+    /// outside the cluster (otherwise the list stays as it was).
     async fn write_status_with(
         &self,
         state: &RotationState,
         waiting: Option<String>,
         blocked_holders: Vec<String>,
+        outside_legacy_tokens: Option<Vec<String>>,
     ) -> Result<()> {
+        let replace_outside = outside_legacy_tokens.is_some();
         let status = RotationStatus {
             blocked_holders,
+            outside_legacy_tokens: outside_legacy_tokens.unwrap_or_default(),
             ..RotationStatus::of(
                 state,
                 self.resource.status.as_ref(),
@@ -501,6 +523,9 @@ impl Rotation<'_> {
             if patch["status"].get(field).is_none() {
                 patch["status"][field] = serde_json::Value::Null;
             }
+        }
+        if replace_outside && patch["status"].get("outsideLegacyTokens").is_none() {
+            patch["status"]["outsideLegacyTokens"] = serde_json::Value::Null;
         }
         self.api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -541,6 +566,18 @@ impl StateStore for Status<'_, '_> {
     type Error = Error;
 
     async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<()> {
+        // Entering RefreshTokens of a key rotation: who holds a legacy
+        // token outside the cluster, which the re-mint will cut off.
+        let outside = if plan.next.step() == Step::RefreshTokens
+            && before.step() != Step::RefreshTokens
+            && plan.next.changes_key()
+        {
+            let found =
+                refresh::plan::legacy_tokens(&self.0.cluster.client, Timestamp::now()).await?;
+            Some(found.held_outside.iter().map(ToString::to_string).collect())
+        } else {
+            None
+        };
         let waiting = (plan.next.step() == before.step()).then(|| plan.waiting.to_string());
         let blocked: Vec<String> = plan
             .waiting
@@ -548,10 +585,13 @@ impl StateStore for Status<'_, '_> {
             .map(ToString::to_string)
             .collect();
         self.0
-            .write_status_with(&plan.next, waiting, blocked.clone())
+            .write_status_with(&plan.next, waiting, blocked.clone(), outside.clone())
             .await?;
         self.0.saved(before, &plan.next).await;
         self.0.blocked_changed(&blocked).await;
+        if let Some(outside) = outside {
+            self.0.held_outside(&outside).await;
+        }
         Ok(())
     }
 }

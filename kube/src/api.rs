@@ -241,6 +241,12 @@ pub struct RotationStatus {
     /// Deployment), each `namespace/name (why)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_holders: Vec<String>,
+    /// Legacy token Secrets used in the last 30 days though no pod mounts
+    /// them, found when RefreshTokens began: its re-mint cut their holders
+    /// outside the cluster off (`namespace/name (service account, last
+    /// used)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside_legacy_tokens: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
@@ -380,6 +386,7 @@ impl RotationStatus {
             issuer,
             waiting_for,
             blocked_holders: Vec::new(),
+            outside_legacy_tokens: Vec::new(),
             observed_generation: generation,
             conditions,
         }

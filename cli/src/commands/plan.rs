@@ -212,3 +212,13 @@ pub fn check_outside_holders(
         }
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_in_hours_and_minutes() {
+        assert_eq!(super::seconds(30), "30 s");
+        assert_eq!(super::seconds(69_300), "69300 s (19h 15m)");
+        assert_eq!(super::seconds(5760), "5760 s (1h 36m)");
+    }
+}
