@@ -27,6 +27,7 @@ use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::issuer::Issuer;
 use ksa_core::rotation::{
     self, Effect, IssuerChange, Observed, OperationLock, Plan, Policy, RotationState, StartRequest,
+    Step,
 };
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, PassError, StateStore, World};
@@ -255,6 +256,17 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             }
         }
         print_status_lines(&pass.plan.next, Some(&state))?;
+        if pass.plan.next.step() == Step::RefreshTokens
+            && state.step() != Step::RefreshTokens
+            && pass.plan.next.changes_key()
+        {
+            let found = refresh::plan::legacy_tokens(&node.cluster.client, Timestamp::now()).await?;
+            for token in &found.held_outside {
+                eprintln!(
+                    "re-minting legacy token Secret {token}: no pod mounts it, so its holder outside the cluster needs the new token"
+                );
+            }
+        }
         state = pass.plan.next.clone();
         if state.is_completed() {
             return Ok(exit::DONE);
