@@ -8,7 +8,7 @@
 //! kubeadm's `sa.pub` holds a second public key besides the signing key's:
 //! a token signed by it is accepted until Retire, and rejected after.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +115,21 @@ fn ksa(args: &[&str], pki: &Path, manifests: &Path, kubeconfig: &Path) -> Result
 /// kubelet runs on it meanwhile.
 async fn run(command: Command) -> Result<Output> {
     Ok(tokio::process::Command::from(command).output().await?)
+}
+
+/// Every file under `dirs`, with its contents.
+fn directory_contents(dirs: &[&Path]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                files.push((path.clone(), std::fs::read(&path)?));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn text(output: &Output) -> String {
@@ -224,6 +239,39 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         "before the rotation"
     );
 
+    // A dry run: the plan from the live cluster, and nothing written (no
+    // state file, no imported key, the manifests as they were).
+    let files_before = directory_contents(&[&pki, &manifests_dir])?;
+    let dry = run(ksa(
+        &["rotate", "--dry-run", "-o", "json"],
+        &pki,
+        &manifests_dir,
+        &kubeconfig,
+    )?)
+    .await?;
+    assert!(dry.status.success(), "{}", text(&dry));
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout)?;
+    assert_eq!(plan["keyVersion"], 2, "{plan}");
+    assert_eq!(
+        plan["apiServers"].as_array().map(Vec::len),
+        Some(ksa_tests::HA_INSTANCES),
+        "{plan}"
+    );
+    // The workload's pod projects a token (no node runs it here, so it
+    // holds none yet); its legacy token Secret is mounted.
+    assert!(
+        plan["boundTokens"]["projectedTokens"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["owner"] == "Deployment web")),
+        "{plan}"
+    );
+    assert_eq!(plan["legacyTokens"]["mounted"], 1, "{plan}");
+    assert_eq!(
+        directory_contents(&[&pki, &manifests_dir])?,
+        files_before,
+        "the dry run wrote a file"
+    );
+
     // Without --wait: as far as it goes without waiting on the API servers.
     let once = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
     assert!(once.status.success(), "{}", text(&once));
@@ -297,7 +345,7 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("{resumed_text}");
-    assert!(resumed_text.contains("resuming the rotation to key version 2"));
+    assert!(resumed_text.contains("resuming the rotation (key version 2)"));
     let completed = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#;
     assert!(resumed_text.contains(completed), "{resumed_text}");
     let status = run(ksa(&["status"], &pki, &manifests_dir, &kubeconfig)?).await?;
