@@ -385,6 +385,25 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
             .filter_map(|e| e.message.clone())
             .collect()
     };
+    let held = notes("LegacyTokensHeldOutside");
+    assert!(
+        held.iter()
+            .any(|note| note.contains(&format!("{APPS}/{outside}"))),
+        "no LegacyTokensHeldOutside Event named {outside}: {held:?}"
+    );
+    let status = Api::<KSASigningKeyRotation>::namespaced(scenario.client.clone(), NAMESPACE)
+        .get(CLUSTER)
+        .await?
+        .status
+        .context("a status")?;
+    assert!(
+        status
+            .outside_legacy_tokens
+            .iter()
+            .any(|t| t.starts_with(&format!("{APPS}/{outside} "))),
+        "{:?}",
+        status.outside_legacy_tokens
+    );
     let blocked = notes("RefreshBlocked");
     assert!(
         blocked.iter().any(|note| note.contains("zoo/guarded-")
