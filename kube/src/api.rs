@@ -20,6 +20,9 @@ pub const CONDITION_TYPE: &str = "KSASigningKeyRotation";
 /// The condition type that carries the issuer status line (SPEC section
 /// 10), once ksa has changed the issuer.
 pub const ISSUER_CONDITION_TYPE: &str = "KSAIssuerRotation";
+/// The condition `kubectl wait --for=condition=Ready` waits for: `True`
+/// once the rotation the status records is completed.
+pub const READY_CONDITION_TYPE: &str = "Ready";
 
 /// Rotate a user cluster's service-account signing key to `keyVersion`,
 /// and its token issuer to `issuer`.
@@ -32,10 +35,13 @@ pub const ISSUER_CONDITION_TYPE: &str = "KSAIssuerRotation";
     shortname = "ksarot",
     namespaced,
     status = "RotationStatus",
+    printcolumn = r#"{"name":"Target","type":"integer","jsonPath":".spec.keyVersion"}"#,
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.keyVersion"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Since","type":"date","jsonPath":".status.conditions[?(@.type==\"Ready\")].lastTransitionTime"}"#,
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuer.signingIssuer"}"#,
-    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"KSASigningKeyRotation\")].status"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.waitingFor"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -342,12 +348,29 @@ impl RotationStatus {
                 observed_generation: generation,
             }
         };
-        let mut conditions = vec![condition(
-            CONDITION_TYPE,
-            line.status(),
-            line.reason.as_str(),
-            line.message(),
-        )];
+        let ready = if state.is_completed() {
+            condition(
+                READY_CONDITION_TYPE,
+                true,
+                "Completed",
+                format!("settled on key version {}", state.key_version()),
+            )
+        } else {
+            let mut message = format!("at step {}", state.step());
+            if let Some(waiting) = &waiting_for {
+                message.push_str(&format!(", waiting for {waiting}"));
+            }
+            condition(READY_CONDITION_TYPE, false, "Rotating", message)
+        };
+        let mut conditions = vec![
+            condition(
+                CONDITION_TYPE,
+                line.status(),
+                line.reason.as_str(),
+                line.message(),
+            ),
+            ready,
+        ];
         let issuer = state
             .issuer()
             .zip(state.issuer_status_line())
@@ -430,6 +453,49 @@ mod tests {
         assert_eq!(json["startedAt"], "2026-11-30T02:16:27.5Z");
         let back: RotationStatus = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back.state().expect("loads"), state);
+    }
+
+    #[test]
+    fn ready_is_true_only_once_the_rotation_completed() {
+        let ready = |status: &RotationStatus| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY_CONDITION_TYPE)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        let rotating = RotationStatus::of(
+            &mid_rotation(),
+            None,
+            Some("key version 2 to be stored".into()),
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            ready(&rotating),
+            Some((
+                "False".into(),
+                "Rotating".into(),
+                "at step Generate, waiting for key version 2 to be stored".into()
+            ))
+        );
+        let done = RotationStatus::of(
+            &RotationState::settled(KeyVersion::new(2)),
+            Some(&rotating),
+            None,
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            ready(&done),
+            Some((
+                "True".into(),
+                "Completed".into(),
+                "settled on key version 2".into()
+            ))
+        );
+        // The gkectl-shaped condition stays the first, as it always was.
+        assert_eq!(done.conditions[0].type_, CONDITION_TYPE);
     }
 
     #[test]

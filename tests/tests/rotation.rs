@@ -396,6 +396,15 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
         .await?
         .status
         .context("a status")?;
+    // `kubectl wait --for=condition=Ready` has its condition.
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Completed"),
+        "{:?}",
+        status.conditions
+    );
     assert!(
         status
             .outside_legacy_tokens

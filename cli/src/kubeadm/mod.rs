@@ -260,7 +260,8 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             && state.step() != Step::RefreshTokens
             && pass.plan.next.changes_key()
         {
-            let found = refresh::plan::legacy_tokens(&node.cluster.client, Timestamp::now()).await?;
+            let found =
+                refresh::plan::legacy_tokens(&node.cluster.client, Timestamp::now()).await?;
             for token in &found.held_outside {
                 eprintln!(
                     "re-minting legacy token Secret {token}: no pod mounts it, so its holder outside the cluster needs the new token"
