@@ -164,7 +164,8 @@ fn claims_cannot_forge_output_lines() {
     let token = signed(header().as_bytes(), claims.to_string().as_bytes());
     let out = verify(&token, &good_jwks(), &["--at", "1800000000"]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.lines().count(), 7, "one line per field: {out:?}");
+    // One line per field, and two notes: issuer and audience not checked.
+    assert_eq!(out.stdout.lines().count(), 9, "one line per field: {out:?}");
     assert!(!out.stdout.contains('\u{1b}'), "{out:?}");
     assert!(!out.stdout.contains('\r'), "{out:?}");
     assert!(!out.stdout.contains('\u{202e}'), "{out:?}");

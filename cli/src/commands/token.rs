@@ -152,8 +152,27 @@ fn report(text: &str, code: u8) -> Outcome {
     }
 }
 
+/// What a valid verdict did not establish, said plainly: a check that was
+/// not asked for, and a legacy token's dependence on its Secret.
+fn not_checked(verified: &Verified, expect: &Expectations) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    if expect.issuers.is_empty() {
+        notes.push("the issuer was not checked (pass --issuer to check it)");
+    }
+    if expect.audiences.is_empty() {
+        notes.push("the audience was not checked (pass --audience to check it)");
+    }
+    if verified.kind() == TokenKind::Legacy {
+        notes.push(
+            "a legacy token is valid only while its Secret still holds it: kube-apiserver also checks the Secret, which this check cannot see",
+        );
+    }
+    notes
+}
+
 fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<String, Failure> {
     let sa = verified.claims.service_account();
+    let notes = not_checked(verified, expect);
     let json = serde_json::json!({
         "valid": true,
         "kind": verified.kind(),
@@ -165,6 +184,9 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
         "serviceAccount": sa,
         "audiences": verified.claims.aud,
         "expires": verified.claims.exp,
+        "issuerChecked": !expect.issuers.is_empty(),
+        "audienceChecked": !expect.audiences.is_empty(),
+        "notes": notes,
     });
     Ok(match output {
         Format::Text => {
@@ -174,8 +196,9 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
                 (None, _) => "never (no exp claim; accepted because of --allow-no-exp)".to_owned(),
             };
             let text = |value: Option<&str>| shown(value.unwrap_or("-")).into_owned();
+            let notes: String = notes.iter().map(|n| format!("\n  note:      {n}")).collect();
             format!(
-                "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}",
+                "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
                 paint("valid", "32"),
                 serde_json::to_value(verified.kind())
                     .ok()
@@ -189,6 +212,7 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
                     a.iter().map(|a| shown(a)).collect::<Vec<_>>().join(", ")
                 }),
                 expires,
+                notes,
             )
         }
         Format::Json => serde_json::to_string_pretty(&json)?,
