@@ -144,6 +144,44 @@ async fn the_inspector_shows_what_a_real_token_means() -> Result<()> {
         paste(page, "audiences", "vault").await?;
         let valid = shown(page, "validity", "valid").await?;
         assert!(valid.contains(&kid), "names the key that verified: {valid}");
+        assert!(
+            valid.contains("signature, lifetime, issuer, audience accepted"),
+            "{valid}"
+        );
+        assert_eq!(
+            text(page, "not-checked").await?,
+            "",
+            "everything was checked"
+        );
+        // Results are announced to screen readers.
+        let live = page
+            .find(Locator::Id("validity"))
+            .await?
+            .attr("aria-live")
+            .await?;
+        assert_eq!(live.as_deref(), Some("polite"));
+        // The JWKS's kids, the token's marked.
+        let matched = page
+            .find(Locator::Css("#jwks-kids li.matched"))
+            .await?
+            .text()
+            .await?;
+        assert_eq!(matched, format!("{kid} (the token's key)"));
+        // Pasted as an Authorization header value: the same verdict.
+        paste(page, "token", &format!("Bearer {token}")).await?;
+        let valid = shown(page, "validity", "valid").await?;
+        assert!(valid.contains(&kid), "{valid}");
+        // An audience not asked for is said to be unchecked.
+        paste(page, "audiences", "").await?;
+        let valid = shown(page, "validity", "valid").await?;
+        assert!(
+            valid.contains("signature, lifetime, issuer accepted"),
+            "{valid}"
+        );
+        let notes = text(page, "not-checked").await?;
+        assert!(notes.contains("The audience was not checked"), "{notes}");
+        paste(page, "token", &token).await?;
+        paste(page, "audiences", "vault").await?;
         let identity = text(page, "identity").await?;
         for expected in [
             "bound token (TokenRequest)",
@@ -168,7 +206,14 @@ async fn the_inspector_shows_what_a_real_token_means() -> Result<()> {
             .await?
             .text()
             .await?;
-        assert_eq!(current, "5. Retire");
+        // In words as well as colour.
+        assert_eq!(current, "5. Retire (current)");
+        let done = page
+            .find(Locator::Css("#rotation-steps li.done"))
+            .await?
+            .text()
+            .await?;
+        assert_eq!(done, "1. Generate (done)");
         save_screenshot(&page.screenshot().await?)?;
         paste(page, "status", ISSUER_IN_PROGRESS).await?;
         let step = shown(page, "rotation-step", "in-progress").await?;

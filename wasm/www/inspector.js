@@ -67,16 +67,59 @@ function kindLabel(kind) {
     ?? "not a Kubernetes service-account token";
 }
 
+// The field holds a UTC time, like every time the page shows.
 function verifyAt() {
   const value = $("at").value;
-  return value ? Math.floor(new Date(value).getTime() / 1000) : undefined;
+  return value ? Math.floor(new Date(`${value}Z`).getTime() / 1000) : undefined;
+}
+
+// The token as pasted, without an `Authorization: Bearer ` prefix.
+function pastedToken() {
+  return $("token").value.trim().replace(/^Bearer\s+/i, "");
+}
+
+// The kids of the pasted JWKS, the one the token names marked: the first
+// thing an unknown_kid needs. Only kids are read; the JWKS is verified by
+// ksa-core.
+function renderKids(jwks, kid) {
+  const items = [];
+  let keys = [];
+  try {
+    keys = JSON.parse(jwks)?.keys ?? [];
+  } catch {
+    keys = [];
+  }
+  for (const key of Array.isArray(keys) ? keys.slice(0, 50) : []) {
+    const li = document.createElement("li");
+    const id = typeof key?.kid === "string" ? key.kid : "(no kid)";
+    const matched = kid !== undefined && id === kid;
+    li.textContent = matched ? `${id} (the token's key)` : id;
+    if (matched) li.className = "matched";
+    items.push(li);
+  }
+  $("jwks-kids").replaceChildren(...items);
+}
+
+// What a verdict did not establish, said plainly.
+function renderNotChecked(options, kind) {
+  const notes = [];
+  if (options.issuers.length === 0) notes.push("The issuer was not checked: give the issuers to check it.");
+  if (options.audiences.length === 0) notes.push("The audience was not checked: give the audiences to check it.");
+  if (kind === "legacy") {
+    notes.push("A legacy token is valid only while its Secret still holds it; the API server also checks the Secret, which this page cannot see.");
+  }
+  $("not-checked").replaceChildren(...notes.map((note) => {
+    const li = document.createElement("li");
+    li.textContent = note;
+    return li;
+  }));
 }
 
 function renderToken() {
-  const jwt = $("token").value.trim();
+  const jwt = pastedToken();
   const validity = $("validity");
   expiry = null;
-  for (const id of ["identity", "lifetime", "header"]) $(id).replaceChildren();
+  for (const id of ["identity", "lifetime", "header", "not-checked", "jwks-kids"]) $(id).replaceChildren();
   $("claims").textContent = "";
   if (!jwt) return show(validity, "empty", "Paste a token.");
 
@@ -119,11 +162,16 @@ function renderToken() {
   if (!jwks) {
     return show(validity, "unchecked", "Signature not checked: paste the cluster's JWKS to verify it.");
   }
+  renderKids(jwks, header.kid);
   try {
     const options = { issuers: list($("issuers").value), audiences: list($("audiences").value), at: verifyAt() };
     const verified = verifyToken(jwt, jwks, options);
+    const accepted = ["signature", "lifetime"];
+    if (options.issuers.length) accepted.push("issuer");
+    if (options.audiences.length) accepted.push("audience");
     show(validity, "valid",
-      `Valid: signed by key ${verified.kid} (${verified.algorithm}); issuer, audience and lifetime accepted.`);
+      `Valid: signed by key ${verified.kid} (${verified.algorithm}); ${accepted.join(", ")} accepted.`);
+    renderNotChecked(options, decoded.kind);
   } catch (error) {
     show(validity, "invalid", `Invalid (${error.kind}): ${error.message}`);
   }
@@ -166,13 +214,20 @@ function renderStatus() {
   ]);
 }
 
-// The five steps, those passed marked done and the line's marked current.
+// The five steps, those passed marked done and the line's marked current,
+// in words as well as colour.
 function renderSteps(line, steps, current) {
   $("rotation-steps").replaceChildren(...STEPS.map((step, index) => {
     const li = document.createElement("li");
     li.textContent = `${index + 1}. ${step}`;
-    if (line.status || index < current) li.className = "done";
-    else if (steps.includes(step)) li.className = "current";
+    if (line.status || index < current) {
+      li.className = "done";
+      li.textContent += " (done)";
+    } else if (steps.includes(step)) {
+      li.className = "current";
+      li.setAttribute("aria-current", "step");
+      li.textContent += " (current)";
+    }
     return li;
   }));
 }

@@ -196,7 +196,10 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
                 (None, _) => "never (no exp claim; accepted because of --allow-no-exp)".to_owned(),
             };
             let text = |value: Option<&str>| shown(value.unwrap_or("-")).into_owned();
-            let notes: String = notes.iter().map(|n| format!("\n  note:      {n}")).collect();
+            let notes: String = notes
+                .iter()
+                .map(|n| format!("\n  note:      {n}"))
+                .collect();
             format!(
                 "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
                 paint("valid", "32"),
