@@ -15,10 +15,23 @@ Exit codes:
      or held no JWKS, no trusted key could be loaded, or the result could not
      be written); nothing is known about the token";
 
+/// `ksa --version`: the version, and what `ksa version` says.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KSA_COMMIT"),
+    ", ",
+    env!("KSA_COMMIT_DATE"),
+    ", ",
+    env!("KSA_TARGET"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ksa",
     version,
+    long_version = LONG_VERSION,
     about = "Rotate a Kubernetes cluster's service-account signing key with no workload logged out; decode and verify service-account tokens",
     after_help = EXIT_CODES,
     propagate_version = true
@@ -54,6 +67,13 @@ pub enum Command {
         command: TokenCommand,
     },
     /// Print shell completions.
+    /// Print the version, the commit it was built from, its date and the
+    /// target.
+    #[command(after_help = "Examples:\n  ksa version\n  ksa version -o json")]
+    Version {
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
     Completions { shell: clap_complete::Shell },
     /// Write man pages (one per command) into a directory.

@@ -135,3 +135,23 @@ fn an_issuer_that_cannot_be_rotated_to_exits_2_before_anything_is_read() {
         }
     }
 }
+
+#[test]
+fn version_names_the_commit_its_date_and_the_target() {
+    let out = run(&mut ksa(&["version", "-o", "json"]), DEADLINE);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    for field in ["commit", "commitDate", "target"] {
+        assert!(
+            json[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {json}"
+        );
+    }
+    let long = run(&mut ksa(&["--version"]), DEADLINE);
+    assert!(
+        long.stdout
+            .contains(json["commit"].as_str().unwrap_or("none")),
+        "{long:?}"
+    );
+}

@@ -27,6 +27,7 @@ pub fn run(cli: Cli) -> Outcome {
                 },
         } => rotation::run(action.into()),
         Command::Status { command } => status::run(command),
+        Command::Version { output } => version(output),
         Command::Keys { command } => keys::run(command),
         Command::Token { command } => token::run(command),
         Command::Man { out } => {
@@ -109,6 +110,28 @@ pub fn print(text: &str) -> Result<(), Failure> {
 /// Prints a successful command's output and exits [`exit::DONE`]: a reader
 /// that closed stdout early (`ksa ... | head`) had what it wanted, as in
 /// ripgrep.
+/// `ksa version`.
+fn version(output: crate::args::Format) -> Outcome {
+    let json = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("KSA_COMMIT"),
+        "commitDate": env!("KSA_COMMIT_DATE"),
+        "target": env!("KSA_TARGET"),
+    });
+    let text = match output {
+        crate::args::Format::Text => format!(
+            "ksa {} (commit {}, {}, {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("KSA_COMMIT"),
+            env!("KSA_COMMIT_DATE"),
+            env!("KSA_TARGET")
+        ),
+        crate::args::Format::Json => serde_json::to_string_pretty(&json)?,
+        crate::args::Format::Yaml => serde_yaml::to_string(&json)?,
+    };
+    finish(&text)
+}
+
 pub fn finish(text: &str) -> Outcome {
     match print(text) {
         Err(failure) if !is_stdout_closed(&failure.error) => Err(failure),
