@@ -517,9 +517,21 @@ impl Rotation<'_> {
             "metadata": {"resourceVersion": self.resource.resource_version()},
             "status": status,
         });
-        // A merge patch keeps what it leaves out: nothing to wait for is
-        // written as null, or the last step's text would stay.
-        for field in ["waitingFor", "blockedHolders"] {
+        // A merge patch keeps what it leaves out: every optional field the
+        // new status lacks is written as null, or the last rotation's
+        // value would stay (a `changesKey: false` of an issuer rotation
+        // would make the next key rotation's status unloadable, an old
+        // `confirmedAt` would cut its trust lead time short).
+        for field in [
+            "startedAt",
+            "stepStartedAt",
+            "confirmedAt",
+            "completedAt",
+            "changesKey",
+            "issuer",
+            "waitingFor",
+            "blockedHolders",
+        ] {
             if patch["status"].get(field).is_none() {
                 patch["status"][field] = serde_json::Value::Null;
             }

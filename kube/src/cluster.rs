@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 use crate::kubeconfig::{InlineKubeconfig, KubeconfigProblem};
 use crate::{probe, refresh};
 
+/// How long one request to one API server instance may take to connect,
+/// or to be answered (none of them watches).
+pub const INSTANCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A connection to the user cluster.
 #[derive(Clone)]
 pub struct TargetCluster {
@@ -143,12 +147,17 @@ impl TargetCluster {
             .collect()
     }
 
-    /// A client for each API server instance, talking to it alone.
+    /// A client for each API server instance, talking to it alone. An
+    /// instance restarting mid-request must not hang the pass: each
+    /// request has [`INSTANCE_TIMEOUT`] to connect and to be answered.
     pub async fn instance_clients(&self) -> Result<Vec<(http::Uri, kube::Client)>> {
         let mut clients = Vec::new();
         for url in self.api_servers().await? {
             let mut config = self.config.clone();
             config.cluster_url = url.clone();
+            config.connect_timeout = Some(INSTANCE_TIMEOUT);
+            config.read_timeout = Some(INSTANCE_TIMEOUT);
+            config.write_timeout = Some(INSTANCE_TIMEOUT);
             clients.push((url, kube::Client::try_from(config)?));
         }
         Ok(clients)

@@ -461,6 +461,7 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
                 "ksa-signing-key",
                 "rotate",
                 "--skip-prompt",
+                "--accept-outside-legacy-tokens",
             ])
         })
         .collect::<Result<_>>()?;

@@ -339,11 +339,13 @@ fn describe(state: &RotationState) -> String {
 }
 
 /// Prints `state`'s status lines that differ from `before`'s (all of them
-/// without `before`): the key line, and the issuer line once ksa has
-/// changed the issuer.
+/// without `before`): the key line, unless the rotation changes only the
+/// issuer, and the issuer line once ksa has changed the issuer.
 fn print_status_lines(state: &RotationState, before: Option<&RotationState>) -> Outcome {
     let key = state.status_line();
-    if before.is_none_or(|before| before.status_line() != key) {
+    if (state.changes_key() || state.issuer().is_none())
+        && before.is_none_or(|before| before.status_line() != key)
+    {
         crate::commands::print(&key.to_string())?;
     }
     if let Some(issuer) = state.issuer_status_line()
@@ -584,7 +586,10 @@ async fn apply(
             public,
             issuers,
         } => {
-            point_manifests_at(pki, manifests, public, *signing, issuers.as_deref())?;
+            // An issuer rotation that keeps the key leaves the key flags,
+            // and kube-controller-manager, as they are.
+            let keys = state.changes_key().then_some((public.as_slice(), *signing));
+            point_manifests_at(pki, manifests, keys, issuers.as_deref())?;
         }
         Effect::RefreshLegacyTokens { version } => {
             let signer = AwsLc::new()
@@ -613,33 +618,39 @@ async fn apply(
 fn point_manifests_at(
     pki: &PkiDir,
     manifests: &Path,
-    public: &[KeyVersion],
-    signing: KeyVersion,
+    keys: Option<(&[KeyVersion], KeyVersion)>,
     issuers: Option<&[Issuer]>,
 ) -> anyhow::Result<()> {
-    let mut versions: Vec<KeyVersion> = public.to_vec();
-    versions.push(signing);
-    versions.sort();
-    versions.dedup();
-    for version in versions {
-        pki.check_key_pair(version)?;
+    let mut apiserver: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut controller_manager: Vec<(&str, Vec<String>)> = Vec::new();
+    if let Some((public, signing)) = keys {
+        let mut versions: Vec<KeyVersion> = public.to_vec();
+        versions.push(signing);
+        versions.sort();
+        versions.dedup();
+        for version in versions {
+            pki.check_key_pair(version)?;
+        }
+        let public: Vec<String> = public
+            .iter()
+            .map(|v| pki.pub_path(*v).display().to_string())
+            .collect();
+        let signing = vec![pki.key_path(signing).display().to_string()];
+        apiserver.push((KEY_FILE, public));
+        apiserver.push((SIGNING_KEY_FILE, signing.clone()));
+        controller_manager.push((PRIVATE_KEY_FILE, signing));
     }
-    let public: Vec<String> = public
-        .iter()
-        .map(|v| pki.pub_path(*v).display().to_string())
-        .collect();
-    let signing = vec![pki.key_path(signing).display().to_string()];
-    let issuers: Option<Vec<String>> =
-        issuers.map(|list| list.iter().map(|i| i.as_str().to_owned()).collect());
-    let mut apiserver = vec![(KEY_FILE, &public), (SIGNING_KEY_FILE, &signing)];
-    if let Some(issuers) = &issuers {
-        apiserver.push((ISSUER_FLAG, issuers));
+    if let Some(issuers) = issuers {
+        apiserver.push((
+            ISSUER_FLAG,
+            issuers.iter().map(|i| i.as_str().to_owned()).collect(),
+        ));
     }
     let edits = [
         edited_manifest(&manifests.join(APISERVER_MANIFEST), &apiserver)?,
         edited_manifest(
             &manifests.join(CONTROLLER_MANAGER_MANIFEST),
-            &[(PRIVATE_KEY_FILE, &signing)],
+            &controller_manager,
         )?,
     ];
     for (path, edited) in edits {
@@ -655,7 +666,7 @@ fn point_manifests_at(
 /// not written).
 fn edited_manifest(
     path: &Path,
-    flags: &[(&str, &Vec<String>)],
+    flags: &[(&str, Vec<String>)],
 ) -> anyhow::Result<(PathBuf, Option<String>)> {
     let before = String::from_utf8(read_limited(path, MAX_INPUT)?)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;

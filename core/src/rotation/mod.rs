@@ -496,7 +496,7 @@ pub struct StartRequest {
 #[non_exhaustive]
 pub enum Refusal {
     #[error(
-        "a key rotation to version {key_version} is already in progress (step {step}); wait for it with `status --watch`"
+        "a rotation is already in progress (key version {key_version}, step {step}); wait for it with `status --watch`"
     )]
     RotationInProgress { key_version: KeyVersion, step: Step },
     /// A rotation to `key_version` was requested (the stored target moved)

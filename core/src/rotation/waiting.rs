@@ -454,24 +454,22 @@ fn count_servers(waits: &mut Vec<Wait>, servers: &[ApiServerView], tests: &[Serv
     }
 }
 
-/// Whole seconds from `since` to `now`, as [`super::step`] has always
-/// counted them (a clock gone backwards counts zero).
+/// The time from `since` to `now`, to the nanosecond (a clock gone
+/// backwards counts zero): a wait of five seconds never ends in 4.1.
 pub(super) fn elapsed_since(since: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
     let since = since?;
-    let seconds = now.as_second().saturating_sub(since.as_second());
-    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+    Some(Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO))
 }
 
-/// The first whole second at which `elapsed_since(Some(since), now) >= after`
-/// holds: for whole-second counts, `elapsed < after` is `elapsed < ceil(after)`,
-/// so any `now` still waiting is before this.
+/// When a wait of `after` from `since` ends, rounded up to the whole
+/// second for the status: any `now` still waiting is before it.
 fn deadline(since: Timestamp, after: Duration) -> Timestamp {
-    let seconds = after
-        .as_secs()
-        .saturating_add(u64::from(after.subsec_nanos() > 0));
-    i64::try_from(seconds)
+    let end = jiff::SignedDuration::try_from(after)
         .ok()
-        .and_then(|s| since.as_second().checked_add(s))
-        .and_then(|s| Timestamp::from_second(s).ok())
-        .unwrap_or(Timestamp::MAX)
+        .and_then(|after| since.checked_add(after).ok())
+        .unwrap_or(Timestamp::MAX);
+    let rounded = end
+        .as_second()
+        .saturating_add(i64::from(end.subsec_nanosecond() > 0));
+    Timestamp::from_second(rounded).unwrap_or(Timestamp::MAX)
 }
