@@ -7,31 +7,39 @@
 //! SPEC section 10 says each step does; so that the product's issuer tests
 //! stand on a player known to work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey, public_keys_to_pem};
+use ksa_core::rotation::{RotationState, Step};
+use ksa_kube::api::KSASigningKeyRotation;
+use ksa_kube::keystore::KeyStore;
 use ksa_tests::cluster::{create_namespace, create_service_account, request_token};
 use ksa_tests::hosted::{
-    UNRELATED_ARGS, container_args, create_apiserver_deployment, other_args, rewrite_issuer_args,
-    set_container_args,
+    APISERVER_CONTAINER, UNRELATED_ARGS, container_args, create_apiserver_deployment, other_args,
+    rewrite_issuer_args, set_container_args,
 };
 use ksa_tests::issuer::{
-    discovery_issuers, issued_issuers, mint_token, token_audiences, token_issuer, verdicts,
+    discovery_issuers, issued_issuers, issuer_lines, issuer_rotation, key_line, key_lines,
+    mint_token, retrying, token_audiences, token_issuer, verdicts, wait_lines,
 };
 use ksa_tests::netns::{self, Netns};
+use ksa_tests::scenario::{APISERVER_DEPLOYMENT, CLUSTER, NAMESPACE, Scenario};
 use ksa_tests::signer::{SignerProcess, write_key_dir};
 use ksa_tests::{
     ApiServerKeys, ApiServerWorkload, ControlPlane, HA_INSTANCES, HostedApiServer, ISSUER,
-    InstanceClient, ProbeTarget, Prober, RotationSource,
+    InstanceClient, ProbeTarget, Prober, RotationSource, ksa_binary,
 };
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
 
 /// The issuer every test control plane starts with.
@@ -396,5 +404,986 @@ async fn the_harness_rolls_issuer_flags_of_instances_that_sign_through_the_signe
     let plane = plane.lock().await;
     assert!(plane.keys().is_none(), "the instances have no key file");
     assert_eq!(plane.roll_log().check()?, 2 * HA_INSTANCES);
+    Ok(())
+}
+
+// The product's issuer rotation, end to end: `ksa` and `ksa-controller`
+// on three kube-apiserver instances, with the prober reviewing tokens on
+// every instance throughout and the order of the roll-outs checked at the
+// end of each test.
+
+/// The issuer of the key and issuer rotation that follows A -> B.
+const C: &str = "https://issuer-c.example";
+/// SPEC section 10's completed line of the rotation to B, written out.
+const COMPLETED_B: &str = r#"State of KSAIssuerRotation with KSAIssuer https://issuer-b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://issuer-b.example","signingIssuer":"https://issuer-b.example","acceptedIssuers":["https://issuer-b.example"]}"#;
+/// How long one rotation may take (`--timeout` and the test's own wait).
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs a command to its end without blocking the runtime: the harness's
+/// players (the roll-out, the prober) run on it meanwhile.
+async fn run(command: std::process::Command) -> Result<Output> {
+    let mut command = tokio::process::Command::from(command);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    Ok(command.output().await?)
+}
+
+fn stdout_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A user cluster config naming the API server workload (and the roll-out
+/// kind, when given), as a hosted control plane's operator writes it.
+fn user_cluster_config(rollout: Option<&str>) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: UserCluster\nname: {CLUSTER}\ngkeOnPremVersion: 1.16.0-gke.669\n\
+         enableAdvancedCluster: false\nksaSigningKeyRotation:\n  apiServerWorkload: \
+         {{kind: Deployment, name: {APISERVER_DEPLOYMENT}, container: {APISERVER_CONTAINER}}}\n"
+    );
+    if let Some(rollout) = rollout {
+        text.push_str(&format!("  rollout: {rollout}\n"));
+    }
+    text
+}
+
+/// The API server container's args after a rotation to `issuer`: the
+/// issuer flag where it stood, the default audience pinned to A after it
+/// (the first rewrite added it), every other arg byte for byte.
+fn args_signing(issuer: &str) -> Vec<String> {
+    [
+        format!("--service-account-issuer={issuer}"),
+        format!("--api-audiences={A}"),
+    ]
+    .into_iter()
+    .chain(UNRELATED_ARGS.iter().map(|a| (*a).to_owned()))
+    .collect()
+}
+
+/// `want` from every instance, in order, `what` of it.
+fn ensure_all<T: PartialEq + std::fmt::Debug>(got: &[T], want: &T, what: &str) -> Result<()> {
+    ensure!(
+        !got.is_empty() && got.iter().all(|g| g == want),
+        "{what}: the instances answer {got:?}, not {want:?} each"
+    );
+    Ok(())
+}
+
+/// What every instance must do once a step of an issuer rotation from
+/// `from` to `to` is confirmed (SPEC section 10), asked of each instance on
+/// its own.
+#[derive(Clone)]
+struct Confirmations {
+    client: kube::Client,
+    instances: Vec<InstanceClient>,
+    from: &'static str,
+    to: &'static str,
+    /// The key every instance trusts until Retire: tokens minted up to
+    /// then are signed with it, so a verdict depends on the issuer alone.
+    old_key: PrivateKey,
+    /// The key version the cluster signs with after Retire (the same as
+    /// the old key's when the rotation keeps the key).
+    new_version: KeyVersion,
+    /// A token of `from` with the default audience, taken before the
+    /// rotation.
+    early: String,
+}
+
+impl Confirmations {
+    /// Each instance's verdict on a token of `issuer` signed with `key`, of
+    /// the audience the instances take as their own (pinned to A).
+    async fn minted_verdicts(&self, issuer: &str, key: &PrivateKey) -> Result<Vec<bool>> {
+        retrying(&format!("TokenReview of a token of {issuer}"), || async {
+            let token = mint_token(&self.client, APPS, APP, issuer, &[A], key).await?;
+            verdicts(&self.instances, &token).await
+        })
+        .await
+    }
+
+    async fn early_verdicts(&self) -> Result<Vec<bool>> {
+        retrying("TokenReview of the early token", || {
+            verdicts(&self.instances, &self.early)
+        })
+        .await
+    }
+
+    /// Checks on every instance what the confirmation of `step` says;
+    /// returns what held.
+    async fn check(&self, step: Step) -> Result<String> {
+        let (from, to) = (self.from, self.to);
+        match step {
+            Step::Trust => {
+                // From Trust on every instance accepts `to`; until Retire
+                // `from` too (Sign, the next roll-out, keeps it).
+                let accepts_to = self.minted_verdicts(to, &self.old_key).await?;
+                ensure_all(&accepts_to, &true, &format!("Trust: a token of {to}"))?;
+                let accepts_from = self.minted_verdicts(from, &self.old_key).await?;
+                ensure_all(&accepts_from, &true, &format!("Trust: a token of {from}"))?;
+                let early = self.early_verdicts().await?;
+                ensure_all(&early, &true, "Trust: the token taken before the rotation")?;
+                Ok(format!(
+                    "each instance accepts {to}, {from} and the token taken before"
+                ))
+            }
+            Step::Sign => {
+                let issued = retrying("TokenRequest", || {
+                    issued_issuers(&self.instances, APPS, APP)
+                })
+                .await?;
+                ensure_all(&issued, &to.to_owned(), "Sign: the iss of a fresh token")?;
+                let discovered =
+                    retrying("discovery", || discovery_issuers(&self.instances)).await?;
+                ensure_all(&discovered, &to.to_owned(), "Sign: the discovery document")?;
+                Ok(format!(
+                    "each instance issues iss {to} and its discovery document names it"
+                ))
+            }
+            Step::Retire => {
+                let store = KeyStore::new(self.client.clone(), NAMESPACE, CLUSTER);
+                let key = retrying("the new key", || async {
+                    Ok(store.private_key(self.new_version).await?)
+                })
+                .await?;
+                let accepts_from = self.minted_verdicts(from, &key).await?;
+                ensure_all(&accepts_from, &false, &format!("Retire: a token of {from}"))?;
+                // The same key with the issuer kept: rejected for the
+                // issuer alone.
+                let accepts_to = self.minted_verdicts(to, &key).await?;
+                ensure_all(&accepts_to, &true, &format!("Retire: a token of {to}"))?;
+                let early = self.early_verdicts().await?;
+                ensure_all(
+                    &early,
+                    &false,
+                    "Retire: the token taken before the rotation",
+                )?;
+                Ok(format!(
+                    "each instance rejects {from} (and the token taken before) and accepts {to}"
+                ))
+            }
+            _ => Ok(String::new()),
+        }
+    }
+}
+
+/// What the test saw of a rotation while the CLI ran it.
+#[derive(Debug, Default)]
+struct Followed {
+    /// Each step seen, in order, with when the controller entered it
+    /// (`status.stepStartedAt`).
+    steps: Vec<(Step, Option<jiff::Timestamp>)>,
+    started_at: Option<jiff::Timestamp>,
+    completed_at: Option<jiff::Timestamp>,
+    /// Each confirmation checked on every instance.
+    checked: Vec<String>,
+}
+
+impl Followed {
+    /// How long each step seen took, from `status.stepStartedAt` to the
+    /// next step seen's (a step never seen is inside the one before it).
+    fn durations(&self) -> String {
+        let mut parts = Vec::new();
+        for pair in self.steps.windows(2) {
+            let [(step, entered), (_, next)] = pair else {
+                continue;
+            };
+            if let (Some(entered), Some(next)) = (entered, next) {
+                let seconds = next.duration_since(*entered).as_secs_f64();
+                parts.push(format!("{step} {seconds:.1} s"));
+            }
+        }
+        if let (Some(started), Some(completed)) = (self.started_at, self.completed_at) {
+            let seconds = completed.duration_since(started).as_secs_f64();
+            parts.push(format!("in all {seconds:.1} s"));
+        }
+        parts.join(", ")
+    }
+
+    fn print(&self, what: &str) {
+        let steps: Vec<String> = self.steps.iter().map(|(s, _)| s.to_string()).collect();
+        eprintln!("{what}: steps seen {}", steps.join(" -> "));
+        eprintln!(
+            "{what}: step durations (status.stepStartedAt): {}",
+            self.durations()
+        );
+        for check in &self.checked {
+            eprintln!("{what}: {check}");
+        }
+    }
+}
+
+/// Follows the rotation `rotation` is a state of on the resource until it
+/// completes, and checks on every instance the confirmation of each of its
+/// Trust, Sign and Retire steps as soon as the step after it is seen (each
+/// confirmation holds from then to the end of the rotation).
+async fn follow(
+    client: kube::Client,
+    rotation: RotationState,
+    confirmations: Confirmations,
+) -> Result<Followed> {
+    let api: Api<KSASigningKeyRotation> = Api::namespaced(client, NAMESPACE);
+    let (sender, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<(Step, Step)>();
+    // Checks run beside the polling, which must not miss a step.
+    let checker = tokio::spawn(async move {
+        let mut checked = Vec::new();
+        while let Some((step, seen_at)) = confirmed.recv().await {
+            let held = confirmations
+                .check(step)
+                .await
+                .with_context(|| format!("{step} confirmed (the rotation at {seen_at})"))?;
+            checked.push(format!(
+                "{step} confirmed (the rotation seen at {seen_at}): {held}"
+            ));
+        }
+        anyhow::Ok(checked)
+    });
+    let mut followed = Followed::default();
+    let mut sent = BTreeSet::new();
+    let started = Instant::now();
+    loop {
+        ensure!(
+            started.elapsed() < ROTATION_TIMEOUT,
+            "the rotation did not complete in {ROTATION_TIMEOUT:?}; seen: {:?}",
+            followed.steps
+        );
+        // The kubeconfig's instance restarts too: a failed read is retried.
+        if let Ok(Some(resource)) = api.get_opt(CLUSTER).await
+            && let Ok(state) = resource.state()
+            && rotation.same_rotation(&state)
+        {
+            let step = state.step();
+            if followed.steps.last().map(|(s, _)| *s) != Some(step) {
+                followed.steps.push((step, state.step_started_at()));
+            }
+            followed.started_at = state.started_at();
+            for done in [Step::Trust, Step::Sign, Step::Retire] {
+                if done < step && sent.insert(done) {
+                    sender.send((done, step))?;
+                }
+            }
+            if state.is_completed() {
+                followed.completed_at = state.completed_at();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sender);
+    followed.checked = checker.await??;
+    Ok(followed)
+}
+
+/// What happened to Deployment apps/web while a rotation ran: the values
+/// of its restart annotation, in order, and every pod of it seen.
+#[derive(Debug, Default, Clone)]
+struct WebSeen {
+    annotations: Vec<Option<String>>,
+    pods: BTreeSet<String>,
+}
+
+/// Watches Deployment apps/web (polling: a watch would miss pods while an
+/// API server restarts); stops when dropped.
+struct WebHistory {
+    seen: Arc<Mutex<WebSeen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The restart annotation ksa sets on a workload's pod template.
+const RESTARTED: &str = "ksa.dev/restarted-for-key-version";
+
+fn restart_annotation(web: &Deployment) -> Option<String> {
+    web.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RESTARTED)
+        .cloned()
+}
+
+impl WebHistory {
+    /// Starts watching, and returns once the first look is recorded.
+    async fn start(client: &kube::Client) -> Result<WebHistory> {
+        let seen = Arc::new(Mutex::new(WebSeen::default()));
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), APPS);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(web) = deployments.get("web").await {
+                    let annotation = restart_annotation(&web);
+                    let mut seen = shared.lock().await;
+                    if seen.annotations.last() != Some(&annotation) {
+                        seen.annotations.push(annotation);
+                    }
+                }
+                if let Ok(list) = pods.list(&ListParams::default().labels("app=web")).await {
+                    let mut seen = shared.lock().await;
+                    seen.pods
+                        .extend(list.items.into_iter().filter_map(|p| p.metadata.uid));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let started = Instant::now();
+        while seen.lock().await.annotations.is_empty() || seen.lock().await.pods.is_empty() {
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "could not read Deployment apps/web and its pods"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(WebHistory { seen, task })
+    }
+
+    async fn seen(&self) -> WebSeen {
+        self.seen.lock().await.clone()
+    }
+}
+
+/// The uid of the one running pod of Deployment apps/web, once it runs
+/// (on a kwok node: scheduled, so it holds a bound token).
+async fn web_pod_running(client: &kube::Client) -> Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    retrying("the running pod of apps/web", || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await?;
+        let running: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        match running.as_slice() {
+            [uid] if list.items.len() == 1 => Ok(uid.clone()),
+            _ => bail!(
+                "{} pods of apps/web, {} of them running",
+                list.items.len(),
+                running.len()
+            ),
+        }
+    })
+    .await
+}
+
+/// How many ReplicaSets Deployment apps/web has had (one per template).
+async fn web_replica_sets(client: &kube::Client) -> Result<usize> {
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), APPS);
+    retrying("the ReplicaSets of apps/web", || async {
+        Ok(sets
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items
+            .len())
+    })
+    .await
+}
+
+/// Checks that a rotation refreshed Deployment apps/web once: its restart
+/// annotation changed once, to a value `marker` accepts; one new
+/// ReplicaSet; its pod replaced once (two pods seen, the new one running).
+async fn check_one_refresh(
+    client: &kube::Client,
+    history: &WebHistory,
+    replica_sets_before: usize,
+    pod_before: &str,
+    marker: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<String> {
+    let pod_after = web_pod_running(client).await?;
+    let seen = history.seen().await;
+    let replica_sets = web_replica_sets(client).await?;
+    eprintln!(
+        "{what}: apps/web's restart annotation went {:?}; pods seen {:?}; ReplicaSets {replica_sets_before} -> {replica_sets}",
+        seen.annotations, seen.pods
+    );
+    ensure!(
+        seen.annotations.len() == 2 && seen.annotations[1].as_deref().is_some_and(&marker),
+        "{what}: apps/web was not restarted exactly once: its restart annotation went {:?}",
+        seen.annotations
+    );
+    ensure!(
+        replica_sets == replica_sets_before + 1,
+        "{what}: apps/web went from {replica_sets_before} to {replica_sets} ReplicaSets, not one more"
+    );
+    ensure!(
+        pod_after != pod_before && seen.pods.len() == 2 && seen.pods.contains(pod_before),
+        "{what}: apps/web's pod was not replaced exactly once: {pod_before} before, {pod_after} after, {:?} seen",
+        seen.pods
+    );
+    Ok(pod_after)
+}
+
+/// Runs a `rotate` that must be refused, again while it fails for want of
+/// an API server (exit 1: the one its kubeconfig names may be restarting).
+async fn refused(scenario: &Scenario, args: &[&str]) -> Result<Output> {
+    let mut attempts = 0;
+    loop {
+        let output = run(scenario.ksa_command(args)?).await?;
+        attempts += 1;
+        if output.status.code() == Some(1) && attempts < 10 {
+            eprintln!(
+                "{args:?} could not reach the API server (exit 1; asking again): {}",
+                stderr(&output)
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        return Ok(output);
+    }
+}
+
+/// What a refused `rotate` must leave as it was: the rotation resource
+/// (its resourceVersion: no write at all) and the API server container's
+/// args.
+async fn untouched(
+    client: &kube::Client,
+    workload: &ApiServerWorkload,
+) -> Result<(Option<String>, Vec<String>)> {
+    let api: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), NAMESPACE);
+    let version = retrying("the rotation resource", || async {
+        Ok(api.get(CLUSTER).await?.metadata.resource_version)
+    })
+    .await?;
+    let args = retrying("the API server args", || {
+        container_args(client, NAMESPACE, workload)
+    })
+    .await?;
+    Ok((version, args))
+}
+
+/// The kid each instance serves at `/openid/v1/jwks`, in order.
+async fn served_kids(instances: &[InstanceClient]) -> Result<Vec<Vec<String>>> {
+    retrying("/openid/v1/jwks", || async {
+        let mut all = Vec::new();
+        for instance in instances {
+            let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
+            let text = instance.client.request_text(request).await?;
+            all.push(
+                ksa_core::jwk::parse_jwks(&text)?
+                    .into_iter()
+                    .map(|k| k.kid.as_str().to_owned())
+                    .collect(),
+            );
+        }
+        Ok(all)
+    })
+    .await
+}
+
+/// Runs `rotate ... --wait` beside the follower; returns its output, how
+/// long it took, and what the follower saw. Before it returns, while the
+/// rotation is in progress, `during` runs.
+async fn rotate_and_follow<F, Fut>(
+    command: std::process::Command,
+    client: &kube::Client,
+    rotation: &RotationState,
+    confirmations: Confirmations,
+    during: F,
+) -> Result<(Output, Duration, Followed)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let follower = tokio::spawn(follow(client.clone(), rotation.clone(), confirmations));
+    let clock = Instant::now();
+    let cli = tokio::spawn(run(command));
+    // Until the controller has picked it up.
+    let api: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), NAMESPACE);
+    retrying("the rotation in progress", || async {
+        let state = api.get(CLUSTER).await?.state()?;
+        ensure!(
+            rotation.same_rotation(&state) && !state.is_completed(),
+            "the controller has not started the rotation yet"
+        );
+        Ok(())
+    })
+    .await?;
+    during().await?;
+    let output = cli.await??;
+    let elapsed = clock.elapsed();
+    if !output.status.success() {
+        follower.abort();
+        bail!(
+            "rotate exited {:?} after {elapsed:.1?}\nstdout:\n{}\nstderr:\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            stderr(&output)
+        );
+    }
+    let followed = follower.await??;
+    Ok((output, elapsed, followed))
+}
+
+/// Prints what `rotate --wait` said and checks its lines: exactly
+/// `expected`, each once and in order.
+fn check_wait_output(output: &Output, expected: &[String], what: &str) {
+    let lines = stdout_lines(output);
+    eprintln!("{what}: rotate --wait printed:");
+    for line in &lines {
+        eprintln!("  {line}");
+    }
+    let err = stderr(output);
+    let reconstructed = err
+        .lines()
+        .filter(|l| l.starts_with("(not observed:"))
+        .count();
+    eprintln!("{what}: {reconstructed} of the lines reconstructed (not observed by the watch)");
+    assert_eq!(
+        lines, expected,
+        "{what}: rotate --wait printed other lines than SPEC's, once each and in order\nstderr:\n{err}"
+    );
+}
+
+/// The key line and issuer lines interleaved: at each step, the key line,
+/// then the issuer line.
+fn interleaved(keys: &[String; 5], issuers: &[String; 5]) -> Vec<String> {
+    keys.iter()
+        .zip(issuers)
+        .flat_map(|(key, issuer)| [key.clone(), issuer.clone()])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together() -> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
+    let clock = Instant::now();
+    let scenario = Scenario::start_ha_with_apiserver_workload().await?;
+    std::fs::write(&scenario.config, user_cluster_config(None))?;
+    // A node, so that web's pod is scheduled, runs and holds a bound
+    // token: the refresh restarts it.
+    scenario.plane.lock().await.simulate_nodes(1, &[]).await?;
+    let client = scenario.client.clone();
+    let instances = scenario.plane.lock().await.instance_clients().await?;
+    let workload = scenario
+        .apiserver_workload
+        .clone()
+        .context("the scenario has an API server workload")?;
+    let rotations: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut pod = web_pod_running(&client).await?;
+    assert_eq!(
+        container_args(&client, NAMESPACE, &workload).await?,
+        std::iter::once(format!("--service-account-issuer={A}"))
+            .chain(UNRELATED_ARGS.iter().map(|a| (*a).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    eprintln!("cluster ready in {:.1?}", clock.elapsed());
+
+    // 1. A -> B, the key kept.
+    let early = scenario.bound_token().await?;
+    assert_eq!(token_issuer(&early)?, A);
+    assert_eq!(token_audiences(&early)?, [A], "the default audience is A");
+    let to_b = issuer_rotation(1, A, B, false)?;
+    let expected = wait_lines(&to_b);
+    assert_eq!(expected, issuer_lines(A, B), "the core's lines are SPEC's");
+    assert_eq!(expected[4], COMPLETED_B);
+    let history = WebHistory::start(&client).await?;
+    let replica_sets = web_replica_sets(&client).await?;
+    let confirmations = Confirmations {
+        client: client.clone(),
+        instances: instances.clone(),
+        from: A,
+        to: B,
+        old_key: scenario.first_key.clone(),
+        new_version: KeyVersion::FIRST,
+        early: early.clone(),
+    };
+    let (output, elapsed, followed) = rotate_and_follow(
+        scenario.ksa_command(&[
+            "update",
+            "credentials",
+            "ksa-issuer",
+            "rotate",
+            "--issuer",
+            B,
+            "--skip-prompt",
+            "--wait",
+            "--timeout",
+            "10m",
+        ])?,
+        &client,
+        &to_b,
+        confirmations,
+        || async {
+            // A rotation of either kind while this one runs: exit 3, the
+            // rotation's spec untouched (its status moves on meanwhile).
+            let spec_before = rotations.get(CLUSTER).await?;
+            for args in [
+                &[
+                    "update",
+                    "credentials",
+                    "ksa-issuer",
+                    "rotate",
+                    "--issuer",
+                    C,
+                    "--skip-prompt",
+                ][..],
+                &[
+                    "update",
+                    "credentials",
+                    "ksa-signing-key",
+                    "rotate",
+                    "--skip-prompt",
+                ],
+                &[
+                    "update",
+                    "credentials",
+                    "ksa-signing-key",
+                    "rotate",
+                    "--issuer",
+                    C,
+                    "--skip-prompt",
+                ],
+            ] {
+                let output = refused(&scenario, args).await?;
+                eprintln!(
+                    "while A -> B runs, {args:?}: exit {:?}: {}",
+                    output.status.code(),
+                    stderr(&output).trim()
+                );
+                assert_eq!(
+                    output.status.code(),
+                    Some(3),
+                    "{args:?}: {}",
+                    stderr(&output)
+                );
+                assert!(
+                    stderr(&output).contains("already in progress"),
+                    "{}",
+                    stderr(&output)
+                );
+            }
+            let spec_after = retrying("the rotation resource", || async {
+                Ok(rotations.get(CLUSTER).await?)
+            })
+            .await?;
+            assert_eq!(
+                spec_after.spec, spec_before.spec,
+                "a refused rotate changed the spec"
+            );
+            assert_eq!(
+                spec_after.metadata.generation,
+                spec_before.metadata.generation
+            );
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| scenario.installation.controller_log())?;
+    eprintln!("A -> B: ksa-issuer rotate --wait took {elapsed:.1?}");
+    followed.print("A -> B");
+    check_wait_output(&output, &expected, "A -> B");
+    assert_eq!(
+        followed.checked.len(),
+        3,
+        "Trust, Sign and Retire were each checked"
+    );
+
+    // After: A is retired everywhere, tokens of the default audience keep
+    // it, legacy tokens are untouched, the args kept every other byte.
+    let key = &scenario.first_key;
+    let minted_a = mint_token(&client, APPS, APP, A, &[A], key).await?;
+    ensure_all(
+        &verdicts(&instances, &minted_a).await?,
+        &false,
+        "a token of A no pod holds",
+    )?;
+    ensure_all(
+        &verdicts(&instances, &early).await?,
+        &false,
+        "the token taken before",
+    )?;
+    let fresh = scenario.bound_token().await?;
+    assert_eq!(token_issuer(&fresh)?, B);
+    assert_eq!(
+        token_audiences(&fresh)?,
+        [A],
+        "the default audience stayed A"
+    );
+    ensure_all(&verdicts(&instances, &fresh).await?, &true, "a fresh token")?;
+    let legacy = scenario.legacy_token().await?;
+    ensure_all(
+        &verdicts(&instances, &legacy).await?,
+        &true,
+        "the legacy token",
+    )?;
+    assert_eq!(
+        container_args(&client, NAMESPACE, &workload).await?,
+        args_signing(B)
+    );
+    let status =
+        run(scenario.ksa_command(&["update", "credentials", "ksa-issuer", "status"])?).await?;
+    assert_eq!(stdout_lines(&status), [COMPLETED_B], "{}", stderr(&status));
+    let json = run(scenario.ksa_command(&[
+        "update",
+        "credentials",
+        "ksa-issuer",
+        "status",
+        "-o",
+        "json",
+    ])?)
+    .await?;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout)
+        .with_context(|| format!("ksa-issuer status -o json: {}", stderr(&json)))?;
+    assert_eq!(json["step"], "Completed", "{json:#}");
+    assert_eq!(json["issuer"], B, "{json:#}");
+    assert_eq!(json["targetIssuer"], B, "{json:#}");
+    assert_eq!(json["signingIssuer"], B, "{json:#}");
+    assert_eq!(json["tokenIssuer"], B, "{json:#}");
+    assert_eq!(json["acceptedIssuers"], serde_json::json!([B]), "{json:#}");
+    assert_eq!(json["statusLine"], COMPLETED_B, "{json:#}");
+    assert_eq!(json["condition"]["type"], "KSAIssuerRotation", "{json:#}");
+    assert_eq!(json["condition"]["status"], "True", "{json:#}");
+    assert_eq!(
+        json["condition"]["reason"], "KSAIssuerRotationCompleted",
+        "{json:#}"
+    );
+    let key_status =
+        run(scenario.ksa_command(&["update", "credentials", "ksa-signing-key", "status"])?).await?;
+    assert_eq!(
+        stdout_lines(&key_status),
+        [key_line(1, true, 1, 1, &[1])],
+        "the key stayed 1"
+    );
+    pod = check_one_refresh(
+        &client,
+        &history,
+        replica_sets,
+        &pod,
+        |marker| marker.starts_with("1@"),
+        "A -> B",
+    )
+    .await?;
+    drop(history);
+    scenario.check_roll_outs().await?;
+    let stats = scenario.prober.stats().await;
+    eprintln!("A -> B: prober: {stats:?}");
+    assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+
+    // Refused with nothing changed: a URL that cannot be an issuer, the
+    // issuer the cluster signs with.
+    let before = untouched(&client, &workload).await?;
+    for url in [
+        "http://issuer-c.example",
+        "https://",
+        "https://issuer-c.example/?cluster=1",
+        "https://issuer-c.example/#cluster",
+        "https://user:secret@issuer-c.example",
+        "issuer-c.example",
+    ] {
+        for command in ["ksa-issuer", "ksa-signing-key"] {
+            let output = refused(
+                &scenario,
+                &[
+                    "update",
+                    "credentials",
+                    command,
+                    "rotate",
+                    "--issuer",
+                    url,
+                    "--skip-prompt",
+                ],
+            )
+            .await?;
+            eprintln!(
+                "{command} rotate --issuer {url}: exit {:?}: {}",
+                output.status.code(),
+                stderr(&output).trim()
+            );
+            assert_eq!(output.status.code(), Some(2), "{url}: {}", stderr(&output));
+            assert!(
+                stderr(&output).contains("--issuer"),
+                "{url}: {}",
+                stderr(&output)
+            );
+        }
+    }
+    // Before anything is read: with no config or cluster at all.
+    let output = run({
+        let mut command = std::process::Command::new(ksa_binary("ksa")?);
+        command.args([
+            "update",
+            "credentials",
+            "ksa-issuer",
+            "rotate",
+            "--issuer",
+            "http://issuer-c.example",
+            "--skip-prompt",
+            "--config",
+            "/nonexistent/user-cluster.yaml",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ]);
+        command
+    })
+    .await?;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--issuer") && !stderr(&output).contains("nonexistent"),
+        "{}",
+        stderr(&output)
+    );
+    for command in ["ksa-issuer", "ksa-signing-key"] {
+        let output = refused(
+            &scenario,
+            &[
+                "update",
+                "credentials",
+                command,
+                "rotate",
+                "--issuer",
+                B,
+                "--skip-prompt",
+            ],
+        )
+        .await?;
+        eprintln!(
+            "{command} rotate --issuer B (signing already): exit {:?}: {}",
+            output.status.code(),
+            stderr(&output).trim()
+        );
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("already signs with issuer {B}")),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        untouched(&client, &workload).await?,
+        before,
+        "a refused rotate changed something"
+    );
+
+    // 2. B -> C and key 1 -> 2 together: one Trust, one Sign, one refresh,
+    // one Retire for both.
+    let early = scenario.bound_token().await?;
+    assert_eq!(token_issuer(&early)?, B);
+    let to_c = issuer_rotation(2, B, C, true)?;
+    let expected = wait_lines(&to_c);
+    assert_eq!(
+        expected,
+        interleaved(&key_lines(1), &issuer_lines(B, C)),
+        "the core's lines are SPEC's"
+    );
+    let history = WebHistory::start(&client).await?;
+    let replica_sets = web_replica_sets(&client).await?;
+    let confirmations = Confirmations {
+        client: client.clone(),
+        instances: instances.clone(),
+        from: B,
+        to: C,
+        old_key: scenario.first_key.clone(),
+        new_version: KeyVersion::new(2),
+        early: early.clone(),
+    };
+    let (output, elapsed, followed) = rotate_and_follow(
+        scenario.ksa_command(&[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "rotate",
+            "--issuer",
+            C,
+            "--skip-prompt",
+            "--wait",
+            "--timeout",
+            "10m",
+        ])?,
+        &client,
+        &to_c,
+        confirmations,
+        || async { Ok(()) },
+    )
+    .await
+    .with_context(|| scenario.installation.controller_log())?;
+    eprintln!("B -> C with key 2: ksa-signing-key rotate --issuer --wait took {elapsed:.1?}");
+    followed.print("B -> C with key 2");
+    check_wait_output(&output, &expected, "B -> C with key 2");
+    assert_eq!(
+        followed.checked.len(),
+        3,
+        "Trust, Sign and Retire were each checked"
+    );
+    check_one_refresh(
+        &client,
+        &history,
+        replica_sets,
+        &pod,
+        |marker| marker == "2",
+        "B -> C with key 2",
+    )
+    .await?;
+    drop(history);
+    let second = KeyStore::new(client.clone(), NAMESPACE, CLUSTER)
+        .private_key(KeyVersion::new(2))
+        .await?;
+    let kid2 = second.kid().as_str().to_owned();
+    assert_eq!(
+        served_kids(&instances).await?,
+        vec![vec![kid2.clone()]; HA_INSTANCES]
+    );
+    for instance in &instances {
+        let jwt = request_token(&instance.client, APPS, APP, Vec::new(), 3600).await?;
+        let decoded = ksa_core::token::decode(&jwt)?;
+        assert_eq!(
+            decoded.header.kid.as_deref(),
+            Some(kid2.as_str()),
+            "{}",
+            instance.url
+        );
+        assert_eq!(decoded.claims.iss.as_deref(), Some(C), "{}", instance.url);
+    }
+    let legacy = scenario.legacy_token().await?;
+    assert_eq!(
+        ksa_core::token::decode(&legacy)?.header.kid.as_deref(),
+        Some(kid2.as_str())
+    );
+    ensure_all(
+        &verdicts(&instances, &legacy).await?,
+        &true,
+        "the re-minted legacy token",
+    )?;
+    assert_eq!(
+        container_args(&client, NAMESPACE, &workload).await?,
+        args_signing(C)
+    );
+    let status =
+        run(scenario.ksa_command(&["update", "credentials", "ksa-issuer", "status"])?).await?;
+    assert_eq!(stdout_lines(&status), [issuer_lines(B, C)[4].clone()]);
+    let status =
+        run(scenario.ksa_command(&["update", "credentials", "ksa-signing-key", "status"])?).await?;
+    assert_eq!(stdout_lines(&status), [key_lines(1)[4].clone()]);
+
+    let asks = scenario.check_roll_outs().await?;
+    eprintln!("roll-outs: {asks} asks of the instances");
+    let stats = scenario.prober.stats().await;
+    eprintln!("B -> C with key 2: prober: {stats:?}");
+    assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+    assert!(
+        stats.reviews > 100,
+        "the prober reviewed too little to mean anything: {stats:?}"
+    );
+    eprintln!("the test took {:.1?}", clock.elapsed());
     Ok(())
 }
