@@ -32,12 +32,13 @@ use ksa_tests::issuer::{
     discovery_issuers, issued_issuers, issuer_lines, issuer_rotation, key_line, key_lines,
     mint_token, retrying, token_audiences, token_issuer, verdicts, wait_lines,
 };
+use ksa_tests::kubelet::{StaticPods, kubeadm_manifests};
 use ksa_tests::netns::{self, Netns};
-use ksa_tests::scenario::{APISERVER_DEPLOYMENT, CLUSTER, NAMESPACE, Scenario};
+use ksa_tests::scenario::{APISERVER_DEPLOYMENT, CLUSTER, NAMESPACE, Scenario, create_workload};
 use ksa_tests::signer::{SignerProcess, write_key_dir};
 use ksa_tests::{
     ApiServerKeys, ApiServerWorkload, ControlPlane, HA_INSTANCES, HostedApiServer, ISSUER,
-    InstanceClient, ProbeTarget, Prober, RotationSource, ksa_binary,
+    Installation, InstanceClient, ProbeTarget, Prober, RotationSource, ksa_binary, write_private,
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
@@ -574,12 +575,16 @@ impl Confirmations {
     }
 }
 
+/// Steps seen, in order, each with when it was entered
+/// (`stepStartedAt`).
+type StepsSeen = Vec<(Step, Option<jiff::Timestamp>)>;
+
 /// What the test saw of a rotation while the CLI ran it.
 #[derive(Debug, Default)]
 struct Followed {
     /// Each step seen, in order, with when the controller entered it
     /// (`status.stepStartedAt`).
-    steps: Vec<(Step, Option<jiff::Timestamp>)>,
+    steps: StepsSeen,
     started_at: Option<jiff::Timestamp>,
     completed_at: Option<jiff::Timestamp>,
     /// Each confirmation checked on every instance.
@@ -1384,6 +1389,495 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         stats.reviews > 100,
         "the prober reviewed too little to mean anything: {stats:?}"
     );
+    eprintln!("the test took {:.1?}", clock.elapsed());
+    Ok(())
+}
+
+/// The issuer state a kubeadm control plane's `ksa-rotation.json` records.
+fn state_file(pki: &Path) -> Option<RotationState> {
+    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
+}
+
+/// `ksa update credentials ksa-issuer ARGS --pki-dir ...` (and, to rotate,
+/// the manifests, the kubeconfig and --skip-prompt).
+fn kubeadm_issuer(
+    args: &[&str],
+    pki: &Path,
+    manifests: &Path,
+    kubeconfig: &Path,
+) -> Result<std::process::Command> {
+    let mut command = std::process::Command::new(ksa_binary("ksa")?);
+    command
+        .args(["update", "credentials", "ksa-issuer"])
+        .args(args)
+        .arg("--pki-dir")
+        .arg(pki);
+    if args.first() == Some(&"rotate") {
+        command
+            .arg("--manifests-dir")
+            .arg(manifests)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--skip-prompt");
+    }
+    Ok(command)
+}
+
+/// Records each step the state file goes through, with its
+/// `stepStartedAt`; stops when dropped.
+struct StateFileSteps {
+    steps: Arc<Mutex<StepsSeen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StateFileSteps {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StateFileSteps {
+    fn spawn(pki: &Path) -> StateFileSteps {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let (shared, pki) = (steps.clone(), pki.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(state) = state_file(&pki).filter(|s| s.issuer().is_some()) {
+                    let mut steps = shared.lock().await;
+                    let entry = (state.step(), state.step_started_at());
+                    if steps.last() != Some(&entry) {
+                        steps.push(entry);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        StateFileSteps { steps, task }
+    }
+
+    async fn followed(&self, completed_at: Option<jiff::Timestamp>) -> Followed {
+        let steps = self.steps.lock().await.clone();
+        Followed {
+            started_at: steps.first().and_then(|(_, at)| *at),
+            steps,
+            completed_at,
+            checked: Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_resumes_after_sigkill()
+-> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
+    let clock = Instant::now();
+    let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let mut plane = ControlPlane::start_ha(ApiServerKeys::single(first.clone())).await?;
+    plane.start_controller_manager()?;
+    let client = plane.client().await?;
+    let instances = plane.instance_clients().await?;
+    let kubeconfig = plane.kubeconfig_path();
+    let root = plane.dir().join("etc-kubernetes");
+    let (pki, manifests_dir) = (root.join("pki"), root.join("manifests"));
+    std::fs::create_dir_all(&pki)?;
+    std::fs::create_dir_all(&manifests_dir)?;
+    write_private(&pki.join("sa.key"), first.to_pem().as_bytes())?;
+    std::fs::write(pki.join("sa.pub"), public_keys_to_pem([first.public_key()]))?;
+    let (apiserver, controller_manager) = kubeadm_manifests(&pki);
+    std::fs::write(manifests_dir.join("kube-apiserver.yaml"), &apiserver)?;
+    std::fs::write(
+        manifests_dir.join("kube-controller-manager.yaml"),
+        &controller_manager,
+    )?;
+    create_workload(&client).await?;
+    let plane = Arc::new(Mutex::new(plane));
+    let _kubelet = StaticPods::spawn(plane.clone(), &manifests_dir);
+    let prober = Prober::spawn(
+        client.clone(),
+        instances.clone(),
+        ProbeTarget {
+            namespace: APPS.into(),
+            service_account: APP.into(),
+            legacy_secret: "app-token".into(),
+            rotation: RotationSource::StateFile {
+                pki_dir: pki.clone(),
+            },
+        },
+    );
+    let early = request_token(&client, APPS, APP, Vec::new(), 3600).await?;
+    assert_eq!(token_issuer(&early)?, A);
+    let steps = StateFileSteps::spawn(&pki);
+    eprintln!("control plane ready in {:.1?}", clock.elapsed());
+
+    // Without --wait, again and again, as the CLI says to; every run that
+    // sees a step begin (the state file moves) is SIGKILLed at once, the
+    // first three times: the next run resumes.
+    let started = Instant::now();
+    let (mut runs, mut kills) = (0, 0);
+    let mut printed: Vec<String> = Vec::new();
+    while !state_file(&pki).is_some_and(|s| s.is_completed() && s.issuer().is_some()) {
+        ensure!(
+            runs < 80 && started.elapsed() < ROTATION_TIMEOUT,
+            "not completed after {runs} runs: {:?}",
+            state_file(&pki)
+        );
+        runs += 1;
+        let before = state_file(&pki).map(|s| s.step());
+        let mut child = tokio::process::Command::from(kubeadm_issuer(
+            &["rotate", "--issuer", B],
+            &pki,
+            &manifests_dir,
+            &kubeconfig,
+        )?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+        let mut killed_at = None;
+        while child.try_wait()?.is_none() {
+            let now = state_file(&pki).map(|s| s.step());
+            if kills < 3 && runs > 1 && now != before {
+                child.start_kill()?;
+                killed_at = now;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let output = child.wait_with_output().await?;
+        match killed_at {
+            Some(step) => {
+                kills += 1;
+                eprintln!(
+                    "run {runs}: SIGKILLed as step {step} began ({:?})",
+                    output.status
+                );
+            }
+            None => {
+                eprintln!(
+                    "run {runs}: exit {:?}, at {:?}\n{}",
+                    output.status.code(),
+                    state_file(&pki).map(|s| s.step()),
+                    stderr(&output).trim()
+                );
+                assert_eq!(
+                    output.status.code(),
+                    Some(0),
+                    "run {runs}: {}",
+                    stderr(&output)
+                );
+            }
+        }
+        printed.extend(stdout_lines(&output));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let state = state_file(&pki).context("the state file")?;
+    let followed = steps.followed(state.completed_at()).await;
+    drop(steps);
+    eprintln!("kubeadm A -> B: {runs} runs, {kills} SIGKILLed, {elapsed:.1?}");
+    followed.print("kubeadm A -> B");
+    assert!(kills >= 1, "no run was killed mid-step");
+
+    // What the runs printed: the issuer line of every step, in order (a
+    // run prints where it stands when it starts, so lines repeat across
+    // runs); the key line, if any, only ever key 1's.
+    let mut issuer_printed: Vec<String> = Vec::new();
+    for line in &printed {
+        if line.starts_with("State of KSAIssuerRotation") && issuer_printed.last() != Some(line) {
+            issuer_printed.push(line.clone());
+        }
+    }
+    eprintln!("kubeadm A -> B: the runs printed (repeats across runs dropped):");
+    for line in &issuer_printed {
+        eprintln!("  {line}");
+    }
+    assert_eq!(issuer_printed, issuer_lines(A, B));
+    let others: BTreeSet<&String> = printed
+        .iter()
+        .filter(|l| !l.starts_with("State of KSAIssuerRotation"))
+        .collect();
+    eprintln!("kubeadm A -> B: other lines printed: {others:?}");
+    assert!(
+        others.iter().all(|l| **l == key_line(1, true, 1, 1, &[1])),
+        "the key stayed at version 1: {others:?}"
+    );
+    let status = run(kubeadm_issuer(
+        &["status"],
+        &pki,
+        &manifests_dir,
+        &kubeconfig,
+    )?)
+    .await?;
+    assert_eq!(stdout_lines(&status), [COMPLETED_B], "{}", stderr(&status));
+
+    // The manifest: the issuer line now B, the default audience pinned to
+    // A after it; every other byte as kubeadm wrote it.
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-apiserver.yaml"))?;
+    let issuer_line = format!("    - --service-account-issuer={A}\n");
+    assert!(apiserver.contains(&issuer_line));
+    let expected = apiserver.replace(
+        &issuer_line,
+        &format!("    - --service-account-issuer={B}\n    - --api-audiences={A}\n"),
+    );
+    assert_eq!(edited, expected, "only the issuer lines changed");
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-controller-manager.yaml"))?;
+    assert_eq!(
+        edited, controller_manager,
+        "an issuer rotation leaves kube-controller-manager's manifest alone"
+    );
+    assert_eq!(
+        std::fs::read(pki.join("sa.key"))?,
+        first.to_pem().as_bytes(),
+        "the key stayed"
+    );
+
+    // The instances: A retired, B signs, the default audience stayed.
+    ensure_all(
+        &verdicts(&instances, &early).await?,
+        &false,
+        "the token taken before",
+    )?;
+    let minted_a = mint_token(&client, APPS, APP, A, &[A], &first).await?;
+    ensure_all(
+        &verdicts(&instances, &minted_a).await?,
+        &false,
+        "a token of A",
+    )?;
+    let minted_b = mint_token(&client, APPS, APP, B, &[A], &first).await?;
+    ensure_all(
+        &verdicts(&instances, &minted_b).await?,
+        &true,
+        "a token of B",
+    )?;
+    ensure_all(
+        &issued_issuers(&instances, APPS, APP).await?,
+        &B.to_owned(),
+        "fresh tokens",
+    )?;
+    ensure_all(
+        &discovery_issuers(&instances).await?,
+        &B.to_owned(),
+        "discovery",
+    )?;
+    let fresh = request_token(&client, APPS, APP, Vec::new(), 3600).await?;
+    assert_eq!(
+        token_audiences(&fresh)?,
+        [A],
+        "the default audience stayed A"
+    );
+    let legacy = Api::<Secret>::namespaced(client.clone(), APPS)
+        .get("app-token")
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .context("the legacy token")?;
+    let legacy = String::from_utf8(legacy.0)?;
+    ensure_all(
+        &verdicts(&instances, &legacy).await?,
+        &true,
+        "the legacy token",
+    )?;
+
+    let stats = prober.stats().await;
+    eprintln!("kubeadm A -> B: prober: {stats:?}");
+    assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+    assert!(
+        stats.reviews > 100,
+        "the prober reviewed too little: {stats:?}"
+    );
+    let plane = plane.lock().await;
+    assert_eq!(
+        plane.roll_log().check()?,
+        3 * HA_INSTANCES,
+        "three issuer flag roll-outs (Trust, Sign, Retire), each to every instance"
+    );
+    assert_eq!(plane.apiserver_starts, 4, "the start and three roll-outs");
+    eprintln!("the test took {:.1?}", clock.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart_for_keys()
+-> Result<()> {
+    if let Netns::Ran(outcome) = netns::enter()? {
+        return outcome;
+    }
+    let clock = Instant::now();
+    // The signer serves the key from a directory: the instances sign
+    // through it and have no key file. (It cannot follow the key Secret of
+    // the cluster it signs for: that cluster needs it to start. An issuer
+    // rotation changes no key, so nothing has to follow anything.)
+    let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let keys_dir = tempfile::tempdir()?;
+    write_key_dir(keys_dir.path(), &first, &[&first])?;
+    let socket = keys_dir.path().join("signer.sock");
+    let _signer = SignerProcess::from_dir(
+        &socket,
+        keys_dir.path(),
+        &keys_dir.path().join("signer.log"),
+    )?;
+    let mut plane = ControlPlane::start_ha_with_external_signer(&socket).await?;
+    // kube-controller-manager signs legacy tokens with a copy of the key.
+    write_private(&plane.dir().join("sa.key"), first.to_pem().as_bytes())?;
+    plane.start_controller_manager()?;
+    let client = plane.client().await?;
+    let instances = plane.instance_clients().await?;
+    let kubeconfig = plane.kubeconfig_path();
+    let mut installation =
+        Installation::install(&client, NAMESPACE, CLUSTER, &first, plane.dir()).await?;
+    installation.start_controller(&plane.controller_kubeconfig_path())?;
+    let config = plane.dir().join("user-cluster.yaml");
+    std::fs::write(&config, user_cluster_config(Some("external-signer")))?;
+    create_workload(&client).await?;
+    let workload = ApiServerWorkload::deployment(APISERVER_DEPLOYMENT);
+    create_apiserver_deployment(&client, NAMESPACE, CLUSTER, &workload).await?;
+    let plane = Arc::new(Mutex::new(plane));
+    let _hosted = HostedApiServer::spawn_issuer_flags(
+        plane.clone(),
+        client.clone(),
+        NAMESPACE,
+        workload.clone(),
+    );
+    let prober = Prober::spawn(
+        client.clone(),
+        instances.clone(),
+        ProbeTarget {
+            namespace: APPS.into(),
+            service_account: APP.into(),
+            legacy_secret: "app-token".into(),
+            rotation: RotationSource::Resource {
+                namespace: NAMESPACE.into(),
+                name: CLUSTER.into(),
+            },
+        },
+    );
+    let kid = first.kid().as_str().to_owned();
+    assert_eq!(
+        served_kids(&instances).await?,
+        vec![vec![kid.clone()]; HA_INSTANCES]
+    );
+    let early = request_token(&client, APPS, APP, Vec::new(), 3600).await?;
+    assert_eq!(token_issuer(&early)?, A);
+    eprintln!("cluster ready in {:.1?}", clock.elapsed());
+
+    let to_b = issuer_rotation(1, A, B, false)?;
+    let confirmations = Confirmations {
+        client: client.clone(),
+        instances: instances.clone(),
+        from: A,
+        to: B,
+        old_key: first.clone(),
+        new_version: KeyVersion::FIRST,
+        early: early.clone(),
+    };
+    let mut command = std::process::Command::new(ksa_binary("ksa")?);
+    command
+        .args([
+            "update",
+            "credentials",
+            "ksa-issuer",
+            "rotate",
+            "--issuer",
+            B,
+            "--skip-prompt",
+            "--wait",
+            "--timeout",
+            "10m",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig);
+    let (output, elapsed, followed) =
+        rotate_and_follow(command, &client, &to_b, confirmations, || async { Ok(()) })
+            .await
+            .with_context(|| installation.controller_log())?;
+    eprintln!("signer A -> B: ksa-issuer rotate --wait took {elapsed:.1?}");
+    followed.print("signer A -> B");
+    check_wait_output(&output, &issuer_lines(A, B), "signer A -> B");
+    assert_eq!(
+        followed.checked.len(),
+        3,
+        "Trust, Sign and Retire were each checked"
+    );
+
+    // The issuer flags changed as on a hosted control plane; no key did:
+    // the instances still sign through the signer with its one key, and
+    // the workload was never restarted for a key set.
+    let args = container_args(&client, NAMESPACE, &workload).await?;
+    assert_eq!(args, args_signing(B));
+    let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .get(APISERVER_DEPLOYMENT)
+        .await?;
+    let annotations = deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    assert!(
+        !annotations.contains_key("ksa.dev/key-set"),
+        "the workload was restarted for a key set: {annotations:?}"
+    );
+    assert_eq!(
+        served_kids(&instances).await?,
+        vec![vec![kid.clone()]; HA_INSTANCES]
+    );
+    for instance in &instances {
+        let jwt = request_token(&instance.client, APPS, APP, Vec::new(), 3600).await?;
+        let decoded = ksa_core::token::decode(&jwt)?;
+        assert_eq!(
+            decoded.header.kid.as_deref(),
+            Some(kid.as_str()),
+            "{}",
+            instance.url
+        );
+        assert_eq!(decoded.claims.iss.as_deref(), Some(B), "{}", instance.url);
+    }
+    let minted_a = mint_token(&client, APPS, APP, A, &[A], &first).await?;
+    ensure_all(
+        &verdicts(&instances, &minted_a).await?,
+        &false,
+        "a token of A",
+    )?;
+    let legacy = Api::<Secret>::namespaced(client.clone(), APPS)
+        .get("app-token")
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .context("the legacy token")?;
+    let legacy = String::from_utf8(legacy.0)?;
+    ensure_all(
+        &verdicts(&instances, &legacy).await?,
+        &true,
+        "the legacy token",
+    )?;
+    let mut status = std::process::Command::new(ksa_binary("ksa")?);
+    status
+        .args(["update", "credentials", "ksa-issuer", "status", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig);
+    let status = run(status).await?;
+    assert_eq!(stdout_lines(&status), [COMPLETED_B], "{}", stderr(&status));
+
+    let stats = prober.stats().await;
+    eprintln!("signer A -> B: prober: {stats:?}");
+    assert_eq!(stats.wrongly_rejected, Vec::<String>::new());
+    assert!(
+        stats.reviews > 100,
+        "the prober reviewed too little: {stats:?}"
+    );
+    let plane = plane.lock().await;
+    assert!(plane.keys().is_none(), "the instances have no key file");
+    assert_eq!(
+        plane.roll_log().check()?,
+        3 * HA_INSTANCES,
+        "three issuer flag roll-outs (Trust, Sign, Retire), each to every instance, none for keys"
+    );
+    assert_eq!(plane.apiserver_starts, 4, "the start and three roll-outs");
     eprintln!("the test took {:.1?}", clock.elapsed());
     Ok(())
 }
