@@ -32,13 +32,14 @@ use ksa_tests::issuer::{
     discovery_issuers, issued_issuers, issuer_lines, issuer_rotation, key_line, key_lines,
     mint_token, retrying, token_audiences, token_issuer, verdicts, wait_lines,
 };
-use ksa_tests::kubelet::{StaticPods, kubeadm_manifests};
+use ksa_tests::kubelet::{StaticPods, kubeadm_manifests, manifest_issuer_flags};
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APISERVER_DEPLOYMENT, CLUSTER, NAMESPACE, Scenario, create_workload};
 use ksa_tests::signer::{SignerProcess, write_key_dir};
 use ksa_tests::{
     ApiServerKeys, ApiServerWorkload, ControlPlane, HA_INSTANCES, HostedApiServer, ISSUER,
-    Installation, InstanceClient, ProbeTarget, Prober, RotationSource, ksa_binary, write_private,
+    Installation, InstanceClient, IssuerFlags, ProbeTarget, Prober, RotationSource, ksa_binary,
+    write_private,
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::Mutex;
@@ -1613,20 +1614,15 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
     .await?;
     assert_eq!(stdout_lines(&status), [COMPLETED_B], "{}", stderr(&status));
 
-    // The manifest: the issuer line now B, the default audience pinned to
-    // A after it; every other byte as kubeadm wrote it.
+    // The manifest's issuer flags: B alone, the default audience pinned
+    // to A (the bytes of the rest are checked last).
     let edited = std::fs::read_to_string(manifests_dir.join("kube-apiserver.yaml"))?;
-    let issuer_line = format!("    - --service-account-issuer={A}\n");
-    assert!(apiserver.contains(&issuer_line));
-    let expected = apiserver.replace(
-        &issuer_line,
-        &format!("    - --service-account-issuer={B}\n    - --api-audiences={A}\n"),
-    );
-    assert_eq!(edited, expected, "only the issuer lines changed");
-    let edited = std::fs::read_to_string(manifests_dir.join("kube-controller-manager.yaml"))?;
     assert_eq!(
-        edited, controller_manager,
-        "an issuer rotation leaves kube-controller-manager's manifest alone"
+        manifest_issuer_flags(&edited),
+        Some(IssuerFlags {
+            issuers: vec![B.to_owned()],
+            api_audiences: Some(A.to_owned()),
+        })
     );
     assert_eq!(
         std::fs::read(pki.join("sa.key"))?,
@@ -1695,8 +1691,50 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
         "three issuer flag roll-outs (Trust, Sign, Retire), each to every instance"
     );
     assert_eq!(plane.apiserver_starts, 4, "the start and three roll-outs");
+    drop(plane);
+
+    // Last, every byte of the manifests: the issuer line now B with the
+    // default audience pinned to A after it, everything else as kubeadm
+    // wrote it (README: "On kubeadm, the --service-account-issuer lines of
+    // kube-apiserver.yaml, one per accepted issuer, every other byte
+    // kept"); kube-controller-manager's manifest untouched (kubelet would
+    // restart it for nothing).
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-apiserver.yaml"))?;
+    let issuer_line = format!("    - --service-account-issuer={A}\n");
+    assert!(apiserver.contains(&issuer_line));
+    let expected = apiserver.replace(
+        &issuer_line,
+        &format!("    - --service-account-issuer={B}\n    - --api-audiences={A}\n"),
+    );
+    assert!(
+        edited == expected,
+        "kube-apiserver.yaml changed beyond its issuer lines:\n{}",
+        line_diff(&expected, &edited)
+    );
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-controller-manager.yaml"))?;
+    assert!(
+        edited == controller_manager,
+        "an issuer rotation changed kube-controller-manager.yaml:\n{}",
+        line_diff(&controller_manager, &edited)
+    );
     eprintln!("the test took {:.1?}", clock.elapsed());
     Ok(())
+}
+
+/// The lines of `expected` and `got` that differ, in order, each marked
+/// `-` (expected) or `+` (got).
+fn line_diff(expected: &str, got: &str) -> String {
+    let (expected, got): (Vec<&str>, Vec<&str>) =
+        (expected.lines().collect(), got.lines().collect());
+    let mut out = Vec::new();
+    for index in 0..expected.len().max(got.len()) {
+        let (want, have) = (expected.get(index), got.get(index));
+        if want != have {
+            out.extend(want.map(|l| format!("- {l}")));
+            out.extend(have.map(|l| format!("+ {l}")));
+        }
+    }
+    out.join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
