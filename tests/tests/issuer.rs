@@ -446,7 +446,7 @@ fn stderr(output: &Output) -> String {
 
 /// A user cluster config naming the API server workload (and the roll-out
 /// kind, when given), as a hosted control plane's operator writes it.
-fn user_cluster_config(rollout: Option<&str>) -> String {
+fn user_cluster_config(rollout: Option<&str>, trust_lead_seconds: u64) -> String {
     let mut text = format!(
         "apiVersion: v1\nkind: UserCluster\nname: {CLUSTER}\ngkeOnPremVersion: 1.16.0-gke.669\n\
          enableAdvancedCluster: false\nksaSigningKeyRotation:\n  apiServerWorkload: \
@@ -455,8 +455,14 @@ fn user_cluster_config(rollout: Option<&str>) -> String {
     if let Some(rollout) = rollout {
         text.push_str(&format!("  rollout: {rollout}\n"));
     }
+    text.push_str(&format!("  trustLeadTimeSeconds: {trust_lead_seconds}\n"));
     text
 }
+
+/// The hosted test's `trustLeadTimeSeconds`: Sign waits that long after
+/// every instance was seen to accept the new issuer (and key), for outside
+/// verifiers to fetch B's discovery document.
+const TRUST_LEAD: Duration = Duration::from_secs(5);
 
 /// The API server container's args after a rotation to `issuer`: the
 /// issuer flag where it stood, the default audience pinned to A after it
@@ -588,6 +594,9 @@ struct Followed {
     steps: StepsSeen,
     started_at: Option<jiff::Timestamp>,
     completed_at: Option<jiff::Timestamp>,
+    /// When every instance was first seen to accept the new issuer (and
+    /// key) at Trust (`status.confirmedAt`), as last seen at Trust.
+    trust_confirmed_at: Option<jiff::Timestamp>,
     /// Each confirmation checked on every instance.
     checked: Vec<String>,
 }
@@ -611,6 +620,28 @@ impl Followed {
             parts.push(format!("in all {seconds:.1} s"));
         }
         parts.join(", ")
+    }
+
+    /// Checks that Sign began no sooner than `lead` after every instance
+    /// was seen to accept at Trust, in this rotation.
+    fn check_trust_lead(&self, lead: Duration) -> Result<()> {
+        let confirmed = self
+            .trust_confirmed_at
+            .context("status.confirmedAt was never seen at Trust")?;
+        let sign = self
+            .steps
+            .iter()
+            .find(|(step, _)| *step == Step::Sign)
+            .and_then(|(_, at)| *at)
+            .context("Sign was never seen")?;
+        let waited = sign.duration_since(confirmed).as_secs_f64();
+        eprintln!("Sign began {waited:.1} s after Trust was confirmed at {confirmed}");
+        ensure!(
+            waited >= lead.as_secs_f64(),
+            "Sign began {waited:.1} s after every instance was seen to accept at Trust ({confirmed}), \
+             before trustLeadTimeSeconds ({lead:?})"
+        );
+        Ok(())
     }
 
     fn print(&self, what: &str) {
@@ -670,6 +701,21 @@ async fn follow(
                 followed.steps.push((step, state.step_started_at()));
             }
             followed.started_at = state.started_at();
+            if step == Step::Trust
+                && let Some(confirmed) = state.confirmed_at()
+            {
+                // Confirmed in this rotation, not left from the one before.
+                ensure!(
+                    state
+                        .started_at()
+                        .is_some_and(|started| confirmed >= started),
+                    "at Trust, status.confirmedAt is {confirmed}, from before this rotation \
+                     started ({:?}): the lead time would run from a confirmation of another \
+                     rotation",
+                    state.started_at()
+                );
+                followed.trust_confirmed_at = Some(confirmed);
+            }
             for done in [Step::Trust, Step::Sign, Step::Retire] {
                 if done < step && sent.insert(done) {
                     sender.send((done, step))?;
@@ -975,7 +1021,10 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
     }
     let clock = Instant::now();
     let scenario = Scenario::start_ha_with_apiserver_workload().await?;
-    std::fs::write(&scenario.config, user_cluster_config(None))?;
+    std::fs::write(
+        &scenario.config,
+        user_cluster_config(None, TRUST_LEAD.as_secs()),
+    )?;
     // A node, so that web's pod is scheduled, runs and holds a bound
     // token: the refresh restarts it.
     scenario.plane.lock().await.simulate_nodes(1, &[]).await?;
@@ -1099,6 +1148,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
     eprintln!("A -> B: ksa-issuer rotate --wait took {elapsed:.1?}");
     followed.print("A -> B");
     check_wait_output(&output, &expected, "A -> B");
+    followed.check_trust_lead(TRUST_LEAD)?;
     assert_eq!(
         followed.checked.len(),
         3,
@@ -1326,6 +1376,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
     eprintln!("B -> C with key 2: ksa-signing-key rotate --issuer --wait took {elapsed:.1?}");
     followed.print("B -> C with key 2");
     check_wait_output(&output, &expected, "B -> C with key 2");
+    followed.check_trust_lead(TRUST_LEAD)?;
     assert_eq!(
         followed.checked.len(),
         3,
@@ -1462,6 +1513,7 @@ impl StateFileSteps {
             started_at: steps.first().and_then(|(_, at)| *at),
             steps,
             completed_at,
+            trust_confirmed_at: None,
             checked: Vec::new(),
         }
     }
@@ -1768,7 +1820,7 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
         Installation::install(&client, NAMESPACE, CLUSTER, &first, plane.dir()).await?;
     installation.start_controller(&plane.controller_kubeconfig_path())?;
     let config = plane.dir().join("user-cluster.yaml");
-    std::fs::write(&config, user_cluster_config(Some("external-signer")))?;
+    std::fs::write(&config, user_cluster_config(Some("external-signer"), 0))?;
     create_workload(&client).await?;
     let workload = ApiServerWorkload::deployment(APISERVER_DEPLOYMENT);
     create_apiserver_deployment(&client, NAMESPACE, CLUSTER, &workload).await?;
