@@ -1082,7 +1082,10 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         || async {
             // A rotation of either kind while this one runs: exit 3, the
             // rotation's spec untouched (its status moves on meanwhile).
-            let spec_before = rotations.get(CLUSTER).await?;
+            let spec_before = retrying("the rotation resource", || async {
+                Ok(rotations.get(CLUSTER).await?)
+            })
+            .await?;
             for args in [
                 &[
                     "update",
