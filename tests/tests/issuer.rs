@@ -691,9 +691,17 @@ async fn follow(
             "the rotation did not complete in {ROTATION_TIMEOUT:?}; seen: {:?}",
             followed.steps
         );
-        // The kubeconfig's instance restarts too: a failed read is retried.
-        if let Ok(Some(resource)) = api.get_opt(CLUSTER).await
-            && let Ok(state) = resource.state()
+        // The kubeconfig's instance restarts too: a failed read is retried;
+        // a status that does not load fails at once.
+        let state = match api.get_opt(CLUSTER).await {
+            Ok(Some(resource)) => Some(
+                resource
+                    .state()
+                    .with_context(|| format!("the rotation's status: {:?}", resource.status))?,
+            ),
+            _ => None,
+        };
+        if let Some(state) = state
             && rotation.same_rotation(&state)
         {
             let step = state.step();
@@ -958,17 +966,27 @@ where
     let follower = tokio::spawn(follow(client.clone(), rotation.clone(), confirmations));
     let clock = Instant::now();
     let cli = tokio::spawn(run(command));
-    // Until the controller has picked it up.
+    // Until the controller has picked it up. A status that does not load
+    // is no passing state: it fails at once.
     let api: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), NAMESPACE);
-    retrying("the rotation in progress", || async {
-        let state = api.get(CLUSTER).await?.state()?;
+    let waiting = Instant::now();
+    loop {
+        let resource = retrying("the rotation resource", || async {
+            Ok(api.get(CLUSTER).await?)
+        })
+        .await?;
+        let state = resource
+            .state()
+            .with_context(|| format!("the rotation's status: {:?}", resource.status))?;
+        if rotation.same_rotation(&state) && !state.is_completed() {
+            break;
+        }
         ensure!(
-            rotation.same_rotation(&state) && !state.is_completed(),
-            "the controller has not started the rotation yet"
+            waiting.elapsed() < Duration::from_secs(60),
+            "the controller did not start the rotation in 60 s; it stands at {state:?}"
         );
-        Ok(())
-    })
-    .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     during().await?;
     let output = cli.await??;
     let elapsed = clock.elapsed();
