@@ -419,7 +419,7 @@ const C: &str = "https://issuer-c.example";
 /// SPEC section 10's completed line of the rotation to B, written out.
 const COMPLETED_B: &str = r#"State of KSAIssuerRotation with KSAIssuer https://issuer-b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://issuer-b.example","signingIssuer":"https://issuer-b.example","acceptedIssuers":["https://issuer-b.example"]}"#;
 /// How long one rotation may take (`--timeout` and the test's own wait).
-const ROTATION_TIMEOUT: Duration = Duration::from_secs(600);
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs a command to its end without blocking the runtime: the harness's
 /// players (the roll-out, the prober) run on it meanwhile.
@@ -861,6 +861,28 @@ async fn web_replica_sets(client: &kube::Client) -> Result<usize> {
     .await
 }
 
+/// The controller's log, and whether its process still runs (a process
+/// that exited and was not reaped yet is a zombie, `Z`).
+fn controller_report(installation: &Installation) -> String {
+    let process = match installation.replica_pid(ksa_tests::FIRST_REPLICA) {
+        Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').next())
+                    .unwrap_or("?");
+                format!("pid {pid}, state {state}")
+            }
+            Err(error) => format!("pid {pid}: {error}"),
+        },
+        None => "not running".to_owned(),
+    };
+    format!(
+        "controller process: {process}\ncontroller log:\n{}",
+        installation.controller_log()
+    )
+}
+
 /// Checks that a rotation refreshed Deployment apps/web once: its restart
 /// annotation changed once, to a value `marker` accepts; one new
 /// ReplicaSet; its pod replaced once (two pods seen, the new one running).
@@ -996,8 +1018,13 @@ where
     let elapsed = clock.elapsed();
     if !output.status.success() {
         follower.abort();
+        let status = api
+            .get(CLUSTER)
+            .await
+            .map(|r| format!("{:#?}", r.status))
+            .unwrap_or_else(|e| format!("(could not read it: {e})"));
         bail!(
-            "rotate exited {:?} after {elapsed:.1?}\nstdout:\n{}\nstderr:\n{}",
+            "rotate exited {:?} after {elapsed:.1?}\nstdout:\n{}\nstderr:\n{}\nthe rotation's status now: {status}",
             output.status.code(),
             String::from_utf8_lossy(&output.stdout),
             stderr(&output)
@@ -1096,7 +1123,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
             "--skip-prompt",
             "--wait",
             "--timeout",
-            "10m",
+            "5m",
         ])?,
         &client,
         &to_b,
@@ -1169,7 +1196,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         },
     )
     .await
-    .with_context(|| scenario.installation.controller_log())?;
+    .with_context(|| controller_report(&scenario.installation))?;
     eprintln!("A -> B: ksa-issuer rotate --wait took {elapsed:.1?}");
     followed.print("A -> B");
     check_wait_output(&output, &expected, "A -> B");
@@ -1389,7 +1416,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
             "--skip-prompt",
             "--wait",
             "--timeout",
-            "10m",
+            "5m",
         ])?,
         &client,
         &to_c,
@@ -1397,7 +1424,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         || async { Ok(()) },
     )
     .await
-    .with_context(|| scenario.installation.controller_log())?;
+    .with_context(|| controller_report(&scenario.installation))?;
     eprintln!("B -> C with key 2: ksa-signing-key rotate --issuer --wait took {elapsed:.1?}");
     followed.print("B -> C with key 2");
     check_wait_output(&output, &expected, "B -> C with key 2");
@@ -1900,7 +1927,7 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
             "--skip-prompt",
             "--wait",
             "--timeout",
-            "10m",
+            "5m",
             "--config",
         ])
         .arg(&config)
@@ -1909,7 +1936,7 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
     let (output, elapsed, followed) =
         rotate_and_follow(command, &client, &to_b, confirmations, || async { Ok(()) })
             .await
-            .with_context(|| installation.controller_log())?;
+            .with_context(|| controller_report(&installation))?;
     eprintln!("signer A -> B: ksa-issuer rotate --wait took {elapsed:.1?}");
     followed.print("signer A -> B");
     check_wait_output(&output, &issuer_lines(A, B), "signer A -> B");
