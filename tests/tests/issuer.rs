@@ -477,6 +477,26 @@ fn args_signing(issuer: &str) -> Vec<String> {
     .collect()
 }
 
+/// Each instance's verdict on `token`, asked until every instance answers:
+/// when a rotation completes, the last instance of the last roll-out may
+/// still be restarting (a step is confirmed on the instances the
+/// `kubernetes` EndpointSlice lists, and one shutting down has left it).
+async fn verdicts_of(instances: &[InstanceClient], token: &str) -> Result<Vec<bool>> {
+    retrying("TokenReview", || verdicts(instances, token)).await
+}
+
+/// The `iss` of a fresh token from each instance, asked until every
+/// instance answers.
+async fn issuers_issued(instances: &[InstanceClient]) -> Result<Vec<String>> {
+    retrying("TokenRequest", || issued_issuers(instances, APPS, APP)).await
+}
+
+/// The issuer each instance's discovery document names, asked until every
+/// instance answers.
+async fn issuers_discovered(instances: &[InstanceClient]) -> Result<Vec<String>> {
+    retrying("discovery", || discovery_issuers(instances)).await
+}
+
 /// `want` from every instance, in order, `what` of it.
 fn ensure_all<T: PartialEq + std::fmt::Debug>(got: &[T], want: &T, what: &str) -> Result<()> {
     ensure!(
@@ -1212,12 +1232,12 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
     let key = &scenario.first_key;
     let minted_a = mint_token(&client, APPS, APP, A, &[A], key).await?;
     ensure_all(
-        &verdicts(&instances, &minted_a).await?,
+        &verdicts_of(&instances, &minted_a).await?,
         &false,
         "a token of A no pod holds",
     )?;
     ensure_all(
-        &verdicts(&instances, &early).await?,
+        &verdicts_of(&instances, &early).await?,
         &false,
         "the token taken before",
     )?;
@@ -1228,10 +1248,14 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         [A],
         "the default audience stayed A"
     );
-    ensure_all(&verdicts(&instances, &fresh).await?, &true, "a fresh token")?;
+    ensure_all(
+        &verdicts_of(&instances, &fresh).await?,
+        &true,
+        "a fresh token",
+    )?;
     let legacy = scenario.legacy_token().await?;
     ensure_all(
-        &verdicts(&instances, &legacy).await?,
+        &verdicts_of(&instances, &legacy).await?,
         &true,
         "the legacy token",
     )?;
@@ -1453,7 +1477,10 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         vec![vec![kid2.clone()]; HA_INSTANCES]
     );
     for instance in &instances {
-        let jwt = request_token(&instance.client, APPS, APP, Vec::new(), 3600).await?;
+        let jwt = retrying("TokenRequest", || {
+            request_token(&instance.client, APPS, APP, Vec::new(), 3600)
+        })
+        .await?;
         let decoded = ksa_core::token::decode(&jwt)?;
         assert_eq!(
             decoded.header.kid.as_deref(),
@@ -1469,7 +1496,7 @@ async fn the_controller_rotates_the_issuer_then_the_key_and_the_issuer_together(
         Some(kid2.as_str())
     );
     ensure_all(
-        &verdicts(&instances, &legacy).await?,
+        &verdicts_of(&instances, &legacy).await?,
         &true,
         "the re-minted legacy token",
     )?;
@@ -1736,29 +1763,29 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
 
     // The instances: A retired, B signs, the default audience stayed.
     ensure_all(
-        &verdicts(&instances, &early).await?,
+        &verdicts_of(&instances, &early).await?,
         &false,
         "the token taken before",
     )?;
     let minted_a = mint_token(&client, APPS, APP, A, &[A], &first).await?;
     ensure_all(
-        &verdicts(&instances, &minted_a).await?,
+        &verdicts_of(&instances, &minted_a).await?,
         &false,
         "a token of A",
     )?;
     let minted_b = mint_token(&client, APPS, APP, B, &[A], &first).await?;
     ensure_all(
-        &verdicts(&instances, &minted_b).await?,
+        &verdicts_of(&instances, &minted_b).await?,
         &true,
         "a token of B",
     )?;
     ensure_all(
-        &issued_issuers(&instances, APPS, APP).await?,
+        &issuers_issued(&instances).await?,
         &B.to_owned(),
         "fresh tokens",
     )?;
     ensure_all(
-        &discovery_issuers(&instances).await?,
+        &issuers_discovered(&instances).await?,
         &B.to_owned(),
         "discovery",
     )?;
@@ -1776,7 +1803,7 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
         .context("the legacy token")?;
     let legacy = String::from_utf8(legacy.0)?;
     ensure_all(
-        &verdicts(&instances, &legacy).await?,
+        &verdicts_of(&instances, &legacy).await?,
         &true,
         "the legacy token",
     )?;
@@ -1968,7 +1995,10 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
         vec![vec![kid.clone()]; HA_INSTANCES]
     );
     for instance in &instances {
-        let jwt = request_token(&instance.client, APPS, APP, Vec::new(), 3600).await?;
+        let jwt = retrying("TokenRequest", || {
+            request_token(&instance.client, APPS, APP, Vec::new(), 3600)
+        })
+        .await?;
         let decoded = ksa_core::token::decode(&jwt)?;
         assert_eq!(
             decoded.header.kid.as_deref(),
@@ -1980,7 +2010,7 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
     }
     let minted_a = mint_token(&client, APPS, APP, A, &[A], &first).await?;
     ensure_all(
-        &verdicts(&instances, &minted_a).await?,
+        &verdicts_of(&instances, &minted_a).await?,
         &false,
         "a token of A",
     )?;
@@ -1992,7 +2022,7 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
         .context("the legacy token")?;
     let legacy = String::from_utf8(legacy.0)?;
     ensure_all(
-        &verdicts(&instances, &legacy).await?,
+        &verdicts_of(&instances, &legacy).await?,
         &true,
         "the legacy token",
     )?;
