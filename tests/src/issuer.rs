@@ -5,11 +5,13 @@
 //! which `iss` the tokens it issues carry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::PrivateKey;
+use ksa_core::rotation::{RotationState, Step};
 use ksa_core::token::{self, BoundToken, ObjectRef};
 use kube::api::Api;
 
@@ -128,4 +130,193 @@ pub fn token_issuer(jwt: &str) -> Result<String> {
 /// The `aud` of a token.
 pub fn token_audiences(jwt: &str) -> Result<Vec<String>> {
     Ok(token::decode(jwt)?.claims.aud.unwrap_or_default())
+}
+
+/// How long a request to the instances is retried while they restart.
+const RETRY_FOR: Duration = Duration::from_secs(90);
+
+/// `attempt` until it succeeds: the instances (and the instance a
+/// kubeconfig names) restart one at a time during a roll-out, and a check
+/// of what every instance does must wait for the one restarting. Gives up
+/// with the last error after 90 s.
+pub async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() < RETRY_FOR => {
+                note_retry(what, &error);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.context(format!("{what}: gave up after {RETRY_FOR:?}"))),
+        }
+    }
+}
+
+/// Says (once a second at most) why a retried request failed.
+fn note_retry(what: &str, error: &anyhow::Error) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    if last.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+        eprintln!("{what}: {error:#}; asking again");
+        *last = Some(Instant::now());
+    }
+}
+
+/// The started state of a rotation that changes the issuer from `from`
+/// to `to` (and the key to `key_version` when `changes_key`, otherwise
+/// keeps key `key_version`), as the core stores it: what identifies the
+/// rotation at every step ([`RotationState::same_rotation`]).
+pub fn issuer_rotation(
+    key_version: u64,
+    from: &str,
+    to: &str,
+    changes_key: bool,
+) -> Result<RotationState> {
+    let state = serde_json::json!({
+        "keyVersion": key_version,
+        "step": if changes_key { "Generate" } else { "Trust" },
+        "issuer": {"from": from, "to": to},
+        "changesKey": changes_key,
+    });
+    // Through the core's own type, which checks the state.
+    Ok(serde_json::from_value(state)?)
+}
+
+/// The status lines `rotate --wait` prints for the rotation `started` is a
+/// state of, computed from the core: at each step, in order, the key line
+/// (SPEC section 2; only when the rotation changes the key) and then the
+/// issuer line (SPEC section 10), each only when it differs from the last
+/// one of its kind (Generate and Trust confirm the same values).
+pub fn wait_lines(started: &RotationState) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut last: [Option<String>; 2] = [None, None];
+    for step in Step::ROTATION.into_iter().chain([Step::Completed]) {
+        let Some(state) = started.at_step(step) else {
+            continue;
+        };
+        let key = started
+            .changes_key()
+            .then(|| state.status_line().to_string());
+        let issuer = state.issuer_status_line().map(|line| line.to_string());
+        for (kind, text) in [key, issuer].into_iter().enumerate() {
+            if let Some(text) = text
+                && last[kind].as_ref() != Some(&text)
+            {
+                last[kind] = Some(text.clone());
+                lines.push(text);
+            }
+        }
+    }
+    lines
+}
+
+/// An issuer status line of SPEC section 10, written out.
+pub fn issuer_line(
+    to: &str,
+    completed: bool,
+    token: &str,
+    signing: &str,
+    accepted: &[&str],
+) -> String {
+    let (status, reason) = if completed {
+        ("True", "KSAIssuerRotationCompleted")
+    } else {
+        ("False", "KSAIssuerRotationProcessedReason")
+    };
+    let accepted: Vec<String> = accepted.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "State of KSAIssuerRotation with KSAIssuer {to} is - status: {status}, reason: {reason}, \
+         message:{{\"tokenIssuer\":\"{token}\",\"signingIssuer\":\"{signing}\",\"acceptedIssuers\":[{}]}}",
+        accepted.join(",")
+    )
+}
+
+/// The issuer lines of a rotation from `a` to `b`, one per step, as SPEC
+/// section 10 says (the values as confirmed): Trust (and Generate), Sign,
+/// RefreshTokens, Retire, Completed.
+pub fn issuer_lines(a: &str, b: &str) -> [String; 5] {
+    [
+        // At Trust nothing is confirmed yet.
+        issuer_line(b, false, a, a, &[a]),
+        // At Sign every instance was seen to accept B.
+        issuer_line(b, false, a, a, &[a, b]),
+        // At RefreshTokens every instance was seen to sign with B.
+        issuer_line(b, false, a, b, &[b, a]),
+        // At Retire the tokens in circulation carry B.
+        issuer_line(b, false, b, b, &[b, a]),
+        issuer_line(b, true, b, b, &[b]),
+    ]
+}
+
+/// A key status line of SPEC section 2, written out.
+pub fn key_line(to: u64, completed: bool, token: u64, private: u64, public: &[u64]) -> String {
+    let (status, reason) = if completed {
+        ("True", "KSASigningKeyRotationCompleted")
+    } else {
+        ("False", "KSASigningKeyRotationProcessedReason")
+    };
+    let public: Vec<String> = public.iter().map(ToString::to_string).collect();
+    format!(
+        "State of KSASigningKeyRotation with KSASigningKeyVersion {to} is - status: {status}, \
+         reason: {reason}, message:{{\"tokenVersion\":{token},\"privateKeyVersion\":{private},\
+         \"publicKeyVersions\":[{}]}}",
+        public.join(",")
+    )
+}
+
+/// The key lines of a rotation from `n` to `n + 1`, one per step: Generate
+/// and Trust, Sign, RefreshTokens, Retire, Completed.
+pub fn key_lines(n: u64) -> [String; 5] {
+    let m = n + 1;
+    [
+        key_line(m, false, n, n, &[n]),
+        key_line(m, false, n, n, &[n, m]),
+        key_line(m, false, n, m, &[n, m]),
+        key_line(m, false, m, m, &[n, m]),
+        key_line(m, true, m, m, &[m]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "https://a.example";
+    const B: &str = "https://b.example";
+
+    #[test]
+    fn the_core_prints_the_spec_issuer_lines_of_an_issuer_rotation() {
+        let started = issuer_rotation(1, A, B, false).expect("an issuer rotation");
+        assert_eq!(wait_lines(&started), issuer_lines(A, B));
+        // SPEC section 10's own examples, byte for byte.
+        assert_eq!(
+            issuer_lines(A, B)[2],
+            r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: False, reason: KSAIssuerRotationProcessedReason, message:{"tokenIssuer":"https://a.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example","https://a.example"]}"#
+        );
+        assert_eq!(
+            issuer_lines(A, B)[4],
+            r#"State of KSAIssuerRotation with KSAIssuer https://b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://b.example","signingIssuer":"https://b.example","acceptedIssuers":["https://b.example"]}"#
+        );
+    }
+
+    #[test]
+    fn a_key_and_issuer_rotation_prints_the_key_line_then_the_issuer_line_at_each_step() {
+        let started = issuer_rotation(3, A, B, true).expect("a key and issuer rotation");
+        let (keys, issuers) = (key_lines(2), issuer_lines(A, B));
+        let interleaved: Vec<String> = keys
+            .iter()
+            .zip(&issuers)
+            .flat_map(|(key, issuer)| [key.clone(), issuer.clone()])
+            .collect();
+        assert_eq!(wait_lines(&started), interleaved);
+        assert_eq!(
+            keys[4],
+            r#"State of KSASigningKeyRotation with KSASigningKeyVersion 3 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":3,"privateKeyVersion":3,"publicKeyVersions":[3]}"#
+        );
+    }
 }

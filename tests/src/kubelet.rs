@@ -71,6 +71,68 @@ pub fn manifest_keys(manifest: &str) -> Result<ApiServerKeys> {
     Ok(ApiServerKeys { signing, public })
 }
 
+/// kubeadm's manifests of kube-apiserver and kube-controller-manager, as
+/// `kubeadm init` writes them (trimmed to what a test control plane needs
+/// to say), naming keys in `pki`, with issuer [`crate::ISSUER`].
+pub fn kubeadm_manifests(pki: &Path) -> (String, String) {
+    let pki = pki.display();
+    let issuer = crate::ISSUER;
+    let apiserver = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint: 127.0.0.1:6443
+  labels:
+    component: kube-apiserver
+    tier: control-plane
+  name: kube-apiserver
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - kube-apiserver
+    - --advertise-address=127.0.0.1
+    - --authorization-mode=Node,RBAC
+    - --client-ca-file={pki}/ca.crt
+    - --service-account-issuer={issuer}
+    - --service-account-key-file={pki}/sa.pub
+    - --service-account-signing-key-file={pki}/sa.key
+    - --service-cluster-ip-range=10.96.0.0/12
+    image: registry.k8s.io/kube-apiserver:v1.36.3
+    name: kube-apiserver
+    volumeMounts:
+    - mountPath: {pki}
+      name: k8s-certs
+      readOnly: true
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: {pki}
+      type: DirectoryOrCreate
+    name: k8s-certs
+"
+    );
+    let controller_manager = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-controller-manager
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - kube-controller-manager
+    - --root-ca-file={pki}/ca.crt
+    - --service-account-private-key-file={pki}/sa.key
+    - --use-service-account-credentials=true
+    image: registry.k8s.io/kube-controller-manager:v1.36.3
+    name: kube-controller-manager
+"
+    );
+    (apiserver, controller_manager)
+}
+
 impl StaticPods {
     /// Watches `manifests/kube-apiserver.yaml` every 250 ms.
     pub fn spawn(plane: Arc<Mutex<ControlPlane>>, manifests: &Path) -> StaticPods {

@@ -19,7 +19,7 @@ use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
 use ksa_core::rotation::{RotationState, Step};
 use ksa_core::token::{self, BoundToken, ObjectRef};
 use ksa_tests::cluster::{request_token, review_token};
-use ksa_tests::kubelet::StaticPods;
+use ksa_tests::kubelet::{StaticPods, kubeadm_manifests as manifests};
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, create_workload};
 use ksa_tests::{
@@ -27,66 +27,6 @@ use ksa_tests::{
     write_private,
 };
 use tokio::sync::Mutex;
-
-/// kubeadm's manifests, as `kubeadm init` writes them (trimmed to what a
-/// test control plane needs to say), naming keys in `pki`.
-fn manifests(pki: &Path) -> (String, String) {
-    let pki = pki.display();
-    let apiserver = format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  annotations:
-    kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint: 127.0.0.1:6443
-  labels:
-    component: kube-apiserver
-    tier: control-plane
-  name: kube-apiserver
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - kube-apiserver
-    - --advertise-address=127.0.0.1
-    - --authorization-mode=Node,RBAC
-    - --client-ca-file={pki}/ca.crt
-    - --service-account-issuer=https://kubernetes.default.svc.cluster.local
-    - --service-account-key-file={pki}/sa.pub
-    - --service-account-signing-key-file={pki}/sa.key
-    - --service-cluster-ip-range=10.96.0.0/12
-    image: registry.k8s.io/kube-apiserver:v1.36.3
-    name: kube-apiserver
-    volumeMounts:
-    - mountPath: {pki}
-      name: k8s-certs
-      readOnly: true
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {pki}
-      type: DirectoryOrCreate
-    name: k8s-certs
-"
-    );
-    let controller_manager = format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: kube-controller-manager
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - kube-controller-manager
-    - --root-ca-file={pki}/ca.crt
-    - --service-account-private-key-file={pki}/sa.key
-    - --use-service-account-credentials=true
-    image: registry.k8s.io/kube-controller-manager:v1.36.3
-    name: kube-controller-manager
-"
-    );
-    (apiserver, controller_manager)
-}
 
 fn state(pki: &Path) -> Option<RotationState> {
     serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
