@@ -467,8 +467,8 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
     follow(&target, progress, Some(timeout)).await
 }
 
-/// What a rotation changes, for messages.
-fn describe(started: &RotationState) -> String {
+/// What a rotation changes, for messages (both modes).
+pub(crate) fn describe(started: &RotationState) -> String {
     let key = started
         .changes_key()
         .then(|| format!("key version {}", started.key_version()));

@@ -191,12 +191,12 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         state = started;
         eprintln!(
             "started the rotation of this control plane: {}",
-            describe(&state)
+            crate::commands::rotation::describe(&state)
         );
     } else {
         eprintln!(
             "resuming the rotation ({}) at step {}",
-            describe(&state),
+            crate::commands::rotation::describe(&state),
             state.step()
         );
     }
@@ -321,21 +321,6 @@ fn start(
     };
     rotation::start(state, &start, Timestamp::now())
         .map_err(|refusal| Failure::bad_input(anyhow::Error::new(refusal)))
-}
-
-/// What a rotation changes, for messages.
-fn describe(state: &RotationState) -> String {
-    let key = state
-        .changes_key()
-        .then(|| format!("key version {}", state.key_version()));
-    let issuer = state
-        .issuer()
-        .filter(|_| state.changes_issuer())
-        .map(|change| format!("issuer {} to {}", change.from, change.to));
-    key.into_iter()
-        .chain(issuer)
-        .collect::<Vec<_>>()
-        .join(" and ")
 }
 
 /// Prints `state`'s status lines that differ from `before`'s (all of them
