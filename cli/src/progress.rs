@@ -211,8 +211,9 @@ fn key_rotation(target: KeyVersion) -> RotationState {
 }
 
 /// The lines of `state` that its rotation prints: the key line when it
-/// changes the key, the issuer line when it changes the issuer.
-fn texts(state: &RotationState) -> [Option<String>; 2] {
+/// changes the key, the issuer line when it changes the issuer (the
+/// kubeadm loop prints the same).
+pub(crate) fn texts(state: &RotationState) -> [Option<String>; 2] {
     let key = state.changes_key().then(|| state.status_line().to_string());
     let changes_issuer = state.issuer().is_some_and(IssuerChange::changes);
     let issuer = state

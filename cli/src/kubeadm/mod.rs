@@ -327,16 +327,15 @@ fn start(
 /// without `before`): the key line, unless the rotation changes only the
 /// issuer, and the issuer line once ksa has changed the issuer.
 fn print_status_lines(state: &RotationState, before: Option<&RotationState>) -> Outcome {
-    let key = state.status_line();
-    if (state.changes_key() || state.issuer().is_none())
-        && before.is_none_or(|before| before.status_line() != key)
-    {
-        crate::commands::print(&key.to_string())?;
-    }
-    if let Some(issuer) = state.issuer_status_line()
-        && before.is_none_or(|before| before.issuer_status_line().as_ref() != Some(&issuer))
-    {
-        crate::commands::print(&issuer.to_string())?;
+    let before = before.map(crate::progress::texts);
+    for (kind, text) in crate::progress::texts(state).into_iter().enumerate() {
+        if let Some(text) = text
+            && before
+                .as_ref()
+                .is_none_or(|before| before[kind].as_ref() != Some(&text))
+        {
+            crate::commands::print(&text)?;
+        }
     }
     Ok(exit::DONE)
 }

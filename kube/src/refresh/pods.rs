@@ -246,14 +246,21 @@ fn controller_ref(
         .find(|r| r.controller == Some(true))
 }
 
-/// The longest lifetime of the service-account tokens `spec` projects.
-pub(super) fn token_seconds(spec: &PodSpec) -> Option<u64> {
+/// The service-account tokens `spec` projects.
+fn service_account_tokens(
+    spec: &PodSpec,
+) -> impl Iterator<Item = &k8s_openapi::api::core::v1::ServiceAccountTokenProjection> {
     spec.volumes
         .iter()
         .flatten()
         .filter_map(|v| v.projected.as_ref())
         .flat_map(|p| p.sources.iter().flatten())
         .filter_map(|s| s.service_account_token.as_ref())
+}
+
+/// The longest lifetime of the service-account tokens `spec` projects.
+pub(super) fn token_seconds(spec: &PodSpec) -> Option<u64> {
+    service_account_tokens(spec)
         .map(|t| {
             t.expiration_seconds
                 .and_then(|s| u64::try_from(s).ok())
@@ -422,12 +429,7 @@ pub(super) struct PodPlan {
 /// The audiences of the service-account tokens `spec` projects (none
 /// given: the API server's default audiences, shown as `(default)`).
 fn token_audiences(spec: &PodSpec) -> Vec<String> {
-    spec.volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.projected.as_ref())
-        .flat_map(|p| p.sources.iter().flatten())
-        .filter_map(|s| s.service_account_token.as_ref())
+    service_account_tokens(spec)
         .map(|t| {
             t.audience
                 .clone()
