@@ -25,7 +25,8 @@ use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
 use ksa_core::rotation::{
     self, ApiServerView, BoundTokenRefresh, Effect, HolderReason, Holders, IssuerChange,
-    NamedHolder, Observed, OperationLock, Plan, Policy, Refusal, Requested, RotationState,
+    NamedHolder, Observed, OperationLock, Plan, Policy, PublicationView, Refusal, Requested,
+    RotationState,
     StartRequest, Step, Wait,
 };
 use proptest::prelude::*;
@@ -66,7 +67,19 @@ struct World {
     legacy_refresh_to: Option<KeyVersion>,
     bound_refresh_to: Option<KeyVersion>,
     lock_held: bool,
+    /// Whether an outside verifier reads the keys from a location ksa
+    /// publishes to (the property test; the walks keep time still).
+    outside: bool,
+    /// The keys the one outside location serves (`PublishOutside`).
+    published: BTreeSet<KeyVersion>,
+    /// What an outside verifier that honours caching holds: the keys it
+    /// read and when; it reads again only once [`OUTSIDE_MAX_AGE`] is over.
+    outside_cache: (BTreeSet<KeyVersion>, i64),
 }
+
+/// The `max-age` the outside location serves, in seconds.
+const OUTSIDE_MAX_AGE: i64 = 60;
+const OUTSIDE_URL: &str = "https://oidc.example/.well-known/openid-configuration";
 
 impl World {
     fn new(servers: usize, lifetimes: Vec<i64>, now: i64) -> World {
@@ -91,6 +104,16 @@ impl World {
             legacy_refresh_to: None,
             bound_refresh_to: None,
             lock_held: false,
+            outside: false,
+            published: [one].into(),
+            outside_cache: ([one].into(), now),
+        }
+    }
+
+    /// The outside verifier reads the location again if its cache expired.
+    fn outside_catch_up(&mut self, now: i64) {
+        if now >= self.outside_cache.1 + OUTSIDE_MAX_AGE {
+            self.outside_cache = (self.published.clone(), now);
         }
     }
 
@@ -138,6 +161,15 @@ impl World {
                 .map(|(_, _, _, lifetime)| *lifetime as u64)
                 .max()
                 .or(Some(0)),
+            publications: self
+                .outside
+                .then(|| PublicationView {
+                    url: OUTSIDE_URL.to_owned(),
+                    serves: Some(self.published.intersection(&self.store).copied().collect()),
+                    max_age_seconds: OUTSIDE_MAX_AGE as u64,
+                })
+                .into_iter()
+                .collect(),
             ..Observed::default()
         }
     }
@@ -166,6 +198,9 @@ impl World {
             Effect::RefreshBoundTokens { version, .. } => self.bound_refresh_to = Some(*version),
             Effect::RetireKey { version } => {
                 self.store.remove(version);
+            }
+            Effect::PublishOutside { public, .. } => {
+                self.published = public.iter().copied().collect();
             }
         }
     }
@@ -231,6 +266,15 @@ impl World {
                         "apiserver-{i} rejects a token of issuer {iss}: {self:?}"
                     ));
                 }
+            }
+        }
+        // Outside verifiers see only bound tokens (legacy ones carry no
+        // issuer they federate with).
+        for (key, _, _, _) in self.bound_tokens.iter().filter(|_| self.outside) {
+            if !self.outside_cache.0.contains(key) {
+                return Err(format!(
+                    "the outside verifier rejects a token of key {key}: {self:?}"
+                ));
             }
         }
         let bound = self.bound_tokens.iter().map(|(v, _, _, _)| v);
@@ -333,6 +377,11 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         longest_bound_token_seconds: observed
             .longest_bound_token_seconds
             .filter(|_| needed.tokens),
+        publications: if needed.publications {
+            observed.publications.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -481,6 +530,7 @@ impl Harness {
             for i in 0..16 {
                 self.world.refresh_some(i);
             }
+            self.world.outside_catch_up(self.now.as_second());
             self.world
                 .check_nobody_logged_out()
                 .map_err(TestCaseError::fail)?;
@@ -575,7 +625,20 @@ fn check_account(
             Wait::OldKeyDeleted { version } => {
                 version == old && observed.stored_keys.contains(&version)
             }
-            Wait::TrustLeadTime { until } => until > now,
+            Wait::TrustLeadTime { until } | Wait::OutsideCaches { until } => until > now,
+            Wait::Published { ref url, version } => {
+                version == new
+                    && observed
+                        .publications
+                        .iter()
+                        .any(|p| p.url == *url && !p.serves(version))
+            }
+            Wait::Unpublished { ref url, version } => {
+                version == old
+                    && observed.publications.iter().any(|p| {
+                        p.url == *url && p.serves.as_ref().is_none_or(|k| k.contains(&version))
+                    })
+            }
             Wait::LegacyTokens { stale } => {
                 stale == observed.stale_legacy_tokens && stale != Some(0)
             }
@@ -703,14 +766,25 @@ fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
         prop::option::of(0..3u64),
         prop::option::of(0..3u64),
         prop::option::of(prop_oneof![Just(0u64), 600..90_000u64]),
+        prop::collection::vec(
+            (prop::option::of(versions()), 0..120u64).prop_map(|(serves, max_age_seconds)| {
+                PublicationView {
+                    url: OUTSIDE_URL.to_owned(),
+                    serves,
+                    max_age_seconds,
+                }
+            }),
+            0..3,
+        ),
     )
         .prop_map(
-            |(stored_keys, api_servers, legacy, bound, longest)| Observed {
+            |(stored_keys, api_servers, legacy, bound, longest, publications)| Observed {
                 stored_keys,
                 api_servers,
                 longest_bound_token_seconds: longest,
                 stale_legacy_tokens: legacy,
                 stale_bound_tokens: bound,
+                publications,
                 ..Observed::default()
             },
         )
@@ -749,7 +823,10 @@ proptest! {
     ) {
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let mut h = Harness {
-            world: World::new(servers, lifetimes, now.as_second()),
+            world: World {
+                outside: true,
+                ..World::new(servers, lifetimes, now.as_second())
+            },
             issuers_made: 0,
             stored: serde_json::to_string(&RotationState::settled(KeyVersion::FIRST)).expect("json"),
             history: Vec::new(),
@@ -780,6 +857,7 @@ proptest! {
                         h.world.kubelets_refresh(h.now.as_second());
                     }
                 }
+                h.world.outside_catch_up(h.now.as_second());
                 h.world.check_nobody_logged_out().map_err(TestCaseError::fail)?;
             }
             h.converge()?;
@@ -1139,6 +1217,106 @@ fn trust_reports_its_lead_time_once_every_server_accepts_both_keys() {
     let later = rotation::step(&plan.next, &seen, until, &policy).expect("steps");
     assert_eq!(later.next.step(), Step::Sign);
     assert!(later.waiting.is_empty());
+}
+
+fn publication(url: &str, serves: Option<&[u64]>, max_age_seconds: u64) -> PublicationView {
+    PublicationView {
+        url: url.to_owned(),
+        serves: serves.map(|keys| keys.iter().copied().map(KeyVersion::new).collect()),
+        max_age_seconds,
+    }
+}
+
+fn published_keys(plan: &Plan) -> Vec<u64> {
+    plan.effects
+        .iter()
+        .find_map(|effect| match effect {
+            Effect::PublishOutside { public, .. } => {
+                Some(public.iter().map(|v| v.get()).collect())
+            }
+            _ => None,
+        })
+        .expect("every step publishes outside")
+}
+
+#[test]
+fn trust_waits_for_every_location_then_for_outside_caches_then_the_lead_time() {
+    let policy = Policy {
+        trust_lead_time: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let state = state_at(2, Step::Trust, NOW);
+    assert_eq!(
+        state.observation().publications,
+        true,
+        "Trust reads what outsiders see"
+    );
+    let bucket = "https://oidc.example/.well-known/openid-configuration";
+    let endpoint = "https://ksa.example/ns/r/.well-known/openid-configuration";
+    let mut seen = observed(&[1, 2], vec![server(&[1, 2], 1)]);
+    seen.publications = vec![
+        publication(bucket, Some(&[1]), 60),
+        publication(endpoint, None, 0),
+    ];
+    let plan = rotation::step(&state, &seen, now(), &policy).expect("steps");
+    assert_eq!(published_keys(&plan), [1, 2]);
+    assert_eq!(
+        plan.waiting.to_string(),
+        format!(
+            "outside verifiers seeing key 2 at {bucket}: not yet; outside verifiers seeing key 2 at {endpoint}: not yet"
+        )
+    );
+    // Both serve key 2: the bucket's 60 s max-age, then the lead time.
+    seen.publications = vec![
+        publication(bucket, Some(&[1, 2]), 60),
+        publication(endpoint, Some(&[1, 2]), 10),
+    ];
+    let plan = rotation::step(&plan.next, &seen, now(), &policy).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "outside verifiers' caches to expire: until 2026-11-30T00:01:00Z"
+    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(90)));
+    let minute: Timestamp = "2026-11-30T00:01:00Z".parse().expect("time");
+    let plan = rotation::step(&plan.next, &seen, minute, &policy).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        "trust lead time until 2026-11-30T00:01:30Z"
+    );
+    let end: Timestamp = "2026-11-30T00:01:30Z".parse().expect("time");
+    let plan = rotation::step(&plan.next, &seen, end, &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Sign);
+}
+
+#[test]
+fn retire_withdraws_the_old_key_outside_only_after_every_server_dropped_it() {
+    let state = state_at(2, Step::Retire, NOW);
+    let url = "https://oidc.example/.well-known/openid-configuration";
+    let mut seen = observed(&[1, 2], vec![server(&[1, 2], 2), server(&[2], 2)]);
+    seen.publications = vec![publication(url, Some(&[1, 2]), 60)];
+    let plan = rotation::step(&state, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(published_keys(&plan), [1, 2], "one server still accepts key 1");
+    // Every server dropped key 1: publish key 2 alone, delete key 1, and
+    // wait until outsiders no longer see it.
+    seen.api_servers = vec![server(&[2], 2), server(&[2], 2)];
+    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(published_keys(&plan), [2]);
+    assert!(plan.effects.contains(&Effect::RetireKey {
+        version: KeyVersion::new(1)
+    }));
+    seen.stored_keys = [KeyVersion::new(2)].into();
+    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(
+        plan.waiting.to_string(),
+        format!("key 1 withdrawn from {url}: not yet")
+    );
+    // An unreadable location confirms nothing either.
+    seen.publications = vec![publication(url, None, 60)];
+    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    seen.publications = vec![publication(url, Some(&[2]), 60)];
+    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    assert!(plan.next.is_completed(), "{}", plan.waiting);
 }
 
 #[test]

@@ -331,6 +331,7 @@ impl RotationState {
             Step::Trust | Step::Retire => Observation {
                 api_servers: true,
                 issuers_reviewed: issuer.unwrap_or_default(),
+                publications: true,
                 ..Observation::default()
             },
             Step::Sign => Observation {
@@ -415,10 +416,26 @@ impl RotationState {
         IssuerState::new(token.clone(), signing.clone(), accepted).ok()
     }
 
+    /// The keys published to outside verifiers at this step: the old key
+    /// until the new one is trusted, both while they overlap, and in Retire
+    /// the old one until every API server has dropped it (`old_dropped`):
+    /// an outside verifier never rejects a token the cluster accepts.
+    pub fn published_keys(&self, old_dropped: bool) -> Vec<KeyVersion> {
+        let (old, new) = (self.previous_version(), self.key_version);
+        let mut keys = match self.step {
+            Step::Generate => vec![old],
+            Step::Trust | Step::Sign | Step::RefreshTokens => vec![old, new],
+            Step::Retire if !old_dropped => vec![old, new],
+            Step::Retire | Step::Completed => vec![new],
+        };
+        keys.dedup();
+        keys
+    }
+
     /// The issuers the API servers are asked to accept while in this
     /// step, the signing issuer first (the `--service-account-issuer`
     /// flags); `None` when the rotation leaves the flags alone.
-    fn issuer_flags(&self) -> Option<Vec<Issuer>> {
+    pub fn issuer_flags(&self) -> Option<Vec<Issuer>> {
         let IssuerChange { from: a, to: b } = self.issuer.as_ref()?;
         if !self.changes_issuer() {
             return None;
@@ -717,6 +734,9 @@ pub struct Observation {
     /// Which issuer a fresh TokenRequest on each instance carries, and
     /// which its discovery document names.
     pub issuer_signing: bool,
+    /// What outsiders read at each published discovery document
+    /// ([`Observed::publications`]).
+    pub publications: bool,
 }
 
 /// What the caller saw of the world before calling [`step`]. Never trusted
@@ -744,6 +764,50 @@ pub struct Observed {
     /// observed. What [`BoundTokenRefresh::Wait`] waits out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub longest_bound_token_seconds: Option<u64>,
+    /// What an outsider reads at each discovery document ksa publishes
+    /// (Trust and Retire, [`Observation::publications`]); empty when none is
+    /// configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<PublicationView>,
+}
+
+impl Observed {
+    /// The longest `max-age` any location served: how long a verifier that
+    /// honours caching may keep what it read before.
+    pub fn longest_max_age(&self) -> Duration {
+        let seconds = self
+            .publications
+            .iter()
+            .map(|p| p.max_age_seconds)
+            .max()
+            .unwrap_or(0);
+        Duration::from_secs(seconds)
+    }
+}
+
+/// One published OIDC discovery document as an outside verifier reads it:
+/// no credentials, its public URL, the JWKS its `jwks_uri` names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicationView {
+    /// The discovery document's public URL (what the status names).
+    pub url: String,
+    /// The key versions its JWKS serves (by kid, among the stored keys)
+    /// when the document names the issuer it is published for and its JWKS
+    /// was read; `None` when not.
+    pub serves: Option<BTreeSet<KeyVersion>>,
+    /// The longest `Cache-Control: max-age` of the two answers, in seconds
+    /// (0 when none).
+    pub max_age_seconds: u64,
+}
+
+impl PublicationView {
+    /// Whether an outsider reading it now sees key `version`.
+    pub fn serves(&self, version: KeyVersion) -> bool {
+        self.serves
+            .as_ref()
+            .is_some_and(|keys| keys.contains(&version))
+    }
 }
 
 /// How bound (projected) tokens are refreshed in the RefreshTokens step.
@@ -859,6 +923,16 @@ pub enum Effect {
         version: KeyVersion,
         policy: BoundTokenRefresh,
     },
+    /// Publish, at every location outside verifiers read (the controller's
+    /// endpoint, a bucket, a directory), the JWKS of `public` and a
+    /// discovery document for each of `issuers` (`None`: the issuer the
+    /// cluster signs with). Issued at every step, after the API servers'
+    /// effect; [`RotationState::published_keys`] says which keys.
+    PublishOutside {
+        public: Vec<KeyVersion>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuers: Option<Vec<Issuer>>,
+    },
     /// Delete key pair `version` from the key store (issued once no API
     /// server accepts it any more).
     RetireKey { version: KeyVersion },
@@ -921,9 +995,10 @@ pub fn step(
     if waiting.is_empty() && !state.is_completed() {
         next = next.enter(state.step.next(), now);
     } else if let Some(confirmed_at) = trust_confirmed_at {
-        // Every API server accepts both keys; only the lead time is left.
+        // Every API server and location serves both keys; only outside
+        // caches and the lead time are left.
         let elapsed = elapsed_since(Some(confirmed_at), now).unwrap_or_default();
-        wait = policy.trust_lead_time.saturating_sub(elapsed);
+        wait = waiting::trust_hold(policy, observed).saturating_sub(elapsed);
     } else if state.step == Step::RefreshTokens
         && let Some(longest) = observed.longest_bound_token_seconds
         && let Some(window) = policy
@@ -957,11 +1032,17 @@ pub fn step(
     }
 
     let mut effects = effects_of(&next, policy);
-    if next.step == Step::Retire
+    let old_dropped = next.step == Step::Retire
         && state.step == Step::Retire
         && state.changes_key
-        && waiting::old_key_dropped(&waiting)
-    {
+        && waiting::old_key_dropped(&waiting);
+    if !next.is_completed() {
+        effects.push(Effect::PublishOutside {
+            public: next.published_keys(old_dropped),
+            issuers: next.issuer_flags(),
+        });
+    }
+    if old_dropped {
         effects.push(Effect::RetireKey { version: old });
     }
     let requeue_after = if next.is_completed() {

@@ -45,9 +45,16 @@ pub enum Wait {
         accepting: usize,
         total: usize,
     },
-    /// Trust: every API server accepts both keys; outside verifiers that
-    /// cache the JWKS get [`Policy::trust_lead_time`] to catch up, which ends
-    /// at `until`.
+    /// Trust: the discovery document at `url` (a location outside verifiers
+    /// read) does not serve key `version` yet, or could not be read.
+    Published { url: String, version: KeyVersion },
+    /// Trust: every location serves the new key; a verifier that cached
+    /// what was there before may keep it for the `max-age` it was served
+    /// with, which ends at `until`.
+    OutsideCaches { until: Timestamp },
+    /// Trust: every API server and every location serves both keys, and
+    /// outside caches have expired; verifiers that ignore caching get
+    /// [`Policy::trust_lead_time`] more to catch up, which ends at `until`.
     TrustLeadTime { until: Timestamp },
     /// Sign: `signing` of `total` API servers sign with key `version`.
     ApiServersSigning {
@@ -79,6 +86,9 @@ pub enum Wait {
         dropped: usize,
         total: usize,
     },
+    /// Retire: the discovery document at `url` still serves key `version`
+    /// (the old key), or could not be read to confirm it does not.
+    Unpublished { url: String, version: KeyVersion },
     /// Retire: key pair `version` (the old key) is still in the key store.
     /// It is deleted once every API server has dropped it.
     OldKeyDeleted { version: KeyVersion },
@@ -124,6 +134,12 @@ impl fmt::Display for Wait {
                 f,
                 "API servers still accepting key {version}: {accepting}/{total}"
             ),
+            Wait::Published { url, version } => {
+                write!(f, "outside verifiers seeing key {version} at {url}: not yet")
+            }
+            Wait::OutsideCaches { until } => {
+                write!(f, "outside verifiers' caches to expire: until {until}")
+            }
             Wait::TrustLeadTime { until } => write!(f, "trust lead time until {until}"),
             Wait::ApiServersSigning {
                 version,
@@ -158,6 +174,9 @@ impl fmt::Display for Wait {
                 f,
                 "API servers no longer accepting key {version}: {dropped}/{total}"
             ),
+            Wait::Unpublished { url, version } => {
+                write!(f, "key {version} withdrawn from {url}: not yet")
+            }
             Wait::OldKeyDeleted { version } => {
                 write!(f, "old key {version} still to be deleted")
             }
@@ -284,12 +303,29 @@ pub(super) fn assess(
                 tests.extend([ServerTest::AcceptsIssuer(b), ServerTest::AcceptsIssuer(a)]);
             }
             count_servers(&mut waits, servers, &tests);
-            if waits.is_empty() && !policy.trust_lead_time.is_zero() {
+            // Outside verifiers: every location serves the key that will
+            // sign (for an issuer rotation, under the new issuer too).
+            for publication in &observed.publications {
+                if !publication.serves(new) {
+                    waits.push(Wait::Published {
+                        url: publication.url.clone(),
+                        version: new,
+                    });
+                }
+            }
+            let caches = observed.longest_max_age();
+            let hold = trust_hold(policy, observed);
+            if waits.is_empty() && !hold.is_zero() {
                 let confirmed_at = state.confirmed_at.unwrap_or(now);
                 trust_confirmed_at = Some(confirmed_at);
-                if elapsed_since(Some(confirmed_at), now) < Some(policy.trust_lead_time) {
+                let elapsed = elapsed_since(Some(confirmed_at), now);
+                if elapsed < Some(caches) {
+                    waits.push(Wait::OutsideCaches {
+                        until: deadline(confirmed_at, caches),
+                    });
+                } else if elapsed < Some(hold) {
                     waits.push(Wait::TrustLeadTime {
-                        until: deadline(confirmed_at, policy.trust_lead_time),
+                        until: deadline(confirmed_at, hold),
                     });
                 }
             }
@@ -340,6 +376,16 @@ pub(super) fn assess(
                 tests.extend([ServerTest::RejectsIssuer(a), ServerTest::AcceptsIssuer(b)]);
             }
             count_servers(&mut waits, servers, &tests);
+            if key {
+                for publication in &observed.publications {
+                    if publication.serves.as_ref().is_none_or(|keys| keys.contains(&old)) {
+                        waits.push(Wait::Unpublished {
+                            url: publication.url.clone(),
+                            version: old,
+                        });
+                    }
+                }
+            }
             if key && observed.stored_keys.contains(&old) {
                 waits.push(Wait::OldKeyDeleted { version: old });
             }
@@ -350,6 +396,15 @@ pub(super) fn assess(
         waiting: Waiting(waits),
         trust_confirmed_at,
     }
+}
+
+/// How long Trust holds once everything is confirmed: the longest `max-age`
+/// a location served (a verifier honouring it has refetched by then), then
+/// the fixed lead time as a margin for verifiers that do not.
+pub(super) fn trust_hold(policy: &Policy, observed: &Observed) -> Duration {
+    observed
+        .longest_max_age()
+        .saturating_add(policy.trust_lead_time)
 }
 
 /// Whether every API server has stopped accepting the old key (and accepts
