@@ -15,6 +15,15 @@ pub enum Error {
     Step(#[from] ksa_core::rotation::StepError),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error(transparent)]
+    PublishRefused(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::WriteError),
+    #[error(
+        "the cluster's service-account issuer could not be learned (its discovery document), so \
+         its discovery document cannot be published outside"
+    )]
+    IssuerUnknown,
 }
 
 // What `?` meets in the controller's own modules goes where the
@@ -48,6 +57,7 @@ impl Error {
                 ksa_kube::Error::Kubeconfig { .. } | ksa_kube::Error::KubeconfigClient { .. },
             ) => Some("KubeconfigRefused"),
             Error::Refused(refusal) => Some(refusal.reason()),
+            Error::PublishRefused(_) => Some("PublishRefused"),
             _ => None,
         }
     }

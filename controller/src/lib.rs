@@ -19,6 +19,7 @@ pub mod admission;
 pub mod error;
 pub mod grants;
 pub mod manifests;
+pub mod publish;
 pub mod reconcile;
 pub mod rollout;
 pub mod run;

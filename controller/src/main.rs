@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile KSASigningKeyRotation resources (with leader election).
-    Run(ksa_controller::run::RunArgs),
+    Run(Box<ksa_controller::run::RunArgs>),
     /// Serve the KEP-740 external signer on a Unix socket for kube-apiserver
     /// (--service-account-signing-endpoint).
     Signer(ksa_controller::signer::SignerArgs),
@@ -37,7 +37,7 @@ async fn main() -> Result<()> {
             print!("{}", serde_yaml::to_string(&KSASigningKeyRotation::crd())?);
             Ok(())
         }
-        Command::Run(args) => ksa_controller::run::run(args).await,
+        Command::Run(args) => ksa_controller::run::run(*args).await,
         Command::Signer(args) => ksa_controller::signer::run(args).await,
         Command::Manifests { dir } => {
             std::fs::create_dir_all(&dir)?;

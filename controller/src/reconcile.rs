@@ -14,6 +14,8 @@ use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::issuer::Issuer;
+
+use crate::publish::Locations;
 use ksa_core::rotation::{
     self, Effect, IssuerChange, Observed, Plan, Policy, RotationState, StartRequest, Step,
 };
@@ -40,6 +42,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub backend: AwsLc,
     pub metrics: Arc<crate::serve::Metrics>,
+    /// Where rotations publish for outside verifiers, from the flags.
+    pub publish: crate::publish::Settings,
 }
 
 impl std::fmt::Debug for Context {
@@ -59,6 +63,8 @@ struct Rotation<'a> {
     /// The roll-out its spec asks for, checked to name only objects
     /// labelled for it.
     rollout: Rollout,
+    /// Where outside verifiers read its keys.
+    locations: Locations,
     policy: Policy,
     ctx: &'a Context,
 }
@@ -78,6 +84,14 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         // Before anything changes: the spec names only objects ksa owns.
         let rollout = Rollout::of(&resource, &name)?;
         rollout.check_owned(&ctx.client, &namespace, &name).await?;
+        let locations = Locations::of(
+            &ctx.publish,
+            &resource.spec.publish,
+            &ctx.client,
+            &namespace,
+            &name,
+        )
+        .await?;
         let rotation = Rotation {
             resource: &resource,
             keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),
@@ -86,6 +100,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
             api: api.clone(),
             cluster,
             rollout,
+            locations,
             policy: resource.spec.policy(),
             ctx: &ctx,
         };
@@ -414,7 +429,42 @@ impl Rotation<'_> {
             .observe(&keys, state, &self.policy, signer.as_deref())
             .await?;
         observed.stored_keys = keys.keys().copied().collect();
+        if state.observation().publications && !self.locations.is_empty() {
+            let issuers = self.published_issuers(state.issuer_flags()).await?;
+            let now = Timestamp::now().as_second();
+            for (location, view) in self.locations.observe(&keys, &issuers).await {
+                if view.serves.is_some() {
+                    self.ctx
+                        .metrics
+                        .publish_confirmed
+                        .get_or_create(&self.location_labels(location))
+                        .set(now);
+                }
+                observed.publications.push(view);
+            }
+        }
         Ok(observed)
+    }
+
+    /// The issuers to publish documents for: those the step's effect names,
+    /// or the one the cluster signs with.
+    async fn published_issuers(&self, issuers: Option<Vec<Issuer>>) -> Result<Vec<Issuer>> {
+        if let Some(issuers) = issuers {
+            return Ok(issuers);
+        }
+        let issuer = self.cluster.issuer().await?;
+        let issuer = issuer
+            .and_then(|issuer| Issuer::new(issuer).ok())
+            .ok_or(Error::IssuerUnknown)?;
+        Ok(vec![issuer])
+    }
+
+    fn location_labels(&self, location: String) -> crate::serve::LocationLabels {
+        crate::serve::LocationLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            location,
+        }
     }
 
     async fn apply(&self, state: &RotationState, effect: &Effect) -> Result<()> {
@@ -442,12 +492,6 @@ impl Rotation<'_> {
                 public,
                 issuers,
             } => {
-                // The published discovery document names the signing
-                // issuer: the one the effect makes first, or the cluster's.
-                let discovery_issuer = match issuers.as_deref().and_then(<[_]>::first) {
-                    Some(issuer) => Some(issuer.as_str().to_owned()),
-                    None => self.cluster.issuer().await?,
-                };
                 self.rollout
                     .apply(
                         client,
@@ -456,7 +500,6 @@ impl Rotation<'_> {
                         *signing,
                         public,
                         issuers.as_deref(),
-                        discovery_issuer.as_deref(),
                     )
                     .await
             }
@@ -478,6 +521,31 @@ impl Rotation<'_> {
                     refresh::refresh_bound_tokens(&self.cluster.client, &marker, policy, since)
                         .await?,
                 )
+            }
+            Effect::PublishOutside {
+                public,
+                issuers,
+                withdrawn,
+            } => {
+                if self.locations.is_empty() {
+                    return Ok(());
+                }
+                let stored = self.keystore.public_keys().await?;
+                let keys: Vec<_> = public
+                    .iter()
+                    .filter_map(|version| stored.get(version).cloned())
+                    .collect();
+                let issuers = self.published_issuers(issuers.clone()).await?;
+                let written = self.locations.publish(&keys, &issuers, withdrawn).await?;
+                let now = Timestamp::now().as_second();
+                for location in written {
+                    self.ctx
+                        .metrics
+                        .publish_written
+                        .get_or_create(&self.location_labels(location))
+                        .set(now);
+                }
+                Ok(())
             }
             Effect::RetireKey { version } => Ok(self.keystore.delete(*version).await?),
         }

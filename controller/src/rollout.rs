@@ -380,12 +380,8 @@ impl Rollout {
 
     /// Makes the API servers sign with `signing` and accept `public` (and,
     /// with `issuers`, sign with the first issuer and accept them all), and
-    /// publishes the JWKS and the discovery document of `discovery_issuer`.
-    /// Idempotent: nothing restarts when all of it is already in place.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, each argument named there"
-    )]
+    /// publishes the JWKS. Idempotent: nothing restarts when all of it is
+    /// already in place.
     pub async fn apply(
         &self,
         admin: &kube::Client,
@@ -394,11 +390,8 @@ impl Rollout {
         signing: KeyVersion,
         public: &[KeyVersion],
         issuers: Option<&[Issuer]>,
-        discovery_issuer: Option<&str>,
     ) -> Result<()> {
-        let keys_changed = keystore
-            .publish(&self.key_secret, signing, public, discovery_issuer)
-            .await?;
+        let keys_changed = keystore.publish(&self.key_secret, signing, public).await?;
         let Some(workload) = &self.workload else {
             return Ok(());
         };

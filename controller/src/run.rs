@@ -33,6 +33,84 @@ pub struct RunArgs {
     /// Where to serve /healthz, /readyz, /metrics and the JWKS.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+}
+
+/// Where outside verifiers read each rotation's keys.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OidcArgs {
+    /// The public base URL of the OIDC endpoint, as outside verifiers reach
+    /// it: each rotation's documents are published under
+    /// URL/NAMESPACE/NAME, and Trust waits until they are read there.
+    /// Unset: no endpoint.
+    #[arg(long, value_name = "URL")]
+    pub oidc_public_url: Option<String>,
+    /// Where to serve the OIDC endpoint.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub oidc_addr: std::net::SocketAddr,
+    /// The endpoint's certificate chain (PEM), reloaded when it changes.
+    #[arg(long, value_name = "FILE", requires = "oidc_tls_key_file")]
+    pub oidc_tls_cert_file: Option<std::path::PathBuf>,
+    /// The endpoint's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "oidc_tls_cert_file")]
+    pub oidc_tls_key_file: Option<std::path::PathBuf>,
+    /// Serve the endpoint over plain HTTP (behind a TLS-terminating proxy).
+    #[arg(long, conflicts_with = "oidc_tls_cert_file")]
+    pub oidc_insecure_http: bool,
+    /// CA certificates (PEM) to read the public URL with, as an outsider
+    /// does, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub oidc_ca_file: Option<std::path::PathBuf>,
+    /// The directory below which rotations' `spec.publish.directory` paths
+    /// lie. Unset: directory sinks are refused.
+    #[arg(long, value_name = "DIR")]
+    pub publish_root: Option<std::path::PathBuf>,
+    /// A host (`host` or `host:port`) rotations may publish to and read
+    /// from (`spec.publish.s3`, public URLs). Repeat for more. None: bucket
+    /// sinks are refused.
+    #[arg(long = "publish-host", value_name = "HOST")]
+    pub publish_hosts: Vec<String>,
+}
+
+impl OidcArgs {
+    /// The settings rotations publish with, and how to serve the endpoint
+    /// (None: no endpoint).
+    pub fn settings(
+        &self,
+    ) -> Result<(
+        crate::publish::Settings,
+        Option<crate::serve::OidcTransport>,
+    )> {
+        let public_ca = match &self.oidc_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading --oidc-ca-file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let transport = match (&self.oidc_tls_cert_file, &self.oidc_tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::serve::OidcTransport::Https {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ if self.oidc_insecure_http => Some(crate::serve::OidcTransport::InsecureHttp),
+            _ => None,
+        };
+        if self.oidc_public_url.is_some() && transport.is_none() {
+            anyhow::bail!(
+                "--oidc-public-url needs --oidc-tls-cert-file and --oidc-tls-key-file (or \
+                 --oidc-insecure-http behind a TLS-terminating proxy)"
+            );
+        }
+        let settings = crate::publish::Settings {
+            public_url: self.oidc_public_url.clone(),
+            public_ca,
+            root: self.publish_root.clone(),
+            allowed_hosts: self.publish_hosts.clone(),
+        };
+        Ok((settings, transport))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -77,6 +155,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Served from the start, so standby replicas serve the JWKS too.
     let metrics = Arc::new(crate::serve::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (publish, oidc) = args.oidc.settings()?;
+    let oidc_server = oidc.map(|transport| {
+        tokio::spawn(crate::serve::serve_oidc(
+            args.oidc.oidc_addr,
+            transport,
+            client.clone(),
+        ))
+    });
     let server = tokio::spawn(crate::serve::serve(
         args.http_addr,
         metrics.clone(),
@@ -122,6 +208,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ),
         backend: ksa_core::crypto::AwsLc::new(),
         metrics: metrics.clone(),
+        publish,
     });
     // Lead while the Lease is ours; when it is lost (the API server was
     // away longer than the lease, say), stop reconciling and stand by to
@@ -162,6 +249,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     server.abort();
+    if let Some(oidc_server) = oidc_server {
+        oidc_server.abort();
+    }
     drop(leading);
     let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
     Ok(())

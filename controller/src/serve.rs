@@ -9,16 +9,21 @@
 //! (else 400, before any API call), and only a ConfigMap ksa published,
 //! labelled for the rotation, is served (else 404).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::ConfigMap;
+use ksa_core::discovery;
 use ksa_kube::keystore::LABEL_ROTATION;
 use ksa_kube::names::{is_dns1123_label, is_dns1123_subdomain};
 use kube::api::Api;
@@ -29,6 +34,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::publish;
+
 /// How long outside verifiers may cache a JWKS. Short, so that a new key
 /// published in Trust reaches them well within a typical trust lead time.
 const JWKS_MAX_AGE_SECONDS: u32 = 60;
@@ -37,6 +44,14 @@ const JWKS_MAX_AGE_SECONDS: u32 = 60;
 pub struct RotationLabels {
     pub namespace: String,
     pub name: String,
+}
+
+/// One location a rotation publishes to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocationLabels {
+    pub namespace: String,
+    pub name: String,
+    pub location: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +73,11 @@ pub struct Metrics {
     pub in_progress: Family<RotationLabels, Gauge>,
     pub secrets_refreshed: Counter,
     pub leader: Gauge<i64, AtomicI64>,
+    /// When each location was last written (Unix seconds).
+    pub publish_written: Family<LocationLabels, Gauge>,
+    /// When an outsider's read of each location last served a JWKS ksa
+    /// recognises (Unix seconds).
+    pub publish_confirmed: Family<LocationLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -97,6 +117,18 @@ impl Default for Metrics {
             secrets_refreshed.clone(),
         );
         registry.register("leader", "1 while this replica leads", leader.clone());
+        let publish_written = Family::<LocationLabels, Gauge>::default();
+        let publish_confirmed = Family::<LocationLabels, Gauge>::default();
+        registry.register(
+            "publish_last_write_timestamp_seconds",
+            "When ksa last wrote a rotation's documents to a location",
+            publish_written.clone(),
+        );
+        registry.register(
+            "publish_last_confirmation_timestamp_seconds",
+            "When an outsider's read of a location last served keys ksa recognises",
+            publish_confirmed.clone(),
+        );
         Metrics {
             registry,
             step,
@@ -105,6 +137,8 @@ impl Default for Metrics {
             in_progress,
             secrets_refreshed,
             leader,
+            publish_written,
+            publish_confirmed,
         }
     }
 }
@@ -129,6 +163,148 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
+/// How the OIDC endpoint is served: over HTTPS with a certificate and key
+/// read from files (a mounted Secret), reloaded when they change; plain
+/// HTTP only when asked for.
+#[derive(Clone, Debug)]
+pub enum OidcTransport {
+    Https { cert: PathBuf, key: PathBuf },
+    InsecureHttp,
+}
+
+/// How often the certificate files are looked at for a change.
+const CERT_RELOAD_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves each rotation's discovery documents and JWKS at
+/// `/{namespace}/{name}/{path}` until the process ends.
+pub async fn serve_oidc(
+    addr: SocketAddr,
+    transport: OidcTransport,
+    client: kube::Client,
+) -> std::io::Result<()> {
+    let app = oidc_router(client);
+    match transport {
+        OidcTransport::InsecureHttp => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "serving OIDC discovery over plain HTTP");
+            axum::serve(listener, app).await
+        }
+        OidcTransport::Https { cert, key } => {
+            let config = RustlsConfig::from_pem_file(&cert, &key).await?;
+            tokio::spawn(reload_certificate(config.clone(), cert, key));
+            tracing::info!(%addr, "serving OIDC discovery over HTTPS");
+            axum_server::bind_rustls(addr, config)
+                .serve(app.into_make_service())
+                .await
+        }
+    }
+}
+
+/// Reloads the certificate and key when either file changes (a Secret
+/// volume is updated in place); a pair that does not load is logged and
+/// the previous one kept.
+async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let read = |cert: &PathBuf, key: &PathBuf| -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?))
+    };
+    let mut current = read(&cert, &key);
+    loop {
+        tokio::time::sleep(CERT_RELOAD_PERIOD).await;
+        let now = read(&cert, &key);
+        if now.is_none() || now == current {
+            continue;
+        }
+        match config.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => {
+                tracing::info!("reloaded the OIDC endpoint's certificate");
+                current = now;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the new OIDC certificate does not load; keeping the old one")
+            }
+        }
+    }
+}
+
+/// The OIDC endpoint's routes, reading ConfigMaps through `client`.
+pub fn oidc_router(client: kube::Client) -> Router {
+    Router::new()
+        .route("/{namespace}/{name}/{*path}", get(oidc_document))
+        .with_state(client)
+}
+
+/// One published document: found in the rotation's endpoint ConfigMap by
+/// its exact path (no file system is involved), with `ETag`,
+/// `Cache-Control` and conditional GET.
+async fn oidc_document(
+    State(client): State<kube::Client>,
+    Path((namespace, name, path)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(bad) = jwks_config_map(&namespace, &name) {
+        return (StatusCode::BAD_REQUEST, bad.to_string()).into_response();
+    }
+    let not_found = || (StatusCode::NOT_FOUND, "not published").into_response();
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config_map = match api.get_opt(&publish::endpoint_config_map(&name)).await {
+        Ok(Some(config_map)) if published_by_ksa(&config_map, &name) => config_map,
+        Ok(_) => return not_found(),
+        Err(kube::Error::Api(status)) if status.code == 403 => return not_found(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the OIDC ConfigMap");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the API server is unavailable",
+            )
+                .into_response();
+        }
+    };
+    let documents: BTreeMap<String, String> = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get(publish::DOCUMENTS_KEY))
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let Some(body) = documents.get(&path) else {
+        return not_found();
+    };
+    let etag = entity_tag(body);
+    let cache_control = format!("public, max-age={}", publish::MAX_AGE_SECONDS);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+        )
+            .into_response();
+    }
+    let content_type = if path.ends_with(discovery::JWKS_PATH) {
+        "application/jwk-set+json"
+    } else {
+        "application/json"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CACHE_CONTROL, cache_control),
+            (header::ETAG, etag),
+        ],
+        body.clone(),
+    )
+        .into_response()
+}
+
+/// A strong entity tag of `body`: the start of its SHA-256, quoted.
+fn entity_tag(body: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(body.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
 /// Every endpoint, reading ConfigMaps through `client`.
 pub fn router(metrics: Arc<Metrics>, client: kube::Client, ready: Arc<AtomicBool>) -> Router {
     Router::new()
@@ -136,10 +312,6 @@ pub fn router(metrics: Arc<Metrics>, client: kube::Client, ready: Arc<AtomicBool
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/jwks/{namespace}/{name}", get(jwks))
-        .route(
-            "/jwks/{namespace}/{name}/.well-known/openid-configuration",
-            get(discovery),
-        )
         .with_state(AppState {
             metrics,
             client,
@@ -269,20 +441,6 @@ async fn jwks(
     .await
 }
 
-async fn discovery(
-    State(state): State<AppState>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    published(
-        &state,
-        &namespace,
-        &name,
-        "openid-configuration.json",
-        "application/json",
-    )
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -311,7 +469,29 @@ mod tests {
                     "data": {"jwks.json": "{\"keys\":[]}"},
                 })
             };
+            let documents = serde_json::json!({
+                "a.example/.well-known/openid-configuration": "{\"issuer\":\"https://a.example\"}",
+                "a.example/openid/v1/jwks": "{\"keys\":[]}",
+            });
             let (status, body) = match path.as_str() {
+                "/api/v1/namespaces/ns/configmaps/good-oidc" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "good-oidc", "namespace": "ns",
+                            "labels": {"ksa.dev/rotation": "good"}},
+                        "data": {"documents.json": documents.to_string()},
+                    }),
+                ),
+                "/api/v1/namespaces/ns/configmaps/decoy-oidc" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "decoy-oidc", "namespace": "ns",
+                            "labels": {"ksa.dev/rotation": "good"}},
+                        "data": {"documents.json": documents.to_string()},
+                    }),
+                ),
                 "/api/v1/namespaces/ns/configmaps/good-jwks" => (
                     200,
                     config_map(serde_json::json!({
@@ -382,7 +562,6 @@ mod tests {
             "/jwks/ns/good%00",
             "/jwks/ns/g%20ood",
             "/jwks/ns/%E2%80%8Bgood",
-            "/jwks/ns/%2E%2E/.well-known/openid-configuration",
             &long_namespace,
             &long_name,
         ] {
@@ -418,6 +597,68 @@ mod tests {
                 format!("/api/v1/namespaces/ns/configmaps/{}-jwks", "a".repeat(248)),
             ]
         );
+    }
+
+    async fn oidc_get(
+        client: &kube::Client,
+        path: &str,
+        if_none_match: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = http::Request::get(path);
+        if let Some(tag) = if_none_match {
+            request = request.header("if-none-match", tag);
+        }
+        let response = oidc_router(client.clone())
+            .oneshot(request.body(Body::empty()).expect("works"))
+            .await
+            .expect("works");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("works");
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn oidc_documents_are_served_with_cache_headers_and_conditional_get() {
+        let (client, asked) = api_server();
+        let path = "/ns/good/a.example/openid/v1/jwks";
+        let (status, headers, body) = oidc_get(&client, path, None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "{\"keys\":[]}"));
+        assert_eq!(headers["content-type"], "application/jwk-set+json");
+        assert_eq!(headers["cache-control"], "public, max-age=60");
+        let etag = headers["etag"].to_str().expect("ascii").to_owned();
+        assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+        let (status, headers, body) = oidc_get(&client, path, Some(&etag)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+        assert_eq!(headers["etag"], etag.as_str());
+        let (status, _, _) = oidc_get(&client, path, Some("\"other\"")).await;
+        assert_eq!(status, StatusCode::OK);
+        let discovery = "/ns/good/a.example/.well-known/openid-configuration";
+        let (status, headers, _) = oidc_get(&client, discovery, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        // Only the exact paths published; only ConfigMaps ksa published.
+        for absent in [
+            "/ns/good/a.example/openid/v1/jwks/",
+            "/ns/good/b.example/openid/v1/jwks",
+            "/ns/good/documents.json",
+            "/ns/decoy/a.example/openid/v1/jwks",
+        ] {
+            let (status, _, _) = oidc_get(&client, absent, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{absent}");
+        }
+        asked.lock().expect("works").clear();
+        for hostile in [
+            "/ns/a%2F..%2Fsecrets/x",
+            "/NS/good/x",
+            "/ns/%2E%2E/x",
+            "/ns/good%3Fwatch=true/x",
+        ] {
+            let (status, _, _) = oidc_get(&client, hostile, None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
+        }
+        assert!(asked.lock().expect("works").is_empty(), "no API request");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`status`]: the status line, formatted and parsed byte for byte.
 
 pub mod crypto;
+pub mod discovery;
 pub mod issuer;
 pub mod jwk;
 pub mod key;

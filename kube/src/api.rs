@@ -68,10 +68,88 @@ pub struct RotationSpec {
     /// How bound (projected) tokens are refreshed.
     #[serde(default)]
     pub token_refresh: TokenRefreshSpec,
-    /// Seconds between every API server accepting the new key and signing
-    /// with it, for outside verifiers that cache the JWKS.
+    /// Seconds Trust holds after every API server and every published
+    /// location serves the new key and outside caches have expired, as a
+    /// margin for verifiers that ignore caching.
     #[serde(default)]
     pub trust_lead_time_seconds: u64,
+    /// Where outside verifiers read this cluster's keys besides the
+    /// controller's own endpoint: a bucket, a directory.
+    #[serde(default, skip_serializing_if = "PublishSpec::is_empty")]
+    pub publish: PublishSpec,
+}
+
+/// Locations ksa publishes each issuer's discovery document and JWKS to,
+/// and confirms as an outsider reads them (see `ksa_core::discovery`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Sink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectorySink>,
+}
+
+impl PublishSpec {
+    pub fn is_empty(&self) -> bool {
+        self.s3.is_none() && self.directory.is_none()
+    }
+}
+
+/// An S3-compatible bucket (what self-hosted IRSA-style issuers use). The
+/// controller writes with the credentials of `credentialsSecret` and
+/// confirms by reading `publicURL` with none.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Sink {
+    /// The S3 API endpoint, such as `https://s3.us-east-1.amazonaws.com`.
+    /// Its host must be one the controller allows (`--publish-host`).
+    #[schemars(length(max = 512), regex(pattern = "^https?://"))]
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    #[schemars(length(max = 64))]
+    pub region: String,
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = "^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
+    pub bucket: String,
+    /// The key prefix documents go under (`prod` puts them under `prod/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub prefix: Option<String>,
+    /// Where outsiders read the prefix. Default: path-style under the
+    /// endpoint, `<endpoint>/<bucket>/<prefix>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = "^https?://"))]
+    pub public_url: Option<String>,
+    /// A Secret in this namespace with `accessKeyID` and `secretAccessKey`.
+    #[schemars(length(max = 253))]
+    pub credentials_secret: String,
+    /// PEM certificates to trust for the endpoint and the public URL,
+    /// besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// A directory below the controller's `--publish-root`, for a static host
+/// or a GitOps sync to serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectorySink {
+    /// The directory, relative to `--publish-root` (no `..`).
+    #[schemars(length(min = 1, max = 256))]
+    pub path: String,
+    /// Where outsiders read the directory. Default: none; the controller
+    /// confirms by reading the files back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = "^https?://"))]
+    pub public_url: Option<String>,
 }
 
 /// A Secret in the admin cluster holding the user cluster's kubeconfig.

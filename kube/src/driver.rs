@@ -334,6 +334,7 @@ mod tests {
                 Effect::RetireKey { version } => {
                     self.keys.remove(version);
                 }
+                Effect::PublishOutside { .. } => {}
             }
             Ok(())
         }

@@ -24,7 +24,7 @@ pub const LABEL_ROTATION: &str = "ksa.dev/rotation";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ksa";
 pub const LABEL_KEY_VERSION: &str = "ksa.dev/key-version";
-const FIELD_MANAGER: &str = "ksa-controller";
+pub const FIELD_MANAGER: &str = "ksa-controller";
 
 /// The labels of every object ksa writes for `rotation`.
 pub fn owned_labels(rotation: &str) -> BTreeMap<String, String> {
@@ -144,14 +144,14 @@ impl KeyStore {
     }
 
     /// Writes the Secret the API servers mount (`sa.key`: the signing key,
-    /// `sa.pub`: the public keys) and the JWKS ConfigMap. Returns whether the
-    /// API server Secret changed.
+    /// `sa.pub`: the public keys) and the JWKS ConfigMap (served at the
+    /// controller's `/jwks/NAMESPACE/NAME`). Returns whether the API server
+    /// Secret changed.
     pub async fn publish(
         &self,
         secret_name: &str,
         signing: KeyVersion,
         public: &[KeyVersion],
-        issuer: Option<&str>,
     ) -> Result<bool> {
         let signing_key = self.private_key(signing).await?;
         let mut public_keys = Vec::with_capacity(public.len());
@@ -197,29 +197,15 @@ impl KeyStore {
                 )
                 .await?;
         }
-        self.publish_jwks(&public_keys, issuer).await?;
+        self.publish_jwks(&public_keys).await?;
         Ok(!unchanged)
     }
 
-    async fn publish_jwks(&self, keys: &[PublicKey], issuer: Option<&str>) -> Result<()> {
-        let mut data = BTreeMap::from([(
+    async fn publish_jwks(&self, keys: &[PublicKey]) -> Result<()> {
+        let data = BTreeMap::from([(
             "jwks.json".to_owned(),
             Jwks::from_public_keys(keys).to_json(),
         )]);
-        if let Some(issuer) = issuer {
-            let discovery = serde_json::json!({
-                "issuer": issuer,
-                "jwks_uri": format!("{issuer}/openid/v1/jwks"),
-                "response_types_supported": ["id_token"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported":
-                    keys.iter().map(|k| k.algorithm().as_str()).collect::<std::collections::BTreeSet<_>>(),
-            });
-            data.insert(
-                "openid-configuration.json".to_owned(),
-                discovery.to_string(),
-            );
-        }
         let config_map = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.jwks_config_map()),

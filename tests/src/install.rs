@@ -52,6 +52,9 @@ pub struct Installation {
     pub http_addr: std::net::SocketAddr,
     /// The leader-election Lease duration the replicas are started with.
     pub lease_seconds: u64,
+    /// More `ksa-controller run` arguments for every replica started after
+    /// they are set (the OIDC endpoint's, say).
+    pub extra_args: Vec<String>,
 }
 
 /// One running `ksa-controller run` process.
@@ -105,7 +108,6 @@ impl Installation {
                 &format!("{name}-apiserver-keys"),
                 KeyVersion::FIRST,
                 &[KeyVersion::FIRST],
-                None,
             )
             .await?;
         Ok(Installation {
@@ -114,6 +116,7 @@ impl Installation {
             log: log_dir.join("ksa-controller.log"),
             http_addr: loopback_addr()?,
             lease_seconds: 15,
+            extra_args: Vec::new(),
         })
     }
 
@@ -142,6 +145,7 @@ impl Installation {
             .arg(format!("--lease-seconds={}", self.lease_seconds))
             .arg(format!("--identity={identity}"))
             .arg(format!("--http-addr={http_addr}"))
+            .args(&self.extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())

@@ -237,6 +237,7 @@ async fn a_rotation_without_its_policys_role_is_refused_before_it_starts() -> Re
                 max_token_seconds: 3600,
             },
             trust_lead_time_seconds: 0,
+            publish: Default::default(),
         },
     );
     rotations.create(&PostParams::default(), &rotation).await?;

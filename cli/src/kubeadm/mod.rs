@@ -586,6 +586,9 @@ async fn apply(
             let marker = state.refresh_marker();
             refresh::refresh_bound_tokens(&cluster.client, &marker, policy, since).await?;
         }
+        // kubeadm mode publishes nowhere but the API servers' own
+        // discovery endpoint: there is no rotation resource to name a sink.
+        Effect::PublishOutside { .. } => {}
         Effect::RetireKey { version } => {
             pki.make_kubeadm_key(&pki.private_key(state.key_version())?)?;
             pki.delete(*version)?;

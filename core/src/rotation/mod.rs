@@ -432,6 +432,17 @@ impl RotationState {
         keys
     }
 
+    /// The issuers no longer published outside at this step: the old one
+    /// from Retire on, when the API servers are asked to drop it.
+    pub fn withdrawn_issuers(&self) -> Vec<Issuer> {
+        match &self.issuer {
+            Some(change) if self.changes_issuer() && self.step >= Step::Retire => {
+                vec![change.from.clone()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The issuers the API servers are asked to accept while in this
     /// step, the signing issuer first (the `--service-account-issuer`
     /// flags); `None` when the rotation leaves the flags alone.
@@ -932,6 +943,10 @@ pub enum Effect {
         public: Vec<KeyVersion>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         issuers: Option<Vec<Issuer>>,
+        /// Issuers whose documents are removed: the old one, from Retire
+        /// on, when the API servers no longer accept it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        withdrawn: Vec<Issuer>,
     },
     /// Delete key pair `version` from the key store (issued once no API
     /// server accepts it any more).
@@ -1040,6 +1055,7 @@ pub fn step(
         effects.push(Effect::PublishOutside {
             public: next.published_keys(old_dropped),
             issuers: next.issuer_flags(),
+            withdrawn: next.withdrawn_issuers(),
         });
     }
     if old_dropped {

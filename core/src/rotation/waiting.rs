@@ -378,7 +378,11 @@ pub(super) fn assess(
             count_servers(&mut waits, servers, &tests);
             if key {
                 for publication in &observed.publications {
-                    if publication.serves.as_ref().is_none_or(|keys| keys.contains(&old)) {
+                    if publication
+                        .serves
+                        .as_ref()
+                        .is_none_or(|keys| keys.contains(&old))
+                    {
                         waits.push(Wait::Unpublished {
                             url: publication.url.clone(),
                             version: old,

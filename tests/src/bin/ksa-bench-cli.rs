@@ -71,6 +71,7 @@ async fn main() -> Result<()> {
             rollout: Default::default(),
             token_refresh: Default::default(),
             trust_lead_time_seconds: 0,
+            publish: Default::default(),
         },
         status: None,
     };
