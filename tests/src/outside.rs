@@ -259,3 +259,48 @@ impl OutsideApiServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trust() -> JwtAuthenticator {
+        JwtAuthenticator {
+            issuer: "https://issuer.example".to_owned(),
+            discovery_url: "https://bucket.example/issuer/.well-known/openid-configuration"
+                .to_owned(),
+            ca_pem: String::new(),
+            audience: "sts.example".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_config_has_one_jwt_authenticator_per_issuer() {
+        let config = authentication_config(&[trust()]).expect("a valid configuration");
+        let parsed: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+        assert_eq!(parsed["apiVersion"], "apiserver.config.k8s.io/v1");
+        assert_eq!(parsed["kind"], "AuthenticationConfiguration");
+        let jwt = &parsed["jwt"][0];
+        assert_eq!(jwt["issuer"]["url"], "https://issuer.example");
+        assert_eq!(jwt["issuer"]["discoveryURL"], trust().discovery_url);
+        assert_eq!(jwt["issuer"]["audiences"][0], "sts.example");
+        assert_eq!(jwt["claimMappings"]["username"]["claim"], "sub");
+        assert_eq!(jwt["claimMappings"]["username"]["prefix"], USERNAME_PREFIX);
+    }
+
+    #[test]
+    fn the_config_refuses_what_kube_apiserver_refuses() {
+        assert!(authentication_config(&[trust(), trust()]).is_err());
+        let same = JwtAuthenticator {
+            discovery_url: trust().issuer,
+            ..trust()
+        };
+        assert!(authentication_config(&[same]).is_err());
+        let plain = JwtAuthenticator {
+            discovery_url: "http://127.0.0.1/discovery".to_owned(),
+            ..trust()
+        };
+        let error = authentication_config(&[plain]).expect_err("http accepted");
+        assert!(error.to_string().contains("https"), "{error}");
+    }
+}
