@@ -6,10 +6,11 @@
 //! `jwks_uri`, and verifies a token's signature, issuer, audience and
 //! lifetime with `ksa-core`.
 //!
-//! It caches the discovery document and the JWKS for as long as their
-//! `Cache-Control: max-age` allows (the smaller of the two; `no-store`,
-//! `no-cache` or no `max-age` at all: not cached), and does not fetch
-//! again before then, even for a `kid` it does not know: the strictest
+//! It caches the discovery document and the JWKS, each for as long as its
+//! `Cache-Control: max-age` allows (`no-store`, `no-cache` or no `max-age`
+//! at all: not cached; a changed `jwks_uri` drops the cached JWKS), and
+//! does not fetch the JWKS again before then, even for a `kid` it does
+//! not know: the strictest
 //! reading of what a publisher promises with `max-age`. So a new key is
 //! accepted here only once the cached copy that lacks it has expired; a
 //! publisher must put the key out at least `max-age` before tokens signed
@@ -42,9 +43,13 @@ pub enum Verdict {
 
 /// The keys of one issuer as last fetched, and until when they may be used.
 struct Cached {
+    /// The discovery document's, and until when it may be used without
+    /// reading the document again.
+    jwks_uri: String,
+    discovery_expires: Instant,
     keys: Arc<KeySet>,
     kids: Vec<String>,
-    expires: Instant,
+    jwks_expires: Instant,
 }
 
 struct Issuer {
@@ -61,7 +66,7 @@ struct Issuer {
 )]
 pub struct BucketVerifier {
     issuers: Vec<Issuer>,
-    /// How many times a discovery document was fetched (with its JWKS).
+    /// How many times a discovery document was fetched.
     fetches: std::sync::atomic::AtomicU64,
 }
 
@@ -104,7 +109,7 @@ impl BucketVerifier {
         })
     }
 
-    /// How many times it fetched a discovery document and JWKS.
+    /// How many times it fetched a discovery document.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -115,7 +120,7 @@ impl BucketVerifier {
         let cache = issuer.cache.lock().await;
         cache
             .as_ref()
-            .filter(|c| c.expires > Instant::now())
+            .filter(|c| c.jwks_expires > Instant::now())
             .map(|c| c.kids.clone())
     }
 
@@ -151,41 +156,39 @@ impl BucketVerifier {
         })
     }
 
-    /// The issuer's keys, from the cache while it is fresh, otherwise
-    /// fetched (and cached for as long as the responses allow).
+    /// The issuer's keys: the `jwks_uri` of the discovery document and
+    /// the JWKS there, each from the cache while its own `max-age` lasts,
+    /// otherwise fetched (and cached as long as its response allows).
     async fn keys(&self, issuer: &Issuer) -> Result<Arc<KeySet>> {
         let mut cache = issuer.cache.lock().await;
+        let now = Instant::now();
+        let trust = &issuer.trust;
+        let jwks_uri = match cache.as_ref() {
+            Some(cached) if cached.discovery_expires > now => cached.jwks_uri.clone(),
+            _ => {
+                self.fetches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (discovery, max_age) = fetch(&issuer.client, &trust.discovery_url).await?;
+                let jwks_uri = jwks_uri(&discovery, trust)?;
+                if let Some(cached) = cache.as_mut()
+                    && cached.jwks_uri == jwks_uri
+                {
+                    cached.discovery_expires = now + max_age;
+                } else {
+                    // A new jwks_uri: whatever was cached is of another
+                    // document.
+                    *cache = None;
+                }
+                jwks_uri
+            }
+        };
         if let Some(cached) = cache.as_ref()
-            && cached.expires > Instant::now()
+            && cached.jwks_uri == jwks_uri
+            && cached.jwks_expires > now
         {
             return Ok(cached.keys.clone());
         }
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fetched_at = Instant::now();
-        let trust = &issuer.trust;
-        let (discovery, discovery_max_age) = fetch(&issuer.client, &trust.discovery_url).await?;
-        let document: serde_json::Value = serde_json::from_str(&discovery).with_context(|| {
-            format!(
-                "the discovery document at {} is not JSON",
-                trust.discovery_url
-            )
-        })?;
-        if document["issuer"].as_str() != Some(trust.issuer.as_str()) {
-            bail!(
-                "the discovery document at {} names issuer {} where {} is trusted",
-                trust.discovery_url,
-                document["issuer"],
-                trust.issuer
-            );
-        }
-        let jwks_uri = document["jwks_uri"].as_str().with_context(|| {
-            format!(
-                "the discovery document at {} has no jwks_uri",
-                trust.discovery_url
-            )
-        })?;
-        let (jwks, jwks_max_age) = fetch(&issuer.client, jwks_uri).await?;
+        let (jwks, max_age) = fetch(&issuer.client, &jwks_uri).await?;
         let trusted =
             ksa_core::jwk::parse_jwks(&jwks).with_context(|| format!("the JWKS at {jwks_uri}"))?;
         let kids = trusted.iter().map(|k| k.kid.as_str().to_owned()).collect();
@@ -198,13 +201,44 @@ impl BucketVerifier {
             );
         }
         let keys = Arc::new(keys);
+        let discovery_expires = cache.as_ref().map_or(now, |c| c.discovery_expires);
         *cache = Some(Cached {
+            jwks_uri,
+            discovery_expires,
             keys: keys.clone(),
             kids,
-            expires: fetched_at + discovery_max_age.min(jwks_max_age),
+            jwks_expires: now + max_age,
         });
         Ok(keys)
     }
+}
+
+/// The `jwks_uri` of a discovery document, once it is checked to name the
+/// trusted issuer (as go-oidc checks it).
+fn jwks_uri(discovery: &str, trust: &JwtAuthenticator) -> Result<String> {
+    let document: serde_json::Value = serde_json::from_str(discovery).with_context(|| {
+        format!(
+            "the discovery document at {} is not JSON",
+            trust.discovery_url
+        )
+    })?;
+    if document["issuer"].as_str() != Some(trust.issuer.as_str()) {
+        bail!(
+            "the discovery document at {} names issuer {} where {} is trusted",
+            trust.discovery_url,
+            document["issuer"],
+            trust.issuer
+        );
+    }
+    document["jwks_uri"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "the discovery document at {} has no jwks_uri",
+                trust.discovery_url
+            )
+        })
 }
 
 /// GETs `url` anonymously: its body and its `Cache-Control` max-age.

@@ -52,6 +52,12 @@
 //!   expiry is looked at, a key removed from the JWKS is still accepted
 //!   until some token of an unknown `kid` makes the authenticator fetch
 //!   again.
+//! - **Accepted tokens are remembered for 10 s**: kube-apiserver caches
+//!   every successful token authentication (`TokenSuccessCacheTTL`, 10 s,
+//!   no flag; failures are not cached), in front of all its token
+//!   authenticators. A token it accepted is accepted again for 10 s
+//!   whatever is published meanwhile; a check that a key was dropped must
+//!   use a token it has not seen.
 //! - **Reload**: the configuration file is watched (and re-read every
 //!   minute); a changed one replaces the running authenticators only once
 //!   every new authenticator's discovery has succeeded (polled every 10 s,

@@ -8,6 +8,7 @@
 //! Kubernetes upgrade that changes them fails here first.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -38,11 +39,17 @@ fn new_key() -> Result<PrivateKey> {
     Ok(AwsLc::new().generate(KeySpec::Rsa2048)?)
 }
 
-/// A token of [`SUBJECT`] for `audience` from `issuer`, valid for ten
+/// A new token of [`SUBJECT`] for `audience` from `issuer`, valid for ten
 /// minutes, signed with `key` (its kid in the header).
 fn sign(key: &PrivateKey, issuer: &str, audience: &str) -> Result<String> {
+    // A jti of its own: two tokens signed in the same second differ.
+    static SIGNED: AtomicU64 = AtomicU64::new(0);
     let now = jiff::Timestamp::now().as_second();
     let claims = Claims {
+        jti: Some(format!(
+            "outside-harness-{}",
+            SIGNED.fetch_add(1, Ordering::Relaxed)
+        )),
         iss: Some(issuer.to_owned()),
         sub: Some(SUBJECT.to_owned()),
         aud: Some(vec![audience.to_owned()]),
@@ -160,6 +167,17 @@ async fn outside_verifiers_follow_what_the_bucket_publishes() -> Result<()> {
     // the ten seconds are over. The outside API server, whose copy
     // expires within 30 s, fetches again and accepts at once.
     publish_jwks(&s3, &[&k1, &k2], "max-age=10").await?;
+    let served = s3
+        .anonymous_client()?
+        .get(s3.object_url(JWKS_KEY))
+        .send()
+        .await?;
+    assert_eq!(
+        served.headers().get(http::header::CACHE_CONTROL),
+        Some(&http::HeaderValue::from_static("max-age=10")),
+        "the bucket serves the Cache-Control the object was put with: {:?}",
+        served.headers()
+    );
     assert_eq!(bucket.verify(&token1).await?, bucket_accepted());
     let cached_at = Instant::now();
     publish_jwks(&s3, &[&k1, &k2, &k3], "max-age=0").await?;
@@ -176,16 +194,27 @@ async fn outside_verifiers_follow_what_the_bucket_publishes() -> Result<()> {
     // The first key retired: the bucket verifier (nothing cached) rejects
     // its tokens at once; the outside API server still accepts them from
     // its cache, until a token of an unknown kid makes it fetch again.
+    // (Each check of the outside API server here uses a token it has not
+    // seen: it remembers a token it accepted for 10 s.)
     publish_jwks(&s3, &[&k2, &k3], "max-age=0").await?;
     assert!(is_rejected(&bucket.verify(&token1).await?));
+    let unseen = sign(&k1, ISSUER_URL, AUDIENCE)?;
     assert_eq!(
-        outside.review(&token1).await?,
+        outside.review(&unseen).await?,
         accepted(),
         "kube-apiserver dropped a retired key from its cache without being asked to fetch"
     );
     assert_eq!(outside.review(&foreign).await?, Review::Rejected);
-    assert_eq!(outside.review(&token1).await?, Review::Rejected);
-    assert_eq!(outside.review(&token2).await?, accepted());
+    assert_eq!(
+        outside.review(&sign(&k1, ISSUER_URL, AUDIENCE)?).await?,
+        Review::Rejected
+    );
+    // The token accepted a moment ago is still remembered.
+    assert_eq!(outside.review(&unseen).await?, accepted());
+    assert_eq!(
+        outside.review(&sign(&k2, ISSUER_URL, AUDIENCE)?).await?,
+        accepted()
+    );
     eprintln!(
         "outside harness self-test passed in {:.1?} ({} bucket fetches)",
         started.elapsed(),
