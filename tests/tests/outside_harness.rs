@@ -215,6 +215,41 @@ async fn outside_verifiers_follow_what_the_bucket_publishes() -> Result<()> {
         outside.review(&sign(&k2, ISSUER_URL, AUDIENCE)?).await?,
         accepted()
     );
+
+    // A second issuer trusted on the fly, as before an issuer rotation
+    // signs with it: its own discovery document in the bucket, the
+    // configuration file rewritten; kube-apiserver reloads it.
+    let issuer_b = "https://issuer-b.outside-harness.ksa.test";
+    let discovery_b = format!("b/{DISCOVERY_KEY}");
+    let document = serde_json::json!({
+        "issuer": issuer_b,
+        "jwks_uri": s3.object_url(JWKS_KEY),
+    });
+    s3.put(
+        &discovery_b,
+        serde_json::to_vec(&document)?,
+        "application/json",
+        None,
+    )
+    .await?;
+    let trust_b = JwtAuthenticator {
+        issuer: issuer_b.to_owned(),
+        discovery_url: s3.object_url(&discovery_b),
+        ..trust.clone()
+    };
+    let token_b = sign(&k2, issuer_b, AUDIENCE)?;
+    assert_eq!(outside.review(&token_b).await?, Review::Rejected);
+    outside.set_authenticators(&[trust.clone(), trust_b])?;
+    let (_, took) = outside
+        .wait_accepts(&token_b, Duration::from_secs(120))
+        .await?;
+    eprintln!(
+        "the outside API server trusted a second issuer {took:.1?} after its configuration changed"
+    );
+    assert_eq!(
+        outside.review(&sign(&k2, ISSUER_URL, AUDIENCE)?).await?,
+        accepted()
+    );
     eprintln!(
         "outside harness self-test passed in {:.1?} ({} bucket fetches)",
         started.elapsed(),
