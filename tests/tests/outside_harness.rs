@@ -136,6 +136,19 @@ async fn outside_verifiers_follow_what_the_bucket_publishes() -> Result<()> {
         "the bucket verifier read an unpublished document: {unpublished:?}"
     );
 
+    // Anonymous callers read the bucket; they may not write it.
+    let intruder = s3
+        .anonymous_client()?
+        .put(s3.object_url(JWKS_KEY))
+        .body("{\"keys\":[]}")
+        .send()
+        .await?;
+    assert_eq!(
+        intruder.status(),
+        http::StatusCode::FORBIDDEN,
+        "an anonymous PUT into the bucket"
+    );
+
     // Published: both accept, naming the subject.
     publish_discovery(&s3, ISSUER_URL).await?;
     publish_jwks(&s3, &[&k1], "max-age=0").await?;
