@@ -339,6 +339,15 @@ impl ControlPlane {
         ControlPlane::launch(InstanceSpec::new(Signing::KeyFiles(keys)), extra_flags, 1).await
     }
 
+    /// Like [`ControlPlane::start_with_flags`], one instance started with
+    /// `spec` (its own issuer, say).
+    pub async fn start_with_spec(
+        spec: InstanceSpec,
+        extra_flags: Vec<String>,
+    ) -> Result<ControlPlane> {
+        ControlPlane::launch(spec, extra_flags, 1).await
+    }
+
     /// Like [`ControlPlane::start`], with [`HA_INSTANCES`] kube-apiserver
     /// instances, each at its own address. Only in a network namespace of
     /// the test's own ([`crate::netns::enter`]).
@@ -1153,7 +1162,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn pem_to_der(pem_text: &str) -> Result<Vec<u8>> {
+pub(crate) fn pem_to_der(pem_text: &str) -> Result<Vec<u8>> {
     let body: String = pem_text
         .lines()
         .filter(|l| !l.starts_with("-----"))

@@ -4,13 +4,22 @@
 //! by kwok) started on loopback, or in a network namespace of the test's
 //! own, from the binaries `cargo xtask control-plane` builds.
 //!
-//! Tests find the binaries through `KSA_CONTROL_PLANE_DIR` and
-//! `KSA_KWOK_DIR`, which `cargo xtask e2e` and `cargo xtask ci` set. A test
+//! Outside verifiers that federate with the cluster (issue #21): a real
+//! S3 server ([`s3`], SeaweedFS) holding the published discovery document
+//! and JWKS, a second kube-apiserver playing a cloud IAM that trusts them
+//! ([`outside`]), a verifier reading the bucket itself
+//! ([`bucket_verifier`]), and a prober putting the user cluster's tokens
+//! to both ([`outside_prober`]).
+//!
+//! Tests find the binaries through `KSA_CONTROL_PLANE_DIR`, `KSA_KWOK_DIR`
+//! and `KSA_SEAWEEDFS_DIR`, which `cargo xtask e2e` and `cargo xtask ci`
+//! set. A test
 //! that cannot find them fails and says how to get them; it is never
 //! skipped.
 
 pub mod bench;
 pub mod browser;
+pub mod bucket_verifier;
 pub mod cluster;
 mod control_plane;
 pub mod hosted;
@@ -18,9 +27,12 @@ pub mod install;
 pub mod issuer;
 pub mod kubelet;
 pub mod netns;
+pub mod outside;
+pub mod outside_prober;
 mod pki;
 mod prober;
 pub mod roll;
+pub mod s3;
 pub mod scenario;
 pub mod signer;
 pub mod workload;

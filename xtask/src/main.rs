@@ -6,7 +6,7 @@
 //!   target. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
 //!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli, the control
-//!   plane and kwok.
+//!   plane, kwok and SeaweedFS (`seaweedfs`, from `xtask/seaweedfs/`).
 //! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.
@@ -30,6 +30,7 @@ mod bench;
 mod control_plane;
 mod fuzz;
 mod scale;
+mod seaweedfs;
 mod tools;
 mod wasm;
 
@@ -129,13 +130,15 @@ fn cargo() -> Command {
 }
 
 /// Installs what the tests need and returns the variables that tell them
-/// where the control plane and kwok are.
-fn setup() -> Result<[(&'static str, PathBuf); 2]> {
+/// where the control plane, kwok and SeaweedFS are.
+fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
     tools::ensure_debian_packages()?;
     tools::wasm_bindgen_bin()?;
-    control_plane::environment()
+    let mut environment = control_plane::environment()?.to_vec();
+    environment.push(seaweedfs::environment()?);
+    Ok(environment)
 }
 
 fn ci() -> Result<()> {
@@ -227,7 +230,8 @@ fn build_binaries() -> Result<()> {
 }
 
 fn e2e(filters: &[&str]) -> Result<()> {
-    let environment = control_plane::environment()?;
+    let mut environment = control_plane::environment()?.to_vec();
+    environment.push(seaweedfs::environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
