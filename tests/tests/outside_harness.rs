@@ -357,6 +357,16 @@ async fn outside_prober_counts_a_user_clusters_tokens() -> Result<()> {
             .any(|r| r.contains("bucket verifier")),
         "the prober did not see the bucket verifier reject valid tokens: {broken:?}"
     );
+    // The outside API server goes on accepting them: the cluster signs
+    // with no kid it does not know, so nothing makes it fetch the JWKS
+    // again (see `ksa_tests::outside`).
+    assert!(
+        broken
+            .wrongly_rejected
+            .iter()
+            .all(|r| !r.contains("outside API server")),
+        "kube-apiserver dropped a withdrawn key without an unknown kid: {broken:?}"
+    );
     drop(prober);
     eprintln!(
         "outside prober self-test passed in {:.1?}",
