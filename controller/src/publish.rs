@@ -35,9 +35,12 @@ use ksa_kube::keystore::owned_labels;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt as _, PutOptions};
 
-/// How long outside verifiers may cache what ksa publishes, served as
-/// `Cache-Control: max-age` and waited out in Trust.
-pub const MAX_AGE_SECONDS: u32 = 60;
+/// How long outside verifiers may cache what ksa publishes by default,
+/// served as `Cache-Control: max-age` and waited out in Trust. At most 30
+/// s, so that kube-apiserver's JWT authenticator (which refetches a JWKS
+/// for an unknown kid only when its copy expires within 30 s) sees a new
+/// key on its first token.
+pub const DEFAULT_MAX_AGE_SECONDS: u32 = 30;
 /// The data key of the endpoint's ConfigMap: a JSON map from a document's
 /// path below the rotation's base URL to its body.
 pub const DOCUMENTS_KEY: &str = "documents.json";
@@ -59,6 +62,15 @@ pub struct Settings {
     pub root: Option<PathBuf>,
     /// Hosts (`host` or `host:port`) a rotation's sinks may name.
     pub allowed_hosts: Vec<String>,
+    /// The `max-age` written with every document.
+    pub max_age_seconds: u32,
+}
+
+impl Settings {
+    /// The `Cache-Control` value every published document carries.
+    pub fn cache_control(&self) -> String {
+        format!("public, max-age={}", self.max_age_seconds)
+    }
 }
 
 /// Why a rotation's publishing spec is refused. Retrying changes nothing
@@ -119,6 +131,8 @@ impl std::fmt::Debug for Locations {
 }
 
 struct Location {
+    /// The `Cache-Control` its documents are written with.
+    cache_control: String,
     /// What metrics and errors call it (its public URL, or the directory).
     name: String,
     /// Where outsiders read it. None: a directory with no public URL,
@@ -163,6 +177,7 @@ impl Locations {
         if let Some(url) = &settings.public_url {
             let base = format!("{}/{namespace}/{name}", url.trim_end_matches('/'));
             locations.push(Location {
+                cache_control: settings.cache_control(),
                 name: base.clone(),
                 public_url: Some(base.clone()),
                 base,
@@ -304,10 +319,7 @@ impl Location {
                     };
                     let attributes = Attributes::from_iter([
                         (Attribute::ContentType, content_type.to_owned()),
-                        (
-                            Attribute::CacheControl,
-                            format!("public, max-age={MAX_AGE_SECONDS}"),
-                        ),
+                        (Attribute::CacheControl, self.cache_control.clone()),
                     ]);
                     let options = PutOptions {
                         attributes,
@@ -621,6 +633,7 @@ async fn bucket(
             url: s3.endpoint.clone(),
         })?;
     Ok(Location {
+        cache_control: settings.cache_control(),
         name: public_url.clone(),
         public_url: Some(public_url.clone()),
         base: public_url,
@@ -663,6 +676,7 @@ fn directory_location(
         }
     })?;
     Ok(Location {
+        cache_control: settings.cache_control(),
         name: format!("directory {path}"),
         base: public_url
             .clone()

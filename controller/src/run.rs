@@ -71,6 +71,11 @@ pub struct OidcArgs {
     /// sinks are refused.
     #[arg(long = "publish-host", value_name = "HOST")]
     pub publish_hosts: Vec<String>,
+    /// How long outside verifiers may cache the documents
+    /// (`Cache-Control: max-age`); Trust waits it out once every location
+    /// serves the new key.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::publish::DEFAULT_MAX_AGE_SECONDS)]
+    pub publish_max_age_seconds: u32,
 }
 
 impl OidcArgs {
@@ -108,6 +113,7 @@ impl OidcArgs {
             public_ca,
             root: self.publish_root.clone(),
             allowed_hosts: self.publish_hosts.clone(),
+            max_age_seconds: self.publish_max_age_seconds,
         };
         Ok((settings, transport))
     }
@@ -161,6 +167,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             args.oidc.oidc_addr,
             transport,
             client.clone(),
+            publish.cache_control(),
         ))
     });
     let server = tokio::spawn(crate::serve::serve(

@@ -181,8 +181,9 @@ pub async fn serve_oidc(
     addr: SocketAddr,
     transport: OidcTransport,
     client: kube::Client,
+    cache_control: String,
 ) -> std::io::Result<()> {
-    let app = oidc_router(client);
+    let app = oidc_router(client, cache_control);
     match transport {
         OidcTransport::InsecureHttp => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -226,18 +227,31 @@ async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
     }
 }
 
-/// The OIDC endpoint's routes, reading ConfigMaps through `client`.
-pub fn oidc_router(client: kube::Client) -> Router {
+/// The OIDC endpoint's routes, reading ConfigMaps through `client`, every
+/// document served with `cache_control`.
+pub fn oidc_router(client: kube::Client, cache_control: String) -> Router {
     Router::new()
         .route("/{namespace}/{name}/{*path}", get(oidc_document))
-        .with_state(client)
+        .with_state(OidcState {
+            client,
+            cache_control,
+        })
+}
+
+#[derive(Clone)]
+struct OidcState {
+    client: kube::Client,
+    cache_control: String,
 }
 
 /// One published document: found in the rotation's endpoint ConfigMap by
 /// its exact path (no file system is involved), with `ETag`,
 /// `Cache-Control` and conditional GET.
 async fn oidc_document(
-    State(client): State<kube::Client>,
+    State(OidcState {
+        client,
+        cache_control,
+    }): State<OidcState>,
     Path((namespace, name, path)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -269,7 +283,6 @@ async fn oidc_document(
         return not_found();
     };
     let etag = entity_tag(body);
-    let cache_control = format!("public, max-age={}", publish::MAX_AGE_SECONDS);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -608,7 +621,7 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header("if-none-match", tag);
         }
-        let response = oidc_router(client.clone())
+        let response = oidc_router(client.clone(), "public, max-age=60".to_owned())
             .oneshot(request.body(Body::empty()).expect("works"))
             .await
             .expect("works");

@@ -937,8 +937,9 @@ pub enum Effect {
     /// Publish, at every location outside verifiers read (the controller's
     /// endpoint, a bucket, a directory), the JWKS of `public` and a
     /// discovery document for each of `issuers` (`None`: the issuer the
-    /// cluster signs with). Issued at every step, after the API servers'
-    /// effect; [`RotationState::published_keys`] says which keys.
+    /// cluster signs with). Issued at every step and once completed, after
+    /// the API servers' effect; [`RotationState::published_keys`] says
+    /// which keys.
     PublishOutside {
         public: Vec<KeyVersion>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1051,13 +1052,13 @@ pub fn step(
         && state.step == Step::Retire
         && state.changes_key
         && waiting::old_key_dropped(&waiting);
-    if !next.is_completed() {
-        effects.push(Effect::PublishOutside {
-            public: next.published_keys(old_dropped),
-            issuers: next.issuer_flags(),
-            withdrawn: next.withdrawn_issuers(),
-        });
-    }
+    // Completed too: a rotation resource publishes from the start, and a
+    // location added later is filled.
+    effects.push(Effect::PublishOutside {
+        public: next.published_keys(old_dropped),
+        issuers: next.issuer_flags(),
+        withdrawn: next.withdrawn_issuers(),
+    });
     if old_dropped {
         effects.push(Effect::RetireKey { version: old });
     }
