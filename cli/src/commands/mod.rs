@@ -127,7 +127,7 @@ fn version(output: crate::args::Format) -> Outcome {
             env!("KSA_TARGET")
         ),
         crate::args::Format::Json => serde_json::to_string_pretty(&json)?,
-        crate::args::Format::Yaml => serde_yaml::to_string(&json)?,
+        crate::args::Format::Yaml => serde_saphyr::to_string(&json)?,
     };
     finish(&text)
 }

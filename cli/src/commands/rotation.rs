@@ -278,7 +278,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
         cluster: config.kubeconfig_secret.as_ref().map(|name| ClusterRef {
             kubeconfig_secret: SecretKeyRef {
                 name: name.clone(),
-                key: "value".into(),
+                key: config.kubeconfig_secret_key.clone(),
             },
         }),
         key,
@@ -313,7 +313,7 @@ async fn user_cluster(target: &Target) -> Result<TargetCluster, Failure> {
         .map(|name| ClusterRef {
             kubeconfig_secret: SecretKeyRef {
                 name: name.clone(),
-                key: "value".into(),
+                key: target.config.kubeconfig_secret_key.clone(),
             },
         });
     Ok(TargetCluster::connect(
@@ -348,6 +348,21 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         Some(resource) => resource.state()?,
         None => RotationState::settled(KeyVersion::FIRST),
     };
+    // `--issuer` wins; else the config's `issuer`, unless the cluster
+    // already signs with it (checked below).
+    let from_config = issuer.is_none() && config.issuer.is_some();
+    let issuer = match issuer {
+        Some(issuer) => Some(issuer),
+        None => config
+            .issuer
+            .as_deref()
+            .map(|text| {
+                Issuer::target(text)
+                    .context("ksaSigningKeyRotation.issuer")
+                    .map_err(Failure::bad_input)
+            })
+            .transpose()?,
+    };
     let requested_issuer = existing
         .as_ref()
         .and_then(|resource| resource.spec.issuer.as_deref())
@@ -361,6 +376,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         }
         None => None,
     };
+    let issuer = issuer.filter(|to| !(from_config && signing_issuer.as_ref() == Some(to)));
     // Whether a rotation may start is the core's decision, the same one the
     // controller makes; a target the controller has not picked up yet is a
     // rotation in progress too, though its status still says completed.
@@ -677,7 +693,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     let text = match output {
         Format::Text => state.status_line().to_string(),
         Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
-        Format::Yaml => serde_yaml::to_string(&structured(&status, &resource))?,
+        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource))?,
     };
     super::finish(&text)
 }
@@ -711,7 +727,7 @@ fn issuer_status(
     let text = match output {
         Format::Text => issuer.status_line.clone(),
         Format::Json => serde_json::to_string_pretty(&structured())?,
-        Format::Yaml => serde_yaml::to_string(&structured())?,
+        Format::Yaml => serde_saphyr::to_string(&structured())?,
     };
     super::finish(&text)
 }

@@ -219,7 +219,7 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
             )
         }
         Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_yaml::to_string(&json)?,
+        Format::Yaml => serde_saphyr::to_string(&json)?,
     })
 }
 
@@ -249,7 +249,7 @@ fn invalid(error: &TokenError, output: Format) -> Result<String, Failure> {
             shown(&message)
         ),
         Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_yaml::to_string(&json)?,
+        Format::Yaml => serde_saphyr::to_string(&json)?,
     })
 }
 
