@@ -15,10 +15,10 @@ use ksa_kube::api::{
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::args::{ClusterArgs, Format, IssuerCommand, RotationCommand};
 use crate::config::UserClusterConfig;
+use crate::connection::Connection;
 use crate::{Failure, Outcome, exit};
 
 const EXPLANATION: &str = "\
@@ -180,7 +180,7 @@ pub fn run(request: Request) -> Outcome {
                         crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
                             pki_dir: pki_dir.clone(),
                             manifests_dir: args.manifests_dir.clone().unwrap_or_default(),
-                            kube_config: kube_config(args.cluster.kubeconfig.as_deref()).await?,
+                            kube_config: Connection::open(&args.cluster.kube).await?.config,
                             skip_prompt: args.skip_prompt,
                             wait: args.wait,
                             timeout: super::duration(&args.timeout, "--timeout")?,
@@ -219,43 +219,26 @@ struct Target {
     config: UserClusterConfig,
     client: kube::Client,
     kube_config: kube::Config,
+    /// Where the client came from, for errors.
+    connection: Connection,
     api: Api<KSASigningKeyRotation>,
-}
-
-/// The kubeconfig given, or the one found as kubectl finds it.
-async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, Failure> {
-    Ok(match kubeconfig {
-        Some(path) => {
-            let bytes = crate::input::read_limited(path, crate::commands::MAX_INPUT)
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?;
-            let kubeconfig = std::str::from_utf8(&bytes)
-                .map_err(anyhow::Error::from)
-                .and_then(|text| Kubeconfig::from_yaml(text).map_err(anyhow::Error::from))
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no --kubeconfig given and none found in $KUBECONFIG or ~/.kube/config")
-            .map_err(Failure::bad_input)?,
-    })
 }
 
 async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
     let path = args.config.as_deref().unwrap_or(std::path::Path::new(""));
-    let config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
-    let kube_config = kube_config(args.kubeconfig.as_deref()).await?;
-    let client = kube::Client::try_from(kube_config.clone())?;
-    let api = Api::namespaced(client.clone(), &config.namespace);
+    let mut config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
+    if let Some(namespace) = &args.namespace {
+        config.namespace.clone_from(namespace);
+    }
+    let connection = Connection::open(&args.kube).await?;
+    connection.check().await?;
+    super::preflight::crd_installed(&connection).await?;
+    let api = Api::namespaced(connection.client.clone(), &config.namespace);
     Ok(Target {
         config,
-        client,
-        kube_config,
+        client: connection.client.clone(),
+        kube_config: connection.config.clone(),
+        connection,
         api,
     })
 }
@@ -416,6 +399,21 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
             });
         }
     };
+    // What the rotation needs, before the plan (which takes a while) and
+    // the prompt: fails within seconds, naming what is missing.
+    let verb = if existing.is_some() {
+        "patch"
+    } else {
+        "create"
+    };
+    if !args.dry_run {
+        super::preflight::may_change_rotation(&target.connection, &config.namespace, verb).await?;
+        super::preflight::controller_running(
+            &target.connection,
+            args.cluster.controller_namespace.as_deref(),
+        )
+        .await?;
+    }
     let to = started.key_version().get();
     let spec = spec_for(config, to, issuer.as_ref());
     // Who the rotation affects and who it could break, from the live
@@ -449,7 +447,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
                 .api
                 .create(&PostParams::default(), &resource)
                 .await
-                .map_err(conflict_is_busy)?;
+                .map_err(|e| refused(e, verb, &config.namespace))?;
         }
         Some(resource) => {
             // Conditional on what we read: of two racing `rotate`s, one
@@ -466,7 +464,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
                 .api
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map_err(conflict_is_busy)?;
+                .map_err(|e| refused(e, verb, &config.namespace))?;
         }
     }
     eprintln!(
@@ -524,6 +522,15 @@ fn explanation(
         format!("{}\n\n{keys}", issuer.replace("{key}", &key))
     } else {
         issuer.replace("{key}", "")
+    }
+}
+
+/// Why creating or patching the rotation failed: RBAC, a racing rotate,
+/// or the request's own error.
+fn refused(error: kube::Error, verb: &str, namespace: &str) -> Failure {
+    match super::preflight::forbidden(error, verb, namespace) {
+        Ok(other) => conflict_is_busy(other),
+        Err(forbidden) => forbidden,
     }
 }
 
