@@ -587,8 +587,14 @@ async fn follow(
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
-    let config =
+    let mut config =
         watcher::Config::default().fields(&format!("metadata.name={}", target.config.name));
+    // With --request-timeout, the server ends each watch before the
+    // client would give up on it.
+    if let Some(limit) = target.kube_config.read_timeout {
+        let seconds = u32::try_from(limit.as_secs().saturating_sub(1)).unwrap_or(u32::MAX);
+        config = config.timeout(seconds.clamp(1, 290));
+    }
     let mut updates = std::pin::pin!(
         watcher(target.api.clone(), config)
             .default_backoff()
