@@ -437,6 +437,10 @@ pub enum TokenCommand {
         /// The private key (PEM).
         #[arg(long)]
         key: PathBuf,
+        /// text: the token alone; json or yaml: the token with its kid and
+        /// expiry.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, global = true)]
+        output: Format,
         #[command(subcommand)]
         kind: MintKind,
     },

@@ -490,3 +490,74 @@ fn kubectl_complete_ksa_answers_in_cobras_protocol() {
         "{text}"
     );
 }
+
+#[test]
+fn every_command_that_prints_data_takes_o_json_and_yaml() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = generate_key(&dir.path().join("k"));
+    let token = common::vector_token("valid RS256 bound token");
+    let jwks = common::jwks_file();
+    let jwks = jwks.path().to_str().expect("path").to_owned();
+    let line = "State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{\"tokenVersion\":2,\"privateKeyVersion\":2,\"publicKeyVersions\":[2]}";
+    let out_dir = dir.path().join("generated");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["version"],
+        vec!["status", "decode", line],
+        vec!["keys", "jwks", &key],
+        vec!["token", "decode", &token],
+        vec![
+            "token",
+            "verify",
+            &token,
+            "--jwks",
+            &jwks,
+            "--at",
+            "1800000000",
+        ],
+        vec![
+            "token",
+            "mint",
+            "--key",
+            &key,
+            "legacy",
+            "--namespace",
+            "d",
+            "--service-account",
+            "a",
+            "--uid",
+            "u",
+            "--secret",
+            "s",
+        ],
+    ];
+    for format in ["json", "yaml"] {
+        for args in &commands {
+            let mut args = args.clone();
+            args.extend(["-o", format]);
+            let out = run(&mut ksa(&args), DEADLINE);
+            assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+            let parsed: Result<serde_json::Value, String> = match format {
+                "json" => serde_json::from_str(&out.stdout).map_err(|e| e.to_string()),
+                _ => serde_saphyr::from_str(&out.stdout).map_err(|e| e.to_string()),
+            };
+            let value = parsed.unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout));
+            assert!(value.is_object(), "{args:?}: {value}");
+        }
+        // keys generate writes files; a fresh directory for each format.
+        let out = run(
+            &mut ksa(&[
+                "keys",
+                "generate",
+                "--algorithm",
+                "ES256",
+                "--out",
+                out_dir.join(format).to_str().expect("path"),
+                "-o",
+                format,
+            ]),
+            DEADLINE,
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(out.stdout.contains("kid"), "{}", out.stdout);
+    }
+}

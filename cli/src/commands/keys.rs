@@ -225,9 +225,9 @@ enum StoreError {
 }
 
 /// Stores `key` as `version` with the key store's own writer (the labels
-/// and `ksa.dev/kid` annotation the controller reads), then reads it back:
-/// `KeyStore::create` keeps a Secret that already exists, so the read says
-/// whether it holds this key or another.
+/// the controller selects by, and the `ksa.dev/kid` annotation), then reads
+/// it back: `KeyStore::create` keeps a Secret that already exists, so the
+/// read says whether it holds this key or another.
 async fn store_key(
     store: &KeyStore,
     version: KeyVersion,

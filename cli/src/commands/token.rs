@@ -61,7 +61,7 @@ pub fn run(command: TokenCommand) -> Outcome {
             };
             verify(&token, &keys, &expect, no_expiry, output)
         }
-        TokenCommand::Mint { key, kind } => mint(&key, kind),
+        TokenCommand::Mint { key, kind, output } => mint(&key, kind, output),
     }
 }
 
@@ -297,7 +297,7 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
         })
 }
 
-fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
+fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
     let keys = parse_pem(&super::read_file(&key_path.display().to_string())?)
         .with_context(|| format!("--key {}", key_path.display()))
         .map_err(Failure::bad_input)?;
@@ -350,5 +350,18 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
         }
     };
     let signer = AwsLc::new().signing_key(key)?;
-    super::finish(&token::mint(&claims, signer.as_ref())?)
+    let minted = token::mint(&claims, signer.as_ref())?;
+    let json = || {
+        serde_json::json!({
+            "token": minted,
+            "kid": key.kid().to_string(),
+            "expires": claims.exp.and_then(|exp| jiff::Timestamp::from_second(exp).ok()).map(|t| t.to_string()),
+        })
+    };
+    let text = match output {
+        Format::Text => minted.clone(),
+        Format::Json => serde_json::to_string_pretty(&json())?,
+        Format::Yaml => serde_saphyr::to_string(&json())?,
+    };
+    super::finish(&text)
 }
