@@ -243,27 +243,27 @@ fn admin_cluster(
 }
 
 fn rotate(api: &FakeApi) -> common::Run {
+    rotate_with(api, &[])
+}
+
+fn rotate_with(api: &FakeApi, extra: &[&str]) -> common::Run {
     let home = tempfile::tempdir().expect("home");
     let config = user_cluster_config();
     let kubeconfig = api.kubeconfig("default");
-    let out = run(
-        &mut ksa_isolated(
-            &[
-                "update",
-                "credentials",
-                "ksa-signing-key",
-                "rotate",
-                "--config",
-                path(&config),
-                "--kubeconfig",
-                path(&kubeconfig),
-                "--skip-prompt",
-                "--wait",
-            ],
-            home.path(),
-        ),
-        DEADLINE,
-    );
+    let mut args = vec![
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--config",
+        path(&config),
+        "--kubeconfig",
+        path(&kubeconfig),
+        "--skip-prompt",
+        "--wait",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&mut ksa_isolated(&args, home.path()), DEADLINE);
     let changed: Vec<Request> = api
         .requests()
         .into_iter()
@@ -299,6 +299,24 @@ fn rotate_fails_within_seconds_when_rbac_forbids_creating_the_rotation() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn namespace_names_the_namespace_of_the_rotation() {
+    let api = FakeApi::serve(admin_cluster(true, false, serde_json::json!([])));
+    let out = rotate_with(&api, &["-n", "elsewhere"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("in namespace elsewhere"),
+        "{}",
+        out.stderr
+    );
+    let read = api.requests().iter().any(|r| {
+        r.path.starts_with(
+            "/apis/ksa.dev/v1alpha1/namespaces/elsewhere/ksasigningkeyrotations/user-cluster-1",
+        )
+    });
+    assert!(read, "{:?}", api.requests());
 }
 
 #[test]
@@ -347,6 +365,11 @@ fn secret_store() -> FakeApi {
         let mut secrets = secrets.lock().expect("lock");
         match request.method.as_str() {
             "GET" if path == "/version" => fake_api::version(),
+            // A cluster that signs with some other key.
+            "GET" if path == "/openid/v1/jwks" => (
+                200,
+                serde_json::json!({"keys": [{"kty": "EC", "kid": "another-key"}]}),
+            ),
             "GET" => match secrets.get(path) {
                 Some(secret) => (200, secret.clone()),
                 None => fake_api::not_found(),
@@ -416,6 +439,10 @@ fn keys_import_stores_version_1_once_and_refuses_a_different_key() {
     assert_eq!(out.code, Some(0), "{out:?}");
     let result: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(result["changed"], true, "{result}");
+    // The API server publishes other keys: said, not refused (a hosted
+    // control plane's admin cluster is not the cluster the key is for).
+    assert_eq!(result["listedByApiServer"], false, "{result}");
+    assert!(out.stderr.contains("does not list kid"), "{}", out.stderr);
     assert_eq!(result["secret"], "user-cluster-1-signing-key-v1");
     assert_eq!(result["namespace"], "user-cluster-1");
     let kid = result["kid"].as_str().expect("a kid").to_owned();

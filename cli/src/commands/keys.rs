@@ -173,6 +173,16 @@ fn import(args: ImportArgs) -> Outcome {
             .namespace
             .clone()
             .unwrap_or_else(|| connection.config.default_namespace.clone());
+        let listed = listed_by_api_server(&connection.client, key.kid()).await;
+        if listed == Some(false) {
+            eprintln!(
+                "warning: the API server at {} does not list kid {} in /openid/v1/jwks: if this \
+                 is the cluster the key is for, it is not the key the cluster signs with (its \
+                 tokens would be rejected once a rotation publishes the keys ksa stores)",
+                connection.config.cluster_url,
+                key.kid()
+            );
+        }
         let store = KeyStore::new(connection.client.clone(), &namespace, &args.rotation);
         let secret = store.secret_name(args.version);
         let imported = store_key(&store, args.version, &key)
@@ -195,6 +205,7 @@ fn import(args: ImportArgs) -> Outcome {
             "keyVersion": args.version.get(),
             "kid": key.kid().to_string(),
             "changed": imported == Imported::Stored,
+            "listedByApiServer": listed,
         });
         let text = match args.output {
             Format::Text => match imported {
@@ -213,6 +224,21 @@ fn import(args: ImportArgs) -> Outcome {
         };
         super::finish(&text)
     })
+}
+
+/// Whether the API server's `/openid/v1/jwks` lists `kid`; `None` when it
+/// cannot be read.
+async fn listed_by_api_server(client: &kube::Client, kid: &ksa_core::KeyId) -> Option<bool> {
+    let request = http::Request::get("/openid/v1/jwks")
+        .body(Vec::new())
+        .ok()?;
+    let text = client.request_text(request).await.ok()?;
+    let jwks: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let keys = jwks.get("keys")?.as_array()?;
+    Some(
+        keys.iter()
+            .any(|k| k.get("kid").and_then(|v| v.as_str()) == Some(kid.as_str())),
+    )
 }
 
 #[derive(Debug)]
