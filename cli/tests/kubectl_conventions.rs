@@ -588,3 +588,55 @@ fn every_command_that_prints_data_takes_o_json_and_yaml() {
         assert!(out.stdout.contains("kid"), "{}", out.stdout);
     }
 }
+
+#[test]
+fn rotate_gives_a_controller_that_is_starting_a_few_seconds_to_take_the_lease() {
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let lists = admin_cluster(true, true, serde_json::json!([]));
+    let api = FakeApi::serve(move |request| {
+        if request
+            .path
+            .starts_with("/apis/coordination.k8s.io/v1/leases")
+        {
+            // Taken on the third look.
+            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                return fake_api::leases(serde_json::json!([]));
+            }
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+                .to_string();
+            return fake_api::leases(serde_json::json!([{
+                "metadata": {"name": "ksa-controller-leader", "namespace": "default"},
+                "spec": {"holderIdentity": "ksa-controller-1", "leaseDurationSeconds": 15, "renewTime": now}
+            }]));
+        }
+        lists(request)
+    });
+    let home = tempfile::tempdir().expect("home");
+    let config = user_cluster_config();
+    let kubeconfig = api.kubeconfig("default");
+    let out = run(
+        &mut ksa_isolated(
+            &[
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "rotate",
+                "--config",
+                path(&config),
+                "--kubeconfig",
+                path(&kubeconfig),
+                "--skip-prompt",
+            ],
+            home.path(),
+        ),
+        DEADLINE,
+    );
+    assert!(!out.stderr.contains("no ksa-controller"), "{}", out.stderr);
+    let looks = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/apis/coordination.k8s.io/v1/leases"))
+        .count();
+    assert_eq!(looks, 3, "{:?}", api.requests());
+}

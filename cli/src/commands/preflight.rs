@@ -6,7 +6,8 @@
 //! - the `KSASigningKeyRotation` CRD is installed ([`crd_installed`]);
 //! - RBAC lets the user create (or patch) the rotation
 //!   ([`may_change_rotation`], a SelfSubjectAccessReview);
-//! - a controller holds the leader Lease ([`controller_running`]).
+//! - a controller holds the leader Lease ([`controller_running`], which
+//!   gives one that was just started a few seconds to take it).
 //!
 //! The decisions are pure functions of what was read, tested below.
 
@@ -119,13 +120,39 @@ pub fn forbidden(error: kube::Error, verb: &str, namespace: &str) -> Result<kube
     }
 }
 
-/// Fails unless a controller holds the leader Lease: in `namespace` when
-/// given, else wherever it is (one Lease of that name cluster-wide), else
-/// in [`CONTROLLER_NAMESPACE`] when Leases cannot be listed cluster-wide.
+/// How long [`controller_running`] waits for a controller that is
+/// starting (or taking over from a leader that died) to hold the Lease.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Fails unless a controller holds the leader Lease, looking again for
+/// [`CONTROLLER_PATIENCE`] (one that was just started has not taken it
+/// yet).
 pub async fn controller_running(
     connection: &Connection,
     namespace: Option<&str>,
 ) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + CONTROLLER_PATIENCE;
+    loop {
+        match leader_held(connection, namespace).await? {
+            Ok(()) => return Ok(()),
+            Err(missing) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %missing.error, "no controller yet; looking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(missing) => return Err(missing),
+        }
+    }
+}
+
+/// Whether a controller holds the leader Lease: in `namespace` when given,
+/// else wherever it is (one Lease of that name cluster-wide), else in
+/// [`CONTROLLER_NAMESPACE`] when Leases cannot be listed cluster-wide.
+/// The outer error: the Leases could not be read; the inner one: no
+/// controller holds the Lease.
+async fn leader_held(
+    connection: &Connection,
+    namespace: Option<&str>,
+) -> Result<Result<(), Failure>, Failure> {
     let client = connection.client.clone();
     let (leases, place) = match namespace {
         Some(namespace) => (
@@ -145,7 +172,7 @@ pub async fn controller_running(
         }
     };
     match leases {
-        Ok(leases) => check_leader(&leases, &place, jiff::Timestamp::now()),
+        Ok(leases) => Ok(check_leader(&leases, &place, jiff::Timestamp::now())),
         Err(kube::Error::Api(status)) if status.code == 403 => {
             // Not allowed to look: say so, and go on.
             eprintln!(
@@ -153,7 +180,7 @@ pub async fn controller_running(
                  pass --controller-namespace if it runs elsewhere",
                 status.message
             );
-            Ok(())
+            Ok(Ok(()))
         }
         Err(error) => Err(connection.unreachable(error)),
     }
