@@ -206,20 +206,25 @@ fn describe(config: &kube::Config, context: &Option<String>, source: &Kubeconfig
 }
 
 /// A kubeconfig file, refused when larger than ksa reads (so that
-/// `/dev/zero` fails at once); relative file paths in it are resolved
-/// against its directory, as kubectl does.
+/// `/dev/zero` fails at once). In a regular file, relative file paths are
+/// resolved against its directory, as kubectl does; a pipe
+/// (`--kubeconfig <(...)`) is read once and taken as it is.
 fn read(path: &Path) -> Result<Kubeconfig, Failure> {
     let context = || format!("kubeconfig {}", path.display());
     let bytes = crate::input::read_limited(path, crate::commands::MAX_INPUT)
         .with_context(context)
         .map_err(Failure::bad_input)?;
-    std::str::from_utf8(&bytes)
+    let text = std::str::from_utf8(&bytes)
         .map_err(|_| anyhow::anyhow!("not UTF-8 text"))
         .with_context(context)
         .map_err(Failure::bad_input)?;
-    Kubeconfig::read_from(path)
-        .with_context(context)
-        .map_err(Failure::bad_input)
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    let kubeconfig = if regular {
+        Kubeconfig::read_from(path)
+    } else {
+        Kubeconfig::from_yaml(text)
+    };
+    kubeconfig.with_context(context).map_err(Failure::bad_input)
 }
 
 /// The config of `context` (or the current context), and the context's name.
