@@ -128,9 +128,9 @@ pub struct ClusterArgs {
         conflicts_with = "pki_dir"
     )]
     pub namespace: Option<String>,
-    /// The namespace of ksa-controller's leader Lease, which rotate checks
-    /// is held before it starts anything; default: wherever the Lease is,
-    /// else ksa-system.
+    /// The namespace of ksa-controller's leader Lease, which rotate (and
+    /// status --watch) check is held before they start; default: wherever
+    /// the Lease is, else ksa-system.
     #[arg(long, value_name = "NAMESPACE", conflicts_with = "pki_dir")]
     pub controller_namespace: Option<String>,
     /// A kubeadm control plane instead: its pki directory

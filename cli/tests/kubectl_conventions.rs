@@ -640,3 +640,48 @@ fn rotate_gives_a_controller_that_is_starting_a_few_seconds_to_take_the_lease() 
         .count();
     assert_eq!(looks, 3, "{:?}", api.requests());
 }
+
+#[test]
+fn status_watch_of_a_rotation_no_controller_carries_out_fails_within_seconds() {
+    let rotation = serde_json::json!({
+        "apiVersion": "ksa.dev/v1alpha1", "kind": "KSASigningKeyRotation",
+        "metadata": {"name": "user-cluster-1", "namespace": "user-cluster-1"},
+        "spec": {"keyVersion": 2}
+    });
+    let lists = admin_cluster(true, true, serde_json::json!([]));
+    let api = FakeApi::serve(move |request| {
+        if request.path
+            == "/apis/ksa.dev/v1alpha1/namespaces/user-cluster-1/ksasigningkeyrotations/user-cluster-1"
+        {
+            return (200, rotation.clone());
+        }
+        lists(request)
+    });
+    let home = tempfile::tempdir().expect("home");
+    let config = user_cluster_config();
+    let kubeconfig = api.kubeconfig("default");
+    let out = run(
+        &mut ksa_isolated(
+            &[
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "status",
+                "--watch",
+                "--config",
+                path(&config),
+                "--kubeconfig",
+                path(&kubeconfig),
+            ],
+            home.path(),
+        ),
+        DEADLINE,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no ksa-controller is running"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.took < Duration::from_secs(20), "took {:?}", out.took);
+}

@@ -673,6 +673,17 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     })?;
     let state = resource.state()?;
     if watch {
+        // A rotation asked for and not completed needs a controller: say
+        // so now rather than watch a resource nothing will change.
+        let awaited =
+            !state.is_completed() || resource.spec.key_version != state.key_version().get();
+        if awaited {
+            super::preflight::controller_running(
+                &target.connection,
+                args.controller_namespace.as_deref(),
+            )
+            .await?;
+        }
         // Not started by this command: lines from the first state seen on
         // (`Progress::joined_rotation`). The rotation is the one the state
         // is in, or, when completed, the one the spec asks for next.
