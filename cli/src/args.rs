@@ -66,7 +66,6 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Print shell completions.
     /// Print the version, the commit it was built from, its date and the
     /// target.
     #[command(after_help = "Examples:\n  ksa version\n  ksa version -o json")]
@@ -74,6 +73,8 @@ pub enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Print shell completions (for `kubectl ksa`, install the
+    /// kubectl_complete-ksa binary on the PATH instead).
     #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
     Completions { shell: clap_complete::Shell },
     /// Write man pages (one per command) into a directory.
@@ -116,15 +117,44 @@ pub struct ClusterArgs {
         conflicts_with = "pki_dir"
     )]
     pub config: Option<PathBuf>,
-    /// The admin cluster kubeconfig (with --pki-dir: the cluster's admin
-    /// kubeconfig); default: $KUBECONFIG, then ~/.kube/config.
-    #[arg(long, value_name = "ADMIN_CLUSTER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// The namespace of the rotation in the admin cluster; default: the
+    /// config's ksaSigningKeyRotation.namespace, else the cluster name.
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NAMESPACE",
+        conflicts_with = "pki_dir"
+    )]
+    pub namespace: Option<String>,
+    /// The namespace of ksa-controller's leader Lease, which rotate (and
+    /// status --watch) check is held before they start; default: wherever
+    /// the Lease is, else ksa-system.
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "pki_dir")]
+    pub controller_namespace: Option<String>,
     /// A kubeadm control plane instead: its pki directory
     /// (/etc/kubernetes/pki). ksa drives the rotation itself, keeping its
     /// state there; no controller is involved.
     #[arg(long, value_name = "DIR")]
     pub pki_dir: Option<PathBuf>,
+}
+
+/// kubectl's connection flags, with kubectl's precedence.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// The kubeconfig (of the admin cluster; with --pki-dir, the cluster's
+    /// admin kubeconfig); default: the files of $KUBECONFIG, merged, then
+    /// ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; default: its current-context.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// How long one request to the API server may take: 0 (no limit), a
+    /// number of seconds, or a duration such as 30s or 1m.
+    #[arg(long, value_name = "DURATION", default_value = "0")]
+    pub request_timeout: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -260,6 +290,13 @@ pub enum Format {
     Yaml,
 }
 
+/// The format of a command whose output is data only.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    Json,
+    Yaml,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum StatusCommand {
     /// Decode a status line (one line, or broken over lines as pasted) into JSON.
@@ -269,6 +306,8 @@ pub enum StatusCommand {
     Decode {
         /// The status line, or - to read stdin.
         text: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
+        output: DataFormat,
     },
 }
 
@@ -299,6 +338,8 @@ pub enum KeysCommand {
         /// Replace existing files (a symlink is replaced, never followed).
         #[arg(long)]
         force: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
     /// Print the JWKS of PEM keys (public parts only), with kube-apiserver's kids.
     #[command(after_help = "Example:\n  ksa keys jwks /etc/kubernetes/pki/sa.pub new/sa.pub")]
@@ -306,6 +347,38 @@ pub enum KeysCommand {
         /// PEM files: public or private keys, several blocks each; - for stdin.
         #[arg(required = true)]
         files: Vec<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
+        output: DataFormat,
+    },
+    /// Import the key a cluster signs with today (kube-apiserver's
+    /// --service-account-key-file, sa.key) as a rotation's key version 1,
+    /// so that the first rotation trusts it until it is retired.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  ksa keys import --rotation user-cluster-1 -n user-cluster-1 --key sa.key\n",
+        "  ksa keys import --rotation user-cluster-1 -n user-cluster-1 --key sa.key --kubeconfig admin.kubeconfig -o json\n\n",
+        "Writes the Secret NAME-signing-key-v1 (labelled ksa.dev/rotation=NAME, ksa.dev/key-version=1,\n",
+        "annotated ksa.dev/kid=KID). Importing the same key again changes nothing; a different key\n",
+        "already stored there is refused (exit 2)."
+    ))]
+    Import {
+        /// The rotation (the KSASigningKeyRotation resource, the user
+        /// cluster's name) the key belongs to.
+        #[arg(long, value_name = "NAME")]
+        rotation: String,
+        /// The rotation's namespace; default: the kubeconfig context's.
+        #[arg(long, short = 'n', value_name = "NAMESPACE")]
+        namespace: Option<String>,
+        /// The private key (PEM) the cluster signs with; - for stdin.
+        #[arg(long, value_name = "FILE")]
+        key: String,
+        /// The key version to store it as (`--version` is ksa's own).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        key_version: u64,
+        #[command(flatten)]
+        kube: KubeArgs,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
 }
 
@@ -316,6 +389,8 @@ pub enum TokenCommand {
     Decode {
         /// The token, or - for stdin.
         token: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
+        output: DataFormat,
     },
     /// Verify a token against keys; exit 0 when valid, 1 when not, 4 when it
     /// could not be checked.
@@ -362,6 +437,10 @@ pub enum TokenCommand {
         /// The private key (PEM).
         #[arg(long)]
         key: PathBuf,
+        /// text: the token alone; json or yaml: the token with its kid and
+        /// expiry.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, global = true)]
+        output: Format,
         #[command(subcommand)]
         kind: MintKind,
     },

@@ -2,12 +2,20 @@
 //! read as it is, plus an optional `ksaSigningKeyRotation` section for what
 //! gkectl does not say.
 //!
-//! Unknown fields are ignored (logged at debug level). Every bad value is an
-//! error that names the field path, the value and what is allowed.
+//! The file is read into typed structs ([`RawConfig`] and the sections
+//! under it) by `serde-saphyr`, whose budget refuses alias bombs. Fields
+//! outside the section are gkectl's and are ignored (logged at debug
+//! level); an unknown key inside the section is an error that names the
+//! nearest known key, so that a typo never silently becomes a default.
+//! Each leaf is read as [`Written`], what the file says, so that every bad
+//! value is an error that names the field path, the value and what is
+//! allowed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_yaml::{Mapping, Value};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 /// What `ksa` takes from a user cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +29,9 @@ pub struct UserClusterConfig {
     pub advanced_cluster: bool,
     /// Accepted issuers (`ksaSigningKeyRotation.issuers`).
     pub issuers: Vec<String>,
+    /// `ksaSigningKeyRotation.issuer`: the issuer to rotate to (the CRD's
+    /// `spec.issuer`); `--issuer` wins over it.
+    pub issuer: Option<String>,
     /// `ksaSigningKeyRotation.key`: `RSA-2048` (default), `RSA-3072`,
     /// `RSA-4096` or `ECDSA-P256`.
     pub key: String,
@@ -31,6 +42,9 @@ pub struct UserClusterConfig {
     /// `ksaSigningKeyRotation.kubeconfigSecret`: the Secret in the admin
     /// cluster holding the user cluster's kubeconfig.
     pub kubeconfig_secret: Option<String>,
+    /// `ksaSigningKeyRotation.kubeconfigSecretKey`: its data key
+    /// (default `value`).
+    pub kubeconfig_secret_key: String,
     /// `ksaSigningKeyRotation.keySecret`.
     pub key_secret: Option<String>,
     /// `ksaSigningKeyRotation.rollout`: `hosted-control-plane` (default) or
@@ -70,8 +84,196 @@ pub enum ConfigError {
         value: String,
         allowed: &'static str,
     },
+    #[error(
+        "{field}: unknown key{}; known keys here: {}",
+        .suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default(),
+        .known.join(", ")
+    )]
+    UnknownKey {
+        field: String,
+        /// The known key nearest to the one written, when one is near.
+        suggestion: Option<&'static str>,
+        known: &'static [&'static str],
+    },
     #[error("the config is {len} bytes; a user cluster config is at most {max}")]
     TooLarge { len: usize, max: u64 },
+}
+
+/// The file as written: the fields `ksa` reads, typed; gkectl's other
+/// fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    name: Option<Written>,
+    enable_advanced_cluster: Option<Written>,
+    ksa_signing_key_rotation: Option<Shaped<RawSection>>,
+    /// gkectl's fields (and a mapping is required: a flattened struct
+    /// is read only from one).
+    #[serde(flatten)]
+    gkectl: BTreeMap<String, IgnoredAny>,
+}
+
+/// `ksaSigningKeyRotation`: one key for each knob of the CRD's spec.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSection {
+    namespace: Option<Written>,
+    issuers: Option<Written>,
+    issuer: Option<Written>,
+    key: Option<Written>,
+    token_refresh: Option<Shaped<RawTokenRefresh>>,
+    trust_lead_time_seconds: Option<Written>,
+    kubeconfig_secret: Option<Written>,
+    kubeconfig_secret_key: Option<Written>,
+    key_secret: Option<Written>,
+    rollout: Option<Written>,
+    api_server_workload: Option<Shaped<RawWorkload>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+const SECTION_KEYS: &[&str] = &[
+    "namespace",
+    "issuers",
+    "issuer",
+    "key",
+    "tokenRefresh",
+    "trustLeadTimeSeconds",
+    "kubeconfigSecret",
+    "kubeconfigSecretKey",
+    "keySecret",
+    "rollout",
+    "apiServerWorkload",
+];
+
+/// `ksaSigningKeyRotation.tokenRefresh`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTokenRefresh {
+    policy: Option<Written>,
+    max_token_seconds: Option<Written>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+const TOKEN_REFRESH_KEYS: &[&str] = &["policy", "maxTokenSeconds"];
+
+/// `ksaSigningKeyRotation.apiServerWorkload`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawWorkload {
+    kind: Option<Written>,
+    name: Option<Written>,
+    container: Option<Written>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+const WORKLOAD_KEYS: &[&str] = &["kind", "name", "container"];
+
+/// A section: a mapping as expected, or whatever else was written there
+/// (named in the error).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Shaped<T> {
+    Mapping(T),
+    Other(Written),
+}
+
+/// A leaf as the file writes it, so that an error can show it.
+#[derive(Debug, Clone, PartialEq)]
+enum Written {
+    Null,
+    Bool(bool),
+    Integer(i128),
+    Float(f64),
+    Text(String),
+    List(Vec<Written>),
+    Mapping,
+}
+
+impl<'de> Deserialize<'de> for Written {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Written, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Written;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<Written, E> {
+                Ok(Written::Null)
+            }
+            fn visit_none<E>(self) -> Result<Written, E> {
+                Ok(Written::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Written, D::Error> {
+                Written::deserialize(d)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Written, E> {
+                Ok(Written::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Written, E> {
+                Ok(Written::Integer(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Written, E> {
+                Ok(Written::Integer(n.into()))
+            }
+            fn visit_i128<E>(self, n: i128) -> Result<Written, E> {
+                Ok(Written::Integer(n))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Written, E> {
+                Ok(Written::Float(n))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Written, E> {
+                Ok(Written::Text(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Written, E> {
+                Ok(Written::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Written, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Written::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Written, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Written::Mapping)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Written {
+    fn kind(&self) -> &'static str {
+        match self {
+            Written::Null => "null",
+            Written::Bool(_) => "a boolean",
+            Written::Integer(_) | Written::Float(_) => "a number",
+            Written::Text(_) => "a string",
+            Written::List(_) => "a list",
+            Written::Mapping => "a mapping",
+        }
+    }
+
+    /// The value, as an error shows it.
+    fn shown(&self) -> String {
+        match self {
+            Written::Text(s) => format!("{s:?}"),
+            Written::Bool(b) => b.to_string(),
+            Written::Integer(n) => n.to_string(),
+            Written::Float(n) => n.to_string(),
+            other => other.kind().to_owned(),
+        }
+    }
 }
 
 const KEYS: [&str; 4] = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256"];
@@ -111,24 +313,31 @@ impl UserClusterConfig {
                 max: MAX_CONFIG_BYTES,
             });
         }
-        let document: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
-            path: "the config".into(),
-            detail: e.to_string(),
-        })?;
-        let root = document.as_mapping().ok_or_else(|| ConfigError::Invalid {
+        let not_a_mapping = |value: &str| ConfigError::Invalid {
             field: "(document)".into(),
-            value: kind_of(&document).into(),
+            value: value.into(),
             allowed: "a user cluster config is a YAML mapping",
-        })?;
-        for key in root.keys().filter_map(Value::as_str) {
-            if !matches!(
-                key,
-                "name" | "enableAdvancedCluster" | "ksaSigningKeyRotation"
-            ) {
-                tracing::debug!(field = key, "ignoring user cluster config field");
-            }
+        };
+        // An empty file (or one of comments only) is no document at all.
+        let empty = text
+            .lines()
+            .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+        if empty {
+            return Err(not_a_mapping("an empty document"));
         }
-        let name = string(root, "name", "name")?.ok_or(ConfigError::Missing {
+        let document: Shaped<RawConfig> =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: "the config".into(),
+                detail: e.to_string(),
+            })?;
+        let root = match document {
+            Shaped::Mapping(root) => root,
+            Shaped::Other(other) => return Err(not_a_mapping(other.kind())),
+        };
+        for key in root.gkectl.keys() {
+            tracing::debug!(field = key, "ignoring user cluster config field");
+        }
+        let name = string(root.name.as_ref(), "name")?.ok_or(ConfigError::Missing {
             field: "name".into(),
             allowed: "the user cluster's name, a DNS-1123 label",
         })?;
@@ -139,129 +348,136 @@ impl UserClusterConfig {
                 allowed: "a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters",
             });
         }
-        let advanced_cluster = match root.get("enableAdvancedCluster") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
+        let advanced_cluster = match &root.enable_advanced_cluster {
+            None | Some(Written::Null) => false,
+            Some(Written::Bool(b)) => *b,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     field: "enableAdvancedCluster".into(),
-                    value: describe(other),
+                    value: other.shown(),
                     allowed: "true or false",
                 });
             }
         };
-        let empty = Mapping::new();
-        let section = match root.get("ksaSigningKeyRotation") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Mapping(m)) => m,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    field: "ksaSigningKeyRotation".into(),
-                    value: describe(other),
-                    allowed: "a mapping",
-                });
-            }
-        };
         const S: &str = "ksaSigningKeyRotation";
-        let namespace = string(section, "namespace", &format!("{S}.namespace"))?
+        let section = mapping(root.ksa_signing_key_rotation, S, "a mapping")?;
+        let section = section.unwrap_or_default();
+        known_keys(&section.unknown, S, SECTION_KEYS)?;
+        let field = |key: &str| format!("{S}.{key}");
+        let namespace = string(section.namespace.as_ref(), &field("namespace"))?
             .unwrap_or_else(|| name.clone());
         if !is_dns_label(&namespace) {
             return Err(ConfigError::Invalid {
-                field: format!("{S}.namespace"),
+                field: field("namespace"),
                 value: format!("{namespace:?}"),
                 allowed: "a DNS-1123 label",
             });
         }
-        let issuers = match section.get("issuers") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Sequence(items)) => items
+        let issuers = match &section.issuers {
+            None | Some(Written::Null) => Vec::new(),
+            Some(Written::List(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| match item.as_str() {
-                    Some(url)
+                .map(|(i, item)| match item {
+                    Written::Text(url)
                         if url.starts_with("https://") || url == "kubernetes/serviceaccount" =>
                     {
-                        Ok(url.to_owned())
+                        Ok(url.clone())
                     }
                     _ => Err(ConfigError::Invalid {
                         field: format!("{S}.issuers[{i}]"),
-                        value: describe(item),
+                        value: item.shown(),
                         allowed: "an https:// URL (or kubernetes/serviceaccount for legacy tokens)",
                     }),
                 })
                 .collect::<Result<_, _>>()?,
             Some(other) => {
                 return Err(ConfigError::Invalid {
-                    field: format!("{S}.issuers"),
-                    value: describe(other),
+                    field: field("issuers"),
+                    value: other.shown(),
                     allowed: "a list of issuer URLs",
                 });
             }
         };
+        let issuer = string(section.issuer.as_ref(), &field("issuer"))?;
+        if let Some(url) = &issuer
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid {
+                field: field("issuer"),
+                value: format!("{url:?}"),
+                allowed: "an https:// URL with a host and no query or fragment",
+            });
+        }
         let key = one_of(
-            section,
-            "key",
-            &format!("{S}.key"),
+            section.key.as_ref(),
+            &field("key"),
             &KEYS,
             "RSA-2048 (default), RSA-3072, RSA-4096 or ECDSA-P256",
         )?
         .unwrap_or_else(|| "RSA-2048".into());
-        let refresh = match section.get("tokenRefresh") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Mapping(m)) => m,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    field: format!("{S}.tokenRefresh"),
-                    value: describe(other),
-                    allowed: "a mapping with policy and maxTokenSeconds",
-                });
-            }
-        };
+        let refresh = mapping(
+            section.token_refresh,
+            &field("tokenRefresh"),
+            "a mapping with policy and maxTokenSeconds",
+        )?;
+        if let Some(refresh) = &refresh {
+            known_keys(&refresh.unknown, &field("tokenRefresh"), TOKEN_REFRESH_KEYS)?;
+        }
         let token_refresh = one_of(
-            refresh,
-            "policy",
-            &format!("{S}.tokenRefresh.policy"),
+            refresh.as_ref().and_then(|r| r.policy.as_ref()),
+            &field("tokenRefresh.policy"),
             &POLICIES,
             "restart-pods (default), recreate-nodes or wait",
         )?
         .unwrap_or_else(|| "restart-pods".into());
         let max_token_seconds = number(
-            refresh,
-            "maxTokenSeconds",
-            &format!("{S}.tokenRefresh.maxTokenSeconds"),
+            refresh.as_ref().and_then(|r| r.max_token_seconds.as_ref()),
+            &field("tokenRefresh.maxTokenSeconds"),
             600,
             "a whole number of seconds, at least 600",
         )?
         .unwrap_or(0);
         let trust_lead_time_seconds = number(
-            section,
-            "trustLeadTimeSeconds",
-            &format!("{S}.trustLeadTimeSeconds"),
+            section.trust_lead_time_seconds.as_ref(),
+            &field("trustLeadTimeSeconds"),
             0,
             "a whole number of seconds",
         )?
         .unwrap_or(0);
         let kubeconfig_secret = string(
-            section,
-            "kubeconfigSecret",
-            &format!("{S}.kubeconfigSecret"),
+            section.kubeconfig_secret.as_ref(),
+            &field("kubeconfigSecret"),
         )?;
-        let key_secret = string(section, "keySecret", &format!("{S}.keySecret"))?;
+        let kubeconfig_secret_key = string(
+            section.kubeconfig_secret_key.as_ref(),
+            &field("kubeconfigSecretKey"),
+        )?
+        .unwrap_or_else(|| "value".into());
+        let key_secret = string(section.key_secret.as_ref(), &field("keySecret"))?;
         let rollout = one_of(
-            section,
-            "rollout",
-            &format!("{S}.rollout"),
+            section.rollout.as_ref(),
+            &field("rollout"),
             &ROLLOUTS,
             "hosted-control-plane (default) or external-signer",
         )?
         .unwrap_or_else(|| "hosted-control-plane".into());
-        let api_server_workload = match section.get("apiServerWorkload") {
-            None | Some(Value::Null) => None,
-            Some(Value::Mapping(workload)) => {
+        let workload = mapping(
+            section.api_server_workload,
+            &field("apiServerWorkload"),
+            "a mapping with kind, name and container",
+        )?;
+        let api_server_workload = match workload {
+            None => None,
+            Some(workload) => {
                 let field = |key: &str| format!("{S}.apiServerWorkload.{key}");
+                known_keys(
+                    &workload.unknown,
+                    &format!("{S}.apiServerWorkload"),
+                    WORKLOAD_KEYS,
+                )?;
                 let kind = one_of(
-                    workload,
-                    "kind",
+                    workload.kind.as_ref(),
                     &field("kind"),
                     &WORKLOAD_KINDS,
                     "Deployment, StatefulSet or DaemonSet",
@@ -270,24 +486,18 @@ impl UserClusterConfig {
                     field: field("kind"),
                     allowed: "Deployment, StatefulSet or DaemonSet",
                 })?;
-                let name =
-                    string(workload, "name", &field("name"))?.ok_or(ConfigError::Missing {
+                let name = string(workload.name.as_ref(), &field("name"))?.ok_or(
+                    ConfigError::Missing {
                         field: field("name"),
                         allowed: "the name of the workload running the API servers",
-                    })?;
-                let container = string(workload, "container", &field("container"))?;
+                    },
+                )?;
+                let container = string(workload.container.as_ref(), &field("container"))?;
                 Some(ApiServerWorkload {
                     kind,
                     name,
                     container,
                 })
-            }
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    field: format!("{S}.apiServerWorkload"),
-                    value: describe(other),
-                    allowed: "a mapping with kind, name and container",
-                });
             }
         };
         Ok(UserClusterConfig {
@@ -295,11 +505,13 @@ impl UserClusterConfig {
             namespace,
             advanced_cluster,
             issuers,
+            issuer,
             key,
             token_refresh,
             max_token_seconds,
             trust_lead_time_seconds,
             kubeconfig_secret,
+            kubeconfig_secret_key,
             key_secret,
             rollout,
             api_server_workload,
@@ -307,70 +519,105 @@ impl UserClusterConfig {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// A section that must be a mapping when present.
+fn mapping<T>(
+    value: Option<Shaped<T>>,
+    field: &str,
+    allowed: &'static str,
+) -> Result<Option<T>, ConfigError> {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
+        None | Some(Shaped::Other(Written::Null)) => Ok(None),
+        Some(Shaped::Mapping(section)) => Ok(Some(section)),
+        Some(Shaped::Other(other)) => Err(ConfigError::Invalid {
+            field: field.to_owned(),
+            value: other.shown(),
+            allowed,
+        }),
     }
 }
 
-fn describe(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("{s:?}"),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        other => kind_of(other).to_owned(),
+/// Refuses the first key of `section` that is not one of `known`, naming
+/// the nearest known key.
+fn known_keys(
+    unknown: &BTreeMap<String, IgnoredAny>,
+    section: &str,
+    known: &'static [&'static str],
+) -> Result<(), ConfigError> {
+    match unknown.keys().next() {
+        None => Ok(()),
+        Some(key) => Err(ConfigError::UnknownKey {
+            field: format!("{section}.{key}"),
+            suggestion: nearest(key, known),
+            known,
+        }),
     }
 }
 
-fn string(map: &Mapping, key: &str, field: &str) -> Result<Option<String>, ConfigError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+/// The known key most like `key` (as clap suggests subcommands), when one
+/// is alike enough to be what was meant.
+fn nearest(key: &str, known: &'static [&'static str]) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|candidate| {
+            (
+                strsim::jaro_winkler(&key, &candidate.to_ascii_lowercase()),
+                *candidate,
+            )
+        })
+        .filter(|(similarity, _)| *similarity > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+fn string(value: Option<&Written>, field: &str) -> Result<Option<String>, ConfigError> {
+    match value {
+        None | Some(Written::Null) => Ok(None),
+        Some(Written::Text(s)) => Ok(Some(s.clone())),
         Some(other) => Err(ConfigError::Invalid {
             field: field.to_owned(),
-            value: describe(other),
+            value: other.shown(),
             allowed: "a string",
         }),
     }
 }
 
 fn one_of(
-    map: &Mapping,
-    key: &str,
+    value: Option<&Written>,
     field: &str,
     allowed_values: &[&str],
     allowed: &'static str,
 ) -> Result<Option<String>, ConfigError> {
-    let value = string(map, key, field)?;
-    match value {
-        Some(v) if !allowed_values.contains(&v.as_str()) => Err(ConfigError::Invalid {
+    match string(value, field) {
+        Ok(Some(v)) if !allowed_values.contains(&v.as_str()) => Err(ConfigError::Invalid {
             field: field.to_owned(),
             value: format!("{v:?}"),
             allowed,
         }),
-        other => Ok(other),
+        // Not a string: say what is allowed, not only "a string".
+        Err(ConfigError::Invalid { field, value, .. }) => Err(ConfigError::Invalid {
+            field,
+            value,
+            allowed,
+        }),
+        other => other,
     }
 }
 
 fn number(
-    map: &Mapping,
-    key: &str,
+    value: Option<&Written>,
     field: &str,
     min: u64,
     allowed: &'static str,
 ) -> Result<Option<u64>, ConfigError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= min) => Ok(n.as_u64()),
+    match value {
+        None | Some(Written::Null) => Ok(None),
+        Some(Written::Integer(n)) if u64::try_from(*n).is_ok_and(|n| n >= min) => {
+            Ok(u64::try_from(*n).ok())
+        }
         Some(other) => Err(ConfigError::Invalid {
             field: field.to_owned(),
-            value: describe(other),
+            value: other.shown(),
             allowed,
         }),
     }
@@ -398,6 +645,118 @@ mod tests {
         assert!(!config.advanced_cluster);
         assert_eq!(config.key, "RSA-2048");
         assert_eq!(config.token_refresh, "restart-pods");
+    }
+
+    #[test]
+    fn every_knob_of_the_crd_can_be_set_from_the_section() {
+        let text = "\
+name: c1
+gkeOnPremVersion: 1.16.0
+vCenter: {datacenter: dc}
+ksaSigningKeyRotation:
+  namespace: ns1
+  issuers: [https://a.example]
+  issuer: https://b.example
+  key: ECDSA-P256
+  tokenRefresh: {policy: wait, maxTokenSeconds: 3600}
+  trustLeadTimeSeconds: 300
+  kubeconfigSecret: c1-kubeconfig
+  kubeconfigSecretKey: admin.conf
+  keySecret: c1-apiserver-keys
+  rollout: external-signer
+  apiServerWorkload: {kind: StatefulSet, name: kube-apiserver, container: apiserver}
+";
+        let config = UserClusterConfig::parse(text).expect("parses");
+        assert_eq!(
+            config,
+            UserClusterConfig {
+                name: "c1".into(),
+                namespace: "ns1".into(),
+                advanced_cluster: false,
+                issuers: vec!["https://a.example".into()],
+                issuer: Some("https://b.example".into()),
+                key: "ECDSA-P256".into(),
+                token_refresh: "wait".into(),
+                max_token_seconds: 3600,
+                trust_lead_time_seconds: 300,
+                kubeconfig_secret: Some("c1-kubeconfig".into()),
+                kubeconfig_secret_key: "admin.conf".into(),
+                key_secret: Some("c1-apiserver-keys".into()),
+                rollout: "external-signer".into(),
+                api_server_workload: Some(ApiServerWorkload {
+                    kind: "StatefulSet".into(),
+                    name: "kube-apiserver".into(),
+                    container: Some("apiserver".into()),
+                }),
+            }
+        );
+        // Each key the section lists is one it reads.
+        for key in SECTION_KEYS {
+            assert!(
+                text.contains(&format!("  {key}:")),
+                "{key} is not set above"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_section_is_refused_with_the_nearest_known_key() {
+        let cases = [
+            (
+                "name: a\nksaSigningKeyRotation:\n  trustLeadTimeSecond: 60\n",
+                "ksaSigningKeyRotation.trustLeadTimeSecond",
+                Some("trustLeadTimeSeconds"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    maxTokenSecs: 3600\n",
+                "ksaSigningKeyRotation.tokenRefresh.maxTokenSecs",
+                Some("maxTokenSeconds"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  apiServerWorkload: {kind: Deployment, name: x, contianer: y}\n",
+                "ksaSigningKeyRotation.apiServerWorkload.contianer",
+                Some("container"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  Namespace: x\n",
+                "ksaSigningKeyRotation.Namespace",
+                Some("namespace"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  colour: blue\n",
+                "ksaSigningKeyRotation.colour",
+                None,
+            ),
+        ];
+        for (text, path, suggestion) in cases {
+            match UserClusterConfig::parse(text) {
+                Err(ConfigError::UnknownKey {
+                    field,
+                    suggestion: got,
+                    ..
+                }) => {
+                    assert_eq!(field, path, "{text}");
+                    assert_eq!(got, suggestion, "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let message = UserClusterConfig::parse(cases[0].0)
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            message,
+            "ksaSigningKeyRotation.trustLeadTimeSecond: unknown key (did you mean \
+             trustLeadTimeSeconds?); known keys here: namespace, issuers, issuer, key, \
+             tokenRefresh, trustLeadTimeSeconds, kubeconfigSecret, kubeconfigSecretKey, \
+             keySecret, rollout, apiServerWorkload"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_outside_the_section_stay_accepted() {
+        let text = "name: a\nsomethingGkectlAddsLater: {x: [1, 2]}\nksaSigningKeyRotation: {}\n";
+        assert_eq!(UserClusterConfig::parse(text).expect("parses").name, "a");
     }
 
     #[test]

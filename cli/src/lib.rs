@@ -8,7 +8,9 @@
 
 pub mod args;
 pub mod commands;
+pub mod completion;
 pub mod config;
+pub mod connection;
 pub mod fetch;
 pub mod input;
 pub mod kubeadm;
@@ -83,8 +85,13 @@ pub fn main() -> ExitCode {
     if invoked_as.starts_with("kubectl-ksa") {
         command = command.bin_name("kubectl ksa");
     }
-    let matches = match command.try_get_matches() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match command.try_get_matches_from(&argv) {
         Ok(m) => m,
+        Err(e) if e.use_stderr() && output::json_in_args(&argv) => {
+            output::print_json_error(&e.render().to_string(), exit::BAD_INPUT);
+            return ExitCode::from(exit::BAD_INPUT);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
@@ -94,6 +101,7 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    let json_errors = output::json_in_matches(&matches);
     let cli = match <args::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => {
@@ -120,7 +128,11 @@ pub fn main() -> ExitCode {
             if output::is_stdout_closed(&failure.error) {
                 return ExitCode::from(failure.code);
             }
-            eprintln!("error: {}", output::chain(&failure.error));
+            if json_errors {
+                output::print_json_error(&output::chain(&failure.error), failure.code);
+            } else {
+                eprintln!("error: {}", output::chain(&failure.error));
+            }
             ExitCode::from(failure.code)
         }
     }

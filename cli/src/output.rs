@@ -16,6 +16,56 @@ pub fn chain(error: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// An error as `-o json` prints it on stderr, one line of a stable shape:
+/// `{"error":{"message":"...","exitCode":2}}`.
+pub fn json_error(message: &str, exit_code: u8) -> String {
+    serde_json::json!({"error": {"message": message.trim_end(), "exitCode": exit_code}}).to_string()
+}
+
+pub fn print_json_error(message: &str, exit_code: u8) {
+    eprintln!("{}", json_error(message, exit_code));
+}
+
+/// Whether the command that ran asked for `-o json`.
+pub fn json_in_matches(matches: &clap::ArgMatches) -> bool {
+    let mut matches = matches;
+    loop {
+        // Set on the command line, not a default (`keys jwks` prints JSON
+        // unless told otherwise; its errors stay text unless `-o json`).
+        let given = matches!(
+            matches
+                .try_contains_id("output")
+                .ok()
+                .and_then(|_| matches.value_source("output")),
+            Some(clap::parser::ValueSource::CommandLine)
+        );
+        let json = given
+            && matches
+                .try_get_raw("output")
+                .ok()
+                .flatten()
+                .is_some_and(|mut values| values.any(|v| v == "json"));
+        if json {
+            return true;
+        }
+        match matches.subcommand() {
+            Some((_, sub)) => matches = sub,
+            None => return false,
+        }
+    }
+}
+
+/// Whether a command line that clap refused asked for `-o json`: in any of
+/// the forms `-o json`, `-ojson`, `-o=json`, `--output json`,
+/// `--output=json`.
+pub fn json_in_args(args: &[std::ffi::OsString]) -> bool {
+    let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    args.iter().enumerate().any(|(i, arg)| match *arg {
+        "-o" | "--output" => args.get(i + 1) == Some(&"json"),
+        _ => matches!(*arg, "-ojson" | "-o=json" | "--output=json"),
+    })
+}
+
 /// Stdout was closed by its reader (`ksa ... | head`). The command exits
 /// quietly with the code it had: a closed stdout never turns a failure into
 /// a success.
@@ -53,9 +103,80 @@ pub fn paint(text: &str, code: &str) -> String {
     }
 }
 
+/// A time as ksa prints it: RFC 3339 in UTC with how long ago (or how
+/// soon) it is, as kubectl says ages: `2026-11-30T10:00:00Z (5m ago)`.
+pub fn time(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let seconds = now.as_second().saturating_sub(at.as_second());
+    let span = age(seconds.unsigned_abs());
+    if seconds >= 0 {
+        format!("{at} ({span} ago)")
+    } else {
+        format!("{at} (in {span})")
+    }
+}
+
+/// A length of time in one or two units, as kubectl prints ages: `45s`,
+/// `5m`, `5m30s`, `3h`, `3h20m`, `2d`, `2d4h`.
+pub fn age(seconds: u64) -> String {
+    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if big < 10 && small != 0 {
+            format!("{big}{big_unit}{small}{small_unit}")
+        } else {
+            format!("{big}{big_unit}")
+        }
+    };
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => two(seconds / 60, "m", seconds % 60, "s"),
+        3600..86400 => two(seconds / 3600, "h", seconds % 3600 / 60, "m"),
+        _ => two(seconds / 86400, "d", seconds % 86400 / 3600, "h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::shown;
+
+    #[test]
+    fn json_errors_have_one_stable_shape() {
+        assert_eq!(
+            super::json_error("no such file\n", 2),
+            r#"{"error":{"exitCode":2,"message":"no such file"}}"#
+        );
+        let args =
+            |line: &str| -> Vec<std::ffi::OsString> { line.split(' ').map(Into::into).collect() };
+        for line in [
+            "ksa x -o json",
+            "ksa x -ojson",
+            "ksa x --output=json",
+            "ksa -o=json",
+        ] {
+            assert!(super::json_in_args(&args(line)), "{line}");
+        }
+        for line in ["ksa x -o yaml", "ksa x json", "ksa x -o"] {
+            assert!(!super::json_in_args(&args(line)), "{line}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_how_long_ago() {
+        let now: jiff::Timestamp = "2026-11-30T10:05:00Z".parse().expect("time");
+        let at = |text: &str| text.parse::<jiff::Timestamp>().expect("time");
+        assert_eq!(
+            super::time(at("2026-11-30T10:00:00Z"), now),
+            "2026-11-30T10:00:00Z (5m ago)"
+        );
+        assert_eq!(
+            super::time(at("2026-11-30T11:05:00Z"), now),
+            "2026-11-30T11:05:00Z (in 1h)"
+        );
+        assert_eq!(super::time(now, now), "2026-11-30T10:05:00Z (0s ago)");
+        let ages: Vec<String> = [45, 330, 3540, 12_000, 200_000, 2_000_000]
+            .into_iter()
+            .map(super::age)
+            .collect();
+        assert_eq!(ages, ["45s", "5m30s", "59m", "3h20m", "2d7h", "23d"]);
+    }
 
     #[test]
     fn printable_text_is_shown_as_it_is() {

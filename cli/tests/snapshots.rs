@@ -227,6 +227,24 @@ fn config_errors_name_the_field() {
         None,
     );
     insta::assert_snapshot!("config_bad_key", out);
+    let mut typo = tempfile::NamedTempFile::new().expect("temp");
+    write!(
+        typo,
+        "name: user-cluster-1\nksaSigningKeyRotation:\n  tokenRefresh:\n    polcy: wait\n"
+    )
+    .expect("written");
+    let out = ksa(
+        &[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "status",
+            "--config",
+            typo.path().to_str().expect("path"),
+        ],
+        None,
+    );
+    insta::assert_snapshot!("config_unknown_key", out);
 }
 
 #[test]

@@ -126,10 +126,17 @@ impl InlineKubeconfig {
             return Err(KubeconfigProblem::TooLarge);
         }
         let text = std::str::from_utf8(bytes).map_err(|_| KubeconfigProblem::NotUtf8)?;
-        // The parser's message quotes the input: only its position is kept.
-        let kubeconfig: Kubeconfig =
-            serde_yaml::from_str(text).map_err(|e| KubeconfigProblem::NotKubeconfig {
-                line: e.location().map(|l| l.line()),
+        // kube's own parser (serde-saphyr, with its budget against alias
+        // bombs); several documents are merged as kubectl merges files. Its
+        // message quotes the input: only its position is kept.
+        let kubeconfig =
+            Kubeconfig::from_yaml(text).map_err(|e| KubeconfigProblem::NotKubeconfig {
+                line: match e {
+                    kube::config::KubeconfigError::Parse(e) => {
+                        e.location().and_then(|l| usize::try_from(l.line()).ok())
+                    }
+                    _ => None,
+                },
             })?;
         for (i, named) in kubeconfig.clusters.iter().enumerate() {
             if let Some(cluster) = &named.cluster {
@@ -661,6 +668,18 @@ current-context: x
                 what: "base64 of one PEM private key"
             }
         );
+    }
+
+    #[test]
+    fn yaml_that_does_not_parse_is_refused_with_its_line_only() {
+        let text =
+            "apiVersion: v1\nclusters:\n- name: a\n  cluster: {server: \"https://secret-host\"\n";
+        match parse(text) {
+            Err(problem @ KubeconfigProblem::NotKubeconfig { line: Some(_) }) => {
+                assert!(!problem.to_string().contains("secret-host"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! `ksa keys generate` and `ksa keys jwks`.
+//! `ksa keys generate`, `ksa keys jwks` and `ksa keys import`.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use anyhow::Context as _;
+use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::Jwks;
-use ksa_core::key::{Algorithm, KeySpec, PublicKey, parse_pem};
+use ksa_core::key::{Algorithm, KeySpec, PrivateKey, PublicKey, parse_pem};
+use ksa_kube::keystore::KeyStore;
 
-use crate::args::{Alg, KeysCommand};
+use crate::args::{Alg, Format, KeysCommand, KubeArgs};
+use crate::connection::Connection;
 use crate::{Failure, Outcome};
 
 pub fn run(command: KeysCommand) -> Outcome {
@@ -19,8 +22,24 @@ pub fn run(command: KeysCommand) -> Outcome {
             bits,
             out,
             force,
-        } => generate(algorithm, bits, &out, force),
-        KeysCommand::Jwks { files } => {
+            output,
+        } => generate(algorithm, bits, &out, force, output),
+        KeysCommand::Import {
+            rotation,
+            namespace,
+            key,
+            key_version,
+            kube,
+            output,
+        } => import(ImportArgs {
+            rotation,
+            namespace,
+            key,
+            version: KeyVersion::new(key_version),
+            kube,
+            output,
+        }),
+        KeysCommand::Jwks { files, output } => {
             let mut keys: Vec<PublicKey> = Vec::new();
             for file in &files {
                 let parsed = parse_pem(&super::read_file(file)?)
@@ -33,12 +52,12 @@ pub fn run(command: KeysCommand) -> Outcome {
                 }
             }
             let jwks = Jwks::from_public_keys(&keys);
-            super::finish(&serde_json::to_string_pretty(&jwks)?)
+            super::finish(&super::data(&jwks, output)?)
         }
     }
 }
 
-fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool) -> Outcome {
+fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool, output: Format) -> Outcome {
     let algorithm = match algorithm {
         Alg::Rs256 => Algorithm::RS256,
         Alg::Es256 => Algorithm::ES256,
@@ -73,12 +92,197 @@ fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool) -> Outco
     std::fs::File::open(out)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("syncing {}", out.display()))?;
-    super::finish(&format!(
-        "wrote {} (private, 0600) and {}\nkid: {}",
-        key_path.display(),
-        pub_path.display(),
-        key.kid()
-    ))
+    let text = match output {
+        Format::Text => format!(
+            "wrote {} (private, 0600) and {}\nkid: {}",
+            key_path.display(),
+            pub_path.display(),
+            key.kid()
+        ),
+        Format::Json => serde_json::to_string_pretty(&generated(&key_path, &pub_path, &key))?,
+        Format::Yaml => serde_saphyr::to_string(&generated(&key_path, &pub_path, &key))?,
+    };
+    super::finish(&text)
+}
+
+fn generated(key_path: &Path, pub_path: &Path, key: &PrivateKey) -> serde_json::Value {
+    serde_json::json!({
+        "privateKey": key_path,
+        "publicKey": pub_path,
+        "kid": key.kid().to_string(),
+        "algorithm": key.public_key().algorithm().as_str(),
+    })
+}
+
+/// `ksa keys import`.
+#[derive(Debug)]
+struct ImportArgs {
+    rotation: String,
+    namespace: Option<String>,
+    /// A path, or `-` for stdin.
+    key: String,
+    version: KeyVersion,
+    kube: KubeArgs,
+    output: Format,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Imported {
+    /// The Secret was written.
+    Stored,
+    /// The Secret already held this key: nothing changed.
+    AlreadyThere,
+}
+
+fn import(args: ImportArgs) -> Outcome {
+    // The key is read and checked before anything is sent.
+    let pem = super::read_file(&args.key)?;
+    let key = parse_pem(&pem)
+        .with_context(|| format!("--key {}", args.key))
+        .map_err(Failure::bad_input)?
+        .private_keys()
+        .next()
+        .cloned()
+        .ok_or_else(|| {
+            Failure::bad_input(anyhow::anyhow!(
+                "--key {}: holds no private key; give the key kube-apiserver signs with (sa.key)",
+                args.key
+            ))
+        })?;
+    if !ksa_kube::names::is_dns1123_subdomain(&args.rotation) {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--rotation {:?}: not a resource name (lowercase letters, digits, '-' and '.')",
+            args.rotation
+        )));
+    }
+    if let Some(namespace) = &args.namespace
+        && !ksa_kube::names::is_dns1123_label(namespace)
+    {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--namespace {namespace:?}: not a namespace name (a DNS-1123 label)"
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = Connection::open(&args.kube).await?;
+        connection.check().await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| connection.config.default_namespace.clone());
+        let listed = listed_by_api_server(&connection.client, key.kid()).await;
+        if listed == Some(false) {
+            eprintln!(
+                "warning: the API server at {} does not list kid {} in /openid/v1/jwks: if this \
+                 is the cluster the key is for, it is not the key the cluster signs with (its \
+                 tokens would be rejected once a rotation publishes the keys ksa stores)",
+                connection.config.cluster_url,
+                key.kid()
+            );
+        }
+        let store = KeyStore::new(connection.client.clone(), &namespace, &args.rotation);
+        let secret = store.secret_name(args.version);
+        let imported = store_key(&store, args.version, &key)
+            .await
+            .map_err(|e| match e {
+                StoreError::Different { stored } => Failure::bad_input(anyhow::anyhow!(
+                    "Secret {namespace}/{secret} already holds a different key (kid {stored}, not {}); \
+                     nothing was changed",
+                    key.kid()
+                )),
+                StoreError::Kube(error) => Failure::from(
+                    anyhow::Error::new(error)
+                        .context(format!("storing the key in Secret {namespace}/{secret}")),
+                ),
+            })?;
+        let json = serde_json::json!({
+            "rotation": args.rotation,
+            "namespace": namespace,
+            "secret": secret,
+            "keyVersion": args.version.get(),
+            "kid": key.kid().to_string(),
+            "changed": imported == Imported::Stored,
+            "listedByApiServer": listed,
+        });
+        let text = match args.output {
+            Format::Text => match imported {
+                Imported::Stored => format!(
+                    "imported key version {} (kid {}) into Secret {namespace}/{secret}",
+                    args.version,
+                    key.kid()
+                ),
+                Imported::AlreadyThere => format!(
+                    "Secret {namespace}/{secret} already holds this key (kid {}); nothing changed",
+                    key.kid()
+                ),
+            },
+            Format::Json => serde_json::to_string_pretty(&json)?,
+            Format::Yaml => serde_saphyr::to_string(&json)?,
+        };
+        super::finish(&text)
+    })
+}
+
+/// Whether the API server's `/openid/v1/jwks` lists `kid`; `None` when it
+/// cannot be read.
+async fn listed_by_api_server(client: &kube::Client, kid: &ksa_core::KeyId) -> Option<bool> {
+    let request = http::Request::get("/openid/v1/jwks")
+        .body(Vec::new())
+        .ok()?;
+    let text = client.request_text(request).await.ok()?;
+    let jwks: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let keys = jwks.get("keys")?.as_array()?;
+    Some(
+        keys.iter()
+            .any(|k| k.get("kid").and_then(|v| v.as_str()) == Some(kid.as_str())),
+    )
+}
+
+#[derive(Debug)]
+enum StoreError {
+    /// The version's Secret holds another key.
+    Different {
+        stored: String,
+    },
+    Kube(ksa_kube::error::Error),
+}
+
+/// Stores `key` as `version` with the key store's own writer (the labels
+/// the controller selects by, and the `ksa.dev/kid` annotation), then reads
+/// it back: `KeyStore::create` keeps a Secret that already exists, so the
+/// read says whether it holds this key or another.
+async fn store_key(
+    store: &KeyStore,
+    version: KeyVersion,
+    key: &PrivateKey,
+) -> Result<Imported, StoreError> {
+    let before = match store.private_key(version).await {
+        Ok(stored) => Some(stored),
+        Err(ksa_kube::error::Error::MissingKey { .. }) => None,
+        Err(other) => return Err(StoreError::Kube(other)),
+    };
+    if let Some(stored) = &before {
+        return if stored.kid() == key.kid() {
+            Ok(Imported::AlreadyThere)
+        } else {
+            Err(StoreError::Different {
+                stored: stored.kid().to_string(),
+            })
+        };
+    }
+    store.create(version, key).await.map_err(StoreError::Kube)?;
+    // Another import may have raced this one.
+    let stored = store.private_key(version).await.map_err(StoreError::Kube)?;
+    if stored.kid() == key.kid() {
+        Ok(Imported::Stored)
+    } else {
+        Err(StoreError::Different {
+            stored: stored.kid().to_string(),
+        })
+    }
 }
 
 /// The mode of a private key file.

@@ -2,13 +2,14 @@
 
 mod keys;
 pub(crate) mod plan;
+pub(crate) mod preflight;
 pub(crate) mod rotation;
 mod status;
 mod token;
 
 use std::io::IsTerminal as _;
 
-use crate::args::{Cli, Command, CredentialsCommand, UpdateCommand};
+use crate::args::{Cli, Command, CredentialsCommand, DataFormat, UpdateCommand};
 use crate::output::{StdoutClosed, is_stdout_closed};
 use crate::{Failure, Outcome};
 
@@ -127,7 +128,7 @@ fn version(output: crate::args::Format) -> Outcome {
             env!("KSA_TARGET")
         ),
         crate::args::Format::Json => serde_json::to_string_pretty(&json)?,
-        crate::args::Format::Yaml => serde_yaml::to_string(&json)?,
+        crate::args::Format::Yaml => serde_saphyr::to_string(&json)?,
     };
     finish(&text)
 }
@@ -137,6 +138,14 @@ pub fn finish(text: &str) -> Outcome {
         Err(failure) if !is_stdout_closed(&failure.error) => Err(failure),
         _ => Ok(crate::exit::DONE),
     }
+}
+
+/// Data as JSON or YAML.
+pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String, Failure> {
+    Ok(match format {
+        DataFormat::Json => serde_json::to_string_pretty(value)?,
+        DataFormat::Yaml => serde_saphyr::to_string(value)?,
+    })
 }
 
 /// Parses a duration such as `30m`, `2h` or `1h30m`.

@@ -17,7 +17,7 @@ pub fn print(plan: &RotationPlan, output: Format) -> Outcome {
     let text = match output {
         Format::Text => full(plan),
         Format::Json => serde_json::to_string_pretty(plan)?,
-        Format::Yaml => serde_yaml::to_string(plan)?,
+        Format::Yaml => serde_saphyr::to_string(plan)?,
     };
     super::finish(&text)
 }

@@ -15,10 +15,10 @@ use ksa_kube::api::{
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::args::{ClusterArgs, Format, IssuerCommand, RotationCommand};
 use crate::config::UserClusterConfig;
+use crate::connection::Connection;
 use crate::{Failure, Outcome, exit};
 
 const EXPLANATION: &str = "\
@@ -180,7 +180,7 @@ pub fn run(request: Request) -> Outcome {
                         crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
                             pki_dir: pki_dir.clone(),
                             manifests_dir: args.manifests_dir.clone().unwrap_or_default(),
-                            kube_config: kube_config(args.cluster.kubeconfig.as_deref()).await?,
+                            kube_config: Connection::open(&args.cluster.kube).await?.config,
                             skip_prompt: args.skip_prompt,
                             wait: args.wait,
                             timeout: super::duration(&args.timeout, "--timeout")?,
@@ -219,43 +219,26 @@ struct Target {
     config: UserClusterConfig,
     client: kube::Client,
     kube_config: kube::Config,
+    /// Where the client came from, for errors.
+    connection: Connection,
     api: Api<KSASigningKeyRotation>,
-}
-
-/// The kubeconfig given, or the one found as kubectl finds it.
-async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, Failure> {
-    Ok(match kubeconfig {
-        Some(path) => {
-            let bytes = crate::input::read_limited(path, crate::commands::MAX_INPUT)
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?;
-            let kubeconfig = std::str::from_utf8(&bytes)
-                .map_err(anyhow::Error::from)
-                .and_then(|text| Kubeconfig::from_yaml(text).map_err(anyhow::Error::from))
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))
-                .map_err(Failure::bad_input)?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no --kubeconfig given and none found in $KUBECONFIG or ~/.kube/config")
-            .map_err(Failure::bad_input)?,
-    })
 }
 
 async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
     let path = args.config.as_deref().unwrap_or(std::path::Path::new(""));
-    let config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
-    let kube_config = kube_config(args.kubeconfig.as_deref()).await?;
-    let client = kube::Client::try_from(kube_config.clone())?;
-    let api = Api::namespaced(client.clone(), &config.namespace);
+    let mut config = UserClusterConfig::read(path).map_err(Failure::bad_input)?;
+    if let Some(namespace) = &args.namespace {
+        config.namespace.clone_from(namespace);
+    }
+    let connection = Connection::open(&args.kube).await?;
+    connection.check().await?;
+    super::preflight::crd_installed(&connection).await?;
+    let api = Api::namespaced(connection.client.clone(), &config.namespace);
     Ok(Target {
         config,
-        client,
-        kube_config,
+        client: connection.client.clone(),
+        kube_config: connection.config.clone(),
+        connection,
         api,
     })
 }
@@ -278,7 +261,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
         cluster: config.kubeconfig_secret.as_ref().map(|name| ClusterRef {
             kubeconfig_secret: SecretKeyRef {
                 name: name.clone(),
-                key: "value".into(),
+                key: config.kubeconfig_secret_key.clone(),
             },
         }),
         key,
@@ -314,7 +297,7 @@ async fn user_cluster(target: &Target) -> Result<TargetCluster, Failure> {
         .map(|name| ClusterRef {
             kubeconfig_secret: SecretKeyRef {
                 name: name.clone(),
-                key: "value".into(),
+                key: target.config.kubeconfig_secret_key.clone(),
             },
         });
     Ok(TargetCluster::connect(
@@ -349,6 +332,21 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         Some(resource) => resource.state()?,
         None => RotationState::settled(KeyVersion::FIRST),
     };
+    // `--issuer` wins; else the config's `issuer`, unless the cluster
+    // already signs with it (checked below).
+    let from_config = issuer.is_none() && config.issuer.is_some();
+    let issuer = match issuer {
+        Some(issuer) => Some(issuer),
+        None => config
+            .issuer
+            .as_deref()
+            .map(|text| {
+                Issuer::target(text)
+                    .context("ksaSigningKeyRotation.issuer")
+                    .map_err(Failure::bad_input)
+            })
+            .transpose()?,
+    };
     let requested_issuer = existing
         .as_ref()
         .and_then(|resource| resource.spec.issuer.as_deref())
@@ -362,6 +360,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         }
         None => None,
     };
+    let issuer = issuer.filter(|to| !(from_config && signing_issuer.as_ref() == Some(to)));
     // Whether a rotation may start is the core's decision, the same one the
     // controller makes; a target the controller has not picked up yet is a
     // rotation in progress too, though its status still says completed.
@@ -401,6 +400,21 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
             });
         }
     };
+    // What the rotation needs, before the plan (which takes a while) and
+    // the prompt: fails within seconds, naming what is missing.
+    let verb = if existing.is_some() {
+        "patch"
+    } else {
+        "create"
+    };
+    if !args.dry_run {
+        super::preflight::may_change_rotation(&target.connection, &config.namespace, verb).await?;
+        super::preflight::controller_running(
+            &target.connection,
+            args.cluster.controller_namespace.as_deref(),
+        )
+        .await?;
+    }
     let to = started.key_version().get();
     let spec = spec_for(config, to, issuer.as_ref());
     // Who the rotation affects and who it could break, from the live
@@ -434,7 +448,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
                 .api
                 .create(&PostParams::default(), &resource)
                 .await
-                .map_err(conflict_is_busy)?;
+                .map_err(|e| refused(e, verb, &config.namespace))?;
         }
         Some(resource) => {
             // Conditional on what we read: of two racing `rotate`s, one
@@ -451,7 +465,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
                 .api
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map_err(conflict_is_busy)?;
+                .map_err(|e| refused(e, verb, &config.namespace))?;
         }
     }
     eprintln!(
@@ -512,6 +526,15 @@ fn explanation(
     }
 }
 
+/// Why creating or patching the rotation failed: RBAC, a racing rotate,
+/// or the request's own error.
+fn refused(error: kube::Error, verb: &str, namespace: &str) -> Failure {
+    match super::preflight::forbidden(error, verb, namespace) {
+        Ok(other) => conflict_is_busy(other),
+        Err(forbidden) => forbidden,
+    }
+}
+
 fn conflict_is_busy(error: kube::Error) -> Failure {
     match error {
         kube::Error::Api(status) if status.code == 409 => Failure::busy(anyhow::anyhow!(
@@ -565,8 +588,14 @@ async fn follow(
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
-    let config =
+    let mut config =
         watcher::Config::default().fields(&format!("metadata.name={}", target.config.name));
+    // With --request-timeout, the server ends each watch before the
+    // client would give up on it.
+    if let Some(limit) = target.kube_config.read_timeout {
+        let seconds = u32::try_from(limit.as_secs().saturating_sub(1)).unwrap_or(u32::MAX);
+        config = config.timeout(seconds.clamp(1, 290));
+    }
     let mut updates = std::pin::pin!(
         watcher(target.api.clone(), config)
             .default_backoff()
@@ -645,6 +674,17 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     })?;
     let state = resource.state()?;
     if watch {
+        // A rotation asked for and not completed needs a controller: say
+        // so now rather than watch a resource nothing will change.
+        let awaited =
+            !state.is_completed() || resource.spec.key_version != state.key_version().get();
+        if awaited {
+            super::preflight::controller_running(
+                &target.connection,
+                args.controller_namespace.as_deref(),
+            )
+            .await?;
+        }
         // Not started by this command: lines from the first state seen on
         // (`Progress::joined_rotation`). The rotation is the one the state
         // is in, or, when completed, the one the spec asks for next.
@@ -678,7 +718,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     let text = match output {
         Format::Text => state.status_line().to_string(),
         Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
-        Format::Yaml => serde_yaml::to_string(&structured(&status, &resource))?,
+        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource))?,
     };
     super::finish(&text)
 }
@@ -712,7 +752,7 @@ fn issuer_status(
     let text = match output {
         Format::Text => issuer.status_line.clone(),
         Format::Json => serde_json::to_string_pretty(&structured())?,
-        Format::Yaml => serde_yaml::to_string(&structured())?,
+        Format::Yaml => serde_saphyr::to_string(&structured())?,
     };
     super::finish(&text)
 }

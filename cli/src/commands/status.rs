@@ -7,14 +7,14 @@ use crate::{Failure, Outcome};
 
 pub fn run(command: StatusCommand) -> Outcome {
     match command {
-        StatusCommand::Decode { text } => {
+        StatusCommand::Decode { text, output } => {
             let text = super::input(text, "status line")?;
             let value = if issuer::is_issuer_line(&text) {
                 decoded_issuer(&issuer::parse(&text).map_err(Failure::bad_input)?)
             } else {
                 decoded(&ksa_core::status::parse(&text).map_err(Failure::bad_input)?)
             };
-            super::finish(&serde_json::to_string_pretty(&value)?)
+            super::finish(&super::data(&value, output)?)
         }
     }
 }

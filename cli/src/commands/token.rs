@@ -11,13 +11,13 @@ use ksa_core::token::{
     self, BoundToken, Claims, Expectations, NoExpiry, ObjectRef, TokenError, TokenKind, Verified,
 };
 
-use crate::args::{Format, MintKind, TokenCommand};
+use crate::args::{DataFormat, Format, MintKind, TokenCommand};
 use crate::output::{is_stdout_closed, paint, shown};
 use crate::{Failure, Outcome};
 
 pub fn run(command: TokenCommand) -> Outcome {
     match command {
-        TokenCommand::Decode { token } => decode(token),
+        TokenCommand::Decode { token, output } => decode(token, output),
         TokenCommand::Verify {
             token,
             jwks,
@@ -61,7 +61,7 @@ pub fn run(command: TokenCommand) -> Outcome {
             };
             verify(&token, &keys, &expect, no_expiry, output)
         }
-        TokenCommand::Mint { key, kind } => mint(&key, kind),
+        TokenCommand::Mint { key, kind, output } => mint(&key, kind, output),
     }
 }
 
@@ -105,17 +105,28 @@ fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKe
     Ok(trusted)
 }
 
-fn decode(token: Option<String>) -> Outcome {
+fn decode(token: Option<String>, output: DataFormat) -> Outcome {
     let token = super::input(token, "token")?;
     let decoded = token::decode(&token).map_err(Failure::bad_input)?;
+    let claims = serde_json::to_value(&decoded.claims)?;
+    // The time claims as RFC 3339, beside the claims as the token has them.
+    let times: serde_json::Map<String, serde_json::Value> = ["exp", "iat", "nbf"]
+        .into_iter()
+        .filter_map(|claim| {
+            let seconds = claims.get(claim)?.as_i64()?;
+            let time = jiff::Timestamp::from_second(seconds).ok()?;
+            Some((claim.to_owned(), time.to_string().into()))
+        })
+        .collect();
     let json = serde_json::json!({
         "verified": false,
         "note": "UNVERIFIED: decoded only; the signature was not checked",
         "kind": decoded.kind(),
         "header": decoded.header,
-        "claims": decoded.claims,
+        "claims": claims,
+        "times": times,
     });
-    super::finish(&serde_json::to_string_pretty(&json)?)
+    super::finish(&super::data(&json, output)?)
 }
 
 fn verify(
@@ -183,7 +194,10 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
         "subject": verified.claims.sub,
         "serviceAccount": sa,
         "audiences": verified.claims.aud,
-        "expires": verified.claims.exp,
+        "expires": verified.claims.exp.map(|exp| {
+            jiff::Timestamp::from_second(exp)
+                .map_or_else(|_| serde_json::Value::from(exp), |t| t.to_string().into())
+        }),
         "issuerChecked": !expect.issuers.is_empty(),
         "audienceChecked": !expect.audiences.is_empty(),
         "notes": notes,
@@ -219,19 +233,22 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
             )
         }
         Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_yaml::to_string(&json)?,
+        Format::Yaml => serde_saphyr::to_string(&json)?,
     })
 }
 
 /// `exp` as a time and how far it is from `at`, with no arithmetic that
 /// can overflow on hostile values.
 fn expiry(exp: i64, at: i64) -> String {
-    let time = jiff::Timestamp::from_second(exp)
-        .map_or_else(|_| format!("{exp} s since the epoch"), |t| t.to_string());
-    match exp.checked_sub(at) {
-        Some(left) if left >= 0 => format!("{time} (in {left}s)"),
-        Some(left) => format!("{time} ({}s ago, within the leeway)", left.unsigned_abs()),
-        None => time,
+    match (
+        jiff::Timestamp::from_second(exp),
+        jiff::Timestamp::from_second(at),
+    ) {
+        (Ok(exp_time), Ok(at_time)) if exp < at => {
+            crate::output::time(exp_time, at_time).replace(" ago)", " ago, within the leeway)")
+        }
+        (Ok(exp_time), Ok(at_time)) => crate::output::time(exp_time, at_time),
+        _ => format!("{exp} s since the epoch, out of range"),
     }
 }
 
@@ -249,7 +266,7 @@ fn invalid(error: &TokenError, output: Format) -> Result<String, Failure> {
             shown(&message)
         ),
         Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_yaml::to_string(&json)?,
+        Format::Yaml => serde_saphyr::to_string(&json)?,
     })
 }
 
@@ -280,7 +297,7 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
         })
 }
 
-fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
+fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
     let keys = parse_pem(&super::read_file(&key_path.display().to_string())?)
         .with_context(|| format!("--key {}", key_path.display()))
         .map_err(Failure::bad_input)?;
@@ -333,5 +350,18 @@ fn mint(key_path: &std::path::Path, kind: MintKind) -> Outcome {
         }
     };
     let signer = AwsLc::new().signing_key(key)?;
-    super::finish(&token::mint(&claims, signer.as_ref())?)
+    let minted = token::mint(&claims, signer.as_ref())?;
+    let json = || {
+        serde_json::json!({
+            "token": minted,
+            "kid": key.kid().to_string(),
+            "expires": claims.exp.and_then(|exp| jiff::Timestamp::from_second(exp).ok()).map(|t| t.to_string()),
+        })
+    };
+    let text = match output {
+        Format::Text => minted.clone(),
+        Format::Json => serde_json::to_string_pretty(&json())?,
+        Format::Yaml => serde_saphyr::to_string(&json())?,
+    };
+    super::finish(&text)
 }

@@ -700,7 +700,7 @@ pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
     match output {
         Format::Text => crate::commands::print(&line)?,
         Format::Json => crate::commands::print(&serde_json::to_string_pretty(&state)?)?,
-        Format::Yaml => crate::commands::print(&serde_yaml::to_string(&state)?)?,
+        Format::Yaml => crate::commands::print(&serde_saphyr::to_string(&state)?)?,
     }
     Ok(exit::DONE)
 }

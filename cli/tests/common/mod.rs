@@ -2,6 +2,8 @@
 //! input can fail but never hang.
 #![allow(dead_code, reason = "each test file uses a part")]
 
+pub mod fake_api;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,334 @@
+//! What `rotate` needs from the admin cluster before it changes anything,
+//! each checked with one or two requests, so that a missing piece fails
+//! within seconds naming what is missing, instead of a `--wait` that waits
+//! for a controller that never comes:
+//!
+//! - the `KSASigningKeyRotation` CRD is installed ([`crd_installed`]);
+//! - RBAC lets the user create (or patch) the rotation
+//!   ([`may_change_rotation`], a SelfSubjectAccessReview);
+//! - a controller holds the leader Lease ([`controller_running`], which
+//!   gives one that was just started a few seconds to take it).
+//!
+//! The decisions are pure functions of what was read, tested below.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+use kube::api::{Api, ListParams, PostParams};
+
+use crate::Failure;
+use crate::connection::Connection;
+
+/// The group and version of the rotation resource.
+pub const GROUP_VERSION: &str = "ksa.dev/v1alpha1";
+const PLURAL: &str = "ksasigningkeyrotations";
+/// The controller's leader-election Lease (`controller/src/run.rs`).
+pub const LEADER_LEASE: &str = "ksa-controller-leader";
+/// Where `deploy/` runs the controller.
+pub const CONTROLLER_NAMESPACE: &str = "ksa-system";
+/// A Lease renewed this long after it expired still counts as held: the
+/// leader renews every few seconds, and clocks differ.
+const LEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// Fails when the API server does not serve the rotation resource.
+pub async fn crd_installed(connection: &Connection) -> Result<(), Failure> {
+    let resources = match connection
+        .client
+        .list_api_group_resources(GROUP_VERSION)
+        .await
+    {
+        Ok(resources) => Some(resources),
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        Err(error) => return Err(connection.unreachable(error)),
+    };
+    check_crd(resources.as_ref(), &connection.describe())
+}
+
+fn check_crd(resources: Option<&APIResourceList>, server: &str) -> Result<(), Failure> {
+    let served = resources.is_some_and(|list| list.resources.iter().any(|r| r.name == PLURAL));
+    if served {
+        Ok(())
+    } else {
+        Err(Failure::from(anyhow::anyhow!(
+            "the CustomResourceDefinition {PLURAL}.ksa.dev is not installed in {server}: \
+             install it (kubectl apply -f deploy/crd.yaml) and the controller; nothing was changed"
+        )))
+    }
+}
+
+/// Fails when RBAC forbids `verb` (`create` or `patch`) on rotations in
+/// `namespace`. When the review itself cannot be made, the request that
+/// follows answers instead (its 403 is explained by [`forbidden`]).
+pub async fn may_change_rotation(
+    connection: &Connection,
+    namespace: &str,
+    verb: &str,
+) -> Result<(), Failure> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("ksa.dev".into()),
+                resource: Some(PLURAL.into()),
+                namespace: Some(namespace.into()),
+                verb: Some(verb.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(connection.client.clone());
+    match api.create(&PostParams::default(), &review).await {
+        Ok(answer) => {
+            let status = answer.status.unwrap_or_default();
+            if status.allowed {
+                Ok(())
+            } else {
+                Err(denied(
+                    verb,
+                    namespace,
+                    status.reason.as_deref().filter(|r| !r.is_empty()),
+                ))
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot review access; the request will tell");
+            Ok(())
+        }
+    }
+}
+
+fn denied(verb: &str, namespace: &str, reason: Option<&str>) -> Failure {
+    Failure::from(anyhow::anyhow!(
+        "RBAC forbids you to {verb} {PLURAL}.ksa.dev in namespace {namespace}{}: \
+         ask for a Role that grants it; nothing was changed",
+        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    ))
+}
+
+/// A 403 from creating or patching the rotation, explained.
+pub fn forbidden(error: kube::Error, verb: &str, namespace: &str) -> Result<kube::Error, Failure> {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => {
+            Err(denied(verb, namespace, Some(&status.message)))
+        }
+        other => Ok(other),
+    }
+}
+
+/// How long [`controller_running`] waits for a controller that is
+/// starting (or taking over from a leader that died) to hold the Lease.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Fails unless a controller holds the leader Lease, looking again for
+/// [`CONTROLLER_PATIENCE`] (one that was just started has not taken it
+/// yet).
+pub async fn controller_running(
+    connection: &Connection,
+    namespace: Option<&str>,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + CONTROLLER_PATIENCE;
+    loop {
+        match leader_held(connection, namespace).await? {
+            Ok(()) => return Ok(()),
+            Err(missing) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %missing.error, "no controller yet; looking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(missing) => return Err(missing),
+        }
+    }
+}
+
+/// Whether a controller holds the leader Lease: in `namespace` when given,
+/// else wherever it is (one Lease of that name cluster-wide), else in
+/// [`CONTROLLER_NAMESPACE`] when Leases cannot be listed cluster-wide.
+/// The outer error: the Leases could not be read; the inner one: no
+/// controller holds the Lease.
+async fn leader_held(
+    connection: &Connection,
+    namespace: Option<&str>,
+) -> Result<Result<(), Failure>, Failure> {
+    let client = connection.client.clone();
+    let (leases, place) = match namespace {
+        Some(namespace) => (
+            one_lease(Api::namespaced(client, namespace)).await,
+            format!("namespace {namespace}"),
+        ),
+        None => {
+            let everywhere = ListParams::default().fields(&format!("metadata.name={LEADER_LEASE}"));
+            match Api::<Lease>::all(client.clone()).list(&everywhere).await {
+                Ok(list) => (Ok(list.items), "any namespace".to_owned()),
+                Err(kube::Error::Api(status)) if status.code == 403 => (
+                    one_lease(Api::namespaced(client, CONTROLLER_NAMESPACE)).await,
+                    format!("namespace {CONTROLLER_NAMESPACE}"),
+                ),
+                Err(error) => (Err(error), String::new()),
+            }
+        }
+    };
+    match leases {
+        Ok(leases) => Ok(check_leader(&leases, &place, jiff::Timestamp::now())),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            // Not allowed to look: say so, and go on.
+            eprintln!(
+                "warning: cannot check that ksa-controller runs (reading its Lease is forbidden: {}); \
+                 pass --controller-namespace if it runs elsewhere",
+                status.message
+            );
+            Ok(Ok(()))
+        }
+        Err(error) => Err(connection.unreachable(error)),
+    }
+}
+
+async fn one_lease(api: Api<Lease>) -> Result<Vec<Lease>, kube::Error> {
+    Ok(api.get_opt(LEADER_LEASE).await?.into_iter().collect())
+}
+
+/// Whether one of `leases` is held now: a holder, renewed within its
+/// duration (plus [`LEASE_GRACE`]).
+fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(), Failure> {
+    let missing = |detail: String| {
+        Failure::from(anyhow::anyhow!(
+            "no ksa-controller is running: {detail}; nothing would carry the rotation out. \
+             Install or start the controller (kubectl apply -f deploy/), or pass \
+             --controller-namespace; nothing was changed"
+        ))
+    };
+    if leases.is_empty() {
+        return Err(missing(format!("no Lease {LEADER_LEASE} in {place}")));
+    }
+    let mut last = None;
+    for lease in leases {
+        let where_ = format!(
+            "{}/{LEADER_LEASE}",
+            lease.metadata.namespace.as_deref().unwrap_or("?")
+        );
+        let Some(spec) = &lease.spec else { continue };
+        let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
+        let renewed = spec.renew_time.as_ref().map(|t| t.0);
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        );
+        match (holder, renewed) {
+            (Some(_), Some(renewed)) => {
+                let age = now.duration_since(renewed);
+                if age.unsigned_abs() <= duration + LEASE_GRACE || age.is_negative() {
+                    return Ok(());
+                }
+                last = Some(format!(
+                    "the Lease {where_} was last renewed {} by {}",
+                    crate::output::time(renewed, now),
+                    holder.unwrap_or_default()
+                ));
+            }
+            _ => last = Some(format!("the Lease {where_} has no holder")),
+        }
+    }
+    Err(missing(last.unwrap_or_else(|| {
+        format!("no holder of Lease {LEADER_LEASE} in {place}")
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIResource, MicroTime, ObjectMeta};
+
+    fn lease(holder: Option<&str>, renewed: Option<&str>) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(LEADER_LEASE.into()),
+                namespace: Some("ksa-system".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(Into::into),
+                renew_time: renewed.map(|t| MicroTime(t.parse().expect("a time"))),
+                lease_duration_seconds: Some(15),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    fn at(text: &str) -> jiff::Timestamp {
+        text.parse().expect("a time")
+    }
+
+    #[test]
+    fn a_lease_renewed_within_its_duration_is_a_running_controller() {
+        let now = at("2026-11-30T10:00:00Z");
+        let held = lease(Some("ksa-controller-1"), Some("2026-11-30T09:59:50Z"));
+        assert!(check_leader(&[held], "any namespace", now).is_ok());
+    }
+
+    #[test]
+    fn no_lease_an_empty_holder_or_a_stale_one_is_no_controller() {
+        let now = at("2026-11-30T10:00:00Z");
+        let cases = [
+            (vec![], "no Lease ksa-controller-leader in any namespace"),
+            (
+                vec![lease(None, Some("2026-11-30T09:59:59Z"))],
+                "the Lease ksa-system/ksa-controller-leader has no holder",
+            ),
+            (
+                vec![lease(
+                    Some("ksa-controller-1"),
+                    Some("2026-11-30T09:55:00Z"),
+                )],
+                "the Lease ksa-system/ksa-controller-leader was last renewed 2026-11-30T09:55:00Z (5m ago) by ksa-controller-1",
+            ),
+        ];
+        for (leases, says) in cases {
+            let error = check_leader(&leases, "any namespace", now)
+                .expect_err("no controller")
+                .error
+                .to_string();
+            assert!(
+                error.starts_with("no ksa-controller is running: ") && error.contains(says),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_crd_must_serve_the_rotation_resource() {
+        let error = check_crd(None, "https://admin.example").expect_err("missing");
+        assert!(
+            error.error.to_string().contains(
+                "ksasigningkeyrotations.ksa.dev is not installed in https://admin.example"
+            ),
+            "{}",
+            error.error
+        );
+        let list = |name: &str| APIResourceList {
+            group_version: GROUP_VERSION.into(),
+            resources: vec![APIResource {
+                name: name.into(),
+                ..APIResource::default()
+            }],
+        };
+        assert!(check_crd(Some(&list("other")), "s").is_err());
+        assert!(check_crd(Some(&list(PLURAL)), "s").is_ok());
+    }
+
+    #[test]
+    fn a_403_is_explained_and_other_errors_pass_through() {
+        let status = kube::core::Status::failure("no", "Forbidden").with_code(403);
+        let error =
+            forbidden(kube::Error::Api(Box::new(status)), "create", "ns1").expect_err("explained");
+        assert!(
+            error.error.to_string().starts_with(
+                "RBAC forbids you to create ksasigningkeyrotations.ksa.dev in namespace ns1 (no)"
+            ),
+            "{}",
+            error.error
+        );
+    }
+}
