@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ksa_kube::api::{DirectorySink, PublishSpec, S3Sink};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -54,6 +55,9 @@ pub struct UserClusterConfig {
     /// API servers (restarted on a key change, its container's issuer
     /// arguments changed by an issuer rotation).
     pub api_server_workload: Option<ApiServerWorkload>,
+    /// `ksaSigningKeyRotation.publish`: where outside verifiers read the
+    /// keys (the CRD's `spec.publish`).
+    pub publish: PublishSpec,
 }
 
 /// `ksaSigningKeyRotation.apiServerWorkload`.
@@ -128,9 +132,38 @@ struct RawSection {
     key_secret: Option<Written>,
     rollout: Option<Written>,
     api_server_workload: Option<Shaped<RawWorkload>>,
+    publish: Option<Shaped<RawPublish>>,
     #[serde(flatten)]
     unknown: BTreeMap<String, IgnoredAny>,
 }
+
+/// `ksaSigningKeyRotation.publish`: the CRD's `spec.publish`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPublish {
+    s3: Option<Shaped<RawSink>>,
+    directory: Option<Shaped<RawSink>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+const PUBLISH_KEYS: &[&str] = &["s3", "directory"];
+
+/// A sink of `publish`: every field is text.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct RawSink(BTreeMap<String, Written>);
+
+const S3_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "bucket",
+    "prefix",
+    "publicURL",
+    "credentialsSecret",
+    "caBundle",
+];
+const DIRECTORY_KEYS: &[&str] = &["path", "publicURL"];
 
 const SECTION_KEYS: &[&str] = &[
     "namespace",
@@ -144,6 +177,7 @@ const SECTION_KEYS: &[&str] = &[
     "keySecret",
     "rollout",
     "apiServerWorkload",
+    "publish",
 ];
 
 /// `ksaSigningKeyRotation.tokenRefresh`.
@@ -500,7 +534,9 @@ impl UserClusterConfig {
                 })
             }
         };
+        let publish = publish_spec(section.publish)?;
         Ok(UserClusterConfig {
+            publish,
             name,
             namespace,
             advanced_cluster,
@@ -517,6 +553,69 @@ impl UserClusterConfig {
             api_server_workload,
         })
     }
+}
+
+/// `ksaSigningKeyRotation.publish`, as the CRD's `spec.publish`: each sink's
+/// keys checked, each value text, the required ones present.
+fn publish_spec(raw: Option<Shaped<RawPublish>>) -> Result<PublishSpec, ConfigError> {
+    const P: &str = "ksaSigningKeyRotation.publish";
+    let Some(raw) = mapping(raw, P, "a mapping with s3 and directory")? else {
+        return Ok(PublishSpec::default());
+    };
+    known_keys(&raw.unknown, P, PUBLISH_KEYS)?;
+    // Each sink's fields, as text, after its keys are checked.
+    let fields = |sink: Option<Shaped<RawSink>>,
+                  name: &str,
+                  keys: &'static [&'static str]|
+     -> Result<Option<BTreeMap<String, Option<String>>>, ConfigError> {
+        let path = format!("{P}.{name}");
+        let Some(RawSink(sink)) = mapping(sink, &path, "a mapping")? else {
+            return Ok(None);
+        };
+        let unknown: BTreeMap<String, IgnoredAny> = sink
+            .keys()
+            .filter(|k| !keys.contains(&k.as_str()))
+            .map(|k| (k.clone(), IgnoredAny))
+            .collect();
+        known_keys(&unknown, &path, keys)?;
+        let mut values = BTreeMap::new();
+        for (key, value) in &sink {
+            values.insert(key.clone(), string(Some(value), &format!("{path}.{key}"))?);
+        }
+        Ok(Some(values))
+    };
+    let required = |values: &BTreeMap<String, Option<String>>, sink: &str, key: &str| {
+        values
+            .get(key)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| ConfigError::Missing {
+                field: format!("{P}.{sink}.{key}"),
+                allowed: "text (see README, Outside verifiers)",
+            })
+    };
+    let optional =
+        |values: &BTreeMap<String, Option<String>>, key: &str| values.get(key).cloned().flatten();
+    let s3 = match fields(raw.s3, "s3", S3_KEYS)? {
+        None => None,
+        Some(v) => Some(S3Sink {
+            endpoint: required(&v, "s3", "endpoint")?,
+            region: optional(&v, "region").unwrap_or_else(|| "us-east-1".into()),
+            bucket: required(&v, "s3", "bucket")?,
+            prefix: optional(&v, "prefix"),
+            public_url: optional(&v, "publicURL"),
+            credentials_secret: required(&v, "s3", "credentialsSecret")?,
+            ca_bundle: optional(&v, "caBundle"),
+        }),
+    };
+    let directory = match fields(raw.directory, "directory", DIRECTORY_KEYS)? {
+        None => None,
+        Some(v) => Some(DirectorySink {
+            path: required(&v, "directory", "path")?,
+            public_url: optional(&v, "publicURL"),
+        }),
+    };
+    Ok(PublishSpec { s3, directory })
 }
 
 /// A section that must be a mapping when present.
@@ -665,6 +764,7 @@ ksaSigningKeyRotation:
   keySecret: c1-apiserver-keys
   rollout: external-signer
   apiServerWorkload: {kind: StatefulSet, name: kube-apiserver, container: apiserver}
+  publish: {directory: {path: c1}}
 ";
         let config = UserClusterConfig::parse(text).expect("parses");
         assert_eq!(
@@ -688,6 +788,13 @@ ksaSigningKeyRotation:
                     name: "kube-apiserver".into(),
                     container: Some("apiserver".into()),
                 }),
+                publish: PublishSpec {
+                    s3: None,
+                    directory: Some(DirectorySink {
+                        path: "c1".into(),
+                        public_url: None,
+                    }),
+                },
             }
         );
         // Each key the section lists is one it reads.
@@ -716,6 +823,16 @@ ksaSigningKeyRotation:
                 "name: a\nksaSigningKeyRotation:\n  apiServerWorkload: {kind: Deployment, name: x, contianer: y}\n",
                 "ksaSigningKeyRotation.apiServerWorkload.contianer",
                 Some("container"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  publish:\n    s3: {endpoint: https://s3.example, bucket: b, credentialSecret: c}\n",
+                "ksaSigningKeyRotation.publish.s3.credentialSecret",
+                Some("credentialsSecret"),
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  publish:\n    directroy: {path: p}\n",
+                "ksaSigningKeyRotation.publish.directroy",
+                Some("directory"),
             ),
             (
                 "name: a\nksaSigningKeyRotation:\n  Namespace: x\n",
@@ -749,7 +866,34 @@ ksaSigningKeyRotation:
             "ksaSigningKeyRotation.trustLeadTimeSecond: unknown key (did you mean \
              trustLeadTimeSeconds?); known keys here: namespace, issuers, issuer, key, \
              tokenRefresh, trustLeadTimeSeconds, kubeconfigSecret, kubeconfigSecretKey, \
-             keySecret, rollout, apiServerWorkload"
+             keySecret, rollout, apiServerWorkload, publish"
+        );
+    }
+
+    #[test]
+    fn the_publish_section_is_the_crds_spec_publish() {
+        let config = UserClusterConfig::parse(
+            "name: a\nksaSigningKeyRotation:\n  publish:\n    s3:\n      endpoint: https://s3.example\n      \
+             bucket: oidc\n      prefix: prod\n      credentialsSecret: s3-writer\n    directory: {path: prod}\n",
+        )
+        .expect("parses");
+        let s3 = config.publish.s3.expect("an s3 sink");
+        assert_eq!(
+            (s3.endpoint.as_str(), s3.region.as_str(), s3.bucket.as_str()),
+            ("https://s3.example", "us-east-1", "oidc")
+        );
+        assert_eq!(s3.prefix.as_deref(), Some("prod"));
+        assert_eq!(s3.credentials_secret, "s3-writer");
+        assert_eq!(config.publish.directory.expect("a directory").path, "prod");
+        let missing = UserClusterConfig::parse(
+            "name: a\nksaSigningKeyRotation:\n  publish:\n    s3: {endpoint: https://s3.example}\n",
+        )
+        .expect_err("no bucket");
+        assert!(
+            missing
+                .to_string()
+                .contains("ksaSigningKeyRotation.publish.s3.bucket"),
+            "{missing}"
         );
     }
 

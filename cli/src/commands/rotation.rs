@@ -282,7 +282,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
             max_token_seconds: config.max_token_seconds,
         },
         trust_lead_time_seconds: config.trust_lead_time_seconds,
-        publish: Default::default(),
+        publish: config.publish.clone(),
     }
 }
 
