@@ -16,6 +16,9 @@
 //!   kube-scheduler from the pinned Go modules in `xtask/control-plane/`, and
 //!   kwok from `xtask/kwok/`, into the cache.
 //! - `e2e`: the end-to-end tests against the real control plane.
+//! - `image`: OCI images of `ksa-controller` and `ksa` (static, non-root,
+//!   no shell) into `target/image/`, with no container daemon.
+//! - `helm`: build `helm` from `xtask/helm/` into the cache (`setup` does).
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
@@ -29,6 +32,8 @@
 mod bench;
 mod control_plane;
 mod fuzz;
+mod helm;
+mod image;
 mod scale;
 mod tools;
 mod wasm;
@@ -51,6 +56,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("e2e") => e2e(&rest),
+        Some("image") => image::run(),
+        Some("helm") => helm::ensure().map(|dir| println!("{}", dir.display())),
         Some("wasm") => wasm::build().map(drop),
         Some("serve-inspector") => serve_inspector(&rest),
         Some("demo") => demo(),
@@ -80,7 +87,7 @@ fn main() -> Result<()> {
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | image | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }
@@ -130,12 +137,14 @@ fn cargo() -> Command {
 
 /// Installs what the tests need and returns the variables that tell them
 /// where the control plane and kwok are.
-fn setup() -> Result<[(&'static str, PathBuf); 2]> {
+fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
     tools::ensure_debian_packages()?;
     tools::wasm_bindgen_bin()?;
-    control_plane::environment()
+    let mut environment = control_plane::environment()?.to_vec();
+    environment.push(helm::environment()?);
+    Ok(environment)
 }
 
 fn ci() -> Result<()> {
@@ -227,7 +236,8 @@ fn build_binaries() -> Result<()> {
 }
 
 fn e2e(filters: &[&str]) -> Result<()> {
-    let environment = control_plane::environment()?;
+    let mut environment = control_plane::environment()?.to_vec();
+    environment.push(helm::environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
