@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, Secret};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey, public_keys_to_pem};
@@ -532,7 +533,15 @@ current-context: e2e
         Ok(ChartController { child })
     }
 
+    /// Whether the process has exited by itself, and how.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -713,6 +722,9 @@ async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Resu
         {
             let new_pods = controller_pods(&client, 2, Some("2")).await?;
             let pod = new_pods[0].metadata.name.clone().unwrap_or_default();
+            if let Some(status) = controller.exited() {
+                bail!("the controller exited ({status}):\n{}", log_tail(&dir));
+            }
             controller.stop();
             controller = ChartController::start(&client, &server, &ca_pem, &pod, &dir).await?;
             replaced = true;
@@ -729,6 +741,18 @@ async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Resu
     ensure!(
         replaced,
         "the rotation completed without restarting the chart's Deployment"
+    );
+    // The leader is the process with the chart's identity, on the Lease in
+    // the chart's namespace.
+    let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE)
+        .get(ksa_controller::run::LEADER_LEASE)
+        .await?;
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    ensure!(
+        holder
+            .as_deref()
+            .is_some_and(|h| h.starts_with("ksa-controller-")),
+        "the leader Lease in {RELEASE_NAMESPACE} is held by {holder:?}"
     );
     drop(controller);
     eprintln!(
