@@ -303,6 +303,25 @@ fn values_reach_the_controller_deployment() -> Result<()> {
     Ok(())
 }
 
+/// A misspelt or ill-typed value is refused (values.schema.json), never
+/// silently left at its default.
+#[test]
+fn a_misspelt_value_is_refused() -> Result<()> {
+    for (value, named) in [
+        ("replica=3", "replica"),
+        ("signer.enable=true", "enable"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("rotationNamespaces={User_Cluster}", "rotationNamespaces"),
+    ] {
+        let error = render(&[value]).expect_err(value);
+        assert!(
+            format!("{error:#}").contains(named),
+            "--set {value}: {error:#}"
+        );
+    }
+    Ok(())
+}
+
 /// The chart is released with the workspace: its version and appVersion
 /// (the image tag it installs) are the crates'.
 #[test]
