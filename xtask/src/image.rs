@@ -18,10 +18,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use oci_spec::image::{
     ANNOTATION_CREATED, ANNOTATION_DESCRIPTION, ANNOTATION_LICENSES, ANNOTATION_REF_NAME,
-    ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_TITLE, ANNOTATION_VERSION, Arch,
-    ConfigBuilder, Descriptor, Digest, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
-    MediaType, OciLayoutBuilder, Os, RootFsBuilder, Sha256Digest,
+    ANNOTATION_REVISION, ANNOTATION_TITLE, ANNOTATION_VERSION, Arch, ConfigBuilder, Descriptor,
+    Digest, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageIndex,
+    ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os,
+    RootFsBuilder, Sha256Digest,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -266,10 +266,6 @@ pub fn write_layout(dir: &Path, image: &Image, provenance: &Provenance) -> Resul
         (ANNOTATION_CREATED.to_owned(), provenance.created.clone()),
         (ANNOTATION_TITLE.to_owned(), image.name.clone()),
         (ANNOTATION_DESCRIPTION.to_owned(), image.description.clone()),
-        (
-            ANNOTATION_SOURCE.to_owned(),
-            env!("CARGO_PKG_REPOSITORY").to_owned(),
-        ),
         (
             ANNOTATION_LICENSES.to_owned(),
             env!("CARGO_PKG_LICENSE").to_owned(),
