@@ -124,8 +124,7 @@ fn provenance() -> Result<Provenance> {
     let git = |args: &[&str]| -> Result<String> {
         let out = Command::new("git")
             .current_dir(crate::root())
-            // No index refresh: it would make the CLI's build script (which
-            // watches the index for its commit) rebuild `ksa` every time.
+            // Only reads: no index refresh written into the repository.
             .env("GIT_OPTIONAL_LOCKS", "0")
             .args(args)
             .output()
