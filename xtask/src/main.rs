@@ -11,11 +11,15 @@
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.
 //! - `man`: man pages for every `ksa` command into `target/man`.
-//! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types.
+//! - `manifests`: write `deploy/` (CRD, RBAC, Deployment) from the Rust types,
+//!   and the chart's CRD.
 //! - `control-plane`: build etcd, kube-apiserver, kube-controller-manager and
 //!   kube-scheduler from the pinned Go modules in `xtask/control-plane/`, and
 //!   kwok from `xtask/kwok/`, into the cache.
 //! - `e2e`: the end-to-end tests against the real control plane.
+//! - `image`: OCI images of `ksa-controller` and `ksa` (static, non-root,
+//!   no shell) into `target/image/`, with no container daemon.
+//! - `helm`: build `helm` from `xtask/helm/` into the cache (`setup` does).
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
@@ -29,6 +33,8 @@
 mod bench;
 mod control_plane;
 mod fuzz;
+mod helm;
+mod image;
 mod scale;
 mod seaweedfs;
 mod tools;
@@ -52,6 +58,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("e2e") => e2e(&rest),
+        Some("image") => image::run(),
+        Some("helm") => helm::ensure().map(|dir| println!("{}", dir.display())),
         Some("wasm") => wasm::build().map(drop),
         Some("serve-inspector") => serve_inspector(&rest),
         Some("demo") => demo(),
@@ -66,22 +74,31 @@ fn main() -> Result<()> {
             "man",
             "target/man",
         ])),
-        Some("manifests") => run(cargo().args([
-            "run",
-            "--quiet",
-            "-p",
-            "ksa-controller",
-            "--",
-            "manifests",
-            "deploy",
-        ])),
+        Some("manifests") => {
+            run(cargo().args([
+                "run",
+                "--quiet",
+                "-p",
+                "ksa-controller",
+                "--",
+                "manifests",
+                "deploy",
+            ]))?;
+            // Helm installs a chart's CRDs from `crds/` as they are: the
+            // chart carries the generated one.
+            std::fs::copy(
+                root().join("deploy/crd.yaml"),
+                root().join("charts/ksa/crds/ksasigningkeyrotations.yaml"),
+            )?;
+            Ok(())
+        }
         Some("bench") if rest.contains(&"scale") => scale::run(rest.contains(&"--quick")),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         Some("fuzz") => fuzz::run(seconds(&rest, 60)?),
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | image | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }
@@ -130,7 +147,7 @@ fn cargo() -> Command {
 }
 
 /// Installs what the tests need and returns the variables that tell them
-/// where the control plane, kwok and SeaweedFS are.
+/// where the control plane, kwok, SeaweedFS and helm are.
 fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
@@ -138,6 +155,7 @@ fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     tools::wasm_bindgen_bin()?;
     let mut environment = control_plane::environment()?.to_vec();
     environment.push(seaweedfs::environment()?);
+    environment.push(helm::environment()?);
     Ok(environment)
 }
 
@@ -232,6 +250,7 @@ fn build_binaries() -> Result<()> {
 fn e2e(filters: &[&str]) -> Result<()> {
     let mut environment = control_plane::environment()?.to_vec();
     environment.push(seaweedfs::environment()?);
+    environment.push(helm::environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
