@@ -725,6 +725,71 @@ mod tests {
         assert!(asked.lock().expect("works").is_empty(), "no API request");
     }
 
+    /// A self-signed certificate for 127.0.0.1: (certificate, key) PEM.
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("a certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn the_oidc_endpoint_reloads_its_certificate_when_the_files_change() {
+        let (client, _) = api_server();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (first_cert, first_key) = self_signed();
+        std::fs::write(&cert, &first_cert).expect("written");
+        std::fs::write(&key, &first_key).expect("written");
+        let addr = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            socket.local_addr().expect("an address")
+        };
+        let transport = OidcTransport::Https {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let server = tokio::spawn(serve_oidc(addr, transport, client, "public".into()));
+        // A client that trusts only `cert_pem`: it connects exactly when the
+        // endpoint presents that certificate.
+        let connects = async |cert_pem: &str| {
+            let certificate = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("a cert");
+            let reader = reqwest::Client::builder()
+                .tls_certs_only([certificate])
+                .build()
+                .expect("a client");
+            reader
+                .get(format!("https://{addr}/ns/good/a.example/openid/v1/jwks"))
+                .send()
+                .await
+                .is_ok()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !connects(&first_cert).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the endpoint never served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (second_cert, second_key) = self_signed();
+        assert!(!connects(&second_cert).await, "not the new certificate yet");
+        std::fs::write(&cert, &second_cert).expect("written");
+        std::fs::write(&key, &second_key).expect("written");
+        let deadline = std::time::Instant::now() + CERT_RELOAD_PERIOD * 3;
+        while !connects(&second_cert).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new certificate was not served"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(!connects(&first_cert).await, "the old certificate is gone");
+        server.abort();
+    }
+
     #[test]
     fn jwks_config_map_names() {
         assert_eq!(jwks_config_map("ns", "r").as_deref(), Ok("r-jwks"));
