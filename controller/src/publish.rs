@@ -131,6 +131,9 @@ impl std::fmt::Debug for Locations {
 }
 
 struct Location {
+    /// What kind of sink it is (`endpoint`, `s3`, `directory`): the
+    /// metrics' label, bounded whatever the spec says.
+    kind: &'static str,
     /// The `Cache-Control` its documents are written with.
     cache_control: String,
     /// What metrics and errors call it (its public URL, or the directory).
@@ -177,6 +180,7 @@ impl Locations {
         if let Some(url) = &settings.public_url {
             let base = format!("{}/{namespace}/{name}", url.trim_end_matches('/'));
             locations.push(Location {
+                kind: "endpoint",
                 cache_control: settings.cache_control(),
                 name: base.clone(),
                 public_url: Some(base.clone()),
@@ -192,7 +196,7 @@ impl Locations {
             locations.push(bucket(settings, s3, client, namespace).await?);
         }
         if let Some(directory) = &spec.directory {
-            locations.push(directory_location(settings, directory)?);
+            locations.push(directory_location(settings, directory, namespace, name)?);
         }
         Ok(Locations { locations })
     }
@@ -203,14 +207,14 @@ impl Locations {
 
     /// Publishes, at every location, the JWKS of `keys` and a discovery
     /// document for each of `issuers`, and removes the documents of
-    /// `withdrawn` issuers. Writes only what differs. Returns the names of
+    /// `withdrawn` issuers. Writes only what differs. Returns the kinds of
     /// the locations written to.
     pub async fn publish(
         &self,
         keys: &[PublicKey],
         issuers: &[Issuer],
         withdrawn: &[Issuer],
-    ) -> Result<Vec<String>, WriteError> {
+    ) -> Result<Vec<&'static str>, WriteError> {
         let jwks = Jwks::from_public_keys(keys).to_json();
         let mut written = Vec::new();
         for location in &self.locations {
@@ -222,6 +226,13 @@ impl Locations {
             for issuer in issuers {
                 let paths = discovery::issuer_paths(&location.base, issuer)
                     .map_err(|e| fail(e.to_string()))?;
+                if documents.contains_key(&paths.discovery_key()) {
+                    return Err(fail(format!(
+                        "two issuers would share the documents at {}; rotate to an issuer \
+                         with another host or path",
+                        paths.discovery_url
+                    )));
+                }
                 let document = discovery::discovery_document(issuer, &paths.jwks_url, keys);
                 documents.insert(paths.discovery_key(), document);
                 documents.insert(paths.jwks_key(), jwks.clone());
@@ -233,7 +244,7 @@ impl Locations {
                 }
             }
             location.write(&documents, &gone).await.map_err(fail)?;
-            written.push(location.name.clone());
+            written.push(location.kind);
         }
         Ok(written)
     }
@@ -244,7 +255,7 @@ impl Locations {
         &self,
         stored: &BTreeMap<KeyVersion, PublicKey>,
         issuers: &[Issuer],
-    ) -> Vec<(String, PublicationView)> {
+    ) -> Vec<(&'static str, PublicationView)> {
         let kids: BTreeMap<String, KeyVersion> = stored
             .iter()
             .map(|(version, key)| (key.kid().to_string(), *version))
@@ -260,7 +271,7 @@ impl Locations {
                         max_age_seconds: 0,
                     },
                 };
-                views.push((location.name.clone(), view));
+                views.push((location.kind, view));
             }
         }
         views
@@ -304,11 +315,9 @@ impl Location {
             Sink::Store { store, prefix } => {
                 for (key, body) in documents {
                     let path = object_path(prefix, key)?;
-                    let current = match store.get(&path).await {
-                        Ok(found) => found.bytes().await.ok(),
-                        Err(object_store::Error::NotFound { .. }) => None,
-                        Err(error) => return Err(store_problem(&error)),
-                    };
+                    let current = read_bounded(store.as_ref(), &path)
+                        .await
+                        .map_err(|e| store_problem(&e))?;
                     if current.as_deref() == Some(body.as_bytes()) {
                         continue;
                     }
@@ -390,8 +399,8 @@ impl Location {
         };
         let read = async |key: String| -> Option<String> {
             let path = object_path(prefix, &key).ok()?;
-            let bytes = store.get(&path).await.ok()?.bytes().await.ok()?;
-            (bytes.len() <= MAX_DOCUMENT_BYTES).then(|| String::from_utf8(bytes.to_vec()).ok())?
+            let bytes = read_bounded(store.as_ref(), &path).await.ok()??;
+            String::from_utf8(bytes).ok()
         };
         let Some(document) = read(paths.discovery_key()).await else {
             return view;
@@ -402,6 +411,33 @@ impl Location {
             view.serves = served_versions(&jwks, kids);
         }
         view
+    }
+}
+
+/// The object at `path` when it exists and holds at most
+/// [`MAX_DOCUMENT_BYTES`] (a larger one reads as absent: it is overwritten,
+/// never read whole).
+async fn read_bounded(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+) -> Result<Option<Vec<u8>>, object_store::Error> {
+    match store.head(path).await {
+        Ok(meta) if meta.size > MAX_DOCUMENT_BYTES as u64 => return Ok(None),
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let options = object_store::GetOptions {
+        range: Some((0..MAX_DOCUMENT_BYTES as u64 + 1).into()),
+        ..object_store::GetOptions::default()
+    };
+    match store.get_opts(path, options).await {
+        Ok(found) => {
+            let bytes = found.bytes().await?;
+            Ok((bytes.len() <= MAX_DOCUMENT_BYTES).then(|| bytes.to_vec()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
@@ -484,7 +520,12 @@ pub fn max_age(cache_control: &str) -> u64 {
     }
     directives
         .iter()
-        .filter_map(|d| d.strip_prefix("max-age=")?.trim_matches('"').parse().ok())
+        .filter_map(|d| {
+            let value = d
+                .strip_prefix("max-age=")
+                .or_else(|| d.strip_prefix("s-maxage="))?;
+            value.trim_matches('"').parse().ok()
+        })
         .max()
         .unwrap_or(0)
 }
@@ -513,9 +554,14 @@ fn allowed_url(
     field: &'static str,
     url: &str,
 ) -> Result<url::Url, PublishError> {
+    // Never echoed whole: a URL may carry credentials.
+    let shown = match url.split_once('@') {
+        Some((_, host)) => format!("(credentials)@{host}"),
+        None => url.to_owned(),
+    };
     let bad = || PublishError::BadUrl {
         field,
-        url: url.to_owned(),
+        url: shown.clone(),
     };
     let parsed = url::Url::parse(url).map_err(|_| bad())?;
     let host = parsed
@@ -532,11 +578,12 @@ fn allowed_url(
     let with_port = parsed
         .port()
         .map_or_else(|| host.to_owned(), |port| format!("{host}:{port}"));
-    if settings
+    // A host listed without a port allows only the scheme's default port.
+    let allowed = settings
         .allowed_hosts
         .iter()
-        .any(|allowed| *allowed == host || *allowed == with_port)
-    {
+        .any(|allowed| *allowed == with_port || (*allowed == host && parsed.port().is_none()));
+    if allowed {
         Ok(parsed)
     } else {
         Err(PublishError::HostNotAllowed {
@@ -633,6 +680,7 @@ async fn bucket(
             url: s3.endpoint.clone(),
         })?;
     Ok(Location {
+        kind: "s3",
         cache_control: settings.cache_control(),
         name: public_url.clone(),
         public_url: Some(public_url.clone()),
@@ -648,9 +696,14 @@ async fn bucket(
     })
 }
 
+/// The directory sink of rotation `name` in `namespace`: below
+/// `--publish-root/NAMESPACE/NAME`, so that no rotation can write where
+/// another one publishes.
 fn directory_location(
     settings: &Settings,
     directory: &DirectorySink,
+    namespace: &str,
+    name: &str,
 ) -> Result<Location, PublishError> {
     let root = settings.root.as_ref().ok_or(PublishError::NoRoot)?;
     let path = directory.path.trim_end_matches('/');
@@ -666,7 +719,7 @@ fn directory_location(
         }
         None => None,
     };
-    let dir = root.join(path);
+    let dir = root.join(namespace).join(name).join(path);
     std::fs::create_dir_all(&dir).map_err(|_| PublishError::BadPath {
         path: directory.path.clone(),
     })?;
@@ -676,6 +729,7 @@ fn directory_location(
         }
     })?;
     Ok(Location {
+        kind: "directory",
         cache_control: settings.cache_control(),
         name: format!("directory {path}"),
         base: public_url
@@ -708,15 +762,11 @@ fn store_problem(error: &object_store::Error) -> String {
             "the credentials were not accepted".to_owned()
         }
         other => {
-            // The generic errors name the request's URL and status, never
-            // the credentials; keep one line.
-            let text = other.to_string();
-            text.lines()
-                .next()
-                .unwrap_or("failed")
-                .chars()
-                .take(300)
-                .collect()
+            // Other errors may carry what the store answered: logged, never
+            // shown in the status.
+            tracing::warn!(error = %other, "the object store answered an error");
+            "the store could not be reached or answered an error (see the controller's log)"
+                .to_owned()
         }
     }
 }
@@ -734,6 +784,8 @@ mod tests {
         assert_eq!(max_age("max-age=60, no-cache"), 0);
         assert_eq!(max_age("private"), 0);
         assert_eq!(max_age("max-age=x"), 0);
+        // A shared cache (a CDN) may keep it for s-maxage.
+        assert_eq!(max_age("max-age=30, s-maxage=300"), 300);
     }
 
     #[test]
@@ -743,13 +795,14 @@ mod tests {
             ..Settings::default()
         };
         assert!(allowed_url(&settings, "f", "https://s3.example/b").is_ok());
-        assert!(allowed_url(&settings, "f", "https://s3.example:8443/b").is_ok());
+        assert!(allowed_url(&settings, "f", "https://s3.example:443/b").is_ok());
         assert!(allowed_url(&settings, "f", "http://127.0.0.1:9000").is_ok());
         for refused in [
             "http://127.0.0.1:9001",
             "https://169.254.169.254/latest",
             "https://kubernetes.default.svc",
             "https://s3.example.evil/b",
+            "https://s3.example:10250/b",
         ] {
             assert!(
                 matches!(
@@ -798,7 +851,7 @@ mod tests {
             };
             assert!(
                 matches!(
-                    directory_location(&settings, &sink),
+                    directory_location(&settings, &sink, "ns", "r"),
                     Err(PublishError::BadPath { .. })
                 ),
                 "{path}"
@@ -810,11 +863,15 @@ mod tests {
             public_url: None,
         };
         assert!(matches!(
-            directory_location(&none, &sink),
+            directory_location(&none, &sink, "ns", "r"),
             Err(PublishError::NoRoot)
         ));
-        assert!(directory_location(&settings, &sink).is_ok());
-        assert!(root.path().join("prod").is_dir());
+        assert!(directory_location(&settings, &sink, "ns", "r").is_ok());
+        // Each rotation's own directory: another namespace naming the same
+        // path writes elsewhere.
+        assert!(root.path().join("ns/r/prod").is_dir());
+        assert!(directory_location(&settings, &sink, "other", "r").is_ok());
+        assert!(root.path().join("other/r/prod").is_dir());
     }
 
     #[test]

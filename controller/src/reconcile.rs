@@ -27,6 +27,7 @@ use ksa_kube::{lock, refresh};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 
 use crate::error::{Error, Result};
@@ -44,6 +45,9 @@ pub struct Context {
     pub metrics: Arc<crate::serve::Metrics>,
     /// Where rotations publish for outside verifiers, from the flags.
     pub publish: crate::publish::Settings,
+    /// Consecutive failed reconciles of each rotation, for the backoff.
+    pub failures:
+        std::sync::Mutex<std::collections::HashMap<ObjectRef<KSASigningKeyRotation>, u32>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -128,7 +132,12 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
             };
             let _ = show_error(&api, &resource, waiting).await;
         }
-        Ok(_) => {}
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ObjectRef::from_obj(&*resource));
+        }
     }
     outcome
 }
@@ -198,14 +207,43 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-pub fn error_policy(_: Arc<KSASigningKeyRotation>, error: &Error, _: Arc<Context>) -> Action {
-    // A refusal stands until someone changes the spec (which reconciles at
-    // once) or the objects it names: no need to ask again soon.
-    if error.refusal_reason().is_some() {
-        Action::requeue(Duration::from_secs(30))
+/// After a failed reconcile: try again after an exponential backoff with
+/// jitter, per rotation (a refusal, which stands until someone changes the
+/// spec or what it names, starts from a longer delay).
+pub fn error_policy(
+    resource: Arc<KSASigningKeyRotation>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(ObjectRef::from_obj(&*resource)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let first = if error.refusal_reason().is_some() {
+        Duration::from_secs(30)
     } else {
-        Action::requeue(Duration::from_secs(5))
-    }
+        Duration::from_secs(2)
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Action::requeue(backoff(first, failures, nanos))
+}
+
+/// The longest a failing rotation waits before it is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The delay before attempt `failures + 1`: `first` doubled for each
+/// failure after the first, at most [`MAX_BACKOFF`], then shortened by up to
+/// a fifth according to `entropy` (so that rotations failing together do
+/// not retry together).
+fn backoff(first: Duration, failures: u32, entropy: u32) -> Duration {
+    let doubled = first.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let delay = doubled.min(MAX_BACKOFF);
+    let jitter = delay / 5 * (entropy % 1000) / 1000;
+    delay - jitter
 }
 
 impl Rotation<'_> {
@@ -332,15 +370,34 @@ impl Rotation<'_> {
             .in_progress
             .get_or_create(&labels)
             .set(i64::from(!next.is_completed()));
+        metrics
+            .key_version
+            .get_or_create(&labels)
+            .set(i64::try_from(next.key_version().get()).unwrap_or(i64::MAX));
+        let step_labels = |step: Step| crate::serve::StepLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            step: step.to_string(),
+        };
+        for step in Step::ROTATION.into_iter().chain([Step::Completed]) {
+            metrics
+                .state
+                .get_or_create(&step_labels(step))
+                .set(i64::from(step == next.step()));
+        }
+        if next.is_completed() && !state.is_completed() {
+            metrics
+                .last_completion
+                .get_or_create(&labels)
+                .set(now.as_second());
+        }
         if next.step() != state.step()
             && let Some(entered) = state.step_started_at()
         {
             let seconds = now.duration_since(entered).as_secs_f64().max(0.0);
             metrics
                 .step_seconds
-                .get_or_create(&crate::serve::StepLabels {
-                    step: state.step().to_string(),
-                })
+                .get_or_create(&step_labels(state.step()))
                 .observe(seconds);
         }
     }
@@ -459,11 +516,11 @@ impl Rotation<'_> {
         Ok(vec![issuer])
     }
 
-    fn location_labels(&self, location: String) -> crate::serve::LocationLabels {
+    fn location_labels(&self, sink: &'static str) -> crate::serve::LocationLabels {
         crate::serve::LocationLabels {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            location,
+            sink: sink.to_owned(),
         }
     }
 
@@ -689,5 +746,21 @@ impl World for Cluster<'_, '_> {
 
     async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<()> {
         self.0.apply(state, effect).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_with_jitter_up_to_five_minutes() {
+        let first = Duration::from_secs(2);
+        let delays: Vec<u64> = (1..=10).map(|n| backoff(first, n, 0).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(first, u32::MAX, 0), MAX_BACKOFF);
+        // Jitter takes off at most a fifth.
+        assert_eq!(backoff(first, 4, 999).as_millis(), 12_803);
+        assert!(backoff(Duration::from_secs(30), 1, 500) >= Duration::from_secs(24));
     }
 }

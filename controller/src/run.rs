@@ -149,6 +149,35 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How often `/readyz` asks the API server whether it answers, and how
+/// long an answer may take.
+const READINESS_PERIOD: Duration = Duration::from_secs(10);
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps `ready` true exactly while the API server answers `/version`:
+/// a replica that cannot reach it can neither reconcile nor serve what
+/// was published, and should leave its Service's endpoints.
+async fn track_readiness(client: kube::Client, ready: Arc<std::sync::atomic::AtomicBool>) {
+    loop {
+        let answered = tokio::time::timeout(READINESS_TIMEOUT, client.apiserver_version())
+            .await
+            .is_ok_and(|version| version.is_ok());
+        let was = ready.swap(answered, std::sync::atomic::Ordering::Relaxed);
+        if was != answered {
+            tracing::info!(
+                ready = answered,
+                "the API server {}",
+                if answered {
+                    "answers"
+                } else {
+                    "does not answer"
+                }
+            );
+        }
+        tokio::time::sleep(READINESS_PERIOD).await;
+    }
+}
+
 /// The leader-election Lease, in `--leader-namespace`.
 pub const LEADER_LEASE: &str = "ksa-controller-leader";
 
@@ -163,12 +192,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (publish, oidc) = args.oidc.settings()?;
     let oidc_server = oidc.map(|transport| {
-        tokio::spawn(crate::serve::serve_oidc(
+        let served = crate::serve::serve_oidc(
             args.oidc.oidc_addr,
             transport,
             client.clone(),
             publish.cache_control(),
-        ))
+        );
+        tokio::spawn(async move {
+            // Rotations wait for the endpoint to serve their keys: say why
+            // it does not.
+            if let Err(error) = served.await {
+                tracing::error!(%error, "the OIDC endpoint stopped; rotations will wait for it");
+            }
+        })
     });
     let server = tokio::spawn(crate::serve::serve(
         args.http_addr,
@@ -176,7 +212,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         client.clone(),
         ready.clone(),
     ));
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let readiness = tokio::spawn(track_readiness(client.clone(), ready.clone()));
     let identity = args
         .identity
         .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
@@ -216,6 +252,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         backend: ksa_core::crypto::AwsLc::new(),
         metrics: metrics.clone(),
         publish,
+        failures: std::sync::Mutex::default(),
     });
     // Lead while the Lease is ours; when it is lost (the API server was
     // away longer than the lease, say), stop reconciling and stand by to
@@ -256,6 +293,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     server.abort();
+    readiness.abort();
     if let Some(oidc_server) = oidc_server {
         oidc_server.abort();
     }

@@ -46,17 +46,27 @@ pub struct RotationLabels {
     pub name: String,
 }
 
-/// One location a rotation publishes to.
+/// One kind of location a rotation publishes to (`endpoint`, `s3`,
+/// `directory`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LocationLabels {
     pub namespace: String,
     pub name: String,
-    pub location: String,
+    pub sink: String,
+}
+
+/// A rotation and one of its steps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub namespace: String,
+    pub name: String,
+    pub step: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
-    pub step: String,
+struct BuildLabels {
+    version: String,
+    commit: String,
 }
 
 /// The controller's Prometheus metrics. No label or value carries key
@@ -66,7 +76,15 @@ pub struct Metrics {
     registry: Registry,
     /// The current step of each rotation, 1 (Generate) to 6 (Completed).
     pub step: Family<RotationLabels, Gauge>,
-    /// How long each step took, from entering it to its confirmation.
+    /// The step as a state set: 1 for the step each rotation is in, 0 for
+    /// the others.
+    pub state: Family<StepLabels, Gauge>,
+    /// The key version each rotation is at or rotating to.
+    pub key_version: Family<RotationLabels, Gauge>,
+    /// When each rotation last completed (Unix seconds).
+    pub last_completion: Family<RotationLabels, Gauge>,
+    /// How long each step of each rotation took, from entering it to its
+    /// confirmation.
     pub step_seconds: Family<StepLabels, Histogram>,
     pub reconcile_errors: Counter,
     /// Rotations not completed.
@@ -83,6 +101,36 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::with_prefix("ksa");
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                commit: env!("KSA_COMMIT").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The controller's version and commit (always 1)",
+            build,
+        );
+        let state = Family::<StepLabels, Gauge>::default();
+        let key_version = Family::<RotationLabels, Gauge>::default();
+        let last_completion = Family::<RotationLabels, Gauge>::default();
+        registry.register(
+            "rotation_state",
+            "1 for the step each rotation is in, 0 for the others",
+            state.clone(),
+        );
+        registry.register(
+            "rotation_key_version",
+            "The key version each rotation is at or rotating to",
+            key_version.clone(),
+        );
+        registry.register(
+            "rotation_last_completion_timestamp_seconds",
+            "When each rotation last completed",
+            last_completion.clone(),
+        );
         let step = Family::<RotationLabels, Gauge>::default();
         let step_seconds = Family::<StepLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0])
@@ -132,6 +180,9 @@ impl Default for Metrics {
         Metrics {
             registry,
             step,
+            state,
+            key_version,
+            last_completion,
             step_seconds,
             reconcile_errors,
             in_progress,
@@ -672,6 +723,71 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
         }
         assert!(asked.lock().expect("works").is_empty(), "no API request");
+    }
+
+    /// A self-signed certificate for 127.0.0.1: (certificate, key) PEM.
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("a certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn the_oidc_endpoint_reloads_its_certificate_when_the_files_change() {
+        let (client, _) = api_server();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (first_cert, first_key) = self_signed();
+        std::fs::write(&cert, &first_cert).expect("written");
+        std::fs::write(&key, &first_key).expect("written");
+        let addr = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            socket.local_addr().expect("an address")
+        };
+        let transport = OidcTransport::Https {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let server = tokio::spawn(serve_oidc(addr, transport, client, "public".into()));
+        // A client that trusts only `cert_pem`: it connects exactly when the
+        // endpoint presents that certificate.
+        let connects = async |cert_pem: &str| {
+            let certificate = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("a cert");
+            let reader = reqwest::Client::builder()
+                .tls_certs_only([certificate])
+                .build()
+                .expect("a client");
+            reader
+                .get(format!("https://{addr}/ns/good/a.example/openid/v1/jwks"))
+                .send()
+                .await
+                .is_ok()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !connects(&first_cert).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the endpoint never served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (second_cert, second_key) = self_signed();
+        assert!(!connects(&second_cert).await, "not the new certificate yet");
+        std::fs::write(&cert, &second_cert).expect("written");
+        std::fs::write(&key, &second_key).expect("written");
+        let deadline = std::time::Instant::now() + CERT_RELOAD_PERIOD * 3;
+        while !connects(&second_cert).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new certificate was not served"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(!connects(&first_cert).await, "the old certificate is gone");
+        server.abort();
     }
 
     #[test]

@@ -1279,6 +1279,17 @@ fn trust_waits_for_every_location_then_for_outside_caches_then_the_lead_time() {
         plan.waiting.to_string(),
         "trust lead time until 2026-11-30T00:01:30Z"
     );
+    // A location that loses the key meanwhile starts the hold over.
+    let flapped = seen.clone();
+    seen.publications[1] = publication(endpoint, Some(&[1]), 10);
+    let lost = rotation::step(&plan.next, &seen, minute, &policy).expect("steps");
+    assert_eq!(lost.next.step(), Step::Trust);
+    let back = rotation::step(&lost.next, &flapped, minute, &policy).expect("steps");
+    assert_eq!(
+        back.waiting.to_string(),
+        "outside verifiers' caches to expire: until 2026-11-30T00:02:00Z"
+    );
+    seen = flapped;
     let end: Timestamp = "2026-11-30T00:01:30Z".parse().expect("time");
     let plan = rotation::step(&plan.next, &seen, end, &policy).expect("steps");
     assert_eq!(plan.next.step(), Step::Sign);
@@ -1296,25 +1307,30 @@ fn retire_withdraws_the_old_key_outside_only_after_every_server_dropped_it() {
         [1, 2],
         "one server still accepts key 1"
     );
-    // Every server dropped key 1: publish key 2 alone, delete key 1, and
-    // wait until outsiders no longer see it.
+    // Every server dropped key 1: publish key 2 alone, and keep key 1 (by
+    // whose kid outsiders are read) until no location serves it.
     seen.api_servers = vec![server(&[2], 2), server(&[2], 2)];
     let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
     assert_eq!(published_keys(&plan), [2]);
-    assert!(plan.effects.contains(&Effect::RetireKey {
-        version: KeyVersion::new(1)
-    }));
-    seen.stored_keys = [KeyVersion::new(2)].into();
-    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    let retire = Effect::RetireKey {
+        version: KeyVersion::new(1),
+    };
+    assert!(!plan.effects.contains(&retire), "{:?}", plan.effects);
     assert_eq!(
         plan.waiting.to_string(),
-        format!("key 1 withdrawn from {url}: not yet")
+        format!("key 1 withdrawn from {url}: not yet; old key 1 still to be deleted")
     );
     // An unreadable location confirms nothing either.
     seen.publications = vec![publication(url, None, 60)];
     let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
-    assert_eq!(plan.next.step(), Step::Retire);
+    assert!(!plan.effects.contains(&retire));
     seen.publications = vec![publication(url, Some(&[2]), 60)];
+    let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
+    assert!(
+        plan.effects.contains(&retire),
+        "withdrawn outside: delete it"
+    );
+    seen.stored_keys = [KeyVersion::new(2)].into();
     let plan = rotation::step(&plan.next, &seen, now(), &Policy::default()).expect("steps");
     assert!(plan.next.is_completed(), "{}", plan.waiting);
 }

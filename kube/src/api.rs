@@ -137,12 +137,13 @@ fn default_region() -> String {
     "us-east-1".to_owned()
 }
 
-/// A directory below the controller's `--publish-root`, for a static host
-/// or a GitOps sync to serve.
+/// A directory below the controller's `--publish-root` (in
+/// `ROOT/NAMESPACE/NAME/PATH`), for a static host or a GitOps sync to serve.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectorySink {
-    /// The directory, relative to `--publish-root` (no `..`).
+    /// The directory, relative to `--publish-root/NAMESPACE/NAME` (plain
+    /// segments, no `..`).
     #[schemars(length(min = 1, max = 256))]
     pub path: String,
     /// Where outsiders read the directory. Default: none; the controller

@@ -370,7 +370,7 @@ async fn outside_verifiers_trust_every_valid_token_through_a_key_and_an_issuer_r
         .await?
         .text()
         .await?;
-    for location in [endpoint_base.as_str(), s3.public_url().as_str()] {
+    for sink in ["endpoint", "s3"] {
         for metric in [
             "ksa_publish_last_write_timestamp_seconds",
             "ksa_publish_last_confirmation_timestamp_seconds",
@@ -378,12 +378,33 @@ async fn outside_verifiers_trust_every_valid_token_through_a_key_and_an_issuer_r
             assert!(
                 metrics
                     .lines()
-                    .any(|l| l.starts_with(metric)
-                        && l.contains(&format!("location=\"{location}\""))),
-                "{metric} for {location}:\n{metrics}"
+                    .any(|l| l.starts_with(metric) && l.contains(&format!("sink=\"{sink}\""))),
+                "{metric} for {sink}:\n{metrics}"
             );
         }
     }
+    // The operator's metrics (issue 22): the build, the step as a state
+    // set, the key version, the last completion.
+    for line in [
+        format!(
+            r#"ksa_rotation_state{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Completed"}} 1"#
+        ),
+        format!(r#"ksa_rotation_state{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Trust"}} 0"#),
+        format!(r#"ksa_rotation_key_version{{namespace="{NAMESPACE}",name="{CLUSTER}"}} 2"#),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    for metric in [
+        "ksa_build_info{",
+        "ksa_rotation_last_completion_timestamp_seconds{",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(metric)),
+            "{metric}:\n{metrics}"
+        );
+    }
+    let ready = reqwest::get(format!("http://{http_addr}/readyz")).await?;
+    assert_eq!(ready.status(), 200, "ready while the API server answers");
     eprintln!("done in {:.1?}", clock.elapsed());
     Ok(())
 }

@@ -33,10 +33,9 @@
 mod bench;
 mod control_plane;
 mod fuzz;
-mod helm;
+mod go_tool;
 mod image;
 mod scale;
-mod seaweedfs;
 mod tools;
 mod wasm;
 
@@ -59,7 +58,9 @@ fn main() -> Result<()> {
         }
         Some("e2e") => e2e(&rest),
         Some("image") => image::run(),
-        Some("helm") => helm::ensure().map(|dir| println!("{}", dir.display())),
+        Some("helm") => go_tool::HELM
+            .ensure()
+            .map(|dir| println!("{}", dir.display())),
         Some("wasm") => wasm::build().map(drop),
         Some("serve-inspector") => serve_inspector(&rest),
         Some("demo") => demo(),
@@ -154,8 +155,8 @@ fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     tools::ensure_debian_packages()?;
     tools::wasm_bindgen_bin()?;
     let mut environment = control_plane::environment()?.to_vec();
-    environment.push(seaweedfs::environment()?);
-    environment.push(helm::environment()?);
+    environment.push(go_tool::SEAWEEDFS.environment()?);
+    environment.push(go_tool::HELM.environment()?);
     Ok(environment)
 }
 
@@ -249,8 +250,8 @@ fn build_binaries() -> Result<()> {
 
 fn e2e(filters: &[&str]) -> Result<()> {
     let mut environment = control_plane::environment()?.to_vec();
-    environment.push(seaweedfs::environment()?);
-    environment.push(helm::environment()?);
+    environment.push(go_tool::SEAWEEDFS.environment()?);
+    environment.push(go_tool::HELM.environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;

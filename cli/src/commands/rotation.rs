@@ -715,12 +715,34 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     if issuer {
         return issuer_status(&status, &resource, output);
     }
+    if output == Format::Text {
+        // Standard output is the status line alone, byte for byte (scripts
+        // parse it); where the rotation stands goes beside it, for people.
+        eprintln!("{}", progress_note(&status, jiff::Timestamp::now()));
+    }
     let text = match output {
         Format::Text => state.status_line().to_string(),
         Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
         Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource))?,
     };
     super::finish(&text)
+}
+
+/// Where a rotation stands, for people: the step, since when, and what it
+/// waits for.
+fn progress_note(status: &RotationStatus, now: jiff::Timestamp) -> String {
+    let mut note = format!("step: {}", status.step);
+    if let Some(since) = status.step_started_at {
+        note.push_str(&format!(" since {}", crate::output::time(since, now)));
+    }
+    match status.waiting_for.as_deref().filter(|w| !w.is_empty()) {
+        Some(waiting) => {
+            note.push_str(&format!("\nwaiting for: {}", crate::output::shown(waiting)))
+        }
+        None if status.step == ksa_core::rotation::Step::Completed => {}
+        None => note.push_str("\nwaiting for: nothing (the controller moves it on)"),
+    }
+    note
 }
 
 /// `ksa-issuer status`: the issuer line, or the issuer state.
@@ -773,4 +795,32 @@ fn structured(status: &RotationStatus, resource: &KSASigningKeyRotation) -> serd
         "condition": status.conditions.first(),
         "statusLine": status.status_line,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_says_the_step_since_when_and_what_it_waits_for() {
+        let now: jiff::Timestamp = "2026-11-30T10:05:00Z".parse().expect("a time");
+        let mut state = RotationState::settled(KeyVersion::new(2));
+        let mut status = RotationStatus::of(&state, None, None, None, now);
+        assert_eq!(progress_note(&status, now), "step: Completed");
+        state = serde_json::from_value(serde_json::json!({
+            "keyVersion": 3, "step": "Trust", "stepStartedAt": "2026-11-30T10:00:00Z",
+        }))
+        .expect("a state");
+        status = RotationStatus::of(
+            &state,
+            None,
+            Some("API servers accepting key 3: 1/3".into()),
+            None,
+            now,
+        );
+        assert_eq!(
+            progress_note(&status, now),
+            "step: Trust since 2026-11-30T10:00:00Z (5m ago)\nwaiting for: API servers accepting key 3: 1/3"
+        );
+    }
 }

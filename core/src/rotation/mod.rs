@@ -1007,6 +1007,11 @@ pub fn step(
     // accept both keys; that moment is kept across calls.
     if trust_confirmed_at.is_some() {
         next.confirmed_at = trust_confirmed_at;
+    } else if state.step == Step::Trust {
+        // Something is unconfirmed again (a location lost the new key, an
+        // instance restarted with the old set): the hold starts over once
+        // it is back.
+        next.confirmed_at = None;
     }
     if waiting.is_empty() && !state.is_completed() {
         next = next.enter(state.step.next(), now);
@@ -1059,7 +1064,10 @@ pub fn step(
         issuers: next.issuer_flags(),
         withdrawn: next.withdrawn_issuers(),
     });
-    if old_dropped {
+    // The old key is deleted once no location serves it any more either:
+    // outsiders know a key by its kid, learnt from the key store, so the
+    // withdrawal is confirmed while the key is still there.
+    if old_dropped && !waiting::old_key_published(&waiting) {
         effects.push(Effect::RetireKey { version: old });
     }
     let requeue_after = if next.is_completed() {

@@ -411,6 +411,14 @@ pub(super) fn trust_hold(policy: &Policy, observed: &Observed) -> Duration {
         .saturating_add(policy.trust_lead_time)
 }
 
+/// Whether some location still serves the old key (or could not be read
+/// to confirm it does not).
+pub(super) fn old_key_published(waiting: &Waiting) -> bool {
+    waiting
+        .iter()
+        .any(|wait| matches!(wait, Wait::Unpublished { .. }))
+}
+
 /// Whether every API server has stopped accepting the old key (and accepts
 /// the new one): the condition for deleting key N. While it exists, its kid
 /// is what observers recognise in a JWKS.
