@@ -242,6 +242,8 @@ pub async fn serve_oidc(
             axum::serve(listener, app).await
         }
         OidcTransport::Https { cert, key } => {
+            // The process's provider, unless one is installed already.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let config = RustlsConfig::from_pem_file(&cert, &key).await?;
             tokio::spawn(reload_certificate(config.clone(), cert, key));
             tracing::info!(%addr, "serving OIDC discovery over HTTPS");
