@@ -16,9 +16,9 @@ pub const ENV: &str = "KSA_CONTROL_PLANE_DIR";
 /// The variable through which tests find `kwok` and its stages.
 pub const KWOK_ENV: &str = "KSA_KWOK_DIR";
 
-struct Binary {
-    name: &'static str,
-    package: &'static str,
+pub(crate) struct Binary {
+    pub(crate) name: &'static str,
+    pub(crate) package: &'static str,
 }
 
 const BINARIES: [Binary; 4] = [
@@ -63,7 +63,7 @@ fn module_dir(name: &str) -> PathBuf {
 }
 
 /// The version a module is pinned to in a go.mod.
-fn pinned(go_mod: &str, module: &str) -> Result<String> {
+pub(crate) fn pinned(go_mod: &str, module: &str) -> Result<String> {
     go_mod
         .lines()
         .map(str::trim)
@@ -75,7 +75,7 @@ fn pinned(go_mod: &str, module: &str) -> Result<String> {
         .with_context(|| format!("{module} is not pinned in its go.mod under xtask/"))
 }
 
-fn read_go_mod(module: &str) -> Result<String> {
+pub(crate) fn read_go_mod(module: &str) -> Result<String> {
     let path = module_dir(module).join("go.mod");
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
@@ -177,7 +177,7 @@ pub fn ensure_kwok() -> Result<PathBuf> {
 }
 
 /// `go build`s one binary of a module under `xtask/` into `dir`.
-fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path) -> Result<()> {
+pub(crate) fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path) -> Result<()> {
     match Command::new("go").arg("version").output() {
         Ok(out) if out.status.success() => {
             eprintln!(
