@@ -1,5 +1,6 @@
 //! Builds the real control plane (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler) from the Go modules pinned in
+//! kube-controller-manager, kube-scheduler, and kubectl at the same version
+//! for the tests that follow the README) from the Go modules pinned in
 //! `xtask/control-plane/go.mod`, and kwok (the node and pod simulator the
 //! scale benchmark runs 2,000 Deployments on) from `xtask/kwok/go.mod` — the
 //! one place each version is written — into a cache outside the
@@ -21,7 +22,7 @@ pub(crate) struct Binary {
     pub(crate) package: &'static str,
 }
 
-const BINARIES: [Binary; 4] = [
+const BINARIES: [Binary; 5] = [
     Binary {
         name: "etcd",
         package: "go.etcd.io/etcd/server/v3",
@@ -37,6 +38,10 @@ const BINARIES: [Binary; 4] = [
     Binary {
         name: "kube-scheduler",
         package: "k8s.io/kubernetes/cmd/kube-scheduler",
+    },
+    Binary {
+        name: "kubectl",
+        package: "k8s.io/kubernetes/cmd/kubectl",
     },
 ];
 

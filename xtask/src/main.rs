@@ -118,9 +118,12 @@ pub fn root() -> PathBuf {
 pub fn run(command: &mut Command) -> Result<()> {
     command.current_dir(root());
     eprintln!("$ {}", describe(command));
+    let started = std::time::Instant::now();
     let status = command
         .status()
         .with_context(|| format!("could not start {}", describe(command)))?;
+    // CI's time budget is spent here; each step says what it cost.
+    eprintln!("({:.0?} for {})", started.elapsed(), describe(command));
     if !status.success() {
         bail!("{} failed with {status}", describe(command));
     }
