@@ -44,6 +44,7 @@ pub const READY_CONDITION_TYPE: &str = "Ready";
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.waitingFor"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[schemars(transform = schemars::transform::RecursiveTransform(int64_format))]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
     /// The key version to rotate to: the current version plus one (or the
@@ -244,6 +245,7 @@ pub struct WorkloadRef {
 pub const DEFAULT_CONTAINER: &str = "kube-apiserver";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(int64_format))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRefreshSpec {
     #[serde(default)]
@@ -288,6 +290,7 @@ impl RotationSpec {
 /// Where the rotation stands: the core's state, the three numbers, and a
 /// condition whose status, reason and message are exactly the status line's.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(int64_format))]
 #[serde(rename_all = "camelCase")]
 pub struct RotationStatus {
     pub key_version: u64,
@@ -375,6 +378,15 @@ fn timestamp_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// Why a stored status cannot be read back.
+/// Kubernetes knows no `uint64` format (kube-apiserver warns of one each
+/// time the CRD is applied): an unsigned integer is an `int64` with the
+/// minimum 0 that schemars gives it.
+fn int64_format(schema: &mut schemars::Schema) {
+    if schema.get("format").and_then(|f| f.as_str()) == Some("uint64") {
+        schema.insert("format".into(), "int64".into());
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("status of the KSASigningKeyRotation does not load: {0}")]
 pub struct BadStatus(String);
@@ -509,6 +521,48 @@ impl KSASigningKeyRotation {
 mod tests {
     use super::*;
     use ksa_core::rotation::{OperationLock, StartRequest};
+
+    /// Every `format` in the CRD's schema, anywhere in it.
+    fn formats(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(format)) = map.get("format") {
+                    found.push(format.clone());
+                }
+                map.values().for_each(|v| formats(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_crd_uses_only_formats_kubernetes_knows() {
+        use kube::CustomResourceExt as _;
+        let crd = serde_json::to_value(KSASigningKeyRotation::crd()).unwrap();
+        let mut found = Vec::new();
+        formats(&crd, &mut found);
+        // What kube-apiserver validates without a warning
+        // (k8s.io/kube-openapi/pkg/validation/strfmt, and the numeric ones).
+        let known = [
+            "int32",
+            "int64",
+            "float",
+            "double",
+            "byte",
+            "date",
+            "date-time",
+        ];
+        let unknown: Vec<&String> = found
+            .iter()
+            .filter(|f| !known.contains(&f.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats kube-apiserver warns of: {unknown:?}"
+        );
+        assert!(found.iter().any(|f| f == "int64"), "{found:?}");
+    }
 
     fn mid_rotation() -> RotationState {
         let request = StartRequest {

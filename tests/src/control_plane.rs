@@ -313,6 +313,7 @@ pub fn binaries() -> Result<PathBuf> {
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
+        "kubectl",
     ] {
         if !dir.join(name).is_file() {
             bail!(

@@ -40,7 +40,7 @@ pub mod zoo;
 
 pub use control_plane::{
     ApiServerKeys, ControlPlane, HA_INSTANCES, ISSUER, InstanceClient, InstanceSpec, IssuerFlags,
-    Signing, write_private,
+    Signing, binaries as control_plane_binaries, write_private,
 };
 pub use hosted::{ApiServerWorkload, HostedApiServer};
 pub use install::{FIRST_REPLICA, Installation, ksa_binary, loopback_addr};

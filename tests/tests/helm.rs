@@ -4,10 +4,12 @@
 //! Rendered, it is `deploy/`: with the default values `helm template`
 //! gives the objects of `deploy/` that every installation applies, and with
 //! the other values the rest, compared as parsed objects. Installed with
-//! `helm install` into the real control plane, in a namespace that
-//! enforces the `restricted` Pod Security level, its controller pods are
-//! admitted and run on kwok's nodes; then a key rotation is driven through
-//! that installation: kwok runs no containers, so the controller runs here
+//! `helm install` into the real control plane by the README's Install
+//! section itself (its blocks run in a shell with kubectl and helm), in a
+//! namespace that enforces the `restricted` Pod Security level, its
+//! controller pods are admitted and run on kwok's nodes; then the README's
+//! `ksa keys import` and `rotate` drive a key rotation through that
+//! installation: kwok runs no containers, so the controller runs here
 //! as a process with the chart's identity (a token of the chart's
 //! ServiceAccount) and the args of the chart's Deployment, and what the
 //! chart grants is all it has.
@@ -20,19 +22,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
-use ksa_core::key::{KeySpec, PrivateKey, public_keys_to_pem};
+use ksa_core::key::{KeySpec, public_keys_to_pem};
 use ksa_core::rotation::Step;
 use ksa_kube::api::KSASigningKeyRotation;
 use ksa_kube::refresh::RESTART_ANNOTATION;
 use ksa_tests::cluster::{create_namespace, request_token};
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, create_workload};
 use ksa_tests::{ApiServerKeys, ControlPlane, HostedApiServer, ksa_binary, loopback_addr};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -333,79 +334,91 @@ fn the_chart_version_is_the_workspace_version() -> Result<()> {
     Ok(())
 }
 
-/// Imports the cluster's current key as key version 1 of rotation `name`
-/// in `namespace` the way the README's Install section says, with the
-/// objects its `kubectl` commands make: the key Secret (labelled, its kid
-/// annotated) and the Secret the API servers mount.
-async fn import_current_key(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    key: &PrivateKey,
-) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = |secret_name: String,
-                  labels: &[(&str, &str)],
-                  annotations: &[(&str, String)],
-                  data: &[(&str, String)]| Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
-                .collect(),
-        ),
-        ..Secret::default()
+/// The shell blocks of the README's Install section, in order.
+fn readme_install_blocks() -> Result<Vec<String>> {
+    let readme = std::fs::read_to_string(workspace().join("README.md"))?;
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .context("README.md has no Install section")?;
+    Ok(section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("\n```").map(|(code, _)| code.to_owned()))
+        .collect())
+}
+
+/// The one Install block that holds `marker`.
+fn install_block<'a>(blocks: &'a [String], marker: &str) -> Result<&'a str> {
+    let mut found = blocks.iter().filter(|b| b.contains(marker));
+    match (found.next(), found.next()) {
+        (Some(block), None) => Ok(block),
+        _ => bail!("the README's Install section must have exactly one block with `{marker}`"),
+    }
+}
+
+/// Runs a block of the README in a shell, as an operator would paste it:
+/// in `dir`, with kubectl (1.36.3, built with the control plane), helm
+/// and this workspace's `ksa` and `kubectl-ksa` first on the PATH, and
+/// `KUBECONFIG` the admin kubeconfig. `HOME` is `dir`, so that no
+/// user's kubectl or helm configuration is read. With `answer`, the
+/// block runs on a terminal (`script`) that is given `answer` as typed
+/// input, for a command that asks.
+fn run_readme_block(dir: &Path, block: &str, answer: Option<&str>) -> Result<String> {
+    let ksa_dir = ksa_binary("ksa")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let kubectl_dir = ksa_tests::control_plane_binaries()?;
+    let helm_dir = helm()?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = std::env::join_paths([kubectl_dir, helm_dir, ksa_dir].into_iter().chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let script = format!("set -euo pipefail\nset -x\n{block}");
+    let mut command = match answer {
+        None => {
+            let mut bash = Command::new("bash");
+            bash.args(["-c", &script]).stdin(Stdio::null());
+            bash
+        }
+        Some(_) => {
+            let file = dir.join("block.sh");
+            std::fs::write(&file, &script)?;
+            let mut on_terminal = Command::new("script");
+            on_terminal
+                .args(["--quiet", "--return", "--command"])
+                .arg(format!("bash {}", file.display()))
+                .arg("/dev/null")
+                .stdin(Stdio::piped());
+            on_terminal
+        }
     };
-    let pem = key.to_pem().to_string();
-    let params = PostParams::default();
-    secrets
-        .create(
-            &params,
-            &secret(
-                format!("{name}-signing-key-v1"),
-                &[
-                    ("ksa.dev/rotation", name),
-                    ("ksa.dev/key-version", "1"),
-                    ("app.kubernetes.io/managed-by", "ksa"),
-                ],
-                &[("ksa.dev/kid", key.kid().to_string())],
-                &[("key.pem", pem.clone())],
-            ),
-        )
-        .await?;
-    secrets
-        .create(
-            &params,
-            &secret(
-                format!("{name}-apiserver-keys"),
-                &[
-                    ("ksa.dev/rotation", name),
-                    ("app.kubernetes.io/managed-by", "ksa"),
-                ],
-                &[],
-                &[
-                    ("sa.key", pem),
-                    ("sa.pub", public_keys_to_pem(&[key.public_key().clone()])),
-                ],
-            ),
-        )
-        .await?;
-    Ok(())
+    let mut child = command
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("HOME", dir)
+        .env("KUBECONFIG", dir.join("admin.kubeconfig"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting bash")?;
+    if let (Some(answer), Some(mut stdin)) = (answer, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin.write_all(answer.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{printed}");
+    ensure!(
+        out.status.success(),
+        "the README block failed ({}):\n{block}\n---\n{printed}",
+        out.status
+    );
+    Ok(printed)
 }
 
 fn pod_running(pod: &Pod) -> bool {
@@ -588,35 +601,64 @@ fn log_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// The README's Install section, followed as written on the real control
+/// plane: its CLI, chart and key blocks run in a shell, word for word (the
+/// image block builds an image that kwok's nodes would not run, and
+/// `cargo install` is this workspace's build). Between the chart and the
+/// key blocks, the controller starts as the chart's pod would run it,
+/// since kwok runs no containers.
 #[tokio::test(flavor = "multi_thread")]
-async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Result<()> {
+async fn the_readme_install_section_installs_the_chart_and_rotates_a_key() -> Result<()> {
     let started = Instant::now();
     helm()?;
+    let blocks = readme_install_blocks()?;
+    let cli_block = install_block(&blocks, "cargo install")?;
+    let chart_block = install_block(&blocks, "helm install")?;
+    let key_block = install_block(&blocks, "ksa keys import")?;
     let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
     let mut plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
     plane.start_controller_manager()?;
     plane.simulate_nodes(2, &[]).await?;
     let client = plane.client().await?;
-    let admin = plane.kubeconfig_path();
     let (server, ca_pem) = (plane.server_url(), plane.ca_cert_pem().to_owned());
     let dir = plane.dir().to_owned();
 
-    // The operator's namespace for ksa, enforcing `restricted`: a pod
-    // that is not is refused there.
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(RELEASE_NAMESPACE.into()),
-            labels: Some(BTreeMap::from([(
-                "pod-security.kubernetes.io/enforce".to_owned(),
-                "restricted".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
+    // What the README takes as there: the admin kubeconfig, the user
+    // cluster's config, its namespace in the admin cluster and its API
+    // servers' key files; the chart at `charts/ksa`.
+    let work = dir.join("operator");
+    std::fs::create_dir_all(&work)?;
+    std::fs::copy(plane.kubeconfig_path(), work.join("admin.kubeconfig"))?;
+    std::fs::write(work.join("user-cluster.yaml"), format!("name: {CLUSTER}\n"))?;
+    std::fs::write(work.join("sa.key"), key.to_pem().as_bytes())?;
+    std::fs::write(
+        work.join("sa.pub"),
+        public_keys_to_pem(&[key.public_key().clone()]),
+    )?;
+    std::os::unix::fs::symlink(workspace().join("charts"), work.join("charts"))?;
+    create_namespace(&client, NAMESPACE).await?;
+
+    let cli_lines: String = cli_block
+        .lines()
+        .filter(|line| !line.starts_with("cargo install"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let printed = tokio::task::block_in_place(|| run_readme_block(&work, &cli_lines, None))?;
+    ensure!(
+        printed.contains(env!("CARGO_PKG_VERSION")),
+        "`ksa --version` does not print the version:\n{printed}"
+    );
+
+    let chart_block = chart_block.replace("REGISTRY", "registry.example");
+    let printed = tokio::task::block_in_place(|| run_readme_block(&work, &chart_block, None))?;
+    ensure!(
+        !printed.contains("Warning:"),
+        "installing the chart drew a warning from the API server:\n{printed}"
+    );
+    let installed_at = started.elapsed();
+
+    // The namespace the README made enforces `restricted`: a pod that is
+    // not is refused there.
     let unrestricted = Pod {
         metadata: ObjectMeta {
             name: Some("unrestricted".into()),
@@ -639,35 +681,6 @@ async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Resu
         matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("restricted")),
         "Pod Security admission does not enforce restricted in {RELEASE_NAMESPACE}: {refused:?}"
     );
-    // The namespace of the cluster to rotate, labelled as one that holds
-    // rotations.
-    create_namespace(&client, NAMESPACE).await?;
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            NAMESPACE,
-            &PatchParams::default(),
-            &Patch::Merge(
-                serde_json::json!({"metadata": {"labels": {"ksa.dev/rotations": "enabled"}}}),
-            ),
-        )
-        .await?;
-
-    let chart = chart();
-    let install = [
-        "install",
-        "ksa",
-        chart.to_str().context("a non-UTF-8 path")?,
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--kubeconfig",
-        admin.to_str().context("a non-UTF-8 path")?,
-        "--set",
-        &format!("rotationNamespaces={{{NAMESPACE}}}"),
-    ];
-    let out = tokio::task::block_in_place(|| run_helm(&install))?;
-    eprintln!("{out}");
-    let installed_at = started.elapsed();
-
     // Admitted by Pod Security, placed on kwok's nodes, running.
     let pods = controller_pods(&client, 2, None).await?;
     for pod in &pods {
@@ -676,10 +689,20 @@ async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Resu
             node.as_deref().is_some_and(|n| n.starts_with("kwok-node-")),
             "controller pod on {node:?}"
         );
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        ensure!(
+            image
+                .as_deref()
+                .is_some_and(|i| i.starts_with("registry.example/ksa/ksa-controller:")),
+            "controller pod runs {image:?}, not the image the README pushed"
+        );
     }
     let first_pod = pods[0].metadata.name.clone().unwrap_or_default();
 
-    import_current_key(&client, NAMESPACE, CLUSTER, &key).await?;
     create_workload(&client).await?;
     let plane = Arc::new(Mutex::new(plane));
     let _hosted = HostedApiServer::spawn(
@@ -691,27 +714,23 @@ async fn helm_install_runs_in_a_restricted_namespace_and_rotates_a_key() -> Resu
     );
     let mut controller =
         ChartController::start(&client, &server, &ca_pem, &first_pod, &dir).await?;
-
-    let config = dir.join("user-cluster.yaml");
-    std::fs::write(&config, format!("name: {CLUSTER}\n"))?;
-    let rotate = tokio::process::Command::new(ksa_binary("ksa")?)
-        .args([
-            "update",
-            "credentials",
-            "ksa-signing-key",
-            "rotate",
-            "--skip-prompt",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--kubeconfig")
-        .arg(&admin)
-        .output()
-        .await?;
+    // `rotate` asks before it starts; the operator answers yes.
+    let printed = tokio::task::block_in_place(|| run_readme_block(&work, key_block, Some("y\n")))?;
     ensure!(
-        rotate.status.success(),
-        "ksa rotate: {}",
-        String::from_utf8_lossy(&rotate.stderr)
+        printed.contains("Proceed?"),
+        "rotate did not ask for confirmation:\n{printed}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let imported = secrets.get(&format!("{CLUSTER}-signing-key-v1")).await?;
+    let kid = imported
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("ksa.dev/kid").cloned());
+    ensure!(
+        kid.as_deref() == Some(key.kid().to_string().as_str()),
+        "keys import annotated kid {kid:?}, the key's is {}",
+        key.kid()
     );
 
     // The rotation restarts the chart's Deployment too (its pods hold
