@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn the_crd_uses_only_formats_kubernetes_knows() {
         use kube::CustomResourceExt as _;
-        let crd = serde_json::to_value(KSASigningKeyRotation::crd()).unwrap();
+        let crd = serde_json::to_value(KSASigningKeyRotation::crd()).expect("serializes");
         let mut found = Vec::new();
         formats(&crd, &mut found);
         // What kube-apiserver validates without a warning
