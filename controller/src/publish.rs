@@ -24,14 +24,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use ksa_core::KeyVersion;
 use ksa_core::discovery::{self, IssuerPaths};
 use ksa_core::issuer::Issuer;
 use ksa_core::jwk::Jwks;
 use ksa_core::key::PublicKey;
 use ksa_core::rotation::PublicationView;
-use ksa_kube::api::{DirectorySink, PublishSpec, S3Sink};
+use ksa_kube::api::{DirectorySink, KSASigningKeyRotation, S3Sink};
 use ksa_kube::keystore::owned_labels;
+use kube::Resource as _;
+use kube::ResourceExt as _;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt as _, PutOptions};
 
@@ -154,6 +157,8 @@ enum Sink {
     Endpoint {
         config_maps: Box<Api<ConfigMap>>,
         rotation: String,
+        /// The rotation, so that its documents go when it does.
+        owner: Option<OwnerReference>,
     },
     /// A bucket or a directory, below `prefix`.
     Store {
@@ -171,11 +176,14 @@ impl Locations {
     /// against the controller's settings before anything is contacted.
     pub async fn of(
         settings: &Settings,
-        spec: &PublishSpec,
+        rotation: &KSASigningKeyRotation,
         client: &kube::Client,
-        namespace: &str,
-        name: &str,
     ) -> Result<Locations, PublishError> {
+        let namespace = rotation.namespace().unwrap_or_default();
+        let namespace = namespace.as_str();
+        let name = rotation.name_any();
+        let name = name.as_str();
+        let spec = &rotation.spec.publish;
         let mut locations = Vec::new();
         if let Some(url) = &settings.public_url {
             let base = format!("{}/{namespace}/{name}", url.trim_end_matches('/'));
@@ -188,6 +196,7 @@ impl Locations {
                 sink: Sink::Endpoint {
                     config_maps: Box::new(Api::namespaced(client.clone(), namespace)),
                     rotation: name.to_owned(),
+                    owner: rotation.controller_owner_ref(&()),
                 },
                 reader: reader(settings.public_ca.as_deref(), "--oidc-ca-file")?,
             });
@@ -288,12 +297,14 @@ impl Location {
             Sink::Endpoint {
                 config_maps,
                 rotation,
+                owner,
             } => {
                 let name = endpoint_config_map(rotation);
                 let config_map = ConfigMap {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         labels: Some(owned_labels(rotation)),
+                        owner_references: owner.clone().map(|owner| vec![owner]),
                         ..ObjectMeta::default()
                     },
                     data: Some(BTreeMap::from([(
@@ -650,35 +661,13 @@ async fn bucket(
     else {
         return Err(missing());
     };
-    let mut options = object_store::ClientOptions::new()
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_connect_timeout(REQUEST_TIMEOUT)
-        .with_allow_http(endpoint.scheme() == "http");
-    if let Some(ca) = &s3.ca_bundle {
-        let certificates =
-            object_store::Certificate::from_pem_bundle(ca.as_bytes()).map_err(|_| {
-                PublishError::BadCa {
-                    field: "spec.publish.s3.caBundle",
-                }
-            })?;
-        for certificate in certificates {
-            options = options.with_root_certificate(certificate);
-        }
-    }
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(s3.endpoint.trim_end_matches('/'))
-        .with_region(&s3.region)
-        .with_bucket_name(&s3.bucket)
-        .with_access_key_id(access_key)
-        .with_secret_access_key(secret_key)
-        .with_virtual_hosted_style_request(false)
-        .with_allow_http(endpoint.scheme() == "http")
-        .with_client_options(options)
-        .build()
-        .map_err(|_| PublishError::BadUrl {
-            field: "spec.publish.s3.endpoint",
-            url: s3.endpoint.clone(),
-        })?;
+    // One client for the writes and the outsider's reads: no redirects,
+    // a deadline, the bucket's CA.
+    let http = reader(
+        s3.ca_bundle.as_deref().map(str::as_bytes),
+        "spec.publish.s3.caBundle",
+    )?;
+    let store = s3_store(s3, &endpoint, http.clone(), access_key, secret_key)?;
     Ok(Location {
         kind: "s3",
         cache_control: settings.cache_control(),
@@ -689,11 +678,48 @@ async fn bucket(
             store: Arc::new(store),
             prefix: prefix.to_owned(),
         },
-        reader: reader(
-            s3.ca_bundle.as_deref().map(str::as_bytes),
-            "spec.publish.s3.caBundle",
-        )?,
+        reader: http,
     })
+}
+
+/// The bucket's store, writing through `http`. object_store's own client
+/// would follow a redirect that the endpoint sends, to any host, and
+/// resend the request there.
+fn s3_store(
+    s3: &S3Sink,
+    endpoint: &url::Url,
+    http: reqwest::Client,
+    access_key: String,
+    secret_key: String,
+) -> Result<object_store::aws::AmazonS3, PublishError> {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(s3.endpoint.trim_end_matches('/'))
+        .with_region(&s3.region)
+        .with_bucket_name(&s3.bucket)
+        .with_access_key_id(access_key)
+        .with_secret_access_key(secret_key)
+        .with_virtual_hosted_style_request(false)
+        .with_allow_http(endpoint.scheme() == "http")
+        .with_http_connector(Connector(http))
+        .build()
+        .map_err(|_| PublishError::BadUrl {
+            field: "spec.publish.s3.endpoint",
+            url: s3.endpoint.clone(),
+        })
+}
+
+/// Gives object_store the controller's HTTP client instead of one of its
+/// own making.
+#[derive(Debug)]
+struct Connector(reqwest::Client);
+
+impl object_store::client::HttpConnector for Connector {
+    fn connect(
+        &self,
+        _: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
+    }
 }
 
 /// The directory sink of rotation `name` in `namespace`: below
@@ -774,6 +800,61 @@ fn store_problem(error: &object_store::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves `app` on a free loopback port; returns `host:port`.
+    async fn serve(app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// An endpoint that redirects every request to another host: the
+    /// write fails, and nothing reaches that host.
+    #[tokio::test]
+    async fn the_bucket_follows_no_redirect_to_another_host() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let reached = Arc::new(AtomicUsize::new(0));
+        let counter = reached.clone();
+        let other = serve(axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "" }
+        }))
+        .await;
+        let endpoint = serve(
+            axum::Router::new().fallback(move |uri: http::Uri| async move {
+                (
+                    http::StatusCode::TEMPORARY_REDIRECT,
+                    [(http::header::LOCATION, format!("http://{other}{uri}"))],
+                )
+            }),
+        )
+        .await;
+        let s3 = S3Sink {
+            endpoint: format!("http://{endpoint}"),
+            region: "us-east-1".into(),
+            bucket: "oidc".into(),
+            prefix: None,
+            public_url: None,
+            credentials_secret: "s3".into(),
+            ca_bundle: None,
+        };
+        let url = url::Url::parse(&s3.endpoint).expect("a URL");
+        let http = reader(None, "spec.publish.s3.caBundle").expect("a client");
+        let store = s3_store(&s3, &url, http, "id".into(), "secret".into()).expect("a store");
+        let path = object_store::path::Path::from("openid/v1/jwks");
+        let written = store.put(&path, b"{}".to_vec().into()).await;
+        assert!(written.is_err(), "{written:?}");
+        let read = store.get(&path).await;
+        assert!(read.is_err(), "{:?}", read.map(|r| r.meta));
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "a request was redirected"
+        );
+    }
 
     #[test]
     fn max_age_reads_cache_control_as_caches_do() {

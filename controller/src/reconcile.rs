@@ -88,14 +88,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         // Before anything changes: the spec names only objects ksa owns.
         let rollout = Rollout::of(&resource, &name)?;
         rollout.check_owned(&ctx.client, &namespace, &name).await?;
-        let locations = Locations::of(
-            &ctx.publish,
-            &resource.spec.publish,
-            &ctx.client,
-            &namespace,
-            &name,
-        )
-        .await?;
+        let locations = Locations::of(&ctx.publish, &resource, &ctx.client).await?;
         let rotation = Rotation {
             resource: &resource,
             keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::discovery::issuer_paths;
 use ksa_core::issuer::Issuer;
@@ -190,7 +190,7 @@ async fn outside_verifiers_trust_every_valid_token_through_a_key_and_an_issuer_r
         },
     }))?;
     let rotations: Api<KSASigningKeyRotation> = Api::namespaced(client.clone(), NAMESPACE);
-    rotations.create(&PostParams::default(), &resource).await?;
+    let created = rotations.create(&PostParams::default(), &resource).await?;
 
     // The outside verifiers: each issuer through the endpoint (the cloud
     // IAM) and through the bucket, laid out as ksa lays them out.
@@ -290,6 +290,17 @@ async fn outside_verifiers_trust_every_valid_token_through_a_key_and_an_issuer_r
         "Trust waited out the max-age: {waits:#?}"
     );
     eprintln!("key rotation done at {:.1?}", clock.elapsed());
+    // The endpoint's documents belong to the rotation: they go when it does.
+    let documents = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .get(&format!("{CLUSTER}-oidc"))
+        .await?;
+    let owners = documents.metadata.owner_references.unwrap_or_default();
+    ensure!(
+        owners.len() == 1
+            && owners[0].uid == created.metadata.uid.clone().unwrap_or_default()
+            && owners[0].controller == Some(true),
+        "the endpoint's ConfigMap is owned by {owners:?}"
+    );
 
     // The retired key: the bucket's verifier drops it once its cached JWKS
     // expires; kube-apiserver's keeps a cached key until a token of a kid
