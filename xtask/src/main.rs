@@ -189,8 +189,24 @@ fn ci() -> Result<()> {
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
+    // Every test, each in a process of its own, as many at once as the
+    // machine has cores (the end-to-end suites mostly wait on the control
+    // plane); `.config/nextest.toml` ends a test that hangs.
+    run(
+        Command::new(tools::cargo_nextest_bin()?.join("cargo-nextest"))
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--profile",
+                "ci",
+            ])
+            .envs(environment.iter().cloned()),
+    )?;
+    // nextest runs no doctests.
     run(cargo()
-        .args(["test", "--workspace", "--all-features"])
+        .args(["test", "--workspace", "--all-features", "--doc"])
         .envs(environment))?;
     fuzz::run(20)
 }

@@ -95,6 +95,19 @@ pub fn cargo_deny_bin() -> Result<PathBuf> {
     cargo_install("cargo-deny", CARGO_DENY_VERSION, "cargo-deny", Locked::Yes)
 }
 
+/// `cargo-nextest`, which runs every test in a process of its own and the
+/// end-to-end suites side by side (`cargo test` runs one test binary at a
+/// time).
+pub fn cargo_nextest_bin() -> Result<PathBuf> {
+    cargo_install(
+        "cargo-nextest",
+        CARGO_NEXTEST_VERSION,
+        "cargo-nextest",
+        Locked::Yes,
+    )
+}
+
+const CARGO_NEXTEST_VERSION: &str = "0.9.151";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
