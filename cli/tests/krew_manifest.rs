@@ -1,5 +1,7 @@
 //! The krew plugin manifest (`cli/krew/ksa.yaml`) parses, names the
-//! binaries this package builds, and carries this package's version.
+//! binaries this package builds, and carries this package's version. Its
+//! `uri` and `sha256` are placeholders, which `cargo xtask dist` fills in
+//! for the archive it builds; `tests/tests/krew.rs` installs it with krew.
 
 fn manifest() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/krew/ksa.yaml");

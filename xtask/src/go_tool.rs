@@ -1,8 +1,8 @@
 //! Builds a test component from the Go module pinned in `xtask/<dir>/go.mod`
 //! (a `tool` directive; the one place its version is written) into
 //! `<cache>/<dir>/<version>/<binary>`, reused when present: SeaweedFS's
-//! `weed` (the S3 server the outside-verifier tests publish into) and
-//! `helm` (the chart's tests).
+//! `weed` (the S3 server the outside-verifier tests publish into),
+//! `helm` (the chart's tests) and `krew` (the krew manifest's test).
 //!
 //! Only the Go module proxy is reached: the source comes from the module,
 //! nothing else is downloaded.
@@ -48,6 +48,17 @@ pub const HELM: GoTool = GoTool {
     package: "helm.sh/helm/v4/cmd/helm",
     env: "KSA_HELM_DIR",
     version_variable: Some("helm.sh/helm/v4/internal/version.version"),
+};
+
+/// `krew`, the kubectl plugin manager, stamped with its release tag as
+/// krew's own release build does (`hack/make-binaries.sh`).
+pub const KREW: GoTool = GoTool {
+    dir: "krew",
+    binary: "krew",
+    module: "sigs.k8s.io/krew",
+    package: "sigs.k8s.io/krew/cmd/krew",
+    env: "KSA_KREW_DIR",
+    version_variable: Some("sigs.k8s.io/krew/internal/version.gitTag"),
 };
 
 impl GoTool {

@@ -56,29 +56,9 @@ pub struct Provenance {
 
 /// Builds the static binaries and writes and checks both images.
 pub fn run() -> Result<()> {
-    crate::run(Command::new("rustup").args(["target", "add", TARGET]))
-        .context("installing the musl target (rustup must be on PATH)")?;
-    // aws-lc (the crypto of kube's TLS and of the core) is C: it is compiled
-    // for musl with musl-gcc.
-    if Command::new("musl-gcc").arg("--version").output().is_err() {
-        bail!(
-            "musl-gcc was not found on PATH: the static binaries need it to compile aws-lc; \
-             install it (Debian: apt-get install musl-tools) and run again"
-        );
-    }
-    crate::run(
-        crate::cargo()
-            .args(["build", "--release", "--target", TARGET])
-            .args(["-p", "ksa-controller", "-p", "ksa-cli"])
-            .args(["--bin", "ksa-controller", "--bin", "ksa"])
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
-    )?;
-    let release = crate::root().join("target").join(TARGET).join("release");
+    let release = build_static(&["ksa-controller", "ksa-cli"], &["ksa-controller", "ksa"])?;
     let binary = |name: &str| -> Result<(String, Vec<u8>)> {
-        let path = release.join(name);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        ensure_static(&bytes).with_context(|| format!("{} is not static", path.display()))?;
-        Ok((name.to_owned(), bytes))
+        Ok((name.to_owned(), read_static(&release, name)?))
     };
     let provenance = provenance()?;
     let images = [
@@ -119,8 +99,42 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// Builds `binaries` of `packages` as release static (musl) binaries for
+/// [`TARGET`]; returns the directory they are in.
+pub(crate) fn build_static(packages: &[&str], binaries: &[&str]) -> Result<PathBuf> {
+    crate::run(Command::new("rustup").args(["target", "add", TARGET]))
+        .context("installing the musl target (rustup must be on PATH)")?;
+    // aws-lc (the crypto of kube's TLS and of the core) is C: it is compiled
+    // for musl with musl-gcc.
+    if Command::new("musl-gcc").arg("--version").output().is_err() {
+        bail!(
+            "musl-gcc was not found on PATH: the static binaries need it to compile aws-lc; \
+             install it (Debian: apt-get install musl-tools) and run again"
+        );
+    }
+    let mut build = crate::cargo();
+    build.args(["build", "--release", "--target", TARGET]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    for binary in binaries {
+        build.args(["--bin", binary]);
+    }
+    crate::run(build.env("CC_x86_64_unknown_linux_musl", "musl-gcc"))?;
+    Ok(crate::root().join("target").join(TARGET).join("release"))
+}
+
+/// Reads the binary `name` that [`build_static`] wrote into `dir`, and
+/// checks that it is static.
+pub(crate) fn read_static(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    ensure_static(&bytes).with_context(|| format!("{} is not static", path.display()))?;
+    Ok(bytes)
+}
+
 /// The version of the workspace and the commit checked out.
-fn provenance() -> Result<Provenance> {
+pub(crate) fn provenance() -> Result<Provenance> {
     let git = |args: &[&str]| -> Result<String> {
         let out = Command::new("git")
             .current_dir(crate::root())
@@ -135,7 +149,7 @@ fn provenance() -> Result<Provenance> {
     let revision = git(&["rev-parse", "HEAD"])?;
     if !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty() {
         eprintln!(
-            "warning: the work tree has uncommitted changes; the image is labelled with {revision}"
+            "warning: the work tree has uncommitted changes; what is built is labelled with {revision}"
         );
     }
     Ok(Provenance {
@@ -172,7 +186,7 @@ pub fn ensure_static(elf: &[u8]) -> Result<()> {
 }
 
 /// The hex SHA-256 of `bytes`.
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
@@ -246,12 +260,18 @@ fn layer(binaries: &[(String, Vec<u8>)], mtime: u64) -> Result<(Vec<u8>, Vec<u8>
         tar.append(&header, bytes.as_slice())?;
     }
     let tar = tar.into_inner()?;
-    // No file name and mtime 0 in the gzip header: the same bytes each time.
+    let gzip = gzip(&tar)?;
+    Ok((tar, gzip))
+}
+
+/// `bytes` compressed with gzip, with no file name and mtime 0 in the
+/// header: the same bytes each time.
+pub(crate) fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut gzip = flate2::GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), flate2::Compression::best());
-    gzip.write_all(&tar)?;
-    Ok((tar.clone(), gzip.finish()?))
+    gzip.write_all(bytes)?;
+    Ok(gzip.finish()?)
 }
 
 /// Writes `image` as an OCI image layout in `dir` (replacing what is

@@ -6,7 +6,8 @@
 //!   target. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
 //!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli, the control
-//!   plane, kwok and SeaweedFS (`seaweedfs`, from `xtask/seaweedfs/`).
+//!   plane, kwok, SeaweedFS (`seaweedfs`, from `xtask/seaweedfs/`), helm
+//!   and krew.
 //! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.
@@ -19,7 +20,12 @@
 //! - `e2e`: the end-to-end tests against the real control plane.
 //! - `image`: OCI images of `ksa-controller` and `ksa` (static, non-root,
 //!   no shell) into `target/image/`, with no container daemon.
+//! - `dist`: the release archive of the static `ksa`, `kubectl-ksa` and
+//!   `kubectl_complete-ksa`, its `.sha256`, and the krew manifest filled in
+//!   for it, into `target/dist/` (`--base-url URL`: where the archive will
+//!   be downloaded from).
 //! - `helm`: build `helm` from `xtask/helm/` into the cache (`setup` does).
+//! - `krew`: build `krew` from `xtask/krew/` into the cache (`setup` does).
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
@@ -32,6 +38,7 @@
 
 mod bench;
 mod control_plane;
+mod dist;
 mod fuzz;
 mod go_tool;
 mod image;
@@ -61,6 +68,10 @@ fn main() -> Result<()> {
         Some("helm") => go_tool::HELM
             .ensure()
             .map(|dir| println!("{}", dir.display())),
+        Some("krew") => go_tool::KREW
+            .ensure()
+            .map(|dir| println!("{}", dir.display())),
+        Some("dist") => dist::run(&rest),
         Some("wasm") => wasm::build().map(drop),
         Some("serve-inspector") => serve_inspector(&rest),
         Some("demo") => demo(),
@@ -99,7 +110,7 @@ fn main() -> Result<()> {
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | image | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | krew | image | dist [--base-url URL] | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }
@@ -151,7 +162,7 @@ fn cargo() -> Command {
 }
 
 /// Installs what the tests need and returns the variables that tell them
-/// where the control plane, kwok, SeaweedFS and helm are.
+/// where the control plane, kwok, SeaweedFS, helm and krew are.
 fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
         .context("installing the wasm32 target (rustup must be on PATH)")?;
@@ -160,6 +171,7 @@ fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     let mut environment = control_plane::environment()?.to_vec();
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
+    environment.push(go_tool::KREW.environment()?);
     Ok(environment)
 }
 
@@ -271,6 +283,7 @@ fn e2e(filters: &[&str]) -> Result<()> {
     let mut environment = control_plane::environment()?.to_vec();
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
+    environment.push(go_tool::KREW.environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
