@@ -180,9 +180,7 @@ impl Locations {
         client: &kube::Client,
     ) -> Result<Locations, PublishError> {
         let namespace = rotation.namespace().unwrap_or_default();
-        let namespace = namespace.as_str();
         let name = rotation.name_any();
-        let name = name.as_str();
         let spec = &rotation.spec.publish;
         let mut locations = Vec::new();
         if let Some(url) = &settings.public_url {
@@ -194,18 +192,18 @@ impl Locations {
                 public_url: Some(base.clone()),
                 base,
                 sink: Sink::Endpoint {
-                    config_maps: Box::new(Api::namespaced(client.clone(), namespace)),
-                    rotation: name.to_owned(),
+                    config_maps: Box::new(Api::namespaced(client.clone(), &namespace)),
+                    rotation: name.clone(),
                     owner: rotation.controller_owner_ref(&()),
                 },
                 reader: reader(settings.public_ca.as_deref(), "--oidc-ca-file")?,
             });
         }
         if let Some(s3) = &spec.s3 {
-            locations.push(bucket(settings, s3, client, namespace).await?);
+            locations.push(bucket(settings, s3, client, &namespace).await?);
         }
         if let Some(directory) = &spec.directory {
-            locations.push(directory_location(settings, directory, namespace, name)?);
+            locations.push(directory_location(settings, directory, &namespace, &name)?);
         }
         Ok(Locations { locations })
     }

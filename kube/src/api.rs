@@ -245,7 +245,6 @@ pub struct WorkloadRef {
 pub const DEFAULT_CONTAINER: &str = "kube-apiserver";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[schemars(transform = schemars::transform::RecursiveTransform(int64_format))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRefreshSpec {
     #[serde(default)]

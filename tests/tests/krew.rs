@@ -122,6 +122,14 @@ impl Machine {
         Ok(out)
     }
 
+    /// `krew install` of `archive` by `manifest`, as a plugin's
+    /// maintainer tries a release before publishing it.
+    fn krew_install(&self, krew: &Path, manifest: &Path, archive: &Path) -> Result<Output> {
+        let manifest = format!("--manifest={}", manifest.display());
+        let archive = format!("--archive={}", archive.display());
+        self.run(krew, &["install", &manifest, &archive], &[])
+    }
+
     fn kubectl(&self, args: &[&str], extra_path: &[PathBuf]) -> Result<String> {
         let out = self.run(&self.kubectl_dir.join("kubectl"), args, extra_path)?;
         ensure!(
@@ -188,7 +196,6 @@ fn krew_installs_the_plugin_and_kubectl_runs_and_completes_it() -> Result<()> {
     let work = tempfile::tempdir()?;
     let archive = make_archive(work.path())?;
     let sha256 = format!("{:x}", Sha256::digest(std::fs::read(&archive)?));
-    let archive_arg = format!("--archive={}", archive.display());
 
     // A digest that is not the archive's: krew refuses, installing nothing.
     let wrong = format!(
@@ -198,15 +205,7 @@ fn krew_installs_the_plugin_and_kubectl_runs_and_completes_it() -> Result<()> {
     );
     let wrong_manifest = work.path().join("wrong.yaml");
     std::fs::write(&wrong_manifest, manifest_with_sha256(&wrong)?)?;
-    let refused = machine.run(
-        &krew,
-        &[
-            "install",
-            &format!("--manifest={}", wrong_manifest.display()),
-            &archive_arg,
-        ],
-        &[],
-    )?;
+    let refused = machine.krew_install(&krew, &wrong_manifest, &archive)?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(
         !refused.status.success() && stderr.contains("checksum does not match"),
@@ -220,15 +219,7 @@ fn krew_installs_the_plugin_and_kubectl_runs_and_completes_it() -> Result<()> {
 
     let manifest = work.path().join("ksa.yaml");
     std::fs::write(&manifest, manifest_with_sha256(&sha256)?)?;
-    let installed = machine.run(
-        &krew,
-        &[
-            "install",
-            &format!("--manifest={}", manifest.display()),
-            &archive_arg,
-        ],
-        &[],
-    )?;
+    let installed = machine.krew_install(&krew, &manifest, &archive)?;
     ensure!(
         installed.status.success(),
         "krew install failed ({}): {}",
