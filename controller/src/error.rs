@@ -57,6 +57,7 @@ impl Error {
                 ksa_kube::Error::Kubeconfig { .. } | ksa_kube::Error::KubeconfigClient { .. },
             ) => Some("KubeconfigRefused"),
             Error::Refused(refusal) => Some(refusal.reason()),
+            Error::Kube(ksa_kube::Error::NotOurs(_)) => Some("NotKsas"),
             Error::PublishRefused(_) => Some("PublishRefused"),
             _ => None,
         }

@@ -171,9 +171,21 @@ pub fn rotation_role() -> ClusterRole {
     )
 }
 
-/// Bind with a RoleBinding in the leader-election namespace.
+/// Bind with a RoleBinding in the leader-election namespace: the leader
+/// Lease, and the sealing key (`ksa_kube::provenance`), which the first
+/// controller to start creates.
 pub fn leases_role() -> ClusterRole {
-    cluster_role_named(LEASES_ROLE, vec![lease_rule()])
+    let mut seal_key = rule(&[""], &["secrets"], &["get"]);
+    seal_key.resource_names = Some(vec![ksa_kube::provenance::SECRET_NAME.to_owned()]);
+    cluster_role_named(
+        LEASES_ROLE,
+        vec![
+            lease_rule(),
+            seal_key,
+            // Create cannot be limited by name: the name is in the body.
+            rule(&[""], &["secrets"], &["create"]),
+        ],
+    )
 }
 
 /// Bind with a RoleBinding in kube-system: the probe account whose fresh

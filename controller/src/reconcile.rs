@@ -7,6 +7,7 @@
 //! It decides nothing about the rotation itself: the core does, and the
 //! driver saves the next state before it applies any effect.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +18,14 @@ use ksa_core::issuer::Issuer;
 
 use crate::publish::Locations;
 use ksa_core::rotation::{
-    self, Effect, IssuerChange, Observed, Plan, Policy, RotationState, StartRequest, Step,
+    self, Effect, IssuerChange, Observation, Observed, Plan, Policy, RotationState, StartRequest,
+    Step,
 };
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, PassError, StateStore, World};
 use ksa_kube::keystore::KeyStore;
+use ksa_kube::provenance::Sealer;
 use ksa_kube::{lock, refresh};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -42,6 +45,8 @@ pub struct Context {
     pub own: TargetCluster,
     pub recorder: Recorder,
     pub backend: AwsLc,
+    /// The key every object ksa writes and trusts is sealed with.
+    pub sealer: Sealer,
     pub metrics: Arc<crate::serve::Metrics>,
     /// Where rotations publish for outside verifiers, from the flags.
     pub publish: crate::publish::Settings,
@@ -91,7 +96,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
         let locations = Locations::of(&ctx.publish, &resource, &ctx.client).await?;
         let rotation = Rotation {
             resource: &resource,
-            keystore: KeyStore::new(ctx.client.clone(), &namespace, &name),
+            keystore: KeyStore::sealed(ctx.client.clone(), &namespace, &name, ctx.sealer.clone()),
             name: name.clone(),
             namespace: namespace.clone(),
             api: api.clone(),
@@ -123,7 +128,7 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
                 }
                 None => format!("error: {error}"),
             };
-            let _ = show_error(&api, &resource, waiting).await;
+            let _ = show_error(&api, &resource, &ctx.sealer, waiting).await;
         }
         Ok(_) => {
             ctx.failures
@@ -141,19 +146,22 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
 async fn show_error(
     api: &Api<KSASigningKeyRotation>,
     resource: &KSASigningKeyRotation,
+    sealer: &Sealer,
     waiting: String,
 ) -> Result<()> {
     let name = resource.name_any();
     let patch = match &resource.status {
         Some(_) => serde_json::json!({"status": {"waitingFor": waiting}}),
         None => {
+            let state = resource.state()?;
             let status = RotationStatus::of(
-                &resource.state()?,
+                &state,
                 None,
                 Some(waiting),
                 resource.meta().generation,
                 Timestamp::now(),
-            );
+            )
+            .sealed(sealer, resource, &state);
             serde_json::json!({
                 "metadata": {"resourceVersion": resource.resource_version()},
                 "status": status,
@@ -242,7 +250,11 @@ fn backoff(first: Duration, failures: u32, entropy: u32) -> Duration {
 impl Rotation<'_> {
     async fn reconcile(&self) -> Result<Action> {
         let now = Timestamp::now();
-        let mut state = self.resource.state()?;
+        // Only a state the controller wrote is acted on.
+        let mut state = self.resource.sealed_state(&self.ctx.sealer)?;
+        // Only keys the controller made, or the operator's import once every
+        // API server has shown it signs with and accepts it.
+        self.adopt_imported_keys(&state).await?;
         let target = KeyVersion::new(self.resource.spec.key_version);
         let issuer = if state.is_completed() {
             self.issuer_change(&state).await?
@@ -464,6 +476,59 @@ impl Rotation<'_> {
         }
     }
 
+    /// Seals the operator's import of the key the cluster signs with now,
+    /// once every API server instance shows that it signs with that key and
+    /// accepts it; refuses, by name, any other key Secret it did not seal
+    /// (a planted next key, an import of a key the cluster does not use).
+    async fn adopt_imported_keys(&self, state: &RotationState) -> Result<()> {
+        for unsealed in self.keystore.unsealed().await? {
+            let current = state.versions().private_key_version();
+            let adoptable = state.is_completed() && unsealed.version == Some(current);
+            let Some(key) = unsealed.key.as_ref().filter(|_| adoptable) else {
+                return Err(ksa_kube::Error::from(unsealed.refused.clone()).into());
+            };
+            let keys = BTreeMap::from([(current, key.public_key().clone())]);
+            let observation = Observation {
+                api_servers: true,
+                signing: true,
+                ..Observation::default()
+            };
+            let views = self
+                .cluster
+                .observe_api_servers(&keys, &observation, None)
+                .await?;
+            let unconfirmed: Vec<String> = views
+                .iter()
+                .filter(|view| !view.accepts.contains(&current) || view.signs_with != Some(current))
+                .map(|view| view.name.clone())
+                .collect();
+            if views.is_empty() || !unconfirmed.is_empty() {
+                return Err(Refusal::ImportNotInUse {
+                    secret: format!("{}/{}", self.namespace, self.keystore.secret_name(current)),
+                    kid: key.kid().to_string(),
+                    instances: if views.is_empty() {
+                        "no API server instance answered".to_owned()
+                    } else {
+                        unconfirmed.join(", ")
+                    },
+                }
+                .into());
+            }
+            self.keystore.adopt(&unsealed, key).await?;
+            tracing::info!(rotation = %self.name, version = %current, kid = %key.kid(), "sealed the imported key: every API server signs with it and accepts it");
+            self.event(
+                EventType::Normal,
+                "KeyImported",
+                format!(
+                    "key version {current} (kid {}) checked on every API server instance and sealed",
+                    key.kid()
+                ),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     async fn observe(&self, state: &RotationState) -> Result<Observed> {
         let keys = self.keystore.public_keys().await?;
         // Issuer reviews: tokens signed with the key the cluster signs with.
@@ -525,12 +590,18 @@ impl Rotation<'_> {
                 Ok(lock::release(client, &self.namespace, &self.name).await?)
             }
             Effect::GenerateKey { version, spec } => {
-                if self.keystore.private_key(*version).await.is_err() {
-                    let key = self.ctx.backend.generate(*spec)?;
-                    self.keystore.create(*version, &key).await?;
-                    tracing::info!(rotation = %self.name, %version, kid = %key.kid(), "generated key");
+                match self.keystore.private_key(*version).await {
+                    Ok(_) => Ok(()),
+                    Err(ksa_kube::Error::MissingKey { .. }) => {
+                        let key = self.ctx.backend.generate(*spec)?;
+                        // Refuses, by name, a Secret someone else made there.
+                        self.keystore.create(*version, &key).await?;
+                        tracing::info!(rotation = %self.name, %version, kid = %key.kid(), "generated key");
+                        Ok(())
+                    }
+                    // Planted: refused by name, never adopted.
+                    Err(other) => Err(other.into()),
                 }
-                Ok(())
             }
             Effect::PublishPublicKeys {
                 public,
@@ -627,6 +698,7 @@ impl Rotation<'_> {
                 self.resource.meta().generation,
                 Timestamp::now(),
             )
+            .sealed(&self.ctx.sealer, self.resource, state)
         };
         // Conditional on the resourceVersion read: a concurrent writer (a
         // second controller that thinks it leads) makes this fail instead of

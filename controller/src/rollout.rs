@@ -187,6 +187,14 @@ pub enum Refusal {
         name: String,
         rotation: String,
     },
+    #[error(
+        "the key imported into Secret {secret} (kid {kid}) is not the key the cluster signs with          and accepts on every API server instance (not on: {instances}); ksa uses an imported          key only then. Import the key kube-apiserver signs with (its          --service-account-signing-key-file), or wait for the instances named to be reachable"
+    )]
+    ImportNotInUse {
+        secret: String,
+        kid: String,
+        instances: String,
+    },
 }
 
 impl Refusal {
@@ -207,6 +215,7 @@ impl Refusal {
             Refusal::IssuerUnknown => "IssuerUnknown",
             Refusal::ContainerMissing { .. } => "ContainerMissing",
             Refusal::IssuerArguments { .. } => "IssuerArguments",
+            Refusal::ImportNotInUse { .. } => "ImportNotInUse",
         }
     }
 }

@@ -187,6 +187,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("finding cluster credentials")?;
     let client = kube::Client::try_from(config.clone())?;
+    // The sealing key, before anything is served, read or written for a
+    // rotation: every replica serves only what it sealed.
+    let sealer = loop {
+        match ksa_kube::provenance::Sealer::load_or_create(&client, &args.leader_namespace).await {
+            Ok(sealer) => break sealer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the sealing key yet; retrying in 2 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    () = shutdown_signal() => return Ok(()),
+                }
+            }
+        }
+    };
     // Served from the start, so standby replicas serve the JWKS too.
     let metrics = Arc::new(crate::serve::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -250,6 +264,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             },
         ),
         backend: ksa_core::crypto::AwsLc::new(),
+        sealer,
         metrics: metrics.clone(),
         publish,
         failures: std::sync::Mutex::default(),

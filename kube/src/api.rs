@@ -12,6 +12,8 @@ use ksa_core::key::KeySpec;
 use ksa_core::rotation::{BoundTokenRefresh, IssuerChange, Policy, RotationState, Step};
 use ksa_core::status::StatusLine;
 use kube::CustomResource;
+
+use crate::provenance::{Kind, NotOurs, Sealer, Subject};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -338,6 +340,10 @@ pub struct RotationStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The controller's seal over the stored state (`provenance`): a state
+    /// anyone else wrote into the status is refused, never acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// Where the issuer rotation stands: the change (`from`, `to`; the state
@@ -502,8 +508,49 @@ impl RotationStatus {
             outside_legacy_tokens: Vec::new(),
             observed_generation: generation,
             conditions,
+            seal: None,
         }
     }
+
+    /// This status with its seal over `state`, as the controller writes it
+    /// for `resource`.
+    pub fn sealed(
+        mut self,
+        sealer: &Sealer,
+        resource: &KSASigningKeyRotation,
+        state: &RotationState,
+    ) -> RotationStatus {
+        self.seal = Some(seal_state(sealer, resource, state));
+        self
+    }
+}
+
+/// The seal of `state` stored in `resource`'s status: over its namespace,
+/// name and uid (a recreated resource does not inherit it) and the state.
+fn seal_state(sealer: &Sealer, resource: &KSASigningKeyRotation, state: &RotationState) -> String {
+    let (subject, uid, json) = state_sealed(resource, state);
+    sealer.seal(&subject, [("uid", uid), ("state", json.as_slice())])
+}
+
+/// What a state's seal covers. The state's own serialization is canonical:
+/// a state read back from the status serializes byte for byte as it was
+/// written.
+fn state_sealed<'a>(
+    resource: &'a KSASigningKeyRotation,
+    state: &RotationState,
+) -> (Subject<'a>, &'a [u8], Vec<u8>) {
+    let subject = Subject {
+        kind: Kind::State,
+        namespace: resource.metadata.namespace.as_deref().unwrap_or_default(),
+        name: resource.metadata.name.as_deref().unwrap_or_default(),
+    };
+    let uid = resource
+        .metadata
+        .uid
+        .as_deref()
+        .unwrap_or_default()
+        .as_bytes();
+    (subject, uid, serde_json::to_vec(state).unwrap_or_default())
 }
 
 impl KSASigningKeyRotation {
@@ -512,6 +559,39 @@ impl KSASigningKeyRotation {
         match &self.status {
             Some(status) => status.state(),
             None => Ok(RotationState::settled(KeyVersion::FIRST)),
+        }
+    }
+
+    /// The stored state, if the controller wrote it: its seal verifies, or
+    /// there is no status yet, or the status is unsealed and says no more
+    /// than a resource without one would (settled on key 1, no issuer
+    /// change). Anything else is refused, so that a hand-edited status (a
+    /// Retire that skipped RefreshTokens) never deletes a key.
+    pub fn sealed_state(&self, sealer: &Sealer) -> crate::Result<RotationState> {
+        let state = self.state().map_err(|e| crate::Error::BadResponse {
+            what: "rotation status",
+            detail: e.to_string(),
+        })?;
+        let Some(status) = &self.status else {
+            return Ok(state);
+        };
+        let (subject, uid, json) = state_sealed(self, &state);
+        match &status.seal {
+            Some(seal)
+                if sealer.verify(&subject, [("uid", uid), ("state", json.as_slice())], seal) =>
+            {
+                Ok(state)
+            }
+            Some(_) => {
+                Err(NotOurs::new(&subject, "its status's seal does not match its state").into())
+            }
+            None if state.is_completed()
+                && state.key_version() == KeyVersion::FIRST
+                && state.issuer().is_none() =>
+            {
+                Ok(state)
+            }
+            None => Err(NotOurs::new(&subject, "its status has no seal").into()),
         }
     }
 }

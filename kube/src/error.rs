@@ -58,6 +58,9 @@ pub enum Error {
          kubernetes.io/service-account.name); fix or delete it"
     )]
     LegacySecretWithoutAccount { namespace: String, name: String },
+    /// An object ksa would use, serve, adopt or overwrite is not ksa's.
+    #[error(transparent)]
+    NotOurs(#[from] crate::provenance::NotOurs),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

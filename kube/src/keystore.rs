@@ -13,6 +13,7 @@ use ksa_core::key::{PrivateKey, PublicKey, parse_pem, public_keys_to_pem};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 use crate::error::{Error, Result};
+use crate::provenance::{Kind, NotOurs, Sealer, Subject};
 
 /// Every object ksa writes for a rotation carries this label with the
 /// rotation's name: the controller serves a JWKS ConfigMap only when it
@@ -25,6 +26,13 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ksa";
 pub const LABEL_KEY_VERSION: &str = "ksa.dev/key-version";
 pub const FIELD_MANAGER: &str = "ksa-controller";
+/// The kid of the key a key Secret holds, for operators (never trusted:
+/// the key itself is read).
+pub const ANNOTATION_KID: &str = "ksa.dev/kid";
+/// The key set the API server key Secret holds, which triggers roll-outs.
+pub const ANNOTATION_KEY_SET: &str = "ksa.dev/key-set";
+/// What `kubectl apply` leaves on an object it created.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The labels of every object ksa writes for `rotation`.
 pub fn owned_labels(rotation: &str) -> BTreeMap<String, String> {
@@ -35,11 +43,20 @@ pub fn owned_labels(rotation: &str) -> BTreeMap<String, String> {
 }
 
 /// The key store of one rotation resource.
+///
+/// The controller's store is [`KeyStore::sealed`]: it seals every object it
+/// writes and uses only keys whose seal verifies (`provenance`), refusing
+/// a planted one by name. An operator's store ([`KeyStore::new`]: `ksa keys
+/// import`, the tests' set-up) has no sealing key: it writes unsealed
+/// objects, which the controller seals only once every API server shows it
+/// signs with and accepts that key, and reads without checking.
 #[derive(Clone)]
 pub struct KeyStore {
     secrets: Api<Secret>,
     config_maps: Api<ConfigMap>,
+    namespace: String,
     rotation: String,
+    sealer: Option<Sealer>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -55,8 +72,124 @@ impl KeyStore {
         KeyStore {
             secrets: Api::namespaced(client.clone(), namespace),
             config_maps: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             rotation: rotation.to_owned(),
+            sealer: None,
         }
+    }
+
+    /// The controller's store: every object it writes is sealed with
+    /// `sealer`, and only keys sealed with it are used.
+    pub fn sealed(
+        client: kube::Client,
+        namespace: &str,
+        rotation: &str,
+        sealer: Sealer,
+    ) -> KeyStore {
+        KeyStore {
+            sealer: Some(sealer),
+            ..KeyStore::new(client, namespace, rotation)
+        }
+    }
+
+    /// Checks a key Secret of `version` read from the API: its name is the
+    /// version's, and, in a sealed store, its seal verifies.
+    fn check_key_secret(&self, version: KeyVersion, secret: &Secret) -> Result<(), NotOurs> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let subject = Subject {
+            kind: Kind::KeySecret,
+            namespace: &self.namespace,
+            name,
+        };
+        if name != self.secret_name(version) {
+            return Err(NotOurs::new(
+                &subject,
+                "it is labelled as a key version whose Secret has another name",
+            ));
+        }
+        match &self.sealer {
+            Some(sealer) => sealer.check_secret(Kind::KeySecret, &self.namespace, secret),
+            None => Ok(()),
+        }
+    }
+
+    /// The key Secrets labelled for this rotation whose seal does not
+    /// verify, with the version each is labelled as and the key it holds
+    /// (`None` when it holds none). An operator's import is among them until
+    /// the controller has checked and sealed it.
+    pub async fn unsealed(&self) -> Result<Vec<Unsealed>> {
+        let selector = format!("{LABEL_ROTATION}={},{LABEL_KEY_VERSION}", self.rotation);
+        let list = self
+            .secrets
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let mut found = Vec::new();
+        for secret in list {
+            let version = key_version_label(&secret);
+            let refused = match version {
+                Some(version) => self.check_key_secret(version, &secret).err(),
+                None => Some(NotOurs::new(
+                    &Subject {
+                        kind: Kind::KeySecret,
+                        namespace: &self.namespace,
+                        name: secret.metadata.name.as_deref().unwrap_or_default(),
+                    },
+                    "its key-version label is not a version",
+                )),
+            };
+            if let Some(refused) = refused {
+                found.push(Unsealed {
+                    version,
+                    key: private_key_of(&secret).ok(),
+                    refused,
+                    secret,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Seals the operator's key Secret of `version` as the controller's,
+    /// once the caller has checked that every API server signs with and
+    /// accepts `key`: the Secret must still hold exactly that key (its data
+    /// is immutable, and the patch is conditional on what was read).
+    pub async fn adopt(&self, unsealed: &Unsealed, key: &PrivateKey) -> Result<()> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(());
+        };
+        let Some(version) = unsealed.version else {
+            return Err(unsealed.refused.clone().into());
+        };
+        let secret = &unsealed.secret;
+        let held = private_key_of(secret)?;
+        if held.kid() != key.kid()
+            || secret.metadata.name.as_deref() != Some(self.secret_name(version).as_str())
+            || !metadata_is_clean(&secret.metadata, &[ANNOTATION_KID])
+        {
+            return Err(unsealed.refused.clone().into());
+        }
+        // The seal covers exactly what it holds; anything else in it makes
+        // the seal fail later, and it is refused then.
+        let mut sealed = secret.clone();
+        sealer.seal_secret(Kind::KeySecret, &self.namespace, &mut sealed);
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": secret.metadata.resource_version,
+                "annotations": {crate::provenance::ANNOTATION: sealed
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::provenance::ANNOTATION))},
+            }
+        });
+        self.secrets
+            .patch(
+                &self.secret_name(version),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The Secret name of a key version.
@@ -73,17 +206,13 @@ impl KeyStore {
             .await?;
         let mut keys = BTreeMap::new();
         for secret in list {
-            let Some(version) = secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_KEY_VERSION))
-                .and_then(|v| v.parse::<u64>().ok())
-            else {
+            let Some(version) = key_version_label(&secret) else {
                 continue;
             };
+            // A planted Secret is refused by name, never skipped silently.
+            self.check_key_secret(version, &secret)?;
             let key = private_key_of(&secret)?;
-            keys.insert(KeyVersion::new(version), key.public_key().clone());
+            keys.insert(version, key.public_key().clone());
         }
         Ok(keys)
     }
@@ -91,7 +220,10 @@ impl KeyStore {
     pub async fn private_key(&self, version: KeyVersion) -> Result<PrivateKey> {
         let name = self.secret_name(version);
         match self.secrets.get_opt(&name).await? {
-            Some(secret) => private_key_of(&secret),
+            Some(secret) => {
+                self.check_key_secret(version, &secret)?;
+                private_key_of(&secret)
+            }
             None => Err(Error::MissingKey {
                 version,
                 secret: name,
@@ -99,10 +231,22 @@ impl KeyStore {
         }
     }
 
+    /// The kid of the key stored as `version`, read without checking its
+    /// seal: for `ksa keys import`, which compares it with the key it
+    /// brings. `None` when there is none.
+    pub async fn stored_kid(&self, version: KeyVersion) -> Result<Option<ksa_core::KeyId>> {
+        match self.secrets.get_opt(&self.secret_name(version)).await? {
+            Some(secret) => Ok(Some(private_key_of(&secret)?.kid().clone())),
+            None => Ok(None),
+        }
+    }
+
     /// Stores a key version unless it exists (a repeated Generate keeps the
-    /// first key).
+    /// first key). A sealed store accepts an existing Secret only when it
+    /// sealed it itself (a Generate applied again after a crash); any other
+    /// is refused by name, never adopted.
     pub async fn create(&self, version: KeyVersion, key: &PrivateKey) -> Result<()> {
-        let secret = Secret {
+        let mut secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.secret_name(version)),
                 labels: Some({
@@ -111,7 +255,7 @@ impl KeyStore {
                     labels
                 }),
                 annotations: Some(BTreeMap::from([(
-                    "ksa.dev/kid".to_owned(),
+                    ANNOTATION_KID.to_owned(),
                     key.kid().to_string(),
                 )])),
                 ..ObjectMeta::default()
@@ -124,9 +268,26 @@ impl KeyStore {
             immutable: Some(true),
             ..Secret::default()
         };
+        if let Some(sealer) = &self.sealer {
+            sealer.seal_secret(Kind::KeySecret, &self.namespace, &mut secret);
+        }
         match self.secrets.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                if self.sealer.is_some() {
+                    let name = self.secret_name(version);
+                    match self.secrets.get_opt(&name).await? {
+                        Some(existing) => self.check_key_secret(version, &existing)?,
+                        None => {
+                            return Err(Error::MissingKey {
+                                version,
+                                secret: name,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -160,21 +321,32 @@ impl KeyStore {
         }
         let sa_pub = public_keys_to_pem(&public_keys);
         let current = self.secrets.get_opt(secret_name).await?;
-        let unchanged = current
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .is_some_and(|d| {
-                d.get("sa.pub").map(|b| b.0.as_slice()) == Some(sa_pub.as_bytes())
-                    && d.get("sa.key").map(|b| b.0.as_slice())
-                        == Some(signing_key.to_pem().as_bytes())
-            });
+        if let (Some(sealer), Some(current)) = (&self.sealer, &current) {
+            self.check_api_server_keys(sealer, current).await?;
+        }
+        let sealed = current.as_ref().is_some_and(|current| {
+            self.sealer.as_ref().is_none_or(|sealer| {
+                sealer
+                    .check_secret(Kind::ApiServerKeys, &self.namespace, current)
+                    .is_ok()
+            })
+        });
+        let unchanged = sealed
+            && current
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .is_some_and(|d| {
+                    d.get("sa.pub").map(|b| b.0.as_slice()) == Some(sa_pub.as_bytes())
+                        && d.get("sa.key").map(|b| b.0.as_slice())
+                            == Some(signing_key.to_pem().as_bytes())
+                });
         if !unchanged {
-            let secret = Secret {
+            let mut secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(secret_name.to_owned()),
                     labels: Some(owned_labels(&self.rotation)),
                     annotations: Some(BTreeMap::from([(
-                        "ksa.dev/key-set".to_owned(),
+                        ANNOTATION_KEY_SET.to_owned(),
                         key_set_id(signing, public),
                     )])),
                     ..ObjectMeta::default()
@@ -189,6 +361,9 @@ impl KeyStore {
                 ])),
                 ..Secret::default()
             };
+            if let Some(sealer) = &self.sealer {
+                sealer.seal_secret(Kind::ApiServerKeys, &self.namespace, &mut secret);
+            }
             self.secrets
                 .patch(
                     secret_name,
@@ -202,11 +377,35 @@ impl KeyStore {
     }
 
     async fn publish_jwks(&self, keys: &[PublicKey]) -> Result<()> {
-        let data = BTreeMap::from([(
-            "jwks.json".to_owned(),
-            Jwks::from_public_keys(keys).to_json(),
-        )]);
-        let config_map = ConfigMap {
+        let name = self.jwks_config_map();
+        if let Some(sealer) = &self.sealer
+            && let Some(current) = self.config_maps.get_opt(&name).await?
+            && sealer
+                .check_config_map(Kind::Jwks, &self.namespace, &current)
+                .is_err()
+        {
+            // Written by someone else: taken over only when nothing of
+            // theirs would be kept or lost.
+            let extra_data = current
+                .data
+                .iter()
+                .flatten()
+                .any(|(key, _)| key != JWKS_KEY)
+                || current.binary_data.as_ref().is_some_and(|b| !b.is_empty());
+            if extra_data || !metadata_is_clean(&current.metadata, &[]) {
+                return Err(NotOurs::new(
+                    &Subject {
+                        kind: Kind::Jwks,
+                        namespace: &self.namespace,
+                        name: &name,
+                    },
+                    "it has no valid seal and holds data or metadata ksa did not write",
+                )
+                .into());
+            }
+        }
+        let data = BTreeMap::from([(JWKS_KEY.to_owned(), Jwks::from_public_keys(keys).to_json())]);
+        let mut config_map = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.jwks_config_map()),
                 labels: Some(owned_labels(&self.rotation)),
@@ -215,6 +414,9 @@ impl KeyStore {
             data: Some(data),
             ..ConfigMap::default()
         };
+        if let Some(sealer) = &self.sealer {
+            sealer.seal_config_map(Kind::Jwks, &self.namespace, &mut config_map);
+        }
         self.config_maps
             .patch(
                 &self.jwks_config_map(),
@@ -228,6 +430,113 @@ impl KeyStore {
     pub fn jwks_config_map(&self) -> String {
         format!("{}-jwks", self.rotation)
     }
+
+    /// Checks the API server key Secret before it is written: ksa's own
+    /// (its seal verifies), or an operator's made to onboard the cluster
+    /// (it holds a key ksa stores and nothing else). Either way it must
+    /// carry nothing of another's: an annotation a replicator follows, an
+    /// owner whose deletion collects it, a finalizer, a label ksa does not
+    /// set, or another data entry would make ksa's write copy the signing
+    /// key somewhere or lose someone's data.
+    async fn check_api_server_keys(&self, sealer: &Sealer, secret: &Secret) -> Result<()> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let subject = Subject {
+            kind: Kind::ApiServerKeys,
+            namespace: &self.namespace,
+            name,
+        };
+        if !metadata_is_clean(&secret.metadata, &[ANNOTATION_KEY_SET]) {
+            return Err(NotOurs::new(
+                &subject,
+                "it carries annotations, labels, owners or finalizers ksa does not write",
+            )
+            .into());
+        }
+        if secret.string_data.is_some()
+            || secret
+                .data
+                .iter()
+                .flatten()
+                .any(|(key, _)| key != "sa.key" && key != "sa.pub")
+            || secret.type_.as_deref().is_some_and(|t| t != "Opaque")
+        {
+            return Err(NotOurs::new(&subject, "it holds data ksa does not write").into());
+        }
+        if sealer
+            .check_secret(Kind::ApiServerKeys, &self.namespace, secret)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        // An operator's: its sa.key must be a key ksa stores (and so sealed).
+        let held = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("sa.key"))
+            .and_then(|pem| parse_pem(&pem.0).ok())
+            .and_then(|keys| keys.private_keys().next().map(|k| k.kid().clone()));
+        let stored = self.public_keys().await?;
+        if held.is_some_and(|kid| stored.values().any(|key| *key.kid() == kid)) {
+            Ok(())
+        } else {
+            Err(NotOurs::new(
+                &subject,
+                "it has no valid seal and its sa.key is no key ksa stores",
+            )
+            .into())
+        }
+    }
+}
+
+/// The data entry of the JWKS ConfigMap.
+pub const JWKS_KEY: &str = "jwks.json";
+
+/// A key Secret labelled for a rotation whose seal does not verify.
+#[derive(Clone)]
+pub struct Unsealed {
+    /// The version its label names, if it is one.
+    pub version: Option<KeyVersion>,
+    /// The key it holds, if any.
+    pub key: Option<PrivateKey>,
+    /// Why it is not ksa's.
+    pub refused: NotOurs,
+    secret: Secret,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("version", &self.version)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_version_label(secret: &Secret) -> Option<KeyVersion> {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_KEY_VERSION))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0)
+        .map(KeyVersion::new)
+}
+
+/// Whether an object carries nothing ksa does not write: only ksa's labels,
+/// only the seal, `kubectl apply`'s record and the annotations `also`, no
+/// owners and no finalizers.
+pub fn metadata_is_clean(metadata: &ObjectMeta, also: &[&str]) -> bool {
+    let labels_ok = metadata.labels.iter().flatten().all(|(key, _)| {
+        [LABEL_MANAGED_BY, LABEL_ROTATION, LABEL_KEY_VERSION].contains(&key.as_str())
+    });
+    let annotations_ok = metadata.annotations.iter().flatten().all(|(key, _)| {
+        key == crate::provenance::ANNOTATION || key == LAST_APPLIED || also.contains(&key.as_str())
+    });
+    labels_ok
+        && annotations_ok
+        && metadata.owner_references.as_ref().is_none_or(Vec::is_empty)
+        && metadata.finalizers.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// A short, stable name for a key set, used to trigger roll-outs.

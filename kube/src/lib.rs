@@ -18,6 +18,7 @@
 //! - [`keystore`]: key Secrets, the API server key Secret, the JWKS ConfigMap.
 //! - [`lock`]: the cluster operation lock.
 //! - [`refresh`]: legacy and bound token refresh.
+//! - [`provenance`]: the seal on every object ksa writes and later trusts.
 //! - [`names`]: object names checked before they go into an API path.
 //! - [`error`]: the one error enum of all of these.
 
@@ -32,6 +33,7 @@ pub mod lock;
 pub mod names;
 pub mod plan;
 pub mod probe;
+pub mod provenance;
 pub mod refresh;
 
 pub use error::{Error, Result};
