@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -14,7 +17,7 @@ use ksa_core::key::PrivateKey;
 use ksa_kube::api::KSASigningKeyRotation;
 use ksa_kube::keystore::KeyStore;
 use kube::CustomResourceExt as _;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// A built binary of this workspace (`ksa`, `ksa-controller`), found beside
 /// the test executable.
@@ -222,7 +225,8 @@ impl Drop for Installation {
 /// cluster-wide; the rotation role in `namespace`, labelled as a namespace
 /// that holds rotations; the leases role in the leader namespace (`default`
 /// here) and the probe role in kube-system; and the admission guards for
-/// that user.
+/// that user. Returns once the RBAC authorizer has seen the bindings; the
+/// admission guards may take a moment more to be in force.
 async fn grant_controller(client: &kube::Client, namespace: &str) -> Result<()> {
     use ksa_controller::manifests::{
         LEASES_ROLE, LEGACY_TOKENS_ROLE, PROBE_ROLE, RESTART_PODS_ROLE, ROTATION_ROLE,
@@ -267,8 +271,100 @@ async fn grant_controller(client: &kube::Client, namespace: &str) -> Result<()> 
             )
             .await?;
     }
+    // The RBAC authorizer sees bindings through an informer: a request of
+    // each binding's, allowed, says they are all in force.
+    wait_controller_allowed(
+        client,
+        &[
+            ("watch", "ksa.dev", "ksasigningkeyrotations", "", ""),
+            ("list", "", "secrets", "", ""),
+            ("patch", "apps", "deployments", "", ""),
+            ("create", "", "secrets", namespace, ""),
+            (
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "default",
+                ksa_controller::run::LEADER_LEASE,
+            ),
+            (
+                "create",
+                "",
+                "serviceaccounts/token",
+                "kube-system",
+                "ksa-rotation-probe",
+            ),
+        ],
+    )
+    .await?;
     label_rotation_namespace(client, namespace).await?;
     install_admission_guards(client, CONTROLLER_USER).await
+}
+
+/// One request of the controller's user: verb, API group, resource (with
+/// `/subresource`), namespace ("" for all) and name ("" for any).
+pub type Request<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
+/// Whether the API server's authorizer lets the controller's user make
+/// `request`, asked with a SubjectAccessReview.
+pub async fn controller_allowed(
+    client: &kube::Client,
+    (verb, group, resource, namespace, name): Request<'_>,
+) -> Result<bool> {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, sub)) => (resource, Some(sub.to_owned())),
+        None => (resource, None),
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(CONTROLLER_USER.to_owned()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                namespace: some(namespace),
+                name: some(name),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// Waits until the authorizer allows the controller's user every one of
+/// `requests`: it sees RBAC bindings through an informer, a moment after
+/// they are written. Fails after [`OBSERVED_WITHIN`](crate::OBSERVED_WITHIN)
+/// naming the requests still denied.
+pub async fn wait_controller_allowed(
+    client: &kube::Client,
+    requests: &[Request<'_>],
+) -> Result<()> {
+    crate::eventually(
+        "the controller's RBAC grants in force",
+        crate::OBSERVED_WITHIN,
+        || async {
+            let mut denied = Vec::new();
+            for &request in requests {
+                if !controller_allowed(client, request).await? {
+                    denied.push(format!("{request:?}"));
+                }
+            }
+            ensure!(
+                denied.is_empty(),
+                "the RBAC authorizer still denies {CONTROLLER_USER}: {}",
+                denied.join(", ")
+            );
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// The controller's user as an RBAC subject.
@@ -282,7 +378,8 @@ pub fn controller_subject() -> Subject {
 }
 
 /// Binds the recreate-nodes policy's ClusterRole to the controller, as an
-/// operator does for a rotation with that policy.
+/// operator does for a rotation with that policy; returns once the
+/// authorizer has seen the binding.
 pub async fn grant_recreate_nodes(client: &kube::Client) -> Result<()> {
     use ksa_controller::manifests::{RECREATE_NODES_ROLE, cluster_role_binding};
     Api::<ClusterRoleBinding>::all(client.clone())
@@ -295,7 +392,7 @@ pub async fn grant_recreate_nodes(client: &kube::Client) -> Result<()> {
             )),
         )
         .await?;
-    Ok(())
+    wait_controller_allowed(client, &[("patch", "", "nodes", "", "")]).await
 }
 
 /// Marks `namespace` as one that holds rotations, where the admission

@@ -5,7 +5,7 @@
 //! which `iss` the tokens it issues carry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -139,32 +139,12 @@ const RETRY_FOR: Duration = Duration::from_secs(90);
 /// kubeconfig names) restart one at a time during a roll-out, and a check
 /// of what every instance does must wait for the one restarting. Gives up
 /// with the last error after 90 s.
-pub async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+pub async fn retrying<T, F, Fut>(what: &str, attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let started = Instant::now();
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() < RETRY_FOR => {
-                note_retry(what, &error);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(error) => return Err(error.context(format!("{what}: gave up after {RETRY_FOR:?}"))),
-        }
-    }
-}
-
-/// Says (once a second at most) why a retried request failed.
-fn note_retry(what: &str, error: &anyhow::Error) {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else { return };
-    if last.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
-        eprintln!("{what}: {error:#}; asking again");
-        *last = Some(Instant::now());
-    }
+    crate::wait::eventually(what, RETRY_FOR, attempt).await
 }
 
 /// The started state of a rotation that changes the issuer from `from`

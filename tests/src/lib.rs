@@ -35,6 +35,7 @@ pub mod roll;
 pub mod s3;
 pub mod scenario;
 pub mod signer;
+pub mod wait;
 pub mod workload;
 pub mod zoo;
 
@@ -46,3 +47,4 @@ pub use hosted::{ApiServerWorkload, HostedApiServer};
 pub use install::{FIRST_REPLICA, Installation, ksa_binary, loopback_addr};
 pub use pki::Pki;
 pub use prober::{ProbeStats, ProbeTarget, Prober, RotationSource};
+pub use wait::{OBSERVED_WITHIN, eventually};

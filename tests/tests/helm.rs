@@ -658,7 +658,9 @@ async fn the_readme_install_section_installs_the_chart_and_rotates_a_key() -> Re
     let installed_at = started.elapsed();
 
     // The namespace the README made enforces `restricted`: a pod that is
-    // not is refused there.
+    // not is refused there. Pod Security admission reads the namespace's
+    // labels through an informer: asked (a dry run, which admission
+    // judges alike) until it refuses.
     let unrestricted = Pod {
         metadata: ObjectMeta {
             name: Some("unrestricted".into()),
@@ -674,13 +676,24 @@ async fn the_readme_install_section_installs_the_chart_and_rotates_a_key() -> Re
         }),
         ..Pod::default()
     };
-    let refused = Api::<Pod>::namespaced(client.clone(), RELEASE_NAMESPACE)
-        .create(&PostParams::default(), &unrestricted)
-        .await;
-    ensure!(
-        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("restricted")),
-        "Pod Security admission does not enforce restricted in {RELEASE_NAMESPACE}: {refused:?}"
-    );
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let release_pods = Api::<Pod>::namespaced(client.clone(), RELEASE_NAMESPACE);
+    ksa_tests::eventually(
+        "Pod Security admission enforcing restricted",
+        ksa_tests::OBSERVED_WITHIN,
+        || async {
+            let refused = release_pods.create(&dry_run, &unrestricted).await;
+            ensure!(
+                matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("restricted")),
+                "Pod Security admission does not enforce restricted in {RELEASE_NAMESPACE}: {refused:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     // Admitted by Pod Security, placed on kwok's nodes, running.
     let pods = controller_pods(&client, 2, None).await?;
     for pod in &pods {

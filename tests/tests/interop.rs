@@ -198,15 +198,12 @@ async fn legacy_token_minted_by_ksa_core_authenticates_and_is_authorized() -> Re
     );
     // RBAC changes take a moment to reach the authorizer's cache.
     let pods: Api<Pod> = Api::namespaced(as_sa.clone(), "apps");
-    let mut listed = pods.list(&Default::default()).await;
-    for _ in 0..50 {
-        if listed.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        listed = pods.list(&Default::default()).await;
-    }
-    listed.context("the service account may list pods")?;
+    ksa_tests::eventually(
+        "the service account may list pods",
+        ksa_tests::OBSERVED_WITHIN,
+        || async { Ok(pods.list(&Default::default()).await?) },
+    )
+    .await?;
     let forbidden = Api::<Secret>::namespaced(as_sa, "apps")
         .list(&Default::default())
         .await;

@@ -1670,6 +1670,12 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
         .spawn()?;
         let mut killed_at = None;
         while child.try_wait()?.is_none() {
+            // The child is killed on drop, when this fails.
+            ensure!(
+                started.elapsed() < ROTATION_TIMEOUT,
+                "run {runs} did not exit in {ROTATION_TIMEOUT:?} from the start; the state file: {:?}",
+                state_file(&pki)
+            );
             let now = state_file(&pki).map(|s| s.step());
             if kills < 3 && runs > 1 && now != before {
                 child.start_kill()?;

@@ -37,6 +37,9 @@ const APPS: &str = "outside-apps";
 const APP: &str = "federated";
 /// What the controller serves and writes as `max-age`: Trust waits it out.
 const MAX_AGE_SECONDS: u64 = 15;
+/// How long a `rotate --wait --timeout 10m` may run: its own timeout, and
+/// a margin for it to say so.
+const CLI_DEADLINE: Duration = Duration::from_secs(11 * 60);
 
 /// The user cluster config: the API server workload (for the issuer
 /// rotation) and a short lead time.
@@ -73,14 +76,24 @@ fn unknown_kid_token(issuer: &str) -> Result<String> {
 /// Runs `ksa` with `args`, polling the rotation's `waitingFor` meanwhile;
 /// returns every distinct value seen.
 async fn rotate(scenario: &Scenario, args: &[&str]) -> Result<Vec<String>> {
-    let command = scenario.ksa_command(args)?;
-    let cli = tokio::task::spawn_blocking(move || {
-        let mut command = command;
-        command.output()
-    });
+    // The CLI is killed when this returns: at the deadline, too.
+    let cli = tokio::process::Command::from(scenario.ksa_command(args)?)
+        .kill_on_drop(true)
+        .output();
+    let mut cli = std::pin::pin!(cli);
     let rotations: Api<KSASigningKeyRotation> = Api::namespaced(scenario.client.clone(), NAMESPACE);
     let mut seen: Vec<String> = Vec::new();
-    while !cli.is_finished() {
+    let started = Instant::now();
+    let output = loop {
+        tokio::select! {
+            output = &mut cli => break output?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        ensure!(
+            started.elapsed() < CLI_DEADLINE,
+            "ksa {args:?} did not exit in {CLI_DEADLINE:?}; it waited for {seen:#?}\ncontroller log:\n{}",
+            scenario.installation.controller_log()
+        );
         if let Ok(resource) = rotations.get(CLUSTER).await
             && let Some(waiting) = resource.status.and_then(|s| s.waiting_for)
             && seen.last() != Some(&waiting)
@@ -88,9 +101,7 @@ async fn rotate(scenario: &Scenario, args: &[&str]) -> Result<Vec<String>> {
             eprintln!("waiting for: {waiting}");
             seen.push(waiting);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let output = cli.await??;
+    };
     ensure!(
         output.status.success(),
         "ksa {args:?} exited {:?}\nstdout:\n{}\nstderr:\n{}\ncontroller log:\n{}",

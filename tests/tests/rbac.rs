@@ -4,57 +4,14 @@
 //! (The end-to-end rotation and fault tests run the controller with these
 //! same permissions: that is the proof they suffice.)
 
-use anyhow::Result;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use anyhow::{Context as _, Result};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::KeySpec;
+use ksa_tests::install::{Request, controller_allowed as allowed, wait_controller_allowed};
 use ksa_tests::{ApiServerKeys, ControlPlane, Installation};
 use kube::api::{Api, PostParams};
 
 const ROTATIONS: &str = "user-cluster-1";
-
-/// One request: verb, API group, resource (with `/subresource`),
-/// namespace ("" for all) and name ("" for any).
-type Request = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-);
-
-async fn allowed(
-    client: &kube::Client,
-    (verb, group, resource, namespace, name): Request,
-) -> Result<bool> {
-    let (resource, subresource) = match resource.split_once('/') {
-        Some((resource, sub)) => (resource, Some(sub.to_owned())),
-        None => (resource, None),
-    };
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(ksa_tests::install::CONTROLLER_USER.to_owned()),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.to_owned()),
-                group: Some(group.to_owned()),
-                resource: Some(resource.to_owned()),
-                subresource,
-                namespace: some(namespace),
-                name: some(name),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        ..SubjectAccessReview::default()
-    };
-    let answer = Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
 
 #[tokio::test]
 async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
@@ -64,7 +21,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
     let _installation =
         Installation::install(&client, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
 
-    let needed: [Request; 16] = [
+    let needed: [Request<'_>; 16] = [
         ("watch", "ksa.dev", "ksasigningkeyrotations", "", ""),
         (
             "patch",
@@ -105,7 +62,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
         ("list", "policy", "poddisruptionbudgets", "", ""),
         ("list", "discovery.k8s.io", "endpointslices", "default", ""),
     ];
-    let forbidden: [Request; 21] = [
+    let forbidden: [Request<'_>; 21] = [
         // The recreate-nodes policy's role is not bound: no rotation here
         // uses it.
         ("patch", "", "nodes", "", "node-1"),
@@ -178,12 +135,13 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
             ROTATIONS,
         ),
     ];
+    // The authorizer sees bindings through an informer: what a rotation
+    // needs is asked until it is allowed, and only then is what it must
+    // not do asked (before, a denial would prove nothing).
+    wait_controller_allowed(&client, &needed)
+        .await
+        .context("denied, but a rotation needs it")?;
     let mut wrong = Vec::new();
-    for request in needed {
-        if !allowed(&client, request).await? {
-            wrong.push(format!("denied, but a rotation needs it: {request:?}"));
-        }
-    }
     for request in forbidden {
         if allowed(&client, request).await? {
             wrong.push(format!(
@@ -193,17 +151,18 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
-    // Bound when a rotation uses recreate-nodes, as README says.
+    // Bound when a rotation uses recreate-nodes, as README says; allowed
+    // once the authorizer has seen the binding.
     ksa_tests::install::grant_recreate_nodes(&client).await?;
-    for request in [
-        ("patch", "", "nodes", "", "node-1"),
-        ("delete", "", "nodes", "", "node-1"),
-    ] {
-        assert!(
-            allowed(&client, request).await?,
-            "recreate-nodes bound, yet denied: {request:?}"
-        );
-    }
+    wait_controller_allowed(
+        &client,
+        &[
+            ("patch", "", "nodes", "", "node-1"),
+            ("delete", "", "nodes", "", "node-1"),
+        ],
+    )
+    .await
+    .context("recreate-nodes bound, yet denied")?;
     Ok(())
 }
 

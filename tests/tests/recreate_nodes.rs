@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Node;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario};
 use ksa_tests::zoo::{KWOK_NODES, Zoo, replace_deleted_nodes};
@@ -65,8 +65,22 @@ async fn recreate_nodes_replaces_every_node_and_completes_on_the_zoo() -> Result
     );
 
     // Every node that predates the rotation is gone; the machine controller
-    // replaced each simulated one.
-    let after = nodes(&scenario.client).await?;
+    // replaced each simulated one (the last a moment after its deletion,
+    // perhaps after the rotation completed).
+    let after = ksa_tests::eventually(
+        "the machine controller replacing every deleted node",
+        ksa_tests::OBSERVED_WITHIN,
+        || async {
+            let after = nodes(&scenario.client).await?;
+            ensure!(
+                after.len() == KWOK_NODES,
+                "{} nodes, not {KWOK_NODES}: {after:?}",
+                after.len()
+            );
+            Ok(after)
+        },
+    )
+    .await?;
     let left: Vec<&String> = before
         .iter()
         .filter(|(name, uid)| after.get(*name) == Some(uid))
