@@ -55,7 +55,7 @@ pub fn guards(user: &str) -> Vec<Guard> {
 }
 
 fn secret_guard(user: &str) -> Guard {
-    guard(
+    let mut secrets = guard(
         "ksa-controller-secret-writes",
         user,
         rule("", "secrets", &["CREATE", "UPDATE", "DELETE"]),
@@ -80,7 +80,25 @@ fn secret_guard(user: &str) -> Guard {
                 "ksa-controller may not change a Secret's labels, annotations, owners, finalizers or immutability",
             ),
         ],
-    )
+    );
+    // The one Secret the controller makes outside the rotation namespaces:
+    // its sealing key, in its own namespace, created once, immutable, with
+    // nothing another component acts on (`ksa_kube::provenance`).
+    if let Some(spec) = secrets.policy.spec.as_mut() {
+        spec.match_conditions
+            .get_or_insert_with(Vec::new)
+            .push(MatchCondition {
+                name: "not-the-sealing-key".to_owned(),
+                expression: format!(
+                    "!(request.operation == 'CREATE' && object.metadata.name == {} && \
+                     object.type == 'Opaque' && has(object.immutable) && object.immutable && \
+                     !has(object.metadata.annotations) && !has(object.metadata.ownerReferences) && \
+                     !has(object.metadata.finalizers))",
+                    cel_string(ksa_kube::provenance::SECRET_NAME)
+                ),
+            });
+    }
+    secrets
 }
 
 /// A workload kind and the fields of its spec outside the pod template,
