@@ -7,7 +7,10 @@
 //! - RBAC lets the user create (or patch) the rotation
 //!   ([`may_change_rotation`], a SelfSubjectAccessReview);
 //! - a controller holds the leader Lease ([`controller_running`], which
-//!   gives one that was just started a few seconds to take it).
+//!   gives one that was just started a few seconds to take it);
+//! - the key the cluster signs with is in the key store ([`key_imported`]):
+//!   forgetting `ksa keys import` used to start a rotation whose every
+//!   controller pass failed on the missing key.
 //!
 //! The decisions are pure functions of what was read, tested below.
 
@@ -235,8 +238,87 @@ fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(
     })))
 }
 
+/// Fails, naming the command that fixes it, when the key version the
+/// rotation starts from is not in the key store of rotation `name` in
+/// `namespace` (its Secret `NAME-signing-key-vN`). A user who may not read
+/// Secrets is not stopped here: the controller names a missing key too.
+pub async fn key_imported(
+    connection: &Connection,
+    namespace: &str,
+    name: &str,
+    version: ksa_core::KeyVersion,
+) -> Result<(), Failure> {
+    let store = ksa_kube::keystore::KeyStore::new(connection.client.clone(), namespace, name);
+    match store.stored_kid(version).await {
+        Ok(found) => check_key_imported(
+            found.is_some(),
+            namespace,
+            &store.secret_name(version),
+            name,
+            version,
+        ),
+        Err(ksa_kube::Error::Kube(kube::Error::Api(status))) if status.code == 403 => Ok(()),
+        Err(ksa_kube::Error::Kube(error)) => Err(connection.unreachable(error)),
+        Err(other) => Err(Failure::bad_input(anyhow::anyhow!(
+            "Secret {namespace}/{}: {other}; nothing was changed",
+            store.secret_name(version)
+        ))),
+    }
+}
+
+fn check_key_imported(
+    found: bool,
+    namespace: &str,
+    secret: &str,
+    name: &str,
+    version: ksa_core::KeyVersion,
+) -> Result<(), Failure> {
+    if found {
+        return Ok(());
+    }
+    Err(Failure::bad_input(anyhow::anyhow!(
+        "key version {version}, the key the cluster signs with now, is not in the key store \
+         (Secret {namespace}/{secret} does not exist): import it first with `ksa keys import \
+         --rotation {name} -n {namespace} --key sa.key --key-version {version}` (sa.key: the \
+         API servers' --service-account-signing-key-file); nothing was changed"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_rotation_without_the_current_key_is_refused_with_the_import_command() {
+        assert!(
+            check_key_imported(
+                true,
+                "ns",
+                "r-signing-key-v1",
+                "r",
+                ksa_core::KeyVersion::FIRST
+            )
+            .is_ok()
+        );
+        let refused = check_key_imported(
+            false,
+            "ns",
+            "r-signing-key-v1",
+            "r",
+            ksa_core::KeyVersion::FIRST,
+        )
+        .expect_err("no key");
+        assert_eq!(refused.code, crate::exit::BAD_INPUT);
+        let text = refused.error.to_string();
+        assert!(
+            text.contains("Secret ns/r-signing-key-v1 does not exist"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ksa keys import --rotation r -n ns --key sa.key --key-version 1"),
+            "{text}"
+        );
+        assert!(text.contains("nothing was changed"), "{text}");
+    }
     use super::*;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIResource, MicroTime, ObjectMeta};

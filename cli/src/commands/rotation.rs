@@ -415,6 +415,13 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         )
         .await?;
     }
+    super::preflight::key_imported(
+        &target.connection,
+        &config.namespace,
+        &config.name,
+        state.versions().private_key_version(),
+    )
+    .await?;
     let to = started.key_version().get();
     let spec = spec_for(config, to, issuer.as_ref());
     // Who the rotation affects and who it could break, from the live
