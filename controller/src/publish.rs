@@ -32,7 +32,8 @@ use ksa_core::jwk::Jwks;
 use ksa_core::key::PublicKey;
 use ksa_core::rotation::PublicationView;
 use ksa_kube::api::{DirectorySink, KSASigningKeyRotation, S3Sink};
-use ksa_kube::keystore::owned_labels;
+use ksa_kube::keystore::{metadata_is_clean, owned_labels};
+use ksa_kube::provenance::{Kind, NotOurs, Sealer, Subject};
 use kube::Resource as _;
 use kube::ResourceExt as _;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
@@ -67,6 +68,10 @@ pub struct Settings {
     pub allowed_hosts: Vec<String>,
     /// The `max-age` written with every document.
     pub max_age_seconds: u32,
+    /// The controller's sealing key: the endpoint's ConfigMap and every
+    /// bucket object are sealed with it, and only what it sealed is
+    /// served or overwritten. None: nothing is written there.
+    pub sealer: Option<Sealer>,
 }
 
 impl Settings {
@@ -156,7 +161,9 @@ enum Sink {
     /// The controller's endpoint: one ConfigMap holds every document.
     Endpoint {
         config_maps: Box<Api<ConfigMap>>,
+        namespace: String,
         rotation: String,
+        sealer: Option<Sealer>,
         /// The rotation, so that its documents go when it does.
         owner: Option<OwnerReference>,
     },
@@ -164,7 +171,129 @@ enum Sink {
     Store {
         store: Arc<dyn ObjectStore>,
         prefix: String,
+        /// A bucket's objects name their rotation and carry a seal; a
+        /// directory (below the rotation's own) holds only the rotation's.
+        owner: Option<Owner>,
     },
+}
+
+/// Whose a bucket's objects are. Buckets are shared (two clusters with the
+/// same issuer and no prefix write the same keys), so each object ksa
+/// writes carries, as user metadata, the rotation it was written for and
+/// a seal over that, where it is, and its body; an object without both,
+/// verified, is not overwritten or deleted.
+struct Owner {
+    /// `namespace/name`.
+    rotation: String,
+    namespace: String,
+    bucket: String,
+    sealer: Option<Sealer>,
+}
+
+/// The user metadata naming the rotation an object was written for.
+const META_ROTATION: &str = "ksa-rotation";
+/// The user metadata holding an object's seal.
+const META_SEAL: &str = "ksa-seal";
+
+impl Owner {
+    fn sealer(&self) -> Result<&Sealer, String> {
+        self.sealer
+            .as_ref()
+            .ok_or_else(|| "the controller has no sealing key".to_owned())
+    }
+
+    /// The seal of the object at `path` holding `body`, written for this
+    /// rotation. Sealed as the endpoint's documents are, under a name no
+    /// ConfigMap can have (it holds a `/`).
+    fn seal(&self, sealer: &Sealer, path: &str, body: &[u8]) -> String {
+        let name = format!("s3/{}/{path}", self.bucket);
+        let subject = Subject {
+            kind: Kind::Endpoint,
+            namespace: &self.namespace,
+            name: &name,
+        };
+        sealer.seal(
+            &subject,
+            [("rotation", self.rotation.as_bytes()), ("body", body)],
+        )
+    }
+
+    /// The attributes an object written for this rotation carries.
+    fn attributes(&self, sealer: &Sealer, path: &str, body: &[u8]) -> Vec<(Attribute, String)> {
+        vec![
+            (
+                Attribute::Metadata(META_ROTATION.into()),
+                self.rotation.clone(),
+            ),
+            (
+                Attribute::Metadata(META_SEAL.into()),
+                self.seal(sealer, path, body),
+            ),
+        ]
+    }
+
+    /// Why the object found at `path` may not be overwritten or deleted:
+    /// it names another rotation, or its seal does not verify.
+    fn refuses(&self, sealer: &Sealer, path: &str, found: &Stored) -> Option<String> {
+        let meta = |key: &'static str| {
+            found
+                .attributes
+                .get(&Attribute::Metadata(key.into()))
+                .map(|v| v.as_ref().to_owned())
+        };
+        let object = format!("bucket {} key {path}", self.bucket);
+        match meta(META_ROTATION) {
+            Some(other) if other != self.rotation => {
+                // Shown in the status: only when it reads as a rotation.
+                let shown = if other.len() <= 320
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./".contains(&b)
+                    }) {
+                    other
+                } else {
+                    "(an unreadable name)".to_owned()
+                };
+                return Some(format!(
+                    "{object} belongs to rotation {shown} (of this or another cluster): ksa \
+                     will not overwrite it; give one of the rotations its own \
+                     spec.publish.s3.prefix"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                return Some(format!(
+                    "{object} was not written by ksa: ksa will not overwrite it; delete it if \
+                     nobody needs it, or set spec.publish.s3.prefix"
+                ));
+            }
+        }
+        let sealed = match (&found.body, meta(META_SEAL)) {
+            (Some(body), Some(seal)) => {
+                let name = format!("s3/{}/{path}", self.bucket);
+                let subject = Subject {
+                    kind: Kind::Endpoint,
+                    namespace: &self.namespace,
+                    name: &name,
+                };
+                sealer.verify(
+                    &subject,
+                    [
+                        ("rotation", self.rotation.as_bytes()),
+                        ("body", body.as_slice()),
+                    ],
+                    &seal,
+                )
+            }
+            _ => false,
+        };
+        (!sealed).then(|| {
+            format!(
+                "{object} names this rotation but its seal does not verify (written by another \
+                 cluster's ksa, or changed since): ksa will not overwrite it; delete it if \
+                 nobody needs it, or set spec.publish.s3.prefix"
+            )
+        })
+    }
 }
 
 /// A base for laying out a directory that has no public URL.
@@ -193,14 +322,16 @@ impl Locations {
                 base,
                 sink: Sink::Endpoint {
                     config_maps: Box::new(Api::namespaced(client.clone(), &namespace)),
+                    namespace: namespace.clone(),
                     rotation: name.clone(),
+                    sealer: settings.sealer.clone(),
                     owner: rotation.controller_owner_ref(&()),
                 },
                 reader: reader(settings.public_ca.as_deref(), "--oidc-ca-file")?,
             });
         }
         if let Some(s3) = &spec.s3 {
-            locations.push(bucket(settings, s3, client, &namespace).await?);
+            locations.push(bucket(settings, s3, client, &namespace, &name).await?);
         }
         if let Some(directory) = &spec.directory {
             locations.push(directory_location(settings, directory, &namespace, &name)?);
@@ -294,11 +425,41 @@ impl Location {
         match &self.sink {
             Sink::Endpoint {
                 config_maps,
+                namespace,
                 rotation,
                 owner,
+                sealer,
             } => {
+                let sealer = sealer
+                    .as_ref()
+                    .ok_or_else(|| "the controller has no sealing key".to_owned())?;
                 let name = endpoint_config_map(rotation);
-                let config_map = ConfigMap {
+                // Never written into, nor given an owner (which would have
+                // it collected with the rotation), when it is another's.
+                if let Some(current) = config_maps
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    && sealer
+                        .check_config_map(Kind::Endpoint, namespace, &current)
+                        .is_err()
+                {
+                    let empty = current.data.as_ref().is_none_or(BTreeMap::is_empty)
+                        && current.binary_data.as_ref().is_none_or(BTreeMap::is_empty);
+                    if !empty || !metadata_is_clean(&current.metadata, &[]) {
+                        let subject = Subject {
+                            kind: Kind::Endpoint,
+                            namespace,
+                            name: &name,
+                        };
+                        return Err(NotOurs::new(
+                            &subject,
+                            "it has no valid seal and holds data or metadata ksa did not write",
+                        )
+                        .to_string());
+                    }
+                }
+                let mut config_map = ConfigMap {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         labels: Some(owned_labels(rotation)),
@@ -311,6 +472,7 @@ impl Location {
                     )])),
                     ..ConfigMap::default()
                 };
+                sealer.seal_config_map(Kind::Endpoint, namespace, &mut config_map);
                 config_maps
                     .patch(
                         &name,
@@ -321,24 +483,47 @@ impl Location {
                     .map_err(|e| e.to_string())?;
                 Ok(())
             }
-            Sink::Store { store, prefix } => {
+            Sink::Store {
+                store,
+                prefix,
+                owner,
+            } => {
                 for (key, body) in documents {
                     let path = object_path(prefix, key)?;
                     let current = read_bounded(store.as_ref(), &path)
                         .await
                         .map_err(|e| store_problem(&e))?;
-                    if current.as_deref() == Some(body.as_bytes()) {
+                    let sealer = owner.as_ref().map(Owner::sealer).transpose()?;
+                    if let (Some(owner), Some(sealer), Some(current)) = (owner, sealer, &current)
+                        && let Some(refused) = owner.refuses(sealer, path.as_ref(), current)
+                    {
+                        return Err(refused);
+                    }
+                    if current.and_then(|c| c.body).as_deref() == Some(body.as_bytes()) {
                         continue;
                     }
-                    let content_type = if key.ends_with(discovery::JWKS_PATH) {
-                        "application/jwk-set+json"
-                    } else {
-                        "application/json"
+                    // A directory's files carry nothing but their bytes
+                    // (the local store keeps no attributes).
+                    let attributes = match (owner, sealer) {
+                        (Some(owner), Some(sealer)) => {
+                            let content_type = if key.ends_with(discovery::JWKS_PATH) {
+                                "application/jwk-set+json"
+                            } else {
+                                "application/json"
+                            };
+                            let mut attributes = vec![
+                                (Attribute::ContentType, content_type.to_owned()),
+                                (Attribute::CacheControl, self.cache_control.clone()),
+                            ];
+                            attributes.extend(owner.attributes(
+                                sealer,
+                                path.as_ref(),
+                                body.as_bytes(),
+                            ));
+                            Attributes::from_iter(attributes)
+                        }
+                        _ => Attributes::new(),
                     };
-                    let attributes = Attributes::from_iter([
-                        (Attribute::ContentType, content_type.to_owned()),
-                        (Attribute::CacheControl, self.cache_control.clone()),
-                    ]);
                     let options = PutOptions {
                         attributes,
                         ..PutOptions::default()
@@ -349,7 +534,20 @@ impl Location {
                         .map_err(|e| store_problem(&e))?;
                 }
                 for key in gone {
-                    match store.delete(&object_path(prefix, key)?).await {
+                    let path = object_path(prefix, key)?;
+                    if let Some(owner) = owner {
+                        let sealer = owner.sealer()?;
+                        let current = read_bounded(store.as_ref(), &path)
+                            .await
+                            .map_err(|e| store_problem(&e))?;
+                        let Some(current) = current else { continue };
+                        if let Some(refused) = owner.refuses(sealer, path.as_ref(), &current) {
+                            // Another's: left as it is.
+                            tracing::warn!(problem = %refused, "not deleting a withdrawn document");
+                            continue;
+                        }
+                    }
+                    match store.delete(&path).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                         Err(error) => return Err(store_problem(&error)),
                     }
@@ -387,7 +585,7 @@ impl Location {
             return view;
         };
         view.max_age_seconds = view.max_age_seconds.max(max_age);
-        view.serves = served_versions(&jwks, kids);
+        view.serves = served_at(&paths.jwks_url, &jwks, kids);
         view
     }
 
@@ -403,12 +601,12 @@ impl Location {
             serves: None,
             max_age_seconds: 0,
         };
-        let Sink::Store { store, prefix } = &self.sink else {
+        let Sink::Store { store, prefix, .. } = &self.sink else {
             return view;
         };
         let read = async |key: String| -> Option<String> {
             let path = object_path(prefix, &key).ok()?;
-            let bytes = read_bounded(store.as_ref(), &path).await.ok()??;
+            let bytes = read_bounded(store.as_ref(), &path).await.ok()??.body?;
             String::from_utf8(bytes).ok()
         };
         let Some(document) = read(paths.discovery_key()).await else {
@@ -417,21 +615,37 @@ impl Location {
         if names(&document, issuer, &paths.jwks_url)
             && let Some(jwks) = read(paths.jwks_key()).await
         {
-            view.serves = served_versions(&jwks, kids);
+            view.serves = served_at(&view.url, &jwks, kids);
         }
         view
     }
 }
 
-/// The object at `path` when it exists and holds at most
-/// [`MAX_DOCUMENT_BYTES`] (a larger one reads as absent: it is overwritten,
-/// never read whole).
+/// An object found in a store.
+#[derive(Debug)]
+struct Stored {
+    /// Its bytes; None when it holds more than [`MAX_DOCUMENT_BYTES`] (it
+    /// is never read whole).
+    body: Option<Vec<u8>>,
+    /// Its attributes (a bucket's user metadata).
+    attributes: Attributes,
+}
+
+/// The object at `path` when it exists, read as a stream that stops at
+/// [`MAX_DOCUMENT_BYTES`] whatever the store says of its size.
 async fn read_bounded(
     store: &dyn ObjectStore,
     path: &object_store::path::Path,
-) -> Result<Option<Vec<u8>>, object_store::Error> {
+) -> Result<Option<Stored>, object_store::Error> {
+    use futures::StreamExt as _;
     match store.head(path).await {
-        Ok(meta) if meta.size > MAX_DOCUMENT_BYTES as u64 => return Ok(None),
+        // A ranged read of an empty object is refused by some stores.
+        Ok(meta) if meta.size == 0 => {
+            return Ok(Some(Stored {
+                body: Some(Vec::new()),
+                attributes: Attributes::new(),
+            }));
+        }
         Ok(_) => {}
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(error) => return Err(error),
@@ -440,14 +654,28 @@ async fn read_bounded(
         range: Some((0..MAX_DOCUMENT_BYTES as u64 + 1).into()),
         ..object_store::GetOptions::default()
     };
-    match store.get_opts(path, options).await {
-        Ok(found) => {
-            let bytes = found.bytes().await?;
-            Ok((bytes.len() <= MAX_DOCUMENT_BYTES).then(|| bytes.to_vec()))
+    let found = match store.get_opts(path, options).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let attributes = found.attributes.clone();
+    let mut stream = found.into_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Ok(Some(Stored {
+                body: None,
+                attributes,
+            }));
         }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(error) => Err(error),
+        body.extend_from_slice(&chunk);
     }
+    Ok(Some(Stored {
+        body: Some(body),
+        attributes,
+    }))
 }
 
 /// The ConfigMap behind the endpoint of rotation `name`.
@@ -467,8 +695,27 @@ fn names(document: &str, issuer: &Issuer, jwks_url: &str) -> bool {
         .is_ok_and(|d| d.issuer == issuer.as_str() && d.jwks_uri == jwks_url)
 }
 
+/// The stored key versions the JWKS read at `location` serves; `None`, with
+/// a warning, when it is not a JWKS ksa made (a kid ksa did not make is
+/// drift: the location then counts as serving nothing, and is rewritten).
+fn served_at(
+    location: &str,
+    jwks: &str,
+    kids: &BTreeMap<String, KeyVersion>,
+) -> Option<BTreeSet<KeyVersion>> {
+    let served = served_versions(jwks, kids);
+    if served.is_none() {
+        tracing::warn!(
+            %location,
+            "the JWKS read there is not one ksa publishes (it serves a key ksa did not make, \
+             or is not a JWKS); it is republished"
+        );
+    }
+    served
+}
+
 /// The stored key versions a JWKS serves, by kid; `None` when it is not a
-/// JWKS.
+/// JWKS, or serves a key whose kid is not a stored key's.
 fn served_versions(
     jwks: &str,
     kids: &BTreeMap<String, KeyVersion>,
@@ -483,12 +730,10 @@ fn served_versions(
         kid: Option<String>,
     }
     let set: Set = serde_json::from_str(jwks).ok()?;
-    Some(
-        set.keys
-            .iter()
-            .filter_map(|key| kids.get(key.kid.as_deref()?).copied())
-            .collect(),
-    )
+    set.keys
+        .iter()
+        .map(|key| kids.get(key.kid.as_deref()?).copied())
+        .collect()
 }
 
 /// GETs `url` as an outsider: the body (at most [`MAX_DOCUMENT_BYTES`]) and
@@ -563,11 +808,7 @@ fn allowed_url(
     field: &'static str,
     url: &str,
 ) -> Result<url::Url, PublishError> {
-    // Never echoed whole: a URL may carry credentials.
-    let shown = match url.split_once('@') {
-        Some((_, host)) => format!("(credentials)@{host}"),
-        None => url.to_owned(),
-    };
+    let shown = shown_url(url);
     let bad = || PublishError::BadUrl {
         field,
         url: shown.clone(),
@@ -602,6 +843,37 @@ fn allowed_url(
     }
 }
 
+/// `url` as messages show it: never its credentials, query or fragment,
+/// which may carry secrets. Taken from the parsed URL, which finds the
+/// credentials where a client would (the last `@` before the host).
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let credentials = if parsed.username().is_empty() && parsed.password().is_none() {
+                ""
+            } else {
+                "(credentials)@"
+            };
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let dropped = if parsed.query().is_some() || parsed.fragment().is_some() {
+                "?(not shown)"
+            } else {
+                ""
+            };
+            format!(
+                "{}://{credentials}{}{port}{}{dropped}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default(),
+                parsed.path()
+            )
+        }
+        Err(_) if url.contains(['@', '?', '#']) => {
+            "(not a URL; not shown, as it may hold credentials)".to_owned()
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// A relative path of safe segments (no `.`, `..` or empty one).
 fn safe_relative(path: &str) -> bool {
     !path.is_empty()
@@ -620,6 +892,7 @@ async fn bucket(
     s3: &S3Sink,
     client: &kube::Client,
     namespace: &str,
+    name: &str,
 ) -> Result<Location, PublishError> {
     let endpoint = allowed_url(settings, "spec.publish.s3.endpoint", &s3.endpoint)?;
     let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
@@ -675,6 +948,12 @@ async fn bucket(
         sink: Sink::Store {
             store: Arc::new(store),
             prefix: prefix.to_owned(),
+            owner: Some(Owner {
+                rotation: format!("{namespace}/{name}"),
+                namespace: namespace.to_owned(),
+                bucket: s3.bucket.clone(),
+                sealer: settings.sealer.clone(),
+            }),
         },
         reader: http,
     })
@@ -702,7 +981,7 @@ fn s3_store(
         .build()
         .map_err(|_| PublishError::BadUrl {
             field: "spec.publish.s3.endpoint",
-            url: s3.endpoint.clone(),
+            url: shown_url(&s3.endpoint),
         })
 }
 
@@ -763,6 +1042,7 @@ fn directory_location(
         sink: Sink::Store {
             store: Arc::new(store),
             prefix: String::new(),
+            owner: None,
         },
         reader: reader(None, "spec.publish.directory")?,
     })
@@ -852,6 +1132,384 @@ mod tests {
             0,
             "a request was redirected"
         );
+    }
+
+    /// Issue 29, finding 2: a JWKS that serves a kid ksa did not make does
+    /// not count as serving the stored keys, so it is rewritten.
+    #[test]
+    fn a_jwks_with_a_kid_ksa_did_not_make_serves_nothing() {
+        let kids = BTreeMap::from([("K1".to_owned(), KeyVersion::new(1))]);
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"}]}"#, &kids),
+            Some(BTreeSet::from([KeyVersion::new(1)]))
+        );
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"},{"kid":"ATTACKER"}]}"#, &kids),
+            None
+        );
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"},{"kty":"EC"}]}"#, &kids),
+            None
+        );
+    }
+
+    /// Issue 29, finding 9: a URL's credentials never reach a message,
+    /// wherever its `@`s are.
+    #[test]
+    fn credentials_are_redacted_from_the_parsed_url() {
+        let settings = Settings {
+            allowed_hosts: vec!["s3.example".into()],
+            ..Settings::default()
+        };
+        for url in [
+            "https://u:p@ss@s3.example/b",
+            "https://u:p@ss@s3.example/b?x=secret",
+            "https://u@p@s3.example",
+            "ht!tp://u:p@ss@s3.example",
+        ] {
+            let error = allowed_url(&settings, "f", url).expect_err(url).to_string();
+            assert!(
+                !error.contains("ss") && !error.contains(":p") && !error.contains("secret"),
+                "{url}: {error}"
+            );
+        }
+    }
+
+    /// A bucket that answers a read with a body that never ends: one that
+    /// says it holds a small object, then streams for ever.
+    async fn endless_bucket() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let common = "ETag: \"e\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n";
+                    if head.starts_with(b"HEAD") {
+                        let answer =
+                            format!("HTTP/1.1 200 OK\r\n{common}Content-Length: 10\r\n\r\n");
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 206 Partial Content\r\n{common}Content-Length: 1000000000000\r\n\
+                         Content-Range: bytes 0-{MAX_DOCUMENT_BYTES}/1000000000000\r\n\r\n"
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while socket.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        addr
+    }
+
+    /// Issue 29, finding 4: an endless body is read up to the cap, not
+    /// until the deadline.
+    #[tokio::test]
+    async fn an_endless_body_is_read_only_up_to_the_cap() {
+        let addr = endless_bucket().await;
+        let s3 = S3Sink {
+            endpoint: format!("http://{addr}"),
+            region: "us-east-1".into(),
+            bucket: "oidc".into(),
+            prefix: None,
+            public_url: None,
+            credentials_secret: "s3".into(),
+            ca_bundle: None,
+        };
+        let url = url::Url::parse(&s3.endpoint).expect("a URL");
+        let http = reader(None, "spec.publish.s3.caBundle").expect("a client");
+        let store = s3_store(&s3, &url, http, "id".into(), "secret".into()).expect("a store");
+        let path = object_store::path::Path::from("openid/v1/jwks");
+        let read = tokio::time::timeout(Duration::from_secs(5), read_bounded(&store, &path))
+            .await
+            .expect("stopped at the cap, well before the request's deadline");
+        assert!(
+            matches!(read, Ok(Some(Stored { body: None, .. }))),
+            "{read:?}"
+        );
+    }
+
+    /// A fake API server: records each request's method and path; answers
+    /// a GET of `ns/r-oidc` with `existing` (404 when None) and a PATCH
+    /// with what it was sent.
+    /// Each request's method, path and body.
+    type Asked = Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+    fn api_server(existing: Option<serde_json::Value>) -> (kube::Client, Asked) {
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let log = log.clone();
+            let existing = existing.clone();
+            async move {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let body = http_body_util::BodyExt::collect(request.into_body())
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    method.clone(),
+                    path,
+                    body.clone(),
+                ));
+                let not_found = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "not found",
+                });
+                let (status, answer) = match (method.as_str(), existing) {
+                    ("GET", Some(existing)) => (200, existing.to_string()),
+                    ("GET", None) => (404, not_found.to_string()),
+                    ("PATCH", _) => (200, body),
+                    _ => (404, not_found.to_string()),
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(answer)
+                        .unwrap_or_default(),
+                )
+            }
+        });
+        (kube::Client::new(service, "default"), asked)
+    }
+
+    fn endpoint_location(client: &kube::Client) -> Location {
+        Location {
+            kind: "endpoint",
+            cache_control: "public, max-age=30".into(),
+            name: "https://ksa.example/ns/r".into(),
+            public_url: Some("https://ksa.example/ns/r".into()),
+            base: "https://ksa.example/ns/r".into(),
+            sink: Sink::Endpoint {
+                config_maps: Box::new(Api::namespaced(client.clone(), "ns")),
+                namespace: "ns".into(),
+                rotation: "r".into(),
+                owner: None,
+                sealer: Some(sealer()),
+            },
+            reader: reader(None, "f").expect("a client"),
+        }
+    }
+
+    fn sealer() -> Sealer {
+        Sealer::from_bytes(&[7; 32]).expect("32 bytes")
+    }
+
+    fn documents() -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "a.example/openid/v1/jwks".to_owned(),
+            "{\"keys\":[]}".to_owned(),
+        )])
+    }
+
+    /// Issue 29, finding 6: a `NAME-oidc` ksa did not make, holding data of
+    /// another's, is neither written into nor given an owner.
+    #[tokio::test]
+    async fn a_foreign_endpoint_config_map_is_never_written() {
+        let foreign = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "r-oidc", "namespace": "ns"},
+            "data": {"settings": "theirs"},
+        });
+        let (client, asked) = api_server(Some(foreign));
+        let written = endpoint_location(&client).write(&documents(), &[]).await;
+        let asked = asked.lock().expect("works").clone();
+        assert!(
+            asked.iter().all(|(method, _, _)| method == "GET"),
+            "only read: {asked:?}"
+        );
+        let problem = written.expect_err("refused");
+        assert!(
+            problem.contains("ns/r-oidc") && problem.contains("delete it"),
+            "{problem}"
+        );
+    }
+
+    /// What the endpoint writes is sealed, and an empty `NAME-oidc` of
+    /// nobody's (nothing to lose) or its own is written.
+    #[tokio::test]
+    async fn the_endpoint_config_map_is_sealed_and_only_taken_over_when_empty() {
+        let empty = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "r-oidc", "namespace": "ns"},
+        });
+        for existing in [None, Some(empty)] {
+            let (client, asked) = api_server(existing);
+            endpoint_location(&client)
+                .write(&documents(), &[])
+                .await
+                .expect("written");
+            let asked = asked.lock().expect("works").clone();
+            let (_, _, body) = asked
+                .iter()
+                .find(|(method, _, _)| method == "PATCH")
+                .expect("a patch");
+            let written: ConfigMap = serde_json::from_str(body).expect("a ConfigMap");
+            assert_eq!(
+                sealer().check_config_map(Kind::Endpoint, "ns", &written),
+                Ok(())
+            );
+            // Its own, written again.
+            let (client, asked) = api_server(Some(serde_json::to_value(&written).expect("json")));
+            let mut changed = documents();
+            changed.insert("b".into(), "{}".into());
+            endpoint_location(&client)
+                .write(&changed, &[])
+                .await
+                .expect("written");
+            assert!(
+                asked
+                    .lock()
+                    .expect("works")
+                    .iter()
+                    .any(|(m, _, _)| m == "PATCH")
+            );
+        }
+        // Empty, but with an owner of another's: refused.
+        let owned = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "r-oidc", "namespace": "ns", "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}]},
+        });
+        let (client, _) = api_server(Some(owned));
+        assert!(
+            endpoint_location(&client)
+                .write(&documents(), &[])
+                .await
+                .is_err()
+        );
+    }
+
+    fn bucket_location(store: Arc<dyn ObjectStore>, rotation: &str) -> Location {
+        Location {
+            kind: "s3",
+            cache_control: "public, max-age=30".into(),
+            name: "https://s3.example/b".into(),
+            public_url: Some("https://s3.example/b".into()),
+            base: "https://s3.example/b".into(),
+            sink: Sink::Store {
+                store,
+                prefix: String::new(),
+                owner: Some(Owner {
+                    rotation: format!("ns/{rotation}"),
+                    namespace: "ns".into(),
+                    bucket: "b".into(),
+                    sealer: Some(sealer()),
+                }),
+            },
+            reader: reader(None, "f").expect("a client"),
+        }
+    }
+
+    /// Issue 29, finding 7: two rotations sharing a bucket never overwrite
+    /// each other's objects, nor an object ksa did not write.
+    #[tokio::test]
+    async fn a_bucket_object_of_another_rotation_is_never_overwritten() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let a = bucket_location(store.clone(), "a");
+        let b = bucket_location(store.clone(), "b");
+        a.write(&documents(), &[]).await.expect("the first writer");
+        let mut changed = documents();
+        changed.insert("a.example/openid/v1/jwks".into(), "{\"keys\":[1]}".into());
+        a.write(&changed, &[]).await.expect("its own object");
+        let refused = b
+            .write(&documents(), &[])
+            .await
+            .expect_err("another rotation's");
+        assert!(
+            refused.contains("bucket b key a.example/openid/v1/jwks")
+                && refused.contains("rotation ns/a"),
+            "{refused}"
+        );
+        let path = object_store::path::Path::from("a.example/openid/v1/jwks");
+        let kept = store
+            .get(&path)
+            .await
+            .expect("there")
+            .bytes()
+            .await
+            .expect("read");
+        assert_eq!(kept.as_ref(), b"{\"keys\":[1]}");
+        // An object ksa did not write.
+        let path = object_store::path::Path::from("c.example/openid/v1/jwks");
+        store
+            .put(&path, b"theirs".to_vec().into())
+            .await
+            .expect("written");
+        let theirs = BTreeMap::from([("c.example/openid/v1/jwks".to_owned(), "{}".to_owned())]);
+        let refused = a.write(&theirs, &[]).await.expect_err("not ksa's");
+        assert!(refused.contains("not written by ksa"), "{refused}");
+        // Another cluster's ksa, same rotation name, another sealing key.
+        let mut other_cluster = bucket_location(store.clone(), "a");
+        if let Sink::Store {
+            owner: Some(owner), ..
+        } = &mut other_cluster.sink
+        {
+            owner.sealer = Sealer::from_bytes(&[8; 32]);
+        }
+        let refused = other_cluster
+            .write(&documents(), &[])
+            .await
+            .expect_err("another cluster's");
+        assert!(refused.contains("seal does not verify"), "{refused}");
+        // Withdrawn documents of another rotation are left alone.
+        let gone = ["a.example/openid/v1/jwks".to_owned()];
+        b.write(&BTreeMap::new(), &gone)
+            .await
+            .expect("nothing of its");
+        assert!(
+            store
+                .head(&object_store::path::Path::from("a.example/openid/v1/jwks"))
+                .await
+                .is_ok()
+        );
+        a.write(&BTreeMap::new(), &gone).await.expect("its own");
+        assert!(
+            store
+                .head(&object_store::path::Path::from("a.example/openid/v1/jwks"))
+                .await
+                .is_err()
+        );
+    }
+
+    /// A directory's files are the documents, with nothing else (the
+    /// local store keeps no attributes, and refuses to be given any).
+    #[tokio::test]
+    async fn a_directory_is_written_with_the_documents() {
+        let root = tempfile::tempdir().expect("a temp dir");
+        let settings = Settings {
+            root: Some(root.path().to_owned()),
+            ..Settings::default()
+        };
+        let sink = DirectorySink {
+            path: "prod".into(),
+            public_url: None,
+        };
+        let location = directory_location(&settings, &sink, "ns", "r").expect("a directory");
+        location.write(&documents(), &[]).await.expect("written");
+        let written =
+            std::fs::read_to_string(root.path().join("ns/r/prod/a.example/openid/v1/jwks"))
+                .expect("a file");
+        assert_eq!(written, "{\"keys\":[]}");
     }
 
     #[test]

@@ -114,6 +114,8 @@ impl OidcArgs {
             root: self.publish_root.clone(),
             allowed_hosts: self.publish_hosts.clone(),
             max_age_seconds: self.publish_max_age_seconds,
+            // Set by `run` once the sealing key is loaded.
+            sealer: None,
         };
         Ok((settings, transport))
     }
@@ -204,12 +206,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Served from the start, so standby replicas serve the JWKS too.
     let metrics = Arc::new(crate::serve::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (publish, oidc) = args.oidc.settings()?;
+    let (mut publish, oidc) = args.oidc.settings()?;
+    publish.sealer = Some(sealer.clone());
+    // Both servers serve only what this sealing key sealed, through one cache.
+    let published = crate::serve::Published::new(client.clone(), sealer.clone());
     let oidc_server = oidc.map(|transport| {
         let served = crate::serve::serve_oidc(
             args.oidc.oidc_addr,
             transport,
-            client.clone(),
+            published.clone(),
             publish.cache_control(),
         );
         tokio::spawn(async move {
@@ -223,7 +228,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let server = tokio::spawn(crate::serve::serve(
         args.http_addr,
         metrics.clone(),
-        client.clone(),
+        published,
         ready.clone(),
     ));
     let readiness = tokio::spawn(track_readiness(client.clone(), ready.clone()));

@@ -6,26 +6,41 @@
 //!
 //! The JWKS paths are unauthenticated and the controller reads with its own
 //! credentials, so the path is never trusted: both segments must be names
-//! (else 400, before any API call), and only a ConfigMap ksa published,
-//! labelled for the rotation, is served (else 404).
+//! (else 400, before any API call), and only a ConfigMap whose seal
+//! verifies (`ksa_kube::provenance`: ksa wrote it, for that name, holding
+//! exactly that) is served; any other is a 404 and a warning naming it.
+//! A name or a label proves nothing.
+//!
+//! Nor may a stranger make the controller busy: each ConfigMap read is
+//! reused for [`CACHE_TTL`] by every request (one API request at a time
+//! per ConfigMap, [`MAX_LOOKUPS`] in all), at most [`MAX_IN_FLIGHT`]
+//! document requests are served at once (more get 503), and a client
+//! must send its request's headers within [`HEADER_READ_TIMEOUT`].
+//!
+//! A short-lived cache rather than a watch: a watch of ConfigMaps would
+//! need `list`/`watch` on ConfigMaps in every namespace the endpoint
+//! serves (the controller has only `get`, and only in namespaces bound to
+//! `ksa-controller-rotation`); the cache keeps that grant as it is and
+//! bounds the API requests to one per ConfigMap per [`CACHE_TTL`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::ConfigMap;
 use ksa_core::discovery;
-use ksa_kube::keystore::LABEL_ROTATION;
 use ksa_kube::names::{is_dns1123_label, is_dns1123_subdomain};
+use ksa_kube::provenance::{Kind, Sealer};
 use kube::api::Api;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +48,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::publish;
 
@@ -194,10 +210,167 @@ impl Default for Metrics {
     }
 }
 
+/// How long a read of a published ConfigMap is reused.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// The most ConfigMap reads remembered (names are the requester's choice).
+const MAX_CACHED: usize = 4096;
+/// The most API requests the endpoints make at once.
+const MAX_LOOKUPS: usize = 8;
+/// The most document requests served at once; more are answered 503.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ConfigMaps ksa published, as the endpoints serve them: read through
+/// the API with the controller's credentials, checked against their seal,
+/// and reused for [`CACHE_TTL`].
+#[derive(Clone)]
+pub struct Published(Arc<Cache>);
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Published(..)")
+    }
+}
+
+struct Cache {
+    client: kube::Client,
+    sealer: Sealer,
+    /// One cell per ConfigMap (and kind: endpoint or not): the first
+    /// request reads it, the others wait for that read.
+    entries: std::sync::Mutex<HashMap<CacheKey, Arc<OnceCell<Entry>>>>,
+    lookups: Semaphore,
+}
+
+/// Whether it is an endpoint's ConfigMap, its namespace, its name.
+type CacheKey = (bool, String, String);
+
+#[derive(Clone)]
+struct Entry {
+    at: Instant,
+    found: Found,
+}
+
+/// What a read found.
+#[derive(Clone)]
+enum Found {
+    /// A ConfigMap whose seal verifies: its data.
+    Sealed(Arc<BTreeMap<String, String>>),
+    /// None, or none of ksa's.
+    Absent,
+    /// The API server did not answer.
+    Unavailable,
+}
+
+impl Published {
+    pub fn new(client: kube::Client, sealer: Sealer) -> Published {
+        Published(Arc::new(Cache {
+            client,
+            sealer,
+            entries: std::sync::Mutex::default(),
+            lookups: Semaphore::new(MAX_LOOKUPS),
+        }))
+    }
+
+    /// The data of ConfigMap `name` in `namespace` when ksa sealed it as
+    /// `kind`.
+    async fn data(&self, kind: Kind, namespace: &str, name: &str) -> Found {
+        let key = (
+            kind == Kind::Endpoint,
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        let fresh = |cell: &OnceCell<Entry>| cell.get().is_none_or(|e| e.at.elapsed() < CACHE_TTL);
+        let cell = {
+            let mut entries = self.0.entries.lock().unwrap_or_else(|e| e.into_inner());
+            match entries.get(&key) {
+                Some(cell) if fresh(cell) => cell.clone(),
+                _ => {
+                    if entries.len() >= MAX_CACHED {
+                        entries.retain(|_, cell| fresh(cell));
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    // Full of fresh reads: this one is not remembered.
+                    if entries.len() < MAX_CACHED {
+                        entries.insert(key, cell.clone());
+                    }
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| self.read(kind, namespace, name))
+            .await
+            .found
+            .clone()
+    }
+
+    async fn read(&self, kind: Kind, namespace: &str, name: &str) -> Entry {
+        let _permit = self.0.lookups.acquire().await.ok();
+        let api: Api<ConfigMap> = Api::namespaced(self.0.client.clone(), namespace);
+        let found = match api.get_opt(name).await {
+            Ok(Some(config_map)) => {
+                match self.0.sealer.check_config_map(kind, namespace, &config_map) {
+                    Ok(()) => Found::Sealed(Arc::new(config_map.data.unwrap_or_default())),
+                    Err(refused) => {
+                        // Names the object, never its content.
+                        tracing::warn!(%refused, "not serving a ConfigMap ksa did not write");
+                        Found::Absent
+                    }
+                }
+            }
+            Ok(None) => Found::Absent,
+            // A namespace the controller may not read holds no rotation of its.
+            Err(kube::Error::Api(status)) if status.code == 403 => Found::Absent,
+            Err(error) => {
+                tracing::warn!(%error, "reading a published ConfigMap");
+                Found::Unavailable
+            }
+        };
+        Entry {
+            at: Instant::now(),
+            found,
+        }
+    }
+}
+
+/// Sheds what the endpoints cannot serve now: a request beyond
+/// [`MAX_IN_FLIGHT`] gets 503 at once rather than a place in a queue.
+async fn shed(State(in_flight): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = in_flight.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy",
+        )
+            .into_response();
+    };
+    next.run(request).await
+}
+
+/// A fresh [`shed`] layer: each router limits its own requests.
+macro_rules! shedding {
+    () => {
+        axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(MAX_IN_FLIGHT)), shed)
+    };
+}
+
+/// An HTTP server that gives a client [`HEADER_READ_TIMEOUT`] to send its
+/// request's headers.
+fn with_header_timeout<A>(
+    mut server: axum_server::Server<SocketAddr, A>,
+) -> axum_server::Server<SocketAddr, A> {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    server
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    client: kube::Client,
+    published: Published,
     ready: Arc<AtomicBool>,
 }
 
@@ -205,13 +378,14 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    client: kube::Client,
+    published: Published,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let app = router(metrics, client, ready);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = router(metrics, published, ready);
     tracing::info!(%addr, "serving metrics, health and JWKS");
-    axum::serve(listener, app).await
+    with_header_timeout(axum_server::bind(addr))
+        .serve(app.into_make_service())
+        .await
 }
 
 /// How the OIDC endpoint is served: over HTTPS with a certificate and key
@@ -231,15 +405,16 @@ const CERT_RELOAD_PERIOD: Duration = Duration::from_secs(10);
 pub async fn serve_oidc(
     addr: SocketAddr,
     transport: OidcTransport,
-    client: kube::Client,
+    published: Published,
     cache_control: String,
 ) -> std::io::Result<()> {
-    let app = oidc_router(client, cache_control);
+    let app = oidc_router(published, cache_control);
     match transport {
         OidcTransport::InsecureHttp => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, "serving OIDC discovery over plain HTTP");
-            axum::serve(listener, app).await
+            with_header_timeout(axum_server::bind(addr))
+                .serve(app.into_make_service())
+                .await
         }
         OidcTransport::Https { cert, key } => {
             // The process's provider, unless one is installed already.
@@ -247,7 +422,7 @@ pub async fn serve_oidc(
             let config = RustlsConfig::from_pem_file(&cert, &key).await?;
             tokio::spawn(reload_certificate(config.clone(), cert, key));
             tracing::info!(%addr, "serving OIDC discovery over HTTPS");
-            axum_server::bind_rustls(addr, config)
+            with_header_timeout(axum_server::bind_rustls(addr, config))
                 .serve(app.into_make_service())
                 .await
         }
@@ -280,20 +455,21 @@ async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
     }
 }
 
-/// The OIDC endpoint's routes, reading ConfigMaps through `client`, every
+/// The OIDC endpoint's routes, serving what `published` holds, every
 /// document served with `cache_control`.
-pub fn oidc_router(client: kube::Client, cache_control: String) -> Router {
+pub fn oidc_router(published: Published, cache_control: String) -> Router {
     Router::new()
         .route("/{namespace}/{name}/{*path}", get(oidc_document))
+        .route_layer(shedding!())
         .with_state(OidcState {
-            client,
+            published,
             cache_control,
         })
 }
 
 #[derive(Clone)]
 struct OidcState {
-    client: kube::Client,
+    published: Published,
     cache_control: String,
 }
 
@@ -302,7 +478,7 @@ struct OidcState {
 /// `Cache-Control` and conditional GET.
 async fn oidc_document(
     State(OidcState {
-        client,
+        published,
         cache_control,
     }): State<OidcState>,
     Path((namespace, name, path)): Path<(String, String, String)>,
@@ -312,24 +488,17 @@ async fn oidc_document(
         return (StatusCode::BAD_REQUEST, bad.to_string()).into_response();
     }
     let not_found = || (StatusCode::NOT_FOUND, "not published").into_response();
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let config_map = match api.get_opt(&publish::endpoint_config_map(&name)).await {
-        Ok(Some(config_map)) if published_by_ksa(&config_map, &name) => config_map,
-        Ok(_) => return not_found(),
-        Err(kube::Error::Api(status)) if status.code == 403 => return not_found(),
-        Err(error) => {
-            tracing::warn!(%error, "reading the OIDC ConfigMap");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the API server is unavailable",
-            )
-                .into_response();
-        }
+    let config_map = publish::endpoint_config_map(&name);
+    let data = match published
+        .data(Kind::Endpoint, &namespace, &config_map)
+        .await
+    {
+        Found::Sealed(data) => data,
+        Found::Absent => return not_found(),
+        Found::Unavailable => return unavailable(),
     };
-    let documents: BTreeMap<String, String> = config_map
-        .data
-        .as_ref()
-        .and_then(|data| data.get(publish::DOCUMENTS_KEY))
+    let documents: BTreeMap<String, String> = data
+        .get(publish::DOCUMENTS_KEY)
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
     let Some(body) = documents.get(&path) else {
@@ -371,16 +540,25 @@ fn entity_tag(body: &str) -> String {
     format!("\"{hex}\"")
 }
 
-/// Every endpoint, reading ConfigMaps through `client`.
-pub fn router(metrics: Arc<Metrics>, client: kube::Client, ready: Arc<AtomicBool>) -> Router {
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the API server is unavailable",
+    )
+        .into_response()
+}
+
+/// Every endpoint, serving what `published` holds.
+pub fn router(metrics: Arc<Metrics>, published: Published, ready: Arc<AtomicBool>) -> Router {
     Router::new()
+        .route("/jwks/{namespace}/{name}", get(jwks))
+        .route_layer(shedding!())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/jwks/{namespace}/{name}", get(jwks))
         .with_state(AppState {
             metrics,
-            client,
+            published,
             ready,
         })
 }
@@ -411,19 +589,6 @@ pub fn jwks_config_map(namespace: &str, name: &str) -> Result<String, BadJwksPat
         return Err(BadJwksPath::Name);
     }
     Ok(format!("{name}-jwks"))
-}
-
-/// Whether ksa published this ConfigMap for rotation `name`: it carries
-/// `ksa.dev/rotation: <name>`, as every version of ksa has written it (so
-/// an upgrade serves what an older version published; new ones also carry
-/// `app.kubernetes.io/managed-by: ksa`).
-pub fn published_by_ksa(config_map: &ConfigMap, name: &str) -> bool {
-    config_map
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|labels| labels.get(LABEL_ROTATION))
-        .is_some_and(|rotation| rotation == name)
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -460,36 +625,27 @@ async fn published(
         Ok(config_map_name) => config_map_name,
         Err(bad) => return (StatusCode::BAD_REQUEST, bad.to_string()).into_response(),
     };
-    let not_found = || (StatusCode::NOT_FOUND, "no such rotation").into_response();
-    let api: Api<ConfigMap> = Api::namespaced(state.client.clone(), namespace);
-    match api.get_opt(&config_map_name).await {
-        Ok(Some(config_map)) if published_by_ksa(&config_map, name) => {
-            match config_map.data.and_then(|mut d| d.remove(key)) {
-                Some(body) => (
-                    [
-                        (header::CONTENT_TYPE, content_type.to_owned()),
-                        (
-                            header::CACHE_CONTROL,
-                            format!("public, max-age={JWKS_MAX_AGE_SECONDS}"),
-                        ),
-                    ],
-                    body,
-                )
-                    .into_response(),
-                None => (StatusCode::NOT_FOUND, "not published yet").into_response(),
-            }
-        }
-        Ok(_) => not_found(),
-        // A namespace the controller may not read holds no rotation of its.
-        Err(kube::Error::Api(status)) if status.code == 403 => not_found(),
-        Err(error) => {
-            tracing::warn!(%error, "reading the JWKS ConfigMap");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the API server is unavailable",
+    match state
+        .published
+        .data(Kind::Jwks, namespace, &config_map_name)
+        .await
+    {
+        Found::Sealed(data) => match data.get(key).cloned() {
+            Some(body) => (
+                [
+                    (header::CONTENT_TYPE, content_type.to_owned()),
+                    (
+                        header::CACHE_CONTROL,
+                        format!("public, max-age={JWKS_MAX_AGE_SECONDS}"),
+                    ),
+                ],
+                body,
             )
-                .into_response()
-        }
+                .into_response(),
+            None => (StatusCode::NOT_FOUND, "not published yet").into_response(),
+        },
+        Found::Absent => (StatusCode::NOT_FOUND, "no such rotation").into_response(),
+        Found::Unavailable => unavailable(),
     }
 }
 
@@ -516,11 +672,25 @@ mod tests {
 
     use super::*;
 
+    fn sealer() -> Sealer {
+        Sealer::from_bytes(&[7; 32]).expect("32 bytes")
+    }
+
+    /// `config_map` (JSON), sealed as `kind` in `ns` under the name `as_name`.
+    fn sealed(kind: Kind, as_name: &str, config_map: serde_json::Value) -> serde_json::Value {
+        let mut config_map: ConfigMap = serde_json::from_value(config_map).expect("a ConfigMap");
+        let name = config_map.metadata.name.replace(as_name.to_owned());
+        sealer().seal_config_map(kind, "ns", &mut config_map);
+        config_map.metadata.name = name;
+        serde_json::to_value(config_map).expect("JSON")
+    }
+
     /// A fake API server that records every path it is asked for and
-    /// answers ConfigMaps `ns/good-jwks` (published by ksa) and
-    /// `ns/decoy-jwks` (labelled for another rotation); 404 for anything
-    /// else.
-    fn api_server() -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+    /// answers ConfigMaps `ns/good-jwks` and `ns/good-oidc` (sealed by
+    /// ksa), `ns/decoy-*` (labelled for `good`, unsealed or with the seal
+    /// of `good-jwks`) and `ns/forged-*` (hand-made, with an ATTACKER
+    /// kid); 404 for anything else.
+    fn api_server() -> (Published, Arc<Mutex<Vec<String>>>) {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
@@ -528,10 +698,10 @@ mod tests {
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(path.clone());
-            let config_map = |labels: serde_json::Value| {
+            let config_map = |name: &str, labels: serde_json::Value| {
                 serde_json::json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "x", "namespace": "ns", "labels": labels},
+                    "metadata": {"name": name, "namespace": "ns", "labels": labels},
                     "data": {"jwks.json": "{\"keys\":[]}"},
                 })
             };
@@ -542,12 +712,16 @@ mod tests {
             let (status, body) = match path.as_str() {
                 "/api/v1/namespaces/ns/configmaps/good-oidc" => (
                     200,
-                    serde_json::json!({
-                        "apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": "good-oidc", "namespace": "ns",
-                            "labels": {"ksa.dev/rotation": "good"}},
-                        "data": {"documents.json": documents.to_string()},
-                    }),
+                    sealed(
+                        Kind::Endpoint,
+                        "good-oidc",
+                        serde_json::json!({
+                            "apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "good-oidc", "namespace": "ns",
+                                "labels": {"ksa.dev/rotation": "good"}},
+                            "data": {"documents.json": documents.to_string()},
+                        }),
+                    ),
                 ),
                 "/api/v1/namespaces/ns/configmaps/decoy-oidc" => (
                     200,
@@ -560,17 +734,55 @@ mod tests {
                 ),
                 "/api/v1/namespaces/ns/configmaps/good-jwks" => (
                     200,
-                    config_map(serde_json::json!({
-                        "app.kubernetes.io/managed-by": "ksa",
-                        "ksa.dev/rotation": "good",
-                    })),
+                    sealed(
+                        Kind::Jwks,
+                        "good-jwks",
+                        config_map(
+                            "good-jwks",
+                            serde_json::json!({
+                                "app.kubernetes.io/managed-by": "ksa",
+                                "ksa.dev/rotation": "good",
+                            }),
+                        ),
+                    ),
                 ),
+                "/api/v1/namespaces/ns/configmaps/forged-jwks" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "forged-jwks", "namespace": "ns",
+                            "labels": {"app.kubernetes.io/managed-by": "ksa",
+                                "ksa.dev/rotation": "forged"}},
+                        "data": {"jwks.json": "{\"keys\":[{\"kid\":\"ATTACKER\"}]}"},
+                    }),
+                ),
+                "/api/v1/namespaces/ns/configmaps/forged-oidc" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "forged-oidc", "namespace": "ns",
+                            "labels": {"ksa.dev/rotation": "forged"}},
+                        "data": {"documents.json": serde_json::json!({
+                            "a.example/.well-known/openid-configuration":
+                                "{\"issuer\":\"https://a.example\",\"jwks_uri\":\"https://evil.example/jwks\"}",
+                            "a.example/openid/v1/jwks": "{\"keys\":[{\"kid\":\"ATTACKER\"}]}",
+                        }).to_string()},
+                    }),
+                ),
+                // The seal of good-jwks, copied.
                 "/api/v1/namespaces/ns/configmaps/decoy-jwks" => (
                     200,
-                    config_map(serde_json::json!({
-                        "app.kubernetes.io/managed-by": "ksa",
-                        "ksa.dev/rotation": "good",
-                    })),
+                    sealed(
+                        Kind::Jwks,
+                        "good-jwks",
+                        config_map(
+                            "decoy-jwks",
+                            serde_json::json!({
+                                "app.kubernetes.io/managed-by": "ksa",
+                                "ksa.dev/rotation": "good",
+                            }),
+                        ),
+                    ),
                 ),
                 _ => (
                     404,
@@ -590,13 +802,14 @@ mod tests {
                 )
             }
         });
-        (kube::Client::new(service, "default"), asked)
+        let client = kube::Client::new(service, "default");
+        (Published::new(client, sealer()), asked)
     }
 
-    async fn status_of(client: &kube::Client, path: &str) -> (StatusCode, String) {
+    async fn status_of(published: &Published, path: &str) -> (StatusCode, String) {
         let app = router(
             Arc::new(Metrics::default()),
-            client.clone(),
+            published.clone(),
             Arc::new(AtomicBool::new(true)),
         );
         let request = http::Request::get(path).body(Body::empty()).expect("works");
@@ -610,7 +823,7 @@ mod tests {
 
     #[tokio::test]
     async fn paths_that_are_not_names_are_refused_before_any_api_call() {
-        let (client, asked) = api_server();
+        let (published, asked) = api_server();
         let long_namespace = format!("/jwks/{}/good", "a".repeat(64));
         let long_name = format!("/jwks/ns/{}", "a".repeat(249));
         for path in [
@@ -631,7 +844,7 @@ mod tests {
             &long_namespace,
             &long_name,
         ] {
-            let (status, body) = status_of(&client, path).await;
+            let (status, body) = status_of(&published, path).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
             assert!(!body.contains("secrets"), "{path}: the body echoes: {body}");
         }
@@ -644,15 +857,15 @@ mod tests {
 
     #[tokio::test]
     async fn only_configmaps_ksa_published_are_served() {
-        let (client, asked) = api_server();
-        let (status, body) = status_of(&client, "/jwks/ns/good").await;
+        let (published, asked) = api_server();
+        let (status, body) = status_of(&published, "/jwks/ns/good").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "{\"keys\":[]}"));
-        let (status, _) = status_of(&client, "/jwks/ns/decoy").await;
+        let (status, _) = status_of(&published, "/jwks/ns/decoy").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        let (status, _) = status_of(&client, "/jwks/ns/absent").await;
+        let (status, _) = status_of(&published, "/jwks/ns/absent").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let longest = format!("/jwks/ns/{}", "a".repeat(248));
-        let (status, _) = status_of(&client, &longest).await;
+        let (status, _) = status_of(&published, &longest).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             asked.lock().expect("works").as_slice(),
@@ -666,7 +879,7 @@ mod tests {
     }
 
     async fn oidc_get(
-        client: &kube::Client,
+        published: &Published,
         path: &str,
         if_none_match: Option<&str>,
     ) -> (StatusCode, HeaderMap, String) {
@@ -674,7 +887,7 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header("if-none-match", tag);
         }
-        let response = oidc_router(client.clone(), "public, max-age=60".to_owned())
+        let response = oidc_router(published.clone(), "public, max-age=60".to_owned())
             .oneshot(request.body(Body::empty()).expect("works"))
             .await
             .expect("works");
@@ -687,21 +900,21 @@ mod tests {
 
     #[tokio::test]
     async fn oidc_documents_are_served_with_cache_headers_and_conditional_get() {
-        let (client, asked) = api_server();
+        let (published, asked) = api_server();
         let path = "/ns/good/a.example/openid/v1/jwks";
-        let (status, headers, body) = oidc_get(&client, path, None).await;
+        let (status, headers, body) = oidc_get(&published, path, None).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "{\"keys\":[]}"));
         assert_eq!(headers["content-type"], "application/jwk-set+json");
         assert_eq!(headers["cache-control"], "public, max-age=60");
         let etag = headers["etag"].to_str().expect("ascii").to_owned();
         assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
-        let (status, headers, body) = oidc_get(&client, path, Some(&etag)).await;
+        let (status, headers, body) = oidc_get(&published, path, Some(&etag)).await;
         assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
         assert_eq!(headers["etag"], etag.as_str());
-        let (status, _, _) = oidc_get(&client, path, Some("\"other\"")).await;
+        let (status, _, _) = oidc_get(&published, path, Some("\"other\"")).await;
         assert_eq!(status, StatusCode::OK);
         let discovery = "/ns/good/a.example/.well-known/openid-configuration";
-        let (status, headers, _) = oidc_get(&client, discovery, None).await;
+        let (status, headers, _) = oidc_get(&published, discovery, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["content-type"], "application/json");
         // Only the exact paths published; only ConfigMaps ksa published.
@@ -711,7 +924,7 @@ mod tests {
             "/ns/good/documents.json",
             "/ns/decoy/a.example/openid/v1/jwks",
         ] {
-            let (status, _, _) = oidc_get(&client, absent, None).await;
+            let (status, _, _) = oidc_get(&published, absent, None).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{absent}");
         }
         asked.lock().expect("works").clear();
@@ -721,10 +934,122 @@ mod tests {
             "/ns/%2E%2E/x",
             "/ns/good%3Fwatch=true/x",
         ] {
-            let (status, _, _) = oidc_get(&client, hostile, None).await;
+            let (status, _, _) = oidc_get(&published, hostile, None).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
         }
         assert!(asked.lock().expect("works").is_empty(), "no API request");
+    }
+
+    /// Issue 29, finding 2: a hand-made ConfigMap with the right name and
+    /// label is never served.
+    #[tokio::test]
+    async fn a_forged_config_map_is_never_served() {
+        let (published, _) = api_server();
+        let (status, body) = status_of(&published, "/jwks/ns/forged").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(!body.contains("ATTACKER"));
+        for path in [
+            "/ns/forged/a.example/openid/v1/jwks",
+            "/ns/forged/a.example/.well-known/openid-configuration",
+        ] {
+            let (status, _, body) = oidc_get(&published, path, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            assert!(!body.contains("ATTACKER") && !body.contains("evil"));
+        }
+    }
+
+    /// Issue 29, finding 5: many requests for a rotation's documents make
+    /// at most one API request.
+    #[tokio::test]
+    async fn many_requests_make_at_most_one_api_request() {
+        let (published, asked) = api_server();
+        let app = oidc_router(published.clone(), "public".to_owned());
+        let requests = (0..52).map(|_| {
+            let app = app.clone();
+            async move {
+                let request = http::Request::get("/ns/good/a.example/openid/v1/jwks")
+                    .body(Body::empty())
+                    .expect("works");
+                app.oneshot(request).await.expect("works").status()
+            }
+        });
+        let statuses = futures::future::join_all(requests).await;
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+        let jwks = router(
+            Arc::new(Metrics::default()),
+            published.clone(),
+            Arc::new(AtomicBool::new(true)),
+        );
+        for _ in 0..20 {
+            let request = http::Request::get("/jwks/ns/good")
+                .body(Body::empty())
+                .expect("works");
+            jwks.clone().oneshot(request).await.expect("works");
+        }
+        let asked = asked.lock().expect("works").clone();
+        assert_eq!(
+            asked,
+            [
+                "/api/v1/namespaces/ns/configmaps/good-oidc".to_owned(),
+                "/api/v1/namespaces/ns/configmaps/good-jwks".to_owned(),
+            ]
+        );
+    }
+
+    /// Beyond the limit, a request is answered 503 at once.
+    #[tokio::test]
+    async fn requests_beyond_the_limit_are_shed() {
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                Arc::new(Semaphore::new(0)),
+                shed,
+            ));
+        let request = http::Request::get("/").body(Body::empty()).expect("works");
+        let response = app.oneshot(request).await.expect("works");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// A client that never finishes its headers is cut off.
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (published, _) = api_server();
+        let addr = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            socket.local_addr().expect("an address")
+        };
+        let server = tokio::spawn(serve_oidc(
+            addr,
+            OidcTransport::InsecureHttp,
+            published,
+            "public".into(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut socket = loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(socket) => break socket,
+                Err(error) => {
+                    assert!(std::time::Instant::now() < deadline, "{error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        socket
+            .write_all(b"GET /ns/good/x HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("written");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            HEADER_READ_TIMEOUT + Duration::from_secs(5),
+            socket.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(read.is_ok(), "the connection was kept open");
+        server.abort();
     }
 
     /// A self-signed certificate for 127.0.0.1: (certificate, key) PEM.
@@ -739,7 +1064,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_oidc_endpoint_reloads_its_certificate_when_the_files_change() {
-        let (client, _) = api_server();
+        let (published, _) = api_server();
         let dir = tempfile::tempdir().expect("a temp dir");
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let (first_cert, first_key) = self_signed();
@@ -753,7 +1078,7 @@ mod tests {
             cert: cert.clone(),
             key: key.clone(),
         };
-        let server = tokio::spawn(serve_oidc(addr, transport, client, "public".into()));
+        let server = tokio::spawn(serve_oidc(addr, transport, published, "public".into()));
         // A client that trusts only `cert_pem`: it connects exactly when the
         // endpoint presents that certificate.
         let connects = async |cert_pem: &str| {
