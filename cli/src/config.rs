@@ -149,7 +149,11 @@ struct RawPublish {
 
 const PUBLISH_KEYS: &[&str] = &["s3", "directory"];
 
-/// A sink of `publish`: every field is text.
+/// A sink of `publish`: every field is text. Its keys are the CRD's own
+/// (`publicUrl`, not `publicURL`): the section is `spec.publish` as the
+/// cluster stores it, so a key copied from either place means the same,
+/// and the old spelling `publicURL` is refused as an unknown key that
+/// names `publicUrl` (a warning would go unseen: the CLI logs errors only).
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
 struct RawSink(BTreeMap<String, Written>);
@@ -159,11 +163,11 @@ const S3_KEYS: &[&str] = &[
     "region",
     "bucket",
     "prefix",
-    "publicURL",
+    "publicUrl",
     "credentialsSecret",
     "caBundle",
 ];
-const DIRECTORY_KEYS: &[&str] = &["path", "publicURL"];
+const DIRECTORY_KEYS: &[&str] = &["path", "publicUrl"];
 
 const SECTION_KEYS: &[&str] = &[
     "namespace",
@@ -369,7 +373,7 @@ impl UserClusterConfig {
             Shaped::Other(other) => return Err(not_a_mapping(other.kind())),
         };
         for key in root.gkectl.keys() {
-            tracing::debug!(field = key, "ignoring user cluster config field");
+            tracing::debug!(field = %crate::output::shown(key), "ignoring user cluster config field");
         }
         let name = string(root.name.as_ref(), "name")?.ok_or(ConfigError::Missing {
             field: "name".into(),
@@ -603,7 +607,7 @@ fn publish_spec(raw: Option<Shaped<RawPublish>>) -> Result<PublishSpec, ConfigEr
             region: optional(&v, "region").unwrap_or_else(|| "us-east-1".into()),
             bucket: required(&v, "s3", "bucket")?,
             prefix: optional(&v, "prefix"),
-            public_url: optional(&v, "publicURL"),
+            public_url: optional(&v, "publicUrl"),
             credentials_secret: required(&v, "s3", "credentialsSecret")?,
             ca_bundle: optional(&v, "caBundle"),
         }),
@@ -612,7 +616,7 @@ fn publish_spec(raw: Option<Shaped<RawPublish>>) -> Result<PublishSpec, ConfigEr
         None => None,
         Some(v) => Some(DirectorySink {
             path: required(&v, "directory", "path")?,
-            public_url: optional(&v, "publicURL"),
+            public_url: optional(&v, "publicUrl"),
         }),
     };
     Ok(PublishSpec { s3, directory })
@@ -636,7 +640,8 @@ fn mapping<T>(
 }
 
 /// Refuses the first key of `section` that is not one of `known`, naming
-/// the nearest known key.
+/// the nearest known key. The key is the file's, so it is shown escaped
+/// (an ESC or a newline in it never reaches the terminal as such).
 fn known_keys(
     unknown: &BTreeMap<String, IgnoredAny>,
     section: &str,
@@ -645,7 +650,7 @@ fn known_keys(
     match unknown.keys().next() {
         None => Ok(()),
         Some(key) => Err(ConfigError::UnknownKey {
-            field: format!("{section}.{key}"),
+            field: format!("{section}.{}", crate::output::shown(key)),
             suggestion: nearest(key, known),
             known,
         }),

@@ -15,8 +15,11 @@
 //! - a Node write may only cordon it, and a Node may only be deleted once
 //!   cordoned (recreate-nodes).
 //!
-//! Each policy matches only requests from the controller's user name, so it
-//! costs nothing for anyone else's writes. `failurePolicy: Fail`: a policy
+//! Each of these matches only requests from the controller's user name, so
+//! it costs nothing for anyone else's writes. One more holds everyone: only
+//! a cluster administrator (RBAC: [`EXEMPT_VERB`] on [`EXEMPT_RESOURCE`])
+//! may put [`ROTATION_NAMESPACE_LABEL`] on a namespace, so a tenant who may
+//! create namespaces cannot exempt one. `failurePolicy: Fail`: a policy
 //! that cannot be evaluated denies.
 
 use std::collections::BTreeMap;
@@ -34,9 +37,22 @@ use kube::api::ObjectMeta;
 /// KSASigningKeyRotations (`kubectl label namespace NS
 /// ksa.dev/rotations=enabled`). There the controller keeps its own key
 /// Secrets, ConfigMaps and Leases and rolls the API server workload, so the
-/// policies below do not apply; everywhere else they do. Labelling a
-/// namespace takes cluster-wide rights, which no namespace tenant has.
+/// policies below do not apply; everywhere else they do.
+///
+/// Whoever may create a namespace may label it, so the label alone would
+/// let a tenant exempt their own namespace. The guard
+/// `ksa-controller-namespace-labels` therefore lets only a user allowed
+/// [`EXEMPT_VERB`] on [`EXEMPT_RESOURCE`] of group `ksa.dev` (cluster-wide;
+/// a cluster administrator is) create a namespace with this label or set,
+/// change or remove it.
 pub const ROTATION_NAMESPACE_LABEL: &str = "ksa.dev/rotations";
+
+/// The permission (checked cluster-wide, with the namespace's name) that
+/// setting [`ROTATION_NAMESPACE_LABEL`] takes: `label` on
+/// `rotationnamespaces.ksa.dev`. RBAC grants it to cluster administrators
+/// (`*`) and to whoever an operator gives a ClusterRole with that rule.
+pub const EXEMPT_RESOURCE: &str = "rotationnamespaces";
+pub const EXEMPT_VERB: &str = "label";
 
 /// One guard: a policy and the binding that enforces it (`Deny`).
 #[derive(Clone, Debug)]
@@ -51,13 +67,65 @@ pub fn guards(user: &str) -> Vec<Guard> {
     let mut guards = vec![secret_guard(user)];
     guards.extend(WORKLOADS.iter().map(|w| workload_guard(user, w)));
     guards.push(node_guard(user));
+    guards.push(namespace_label_guard());
     guards
+}
+
+/// Only a user allowed [`EXEMPT_VERB`] on [`EXEMPT_RESOURCE`] may put
+/// [`ROTATION_NAMESPACE_LABEL`] on a namespace (at creation or later), or
+/// change or remove it: the label exempts the namespace from the guards
+/// above, and a tenant who may create namespaces may not exempt one.
+/// Matches every user, and no namespace selector: for a Namespace the
+/// selector would read the object's own labels, so a labelled namespace
+/// would exempt itself.
+fn namespace_label_guard() -> Guard {
+    let label = cel_string(ROTATION_NAMESPACE_LABEL);
+    let expression = format!(
+        "(request.operation == 'CREATE' \
+         ? object.metadata.?labels[?{label}] == optional.none() \
+         : object.metadata.?labels[?{label}] == oldObject.metadata.?labels[?{label}]) \
+         || authorizer.group('ksa.dev').resource({resource}).name(object.metadata.name).check({verb}).allowed()",
+        resource = cel_string(EXEMPT_RESOURCE),
+        verb = cel_string(EXEMPT_VERB),
+    );
+    let mut guard = guard(
+        "ksa-controller-namespace-labels",
+        None,
+        // Labels can change through the status and finalize subresources
+        // too.
+        NamedRuleWithOperations {
+            resources: Some(
+                ["namespaces", "namespaces/status", "namespaces/finalize"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            ..rule("", "namespaces", &["CREATE", "UPDATE"])
+        },
+        vec![check(
+            &expression,
+            &format!(
+                "only a cluster administrator may set, change or remove the label \
+                 {ROTATION_NAMESPACE_LABEL} of a namespace: it exempts the namespace from \
+                 ksa's admission guards (RBAC: verb {EXEMPT_VERB} on resource \
+                 {EXEMPT_RESOURCE} of group ksa.dev); create the namespace without it"
+            ),
+        )],
+    );
+    if let Some(constraints) = guard
+        .policy
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.match_constraints.as_mut())
+    {
+        constraints.namespace_selector = None;
+    }
+    guard
 }
 
 fn secret_guard(user: &str) -> Guard {
     let mut secrets = guard(
         "ksa-controller-secret-writes",
-        user,
+        Some(user),
         rule("", "secrets", &["CREATE", "UPDATE", "DELETE"]),
         vec![
             only_updates("Secrets"),
@@ -168,7 +236,7 @@ fn workload_guard(user: &str, workload: &Workload) -> Guard {
     let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
     guard(
         &format!("ksa-controller-{}-writes", workload.resource),
-        user,
+        Some(user),
         rule("apps", workload.resource, &["CREATE", "UPDATE", "DELETE"]),
         vec![
             only_updates(workload.kind),
@@ -188,9 +256,16 @@ fn workload_guard(user: &str, workload: &Workload) -> Guard {
                 &all_same(&spec),
                 "ksa-controller may not change a workload's spec outside its pod template",
             ),
+            // The workload controllers copy a template's finalizers to
+            // every pod they create (a pod that never goes away).
             check(
-                &all_same(&["spec.template.spec", "spec.template.metadata.?labels"]),
-                "ksa-controller may not change a workload's pod spec or pod labels",
+                &all_same(&[
+                    "spec.template.spec",
+                    "spec.template.metadata.?labels",
+                    "spec.template.metadata.?finalizers",
+                    "spec.template.metadata.?ownerReferences",
+                ]),
+                "ksa-controller may not change a workload's pod spec, or its pod template's labels, finalizers or owners",
             ),
             check(
                 &unchanged_except("spec.template.metadata.annotations", &[RESTART_ANNOTATION]),
@@ -205,7 +280,7 @@ fn workload_guard(user: &str, workload: &Workload) -> Guard {
 fn node_guard(user: &str) -> Guard {
     guard(
         "ksa-controller-node-writes",
-        user,
+        Some(user),
         rule("", "nodes", &["CREATE", "UPDATE", "DELETE"]),
         vec![
             check(
@@ -237,7 +312,14 @@ fn node_guard(user: &str) -> Guard {
     )
 }
 
-fn guard(name: &str, user: &str, rule: NamedRuleWithOperations, checks: Vec<Validation>) -> Guard {
+/// A guard named `name` over `rule`: for requests made as `user` only
+/// (all users when `None`), outside the namespaces that hold rotations.
+fn guard(
+    name: &str,
+    user: Option<&str>,
+    rule: NamedRuleWithOperations,
+    checks: Vec<Validation>,
+) -> Guard {
     let meta = ObjectMeta {
         name: Some(name.to_owned()),
         labels: Some(BTreeMap::from([(
@@ -265,10 +347,12 @@ fn guard(name: &str, user: &str, rule: NamedRuleWithOperations, checks: Vec<Vali
                 resource_rules: Some(vec![rule]),
                 ..MatchResources::default()
             }),
-            match_conditions: Some(vec![MatchCondition {
-                name: "ksa-controller".to_owned(),
-                expression: format!("request.userInfo.username == {}", cel_string(user)),
-            }]),
+            match_conditions: user.map(|user| {
+                vec![MatchCondition {
+                    name: "ksa-controller".to_owned(),
+                    expression: format!("request.userInfo.username == {}", cel_string(user)),
+                }]
+            }),
             validations: Some(checks),
             ..ValidatingAdmissionPolicySpec::default()
         }),
@@ -365,17 +449,30 @@ mod tests {
     }
 
     #[test]
-    fn every_guard_matches_only_the_controller_and_denies() {
+    fn every_guard_but_the_label_guard_matches_only_the_controller_and_all_deny() {
         let guards = guards("system:serviceaccount:ksa-system:ksa-controller");
-        assert_eq!(guards.len(), 5);
+        assert_eq!(guards.len(), 6);
         for guard in guards {
+            let name = guard.policy.metadata.name.clone().unwrap_or_default();
             let spec = guard.policy.spec.unwrap_or_default();
             assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
             let conditions = spec.match_conditions.unwrap_or_default();
-            assert_eq!(
-                conditions[0].expression,
-                "request.userInfo.username == 'system:serviceaccount:ksa-system:ksa-controller'"
-            );
+            let selector = spec
+                .match_constraints
+                .unwrap_or_default()
+                .namespace_selector;
+            if name == "ksa-controller-namespace-labels" {
+                // Everyone, and every namespace (a selector would read the
+                // labels of the namespace being written).
+                assert!(conditions.is_empty(), "{conditions:?}");
+                assert_eq!(selector, None);
+            } else {
+                assert_eq!(
+                    conditions[0].expression,
+                    "request.userInfo.username == 'system:serviceaccount:ksa-system:ksa-controller'"
+                );
+                assert!(selector.is_some(), "{name}");
+            }
             let binding = guard.binding.spec.unwrap_or_default();
             assert_eq!(binding.policy_name, guard.policy.metadata.name);
             assert_eq!(binding.validation_actions, Some(vec!["Deny".to_owned()]));

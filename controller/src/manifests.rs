@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -240,15 +240,23 @@ pub fn role_binding(role: &str, namespace: &str, subject: Subject) -> RoleBindin
     }
 }
 
-/// What `ksa-controller signer --secret` needs: to read and watch the key
-/// Secret. Bind it with a RoleBinding in the namespace of that Secret only.
-pub fn signer_cluster_role() -> ClusterRole {
-    ClusterRole {
+/// What `ksa-controller signer --secret NAMESPACE/SECRET` needs: to read
+/// and watch that one Secret, a Role in its namespace (the namespace is
+/// left to whoever creates it). Its rule names the Secret: the signer's
+/// watch selects it by `metadata.name`, so its list and watch are requests
+/// for that name, which such a rule allows; no other Secret is readable.
+pub fn signer_role(secret: &str) -> Role {
+    let mut rule = rule(&[""], &["secrets"], &["get", "list", "watch"]);
+    rule.resource_names = Some(vec![secret.to_owned()]);
+    Role {
         metadata: meta(SIGNER, None),
-        rules: Some(vec![rule(&[""], &["secrets"], &["get", "list", "watch"])]),
-        ..ClusterRole::default()
+        rules: Some(vec![rule]),
     }
 }
+
+/// The key Secret `deploy/signer-rbac.yaml` names, to be replaced by the
+/// real one: not a valid name, so an unedited Role allows nothing.
+pub const SIGNER_SECRET_PLACEHOLDER: &str = "ROTATION-apiserver-keys";
 
 /// The signer's identity.
 pub const SIGNER: &str = "ksa-signer";
@@ -527,8 +535,12 @@ pub fn render() -> BTreeMap<&'static str, String> {
         (
             "signer-rbac.yaml",
             format!(
-                "{header}# Bind with a RoleBinding in the namespace of the key Secret the signer reads.\n{}",
-                cluster_role_yaml(&signer_cluster_role())
+                "{header}# The signer may read its key Secret only. Replace {placeholder} by that Secret's\n\
+                 # name (NAME-apiserver-keys of the rotation NAME, or its keySecret), then apply it in\n\
+                 # the Secret's namespace and bind it there:\n\
+                 # kubectl apply -n <namespace> -f signer-rbac.yaml\n{}",
+                yaml(("Role", RBAC), &signer_role(SIGNER_SECRET_PLACEHOLDER)),
+                placeholder = SIGNER_SECRET_PLACEHOLDER,
             ),
         ),
     ])
@@ -617,6 +629,36 @@ mod tests {
             }
         }
         failures
+    }
+
+    /// The signer reads one Secret: every rule of `deploy/signer-rbac.yaml`
+    /// names the Secrets it allows (a rule without `resourceNames` allows
+    /// every Secret of the namespace it is bound in).
+    #[test]
+    fn the_signer_may_read_its_key_secret_only() {
+        let file = super::render()["signer-rbac.yaml"].clone();
+        let mut rules = 0;
+        for document in serde_yaml::Deserializer::from_str(&file) {
+            let object: serde_json::Value =
+                serde::Deserialize::deserialize(document).expect("YAML");
+            for rule in object["rules"].as_array().into_iter().flatten() {
+                rules += 1;
+                let names = rule["resourceNames"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                assert_eq!(names.len(), 1, "{rule}");
+                assert_eq!(rule["resources"], serde_json::json!(["secrets"]), "{rule}");
+            }
+        }
+        assert_eq!(rules, 1, "{file}");
+        let role = super::signer_role("c1-apiserver-keys");
+        let rule = &role.rules.unwrap_or_default()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["c1-apiserver-keys".to_owned()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
     }
 
     #[test]

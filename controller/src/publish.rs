@@ -910,7 +910,7 @@ async fn bucket(
         }
     };
     let public_url = s3.public_url.clone().unwrap_or(default_public);
-    allowed_url(settings, "spec.publish.s3.publicURL", &public_url)?;
+    allowed_url(settings, "spec.publish.s3.publicUrl", &public_url)?;
     let public_url = public_url.trim_end_matches('/').to_owned();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let missing = || PublishError::Credentials {
@@ -1017,7 +1017,7 @@ fn directory_location(
     }
     let public_url = match &directory.public_url {
         Some(url) => {
-            allowed_url(settings, "spec.publish.directory.publicURL", url)?;
+            allowed_url(settings, "spec.publish.directory.publicUrl", url)?;
             Some(url.trim_end_matches('/').to_owned())
         }
         None => None,

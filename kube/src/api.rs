@@ -101,7 +101,7 @@ impl PublishSpec {
 
 /// An S3-compatible bucket (what self-hosted IRSA-style issuers use). The
 /// controller writes with the credentials of `credentialsSecret` and
-/// confirms by reading `publicURL` with none.
+/// confirms by reading `publicUrl` with none.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Sink {

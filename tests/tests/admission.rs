@@ -14,7 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::KeySpec;
 use ksa_kube::refresh::RESTART_ANNOTATION;
@@ -275,6 +276,42 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
         .await?,
         Answer::Guarded,
     );
+    // A restart changes one annotation: a template finalizer would be
+    // copied to every new pod (which then never goes away), and owners
+    // are no restart's business either.
+    expect(
+        "add a pod template finalizer",
+        patch(
+            &deployments,
+            "web",
+            json!({"spec": {"template": {"metadata": {"finalizers": ["example.com/hold"]}}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "add a pod template finalizer to a StatefulSet",
+        patch(
+            &stateful_sets,
+            "db",
+            json!({"spec": {"template": {"metadata": {"finalizers": ["example.com/hold"]}}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "add a pod template owner",
+        patch(
+            &daemon_sets,
+            "agent",
+            json!({"spec": {"template": {"metadata": {"ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                "uid": "00000000-0000-0000-0000-000000000001",
+            }]}}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
     expect(
         "label a Deployment",
         patch(
@@ -361,5 +398,199 @@ async fn the_guards_admit_a_rotations_writes_and_deny_the_rest() -> Result<()> {
     );
 
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
+
+/// A ClusterRole with `rules` (JSON) bound to the ServiceAccount
+/// `apps/account`, and a client with that account's token.
+async fn account_with(
+    plane: &ControlPlane,
+    admin: &kube::Client,
+    account: &str,
+    rules: Value,
+) -> Result<kube::Client> {
+    ksa_tests::cluster::create_service_account(admin, APPS, account).await?;
+    let role: ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": account}, "rules": rules}))?;
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": account},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": APPS}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let token = ksa_tests::cluster::request_token(admin, APPS, account, vec![], 3600).await?;
+    plane.client_with_token(&token).await
+}
+
+fn namespace(name: &str, labels: Value) -> Result<Namespace> {
+    Ok(serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}}),
+    )?)
+}
+
+/// The label that exempts a namespace from the guards is the operator's:
+/// a tenant who may create and edit namespaces can neither create one with
+/// it nor set, change or remove it later; a cluster administrator, or a
+/// user granted `label` on `rotationnamespaces.ksa.dev`, can.
+#[tokio::test]
+async fn a_tenant_who_may_create_namespaces_cannot_exempt_one() -> Result<()> {
+    use ksa_controller::admission::{EXEMPT_RESOURCE, EXEMPT_VERB, ROTATION_NAMESPACE_LABEL};
+    let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    let plane = ControlPlane::start(ApiServerKeys::single(key.clone())).await?;
+    let admin = plane.client().await?;
+    let _installation =
+        Installation::install(&admin, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
+    ksa_tests::cluster::create_namespace(&admin, APPS).await?;
+    let namespace_rights = json!({
+        "apiGroups": [""], "resources": ["namespaces"],
+        "verbs": ["get", "list", "create", "update", "patch"],
+    });
+    let tenant = account_with(&plane, &admin, "tenant", json!([namespace_rights])).await?;
+    let operator = account_with(
+        &plane,
+        &admin,
+        "operator",
+        json!([namespace_rights, {
+            "apiGroups": ["ksa.dev"], "resources": [EXEMPT_RESOURCE], "verbs": [EXEMPT_VERB],
+        }]),
+    )
+    .await?;
+    let as_tenant: Api<Namespace> = Api::all(tenant.clone());
+    let exempt = json!({ROTATION_NAMESPACE_LABEL: "enabled"});
+
+    // Wait (at most 60 s) for the guard to be in force: the tenant tries to
+    // create a labelled namespace under a new name each time. Past 60 s the
+    // checks below say what was admitted.
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    while started.elapsed() < Duration::from_secs(60)
+        && answer(
+            as_tenant
+                .create(
+                    &PostParams::default(),
+                    &namespace(&format!("tenant-probe-{attempt}"), exempt.clone())?,
+                )
+                .await,
+        )? != Answer::Guarded
+    {
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, got: Answer, want: Answer| {
+        if got != want {
+            wrong.push(format!("{what}: {got:?}, expected {want:?}"));
+        }
+    };
+    expect(
+        "the tenant creates a namespace",
+        answer(
+            as_tenant
+                .create(
+                    &PostParams::default(),
+                    &namespace("tenant-a", json!({"team": "a"}))?,
+                )
+                .await,
+        )?,
+        Answer::Admitted,
+    );
+    expect(
+        "the tenant creates a namespace labelled as one that holds rotations",
+        answer(
+            as_tenant
+                .create(
+                    &PostParams::default(),
+                    &namespace("tenant-b", exempt.clone())?,
+                )
+                .await,
+        )?,
+        Answer::Guarded,
+    );
+    expect(
+        "the tenant labels its namespace as one that holds rotations",
+        patch(
+            &as_tenant,
+            "tenant-a",
+            json!({"metadata": {"labels": exempt}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "the tenant relabels its namespace otherwise",
+        patch(
+            &as_tenant,
+            "tenant-a",
+            json!({"metadata": {"labels": {"team": "b"}}}),
+        )
+        .await?,
+        Answer::Admitted,
+    );
+    expect(
+        "the tenant changes the label of a namespace that holds rotations",
+        patch(
+            &as_tenant,
+            ROTATIONS,
+            json!({"metadata": {"labels": {ROTATION_NAMESPACE_LABEL: "x"}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "the tenant removes the label of a namespace that holds rotations",
+        patch(
+            &as_tenant,
+            ROTATIONS,
+            json!({"metadata": {"labels": {ROTATION_NAMESPACE_LABEL: null}}}),
+        )
+        .await?,
+        Answer::Guarded,
+    );
+    expect(
+        "an operator granted the label creates a labelled namespace",
+        answer(
+            Api::<Namespace>::all(operator.clone())
+                .create(
+                    &PostParams::default(),
+                    &namespace("rotations-2", exempt.clone())?,
+                )
+                .await,
+        )?,
+        Answer::Admitted,
+    );
+    expect(
+        "the cluster admin labels the tenant's namespace",
+        patch(
+            &Api::<Namespace>::all(admin.clone()),
+            "tenant-a",
+            json!({"metadata": {"labels": exempt}}),
+        )
+        .await?,
+        Answer::Admitted,
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The refusal says what was wrong and what to do.
+    let refusal = as_tenant
+        .create(
+            &PostParams::default(),
+            &namespace("tenant-c", exempt.clone())?,
+        )
+        .await
+        .expect_err("refused");
+    let message = refusal.to_string();
+    for part in [
+        ROTATION_NAMESPACE_LABEL,
+        "cluster administrator",
+        "create the namespace without it",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
     Ok(())
 }

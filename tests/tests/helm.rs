@@ -203,7 +203,8 @@ fn default_values_render_the_objects_of_deploy() -> Result<()> {
 }
 
 /// The optional files of `deploy/`: the rotation role bound in a rotation
-/// namespace, the recreate-nodes policy's role, the signer's role; and the
+/// namespace, the recreate-nodes policy's role, the signer's role in a
+/// signer namespace (with its identity there); and the
 /// admission policies and restart-pods role left out when asked.
 #[test]
 fn other_values_render_the_rest_of_deploy() -> Result<()> {
@@ -211,20 +212,38 @@ fn other_values_render_the_rest_of_deploy() -> Result<()> {
         .into_iter()
         .filter(|object| object["kind"] != "Namespace")
         .collect();
-    expected.extend(deploy(&[
-        "refresh-recreate-nodes.yaml",
-        "signer-rbac.yaml",
-    ])?);
+    expected.extend(deploy(&["refresh-recreate-nodes.yaml"])?);
     for mut binding in deploy(&["rotation-rbac.yaml"])? {
         binding["metadata"]["namespace"] = Value::from(NAMESPACE);
         expected.push(binding);
     }
+    // The signer's Role, in its namespace and naming that namespace's key
+    // Secret, and the identity the chart binds it to there.
+    for mut role in deploy(&["signer-rbac.yaml"])? {
+        role["metadata"]["namespace"] = Value::from(NAMESPACE);
+        role["rules"][0]["resourceNames"] =
+            serde_json::json!([format!("{NAMESPACE}-apiserver-keys")]);
+        expected.push(role);
+    }
+    let labels = serde_json::json!({"app.kubernetes.io/name": CONTROLLER});
+    let signer = ksa_controller::manifests::SIGNER;
+    expected.push(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"labels": labels, "name": signer, "namespace": NAMESPACE},
+    }));
+    expected.push(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"labels": labels, "name": signer, "namespace": NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": signer},
+        "subjects": [{"kind": "ServiceAccount", "name": signer, "namespace": NAMESPACE}],
+    }));
     let rendered = render(&[
         &format!("rotationNamespaces={{{NAMESPACE}}}"),
         "tokenRefresh.restartPods=false",
         "tokenRefresh.recreateNodes=true",
         "admissionPolicies.enabled=false",
         "signer.enabled=true",
+        &format!("signer.namespaces={{{NAMESPACE}}}"),
     ])?;
     same_objects(rendered, expected)
 }

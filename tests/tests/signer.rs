@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use ksa_controller::manifests::SIGNER;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::parse_jwks;
@@ -29,11 +29,12 @@ use ksa_tests::signer::SignerProcess;
 use ksa_tests::{ApiServerKeys, ControlPlane, ISSUER, Installation, ksa_binary};
 use kube::api::{Api, ObjectMeta, PostParams};
 
-/// The signer's RBAC from `deploy/signer-rbac.yaml`, bound in the cluster's
-/// namespace only, to the user its client certificate names.
+/// The signer's Role from `deploy/signer-rbac.yaml` (its key Secret only),
+/// in the cluster's namespace, bound to the user its client certificate
+/// names.
 async fn grant_signer(admin: &kube::Client) -> Result<()> {
-    let role = ksa_controller::manifests::signer_cluster_role();
-    Api::<ClusterRole>::all(admin.clone())
+    let role = ksa_controller::manifests::signer_role(&format!("{CLUSTER}-apiserver-keys"));
+    Api::<Role>::namespaced(admin.clone(), NAMESPACE)
         .create(&PostParams::default(), &role)
         .await?;
     let binding = RoleBinding {
@@ -44,7 +45,7 @@ async fn grant_signer(admin: &kube::Client) -> Result<()> {
         },
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
+            kind: "Role".into(),
             name: SIGNER.into(),
         },
         subjects: Some(vec![Subject {

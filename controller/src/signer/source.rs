@@ -51,8 +51,7 @@ impl KeySource {
                 name,
             } => {
                 let api = kube::Api::<Secret>::namespaced(client, &namespace);
-                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-                let mut secrets = watcher(api, config)
+                let mut secrets = watcher(api, watch_config(&name))
                     .default_backoff()
                     .applied_objects()
                     .boxed();
@@ -90,6 +89,14 @@ impl KeySource {
     }
 }
 
+/// The watch of the key Secret: that one name, by field selector, so that
+/// its list and watch are requests for that name, which a Role whose rule
+/// names only that Secret (`resourceNames`) allows; without the selector
+/// they would need every Secret of the namespace.
+fn watch_config(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
+}
+
 /// Loads a key set and serves it when it differs from the current one; a
 /// bad one is logged and the current one kept.
 fn offer(current: &Current, sa_key: Option<Vec<u8>>, sa_pub: Option<Vec<u8>>, origin: &str) {
@@ -119,5 +126,18 @@ fn offer(current: &Current, sa_key: Option<Vec<u8>>, sa_pub: Option<Vec<u8>>, or
         Err(error) => {
             tracing::warn!(origin, %error, "refusing a key set; keeping the current one");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_key_secret_is_watched_by_its_name_alone() {
+        let config = super::watch_config("user-cluster-1-apiserver-keys");
+        assert_eq!(
+            config.field_selector.as_deref(),
+            Some("metadata.name=user-cluster-1-apiserver-keys")
+        );
+        assert_eq!(config.label_selector, None);
     }
 }
