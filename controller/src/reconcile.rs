@@ -515,6 +515,10 @@ impl Rotation<'_> {
                 .into());
             }
             self.keystore.adopt(&unsealed, key).await?;
+            // Its public key is served from now on, as ksa's own.
+            self.keystore
+                .publish_jwks(&[key.public_key().clone()])
+                .await?;
             tracing::info!(rotation = %self.name, version = %current, kid = %key.kid(), "sealed the imported key: every API server signs with it and accepts it");
             self.event(
                 EventType::Normal,

@@ -376,7 +376,10 @@ impl KeyStore {
         Ok(!unchanged)
     }
 
-    async fn publish_jwks(&self, keys: &[PublicKey]) -> Result<()> {
+    /// Writes the JWKS ConfigMap of `keys` (served at the controller's
+    /// `/jwks/NAMESPACE/NAME`), sealed in a sealed store; refuses one
+    /// someone else wrote that holds anything ksa would not write.
+    pub async fn publish_jwks(&self, keys: &[PublicKey]) -> Result<()> {
         let name = self.jwks_config_map();
         if let Some(sealer) = &self.sealer
             && let Some(current) = self.config_maps.get_opt(&name).await?

@@ -75,8 +75,13 @@ impl Admin {
 
     /// Creates a rotation to key version 2 with this `spec` besides.
     async fn rotate(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        self.rotate_to(name, 2, spec).await
+    }
+
+    /// Creates a rotation resource asking for key version `version`.
+    async fn rotate_to(&self, name: &str, version: u64, spec: serde_json::Value) -> Result<()> {
         let mut spec = spec;
-        spec["keyVersion"] = 2.into();
+        spec["keyVersion"] = version.into();
         let resource: KSASigningKeyRotation = serde_json::from_value(serde_json::json!({
             "apiVersion": "ksa.dev/v1alpha1",
             "kind": "KSASigningKeyRotation",
@@ -297,8 +302,22 @@ async fn the_jwks_endpoint_takes_names_only_and_serves_only_what_ksa_published()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The set-up's JWKS is the operator's until the controller has checked
+    // the imported key against the API server and sealed both: a rotation
+    // resource that asks for no change has it do just that.
     let (status, body) = get(&format!("{http}/jwks/{NAMESPACE}/{ROTATION}"))?;
-    assert_eq!(status, 200, "the JWKS ksa published is served: {body}");
+    assert_eq!(status, 404, "an unsealed JWKS is not served: {body}");
+    admin.rotate_to(ROTATION, 1, serde_json::json!({})).await?;
+    let body = ksa_tests::eventually(
+        "the JWKS ksa sealed served",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = get(&format!("{http}/jwks/{NAMESPACE}/{ROTATION}"))?;
+            anyhow::ensure!(status == 200, "/jwks answers {status}: {body}");
+            Ok(body)
+        },
+    )
+    .await?;
     ksa_core::jwk::parse_jwks(&body)?;
 
     // A ConfigMap with the right name ksa did not publish.
