@@ -8,7 +8,17 @@ use std::io::IsTerminal as _;
 pub fn chain(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
-        let text = cause.to_string();
+        // kube-rs prints an API error with a debug dump of its Status, and
+        // then the Status again as its source: the server's message once.
+        if cause.downcast_ref::<kube::core::Status>().is_some()
+            || cause.downcast_ref::<Box<kube::core::Status>>().is_some()
+        {
+            continue;
+        }
+        let text = match cause.downcast_ref::<kube::Error>() {
+            Some(error) => ksa_kube::error::describe(error),
+            None => cause.to_string(),
+        };
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
@@ -135,6 +145,22 @@ pub fn age(seconds: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_kubernetes_error_is_the_servers_message_once_not_a_debug_dump() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "ksasigningkeyrotations.ksa.dev \"c1\" not found",
+            "reason": "NotFound",
+            "code": 404,
+        }))
+        .expect("a Status");
+        let error = anyhow::Error::new(kube::Error::Api(Box::new(status))).context("reading c1");
+        assert_eq!(
+            super::chain(&error),
+            "reading c1: ksasigningkeyrotations.ksa.dev \"c1\" not found (404 NotFound)"
+        );
+    }
     use super::shown;
 
     #[test]

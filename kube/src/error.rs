@@ -7,7 +7,7 @@ use ksa_core::KeyVersion;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", describe(.0))]
     Kube(#[from] kube::Error),
     #[error("key: {0}")]
     Key(#[from] ksa_core::key::KeyError),
@@ -64,3 +64,45 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A Kubernetes client error as a person reads it: the API server's own
+/// message with its code and reason (`secrets "x" not found (404
+/// NotFound)`), never kube-rs's debug dump of the whole `Status`.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let message = if status.message.is_empty() {
+                "the API server refused the request"
+            } else {
+                status.message.as_str()
+            };
+            match (status.code, status.reason.as_str()) {
+                (0, "") => message.to_owned(),
+                (code, "") => format!("{message} ({code})"),
+                (code, reason) => format!("{message} ({code} {reason})"),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_error_reads_as_the_api_servers_message_not_a_debug_dump() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "ksasigningkeyrotations.ksa.dev \"c1\" not found",
+            "reason": "NotFound",
+            "code": 404,
+        }))
+        .expect("a Status");
+        let error = Error::Kube(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            error.to_string(),
+            "Kubernetes API: ksasigningkeyrotations.ksa.dev \"c1\" not found (404 NotFound)"
+        );
+    }
+}
