@@ -18,8 +18,8 @@ use ksa_core::issuer::Issuer;
 
 use crate::publish::Locations;
 use ksa_core::rotation::{
-    self, Effect, IssuerChange, Observation, Observed, Plan, Policy, RotationState, StartRequest,
-    Step,
+    self, CutOff, Effect, IssuerChange, Observation, Observed, Plan, Policy, RotationState,
+    StartRequest, Step,
 };
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
@@ -352,13 +352,30 @@ impl Rotation<'_> {
                 EventType::Warning,
                 "RefreshBlocked",
                 format!(
-                    "{} token holder(s) cannot be refreshed until an operator lets them (README: Refreshing bound tokens): {}",
+                    "{} token holder(s) cannot be refreshed until an operator lets them (README: Refreshing bound tokens, Legacy token Secrets ksa cannot re-mint): {}",
                     blocked.len(),
                     blocked.join("; ")
                 ),
             )
             .await;
         }
+    }
+
+    /// A Warning Event naming the legacy token Secrets RefreshTokens left
+    /// stale when it ended: their holders are cut off at Retire.
+    async fn cut_off(&self, cut_off: &CutOff, old: KeyVersion) {
+        if cut_off.is_empty() {
+            return;
+        }
+        self.event(
+            EventType::Warning,
+            "LegacyTokensCutOff",
+            format!(
+                "RefreshTokens goes on without {} legacy token Secret(s) not re-minted; Retire cuts their holders off when key {old} stops verifying (README: Legacy token Secrets ksa cannot re-mint): {cut_off}",
+                cut_off.total()
+            ),
+        )
+        .await;
     }
 
     fn record(&self, state: &RotationState, next: &RotationState, now: Timestamp) {
@@ -795,6 +812,9 @@ impl StateStore for Status<'_, '_> {
             .await?;
         self.0.saved(before, &plan.next).await;
         self.0.blocked_changed(&blocked).await;
+        self.0
+            .cut_off(&plan.cut_off, before.previous_version())
+            .await;
         if let Some(outside) = outside {
             self.0.held_outside(&outside).await;
         }

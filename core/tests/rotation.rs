@@ -7,7 +7,9 @@
 //! lost), stale observations and concurrent start attempts. After every event:
 //! - the stored numbers satisfy SPEC section 2 and never go backwards;
 //! - every token in circulation verifies on every API server (nobody is
-//!   logged out);
+//!   logged out), but legacy tokens in Secrets a tenant made immutable,
+//!   which the rotation waits for until its deadline (or the operator gives
+//!   up on them) and names as cut off when it goes on without them;
 //! - at most one rotation is in progress.
 //!
 //! And once the world is left to converge, every rotation completes.
@@ -23,6 +25,7 @@ use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
+use ksa_core::rotation::legacy::{self, LegacySecret, LegacyTokens};
 use ksa_core::rotation::{
     self, ApiServerView, BoundTokenRefresh, Effect, HolderReason, Holders, IssuerChange,
     NamedHolder, Observed, OperationLock, Plan, Policy, PublicationView, Refusal, Requested,
@@ -56,6 +59,12 @@ struct World {
     /// issuers).
     desired: (BTreeSet<KeyVersion>, KeyVersion, Vec<Issuer>),
     legacy_tokens: Vec<KeyVersion>,
+    /// The first `frozen_legacy` legacy tokens are in immutable Secrets:
+    /// no re-mint ever lands.
+    frozen_legacy: usize,
+    /// Legacy tokens a plan named cut off when RefreshTokens ended: their
+    /// holders may be rejected from then on.
+    cut_off: BTreeSet<usize>,
     bound_tokens: Vec<BoundToken>,
     /// Lifetimes of projected tokens, given in turn to the tokens pods get
     /// (600 s to 24 h): kubelets refresh each at 80% of its own, at most
@@ -80,6 +89,11 @@ struct World {
 const OUTSIDE_MAX_AGE: i64 = 60;
 const OUTSIDE_URL: &str = "https://oidc.example/.well-known/openid-configuration";
 
+/// The kid the model's key `version` has.
+fn kid(version: KeyVersion) -> String {
+    format!("kid-{version}")
+}
+
 impl World {
     fn new(servers: usize, lifetimes: Vec<i64>, now: i64) -> World {
         let one = KeyVersion::FIRST;
@@ -95,6 +109,8 @@ impl World {
             ],
             desired: ([one].into(), one, vec![issuer(0)]),
             legacy_tokens: vec![one; 3],
+            frozen_legacy: 0,
+            cut_off: BTreeSet::new(),
             bound_tokens: (0..3)
                 .map(|i| (one, now, issuer(0), lifetimes[i % lifetimes.len()]))
                 .collect(),
@@ -118,8 +134,14 @@ impl World {
 
     /// Everything an observer could see of the world for a rotation in
     /// `state` (the harness masks what the step did not ask for).
-    fn observe(&self, state: &RotationState) -> Observed {
+    fn observe(&self, state: &RotationState, policy: &Policy) -> Observed {
         let target = state.key_version();
+        let mut legacy = LegacyTokens::default();
+        for (i, version) in self.legacy_tokens.iter().enumerate() {
+            let secret = self.legacy_secret(i, *version);
+            let verdict = legacy::assess(&secret, &kid(target), state.step_started_at(), policy);
+            legacy.record(&secret, verdict);
+        }
         let target_issuer = state.issuer().map_or_else(|| issuer(0), |c| c.to.clone());
         let reviewed: Vec<Issuer> = state
             .issuer()
@@ -145,9 +167,9 @@ impl World {
                     discovery_issuer: Some(s.issuers[0].clone()),
                 })
                 .collect(),
-            stale_legacy_tokens: Some(
-                self.legacy_tokens.iter().filter(|v| **v != target).count() as u64
-            ),
+            stale_legacy_tokens: Some(legacy.stale),
+            blocked_legacy_tokens: legacy.blocked,
+            given_up_legacy_tokens: legacy.given_up,
             stale_bound_tokens: Some(
                 self.bound_tokens
                     .iter()
@@ -170,6 +192,17 @@ impl World {
                 .into_iter()
                 .collect(),
             ..Observed::default()
+        }
+    }
+
+    /// Legacy token `i`'s Secret as an observer sees it.
+    fn legacy_secret(&self, i: usize, version: KeyVersion) -> LegacySecret {
+        LegacySecret {
+            namespace: "tenant".into(),
+            name: format!("legacy-{i}"),
+            token_kid: Some(kid(version)),
+            immutable: i < self.frozen_legacy,
+            token_written: None,
         }
     }
 
@@ -238,8 +271,13 @@ impl World {
     /// Part of the refresh work happens: one legacy token re-minted, one
     /// workload restarted (its new token comes from some API server).
     fn refresh_some(&mut self, index: usize) {
+        let frozen = self.frozen_legacy;
         if let Some(to) = self.legacy_refresh_to
-            && let Some(token) = self.legacy_tokens.iter_mut().find(|v| **v != to)
+            && let Some((_, token)) = self
+                .legacy_tokens
+                .iter_mut()
+                .enumerate()
+                .find(|(i, v)| *i >= frozen && **v != to)
         {
             *token = to;
         }
@@ -277,7 +315,13 @@ impl World {
             }
         }
         let bound = self.bound_tokens.iter().map(|(v, _, _, _)| v);
-        for token in self.legacy_tokens.iter().chain(bound) {
+        let legacy = self
+            .legacy_tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.cut_off.contains(i))
+            .map(|(_, v)| v);
+        for token in legacy.chain(bound) {
             for (i, server) in self.servers.iter().enumerate() {
                 if !server.accepts.contains(token) {
                     return Err(format!(
@@ -330,13 +374,25 @@ fn policy() -> impl Strategy<Value = Policy> {
             }),
         ],
         0..120u64,
+        // 0 and 60 s are raised to the shortest deadline (1 h).
+        prop_oneof![
+            Just(0u64),
+            Just(60),
+            Just(3600),
+            Just(7200),
+            Just(86_400),
+            3600..108_000u64
+        ],
+        prop::collection::btree_set((0..3usize).prop_map(|i| format!("tenant/legacy-{i}")), 0..3),
     )
-        .prop_map(|(bound_token_refresh, lead)| Policy {
+        .prop_map(|(bound_token_refresh, lead, deadline, given_up)| Policy {
             key_spec: KeySpec::EcP256,
             trust_lead_time: Duration::from_secs(lead),
             bound_token_refresh,
             clock_skew: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            legacy_token_deadline: Duration::from_secs(deadline),
+            given_up_legacy_tokens: given_up,
         })
 }
 
@@ -370,6 +426,16 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         stale_bound_tokens: observed.stale_bound_tokens.filter(|_| needed.tokens),
         bound_token_holders: if needed.tokens {
             observed.bound_token_holders.clone()
+        } else {
+            Holders::default()
+        },
+        blocked_legacy_tokens: if needed.tokens {
+            observed.blocked_legacy_tokens.clone()
+        } else {
+            Holders::default()
+        },
+        given_up_legacy_tokens: if needed.tokens {
+            observed.given_up_legacy_tokens.clone()
         } else {
             Holders::default()
         },
@@ -451,7 +517,7 @@ impl Harness {
     /// persist the plan, then apply `applied` of its effects.
     fn reconcile(&mut self, stale: usize, applied: usize) -> Result<(), TestCaseError> {
         let state = self.state();
-        self.history.push(self.world.observe(&state));
+        self.history.push(self.world.observe(&state, &self.policy));
         let index = self.history.len().saturating_sub(1 + stale);
         let observed = self.history[index].clone();
         let plan = rotation::step(&state, &observed, self.now, &self.policy)
@@ -469,6 +535,37 @@ impl Harness {
         if plan.next.step() != state.step() {
             // Observations from before the new step are not about it.
             self.history.clear();
+        }
+        if !plan.cut_off.is_empty() {
+            // Every legacy token still stale is counted as cut off, and
+            // only then may its holder be rejected; the Secrets ksa could
+            // not re-mint are named.
+            let target = plan.next.key_version();
+            let stale: Vec<usize> = (0..self.world.legacy_tokens.len())
+                .filter(|i| self.world.legacy_tokens[*i] != target)
+                .collect();
+            prop_assert!(
+                stale.len() as u64 <= plan.cut_off.total(),
+                "{} legacy tokens stale, {} counted cut off",
+                stale.len(),
+                plan.cut_off.total()
+            );
+            for i in stale.iter().filter(|i| **i < self.world.frozen_legacy) {
+                let name = format!("legacy-{i}");
+                prop_assert!(
+                    plan.cut_off.named().any(|h| h.name == name),
+                    "{} is cut off but not named: {}",
+                    name,
+                    plan.cut_off
+                );
+            }
+            self.world.cut_off.extend(stale);
+        } else if plan.next.step() != state.step() && state.step() == Step::RefreshTokens {
+            let target = plan.next.key_version();
+            prop_assert!(
+                !state.changes_key() || self.world.legacy_tokens.iter().all(|v| *v == target),
+                "RefreshTokens ended with stale legacy tokens and cut none off"
+            );
         }
         self.persist(&plan.next)?;
         for effect in plan.effects.iter().take(applied) {
@@ -641,6 +738,12 @@ fn check_account(
             Wait::LegacyTokens { stale } => {
                 stale == observed.stale_legacy_tokens && stale != Some(0)
             }
+            Wait::LegacyTokensBlocked { ref blocked, until } => {
+                *blocked == observed.blocked_legacy_tokens
+                    && blocked.total() > 0
+                    && until.is_some_and(|until| until > now)
+                    || until.is_none() && state.step_started_at().is_none()
+            }
             Wait::BoundTokenHolders { stale, .. } => {
                 stale == observed.stale_bound_tokens && stale != Some(0)
             }
@@ -762,7 +865,7 @@ fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
     (
         versions(),
         prop::collection::vec(server, 0..4),
-        prop::option::of(0..3u64),
+        (prop::option::of(0..3u64), 0..3usize),
         prop::option::of(0..3u64),
         prop::option::of(prop_oneof![Just(0u64), 600..90_000u64]),
         prop::collection::vec(
@@ -777,11 +880,22 @@ fn any_observed(new: u64) -> impl Strategy<Value = Observed> {
         ),
     )
         .prop_map(
-            |(stored_keys, api_servers, legacy, bound, longest, publications)| Observed {
+            |(stored_keys, api_servers, (legacy, frozen), bound, longest, publications)| Observed {
                 stored_keys,
                 api_servers,
                 longest_bound_token_seconds: longest,
                 stale_legacy_tokens: legacy,
+                blocked_legacy_tokens: {
+                    let mut blocked = Holders::default();
+                    for i in 0..frozen {
+                        blocked.record(NamedHolder::new(
+                            "tenant",
+                            &format!("legacy-{i}"),
+                            HolderReason::LegacyTokenImmutable,
+                        ));
+                    }
+                    blocked
+                },
                 stale_bound_tokens: bound,
                 publications,
                 ..Observed::default()
@@ -800,13 +914,16 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         ],
         prop_oneof![Just(0u64), 0..10_000u64],
         0..2_000u64,
+        prop_oneof![Just(0u64), 3000..12_000u64],
     )
-        .prop_map(|(bound_token_refresh, lead_ms, skew_ms)| Policy {
+        .prop_map(|(bound_token_refresh, lead_ms, skew_ms, deadline)| Policy {
             key_spec: KeySpec::EcP256,
             trust_lead_time: Duration::from_millis(lead_ms),
             bound_token_refresh,
             clock_skew: Duration::from_millis(skew_ms),
             poll_interval: Duration::from_secs(2),
+            legacy_token_deadline: Duration::from_secs(deadline),
+            ..Policy::default()
         })
 }
 
@@ -819,11 +936,13 @@ proptest! {
         servers in 1..4usize,
         lifetimes in prop::collection::vec(prop_oneof![Just(600i64), Just(3607), Just(7200), Just(86_400), 600..86_400i64], 1..4),
         rotations in prop::collection::vec((0..3u8, prop::collection::vec(event(), 0..60)), 1..4),
+        frozen_legacy in 0..3usize,
     ) {
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let mut h = Harness {
             world: World {
                 outside: true,
+                frozen_legacy,
                 ..World::new(servers, lifetimes, now.as_second())
             },
             issuers_made: 0,
@@ -907,7 +1026,8 @@ fn a_rotation_walks_the_spec_triples_in_order() {
     let mut state = state;
     let mut lines = vec![state.status_line().to_string()];
     while !state.is_completed() {
-        let plan = rotation::step(&state, &world.observe(&state), now, &policy).expect("steps");
+        let plan =
+            rotation::step(&state, &world.observe(&state, &policy), now, &policy).expect("steps");
         for effect in &plan.effects {
             world.apply(effect);
         }
@@ -1469,7 +1589,8 @@ fn an_issuer_rotation_walks_the_spec_lines_in_order_and_keeps_the_key() {
         if lines.last() != Some(&line) {
             lines.push(line);
         }
-        let plan = rotation::step(&state, &world.observe(&state), now, &policy).expect("steps");
+        let plan =
+            rotation::step(&state, &world.observe(&state, &policy), now, &policy).expect("steps");
         for effect in &plan.effects {
             assert!(
                 !matches!(
@@ -1567,4 +1688,96 @@ fn an_issuer_already_signing_or_a_rotation_that_changes_nothing_is_refused() {
         "issuer": {"from": "https://a.example", "to": "https://b.example"},
     });
     assert!(serde_json::from_value::<RotationState>(generate).is_err());
+}
+
+#[test]
+fn a_blocked_legacy_token_delays_refresh_tokens_until_the_deadline_then_is_cut_off() {
+    let policy = Policy {
+        legacy_token_deadline: Duration::from_secs(3 * 3600),
+        ..Policy::default()
+    };
+    let refresh = state_at(2, Step::RefreshTokens, NOW);
+    let frozen = LegacySecret {
+        namespace: "tenant".into(),
+        name: "frozen".into(),
+        token_kid: Some("kid-1".into()),
+        immutable: true,
+        token_written: None,
+    };
+    let mut account = LegacyTokens::default();
+    account.record(
+        &frozen,
+        legacy::assess(&frozen, "kid-2", refresh.step_started_at(), &policy),
+    );
+    let mut seen = observed(&[1, 2], vec![]);
+    seen.stale_legacy_tokens = Some(account.stale);
+    seen.blocked_legacy_tokens = account.blocked.clone();
+    seen.stale_bound_tokens = Some(0);
+    let at = |seconds: i64| now() + jiff::SignedDuration::from_secs(seconds);
+
+    // Before the deadline: it waits, says on what, and names the Secret
+    // as blocked; it looks again at most a minute later.
+    let plan = rotation::step(&refresh, &seen, at(60), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+    assert_eq!(
+        plan.waiting.to_string(),
+        "legacy tokens ksa cannot re-mint: 1 blocked: tenant/frozen (legacy token Secret is immutable: ksa cannot re-mint it) (waited for until 2026-11-30T03:00:00Z, then cut off at Retire)"
+    );
+    assert_eq!(
+        plan.waiting
+            .blocked_holders()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["tenant/frozen (legacy token Secret is immutable: ksa cannot re-mint it)"]
+    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(60)));
+    assert!(plan.cut_off.is_empty());
+
+    // At the deadline: it goes on and names what it cut off.
+    let plan = rotation::step(&refresh, &seen, at(3 * 3600), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert!(plan.waiting.is_empty());
+    assert_eq!(plan.cut_off.blocked, account.blocked);
+    assert_eq!(plan.cut_off.total(), 1);
+
+    // A deadline below an hour is an hour.
+    let hasty = Policy {
+        legacy_token_deadline: Duration::ZERO,
+        ..policy.clone()
+    };
+    let plan = rotation::step(&refresh, &seen, at(3599), &hasty).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+
+    // The operator gives up on it: not waited for, cut off, named as given up.
+    let given_up = Policy {
+        given_up_legacy_tokens: ["tenant/frozen".to_owned()].into(),
+        ..policy.clone()
+    };
+    let mut account = LegacyTokens::default();
+    account.record(
+        &frozen,
+        legacy::assess(&frozen, "kid-2", refresh.step_started_at(), &given_up),
+    );
+    seen.blocked_legacy_tokens = account.blocked.clone();
+    seen.given_up_legacy_tokens = account.given_up.clone();
+    let plan = rotation::step(&refresh, &seen, at(60), &given_up).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(
+        plan.cut_off.to_string(),
+        "given up by the operator: 1 blocked: tenant/frozen (legacy token Secret is immutable: ksa cannot re-mint it)"
+    );
+
+    // Stale Secrets ksa still re-mints are waited for until the deadline
+    // too, then counted as cut off; uncounted ones are always waited for.
+    seen.given_up_legacy_tokens = Holders::default();
+    seen.stale_legacy_tokens = Some(4);
+    let plan = rotation::step(&refresh, &seen, at(60), &policy).expect("steps");
+    assert_eq!(plan.waiting.to_string(), "legacy tokens to re-mint: 4");
+    assert_eq!(plan.requeue_after, Some(policy.poll_interval));
+    let plan = rotation::step(&refresh, &seen, at(3 * 3600), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(plan.cut_off.stale, 4);
+    seen.stale_legacy_tokens = None;
+    let plan = rotation::step(&refresh, &seen, at(3 * 3600), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
 }

@@ -246,7 +246,7 @@ pub struct WorkloadRef {
 /// The API server container's name when the workload names none.
 pub const DEFAULT_CONTAINER: &str = "kube-apiserver";
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRefreshSpec {
     #[serde(default)]
@@ -258,6 +258,24 @@ pub struct TokenRefreshSpec {
     /// default): what the pods hold alone.
     #[serde(default)]
     pub max_token_seconds: u64,
+    /// Legacy token Secrets (`namespace/name`) to give up on: RefreshTokens
+    /// no longer waits for them (an immutable one, one whose token keeps
+    /// being replaced), and Retire cuts their holders off unless a re-mint
+    /// lands first. A Warning Event `LegacyTokensCutOff` names them when
+    /// the step ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 100),
+        inner(length(max = 507), regex(pattern = "^[^/]+/[^/]+$"))
+    )]
+    pub give_up_legacy_tokens: Vec<String>,
+    /// Seconds after RefreshTokens began that it waits for legacy token
+    /// Secrets still stale (ksa re-mints them on every pass; the status
+    /// names those it cannot); then it goes on without them, and Retire
+    /// cuts their holders off. Default 86400 (24 h); at least 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3600))]
+    pub legacy_token_deadline_seconds: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -279,11 +297,22 @@ impl RotationSpec {
                 max_token_seconds: self.token_refresh.max_token_seconds,
             },
         };
+        let defaults = Policy::default();
         Policy {
             key_spec: self.key.into(),
             trust_lead_time: Duration::from_secs(self.trust_lead_time_seconds),
             bound_token_refresh,
-            ..Policy::default()
+            legacy_token_deadline: self
+                .token_refresh
+                .legacy_token_deadline_seconds
+                .map_or(defaults.legacy_token_deadline, Duration::from_secs),
+            given_up_legacy_tokens: self
+                .token_refresh
+                .give_up_legacy_tokens
+                .iter()
+                .cloned()
+                .collect(),
+            ..defaults
         }
     }
 }
@@ -327,7 +356,8 @@ pub struct RotationStatus {
     pub waiting_for: Option<String>,
     /// The token holders the step waits for that only an operator can let
     /// proceed (a PodDisruptionBudget that allows no disruption, a paused
-    /// Deployment), each `namespace/name (why)`.
+    /// Deployment, a legacy token Secret ksa cannot re-mint), each
+    /// `namespace/name (why)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_holders: Vec<String>,
     /// Legacy token Secrets used in the last 30 days though no pod mounts

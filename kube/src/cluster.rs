@@ -190,8 +190,16 @@ impl TargetCluster {
         if observation.tokens
             && let Some(new) = keys.get(&state.key_version())
         {
-            observed.stale_legacy_tokens =
-                Some(refresh::count_stale_legacy_secrets(&self.client, new.kid()).await?);
+            let legacy = refresh::observe_legacy_tokens(
+                &self.client,
+                new.kid(),
+                state.step_started_at(),
+                policy,
+            )
+            .await?;
+            observed.stale_legacy_tokens = Some(legacy.stale);
+            observed.blocked_legacy_tokens = legacy.blocked;
+            observed.given_up_legacy_tokens = legacy.given_up;
             let since = state.step_started_at().unwrap_or_else(jiff::Timestamp::now);
             let bound = refresh::observe_bound_tokens(
                 &self.client,

@@ -194,6 +194,7 @@ async fn a_rotation_without_its_policys_role_is_refused_before_it_starts() -> Re
             token_refresh: TokenRefreshSpec {
                 policy: TokenRefreshPolicy::RecreateNodes,
                 max_token_seconds: 3600,
+                ..TokenRefreshSpec::default()
             },
             trust_lead_time_seconds: 0,
             publish: Default::default(),

@@ -277,9 +277,12 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
                 container: w.container.clone(),
             }),
         },
+        // What the operator set beyond the config (legacy tokens given
+        // up on, their deadline) is left out, so a merge patch keeps it.
         token_refresh: TokenRefreshSpec {
             policy,
             max_token_seconds: config.max_token_seconds,
+            ..TokenRefreshSpec::default()
         },
         trust_lead_time_seconds: config.trust_lead_time_seconds,
         publish: config.publish.clone(),

@@ -1,6 +1,7 @@
 //! Who a RefreshTokens step waits for, by name: the pods (or, under
 //! `recreate-nodes`, the nodes) whose bound tokens are not refreshed yet,
-//! each with why it is still waited for.
+//! and the legacy token Secrets ksa cannot re-mint, each with why it is
+//! still waited for.
 //!
 //! [`super::step`] decides on counts only ([`super::Observed::stale_bound_tokens`]);
 //! [`Holders`] says who those counts are, for the status, Events and the
@@ -39,7 +40,7 @@ impl fmt::Display for WorkloadKind {
     }
 }
 
-/// Why a bound-token holder is still waited for.
+/// Why a token holder is still waited for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -88,6 +89,16 @@ pub enum HolderReason {
     /// `recreate-nodes`: the node being recreated: cordoned, `pods` pods
     /// still to evict or to go, then deleted.
     NodeDraining { pods: u64 },
+    /// A legacy token Secret that is `immutable`: the API server refuses
+    /// ksa's re-mint.
+    LegacyTokenImmutable,
+    /// A legacy token Secret whose token `by` (a field manager, as its
+    /// `managedFields` say) replaced at `at`, after RefreshTokens began:
+    /// ksa's re-mint does not hold.
+    LegacyTokenReplaced { by: String, at: Timestamp },
+    /// A legacy token Secret ksa has not re-minted yet (named only once
+    /// given up on).
+    LegacyTokenStale,
 }
 
 /// The kind of reason, by which holders are counted.
@@ -105,6 +116,8 @@ pub enum HolderCategory {
     Eviction,
     /// Its workload's template restart replaces it.
     Rollout,
+    /// A legacy token Secret ksa re-mints.
+    LegacyToken,
 }
 
 impl HolderCategory {
@@ -116,6 +129,9 @@ impl HolderCategory {
             HolderCategory::RunningJob => plural("running Job pod", "running Job pods"),
             HolderCategory::Eviction => "being evicted".to_owned(),
             HolderCategory::Rollout => "rolling out".to_owned(),
+            HolderCategory::LegacyToken => {
+                plural("legacy token to re-mint", "legacy tokens to re-mint")
+            }
         };
         format!("{count} {what}")
     }
@@ -127,7 +143,10 @@ impl HolderReason {
             HolderReason::DeploymentPaused { .. }
             | HolderReason::DisruptionBudget { .. }
             | HolderReason::DisruptionBudgetPending { .. }
-            | HolderReason::SeveralDisruptionBudgets { .. } => HolderCategory::Blocked,
+            | HolderReason::SeveralDisruptionBudgets { .. }
+            | HolderReason::LegacyTokenImmutable
+            | HolderReason::LegacyTokenReplaced { .. } => HolderCategory::Blocked,
+            HolderReason::LegacyTokenStale => HolderCategory::LegacyToken,
             HolderReason::NodeToRecreate | HolderReason::NodeDraining { .. } => {
                 HolderCategory::Node
             }
@@ -204,6 +223,17 @@ impl fmt::Display for HolderReason {
                     "cordoned, draining: {pods} {unit} to evict or to go, then deleted and replaced"
                 )
             }
+            HolderReason::LegacyTokenImmutable => {
+                f.write_str("legacy token Secret is immutable: ksa cannot re-mint it")
+            }
+            // Not the time: a loop that keeps replacing it would change the
+            // blocked list, and raise an Event, on every pass.
+            HolderReason::LegacyTokenReplaced { by, .. } => write!(
+                f,
+                "legacy token Secret: its token was replaced by {} after RefreshTokens began; ksa's re-mint does not hold",
+                Clean(by)
+            ),
+            HolderReason::LegacyTokenStale => f.write_str("legacy token Secret not re-minted yet"),
         }
     }
 }
@@ -497,6 +527,21 @@ mod tests {
             (
                 HolderReason::NodeDraining { pods: 1 },
                 "cordoned, draining: 1 pod to evict or to go, then deleted and replaced",
+            ),
+            (
+                HolderReason::LegacyTokenImmutable,
+                "legacy token Secret is immutable: ksa cannot re-mint it",
+            ),
+            (
+                HolderReason::LegacyTokenReplaced {
+                    by: "loop\nx".into(),
+                    at: until,
+                },
+                "legacy token Secret: its token was replaced by loop\\nx after RefreshTokens began; ksa's re-mint does not hold",
+            ),
+            (
+                HolderReason::LegacyTokenStale,
+                "legacy token Secret not re-minted yet",
             ),
         ];
         for (reason, text) in cases {

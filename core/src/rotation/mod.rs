@@ -13,12 +13,14 @@
 //! every transition ([`step`] refuses to return a plan that breaks one).
 
 mod holders;
+pub mod legacy;
 mod versions;
 mod waiting;
 
 pub use holders::{
     HolderCategory, HolderReason, Holders, MAX_NAME_BYTES, MAX_NAMED, NamedHolder, WorkloadKind,
 };
+pub use legacy::{CutOff, LegacyTokens};
 pub use versions::{InvariantViolation, KeyVersions};
 pub use waiting::{Wait, Waiting};
 
@@ -760,9 +762,19 @@ pub struct Observed {
     /// Every API server instance. Empty means none could be reached, which
     /// confirms nothing.
     pub api_servers: Vec<ApiServerView>,
-    /// Legacy Secret tokens not yet signed with the new key; `None` when not
-    /// counted.
+    /// Legacy Secret tokens not yet signed with the new key that ksa
+    /// re-mints (neither blocked nor given up: [`legacy::assess`]); `None`
+    /// when not counted.
     pub stale_legacy_tokens: Option<u64>,
+    /// Stale legacy token Secrets ksa cannot re-mint (immutable, or their
+    /// token replaced after the re-mint): counted, the first few named.
+    /// Waited for until [`Policy::legacy_token_deadline`], then cut off.
+    #[serde(default, skip_serializing_if = "Holders::is_empty")]
+    pub blocked_legacy_tokens: Holders,
+    /// Stale legacy token Secrets the operator gave up on
+    /// ([`Policy::given_up_legacy_tokens`]): never waited for.
+    #[serde(default, skip_serializing_if = "Holders::is_empty")]
+    pub given_up_legacy_tokens: Holders,
     /// Workloads, pods or nodes whose bound tokens the refresh policy has not
     /// refreshed yet; `None` when not counted. Unused by [`BoundTokenRefresh::Wait`].
     pub stale_bound_tokens: Option<u64>,
@@ -886,6 +898,31 @@ pub struct Policy {
     pub clock_skew: Duration,
     /// How soon to look again while waiting on an observation.
     pub poll_interval: Duration,
+    /// How long after RefreshTokens began it waits for legacy token
+    /// Secrets still stale (blocked or not); then it goes on, and the Retire
+    /// step cuts their holders off. At least
+    /// [`legacy::MIN_LEGACY_TOKEN_DEADLINE`] ([`Policy::legacy_deadline`]).
+    #[serde(default = "default_legacy_deadline")]
+    pub legacy_token_deadline: Duration,
+    /// Legacy token Secrets (`namespace/name`) the operator gave up on:
+    /// RefreshTokens does not wait for them, and the Retire step cuts their
+    /// holders off unless a re-mint lands first.
+    #[serde(default)]
+    pub given_up_legacy_tokens: BTreeSet<String>,
+}
+
+fn default_legacy_deadline() -> Duration {
+    legacy::DEFAULT_LEGACY_TOKEN_DEADLINE
+}
+
+impl Policy {
+    /// How long RefreshTokens waits for stale legacy tokens: the
+    /// configured deadline, never less than
+    /// [`legacy::MIN_LEGACY_TOKEN_DEADLINE`].
+    pub fn legacy_deadline(&self) -> Duration {
+        self.legacy_token_deadline
+            .max(legacy::MIN_LEGACY_TOKEN_DEADLINE)
+    }
 }
 
 impl Default for Policy {
@@ -896,6 +933,8 @@ impl Default for Policy {
             bound_token_refresh: BoundTokenRefresh::RestartPods,
             clock_skew: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
+            legacy_token_deadline: legacy::DEFAULT_LEGACY_TOKEN_DEADLINE,
+            given_up_legacy_tokens: BTreeSet::new(),
         }
     }
 }
@@ -968,6 +1007,10 @@ pub struct Plan {
     /// when a rotation step stays put. Its `Display` is the status's
     /// "waiting for" text.
     pub waiting: Waiting,
+    /// On the pass that ends RefreshTokens: the legacy token Secrets still
+    /// stale, whose holders Retire cuts off (given up by the operator, or
+    /// left at the deadline). Empty otherwise.
+    pub cut_off: CutOff,
 }
 
 /// Why a plan was refused. Only a bug can cause this; the caller must stop
@@ -1035,6 +1078,23 @@ pub fn step(
         }
     }
 
+    // Only Secrets ksa cannot re-mint are left: look again at most once a
+    // minute (each look lists every Secret), and when the deadline passes.
+    if next.step == state.step
+        && state.step == Step::RefreshTokens
+        && !waiting.is_empty()
+        && waiting
+            .iter()
+            .all(|wait| matches!(wait, Wait::LegacyTokensBlocked { .. }))
+    {
+        let elapsed = elapsed_since(state.step_started_at, now).unwrap_or_default();
+        wait = policy
+            .legacy_deadline()
+            .saturating_sub(elapsed)
+            .min(Duration::from_secs(60))
+            .max(policy.poll_interval);
+    }
+
     let refuse = |violation| StepError {
         from: state.step,
         to: next.step,
@@ -1051,6 +1111,19 @@ pub fn step(
             .check_transition(&after, &change.from, &change.to)
             .map_err(|violation| refuse(violation.into()))?;
     }
+
+    // Legacy tokens left stale when RefreshTokens ends: the step advanced
+    // without them (given up, or past the deadline).
+    let cut_off =
+        if state.step == Step::RefreshTokens && next.step != state.step && state.changes_key {
+            CutOff {
+                given_up: observed.given_up_legacy_tokens.clone(),
+                blocked: observed.blocked_legacy_tokens.clone(),
+                stale: observed.stale_legacy_tokens.unwrap_or(0),
+            }
+        } else {
+            CutOff::default()
+        };
 
     let mut effects = effects_of(&next, policy);
     let old_dropped = next.step == Step::Retire
@@ -1082,6 +1155,7 @@ pub fn step(
         effects,
         requeue_after,
         waiting,
+        cut_off,
     })
 }
 

@@ -65,6 +65,14 @@ pub enum Wait {
     /// RefreshTokens: legacy Secret tokens not yet re-minted with the new
     /// key; `None` when they were not counted.
     LegacyTokens { stale: Option<u64> },
+    /// RefreshTokens: legacy token Secrets ksa cannot re-mint (`blocked`,
+    /// counted, the first few named with why); waited for until `until`
+    /// (the deadline), then given up and their holders cut off at Retire.
+    /// `None` when the step's start was not recorded.
+    LegacyTokensBlocked {
+        blocked: Holders,
+        until: Option<Timestamp>,
+    },
     /// RefreshTokens (restart-pods, recreate-nodes): workloads, pods or
     /// nodes whose bound tokens are not refreshed yet; `None` when not
     /// counted. `holders` says who, as observed (shown, not decided on).
@@ -148,6 +156,16 @@ impl fmt::Display for Wait {
             } => write!(f, "API servers signing with key {version}: {signing}/{total}"),
             Wait::LegacyTokens { stale } => {
                 write!(f, "legacy tokens to re-mint: {}", count(stale))
+            }
+            Wait::LegacyTokensBlocked { blocked, until } => {
+                write!(f, "legacy tokens ksa cannot re-mint: {blocked}")?;
+                match until {
+                    Some(until) => write!(
+                        f,
+                        " (waited for until {until}, then cut off at Retire)"
+                    ),
+                    None => Ok(()),
+                }
             }
             Wait::BoundTokenHolders { stale, holders } => {
                 write!(f, "bound-token holders to refresh: {}", count(stale))?;
@@ -236,13 +254,14 @@ impl<'a> IntoIterator for &'a Waiting {
 
 impl Waiting {
     /// The holders named as waiting for an operator (a PodDisruptionBudget
-    /// that allows no disruption, a paused Deployment): what a Warning
-    /// Event should name.
+    /// that allows no disruption, a paused Deployment, a legacy token
+    /// Secret ksa cannot re-mint): what a Warning Event should name.
     pub fn blocked_holders(&self) -> impl Iterator<Item = &super::NamedHolder> {
         self.0
             .iter()
             .flat_map(|wait| match wait {
                 Wait::BoundTokenHolders { holders, .. } => holders.named.as_slice(),
+                Wait::LegacyTokensBlocked { blocked, .. } => blocked.named.as_slice(),
                 _ => &[],
             })
             .filter(|holder| holder.reason.is_blocked())
@@ -340,10 +359,28 @@ pub(super) fn assess(
             count_servers(&mut waits, servers, &tests);
         }
         Step::RefreshTokens => {
-            if key && observed.stale_legacy_tokens != Some(0) {
-                waits.push(Wait::LegacyTokens {
-                    stale: observed.stale_legacy_tokens,
-                });
+            if key {
+                // Legacy tokens are waited for until the deadline, blocked
+                // or not: past it, whatever is still stale is cut off, so
+                // no Secret holds the step for good. Uncounted, nothing is
+                // known of them, and the step waits.
+                let window = policy.legacy_deadline();
+                let over = elapsed_since(state.step_started_at, now) >= Some(window);
+                match observed.stale_legacy_tokens {
+                    None => waits.push(Wait::LegacyTokens { stale: None }),
+                    Some(_) if over => {}
+                    Some(stale) => {
+                        if stale > 0 {
+                            waits.push(Wait::LegacyTokens { stale: Some(stale) });
+                        }
+                        if observed.blocked_legacy_tokens.total() > 0 {
+                            waits.push(Wait::LegacyTokensBlocked {
+                                blocked: observed.blocked_legacy_tokens.clone(),
+                                until: state.step_started_at.map(|at| deadline(at, window)),
+                            });
+                        }
+                    }
+                }
             }
             if policy.bound_token_refresh.waits() {
                 // The window is what the pods from before the step hold,

@@ -33,7 +33,7 @@ use ksa_core::rotation::{BoundTokenRefresh, Holders, Policy};
 use kube::api::{Api, EvictParams, ListParams};
 use serde::de::DeserializeOwned;
 
-pub use legacy::{count_stale_legacy_secrets, refresh_legacy_tokens, token_kid};
+pub use legacy::{legacy_secret, observe_legacy_tokens, refresh_legacy_tokens, token_kid};
 
 use crate::error::Result;
 
