@@ -36,7 +36,7 @@ use ksa_kube::keystore::{metadata_is_clean, owned_labels};
 use ksa_kube::provenance::{Kind, NotOurs, Sealer, Subject};
 use kube::Resource as _;
 use kube::ResourceExt as _;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt as _, PutOptions};
 
 /// How long outside verifiers may cache what ksa publishes by default,
@@ -436,12 +436,13 @@ impl Location {
                 let name = endpoint_config_map(rotation);
                 // Never written into, nor given an owner (which would have
                 // it collected with the rotation), when it is another's.
-                if let Some(current) = config_maps
+                let current = config_maps
                     .get_opt(&name)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if let Some(current) = &current
                     && sealer
-                        .check_config_map(Kind::Endpoint, namespace, &current)
+                        .check_config_map(Kind::Endpoint, namespace, current)
                         .is_err()
                 {
                     let empty = current.data.as_ref().is_none_or(BTreeMap::is_empty)
@@ -473,14 +474,20 @@ impl Location {
                     ..ConfigMap::default()
                 };
                 sealer.seal_config_map(Kind::Endpoint, namespace, &mut config_map);
-                config_maps
-                    .patch(
-                        &name,
-                        &PatchParams::apply(ksa_kube::keystore::FIELD_MANAGER).force(),
-                        &Patch::Apply(&config_map),
+                // Created, or written on the condition that it is still the
+                // one checked: never into one someone made meanwhile.
+                ksa_kube::keystore::write_owned(config_maps, current.as_ref(), config_map, || {
+                    NotOurs::new(
+                        &Subject {
+                            kind: Kind::Endpoint,
+                            namespace,
+                            name: &name,
+                        },
+                        "someone else created it while ksa was writing it",
                     )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 Ok(())
             }
             Sink::Store {

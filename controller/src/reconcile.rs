@@ -504,6 +504,18 @@ impl Rotation<'_> {
             let Some(key) = unsealed.key.as_ref().filter(|_| adoptable) else {
                 return Err(ksa_kube::Error::from(unsealed.refused.clone()).into());
             };
+            let secret = format!("{}/{}", self.namespace, self.keystore.secret_name(current));
+            // A kid names the public half only: the private half must sign
+            // what the public half verifies, or a Secret carrying the
+            // cluster's public key beside a private key of someone else's
+            // would pass every check below.
+            if !is_key_pair(&self.ctx.backend, key) {
+                return Err(Refusal::ImportNotAKeyPair {
+                    secret,
+                    kid: key.kid().to_string(),
+                }
+                .into());
+            }
             let keys = BTreeMap::from([(current, key.public_key().clone())]);
             let observation = Observation {
                 api_servers: true,
@@ -521,7 +533,7 @@ impl Rotation<'_> {
                 .collect();
             if views.is_empty() || !unconfirmed.is_empty() {
                 return Err(Refusal::ImportNotInUse {
-                    secret: format!("{}/{}", self.namespace, self.keystore.secret_name(current)),
+                    secret,
                     kid: key.kid().to_string(),
                     instances: if views.is_empty() {
                         "no API server instance answered".to_owned()
@@ -531,11 +543,13 @@ impl Rotation<'_> {
                 }
                 .into());
             }
-            self.keystore.adopt(&unsealed, key).await?;
-            // Its public key is served from now on, as ksa's own.
+            // Its public key is served from now on, as ksa's own; written
+            // before the seal, so that a pass cut off between the two does
+            // both again.
             self.keystore
                 .publish_jwks(&[key.public_key().clone()])
                 .await?;
+            self.keystore.adopt(&unsealed, key).await?;
             tracing::info!(rotation = %self.name, version = %current, kid = %key.kid(), "sealed the imported key: every API server signs with it and accepts it");
             self.event(
                 EventType::Normal,
@@ -759,6 +773,21 @@ impl Rotation<'_> {
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         publish_event(self.ctx, self.resource, type_, reason, note).await;
     }
+}
+
+/// Whether `key`'s private half signs what its public half verifies.
+fn is_key_pair(backend: &AwsLc, key: &ksa_core::key::PrivateKey) -> bool {
+    use ksa_core::crypto::CryptoBackend as _;
+    const MESSAGE: &[u8] = b"ksa.dev/key-pair-check";
+    let Ok(signer) = backend.signing_key(key) else {
+        return false;
+    };
+    let Ok(signature) = signer.sign(MESSAGE) else {
+        return false;
+    };
+    backend
+        .verifying_key(key.public_key())
+        .is_ok_and(|verifier| verifier.verify(MESSAGE, &signature))
 }
 
 /// What the RotationStarted Event says.

@@ -195,6 +195,12 @@ pub enum Refusal {
         kid: String,
         instances: String,
     },
+    #[error(
+        "the key imported into Secret {secret} (kid {kid}) is not a key pair: its private part \
+         does not sign what its public key verifies; ksa never uses it. Find out who created \
+         the Secret, delete it, and import the key kube-apiserver signs with"
+    )]
+    ImportNotAKeyPair { secret: String, kid: String },
 }
 
 impl Refusal {
@@ -216,6 +222,7 @@ impl Refusal {
             Refusal::ContainerMissing { .. } => "ContainerMissing",
             Refusal::IssuerArguments { .. } => "IssuerArguments",
             Refusal::ImportNotInUse { .. } => "ImportNotInUse",
+            Refusal::ImportNotAKeyPair { .. } => "ImportNotAKeyPair",
         }
     }
 }

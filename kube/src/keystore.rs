@@ -126,6 +126,13 @@ impl KeyStore {
         let mut found = Vec::new();
         for secret in list {
             let version = key_version_label(&secret);
+            // Labelled, but not under a key's own name: never used (see
+            // `public_keys`), so nothing to refuse.
+            if let Some(version) = version
+                && secret.metadata.name.as_deref() != Some(self.secret_name(version).as_str())
+            {
+                continue;
+            }
             let refused = match version {
                 Some(version) => self.check_key_secret(version, &secret).err(),
                 None => Some(NotOurs::new(
@@ -209,7 +216,13 @@ impl KeyStore {
             let Some(version) = key_version_label(&secret) else {
                 continue;
             };
-            // A planted Secret is refused by name, never skipped silently.
+            // A Secret under another name is not a key of this store,
+            // whatever its labels say: never used, and no reason to stop.
+            if secret.metadata.name.as_deref() != Some(self.secret_name(version).as_str()) {
+                continue;
+            }
+            // A Secret under a key's own name that ksa did not seal is
+            // refused by name, never skipped.
             self.check_key_secret(version, &secret)?;
             let key = private_key_of(&secret)?;
             keys.insert(version, key.public_key().clone());
@@ -231,12 +244,13 @@ impl KeyStore {
         }
     }
 
-    /// The kid of the key stored as `version`, read without checking its
-    /// seal: for `ksa keys import`, which compares it with the key it
-    /// brings. `None` when there is none.
-    pub async fn stored_kid(&self, version: KeyVersion) -> Result<Option<ksa_core::KeyId>> {
+    /// The key stored as `version`, read without checking its seal: for
+    /// `ksa keys import`, which compares it whole with the key it brings
+    /// (a kid says only what the public half is), and `rotate`'s check that
+    /// it was imported. `None` when there is none.
+    pub async fn stored_key(&self, version: KeyVersion) -> Result<Option<PrivateKey>> {
         match self.secrets.get_opt(&self.secret_name(version)).await? {
-            Some(secret) => Ok(Some(private_key_of(&secret)?.kid().clone())),
+            Some(secret) => Ok(Some(private_key_of(&secret)?)),
             None => Ok(None),
         }
     }
@@ -364,13 +378,17 @@ impl KeyStore {
             if let Some(sealer) = &self.sealer {
                 sealer.seal_secret(Kind::ApiServerKeys, &self.namespace, &mut secret);
             }
-            self.secrets
-                .patch(
-                    secret_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&secret),
+            write_owned(&self.secrets, current.as_ref(), secret, || {
+                NotOurs::new(
+                    &Subject {
+                        kind: Kind::ApiServerKeys,
+                        namespace: &self.namespace,
+                        name: secret_name,
+                    },
+                    "someone else created it while ksa was writing it",
                 )
-                .await?;
+            })
+            .await?;
         }
         self.publish_jwks(&public_keys).await?;
         Ok(!unchanged)
@@ -381,10 +399,11 @@ impl KeyStore {
     /// someone else wrote that holds anything ksa would not write.
     pub async fn publish_jwks(&self, keys: &[PublicKey]) -> Result<()> {
         let name = self.jwks_config_map();
+        let current = self.config_maps.get_opt(&name).await?;
         if let Some(sealer) = &self.sealer
-            && let Some(current) = self.config_maps.get_opt(&name).await?
+            && let Some(current) = &current
             && sealer
-                .check_config_map(Kind::Jwks, &self.namespace, &current)
+                .check_config_map(Kind::Jwks, &self.namespace, current)
                 .is_err()
         {
             // Written by someone else: taken over only when nothing of
@@ -420,14 +439,17 @@ impl KeyStore {
         if let Some(sealer) = &self.sealer {
             sealer.seal_config_map(Kind::Jwks, &self.namespace, &mut config_map);
         }
-        self.config_maps
-            .patch(
-                &self.jwks_config_map(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&config_map),
+        write_owned(&self.config_maps, current.as_ref(), config_map, || {
+            NotOurs::new(
+                &Subject {
+                    kind: Kind::Jwks,
+                    namespace: &self.namespace,
+                    name: &name,
+                },
+                "someone else created it while ksa was writing it",
             )
-            .await?;
-        Ok(())
+        })
+        .await
     }
 
     pub fn jwks_config_map(&self) -> String {
@@ -512,6 +534,41 @@ impl std::fmt::Debug for Unsealed {
             .field("version", &self.version)
             .field("refused", &self.refused)
             .finish_non_exhaustive()
+    }
+}
+
+/// Writes `object` as ksa's, never into an object someone else made or
+/// changed since `current` was read: created when `current` is `None` (a
+/// 409 means another made it meanwhile, and is refused by name), otherwise
+/// applied on the condition that it is still the one read (its
+/// resourceVersion; the API server answers 409 when it is not, and the next
+/// pass reads and checks it again).
+pub async fn write_owned<K>(
+    api: &Api<K>,
+    current: Option<&K>,
+    mut object: K,
+    refused: impl FnOnce() -> NotOurs,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    match current {
+        None => match api.create(&PostParams::default(), &object).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(refused().into()),
+            Err(error) => Err(error.into()),
+        },
+        Some(current) => {
+            object.meta_mut().resource_version = current.meta().resource_version.clone();
+            let name = object.meta().name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await?;
+            Ok(())
+        }
     }
 }
 

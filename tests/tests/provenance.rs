@@ -141,6 +141,13 @@ async fn a_planted_next_key_is_refused_by_name_and_never_reaches_the_api_servers
     secrets(&scenario)
         .create(&PostParams::default(), &key_secret(2, &planted))
         .await?;
+    // Labelled as a key, under a name no key has: not a key of the store,
+    // ignored, and no reason to stop (it stays throughout).
+    let mut junk = key_secret(2, &planted);
+    junk.metadata.name = Some("junk".into());
+    secrets(&scenario)
+        .create(&PostParams::default(), &junk)
+        .await?;
     request_rotation(&scenario, serde_json::json!({})).await?;
 
     let waiting = wait_for_refusal(

@@ -265,7 +265,11 @@ async fn store_key(
         Err(other) => return Err(StoreError::Kube(other)),
     };
     if let Some(stored) = &before {
-        return if stored.kid() == key.kid() {
+        // The same kid says only that the public halves match: the stored
+        // private key must also be one whose arithmetic is that public key
+        // (a planted Secret can carry the cluster's public key beside a
+        // private key of its own).
+        return if stored.kid() == key.kid() && AwsLc::new().signing_key(stored).is_ok() {
             Ok(Imported::AlreadyThere)
         } else {
             Err(StoreError::Different {

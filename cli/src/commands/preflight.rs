@@ -249,7 +249,7 @@ pub async fn key_imported(
     version: ksa_core::KeyVersion,
 ) -> Result<(), Failure> {
     let store = ksa_kube::keystore::KeyStore::new(connection.client.clone(), namespace, name);
-    match store.stored_kid(version).await {
+    match store.stored_key(version).await {
         Ok(found) => check_key_imported(
             found.is_some(),
             namespace,
