@@ -25,7 +25,7 @@ use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, PassError, StateStore, World};
 use ksa_kube::keystore::KeyStore;
-use ksa_kube::provenance::Sealer;
+use ksa_kube::provenance::{Kind, NotOurs, Sealer, Subject};
 use ksa_kube::{lock, refresh};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -255,6 +255,27 @@ impl Rotation<'_> {
         // Only keys the controller made, or the operator's import once every
         // API server has shown it signs with and accepts it.
         self.adopt_imported_keys(&state).await?;
+        // A state of an older key version than a key ksa has made since is
+        // an old status put back (or the unsealed "settled on key 1"):
+        // never acted on.
+        if let Some(newer) = self
+            .keystore
+            .public_keys()
+            .await?
+            .into_keys()
+            .find(|version| *version > state.key_version())
+        {
+            tracing::warn!(rotation = %self.name, stored = %newer, state = %state.key_version(), "the stored state is older than a key ksa made");
+            return Err(ksa_kube::Error::from(NotOurs::new(
+                &Subject {
+                    kind: Kind::State,
+                    namespace: &self.namespace,
+                    name: &self.name,
+                },
+                "its state is older than a key ksa has made since",
+            ))
+            .into());
+        }
         let target = KeyVersion::new(self.resource.spec.key_version);
         let issuer = if state.is_completed() {
             self.issuer_change(&state).await?

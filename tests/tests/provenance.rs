@@ -326,6 +326,27 @@ async fn a_hand_edited_status_is_refused_and_no_key_is_deleted() -> Result<()> {
         )
         .await?;
     }
+    // The status a resource has before its first rotation, put back in
+    // the middle of it: older than key 2, which ksa has made since.
+    rotations(&scenario)
+        .patch_status(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "keyVersion": 1, "step": "Completed", "tokenVersion": 1,
+                "privateKeyVersion": 1, "publicKeyVersions": [1],
+                "startedAt": null, "stepStartedAt": null, "confirmedAt": null, "seal": null,
+            }})),
+        )
+        .await?;
+    wait_for_refusal(
+        &scenario,
+        &format!(
+            "KSASigningKeyRotation {NAMESPACE}/{CLUSTER} is not ksa's (its state is older than a \
+             key ksa has made since)"
+        ),
+    )
+    .await?;
     // Key 1 is still stored and still trusted: nothing acted on the edit.
     ensure!(
         secrets(&scenario)
