@@ -1285,6 +1285,8 @@ mod tests {
                     ("GET", Some(existing)) => (200, existing.to_string()),
                     ("GET", None) => (404, not_found.to_string()),
                     ("PATCH", _) => (200, body),
+                    // Created when absent (`keystore::write_owned`).
+                    ("POST", None) => (201, body),
                     _ => (404, not_found.to_string()),
                 };
                 Ok::<_, std::convert::Infallible>(
@@ -1366,10 +1368,11 @@ mod tests {
                 .await
                 .expect("written");
             let asked = asked.lock().expect("works").clone();
+            // Created when absent, applied over the one read otherwise.
             let (_, _, body) = asked
                 .iter()
-                .find(|(method, _, _)| method == "PATCH")
-                .expect("a patch");
+                .find(|(method, _, _)| method == "PATCH" || method == "POST")
+                .expect("a write");
             let written: ConfigMap = serde_json::from_str(body).expect("a ConfigMap");
             assert_eq!(
                 sealer().check_config_map(Kind::Endpoint, "ns", &written),
