@@ -258,13 +258,7 @@ impl Rotation<'_> {
         // A state of an older key version than a key ksa has made since is
         // an old status put back (or the unsealed "settled on key 1"):
         // never acted on.
-        if let Some(newer) = self
-            .keystore
-            .public_keys()
-            .await?
-            .into_keys()
-            .find(|version| *version > state.key_version())
-        {
+        if let Some(newer) = state.predates(self.keystore.public_keys().await?.into_keys()) {
             tracing::warn!(rotation = %self.name, stored = %newer, state = %state.key_version(), "the stored state is older than a key ksa made");
             return Err(ksa_kube::Error::from(NotOurs::new(
                 &Subject {
@@ -521,7 +515,7 @@ impl Rotation<'_> {
     async fn adopt_imported_keys(&self, state: &RotationState) -> Result<()> {
         for unsealed in self.keystore.unsealed().await? {
             let current = state.versions().private_key_version();
-            let adoptable = state.is_completed() && unsealed.version == Some(current);
+            let adoptable = unsealed.version.is_some_and(|v| state.adopts_import(v));
             let Some(key) = unsealed.key.as_ref().filter(|_| adoptable) else {
                 return Err(ksa_kube::Error::from(unsealed.refused.clone()).into());
             };

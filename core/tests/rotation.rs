@@ -1781,3 +1781,30 @@ fn a_blocked_legacy_token_delays_refresh_tokens_until_the_deadline_then_is_cut_o
     let plan = rotation::step(&refresh, &seen, at(3 * 3600), &policy).expect("steps");
     assert_eq!(plan.next.step(), Step::RefreshTokens);
 }
+
+/// Provenance decisions (`ksa_kube::provenance`): which unsealed import a
+/// state takes in, and which state is an old status put back.
+#[test]
+fn only_a_settled_cluster_takes_in_an_import_and_a_state_older_than_a_key_is_refused() {
+    let (one, two) = (KeyVersion::FIRST, KeyVersion::new(2));
+    let settled = RotationState::settled(one);
+    assert!(settled.adopts_import(one));
+    assert!(!settled.adopts_import(two), "a planted next key");
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let generating = rotation::start(
+        &settled,
+        &StartRequest {
+            target: two,
+            issuer: None,
+            advanced_cluster: false,
+            lock: OperationLock::Free,
+        },
+        now,
+    )
+    .expect("starts");
+    assert!(!generating.adopts_import(one), "only before a rotation");
+    assert!(!generating.adopts_import(two));
+    assert_eq!(settled.predates([one]), None);
+    assert_eq!(settled.predates([one, two]), Some(two), "put back");
+    assert_eq!(generating.predates([one, two]), None);
+}

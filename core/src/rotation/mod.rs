@@ -321,6 +321,22 @@ impl RotationState {
         }
     }
 
+    /// Whether an operator's import of key `version`, not yet sealed by ksa,
+    /// may be taken in (once the API servers confirm it): only the key a
+    /// settled cluster signs with. Any other unsealed key is refused.
+    pub fn adopts_import(&self, version: KeyVersion) -> bool {
+        self.is_completed() && version == self.versions().private_key_version()
+    }
+
+    /// A stored key newer than this state's version, if there is one: then
+    /// this state was written before that key was made, and is an old
+    /// status put back, never acted on.
+    pub fn predates(&self, stored: impl IntoIterator<Item = KeyVersion>) -> Option<KeyVersion> {
+        stored
+            .into_iter()
+            .find(|version| *version > self.key_version)
+    }
+
     /// What [`step`] needs observed of the world in this state: the drivers
     /// look at nothing else.
     pub fn observation(&self) -> Observation {
