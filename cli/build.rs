@@ -21,8 +21,13 @@ fn main() {
         println!("cargo:rerun-if-changed={dir}/HEAD");
         println!("cargo:rerun-if-changed={dir}/refs/heads");
     }
+    // A path that does not exist makes cargo run this script on every
+    // build: `packed-refs` is watched only where git has written one.
     if let Some(dir) = git(&["rev-parse", "--git-common-dir"]) {
         println!("cargo:rerun-if-changed={dir}/refs/heads");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        let packed = std::path::Path::new(&dir).join("packed-refs");
+        if packed.exists() {
+            println!("cargo:rerun-if-changed={}", packed.display());
+        }
     }
 }

@@ -13,7 +13,8 @@ Exit codes:
   3  refused: another key rotation or cluster operation is in progress
   4  could not check (for `token verify`: a --jwks URL could not be fetched
      or held no JWKS, no trusted key could be loaded, or the result could not
-     be written); nothing is known about the token";
+     be written); nothing is known about the token
+  5  still running: `--wait` gave up at its timeout, and the rotation goes on";
 
 /// `ksa --version`: the version, and what `ksa version` says.
 const LONG_VERSION: &str = concat!(
@@ -165,7 +166,7 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
         "  ksa update credentials ksa-signing-key rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --skip-prompt --wait\n",
         "  ksa update credentials ksa-signing-key rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
-        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress"
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
     ))]
     Rotate {
         #[command(flatten)]
@@ -185,9 +186,12 @@ pub enum RotationCommand {
         /// Follow the rotation to the end, printing each new status line.
         #[arg(long)]
         wait: bool,
-        /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
-        #[arg(long, value_name = "DURATION", default_value = "2h")]
-        timeout: String,
+        /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
+        /// the rotation goes on; with --wait. Default: the longest the
+        /// rotation can take when nothing holds it (three roll-outs, the
+        /// trust lead time, and the longest refresh window).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
         /// Also change the token issuer to this https URL, in the same
         /// steps (one token refresh for both).
         #[arg(long, value_name = "URL")]
@@ -230,7 +234,7 @@ pub enum IssuerCommand {
         "Examples:\n",
         "  ksa update credentials ksa-issuer rotate --issuer https://oidc.example.com/cluster-1 --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
         "  ksa update credentials ksa-issuer rotate --issuer https://oidc.example.com/cluster-1 --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
-        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input (a URL that is not https with a host, has a query or fragment, or is already the signing issuer), 3 another operation in progress"
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input (a URL that is not https with a host, has a query or fragment, or is already the signing issuer), 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
     ))]
     Rotate {
         /// The issuer to change to: an https URL with a host and no query,
@@ -254,9 +258,12 @@ pub enum IssuerCommand {
         /// Follow the rotation to the end, printing each new status line.
         #[arg(long)]
         wait: bool,
-        /// Give up waiting after this long (e.g. 30m, 2h); with --wait.
-        #[arg(long, value_name = "DURATION", default_value = "2h")]
-        timeout: String,
+        /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
+        /// the rotation goes on; with --wait. Default: the longest the
+        /// rotation can take when nothing holds it (three roll-outs, the
+        /// trust lead time, and the longest refresh window).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
         /// Change nothing: print the plan (API servers, legacy and bound
         /// tokens, who would be restarted, evicted or cut off, the refresh
         /// window, each step) from the live cluster.

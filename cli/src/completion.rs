@@ -155,7 +155,7 @@ pub fn main() -> std::process::ExitCode {
     command.build();
     let (candidates, directive) = candidates(&command, &words);
     // kubectl reads it all; a closed pipe leaves nothing to say.
-    let _ = crate::commands::print(&render(&candidates, directive));
+    let _ = crate::output::print(&render(&candidates, directive));
     std::process::ExitCode::SUCCESS
 }
 

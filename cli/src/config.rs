@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ksa_kube::api::{DirectorySink, PublishSpec, S3Sink};
+use ksa_kube::api::{DirectorySink, KeyKind, PublishSpec, RolloutKind, S3Sink, TokenRefreshPolicy};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -35,9 +35,10 @@ pub struct UserClusterConfig {
     pub issuer: Option<String>,
     /// `ksaSigningKeyRotation.key`: `RSA-2048` (default), `RSA-3072`,
     /// `RSA-4096` or `ECDSA-P256`.
-    pub key: String,
-    /// `ksaSigningKeyRotation.tokenRefresh.policy`.
-    pub token_refresh: String,
+    pub key: KeyKind,
+    /// `ksaSigningKeyRotation.tokenRefresh.policy`: `restart-pods`
+    /// (default), `recreate-nodes` or `wait`.
+    pub token_refresh: TokenRefreshPolicy,
     pub max_token_seconds: u64,
     pub trust_lead_time_seconds: u64,
     /// `ksaSigningKeyRotation.kubeconfigSecret`: the Secret in the admin
@@ -50,7 +51,7 @@ pub struct UserClusterConfig {
     pub key_secret: Option<String>,
     /// `ksaSigningKeyRotation.rollout`: `hosted-control-plane` (default) or
     /// `external-signer`.
-    pub rollout: String,
+    pub rollout: RolloutKind,
     /// `ksaSigningKeyRotation.apiServerWorkload`: the workload running the
     /// API servers (restarted on a key change, its container's issuer
     /// arguments changed by an issuer rotation).
@@ -314,10 +315,27 @@ impl Written {
     }
 }
 
-const KEYS: [&str; 4] = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256"];
-const POLICIES: [&str; 3] = ["restart-pods", "recreate-nodes", "wait"];
-const ROLLOUTS: [&str; 2] = ["hosted-control-plane", "external-signer"];
-const WORKLOAD_KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
+/// The values of each choice, as written and as read.
+const KEYS: [(&str, KeyKind); 4] = [
+    ("RSA-2048", KeyKind::Rsa2048),
+    ("RSA-3072", KeyKind::Rsa3072),
+    ("RSA-4096", KeyKind::Rsa4096),
+    ("ECDSA-P256", KeyKind::EcdsaP256),
+];
+const POLICIES: [(&str, TokenRefreshPolicy); 3] = [
+    ("restart-pods", TokenRefreshPolicy::RestartPods),
+    ("recreate-nodes", TokenRefreshPolicy::RecreateNodes),
+    ("wait", TokenRefreshPolicy::Wait),
+];
+const ROLLOUTS: [(&str, RolloutKind); 2] = [
+    ("hosted-control-plane", RolloutKind::HostedControlPlane),
+    ("external-signer", RolloutKind::ExternalSigner),
+];
+const WORKLOAD_KINDS: [(&str, &str); 3] = [
+    ("Deployment", "Deployment"),
+    ("StatefulSet", "StatefulSet"),
+    ("DaemonSet", "DaemonSet"),
+];
 /// Largest config accepted; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -453,7 +471,7 @@ impl UserClusterConfig {
             &KEYS,
             "RSA-2048 (default), RSA-3072, RSA-4096 or ECDSA-P256",
         )?
-        .unwrap_or_else(|| "RSA-2048".into());
+        .unwrap_or_default();
         let refresh = mapping(
             section.token_refresh,
             &field("tokenRefresh"),
@@ -468,7 +486,7 @@ impl UserClusterConfig {
             &POLICIES,
             "restart-pods (default), recreate-nodes or wait",
         )?
-        .unwrap_or_else(|| "restart-pods".into());
+        .unwrap_or_default();
         let max_token_seconds = number(
             refresh.as_ref().and_then(|r| r.max_token_seconds.as_ref()),
             &field("tokenRefresh.maxTokenSeconds"),
@@ -499,7 +517,7 @@ impl UserClusterConfig {
             &ROLLOUTS,
             "hosted-control-plane (default) or external-signer",
         )?
-        .unwrap_or_else(|| "hosted-control-plane".into());
+        .unwrap_or_default();
         let workload = mapping(
             section.api_server_workload,
             &field("apiServerWorkload"),
@@ -520,6 +538,7 @@ impl UserClusterConfig {
                     &WORKLOAD_KINDS,
                     "Deployment, StatefulSet or DaemonSet",
                 )?
+                .map(str::to_owned)
                 .ok_or(ConfigError::Missing {
                     field: field("kind"),
                     allowed: "Deployment, StatefulSet or DaemonSet",
@@ -686,25 +705,31 @@ fn string(value: Option<&Written>, field: &str) -> Result<Option<String>, Config
     }
 }
 
-fn one_of(
+/// The value `value` names in `choices` (as written, as read), or an
+/// error naming what is allowed; never a default for a value not listed.
+fn one_of<T: Copy>(
     value: Option<&Written>,
     field: &str,
-    allowed_values: &[&str],
+    choices: &[(&str, T)],
     allowed: &'static str,
-) -> Result<Option<String>, ConfigError> {
+) -> Result<Option<T>, ConfigError> {
     match string(value, field) {
-        Ok(Some(v)) if !allowed_values.contains(&v.as_str()) => Err(ConfigError::Invalid {
-            field: field.to_owned(),
-            value: format!("{v:?}"),
-            allowed,
-        }),
+        Ok(Some(v)) => match choices.iter().find(|(written, _)| *written == v) {
+            Some((_, read)) => Ok(Some(*read)),
+            None => Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                value: format!("{v:?}"),
+                allowed,
+            }),
+        },
         // Not a string: say what is allowed, not only "a string".
         Err(ConfigError::Invalid { field, value, .. }) => Err(ConfigError::Invalid {
             field,
             value,
             allowed,
         }),
-        other => other,
+        Ok(None) => Ok(None),
+        Err(other) => Err(other),
     }
 }
 
@@ -747,8 +772,8 @@ mod tests {
         assert_eq!(config.name, "user-cluster-1");
         assert_eq!(config.namespace, "user-cluster-1");
         assert!(!config.advanced_cluster);
-        assert_eq!(config.key, "RSA-2048");
-        assert_eq!(config.token_refresh, "restart-pods");
+        assert_eq!(config.key, KeyKind::Rsa2048);
+        assert_eq!(config.token_refresh, TokenRefreshPolicy::RestartPods);
     }
 
     #[test]
@@ -780,14 +805,14 @@ ksaSigningKeyRotation:
                 advanced_cluster: false,
                 issuers: vec!["https://a.example".into()],
                 issuer: Some("https://b.example".into()),
-                key: "ECDSA-P256".into(),
-                token_refresh: "wait".into(),
+                key: KeyKind::EcdsaP256,
+                token_refresh: TokenRefreshPolicy::Wait,
                 max_token_seconds: 3600,
                 trust_lead_time_seconds: 300,
                 kubeconfig_secret: Some("c1-kubeconfig".into()),
                 kubeconfig_secret_key: "admin.conf".into(),
                 key_secret: Some("c1-apiserver-keys".into()),
-                rollout: "external-signer".into(),
+                rollout: RolloutKind::ExternalSigner,
                 api_server_workload: Some(ApiServerWorkload {
                     kind: "StatefulSet".into(),
                     name: "kube-apiserver".into(),

@@ -81,7 +81,7 @@ pub fn request_timeout(text: &str) -> Result<Option<Duration>, Failure> {
     let text = text.trim();
     let timeout = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => crate::commands::duration(text, "--request-timeout")?,
+        Err(_) => crate::input::duration(text, "--request-timeout")?,
     };
     Ok((!timeout.is_zero()).then_some(timeout))
 }
@@ -211,7 +211,7 @@ fn describe(config: &kube::Config, context: &Option<String>, source: &Kubeconfig
 /// (`--kubeconfig <(...)`) is read once and taken as it is.
 fn read(path: &Path) -> Result<Kubeconfig, Failure> {
     let context = || format!("kubeconfig {}", path.display());
-    let bytes = crate::input::read_limited(path, crate::commands::MAX_INPUT)
+    let bytes = crate::input::read_limited(path, crate::input::MAX_INPUT)
         .with_context(context)
         .map_err(Failure::bad_input)?;
     let text = std::str::from_utf8(&bytes)

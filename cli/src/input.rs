@@ -1,12 +1,15 @@
-//! Reading files the user names, never more than a stated limit.
+//! Reading what the user gives: arguments that may come on stdin, files
+//! never read past a stated limit, durations.
 //!
 //! A file's size on disk says nothing about how much a read returns:
 //! `/dev/zero`, `/dev/urandom`, a FIFO or a process substitution report a
 //! size of 0 and never end. So every read counts the bytes it gets and stops
 //! one byte past the limit, whatever the file says about itself.
 
-use std::io::Read;
+use std::io::{IsTerminal as _, Read};
 use std::path::Path;
+
+use crate::Failure;
 
 /// Why a file could not be read within its limit.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,55 @@ pub fn read_limited_from(reader: impl Read, what: &str, limit: u64) -> Result<Ve
         });
     }
     Ok(bytes)
+}
+
+/// Largest input read from an argument, a file or stdin.
+pub(crate) const MAX_INPUT: u64 = ksa_core::MAX_INPUT_BYTES as u64;
+
+/// The text of an argument that may be `-` (stdin) or absent (stdin when it
+/// is not a terminal).
+pub fn argument(arg: Option<String>, what: &str) -> Result<String, Failure> {
+    match arg.as_deref() {
+        Some("-") | None => {
+            if arg.is_none() && std::io::stdin().is_terminal() {
+                return Err(Failure::bad_input(anyhow::anyhow!(
+                    "no {what} given; pass it as an argument or pipe it in with -"
+                )));
+            }
+            let bytes = read_limited_from(
+                std::io::stdin().lock(),
+                &format!("the {what} on stdin"),
+                MAX_INPUT,
+            )
+            .map_err(Failure::bad_input)?;
+            String::from_utf8(bytes).map_err(|_| {
+                Failure::bad_input(anyhow::anyhow!("the {what} on stdin is not UTF-8 text"))
+            })
+        }
+        Some(text) => Ok(text.to_owned()),
+    }
+}
+
+/// Reads a file (or stdin for `-`), refusing more than [`MAX_INPUT`] bytes
+/// however the file describes its size.
+pub fn read_file(path: &str) -> Result<Vec<u8>, Failure> {
+    let read = if path == "-" {
+        read_limited_from(std::io::stdin().lock(), "stdin", MAX_INPUT)
+    } else {
+        read_limited(std::path::Path::new(path), MAX_INPUT)
+    };
+    read.map_err(Failure::bad_input)
+}
+
+/// Parses a duration such as `30m`, `2h` or `1h30m`.
+pub fn duration(text: &str, flag: &str) -> Result<std::time::Duration, Failure> {
+    let parsed: jiff::SignedDuration = text.parse().map_err(|e| {
+        Failure::bad_input(anyhow::anyhow!(
+            "{flag}: {text:?} is not a duration such as 30m or 2h ({e})"
+        ))
+    })?;
+    std::time::Duration::try_from(parsed)
+        .map_err(|_| Failure::bad_input(anyhow::anyhow!("{flag}: {text:?} must not be negative")))
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ pub mod fetch;
 pub mod input;
 pub mod kubeadm;
 mod output;
+pub mod plan;
 pub mod progress;
+pub mod prompt;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ pub mod exit {
     /// The check could not be made (a JWKS URL could not be fetched or
     /// used) or its result could not be written: nothing is known.
     pub const CANNOT_CHECK: u8 = 4;
+    /// `--wait` gave up at its timeout; the rotation goes on.
+    pub const STILL_RUNNING: u8 = 5;
 }
 
 /// An error with the exit code it maps to.
@@ -49,6 +53,13 @@ impl Failure {
     pub fn cannot_check(error: impl Into<anyhow::Error>) -> Failure {
         Failure {
             code: exit::CANNOT_CHECK,
+            error: error.into(),
+        }
+    }
+
+    pub fn still_running(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: exit::STILL_RUNNING,
             error: error.into(),
         }
     }

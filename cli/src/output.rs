@@ -4,6 +4,9 @@
 use std::borrow::Cow;
 use std::io::IsTerminal as _;
 
+use crate::args::DataFormat;
+use crate::{Failure, Outcome};
+
 /// `error: outer: cause: root cause`, each cause once.
 pub fn chain(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -141,6 +144,46 @@ pub fn age(seconds: u64) -> String {
         3600..86400 => two(seconds / 3600, "h", seconds % 3600 / 60, "m"),
         _ => two(seconds / 86400, "d", seconds % 86400 / 3600, "h"),
     }
+}
+
+/// Prints to stdout. A closed stdout is a [`StdoutClosed`] failure with
+/// the code [`exit::FAILED`](crate::exit::FAILED), which `main` reports
+/// quietly; a command whose result is already a success uses [`finish`].
+pub fn print(text: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    };
+    write().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::from(StdoutClosed)
+        } else {
+            Failure::from(anyhow::Error::new(e).context("writing to stdout"))
+        }
+    })
+}
+
+/// Prints a successful command's output and exits [`exit::DONE`]: a reader
+/// that closed stdout early (`ksa ... | head`) had what it wanted, as in
+/// ripgrep.
+pub fn finish(text: &str) -> Outcome {
+    match print(text) {
+        Err(failure) if !is_stdout_closed(&failure.error) => Err(failure),
+        _ => Ok(crate::exit::DONE),
+    }
+}
+
+/// Data as JSON or YAML.
+pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String, Failure> {
+    Ok(match format {
+        DataFormat::Json => serde_json::to_string_pretty(value)?,
+        DataFormat::Yaml => serde_saphyr::to_string(value)?,
+    })
 }
 
 #[cfg(test)]

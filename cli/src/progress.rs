@@ -238,8 +238,122 @@ fn steps_between(first: Step, last: Step) -> impl Iterator<Item = Step> {
         .filter(move |step| (first..=last).contains(step))
 }
 
+/// How long each step took, from what the states a follower sees record
+/// (each state says when its step began): a note when a step ends, and a
+/// summary once the rotation completes. For people, on stderr.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// The step last seen and when it began.
+    current: Option<(Step, jiff::Timestamp)>,
+    /// When the first step seen began.
+    first: Option<jiff::Timestamp>,
+    done: Vec<(String, jiff::SignedDuration)>,
+}
+
+impl Timings {
+    /// Takes in a state seen; returns the note of the steps that ended
+    /// since the last one (`Trust took 1m 3s`), if any.
+    pub fn observe(&mut self, observed: &RotationState) -> Option<String> {
+        let (step, began) = (observed.step(), observed.step_started_at()?);
+        match self.current {
+            Some((seen, since)) if step > seen => {
+                let took = began.duration_since(since);
+                // Steps the watch missed ended within the same time: named
+                // together.
+                let ended: Vec<String> = Step::ROTATION
+                    .iter()
+                    .filter(|s| **s >= seen && **s < step)
+                    .map(ToString::to_string)
+                    .collect();
+                let ended = ended.join(" and ");
+                self.current = Some((step, began));
+                let note = format!("{ended} took {}", friendly(took));
+                self.done.push((ended, took));
+                Some(note)
+            }
+            Some(_) => None,
+            None => {
+                self.current = Some((step, began));
+                self.first = Some(began);
+                None
+            }
+        }
+    }
+
+    /// The summary once the rotation completed: the whole time seen and
+    /// each step's.
+    pub fn summary(&self) -> Option<String> {
+        let (Some(first), Some((Step::Completed, end))) = (self.first, self.current) else {
+            return None;
+        };
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(step, took)| format!("{step} {}", friendly(*took)))
+            .collect();
+        Some(format!(
+            "completed in {} ({})",
+            friendly(end.duration_since(first)),
+            steps.join(", ")
+        ))
+    }
+}
+
+/// A duration as people read it (`1m 3s`; `0s` for a clock gone back).
+fn friendly(duration: jiff::SignedDuration) -> String {
+    let duration = if duration.is_negative() {
+        jiff::SignedDuration::ZERO
+    } else {
+        jiff::SignedDuration::from_secs(duration.as_secs())
+    };
+    format!("{duration:#}")
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn at(version: u64, step: Step, began: &str) -> RotationState {
+        serde_json::from_value(serde_json::json!({
+            "keyVersion": version, "step": step, "stepStartedAt": began,
+        }))
+        .expect("a state")
+    }
+
+    #[test]
+    fn each_step_says_how_long_it_took_and_the_end_sums_up() {
+        let mut timings = Timings::default();
+        assert_eq!(
+            timings.observe(&at(2, Step::Generate, "2026-12-04T10:00:00Z")),
+            None
+        );
+        assert_eq!(
+            timings.observe(&at(2, Step::Generate, "2026-12-04T10:00:00Z")),
+            None
+        );
+        assert_eq!(
+            timings
+                .observe(&at(2, Step::Trust, "2026-12-04T10:00:02Z"))
+                .as_deref(),
+            Some("Generate took 2s")
+        );
+        // A step the watch missed is counted in the one seen before it.
+        assert_eq!(
+            timings
+                .observe(&at(2, Step::RefreshTokens, "2026-12-04T10:01:05Z"))
+                .as_deref(),
+            Some("Trust and Sign took 1m 3s")
+        );
+        assert_eq!(timings.summary(), None, "not completed yet");
+        timings.observe(&at(2, Step::Retire, "2026-12-04T10:03:05Z"));
+        timings.observe(&at(2, Step::Completed, "2026-12-04T10:03:35Z"));
+        assert_eq!(
+            timings.summary().as_deref(),
+            Some(
+                "completed in 3m 35s (Generate 2s, Trust and Sign 1m 3s, RefreshTokens 2m, Retire 30s)"
+            )
+        );
+    }
+
     use super::*;
 
     fn state(version: u64, step: Step) -> RotationState {

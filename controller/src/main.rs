@@ -34,7 +34,10 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print!("{}", serde_yaml::to_string(&KSASigningKeyRotation::crd())?);
+            print!(
+                "{}",
+                ksa_controller::manifests::to_yaml(&KSASigningKeyRotation::crd())
+            );
             Ok(())
         }
         Command::Run(args) => ksa_controller::run::run(*args).await,

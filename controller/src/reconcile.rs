@@ -1,8 +1,9 @@
 //! The reconciler: a thin adapter over the one rotation driver
 //! (`ksa_kube::driver`). Each reconcile starts a rotation when the spec asks
 //! for one, then runs one driver pass with the resource's status as the
-//! state store and the key Secrets, the user cluster and the roll-out as
-//! the world. The controller runtime's requeue is its loop.
+//! state store, in the one world (`ksa_kube::world`) over the controller's
+//! ports: the key Secrets, the roll-out and the outside locations. The
+//! controller runtime's requeue is its loop.
 //!
 //! It decides nothing about the rotation itself: the core does, and the
 //! driver saves the next state before it applies any effect.
@@ -15,18 +16,21 @@ use jiff::Timestamp;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::issuer::Issuer;
+use ksa_core::signing_issuer::signing_issuer;
 
 use crate::publish::Locations;
+use ksa_core::key::{PrivateKey, PublicKey};
 use ksa_core::rotation::{
-    self, CutOff, Effect, IssuerChange, Observation, Observed, Plan, Policy, RotationState,
+    self, CutOff, IssuerChange, Observation, Plan, Policy, PublicationView, RotationState,
     StartRequest, Step,
 };
 use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
 use ksa_kube::cluster::TargetCluster;
-use ksa_kube::driver::{self, PassError, StateStore, World};
+use ksa_kube::driver::{self, Findings, PassError, StateStore};
 use ksa_kube::keystore::KeyStore;
+use ksa_kube::lock;
 use ksa_kube::provenance::{Kind, NotOurs, Sealer, Subject};
-use ksa_kube::{lock, refresh};
+use ksa_kube::world::{ApiServers, ClusterWorld, KeyStorage, Lease, Outside, RollOut};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -282,15 +286,28 @@ impl Rotation<'_> {
                 None => return Ok(Action::requeue(Duration::from_secs(30))),
             }
         }
-        let pass = driver::pass(
-            &mut Status(self),
-            &mut Cluster(self),
-            &state,
+        // Nowhere to publish: no location is contacted, as in kubeadm mode.
+        let outside = (!self.locations.is_empty()).then_some(Publications(self));
+        let lease = Lease {
+            client: &self.ctx.client,
+            namespace: &self.namespace,
+            rotation: &self.name,
+        };
+        let mut world = ClusterWorld::new(
+            &self.cluster,
             &self.policy,
-            now,
-        )
-        .await
-        .map_err(|error| self.pass_error(error))?;
+            KeySecrets(self),
+            ApiServerRollout(self),
+            outside,
+            lease,
+        );
+        let pass = driver::pass(&mut Status(self), &mut world, &state, &self.policy, now).await;
+        let reminted = world.reminted();
+        if reminted > 0 {
+            self.ctx.metrics.secrets_refreshed.inc_by(reminted as u64);
+            tracing::info!(rotation = %self.name, secrets = reminted, "re-minted legacy tokens");
+        }
+        let pass = pass.map_err(|error| self.pass_error(error))?;
         let after = pass.plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(250))))
     }
@@ -376,6 +393,41 @@ impl Rotation<'_> {
         }
     }
 
+    /// A Warning Event when API server instances hold the step by name
+    /// (one that does not answer, one back on an older configuration), once
+    /// per change of what holds it.
+    async fn instances_held(&self, waiting: &ksa_core::rotation::Waiting) {
+        use ksa_core::rotation::Wait;
+        let held: Vec<String> = waiting
+            .iter()
+            .filter(|wait| {
+                matches!(
+                    wait,
+                    Wait::ApiServersUnanswered { .. } | Wait::ApiServersRegressed { .. }
+                )
+            })
+            .map(ToString::to_string)
+            .collect();
+        let before = self
+            .resource
+            .status
+            .as_ref()
+            .and_then(|status| status.waiting_for.as_deref())
+            .unwrap_or_default();
+        if held.is_empty() || held.iter().all(|text| before.contains(text.as_str())) {
+            return;
+        }
+        self.event(
+            EventType::Warning,
+            "ApiServersHoldStep",
+            format!(
+                "the step holds until every API server instance confirms it (README: Every API server instance): {}",
+                held.join("; ")
+            ),
+        )
+        .await;
+    }
+
     /// A Warning Event naming the legacy token Secrets RefreshTokens left
     /// stale when it ended: their holders are cut off at Retire.
     async fn cut_off(&self, cut_off: &CutOff, old: KeyVersion) {
@@ -449,15 +501,13 @@ impl Rotation<'_> {
         };
         let to =
             Issuer::target(target.as_str()).map_err(|problem| Refusal::BadIssuer { problem })?;
-        let from = match state.issuer() {
-            Some(done) => done.to.clone(),
-            None => self
-                .cluster
-                .issuer()
-                .await?
+        let from = signing_issuer(state, async {
+            let discovered = self.cluster.issuer().await?;
+            discovered
                 .and_then(|issuer| Issuer::new(issuer).ok())
-                .ok_or(Refusal::IssuerUnknown)?,
-        };
+                .ok_or_else(|| Error::from(Refusal::IssuerUnknown))
+        })
+        .await?;
         Ok((from != to).then_some(IssuerChange { from, to }))
     }
 
@@ -579,38 +629,6 @@ impl Rotation<'_> {
         Ok(())
     }
 
-    async fn observe(&self, state: &RotationState) -> Result<Observed> {
-        let keys = self.keystore.public_keys().await?;
-        // Issuer reviews: tokens signed with the key the cluster signs with.
-        let signer = if state.observation().issuers_reviewed.is_empty() {
-            None
-        } else {
-            let version = state.versions().private_key_version();
-            let key = self.keystore.private_key(version).await?;
-            Some(self.ctx.backend.signing_key(&key)?)
-        };
-        let mut observed = self
-            .cluster
-            .observe(&keys, state, &self.policy, signer.as_deref())
-            .await?;
-        observed.stored_keys = keys.keys().copied().collect();
-        if state.observation().publications && !self.locations.is_empty() {
-            let issuers = self.published_issuers(state.issuer_flags()).await?;
-            let now = Timestamp::now().as_second();
-            for (location, view) in self.locations.observe(&keys, &issuers).await {
-                if view.serves.is_some() {
-                    self.ctx
-                        .metrics
-                        .publish_confirmed
-                        .get_or_create(&self.location_labels(location))
-                        .set(now);
-                }
-                observed.publications.push(view);
-            }
-        }
-        Ok(observed)
-    }
-
     /// The issuers to publish documents for: those the step's effect names,
     /// or the one the cluster signs with.
     async fn published_issuers(&self, issuers: Option<Vec<Issuer>>) -> Result<Vec<Issuer>> {
@@ -629,96 +647,6 @@ impl Rotation<'_> {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             sink: sink.to_owned(),
-        }
-    }
-
-    async fn apply(&self, state: &RotationState, effect: &Effect) -> Result<()> {
-        let client = &self.ctx.client;
-        match effect {
-            Effect::HoldOperationLock => Ok(lock::hold(client, &self.namespace, &self.name).await?),
-            Effect::ReleaseOperationLock => {
-                Ok(lock::release(client, &self.namespace, &self.name).await?)
-            }
-            Effect::GenerateKey { version, spec } => {
-                match self.keystore.private_key(*version).await {
-                    Ok(_) => Ok(()),
-                    Err(ksa_kube::Error::MissingKey { .. }) => {
-                        let key = self.ctx.backend.generate(*spec)?;
-                        // Refuses, by name, a Secret someone else made there.
-                        self.keystore.create(*version, &key).await?;
-                        tracing::info!(rotation = %self.name, %version, kid = %key.kid(), "generated key");
-                        Ok(())
-                    }
-                    // Planted: refused by name, never adopted.
-                    Err(other) => Err(other.into()),
-                }
-            }
-            Effect::PublishPublicKeys {
-                public,
-                signing,
-                issuers,
-            }
-            | Effect::SwitchSigner {
-                signing,
-                public,
-                issuers,
-            } => {
-                self.rollout
-                    .apply(
-                        client,
-                        &self.namespace,
-                        &self.keystore,
-                        *signing,
-                        public,
-                        issuers.as_deref(),
-                    )
-                    .await
-            }
-            Effect::RefreshLegacyTokens { version } => {
-                let key = self.keystore.private_key(*version).await?;
-                let signer = self.ctx.backend.signing_key(&key)?;
-                let done =
-                    refresh::refresh_legacy_tokens(&self.cluster.client, signer.into()).await?;
-                self.ctx.metrics.secrets_refreshed.inc_by(done as u64);
-                if done > 0 {
-                    tracing::info!(rotation = %self.name, secrets = done, "re-minted legacy tokens");
-                }
-                Ok(())
-            }
-            Effect::RefreshBoundTokens { policy, .. } => {
-                let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-                let marker = state.refresh_marker();
-                Ok(
-                    refresh::refresh_bound_tokens(&self.cluster.client, &marker, policy, since)
-                        .await?,
-                )
-            }
-            Effect::PublishOutside {
-                public,
-                issuers,
-                withdrawn,
-            } => {
-                if self.locations.is_empty() {
-                    return Ok(());
-                }
-                let stored = self.keystore.public_keys().await?;
-                let keys: Vec<_> = public
-                    .iter()
-                    .filter_map(|version| stored.get(version).cloned())
-                    .collect();
-                let issuers = self.published_issuers(issuers.clone()).await?;
-                let written = self.locations.publish(&keys, &issuers, withdrawn).await?;
-                let now = Timestamp::now().as_second();
-                for location in written {
-                    self.ctx
-                        .metrics
-                        .publish_written
-                        .get_or_create(&self.location_labels(location))
-                        .set(now);
-                }
-                Ok(())
-            }
-            Effect::RetireKey { version } => Ok(self.keystore.delete(*version).await?),
         }
     }
 
@@ -832,19 +760,13 @@ struct Status<'a, 'b>(&'a Rotation<'b>);
 impl StateStore for Status<'_, '_> {
     type Error = Error;
 
-    async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<()> {
-        // Entering RefreshTokens of a key rotation: who holds a legacy
-        // token outside the cluster, which the re-mint will cut off.
-        let outside = if plan.next.step() == Step::RefreshTokens
-            && before.step() != Step::RefreshTokens
-            && plan.next.changes_key()
-        {
-            let found =
-                refresh::plan::legacy_tokens(&self.0.cluster.client, Timestamp::now()).await?;
-            Some(found.held_outside.iter().map(ToString::to_string).collect())
-        } else {
-            None
-        };
+    async fn save(
+        &mut self,
+        before: &RotationState,
+        plan: &Plan,
+        findings: &Findings,
+    ) -> Result<()> {
+        let outside = findings.outside_legacy_tokens.clone();
         let waiting = (plan.next.step() == before.step()).then(|| plan.waiting.to_string());
         let blocked: Vec<String> = plan
             .waiting
@@ -856,6 +778,7 @@ impl StateStore for Status<'_, '_> {
             .await?;
         self.0.saved(before, &plan.next).await;
         self.0.blocked_changed(&blocked).await;
+        self.0.instances_held(&plan.waiting).await;
         self.0
             .cut_off(&plan.cut_off, before.previous_version())
             .await;
@@ -866,19 +789,110 @@ impl StateStore for Status<'_, '_> {
     }
 }
 
-/// The user cluster, the key Secrets and the roll-out, as the driver's
-/// world.
-struct Cluster<'a, 'b>(&'a Rotation<'b>);
+/// The key Secrets, as the world's key storage.
+struct KeySecrets<'a, 'b>(&'a Rotation<'b>);
 
-impl World for Cluster<'_, '_> {
-    type Error = Error;
-
-    async fn observe(&mut self, state: &RotationState) -> Result<Observed> {
-        self.0.observe(state).await
+impl KeyStorage<Error> for KeySecrets<'_, '_> {
+    async fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>> {
+        Ok(self.0.keystore.public_keys().await?)
     }
 
-    async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<()> {
-        self.0.apply(state, effect).await
+    async fn private_key(&self, version: KeyVersion) -> Result<PrivateKey> {
+        Ok(self.0.keystore.private_key(version).await?)
+    }
+
+    async fn contains(&self, version: KeyVersion) -> Result<bool> {
+        match self.0.keystore.private_key(version).await {
+            Ok(_) => Ok(true),
+            Err(ksa_kube::Error::MissingKey { .. }) => Ok(false),
+            // Planted: refused by name, never adopted.
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn create(&mut self, version: KeyVersion, key: &PrivateKey) -> Result<()> {
+        // Refuses, by name, a Secret someone else made there.
+        self.0.keystore.create(version, key).await?;
+        tracing::info!(rotation = %self.0.name, %version, kid = %key.kid(), "generated key");
+        Ok(())
+    }
+
+    async fn retire(&mut self, version: KeyVersion, _current: KeyVersion) -> Result<()> {
+        Ok(self.0.keystore.delete(version).await?)
+    }
+}
+
+/// The API server key Secret and the roll-out the spec names, as the
+/// world's API servers.
+struct ApiServerRollout<'a, 'b>(&'a Rotation<'b>);
+
+impl ApiServers<Error> for ApiServerRollout<'_, '_> {
+    async fn roll_out(&mut self, to: RollOut<'_>) -> Result<()> {
+        let rotation = self.0;
+        rotation
+            .rollout
+            .apply(
+                &rotation.ctx.client,
+                &rotation.namespace,
+                &rotation.keystore,
+                to.signing,
+                to.public,
+                to.issuers,
+            )
+            .await
+    }
+}
+
+/// The locations the spec and the controller's flags name, as the world's
+/// outside.
+struct Publications<'a, 'b>(&'a Rotation<'b>);
+
+impl Outside<Error> for Publications<'_, '_> {
+    async fn observe(
+        &mut self,
+        keys: &BTreeMap<KeyVersion, PublicKey>,
+        issuers: Option<Vec<Issuer>>,
+    ) -> Result<Vec<PublicationView>> {
+        let rotation = self.0;
+        let issuers = rotation.published_issuers(issuers).await?;
+        let now = Timestamp::now().as_second();
+        let mut views = Vec::new();
+        for (location, view) in rotation.locations.observe(keys, &issuers).await {
+            if view.serves.is_some() {
+                rotation
+                    .ctx
+                    .metrics
+                    .publish_confirmed
+                    .get_or_create(&rotation.location_labels(location))
+                    .set(now);
+            }
+            views.push(view);
+        }
+        Ok(views)
+    }
+
+    async fn publish(
+        &mut self,
+        keys: &[PublicKey],
+        issuers: Option<Vec<Issuer>>,
+        withdrawn: &[Issuer],
+    ) -> Result<()> {
+        let rotation = self.0;
+        let issuers = rotation.published_issuers(issuers).await?;
+        let written = rotation
+            .locations
+            .publish(keys, &issuers, withdrawn)
+            .await?;
+        let now = Timestamp::now().as_second();
+        for location in written {
+            rotation
+                .ctx
+                .metrics
+                .publish_written
+                .get_or_create(&rotation.location_labels(location))
+                .set(now);
+        }
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use ksa_core::KeyVersion;
 use ksa_core::issuer::{Issuer, IssuerError};
+use ksa_core::rotation::WorkloadKind;
 use ksa_kube::api::{DEFAULT_CONTAINER, KSASigningKeyRotation, RolloutKind};
 use ksa_kube::flags::{self, FlagsError};
 use ksa_kube::keystore::{KeyStore, LABEL_KEY_VERSION, LABEL_ROTATION, key_set_id};
@@ -30,51 +31,12 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Result;
 
-/// The workload kinds ksa restarts, by an annotation on their pod
-/// template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-    DaemonSet,
-}
-
-impl WorkloadKind {
-    /// The kind `spec.rollout.workload.kind` names, or a refusal.
-    pub fn parse(kind: &str) -> Result<WorkloadKind, Refusal> {
-        match kind {
-            "Deployment" => Ok(WorkloadKind::Deployment),
-            "StatefulSet" => Ok(WorkloadKind::StatefulSet),
-            "DaemonSet" => Ok(WorkloadKind::DaemonSet),
-            other => Err(Refusal::UnknownWorkloadKind {
-                // The spec's text, shortened: it goes into status and Events.
-                kind: other.chars().take(63).collect(),
-            }),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "Deployment",
-            WorkloadKind::StatefulSet => "StatefulSet",
-            WorkloadKind::DaemonSet => "DaemonSet",
-        }
-    }
-
-    /// The resource, as `kubectl` spells it.
-    fn resource(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "deployment",
-            WorkloadKind::StatefulSet => "statefulset",
-            WorkloadKind::DaemonSet => "daemonset",
-        }
-    }
-}
-
-impl std::fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// The kind `spec.rollout.workload.kind` names, or a refusal.
+fn workload_kind(kind: &str) -> Result<WorkloadKind, Refusal> {
+    WorkloadKind::parse(kind).ok_or_else(|| Refusal::UnknownWorkloadKind {
+        // The spec's text, shortened: it goes into status and Events.
+        kind: kind.chars().take(63).collect(),
+    })
 }
 
 /// The workload running the API server pods, restarted when the key set
@@ -327,7 +289,7 @@ impl Rollout {
         };
         let workload = match &spec.workload {
             Some(workload) => {
-                let kind = WorkloadKind::parse(&workload.kind)?;
+                let kind = workload_kind(&workload.kind)?;
                 if !is_dns1123_subdomain(&workload.name) {
                     return Err(Refusal::BadWorkloadName {
                         name: workload.name.chars().take(63).collect(),
@@ -581,11 +543,11 @@ mod tests {
     #[test]
     fn workload_kinds_are_the_three_ksa_restarts() {
         for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
-            assert_eq!(WorkloadKind::parse(kind).expect("parses").as_str(), kind);
+            assert_eq!(workload_kind(kind).expect("parses").as_str(), kind);
         }
         for kind in ["CronJob", "deployment", "", "Pod", "ReplicaSet"] {
             assert_eq!(
-                WorkloadKind::parse(kind).expect_err("refused"),
+                workload_kind(kind).expect_err("refused"),
                 Refusal::UnknownWorkloadKind { kind: kind.into() }
             );
         }

@@ -22,9 +22,16 @@
 //!
 //! The discovery document names the issuer it is published for and points
 //! `jwks_uri` at the JWKS beside it, under the same base.
+//!
+//! What an outsider reads back there counts only as this module says
+//! ([`is_document_of`], [`served_versions`], [`max_age`]): the controller
+//! fetches, the decisions are here.
 
-use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
+use crate::KeyVersion;
 use crate::issuer::Issuer;
 use crate::key::PublicKey;
 
@@ -172,9 +179,117 @@ pub fn discovery_document(issuer: &Issuer, jwks_url: &str, keys: &[PublicKey]) -
     serde_json::to_string(&document).unwrap_or_default()
 }
 
+/// Whether `document`, read where `issuer`'s discovery document is
+/// published, counts as one: it names `issuer` and points `jwks_uri` at
+/// `jwks_url`, the JWKS ksa published beside it.
+pub fn is_document_of(document: &str, issuer: &Issuer, jwks_url: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: String,
+    }
+    serde_json::from_str::<Discovery>(document)
+        .is_ok_and(|d| d.issuer == issuer.as_str() && d.jwks_uri == jwks_url)
+}
+
+/// The stored key versions a JWKS serves, by kid (`kids` maps each stored
+/// key's kid to its version); `None` when it is not a JWKS, or serves a key
+/// whose kid is not a stored key's: a kid ksa did not make is drift, and
+/// the location counts as serving nothing.
+pub fn served_versions(
+    jwks: &str,
+    kids: &BTreeMap<String, KeyVersion>,
+) -> Option<BTreeSet<KeyVersion>> {
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<Key>,
+    }
+    #[derive(Deserialize)]
+    struct Key {
+        #[serde(default)]
+        kid: Option<String>,
+    }
+    let set: Set = serde_json::from_str(jwks).ok()?;
+    set.keys
+        .iter()
+        .map(|key| kids.get(key.kid.as_deref()?).copied())
+        .collect()
+}
+
+/// The `max-age` of a `Cache-Control` value, in seconds, as a cache that
+/// keeps it longest reads it (`s-maxage` for a shared cache); 0 when
+/// absent or when caching is not allowed.
+pub fn max_age(cache_control: &str) -> u64 {
+    let directives: Vec<String> = cache_control
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    if directives
+        .iter()
+        .any(|d| d == "no-store" || d == "no-cache")
+    {
+        return 0;
+    }
+    directives
+        .iter()
+        .filter_map(|d| {
+            let value = d
+                .strip_prefix("max-age=")
+                .or_else(|| d.strip_prefix("s-maxage="))?;
+            value.trim_matches('"').parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 29, finding 2: a JWKS that serves a kid ksa did not make does
+    /// not count as serving the stored keys, so it is rewritten.
+    #[test]
+    fn a_jwks_with_a_kid_ksa_did_not_make_serves_nothing() {
+        let kids = BTreeMap::from([("K1".to_owned(), KeyVersion::new(1))]);
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"}]}"#, &kids),
+            Some(BTreeSet::from([KeyVersion::new(1)]))
+        );
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"},{"kid":"ATTACKER"}]}"#, &kids),
+            None
+        );
+        assert_eq!(
+            served_versions(r#"{"keys":[{"kid":"K1"},{"kty":"EC"}]}"#, &kids),
+            None
+        );
+    }
+
+    #[test]
+    fn max_age_reads_cache_control_as_caches_do() {
+        assert_eq!(max_age("public, max-age=60"), 60);
+        assert_eq!(max_age("max-age=\"30\""), 30);
+        assert_eq!(max_age("Max-Age=5, must-revalidate"), 5);
+        assert_eq!(max_age("no-store"), 0);
+        assert_eq!(max_age("max-age=60, no-cache"), 0);
+        assert_eq!(max_age("private"), 0);
+        assert_eq!(max_age("max-age=x"), 0);
+        // A shared cache (a CDN) may keep it for s-maxage.
+        assert_eq!(max_age("max-age=30, s-maxage=300"), 300);
+    }
+
+    #[test]
+    fn a_document_counts_only_when_it_names_its_issuer_and_jwks() {
+        let issuer = Issuer::new("https://a.example").expect("issuer");
+        let jwks = "https://ksa.example/ns/r/a.example/openid/v1/jwks";
+        let good = format!(r#"{{"issuer":"https://a.example","jwks_uri":"{jwks}"}}"#);
+        assert!(is_document_of(&good, &issuer, jwks));
+        let other_issuer = format!(r#"{{"issuer":"https://b.example","jwks_uri":"{jwks}"}}"#);
+        assert!(!is_document_of(&other_issuer, &issuer, jwks));
+        let elsewhere = r#"{"issuer":"https://a.example","jwks_uri":"https://evil.example/jwks"}"#;
+        assert!(!is_document_of(elsewhere, &issuer, jwks));
+        assert!(!is_document_of("not json", &issuer, jwks));
+    }
 
     fn issuer(text: &str) -> Issuer {
         Issuer::new(text).expect("an issuer")

@@ -292,6 +292,20 @@ impl IssuerStatusLine {
         if self.completed { COMPLETED } else { PROCESSED }
     }
 
+    /// The line decoded, as JSON: the issuers and what they mean, the steps
+    /// it can describe included (see [`crate::status::decode`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": self.issuer,
+            "status": self.completed,
+            "reason": self.reason(),
+            "tokenIssuer": self.issuers.token_issuer(),
+            "signingIssuer": self.issuers.signing_issuer(),
+            "acceptedIssuers": self.issuers.accepted_issuers(),
+            "steps": self.steps(),
+        })
+    }
+
     /// The rotation steps this line can describe: `Completed` for a
     /// completed line, otherwise the steps whose confirmed issuers the
     /// message carries (`Generate` and `Trust` confirm the same ones).

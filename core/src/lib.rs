@@ -13,16 +13,20 @@
 //! - [`token`]: service-account token claims; mint, decode and verify.
 //! - [`issuer`]: the service-account issuer, the issuer state and its status
 //!   line (SPEC section 10).
+//! - [`instances`]: which kube-apiserver instances a step is confirmed on.
 //! - [`rotation`]: the five rotation steps as a pure step function.
+//! - [`signing_issuer`]: which issuer a cluster signs with before a rotation.
 //! - [`status`]: the status line, formatted and parsed byte for byte.
 
 pub mod crypto;
 pub mod discovery;
+pub mod instances;
 pub mod issuer;
 pub mod jwk;
 pub mod key;
 pub mod keyset;
 pub mod rotation;
+pub mod signing_issuer;
 pub mod status;
 pub mod token;
 mod version;

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::issuer::{self, IssuerStatusLineError};
 use crate::rotation::{InvariantViolation, KeyVersions, RotationState, Step};
 use crate::{KeyVersion, MAX_INPUT_BYTES};
 
@@ -19,6 +20,12 @@ const PREFIX: &str = "State of KSASigningKeyRotation with KSASigningKeyVersion "
 const PROCESSED: &str = "KSASigningKeyRotationProcessedReason";
 const COMPLETED: &str = "KSASigningKeyRotationCompleted";
 const REASON_STEM: &str = "KSASigningKeyRotation";
+/// A rotation the resource asks for that the controller has not taken up
+/// yet: not completed.
+pub const REQUESTED: &str = "KSASigningKeyRotationRequestedReason";
+/// A rotation the resource asks for that the controller refused to start
+/// (the refusal is in the status's `waitingFor`): not completed.
+pub const REFUSED: &str = "KSASigningKeyRotationRefusedReason";
 
 /// The reason of a status line. Only `Completed` comes with `status: True`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,6 +101,21 @@ impl StatusLine {
             .into_iter()
             .filter(|step| (*step == Step::Completed) == self.status())
             .collect()
+    }
+
+    /// The line decoded, as JSON: the numbers and what they mean, the
+    /// steps it can describe included. What `ksa status decode` prints and
+    /// the browser's `decodeStatus` returns ([`decode`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "keyVersion": self.key_version,
+            "status": self.status(),
+            "reason": self.reason.as_str(),
+            "tokenVersion": self.versions.token_version(),
+            "privateKeyVersion": self.versions.private_key_version(),
+            "publicKeyVersions": self.versions.public_key_versions(),
+            "steps": self.steps(),
+        })
     }
 
     /// The message: the three numbers as compact JSON, keys in fixed order.
@@ -180,6 +202,31 @@ impl std::str::FromStr for StatusLine {
 
     fn from_str(text: &str) -> Result<StatusLine, StatusLineError> {
         parse(text)
+    }
+}
+
+/// Why [`decode`] refused a text: it is neither status line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error(transparent)]
+    Key(#[from] StatusLineError),
+    #[error(transparent)]
+    Issuer(#[from] IssuerStatusLineError),
+}
+
+/// Decodes either status line ksa writes, on one line or several: a key
+/// rotation's (SPEC section 2) or an issuer rotation's (section 10), told
+/// apart by its prefix, into its JSON form ([`StatusLine::to_json`],
+/// [`IssuerStatusLine::to_json`](crate::issuer::IssuerStatusLine::to_json)).
+///
+/// Architecture invariant: the one decoded form, which the CLI's `status
+/// decode` and the wasm `decodeStatus` both return.
+pub fn decode(text: &str) -> Result<serde_json::Value, DecodeError> {
+    if issuer::is_issuer_line(text) {
+        Ok(issuer::parse(text)?.to_json())
+    } else {
+        Ok(parse(text)?.to_json())
     }
 }
 

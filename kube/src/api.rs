@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ksa_core::KeyVersion;
 use ksa_core::issuer::Issuer;
 use ksa_core::key::KeySpec;
-use ksa_core::rotation::{BoundTokenRefresh, IssuerChange, Policy, RotationState, Step};
+use ksa_core::rotation::{IssuerChange, Policy, RotationState, Step};
 use ksa_core::status::StatusLine;
 use kube::CustomResource;
 
@@ -278,25 +278,16 @@ pub struct TokenRefreshSpec {
     pub legacy_token_deadline_seconds: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TokenRefreshPolicy {
-    #[default]
-    RestartPods,
-    RecreateNodes,
-    Wait,
-}
+/// The policy names are the core's.
+pub use ksa_core::rotation::TokenRefreshPolicy;
 
 impl RotationSpec {
     /// The core's policy for this spec.
     pub fn policy(&self) -> Policy {
-        let bound_token_refresh = match self.token_refresh.policy {
-            TokenRefreshPolicy::RestartPods => BoundTokenRefresh::RestartPods,
-            TokenRefreshPolicy::RecreateNodes => BoundTokenRefresh::RecreateNodes,
-            TokenRefreshPolicy::Wait => BoundTokenRefresh::Wait {
-                max_token_seconds: self.token_refresh.max_token_seconds,
-            },
-        };
+        let bound_token_refresh = self
+            .token_refresh
+            .policy
+            .with_max_token_seconds(self.token_refresh.max_token_seconds);
         let defaults = Policy::default();
         Policy {
             key_spec: self.key.into(),

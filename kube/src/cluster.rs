@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use ksa_core::crypto::SigningKey;
+use ksa_core::instances::{Announcement, Instance, instances};
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::PublicKey;
 use ksa_core::rotation::{ApiServerView, Observation, Observed, Policy, RotationState};
@@ -25,6 +27,27 @@ use crate::{probe, refresh};
 /// How long one request to one API server instance may take to connect,
 /// or to be answered (none of them watches).
 pub const INSTANCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The label of every kube-apiserver identity Lease.
+pub const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity=kube-apiserver";
+
+/// An identity Lease's peer address, only as an `ip:port` (IPv6 in
+/// brackets): anything else (a host name, a path, a text of any length)
+/// counts as no address, so it is never dialled nor copied into a status.
+fn peer_address(text: &str) -> Option<String> {
+    text.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|address| address.to_string())
+}
+
+/// Why an instance that announces itself with no address is not asked.
+const UNADDRESSABLE: &str = "it announces itself with no address, and the kubernetes \
+     EndpointSlice does not list enough instances to account for it; if an instance is gone for \
+     good, delete its identity Lease";
+
+/// What to do about an instance that does not answer and will not again.
+const GONE_FOR_GOOD: &str =
+    "if it is gone for good, delete its identity Lease (kubectl -n kube-system delete lease NAME)";
 
 /// A connection to the user cluster.
 #[derive(Clone)]
@@ -104,13 +127,13 @@ impl TargetCluster {
         Ok(discovery["issuer"].as_str().map(str::to_owned))
     }
 
-    /// The URL of every API server instance.
-    pub async fn api_servers(&self) -> Result<Vec<http::Uri>> {
+    /// The ready addresses (`host:port`) of the `kubernetes` EndpointSlices.
+    async fn listed_instances(&self) -> Result<Vec<String>> {
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
         let list = slices
             .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
             .await?;
-        let mut urls = BTreeSet::new();
+        let mut listed = BTreeSet::new();
         for slice in list {
             let port = slice
                 .ports
@@ -129,36 +152,110 @@ impl TargetCluster {
                     } else {
                         address
                     };
-                    urls.insert(format!("https://{host}:{port}"));
+                    listed.insert(format!("{host}:{port}"));
                 }
             }
         }
-        if urls.is_empty() {
-            return Ok(vec![self.config.cluster_url.clone()]);
-        }
-        urls.into_iter()
-            .map(|u| {
-                u.parse()
-                    .map_err(|e: http::uri::InvalidUri| Error::BadResponse {
-                        what: "EndpointSlice address",
-                        detail: e.to_string(),
-                    })
-            })
-            .collect()
+        Ok(listed.into_iter().collect())
     }
 
-    /// A client for each API server instance, talking to it alone. An
-    /// instance restarting mid-request must not hang the pass: each
-    /// request has [`INSTANCE_TIMEOUT`] to connect and to be answered.
-    pub async fn instance_clients(&self) -> Result<Vec<(http::Uri, kube::Client)>> {
+    /// The identity Leases every kube-apiserver keeps in `kube-system`
+    /// (see [`ksa_core::instances`]). Reading them is not optional: an
+    /// instance missing from the EndpointSlice is found only there.
+    async fn announced_instances(&self) -> Result<Vec<Announcement>> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-system");
+        let list = leases
+            .list(&ListParams::default().labels(IDENTITY_LABEL))
+            .await
+            .map_err(|error| match &error {
+                kube::Error::Api(status) if status.code == 403 => Error::IdentityLeasesForbidden,
+                _ => Error::from(error),
+            })?;
+        Ok(list
+            .into_iter()
+            .map(|lease| {
+                let spec = lease.spec.unwrap_or_default();
+                Announcement {
+                    lease: lease.metadata.name.unwrap_or_default(),
+                    host: lease
+                        .metadata
+                        .labels
+                        .and_then(|mut labels| labels.remove("kubernetes.io/hostname")),
+                    address: lease
+                        .metadata
+                        .annotations
+                        .and_then(|mut a| a.remove("kubernetes.io/peer-advertise-address"))
+                        .and_then(|address| peer_address(&address)),
+                    renewed: spec.renew_time.map(|t| t.0),
+                    duration_seconds: spec.lease_duration_seconds.map(i64::from),
+                }
+            })
+            .collect())
+    }
+
+    /// Every API server instance a step must be confirmed on: those the
+    /// EndpointSlice lists and those that announce themselves
+    /// ([`ksa_core::instances::instances`]).
+    pub async fn api_servers(&self) -> Result<Vec<Instance>> {
+        Ok(self.api_servers_announced().await?.0)
+    }
+
+    /// [`TargetCluster::api_servers`], and the announcements they came of.
+    async fn api_servers_announced(&self) -> Result<(Vec<Instance>, Vec<Announcement>)> {
+        let listed = self.listed_instances().await?;
+        let announced = self.announced_instances().await?;
+        let fallback = self.config.cluster_url.to_string();
+        let found = instances(&listed, &announced, &fallback, jiff::Timestamp::now());
+        Ok((found, announced))
+    }
+
+    /// A client for each API server instance, talking to it alone, or the
+    /// name of one that cannot be asked. An instance restarting
+    /// mid-request must not hang the pass: each request has
+    /// [`INSTANCE_TIMEOUT`] to connect and to be answered.
+    pub async fn instance_clients(&self) -> Result<Vec<(String, Option<kube::Client>)>> {
         let mut clients = Vec::new();
-        for url in self.api_servers().await? {
+        let (found, announced) = self.api_servers_announced().await?;
+        for instance in found {
+            let address = match instance {
+                Instance::At(address) => address,
+                Instance::Unaddressable(name) => {
+                    clients.push((name, None));
+                    continue;
+                }
+            };
+            // Named by its identity Lease too, when it has one.
+            let lease = announced
+                .iter()
+                .find(|a| a.address.as_deref() == Some(address.as_str()))
+                .map(|a| {
+                    format!(
+                        " (on {}, identity Lease kube-system/{})",
+                        a.host.as_deref().unwrap_or("an unknown host"),
+                        a.lease
+                    )
+                })
+                .unwrap_or_default();
+            let url = if address.contains("://") {
+                address
+            } else {
+                format!("https://{address}")
+            };
+            let uri: http::Uri =
+                url.parse()
+                    .map_err(|e: http::uri::InvalidUri| Error::BadResponse {
+                        what: "API server instance address",
+                        detail: e.to_string(),
+                    })?;
             let mut config = self.config.clone();
-            config.cluster_url = url.clone();
+            config.cluster_url = uri.clone();
             config.connect_timeout = Some(INSTANCE_TIMEOUT);
             config.read_timeout = Some(INSTANCE_TIMEOUT);
             config.write_timeout = Some(INSTANCE_TIMEOUT);
-            clients.push((url, kube::Client::try_from(config)?));
+            clients.push((
+                format!("{uri}{lease}"),
+                Some(kube::Client::try_from(config)?),
+            ));
         }
         Ok(clients)
     }
@@ -248,16 +345,29 @@ impl TargetCluster {
             }
         }
         let mut views = Vec::new();
-        for (url, client) in self.instance_clients().await? {
+        for (name, client) in self.instance_clients().await? {
             let mut view = ApiServerView {
-                name: url.to_string(),
+                name,
                 ..ApiServerView::default()
+            };
+            // An instance that cannot be asked confirms nothing.
+            let Some(client) = client else {
+                view.unanswered = Some(UNADDRESSABLE.to_owned());
+                views.push(view);
+                continue;
             };
             let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
             // An instance that does not answer confirms nothing.
-            let Ok(text) = client.request_text(request).await else {
-                views.push(view);
-                continue;
+            let text = match client.request_text(request).await {
+                Ok(text) => text,
+                Err(error) => {
+                    view.unanswered = Some(format!(
+                        "{}; {GONE_FOR_GOOD}",
+                        crate::error::describe(&error)
+                    ));
+                    views.push(view);
+                    continue;
+                }
             };
             if let Ok(trusted) = parse_jwks(&text) {
                 view.accepts = trusted
@@ -284,5 +394,34 @@ impl TargetCluster {
             views.push(view);
         }
         Ok(views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_address;
+
+    /// A Lease's address is dialled with the controller's credentials and
+    /// quoted in the status: only a socket address is taken.
+    #[test]
+    fn only_a_socket_address_is_taken_from_a_lease() {
+        assert_eq!(
+            peer_address("10.0.0.3:6443").as_deref(),
+            Some("10.0.0.3:6443")
+        );
+        assert_eq!(
+            peer_address("[fd00::3]:6443").as_deref(),
+            Some("[fd00::3]:6443")
+        );
+        for hostile in [
+            "evil.example:443",
+            "10.0.0.3:6443/path",
+            "10.0.0.3",
+            "http://10.0.0.3:6443",
+            "10.0.0.3:6443\n",
+            &"9".repeat(100_000),
+        ] {
+            assert_eq!(peer_address(hostile), None, "{hostile:.40}");
+        }
     }
 }

@@ -4,10 +4,10 @@
 //! Both shells drive a rotation through [`pass`]: the controller once per
 //! reconcile (the controller runtime requeues it), the kubeadm command in
 //! its loop until the rotation completes or must wait for another run. What
-//! differs between them is behind two small traits: where the state is kept
-//! ([`StateStore`]: the rotation resource's status; the kubeadm state file)
-//! and how the world is seen and changed ([`World`]: key Secrets and the
-//! roll-out; key files and static pod manifests).
+//! differs between them is where the state is kept ([`StateStore`]: the
+//! rotation resource's status; the kubeadm state file) and the ports of
+//! the one [`World`] both run in, [`crate::world::ClusterWorld`] (key
+//! Secrets and the roll-out; key files and static pod manifests).
 //!
 //! Architecture invariant: the next state is saved before any of its
 //! effects is applied, here and nowhere else. After a crash between the two,
@@ -26,17 +26,30 @@ use ksa_core::rotation::{self, Effect, Observed, Plan, Policy, RotationState, St
 pub trait StateStore {
     type Error;
 
-    /// Records `plan.next` and what it waits for, `before` being the state
-    /// the plan was made from. Returns once the record is durable: effects
-    /// are applied only after it.
+    /// Records `plan.next`, what it waits for and what the world was found
+    /// to hold, `before` being the state the plan was made from. Returns
+    /// once the record is durable: effects are applied only after it.
     fn save(
         &mut self,
         before: &RotationState,
         plan: &Plan,
+        findings: &Findings,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
-/// The cluster a rotation changes, and the keys it stores.
+/// What the world was found to hold once the step was decided, recorded
+/// with the next state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// On entering RefreshTokens of a key rotation: the legacy token
+    /// Secrets used lately that no pod mounts, whose holders outside the
+    /// cluster the re-mint cuts off. `None` on any other pass (what was
+    /// recorded stays).
+    pub outside_legacy_tokens: Option<Vec<String>>,
+}
+
+/// The cluster a rotation changes, and the keys it stores. Implemented
+/// once, by [`crate::world::ClusterWorld`].
 pub trait World {
     type Error;
 
@@ -46,6 +59,13 @@ pub trait World {
         &mut self,
         state: &RotationState,
     ) -> impl Future<Output = Result<Observed, Self::Error>> + Send;
+
+    /// What the state store records with `plan`, made from `before`.
+    fn findings(
+        &mut self,
+        before: &RotationState,
+        plan: &Plan,
+    ) -> impl Future<Output = Result<Findings, Self::Error>> + Send;
 
     /// Applies one effect of a plan whose next state is `state`. Applying an
     /// effect twice must be the same as applying it once.
@@ -63,6 +83,8 @@ pub struct Pass {
     pub before: RotationState,
     /// The core's plan: its next state was saved and its effects applied.
     pub plan: Plan,
+    /// What was recorded with it.
+    pub findings: Findings,
 }
 
 impl Pass {
@@ -98,7 +120,8 @@ pub enum PassError<E> {
 }
 
 /// One pass of a rotation in `state`: observe, [`rotation::step`], save the
-/// next state, apply its effects in order.
+/// next state with what the world was found to hold, apply its effects in
+/// order.
 pub async fn pass<S, W, E>(
     store: &mut S,
     world: &mut W,
@@ -120,7 +143,14 @@ where
         return Err(PassError::MissingKey(missing));
     }
     let plan = rotation::step(state, &observed, now, policy).map_err(PassError::Step)?;
-    store.save(state, &plan).await.map_err(PassError::Save)?;
+    let findings = world
+        .findings(state, &plan)
+        .await
+        .map_err(PassError::Observe)?;
+    store
+        .save(state, &plan, &findings)
+        .await
+        .map_err(PassError::Save)?;
     for effect in &plan.effects {
         world
             .apply(&plan.next, effect)
@@ -133,48 +163,47 @@ where
     Ok(Pass {
         before: state.clone(),
         plan,
+        findings,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    //! The driver over in-memory implementations of its traits: a store that
-    //! can fail to save, and a model cluster of three API servers that take a
-    //! new key set and issuer list one instance per observation (a
-    //! roll-out), whose applies can fail. A failure is a crash: the next pass
-    //! starts from what the store holds. Key rotations, issuer rotations and
-    //! both at once are driven through every crash point.
+    //! The driver and the one world's dispatch ([`ClusterWorld`]) over
+    //! in-memory ports: a store that can fail to save, and a model cluster
+    //! of three API servers that take a new key set and issuer list one
+    //! instance per observation (a roll-out), whose every write can fail. A
+    //! failure is a crash: the next pass starts from what the store holds.
+    //! Key rotations, issuer rotations and both at once are driven through
+    //! every crash point.
 
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex, MutexGuard};
     use std::time::Duration;
 
     use super::*;
+    use crate::world::{ApiServers, ClusterWorld, KeyStorage, Lock, Outside, RollOut, UserCluster};
+    use ksa_core::crypto::{AwsLc, SigningBackend as _, SigningKey};
     use ksa_core::issuer::Issuer;
-    use ksa_core::rotation::{ApiServerView, IssuerChange, StartRequest, Step};
+    use ksa_core::key::{KeyError, KeySpec, PrivateKey, PublicKey};
+    use ksa_core::rotation::{
+        ApiServerView, BoundTokenRefresh, IssuerChange, PublicationView, StartRequest, Step,
+    };
 
     #[derive(Debug, PartialEq)]
     struct Crash;
 
-    #[derive(Default)]
-    struct MemoryStore {
-        saved: Vec<RotationState>,
-        /// Fail the save with this index.
-        fail_at: Option<usize>,
-        calls: usize,
+    // The model's ports fail only with `Crash`; anything else is a bug of
+    // the test.
+    impl From<crate::Error> for Crash {
+        fn from(error: crate::Error) -> Crash {
+            panic!("unexpected error: {error}")
+        }
     }
 
-    impl StateStore for MemoryStore {
-        type Error = Crash;
-
-        async fn save(&mut self, _before: &RotationState, plan: &Plan) -> Result<(), Crash> {
-            self.calls += 1;
-            if self.fail_at == Some(self.calls - 1) {
-                return Err(Crash);
-            }
-            // The driver saves before it applies: no effect of this plan
-            // may be in the world yet (checked by the world).
-            self.saved.push(plan.next.clone());
-            Ok(())
+    impl From<KeyError> for Crash {
+        fn from(error: KeyError) -> Crash {
+            panic!("unexpected key error: {error}")
         }
     }
 
@@ -201,40 +230,65 @@ mod tests {
         issuer("https://b.example")
     }
 
-    struct ModelWorld {
-        keys: BTreeSet<KeyVersion>,
+    fn new_key() -> PrivateKey {
+        AwsLc::new().generate(KeySpec::EcP256).expect("a key")
+    }
+
+    /// The model cluster every port of the test reads and writes.
+    struct Model {
+        keys: BTreeMap<KeyVersion, PrivateKey>,
         servers: Vec<Server>,
         desired: Server,
         tokens: BTreeSet<Token>,
         /// What tokens are refreshed to, once asked.
         refresh_to: Option<Token>,
         next_to_roll: usize,
-        /// Fail the apply with this index.
+        /// Whether this pass saved its state (set by the store, cleared by
+        /// each observation): no write may come before.
+        saved: bool,
+        /// Fail the write with this index.
         fail_at: Option<usize>,
-        calls: usize,
-        /// States seen by `apply`, to check they had been saved first.
-        applied_in: Vec<RotationState>,
+        writes: usize,
+        /// The states saved, in order.
+        stored: Vec<RotationState>,
+        /// Fail the save with this index.
+        fail_save_at: Option<usize>,
+        saves: usize,
     }
 
-    impl ModelWorld {
-        fn new(servers: usize) -> ModelWorld {
+    impl Model {
+        fn new(servers: usize) -> Model {
             let one = KeyVersion::FIRST;
             let server = Server {
                 accepts: [one].into(),
                 signs: one,
                 issuers: vec![a()],
             };
-            ModelWorld {
-                keys: [one].into(),
+            Model {
+                keys: [(one, new_key())].into(),
                 servers: vec![server.clone(); servers],
                 desired: server,
                 tokens: [(one, a())].into(),
                 refresh_to: None,
                 next_to_roll: 0,
+                saved: false,
                 fail_at: None,
-                calls: 0,
-                applied_in: Vec::new(),
+                writes: 0,
+                stored: Vec::new(),
+                fail_save_at: None,
+                saves: 0,
             }
+        }
+
+        /// One write to the world: fails when it is the one to, and never
+        /// comes before the state of its pass was saved.
+        fn write(&mut self) -> Result<(), Crash> {
+            assert!(self.saved, "a write before the state was saved");
+            self.writes += 1;
+            if self.fail_at == Some(self.writes - 1) {
+                return Err(Crash);
+            }
+            Ok(())
         }
 
         /// Every token in circulation verifies on every server.
@@ -251,32 +305,158 @@ mod tests {
         }
     }
 
-    impl World for ModelWorld {
+    #[derive(Clone)]
+    struct Shared(Arc<Mutex<Model>>);
+
+    impl Shared {
+        fn new(model: Model) -> Shared {
+            Shared(Arc::new(Mutex::new(model)))
+        }
+
+        fn get(&self) -> MutexGuard<'_, Model> {
+            self.0.lock().expect("the model")
+        }
+    }
+
+    impl StateStore for Shared {
         type Error = Crash;
 
-        async fn observe(&mut self, state: &RotationState) -> Result<Observed, Crash> {
-            // One instance restarts with the desired flags per look.
-            let index = self.next_to_roll % self.servers.len();
-            self.servers[index] = self.desired.clone();
-            self.next_to_roll += 1;
-            // Every server hands out tokens; a refresh replaces them.
-            self.tokens
-                .extend(self.servers.iter().map(|s| (s.signs, s.issuers[0].clone())));
-            if let Some(to) = &self.refresh_to {
-                self.tokens.retain(|token| token == to);
+        async fn save(
+            &mut self,
+            _before: &RotationState,
+            plan: &Plan,
+            _findings: &Findings,
+        ) -> Result<(), Crash> {
+            let mut model = self.get();
+            model.saves += 1;
+            if model.fail_save_at == Some(model.saves - 1) {
+                return Err(Crash);
             }
-            self.check_nobody_logged_out();
-            let target = self.refresh_to.clone();
+            model.stored.push(plan.next.clone());
+            model.saved = true;
+            Ok(())
+        }
+    }
+
+    impl KeyStorage<Crash> for Shared {
+        async fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>, Crash> {
+            Ok(self
+                .get()
+                .keys
+                .iter()
+                .map(|(version, key)| (*version, key.public_key().clone()))
+                .collect())
+        }
+
+        async fn private_key(&self, version: KeyVersion) -> Result<PrivateKey, Crash> {
+            Ok(self.get().keys.get(&version).expect("a stored key").clone())
+        }
+
+        async fn contains(&self, version: KeyVersion) -> Result<bool, Crash> {
+            Ok(self.get().keys.contains_key(&version))
+        }
+
+        async fn create(&mut self, version: KeyVersion, key: &PrivateKey) -> Result<(), Crash> {
+            let mut model = self.get();
+            model.write()?;
+            model.keys.insert(version, key.clone());
+            Ok(())
+        }
+
+        async fn retire(&mut self, version: KeyVersion, current: KeyVersion) -> Result<(), Crash> {
+            let mut model = self.get();
+            model.write()?;
+            assert!(
+                model.keys.contains_key(&current),
+                "retired without {current}"
+            );
+            model.keys.remove(&version);
+            Ok(())
+        }
+    }
+
+    impl ApiServers<Crash> for Shared {
+        async fn roll_out(&mut self, to: RollOut<'_>) -> Result<(), Crash> {
+            let mut model = self.get();
+            model.write()?;
+            model.desired = Server {
+                accepts: to.public.iter().copied().collect(),
+                signs: to.signing,
+                issuers: to
+                    .issuers
+                    .map_or_else(|| model.desired.issuers.clone(), <[Issuer]>::to_vec),
+            };
+            Ok(())
+        }
+    }
+
+    /// Outside verifiers: written to, never read (the model's outsiders
+    /// refetch nothing).
+    impl Outside<Crash> for Shared {
+        async fn observe(
+            &mut self,
+            _keys: &BTreeMap<KeyVersion, PublicKey>,
+            _issuers: Option<Vec<Issuer>>,
+        ) -> Result<Vec<PublicationView>, Crash> {
+            Ok(Vec::new())
+        }
+
+        async fn publish(
+            &mut self,
+            _keys: &[PublicKey],
+            _issuers: Option<Vec<Issuer>>,
+            _withdrawn: &[Issuer],
+        ) -> Result<(), Crash> {
+            self.get().write()
+        }
+    }
+
+    impl Lock<Crash> for Shared {
+        async fn hold(&mut self) -> Result<(), Crash> {
+            self.get().write()
+        }
+
+        async fn release(&mut self) -> Result<(), Crash> {
+            self.get().write()
+        }
+    }
+
+    impl UserCluster<Crash> for Shared {
+        async fn observe(
+            &self,
+            keys: &BTreeMap<KeyVersion, PublicKey>,
+            state: &RotationState,
+            _policy: &Policy,
+            _signer: Option<&dyn SigningKey>,
+        ) -> Result<Observed, Crash> {
+            let mut model = self.get();
+            model.saved = false;
+            // One instance restarts with the desired flags per look.
+            let index = model.next_to_roll % model.servers.len();
+            model.servers[index] = model.desired.clone();
+            model.next_to_roll += 1;
+            // Every server hands out tokens; a refresh replaces them.
+            let handed: Vec<Token> = model
+                .servers
+                .iter()
+                .map(|s| (s.signs, s.issuers[0].clone()))
+                .collect();
+            model.tokens.extend(handed);
+            if let Some(to) = model.refresh_to.clone() {
+                model.tokens.retain(|token| *token == to);
+            }
+            model.check_nobody_logged_out();
+            let target = model.refresh_to.clone();
             let reviewed = state.observation().issuers_reviewed;
+            let stored: BTreeSet<KeyVersion> = keys.keys().copied().collect();
             Ok(Observed {
-                stored_keys: self.keys.clone(),
-                api_servers: self
+                api_servers: model
                     .servers
                     .iter()
                     .enumerate()
                     .map(|(i, s)| ApiServerView {
                         name: format!("apiserver-{i}"),
-                        accepts: s.accepts.intersection(&self.keys).copied().collect(),
+                        accepts: s.accepts.intersection(&stored).copied().collect(),
                         signs_with: Some(s.signs),
                         issuer_reviews: reviewed
                             .iter()
@@ -284,11 +464,13 @@ mod tests {
                             .collect(),
                         issues: Some(s.issuers[0].clone()),
                         discovery_issuer: Some(s.issuers[0].clone()),
+                        unanswered: None,
                     })
                     .collect(),
                 stale_legacy_tokens: Some(0),
                 stale_bound_tokens: Some(
-                    self.tokens
+                    model
+                        .tokens
                         .iter()
                         .filter(|token| Some(*token) != target.as_ref())
                         .count() as u64,
@@ -297,54 +479,57 @@ mod tests {
             })
         }
 
-        async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<(), Crash> {
-            self.calls += 1;
-            if self.fail_at == Some(self.calls - 1) {
-                return Err(Crash);
-            }
-            self.applied_in.push(state.clone());
-            match effect {
-                Effect::HoldOperationLock | Effect::ReleaseOperationLock => {}
-                Effect::GenerateKey { version, .. } => {
-                    self.keys.insert(*version);
-                }
-                Effect::PublishPublicKeys {
-                    public,
-                    signing,
-                    issuers,
-                }
-                | Effect::SwitchSigner {
-                    signing,
-                    public,
-                    issuers,
-                } => {
-                    self.desired = Server {
-                        accepts: public.iter().copied().collect(),
-                        signs: *signing,
-                        issuers: issuers
-                            .clone()
-                            .unwrap_or_else(|| self.desired.issuers.clone()),
-                    };
-                }
-                Effect::RefreshLegacyTokens { .. } => {}
-                Effect::RefreshBoundTokens { version, .. } => {
-                    let iss = state.issuer().map_or_else(a, |change| change.to.clone());
-                    self.refresh_to = Some((*version, iss));
-                }
-                Effect::RetireKey { version } => {
-                    self.keys.remove(version);
-                }
-                Effect::PublishOutside { .. } => {}
-            }
+        async fn refresh_legacy_tokens(
+            &self,
+            _signer: Arc<dyn SigningKey>,
+        ) -> Result<usize, Crash> {
+            self.get().write()?;
+            Ok(0)
+        }
+
+        async fn refresh_bound_tokens(
+            &self,
+            _marker: &str,
+            _policy: &BoundTokenRefresh,
+            _since: Timestamp,
+        ) -> Result<(), Crash> {
+            let mut model = self.get();
+            model.write()?;
+            // Every holder gets a token of what the servers sign with now.
+            let desired = &model.desired;
+            model.refresh_to = Some((desired.signs, desired.issuers[0].clone()));
             Ok(())
+        }
+
+        async fn legacy_tokens_held_outside(&self) -> Result<Vec<String>, Crash> {
+            Ok(Vec::new())
         }
     }
 
     fn policy() -> Policy {
         Policy {
             trust_lead_time: Duration::ZERO,
+            key_spec: KeySpec::EcP256,
             ..Policy::default()
         }
+    }
+
+    /// One pass over the model, through the production world.
+    async fn pass_on(
+        model: &Shared,
+        state: &RotationState,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Result<Pass, PassError<Crash>> {
+        let mut world = ClusterWorld::new(
+            model,
+            policy,
+            model.clone(),
+            model.clone(),
+            Some(model.clone()),
+            model.clone(),
+        );
+        pass(&mut model.clone(), &mut world, state, policy, now).await
     }
 
     /// What a rotation changes.
@@ -383,29 +568,18 @@ mod tests {
 
     /// Drives passes until completed, restarting from the stored state
     /// after every failure. Returns the number of failures met.
-    async fn drive(store: &mut MemoryStore, world: &mut ModelWorld) -> usize {
-        drive_change(store, world, Change::Key).await
-    }
-
-    async fn drive_change(
-        store: &mut MemoryStore,
-        world: &mut ModelWorld,
-        change: Change,
-    ) -> usize {
+    async fn drive(model: &Shared, change: Change) -> usize {
         let policy = policy();
         let mut crashes = 0;
         let mut now = Timestamp::UNIX_EPOCH;
         for _ in 0..200 {
-            let state = store
-                .saved
-                .last()
-                .cloned()
-                .unwrap_or_else(|| started_with(change));
+            let stored = model.get().stored.last().cloned();
+            let state = stored.unwrap_or_else(|| started_with(change));
             if state.is_completed() {
                 return crashes;
             }
             now += Duration::from_secs(1);
-            match pass(store, world, &state, &policy, now).await {
+            match pass_on(model, &state, &policy, now).await {
                 Ok(_) => {}
                 Err(PassError::Save(Crash) | PassError::Apply { error: Crash, .. }) => {
                     crashes += 1;
@@ -413,16 +587,18 @@ mod tests {
                 Err(other) => panic!("unexpected: {other:?}"),
             }
         }
-        panic!("the rotation did not complete: {:?}", store.saved.last());
+        panic!(
+            "the rotation did not complete: {:?}",
+            model.get().stored.last()
+        );
     }
 
     #[tokio::test]
     async fn a_rotation_completes_on_three_servers_rolled_one_at_a_time() {
-        let mut store = MemoryStore::default();
-        let mut world = ModelWorld::new(3);
-        assert_eq!(drive(&mut store, &mut world).await, 0);
-        let steps: Vec<Step> = store.saved.iter().map(RotationState::step).collect();
-        let mut visited = steps.clone();
+        let model = Shared::new(Model::new(3));
+        assert_eq!(drive(&model, Change::Key).await, 0);
+        let model = model.get();
+        let mut visited: Vec<Step> = model.stored.iter().map(RotationState::step).collect();
         visited.dedup();
         assert_eq!(
             visited,
@@ -435,45 +611,45 @@ mod tests {
                 Step::Completed
             ]
         );
-        // Effects are applied only in states the store had saved.
-        for state in &world.applied_in {
-            assert!(store.saved.contains(state), "applied in unsaved {state:?}");
-        }
-        assert_eq!(world.keys, [KeyVersion::new(2)].into());
-        world.check_nobody_logged_out();
+        assert_eq!(
+            model.keys.keys().copied().collect::<Vec<_>>(),
+            [KeyVersion::new(2)]
+        );
+        model.check_nobody_logged_out();
     }
 
     #[tokio::test]
     async fn a_crash_between_save_and_apply_is_resumed_from_the_saved_state() {
-        // Every possible crash point: each apply of a clean run, and each
+        // Every possible crash point: each write of a clean run, and each
         // save, of a key, an issuer and a combined rotation. The rotation
         // still completes, the stored steps never go backwards, and no
         // token is rejected on the way.
         for change in CHANGES {
-            let mut clean = (MemoryStore::default(), ModelWorld::new(3));
-            drive_change(&mut clean.0, &mut clean.1, change).await;
-            let (applies, saves) = (clean.1.calls, clean.0.calls);
-            for fail_at in 0..applies {
-                let mut store = MemoryStore::default();
-                let mut world = ModelWorld::new(3);
-                world.fail_at = Some(fail_at);
-                let crashes = drive_change(&mut store, &mut world, change).await;
-                assert_eq!(crashes, 1, "{change:?}: apply {fail_at}");
-                assert_monotone(&store.saved);
-                world.check_nobody_logged_out();
+            let clean = Shared::new(Model::new(3));
+            drive(&clean, change).await;
+            let (writes, saves) = {
+                let clean = clean.get();
+                (clean.writes, clean.saves)
+            };
+            for fail_at in 0..writes {
+                let model = Shared::new(Model {
+                    fail_at: Some(fail_at),
+                    ..Model::new(3)
+                });
+                let crashes = drive(&model, change).await;
+                assert_eq!(crashes, 1, "{change:?}: write {fail_at}");
+                let model = model.get();
+                assert_monotone(&model.stored);
+                model.check_nobody_logged_out();
             }
             for fail_at in 0..saves {
-                let mut store = MemoryStore {
-                    fail_at: Some(fail_at),
-                    ..MemoryStore::default()
-                };
-                let mut world = ModelWorld::new(3);
-                let crashes = drive_change(&mut store, &mut world, change).await;
+                let model = Shared::new(Model {
+                    fail_save_at: Some(fail_at),
+                    ..Model::new(3)
+                });
+                let crashes = drive(&model, change).await;
                 assert_eq!(crashes, 1, "{change:?}: save {fail_at}");
-                assert_monotone(&store.saved);
-                for state in &world.applied_in {
-                    assert!(store.saved.contains(state), "applied in unsaved {state:?}");
-                }
+                assert_monotone(&model.get().stored);
             }
         }
     }
@@ -481,10 +657,10 @@ mod tests {
     #[tokio::test]
     async fn an_issuer_rotation_ends_with_every_server_on_the_new_issuer_alone() {
         for change in [Change::Issuer, Change::Both] {
-            let mut store = MemoryStore::default();
-            let mut world = ModelWorld::new(3);
-            assert_eq!(drive_change(&mut store, &mut world, change).await, 0);
-            let mut visited: Vec<Step> = store.saved.iter().map(RotationState::step).collect();
+            let model = Shared::new(Model::new(3));
+            assert_eq!(drive(&model, change).await, 0);
+            let model = model.get();
+            let mut visited: Vec<Step> = model.stored.iter().map(RotationState::step).collect();
             visited.dedup();
             let mut expected = vec![Step::Trust, Step::Sign, Step::RefreshTokens, Step::Retire];
             if let Change::Both = change {
@@ -492,51 +668,37 @@ mod tests {
             }
             expected.push(Step::Completed);
             assert_eq!(visited, expected, "{change:?}");
-            for server in &world.servers {
+            for server in &model.servers {
                 assert_eq!(server.issuers, [b()], "{change:?}");
             }
             // One refresh: every token carries the new issuer.
-            assert!(world.tokens.iter().all(|(_, iss)| *iss == b()));
+            assert!(model.tokens.iter().all(|(_, iss)| *iss == b()));
         }
     }
 
     #[tokio::test]
     async fn a_failed_save_applies_nothing() {
-        let mut store = MemoryStore {
-            fail_at: Some(0),
-            ..MemoryStore::default()
-        };
-        let mut world = ModelWorld::new(1);
-        let result = pass(
-            &mut store,
-            &mut world,
-            &started(),
-            &policy(),
-            Timestamp::UNIX_EPOCH,
-        )
-        .await;
+        let model = Shared::new(Model {
+            fail_save_at: Some(0),
+            ..Model::new(1)
+        });
+        let result = pass_on(&model, &started(), &policy(), Timestamp::UNIX_EPOCH).await;
         assert!(matches!(result, Err(PassError::Save(Crash))));
-        assert_eq!(world.calls, 0, "an effect was applied before the save");
-        assert!(store.saved.is_empty());
+        let model = model.get();
+        assert_eq!(model.writes, 0, "an effect was applied before the save");
+        assert!(model.stored.is_empty());
     }
 
     #[tokio::test]
     async fn a_missing_key_stops_the_pass_before_anything_changes() {
-        let mut store = MemoryStore::default();
-        let mut world = ModelWorld::new(1);
+        let model = Shared::new(Model::new(1));
         // At Trust the new key must be stored; here it is not.
         let trust = RotationState::at(KeyVersion::new(2), Step::Trust).expect("a state");
-        let result = pass(
-            &mut store,
-            &mut world,
-            &trust,
-            &policy(),
-            Timestamp::UNIX_EPOCH,
-        )
-        .await;
+        let result = pass_on(&model, &trust, &policy(), Timestamp::UNIX_EPOCH).await;
         assert!(matches!(result, Err(PassError::MissingKey(v)) if v == KeyVersion::new(2)));
-        assert_eq!(store.calls, 0);
-        assert_eq!(world.calls, 0);
+        let model = model.get();
+        assert_eq!(model.saves, 0);
+        assert_eq!(model.writes, 0);
     }
 
     fn assert_monotone(saved: &[RotationState]) {

@@ -58,6 +58,15 @@ pub enum Error {
          kubernetes.io/service-account.name); fix or delete it"
     )]
     LegacySecretWithoutAccount { namespace: String, name: String },
+    /// The identity Leases of the API servers cannot be listed: without
+    /// them an instance missing from the EndpointSlice would go unasked.
+    #[error(
+        "listing the API servers' identity Leases in kube-system is forbidden: ksa confirms each \
+         step on every instance, including one the kubernetes EndpointSlice does not list; grant \
+         list on leases (coordination.k8s.io) in kube-system (deploy/controller.yaml grants it \
+         in ClusterRole ksa-controller-probe, bound there)"
+    )]
+    IdentityLeasesForbidden,
     /// An object ksa would use, serve, adopt or overwrite is not ksa's.
     #[error(transparent)]
     NotOurs(#[from] crate::provenance::NotOurs),

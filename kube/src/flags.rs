@@ -14,8 +14,19 @@
 
 use ksa_core::issuer::Issuer;
 
-pub const ISSUER_FLAG: &str = "--service-account-issuer";
-pub const AUDIENCES_FLAG: &str = "--api-audiences";
+/// The flag names, without their leading `--`.
+pub const ISSUER: &str = "service-account-issuer";
+pub const AUDIENCES: &str = "api-audiences";
+const ISSUER_FLAG: &str = "--service-account-issuer";
+const AUDIENCES_FLAG: &str = "--api-audiences";
+
+/// The `--api-audiences` values an edit of the issuer flags adds: what
+/// kube-apiserver defaults them to now (`issuers`, the issuers before the
+/// edit), when `audiences` (its current values) is empty; `None` when it
+/// is set, and left alone.
+pub fn audiences_to_pin<'a>(issuers: &[&'a str], audiences: &[&str]) -> Option<Vec<&'a str>> {
+    audiences.is_empty().then(|| issuers.to_vec())
+}
 
 /// Why the arguments cannot be edited. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,9 +70,9 @@ pub fn with_issuers(
         .position(is_issuer)
         .ok_or(FlagsError::NoIssuerFlag)?;
     let current = values(args, ISSUER_FLAG);
-    let audiences_set = !values(args, AUDIENCES_FLAG).is_empty();
+    let pin = audiences_to_pin(&current, &values(args, AUDIENCES_FLAG));
     let wanted: Vec<&str> = issuers.iter().map(Issuer::as_str).collect();
-    if current == wanted && audiences_set {
+    if current == wanted && pin.is_none() {
         return Ok(None);
     }
     let mut edited = Vec::with_capacity(args.len() + issuers.len() + 1);
@@ -72,8 +83,8 @@ pub fn with_issuers(
                     .iter()
                     .map(|issuer| format!("{ISSUER_FLAG}={issuer}")),
             );
-            if !audiences_set {
-                edited.push(format!("{AUDIENCES_FLAG}={}", current.join(",")));
+            if let Some(pin) = &pin {
+                edited.push(format!("{AUDIENCES_FLAG}={}", pin.join(",")));
             }
         }
         if !is_issuer(arg) {

@@ -9,7 +9,9 @@
 //!   between the CLI (which sets `spec.keyVersion` and reads status) and the
 //!   controller (which writes status).
 //! - [`driver`]: the one rotation driver (observe, step, save, apply) over
-//!   the shells' state store and world.
+//!   the shells' state store and the world.
+//! - [`world`]: the one world: observation and the dispatch of every
+//!   effect, over the ports each shell supplies.
 //! - [`cluster`]: the user cluster and what its API servers do (`observe`).
 //! - [`flags`]: kube-apiserver's issuer flags, as an issuer rotation edits them.
 //! - [`plan`]: a rotation's plan before it starts (`rotate --dry-run`).
@@ -35,5 +37,6 @@ pub mod plan;
 pub mod probe;
 pub mod provenance;
 pub mod refresh;
+pub mod world;
 
 pub use error::{Error, Result};

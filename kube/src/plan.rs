@@ -17,7 +17,7 @@ use crate::cluster::TargetCluster;
 use crate::error::Result;
 use crate::probe;
 use crate::refresh::plan::{self as tokens, BoundTokenPlan, LegacyTokenPlan};
-use crate::refresh::rules::Horizon;
+use ksa_core::rotation::refresh::{Horizon, kubelet_refresh_window};
 
 /// What one API server instance serves now.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -106,15 +106,13 @@ pub async fn plan(
     let bound_tokens = tokens::bound_tokens(&cluster.client, &horizon).await?;
     let legacy_tokens = tokens::legacy_tokens(&cluster.client, now).await?;
     let refresh = policy.bound_token_refresh;
+    // The `wait` policy's hold; for the others, the kubelet window of
+    // the longest token a pod holds (what a pod left to its kubelet takes).
     let window = refresh
         .wait_window(bound_tokens.longest_token_seconds, policy.clock_skew)
-        .or_else(|| {
-            BoundTokenRefresh::Wait {
-                max_token_seconds: 0,
-            }
-            .wait_window(bound_tokens.longest_token_seconds, policy.clock_skew)
-        })
-        .unwrap_or_default();
+        .unwrap_or_else(|| {
+            kubelet_refresh_window(bound_tokens.longest_token_seconds, policy.clock_skew)
+        });
     let issuer = started.issuer().filter(|_| started.changes_issuer());
     let steps = steps(started, policy, api_servers.len(), &bound_tokens, window);
     Ok(RotationPlan {
@@ -124,11 +122,7 @@ pub async fn plan(
         api_servers,
         legacy_tokens,
         bound_tokens,
-        token_refresh_policy: match refresh {
-            BoundTokenRefresh::RestartPods => "restart-pods",
-            BoundTokenRefresh::RecreateNodes => "recreate-nodes",
-            BoundTokenRefresh::Wait { .. } => "wait",
-        },
+        token_refresh_policy: refresh.name().as_str(),
         refresh_window_seconds: window.as_secs(),
         steps,
     })
@@ -143,10 +137,15 @@ async fn api_servers_now(cluster: &TargetCluster) -> Result<Vec<ApiServerNow>> {
             .await?
             .is_some();
     let mut servers = Vec::new();
-    for (url, client) in cluster.instance_clients().await? {
+    for (name, client) in cluster.instance_clients().await? {
         let mut server = ApiServerNow {
-            name: url.to_string(),
+            name,
             ..ApiServerNow::default()
+        };
+        // One that cannot be asked has not answered.
+        let Some(client) = client else {
+            servers.push(server);
+            continue;
         };
         let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
         if let Ok(text) = client.request_text(request).await {

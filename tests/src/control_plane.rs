@@ -380,11 +380,41 @@ impl ControlPlane {
             .await
     }
 
+    /// Like [`ControlPlane::start_with_spec`], its one kube-apiserver at an
+    /// address of the test's network namespace rather than loopback, so
+    /// that pods of real nodes ([`crate::node`]) reach it through the
+    /// `kubernetes` Service, which lists that address. Only in a namespace
+    /// of the test's own ([`crate::node::enter`]).
+    pub async fn start_for_nodes(
+        spec: InstanceSpec,
+        extra_flags: Vec<String>,
+    ) -> Result<ControlPlane> {
+        let address = crate::netns::new_address()?;
+        ControlPlane::launch_at(spec, extra_flags, vec![address]).await
+    }
+
     async fn launch(
         spec: InstanceSpec,
         extra_flags: Vec<String>,
         instances: usize,
     ) -> Result<ControlPlane> {
+        let addresses: Vec<Ipv4Addr> = if instances == 1 {
+            vec![Ipv4Addr::LOCALHOST]
+        } else {
+            (0..instances)
+                .map(|_| crate::netns::new_address())
+                .collect::<Result<_>>()?
+        };
+        ControlPlane::launch_at(spec, extra_flags, addresses).await
+    }
+
+    /// Starts one kube-apiserver instance at each of `addresses`.
+    async fn launch_at(
+        spec: InstanceSpec,
+        extra_flags: Vec<String>,
+        addresses: Vec<Ipv4Addr>,
+    ) -> Result<ControlPlane> {
+        let instances = addresses.len();
         let started = Instant::now();
         let bin = binaries()?;
         // KSA_E2E_KEEP=1 keeps the logs, key files and etcd data.
@@ -396,13 +426,6 @@ impl ControlPlane {
         if keep {
             eprintln!("KSA_E2E_KEEP: keeping {}", dir.path().display());
         }
-        let addresses: Vec<Ipv4Addr> = if instances == 1 {
-            vec![Ipv4Addr::LOCALHOST]
-        } else {
-            (0..instances)
-                .map(|_| crate::netns::new_address())
-                .collect::<Result<_>>()?
-        };
         let pki = Pki::generate(
             &addresses
                 .iter()
@@ -658,7 +681,24 @@ current-context: e2e
         let issuer_flags = self.instances[index].spec.issuer_flags();
         let d = self.dir.path();
         let instance = &self.instances[index];
-        let mut command = control_plane_command(self.bin.join("kube-apiserver"));
+        let mut command = if self.instances.len() > 1 {
+            // Each instance on a host of its own, as in an HA control
+            // plane: kube-apiserver names its identity Lease after its
+            // host name, so instances sharing one would share one Lease.
+            let mut on_own_host = Command::new("unshare");
+            on_own_host
+                .args(["--uts", "sh", "-c", r#"hostname "$0" && exec "$@""#])
+                .arg(&instance.name);
+            if let Ok(cpus) = std::env::var("KSA_CONTROL_PLANE_CPUS")
+                && !cpus.is_empty()
+            {
+                on_own_host.args(["taskset", "--cpu-list", &cpus]);
+            }
+            on_own_host.arg(self.bin.join("kube-apiserver"));
+            on_own_host
+        } else {
+            control_plane_command(self.bin.join("kube-apiserver"))
+        };
         command
             .arg(format!(
                 "--etcd-servers=http://127.0.0.1:{}",
@@ -816,6 +856,49 @@ current-context: e2e
         self.wait_one_ready(index).await
     }
 
+    /// Stops instance `index` where it stands (SIGSTOP), as a hung process
+    /// or a node cut off: it answers nothing and renews nothing, drops out
+    /// of the `kubernetes` EndpointSlice once its endpoint lease expires,
+    /// and keeps its identity Lease. Not instance 0, which every client of
+    /// the harness talks to.
+    pub fn freeze(&mut self, index: usize) -> Result<()> {
+        self.signal(index, "-STOP")
+    }
+
+    /// Lets a [`ControlPlane::freeze`]d instance go on (SIGCONT).
+    pub fn thaw(&mut self, index: usize) -> Result<()> {
+        self.signal(index, "-CONT")
+    }
+
+    fn signal(&mut self, index: usize, signal: &str) -> Result<()> {
+        anyhow::ensure!(index > 0, "instance 0 serves the harness's own clients");
+        let process = self.instances[index]
+            .process
+            .as_ref()
+            .context("the instance is not running")?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(process.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    /// Restarts instance `index` with `spec` whatever the roll-out asks (a
+    /// roll-out ksa did not drive, a configuration manager that lags, a
+    /// node restored from backup); waits until it is ready and listed.
+    pub async fn restart_instance_with(&mut self, index: usize, spec: &InstanceSpec) -> Result<()> {
+        if let Some(mut old) = self.instances[index].process.take() {
+            old.terminate().await;
+        }
+        self.roll.stopped(index);
+        self.instances[index].spec = spec.clone();
+        self.roll.starting(index, SpecId::of(spec));
+        self.spawn_apiserver(index)?;
+        self.apiserver_starts += 1;
+        self.wait_one_ready(index).await
+    }
+
     /// Kills etcd (SIGKILL) and starts it again on the same data and port;
     /// waits until kube-apiserver is ready on it again.
     pub async fn kill_and_restart_etcd(&mut self) -> Result<()> {
@@ -866,6 +949,43 @@ current-context: e2e
         self.controller_manager = Some(Process::spawn("kube-controller-manager", command, d)?);
         Ok(())
     }
+    /// Starts kube-scheduler (restarted whenever it exits, as kubelet
+    /// restarts a static pod), with `flags` added to its own.
+    pub fn start_scheduler(&mut self, flags: &[&str]) -> Result<()> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig_path().display());
+        let program = self.bin.join("kube-scheduler");
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let scheduler = move || {
+            let mut command = control_plane_command(program.clone());
+            command
+                .arg(&kubeconfig)
+                .arg("--bind-address=127.0.0.1")
+                .arg("--secure-port=0")
+                .arg("--leader-elect=false")
+                .arg("--v=1")
+                .args(&flags);
+            command
+        };
+        self.simulation.push(Supervised::spawn(
+            "kube-scheduler",
+            self.dir.path(),
+            scheduler,
+        )?);
+        Ok(())
+    }
+
+    /// A client certificate (PEM) and its key for `user` in `groups`,
+    /// signed by the cluster's CA: a kubelet's (`system:node:NAME` in
+    /// `system:nodes`) or kube-proxy's.
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> Result<(String, String)> {
+        self.pki.client_cert(user, groups)
+    }
+
+    /// A kubeconfig for the holder of `cert` and `key`.
+    pub fn kubeconfig_for(&self, cert: &str, key: &str) -> String {
+        self.kubeconfig(cert, key)
+    }
+
     /// Simulates `nodes` nodes with kwok (built by `cargo xtask
     /// control-plane`, found through `KSA_KWOK_DIR`) and starts
     /// kube-scheduler to place pods on them: pods become Running and Ready
@@ -874,25 +994,9 @@ current-context: e2e
     /// added to kube-scheduler's.
     pub async fn simulate_nodes(&mut self, nodes: usize, scheduler_flags: &[&str]) -> Result<()> {
         let kwok = kwok_dir()?;
+        self.start_scheduler(scheduler_flags)?;
         let d = self.dir.path();
         let kubeconfig = format!("--kubeconfig={}", self.kubeconfig_path().display());
-        let scheduler = {
-            let (program, kubeconfig) = (self.bin.join("kube-scheduler"), kubeconfig.clone());
-            let flags: Vec<String> = scheduler_flags.iter().map(|f| (*f).to_owned()).collect();
-            move || {
-                let mut command = control_plane_command(program.clone());
-                command
-                    .arg(&kubeconfig)
-                    .arg("--bind-address=127.0.0.1")
-                    .arg("--secure-port=0")
-                    .arg("--leader-elect=false")
-                    .arg("--v=1")
-                    .args(&flags);
-                command
-            }
-        };
-        self.simulation
-            .push(Supervised::spawn("kube-scheduler", d, scheduler)?);
         let simulator = move || {
             let mut command = control_plane_command(kwok.join("kwok"));
             command

@@ -11,6 +11,10 @@
 //! ([`bucket_verifier`]), and a prober putting the user cluster's tokens
 //! to both ([`outside_prober`]).
 //!
+//! Real nodes ([`node`], issue 31): containerd, runc, the CNI bridge, the
+//! kubelet and kube-proxy beside the control plane, so that pods run in
+//! real containers with real projected tokens.
+//!
 //! Tests find the binaries through `KSA_CONTROL_PLANE_DIR`, `KSA_KWOK_DIR`
 //! and `KSA_SEAWEEDFS_DIR`, which `cargo xtask e2e` and `cargo xtask ci`
 //! set. A test
@@ -27,10 +31,12 @@ pub mod install;
 pub mod issuer;
 pub mod kubelet;
 pub mod netns;
+pub mod node;
 pub mod outside;
 pub mod outside_prober;
 mod pki;
 mod prober;
+pub mod readme;
 pub mod roll;
 pub mod s3;
 pub mod scenario;

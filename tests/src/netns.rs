@@ -50,6 +50,12 @@ pub enum Netns {
 /// }
 /// ```
 pub fn enter() -> Result<Netns> {
+    enter_with(&[], &[])
+}
+
+/// Like [`enter`], with more `unshare` flags (a mount and PID namespace
+/// too, say) and variables for the copy run inside.
+pub(crate) fn enter_with(flags: &[&str], env: &[(&str, String)]) -> Result<Netns> {
     if inside() {
         run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
         return Ok(Netns::Inside);
@@ -65,7 +71,9 @@ pub fn enter() -> Result<Netns> {
         command.args(["--user", "--map-root-user"]);
     }
     command
-        .args(["--net", "--"])
+        .arg("--net")
+        .args(flags)
+        .arg("--")
         .arg(std::env::current_exe()?)
         .args([test, "--exact", "--include-ignored", "--test-threads=1"]);
     let nocapture = std::env::var_os("RUST_TEST_NOCAPTURE").is_some_and(|v| v != "0")
@@ -74,6 +82,7 @@ pub fn enter() -> Result<Netns> {
         command.arg("--nocapture");
     }
     let mut child = command
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .env(ENV, INSIDE)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

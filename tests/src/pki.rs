@@ -24,6 +24,9 @@ pub struct Pki {
     /// A client certificate for user `ksa-signer`, with no groups.
     pub signer_cert: String,
     pub signer_key: String,
+    /// The CA's key, for the client certificates of real nodes
+    /// ([`Pki::client_cert`]).
+    ca_key: String,
 }
 
 impl Pki {
@@ -32,12 +35,9 @@ impl Pki {
     /// is dialled by its own address, and shares the certificate.
     pub fn generate(addresses: &[IpAddr]) -> Result<Pki> {
         let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "ksa-test-ca");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params()?;
         let ca_cert = ca.self_signed(&ca_key)?;
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca, ca_key);
 
         let server_key = KeyPair::generate()?;
@@ -46,6 +46,9 @@ impl Pki {
             "localhost",
             "kubernetes",
             "kubernetes.default.svc",
+            // The `kubernetes` Service's ClusterIP, the first of
+            // `--service-cluster-ip-range`: what pods dial.
+            "10.96.0.1",
         ]
         .map(str::to_owned);
         // rcgen makes a string that parses as an IP address an IP SAN.
@@ -61,9 +64,9 @@ impl Pki {
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server.signed_by(&server_key, &issuer)?;
 
-        let (admin_cert, admin_key) = client_cert(&issuer, "ksa-admin", Some("system:masters"))?;
-        let (controller_cert, controller_key) = client_cert(&issuer, "ksa-controller", None)?;
-        let (signer_cert, signer_key) = client_cert(&issuer, "ksa-signer", None)?;
+        let (admin_cert, admin_key) = client_cert(&issuer, "ksa-admin", &["system:masters"])?;
+        let (controller_cert, controller_key) = client_cert(&issuer, "ksa-controller", &[])?;
+        let (signer_cert, signer_key) = client_cert(&issuer, "ksa-signer", &[])?;
 
         Ok(Pki {
             ca_cert: ca_cert.pem(),
@@ -75,23 +78,42 @@ impl Pki {
             controller_key,
             signer_cert,
             signer_key,
+            ca_key: ca_key_pem,
         })
+    }
+
+    /// A client certificate (PEM) and its key for `user` in `groups`,
+    /// signed by the CA.
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> Result<(String, String)> {
+        let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&self.ca_key)?);
+        client_cert(&issuer, user, groups)
     }
 }
 
-/// A client certificate (PEM) and its key for user `user`, in `group` if any.
+/// The CA's certificate parameters (its subject names the issuer of every
+/// certificate it signs).
+fn ca_params() -> Result<CertificateParams> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "ksa-test-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+/// A client certificate (PEM) and its key for user `user`, in `groups`.
 fn client_cert(
     issuer: &Issuer<'_, KeyPair>,
     user: &str,
-    group: Option<&str>,
+    groups: &[&str],
 ) -> Result<(String, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, user);
-    if let Some(group) = group {
+    for group in groups {
         params
             .distinguished_name
-            .push(DnType::OrganizationName, group);
+            .push(DnType::OrganizationName, *group);
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, issuer)?;

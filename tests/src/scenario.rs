@@ -50,20 +50,61 @@ pub struct Scenario {
     /// The API server workload whose issuer args the harness rolls out,
     /// when there is one.
     pub apiserver_workload: Option<ApiServerWorkload>,
+    /// The real node the workloads run on, when the scenario has one
+    /// ([`Scenario::start_on_a_real_node`]).
+    pub real_node: Option<crate::node::RealNode>,
     _hosted: HostedApiServer,
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        // The node first: its mounts are under the control plane's
+        // directory, which goes with the control plane.
+        drop(self.real_node.take());
+    }
+}
+
+/// Where the scenario's control plane runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    /// One kube-apiserver on loopback.
+    Loopback,
+    /// [`crate::HA_INSTANCES`] of them, in the test's network namespace.
+    Ha,
+    /// One, reached by the pods of a real node beside it.
+    RealNode,
 }
 
 impl Scenario {
     /// On one kube-apiserver.
     pub async fn start() -> Result<Scenario> {
-        Scenario::launch(false, None).await
+        Scenario::launch(Plane::Loopback, None).await
+    }
+
+    /// On one kube-apiserver with kube-scheduler and a real node
+    /// ([`crate::node::RealNode`]) that runs the workloads' pods. Only in
+    /// namespaces of the test's own ([`crate::node::enter`]).
+    pub async fn start_on_a_real_node() -> Result<Scenario> {
+        Scenario::launch(Plane::RealNode, None).await
+    }
+
+    /// Like [`Scenario::start_on_a_real_node`], with the API server
+    /// workload (as [`Scenario::start_ha_with_apiserver_workload`] has it)
+    /// whose issuer args the harness rolls out to the one instance, so that
+    /// the issuer can be rotated too.
+    pub async fn start_on_a_real_node_with_apiserver_workload() -> Result<Scenario> {
+        Scenario::launch(
+            Plane::RealNode,
+            Some(ApiServerWorkload::deployment(APISERVER_DEPLOYMENT)),
+        )
+        .await
     }
 
     /// On [`crate::HA_INSTANCES`] kube-apiserver instances, rolled one at a
     /// time. Only in a network namespace of the test's own
     /// ([`crate::netns::enter`]).
     pub async fn start_ha() -> Result<Scenario> {
-        Scenario::launch(true, None).await
+        Scenario::launch(Plane::Ha, None).await
     }
 
     /// Like [`Scenario::start_ha`], with the API server workload: Deployment
@@ -72,21 +113,33 @@ impl Scenario {
     /// rolls out to the instances with the key Secret.
     pub async fn start_ha_with_apiserver_workload() -> Result<Scenario> {
         Scenario::launch(
-            true,
+            Plane::Ha,
             Some(ApiServerWorkload::deployment(APISERVER_DEPLOYMENT)),
         )
         .await
     }
 
-    async fn launch(ha: bool, apiserver_workload: Option<ApiServerWorkload>) -> Result<Scenario> {
+    async fn launch(
+        where_: Plane,
+        apiserver_workload: Option<ApiServerWorkload>,
+    ) -> Result<Scenario> {
         let first_key = AwsLc::new().generate(KeySpec::Rsa2048)?;
         let keys = ApiServerKeys::single(first_key.clone());
-        let mut plane = if ha {
-            ControlPlane::start_ha(keys).await?
-        } else {
-            ControlPlane::start(keys).await?
+        let mut plane = match where_ {
+            Plane::Ha => ControlPlane::start_ha(keys).await?,
+            Plane::Loopback => ControlPlane::start(keys).await?,
+            Plane::RealNode => {
+                let spec = crate::InstanceSpec::new(crate::Signing::KeyFiles(keys));
+                ControlPlane::start_for_nodes(spec, Vec::new()).await?
+            }
         };
         plane.start_controller_manager()?;
+        let real_node = if where_ == Plane::RealNode {
+            plane.start_scheduler(&[])?;
+            Some(crate::node::RealNode::start(&plane, 0).await?)
+        } else {
+            None
+        };
         let instances = plane.instance_clients().await?;
         let client = plane.client().await?;
         let kubeconfig = plane.kubeconfig_path();
@@ -134,6 +187,7 @@ impl Scenario {
             installation,
             prober,
             apiserver_workload,
+            real_node,
             _hosted: hosted,
         })
     }

@@ -175,7 +175,7 @@ fn manifest_with_sha256(sha256: &str) -> Result<String> {
     let path = workspace().join("cli/krew/ksa.yaml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut manifest: Value = serde_yaml::from_str(&text)?;
+    let mut manifest: Value = serde_saphyr::from_str(&text)?;
     let platform = manifest["spec"]["platforms"]
         .as_array_mut()
         .context("the manifest has no platforms")?

@@ -21,7 +21,7 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
     let _installation =
         Installation::install(&client, ROTATIONS, ROTATIONS, &key, plane.dir()).await?;
 
-    let needed: [Request<'_>; 16] = [
+    let needed: [Request<'_>; 17] = [
         ("watch", "ksa.dev", "ksasigningkeyrotations", "", ""),
         (
             "patch",
@@ -61,6 +61,8 @@ async fn the_controller_may_do_its_job_and_nothing_else() -> Result<()> {
         ("list", "apps", "replicasets", "", ""),
         ("list", "policy", "poddisruptionbudgets", "", ""),
         ("list", "discovery.k8s.io", "endpointslices", "default", ""),
+        // Every API server instance, listed or not: their identity Leases.
+        ("list", "coordination.k8s.io", "leases", "kube-system", ""),
     ];
     let forbidden: [Request<'_>; 21] = [
         // The recreate-nodes policy's role is not bound: no rotation here

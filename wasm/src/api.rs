@@ -30,30 +30,8 @@ impl ApiError {
 /// rotation's (SPEC section 2) or an issuer rotation's (section 10, with
 /// `issuer` set).
 pub fn decode_status(text: &str) -> Result<Value, ApiError> {
-    if ksa_core::issuer::is_issuer_line(text) {
-        let line =
-            ksa_core::issuer::parse(text).map_err(|e| ApiError::new("bad_status_line", e))?;
-        return Ok(json!({
-            "issuer": line.issuer,
-            "status": line.completed,
-            "reason": line.reason(),
-            "tokenIssuer": line.issuers.token_issuer(),
-            "signingIssuer": line.issuers.signing_issuer(),
-            "acceptedIssuers": line.issuers.accepted_issuers(),
-            "steps": line.steps(),
-        }));
-    }
-    let line = ksa_core::status::parse(text).map_err(|e| ApiError::new("bad_status_line", e))?;
-    let versions = &line.versions;
-    Ok(json!({
-        "keyVersion": line.key_version,
-        "status": line.status(),
-        "reason": line.reason.as_str(),
-        "tokenVersion": versions.token_version(),
-        "privateKeyVersion": versions.private_key_version(),
-        "publicKeyVersions": versions.public_key_versions(),
-        "steps": line.steps(),
-    }))
+    // The core's one decoded form, which `ksa status decode` prints too.
+    ksa_core::status::decode(text).map_err(|e| ApiError::new("bad_status_line", e))
 }
 
 /// `decodeToken(jwt)`: header and claims, unverified.

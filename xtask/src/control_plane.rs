@@ -114,15 +114,7 @@ pub fn ensure() -> Result<PathBuf> {
         return Ok(dir);
     }
     let started = Instant::now();
-    let (major, minor) = kubernetes_major_minor(&kubernetes);
-    let ldflags = format!(
-        "-s -w \
-         -X k8s.io/component-base/version.gitVersion={kubernetes} \
-         -X k8s.io/component-base/version.gitMajor={major} \
-         -X k8s.io/component-base/version.gitMinor={minor} \
-         -X k8s.io/component-base/version.gitTreeState=clean \
-         -X k8s.io/client-go/pkg/version.gitVersion={kubernetes}"
-    );
+    let ldflags = kubernetes_ldflags(&kubernetes);
     for binary in missing {
         go_build("control-plane", binary, &ldflags, &dir)?;
         eprintln!(
@@ -181,8 +173,29 @@ pub fn ensure_kwok() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `go build`s one binary of a module under `xtask/` into `dir`.
+/// `go build`s one binary of a module under `xtask/` into `dir`, static
+/// (no cgo).
 pub(crate) fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path) -> Result<()> {
+    go_build_with(module, binary, ldflags, dir, &Cgo::Off)
+}
+
+/// Whether a Go build uses cgo, and with which build tags.
+pub(crate) enum Cgo {
+    /// `CGO_ENABLED=0`: a static binary.
+    Off,
+    /// `CGO_ENABLED=1` with these `-tags` (runc: its `nsenter` is C, and
+    /// `seccomp` links libseccomp).
+    On { tags: &'static str },
+}
+
+/// Like [`go_build`], with cgo as `cgo` says.
+pub(crate) fn go_build_with(
+    module: &str,
+    binary: &Binary,
+    ldflags: &str,
+    dir: &Path,
+    cgo: &Cgo,
+) -> Result<()> {
     match Command::new("go").arg("version").output() {
         Ok(out) if out.status.success() => {
             eprintln!(
@@ -199,12 +212,18 @@ pub(crate) fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path)
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!("{}.partial", binary.name));
-    let status = Command::new("go")
+    let mut command = Command::new("go");
+    command
         .current_dir(module_dir(module))
         .env("GOFLAGS", "-mod=mod")
         .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-trimpath", "-ldflags", ldflags, "-o"])
+        .args(["build", "-trimpath", "-ldflags", ldflags]);
+    match cgo {
+        Cgo::Off => command.env("CGO_ENABLED", "0"),
+        Cgo::On { tags } => command.env("CGO_ENABLED", "1").args(["-tags", tags]),
+    };
+    let status = command
+        .arg("-o")
         .arg(&partial)
         .arg(binary.package)
         .status()
@@ -219,6 +238,20 @@ pub(crate) fn go_build(module: &str, binary: &Binary, ldflags: &str, dir: &Path)
     }
     std::fs::rename(&partial, dir.join(binary.name))?;
     Ok(())
+}
+
+/// The `-ldflags` of a Kubernetes binary at `kubernetes`, stamped with its
+/// version as a release build is.
+pub(crate) fn kubernetes_ldflags(kubernetes: &str) -> String {
+    let (major, minor) = kubernetes_major_minor(kubernetes);
+    format!(
+        "-s -w \
+         -X k8s.io/component-base/version.gitVersion={kubernetes} \
+         -X k8s.io/component-base/version.gitMajor={major} \
+         -X k8s.io/component-base/version.gitMinor={minor} \
+         -X k8s.io/component-base/version.gitTreeState=clean \
+         -X k8s.io/client-go/pkg/version.gitVersion={kubernetes}"
+    )
 }
 
 fn kubernetes_major_minor(version: &str) -> (String, String) {

@@ -54,6 +54,19 @@ pub struct Provenance {
     pub created_epoch: u64,
 }
 
+/// The variable through which the end-to-end tests find the image layouts
+/// (the chart's controller runs from its image on a real node).
+pub const ENV: &str = "KSA_IMAGE_DIR";
+
+/// Builds the images (`run`); returns the variable that tells the tests
+/// where their layouts are.
+pub fn environment() -> Result<(&'static str, PathBuf)> {
+    let started = std::time::Instant::now();
+    run()?;
+    eprintln!("image: built in {:.0?}", started.elapsed());
+    Ok((ENV, crate::root().join("target").join("image")))
+}
+
 /// Builds the static binaries and writes and checks both images.
 pub fn run() -> Result<()> {
     let release = build_static(&["ksa-controller", "ksa-cli"], &["ksa-controller", "ksa"])?;
@@ -112,8 +125,14 @@ pub(crate) fn build_static(packages: &[&str], binaries: &[&str]) -> Result<PathB
              install it (Debian: apt-get install musl-tools) and run again"
         );
     }
+    // Built outside the checkout, as the fuzz targets are: a clean clone
+    // reuses the release dependencies (kube, tokio and aws-lc for musl,
+    // a quarter of an hour cold) and builds only ksa's own crates again.
+    let target_dir = crate::control_plane::cache_root().join("image-target");
     let mut build = crate::cargo();
-    build.args(["build", "--release", "--target", TARGET]);
+    build
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir);
     for package in packages {
         build.args(["-p", package]);
     }
@@ -121,7 +140,7 @@ pub(crate) fn build_static(packages: &[&str], binaries: &[&str]) -> Result<PathB
         build.args(["--bin", binary]);
     }
     crate::run(build.env("CC_x86_64_unknown_linux_musl", "musl-gcc"))?;
-    Ok(crate::root().join("target").join(TARGET).join("release"))
+    Ok(target_dir.join(TARGET).join("release"))
 }
 
 /// Reads the binary `name` that [`build_static`] wrote into `dir`, and

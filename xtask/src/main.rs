@@ -5,9 +5,9 @@
 //!   `cargo deny`, every test, end-to-end included, and 20 s of fuzzing per
 //!   target. `.ci/run` calls exactly this.
 //! - `setup`: the set-up part alone: the rustup target, Debian packages
-//!   (Chromium, chromedriver, binaryen), wasm-bindgen-cli, the control
-//!   plane, kwok, SeaweedFS (`seaweedfs`, from `xtask/seaweedfs/`), helm
-//!   and krew.
+//!   (Chromium, chromedriver, binaryen, libseccomp-dev, nftables),
+//!   wasm-bindgen-cli, the control plane, kwok, SeaweedFS (`seaweedfs`,
+//!   from `xtask/seaweedfs/`), helm, krew and the real nodes' components.
 //! - `wasm`: build `ksa-wasm` for browsers into `wasm/www/pkg/`, within its
 //!   size budget.
 //! - `serve-inspector`: build it and serve the inspector page on loopback.
@@ -26,6 +26,9 @@
 //!   be downloaded from).
 //! - `helm`: build `helm` from `xtask/helm/` into the cache (`setup` does).
 //! - `krew`: build `krew` from `xtask/krew/` into the cache (`setup` does).
+//! - `node`: build what the tests' real nodes run (containerd, runc, the
+//!   CNI plugins, the kubelet, kube-proxy) and their test images into the
+//!   cache (`setup` does, beside the control plane; see `xtask/src/node.rs`).
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
@@ -42,6 +45,7 @@ mod dist;
 mod fuzz;
 mod go_tool;
 mod image;
+mod node;
 mod scale;
 mod tools;
 mod wasm;
@@ -71,6 +75,10 @@ fn main() -> Result<()> {
         Some("krew") => go_tool::KREW
             .ensure()
             .map(|dir| println!("{}", dir.display())),
+        Some("node") => {
+            tools::ensure_debian_packages()?;
+            node::ensure().map(|dir| println!("{}", dir.display()))
+        }
         Some("dist") => dist::run(&rest),
         Some("wasm") => wasm::build().map(drop),
         Some("serve-inspector") => serve_inspector(&rest),
@@ -110,7 +118,7 @@ fn main() -> Result<()> {
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | krew | image | dist [--base-url URL] | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | krew | node | image | dist [--base-url URL] | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }
@@ -168,10 +176,26 @@ fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
         .context("installing the wasm32 target (rustup must be on PATH)")?;
     tools::ensure_debian_packages()?;
     tools::wasm_bindgen_bin()?;
+    // The node's components build beside the rest: containerd, runc and
+    // the CNI plugins first, then the kubelet and kube-proxy, whose
+    // packages the control plane's build has mostly compiled by then.
+    let node = std::thread::spawn(node::environment);
+    // The images (a release build of the static binaries), for the chart
+    // test on a real node, beside the Go builds.
+    let image = std::thread::spawn(image::environment);
     let mut environment = control_plane::environment()?.to_vec();
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
     environment.push(go_tool::KREW.environment()?);
+    environment.push(
+        node.join()
+            .map_err(|_| anyhow::anyhow!("building the node's components panicked"))??,
+    );
+    environment.push(
+        image
+            .join()
+            .map_err(|_| anyhow::anyhow!("building the images panicked"))??,
+    );
     Ok(environment)
 }
 
@@ -201,6 +225,7 @@ fn ci() -> Result<()> {
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;
+    nothing_to_rebuild()?;
     // Every test, each in a process of its own, as many at once as the
     // machine has cores (the end-to-end suites mostly wait on the control
     // plane); `.config/nextest.toml` ends a test that hangs.
@@ -274,6 +299,38 @@ fn clippy_wasm32(package: &[&str]) -> Result<()> {
     ]))
 }
 
+/// A second build with nothing changed must build nothing: a build script
+/// that watches a path that does not exist (or a file it writes itself)
+/// makes every `cargo build` rebuild its crate. Run right after a build.
+fn nothing_to_rebuild() -> Result<()> {
+    let output = cargo()
+        .args([
+            "build",
+            "-p",
+            "ksa-cli",
+            "-p",
+            "ksa-controller",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    anyhow::ensure!(output.status.success(), "cargo build failed");
+    let rebuilt: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact" && message["fresh"] == false)
+        .map(|message| message["package_id"].to_string())
+        .collect();
+    anyhow::ensure!(
+        rebuilt.is_empty(),
+        "a build with nothing changed rebuilt {}: a build script watches a path that changes or does not exist",
+        rebuilt.join(", ")
+    );
+    println!("a second build with nothing changed built nothing");
+    Ok(())
+}
+
 /// The end-to-end tests run `ksa` and `ksa-controller` as processes.
 fn build_binaries() -> Result<()> {
     run(cargo().args(["build", "-p", "ksa-cli", "-p", "ksa-controller"]))
@@ -284,6 +341,8 @@ fn e2e(filters: &[&str]) -> Result<()> {
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
     environment.push(go_tool::KREW.environment()?);
+    environment.push(node::environment()?);
+    environment.push(image::environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;
     build_binaries()?;

@@ -1,6 +1,8 @@
 //! The tools the tests need beyond cargo and Go: Debian packages (Chromium
 //! and its WebDriver for the browser tests, binaryen's `wasm-opt`,
-//! iproute2's `ip` for the three-instance control plane) and
+//! iproute2's `ip` for the three-instance control plane, libseccomp-dev
+//! for runc, nftables for kube-proxy on the real nodes, and musl-tools for
+//! the images' static binaries) and
 //! `wasm-bindgen-cli` at exactly the version of the `wasm-bindgen` crate in
 //! `Cargo.lock`, `cargo-fuzz` and `cargo-deny`, installed from crates.io
 //! into the cache. (The signer's proto is compiled by protox, in Rust: no
@@ -14,7 +16,7 @@ use anyhow::{Context, Result};
 use crate::{cargo, control_plane::cache_root, run};
 
 /// Debian packages and a file each one installs.
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+const DEBIAN_PACKAGES: [(&str, &str); 8] = [
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     ("binaryen", "/usr/bin/wasm-opt"),
@@ -23,6 +25,13 @@ const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("iproute2", "/sbin/ip"),
     // The font of the benchmark chart.
     ("fonts-dejavu-core", crate::scale::FONT),
+    // runc's seccomp support is built against it (`xtask/src/node.rs`).
+    ("libseccomp-dev", "/usr/include/seccomp.h"),
+    // `nft`, which kube-proxy's nftables mode runs on the real nodes.
+    ("nftables", "/usr/sbin/nft"),
+    // `musl-gcc`, which compiles aws-lc for the images' static binaries
+    // (`cargo xtask image`, which the real-node chart test runs).
+    ("musl-tools", "/usr/bin/musl-gcc"),
 ];
 
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";

@@ -42,7 +42,7 @@ pub fn run(command: KeysCommand) -> Outcome {
         KeysCommand::Jwks { files, output } => {
             let mut keys: Vec<PublicKey> = Vec::new();
             for file in &files {
-                let parsed = parse_pem(&super::read_file(file)?)
+                let parsed = parse_pem(&crate::input::read_file(file)?)
                     .with_context(|| file.clone())
                     .map_err(Failure::bad_input)?;
                 for key in parsed.public_keys() {
@@ -52,7 +52,7 @@ pub fn run(command: KeysCommand) -> Outcome {
                 }
             }
             let jwks = Jwks::from_public_keys(&keys);
-            super::finish(&super::data(&jwks, output)?)
+            crate::output::finish(&crate::output::data(&jwks, output)?)
         }
     }
 }
@@ -102,7 +102,7 @@ fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool, output: 
         Format::Json => serde_json::to_string_pretty(&generated(&key_path, &pub_path, &key))?,
         Format::Yaml => serde_saphyr::to_string(&generated(&key_path, &pub_path, &key))?,
     };
-    super::finish(&text)
+    crate::output::finish(&text)
 }
 
 fn generated(key_path: &Path, pub_path: &Path, key: &PrivateKey) -> serde_json::Value {
@@ -137,7 +137,7 @@ enum Imported {
 
 fn import(args: ImportArgs) -> Outcome {
     // The key is read and checked before anything is sent.
-    let pem = super::read_file(&args.key)?;
+    let pem = crate::input::read_file(&args.key)?;
     let key = parse_pem(&pem)
         .with_context(|| format!("--key {}", args.key))
         .map_err(Failure::bad_input)?
@@ -222,7 +222,7 @@ fn import(args: ImportArgs) -> Outcome {
             Format::Json => serde_json::to_string_pretty(&json)?,
             Format::Yaml => serde_saphyr::to_string(&json)?,
         };
-        super::finish(&text)
+        crate::output::finish(&text)
     })
 }
 

@@ -1,16 +1,18 @@
 //! `ksa update credentials ksa-signing-key rotate | status`, against the
 //! `KSASigningKeyRotation` resource in the admin cluster.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
+use crate::prompt::{confirm, describe};
 use anyhow::Context as _;
 use ksa_core::KeyVersion;
 use ksa_core::issuer::Issuer;
 use ksa_core::rotation::{self, IssuerChange, Requested, RotationState, StartRequest, Step};
+use ksa_core::signing_issuer::signing_issuer;
 use ksa_kube::api::{
-    ClusterRef, ISSUER_CONDITION_TYPE, KSASigningKeyRotation, KeyKind, RolloutKind, RolloutSpec,
-    RotationSpec, RotationStatus, SecretKeyRef, TokenRefreshPolicy, TokenRefreshSpec, WorkloadRef,
+    ClusterRef, ISSUER_CONDITION_TYPE, KSASigningKeyRotation, RolloutSpec, RotationSpec,
+    RotationStatus, SecretKeyRef, TokenRefreshSpec, WorkloadRef,
 };
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
@@ -55,7 +57,7 @@ pub struct RotateArgs {
     manifests_dir: Option<std::path::PathBuf>,
     skip_prompt: bool,
     wait: bool,
-    timeout: String,
+    timeout: Option<String>,
     /// The issuer to change to, as given.
     issuer: Option<String>,
     /// `false` for `ksa-issuer rotate`.
@@ -183,7 +185,11 @@ pub fn run(request: Request) -> Outcome {
                             kube_config: Connection::open(&args.cluster.kube).await?.config,
                             skip_prompt: args.skip_prompt,
                             wait: args.wait,
-                            timeout: super::duration(&args.timeout, "--timeout")?,
+                            timeout: args
+                                .timeout
+                                .as_deref()
+                                .map(|t| crate::input::duration(t, "--timeout"))
+                                .transpose()?,
                             issuer,
                             changes_key: args.changes_key,
                             dry_run: args.dry_run,
@@ -244,17 +250,6 @@ async fn connect(args: &ClusterArgs) -> Result<Target, Failure> {
 }
 
 fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer>) -> RotationSpec {
-    let key = match config.key.as_str() {
-        "RSA-3072" => KeyKind::Rsa3072,
-        "RSA-4096" => KeyKind::Rsa4096,
-        "ECDSA-P256" => KeyKind::EcdsaP256,
-        _ => KeyKind::Rsa2048,
-    };
-    let policy = match config.token_refresh.as_str() {
-        "recreate-nodes" => TokenRefreshPolicy::RecreateNodes,
-        "wait" => TokenRefreshPolicy::Wait,
-        _ => TokenRefreshPolicy::RestartPods,
-    };
     RotationSpec {
         key_version,
         issuer: issuer.map(|issuer| issuer.as_str().to_owned()),
@@ -264,12 +259,9 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
                 key: config.kubeconfig_secret_key.clone(),
             },
         }),
-        key,
+        key: config.key,
         rollout: RolloutSpec {
-            kind: match config.rollout.as_str() {
-                "external-signer" => RolloutKind::ExternalSigner,
-                _ => RolloutKind::HostedControlPlane,
-            },
+            kind: config.rollout,
             key_secret: config.key_secret.clone(),
             workload: config.api_server_workload.as_ref().map(|w| WorkloadRef {
                 kind: w.kind.clone(),
@@ -280,7 +272,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
         // What the operator set beyond the config (legacy tokens given
         // up on, their deadline) is left out, so a merge patch keeps it.
         token_refresh: TokenRefreshSpec {
-            policy,
+            policy: config.token_refresh,
             max_token_seconds: config.max_token_seconds,
             ..TokenRefreshSpec::default()
         },
@@ -327,7 +319,11 @@ async fn discovered_issuer(target: &Target) -> Result<Issuer, Failure> {
 }
 
 async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
-    let timeout = super::duration(&args.timeout, "--timeout")?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| crate::input::duration(t, "--timeout"))
+        .transpose()?;
     let target = connect(&args.cluster).await?;
     let config = &target.config;
     let existing = target.api.get_opt(&config.name).await?;
@@ -354,14 +350,11 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         .as_ref()
         .and_then(|resource| resource.spec.issuer.as_deref())
         .and_then(|text| Issuer::new(text).ok());
-    // The issuer the cluster signs with: the last issuer rotation's, or
-    // the API servers', asked only when an issuer is involved.
-    let signing_issuer = match state.issuer() {
-        Some(done) => Some(done.to.clone()),
-        None if issuer.is_some() || requested_issuer.is_some() => {
-            Some(discovered_issuer(&target).await?)
-        }
-        None => None,
+    // The issuer the cluster signs with, only when an issuer is involved.
+    let signing_issuer = if issuer.is_some() || requested_issuer.is_some() {
+        Some(signing_issuer(&state, discovered_issuer(&target)).await?)
+    } else {
+        None
     };
     let issuer = issuer.filter(|to| !(from_config && signing_issuer.as_ref() == Some(to)));
     // Whether a rotation may start is the core's decision, the same one the
@@ -427,20 +420,21 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
     .await?;
     let to = started.key_version().get();
     let spec = spec_for(config, to, issuer.as_ref());
+    let longest = spec.policy().longest_rotation();
     // Who the rotation affects and who it could break, from the live
     // cluster, before anything changes.
     let cluster = user_cluster(&target).await?;
     let plan =
         ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now()).await?;
     if args.dry_run {
-        return super::plan::print(&plan, args.output);
+        return crate::plan::print(&plan, args.output);
     }
-    super::plan::check_outside_holders(&plan, args.skip_prompt, args.accept_outside_legacy_tokens)?;
+    crate::plan::check_outside_holders(&plan, args.skip_prompt, args.accept_outside_legacy_tokens)?;
     if !args.skip_prompt {
         confirm(&format!(
             "{}\n\n{}",
             explanation(config, &state, &started),
-            super::plan::short(&plan).trim_end()
+            crate::plan::short(&plan).trim_end()
         ))?;
     }
     match existing {
@@ -489,22 +483,17 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
     // This command started the rotation from the completed state before
     // it, so it passes through every step: every line is printed.
     let progress = crate::progress::Progress::started_rotation(started);
+    let timeout = match timeout {
+        Some(timeout) => timeout,
+        None => {
+            eprintln!(
+                "waiting at most {:#} (the longest this rotation takes when nothing holds it; --timeout to change)",
+                jiff::SignedDuration::try_from(longest).unwrap_or(jiff::SignedDuration::MAX)
+            );
+            longest
+        }
+    };
     follow(&target, progress, Some(timeout)).await
-}
-
-/// What a rotation changes, for messages (both modes).
-pub(crate) fn describe(started: &RotationState) -> String {
-    let key = started
-        .changes_key()
-        .then(|| format!("key version {}", started.key_version()));
-    let issuer = started
-        .issuer()
-        .filter(|_| started.changes_issuer())
-        .map(|change| format!("issuer {} to {}", change.from, change.to));
-    key.into_iter()
-        .chain(issuer)
-        .collect::<Vec<_>>()
-        .join(" and ")
 }
 
 /// What the prompt says before a rotation starts.
@@ -555,26 +544,6 @@ fn conflict_is_busy(error: kube::Error) -> Failure {
     }
 }
 
-pub(crate) fn confirm(explanation: &str) -> Result<(), Failure> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::bad_input(anyhow::anyhow!(
-            "rotate asks for confirmation and there is no terminal; pass --skip-prompt to go ahead (nothing was changed)"
-        )));
-    }
-    eprintln!("{explanation}");
-    eprint!("Proceed? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
-        Ok(())
-    } else {
-        Err(Failure::bad_input(anyhow::anyhow!(
-            "not confirmed; nothing was changed"
-        )))
-    }
-}
-
 /// Prints the status lines of the rotation until it completes, each once and
 /// in order (`crate::progress`). It watches the resource and keeps watching
 /// through API server restarts until the timeout; a step the rotation passed
@@ -589,12 +558,16 @@ async fn follow(
     use kube::runtime::{WatchStreamExt as _, watcher};
 
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timings = crate::progress::Timings::default();
     let progress = std::io::stderr().is_terminal().then(|| {
+        // The bar fills with the steps completed; the message names the
+        // step under way by its number (`step 3/5 Sign`).
         let bar = indicatif::ProgressBar::new(Step::ROTATION.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:20}] step {pos}/{len} {msg}")
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:20}] {elapsed} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        bar.set_message("waiting for the controller to take the rotation up");
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
@@ -616,10 +589,9 @@ async fn follow(
             Some(deadline) => match tokio::time::timeout_at(deadline, updates.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    return Err(anyhow::anyhow!(
-                        "the rotation did not complete within the timeout; it goes on: follow it with `status --watch`"
-                    )
-                    .into());
+                    return Err(Failure::still_running(anyhow::anyhow!(
+                        "still running: the rotation did not complete within the timeout; it goes on: follow it with `status --watch`"
+                    )));
                 }
             },
             None => updates.next().await,
@@ -644,8 +616,8 @@ async fn follow(
         for line in lines.lines_for(&state) {
             // The line on stdout, byte for byte; the note on stderr.
             match &progress {
-                Some(bar) => bar.suspend(|| super::print(&line.text))?,
-                None => super::print(&line.text)?,
+                Some(bar) => bar.suspend(|| crate::output::print(&line.text))?,
+                None => crate::output::print(&line.text)?,
             }
             if let Some(note) = line.note() {
                 match &progress {
@@ -654,12 +626,22 @@ async fn follow(
                 }
             }
         }
+        if lines.follows(&state)
+            && let Some(note) = timings.observe(&state)
+        {
+            match &progress {
+                Some(bar) => bar.println(&note),
+                None => eprintln!("{note}"),
+            }
+        }
         if let Some(bar) = &progress
             && lines.follows(&state)
         {
-            bar.set_position(u64::from(state.step().number() - 1));
+            let number = state.step().number();
+            bar.set_position(u64::from(number - 1));
             bar.set_message(format!(
-                "{} {}",
+                "step {number}/{} {} {}",
+                Step::ROTATION.len(),
                 state.step(),
                 waiting_for.clone().unwrap_or_default()
             ));
@@ -667,6 +649,9 @@ async fn follow(
         if lines.is_done() {
             if let Some(bar) = progress {
                 bar.finish_and_clear();
+            }
+            if let Some(summary) = timings.summary() {
+                eprintln!("{summary}");
             }
             return Ok(exit::DONE);
         }
@@ -725,17 +710,37 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     if issuer {
         return issuer_status(&status, &resource, output);
     }
+    // A rotation the spec asks for that has not started is not completed,
+    // whatever the last one's line said.
+    let requested = KeyVersion::new(resource.spec.key_version);
+    let refusal = status
+        .waiting_for
+        .as_deref()
+        .filter(|w| w.starts_with("refused"));
+    let line = state.status_line_for(requested, refusal.is_some());
     if output == Format::Text {
         // Standard output is the status line alone, byte for byte (scripts
         // parse it); where the rotation stands goes beside it, for people.
-        eprintln!("{}", progress_note(&status, jiff::Timestamp::now()));
+        if line != state.status_line() {
+            eprintln!(
+                "the rotation to key version {requested} is {}",
+                match refusal {
+                    Some(refusal) => format!("{} by the controller", crate::output::shown(refusal)),
+                    None => "asked for; the controller has not started it yet (is it running? \
+                             `kubectl get pods -A -l app.kubernetes.io/name=ksa-controller`)"
+                        .to_owned(),
+                }
+            );
+        } else {
+            eprintln!("{}", progress_note(&status, jiff::Timestamp::now()));
+        }
     }
     let text = match output {
-        Format::Text => state.status_line().to_string(),
-        Format::Json => serde_json::to_string_pretty(&structured(&status, &resource))?,
-        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource))?,
+        Format::Text => line.to_string(),
+        Format::Json => serde_json::to_string_pretty(&structured(&status, &resource, &line))?,
+        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource, &line))?,
     };
-    super::finish(&text)
+    crate::output::finish(&text)
 }
 
 /// Where a rotation stands, for people: the step, since when, and what it
@@ -786,10 +791,14 @@ fn issuer_status(
         Format::Json => serde_json::to_string_pretty(&structured())?,
         Format::Yaml => serde_saphyr::to_string(&structured())?,
     };
-    super::finish(&text)
+    crate::output::finish(&text)
 }
 
-fn structured(status: &RotationStatus, resource: &KSASigningKeyRotation) -> serde_json::Value {
+fn structured(
+    status: &RotationStatus,
+    resource: &KSASigningKeyRotation,
+    line: &ksa_core::status::StatusLine,
+) -> serde_json::Value {
     serde_json::json!({
         "cluster": resource.metadata.name,
         "targetKeyVersion": resource.spec.key_version,
@@ -803,7 +812,7 @@ fn structured(status: &RotationStatus, resource: &KSASigningKeyRotation) -> serd
         "completedAt": status.completed_at,
         "waitingFor": status.waiting_for,
         "condition": status.conditions.first(),
-        "statusLine": status.status_line,
+        "statusLine": line.to_string(),
     })
 }
 

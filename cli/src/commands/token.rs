@@ -28,7 +28,7 @@ pub fn run(command: TokenCommand) -> Outcome {
             allow_no_exp,
             output,
         } => {
-            let token = super::input(token, "token")?;
+            let token = crate::input::argument(token, "token")?;
             let trusted = trusted_keys(&jwks, &public_key)?;
             let at = match at {
                 Some(text) => parse_time(&text)?,
@@ -81,7 +81,7 @@ fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKe
                     .map_err(Failure::cannot_check)?,
             );
         } else {
-            let text = String::from_utf8(super::read_file(source)?)
+            let text = String::from_utf8(crate::input::read_file(source)?)
                 .with_context(|| format!("{source} is not UTF-8"))
                 .map_err(Failure::bad_input)?;
             trusted.extend(
@@ -92,7 +92,7 @@ fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKe
         }
     }
     for path in public_key {
-        let keys = parse_pem(&super::read_file(&path.display().to_string())?)
+        let keys = parse_pem(&crate::input::read_file(&path.display().to_string())?)
             .with_context(|| format!("--public-key {}", path.display()))
             .map_err(Failure::bad_input)?;
         trusted.extend(keys.public_keys().cloned().map(TrustedKey::derived));
@@ -106,7 +106,7 @@ fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKe
 }
 
 fn decode(token: Option<String>, output: DataFormat) -> Outcome {
-    let token = super::input(token, "token")?;
+    let token = crate::input::argument(token, "token")?;
     let decoded = token::decode(&token).map_err(Failure::bad_input)?;
     let claims = serde_json::to_value(&decoded.claims)?;
     // The time claims as RFC 3339, beside the claims as the token has them.
@@ -126,7 +126,7 @@ fn decode(token: Option<String>, output: DataFormat) -> Outcome {
         "claims": claims,
         "times": times,
     });
-    super::finish(&super::data(&json, output)?)
+    crate::output::finish(&crate::output::data(&json, output)?)
 }
 
 fn verify(
@@ -146,7 +146,7 @@ fn verify(
 /// Prints the verdict; whatever happens to stdout, the exit code stays the
 /// verdict's: an invalid token exits 1 even when stdout is closed or full.
 fn report(text: &str, code: u8) -> Outcome {
-    match super::print(text) {
+    match crate::output::print(text) {
         Ok(()) => Ok(code),
         Err(failure) if is_stdout_closed(&failure.error) => Ok(code),
         Err(failure) if code == crate::exit::DONE => {
@@ -298,7 +298,7 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
 }
 
 fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
-    let keys = parse_pem(&super::read_file(&key_path.display().to_string())?)
+    let keys = parse_pem(&crate::input::read_file(&key_path.display().to_string())?)
         .with_context(|| format!("--key {}", key_path.display()))
         .map_err(Failure::bad_input)?;
     let key = keys.private_keys().next().ok_or_else(|| {
@@ -329,7 +329,7 @@ fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
             uid,
             expiration,
         } => {
-            let lifetime = super::duration(&expiration, "--expiration")?;
+            let lifetime = crate::input::duration(&expiration, "--expiration")?;
             BoundToken {
                 issuer,
                 audiences: audience,
@@ -363,5 +363,5 @@ fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
         Format::Json => serde_json::to_string_pretty(&json())?,
         Format::Yaml => serde_saphyr::to_string(&json())?,
     };
-    super::finish(&text)
+    crate::output::finish(&text)
 }

@@ -10,7 +10,7 @@
 //! retired. Every write is atomic: a hidden temporary file in
 //! the same directory, fsynced, renamed over the target, directory fsynced.
 
-use crate::commands::MAX_INPUT;
+use crate::input::MAX_INPUT;
 use crate::input::read_limited;
 use std::collections::BTreeMap;
 use std::io::Write as _;

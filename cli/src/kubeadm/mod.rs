@@ -2,12 +2,12 @@
 //! status --pki-dir DIR`. With no controller, the CLI runs the rotation
 //! driver (`ksa_kube::driver`) itself, the same one the controller runs:
 //! its state store is the state file in the pki directory ([`state`]), and
-//! its world is this node's key files ([`files`]) and the kube-apiserver and
-//! kube-controller-manager static pod manifests ([`manifest`]; kubelet
-//! restarts the pods), with every step confirmed on the API servers through
-//! `--kubeconfig` by the observation and token refresh code the controller
-//! uses too (`ksa-kube`). This module adds only the command's loop: passes
-//! until completed, API server restarts waited out.
+//! it runs in the one world (`ksa_kube::world`) the controller runs in,
+//! over this node's ports: its key files ([`files`]) and the kube-apiserver
+//! and kube-controller-manager static pod manifests ([`manifest`]; kubelet
+//! restarts the pods). Every step is confirmed on the API servers through
+//! `--kubeconfig`. This module adds only those ports and the command's
+//! loop: passes until completed, API server restarts waited out.
 
 pub mod files;
 pub mod manifest;
@@ -15,7 +15,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use crate::commands::MAX_INPUT;
+use crate::input::MAX_INPUT;
 use crate::input::read_limited;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,15 +23,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use jiff::Timestamp;
 use ksa_core::KeyVersion;
-use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::issuer::Issuer;
+use ksa_core::key::{KeyError, PrivateKey, PublicKey};
 use ksa_core::rotation::{
-    self, Effect, IssuerChange, Observed, OperationLock, Plan, Policy, RotationState, StartRequest,
-    Step,
+    self, Effect, IssuerChange, OperationLock, Plan, Policy, RotationState, StartRequest,
 };
+use ksa_core::signing_issuer::signing_issuer;
 use ksa_kube::cluster::TargetCluster;
-use ksa_kube::driver::{self, PassError, StateStore, World};
-use ksa_kube::refresh;
+use ksa_kube::driver::{self, Findings, PassError, StateStore, World};
+use ksa_kube::flags;
+use ksa_kube::world::{AlreadyHeld, ApiServers, ClusterWorld, KeyStorage, Nowhere, RollOut};
+use std::collections::BTreeMap;
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
@@ -79,9 +81,6 @@ const NO_WAIT_PATIENCE: Duration = Duration::from_secs(60);
 const KEY_FILE: &str = "service-account-key-file";
 const SIGNING_KEY_FILE: &str = "service-account-signing-key-file";
 const PRIVATE_KEY_FILE: &str = "service-account-private-key-file";
-/// The issuer flags (see `ksa_kube::flags` for the rule).
-const ISSUER_FLAG: &str = "service-account-issuer";
-const AUDIENCES_FLAG: &str = "api-audiences";
 
 /// What `rotate --pki-dir` was asked.
 #[derive(Debug)]
@@ -91,7 +90,9 @@ pub struct RotateRequest {
     pub kube_config: kube::Config,
     pub skip_prompt: bool,
     pub wait: bool,
-    pub timeout: Duration,
+    /// `--timeout`; `None`: the longest the rotation takes when nothing
+    /// holds it (`Policy::longest_rotation`).
+    pub timeout: Option<Duration>,
     /// The issuer to change to (checked by `Issuer::target`); `None` keeps
     /// the issuer.
     pub issuer: Option<Issuer>,
@@ -138,13 +139,13 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                 state.step()
             )));
         }
-        let started = start(&state, &request, manifests)?;
+        let started = start(&state, &request, manifests).await?;
         let cluster = TargetCluster::new(
             kube::Client::try_from(request.kube_config.clone())?,
             request.kube_config.clone(),
         );
         let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
-        return crate::commands::plan::print(&plan, request.output);
+        return crate::plan::print(&plan, request.output);
     }
     let locked = LockedState::lock(&pki.dir)?;
     let mut state = match locked.load()? {
@@ -173,49 +174,45 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
     let client = kube::Client::try_from(request.kube_config.clone())?;
     let cluster = TargetCluster::new(client, request.kube_config.clone());
     if state.is_completed() {
-        let started = start(&state, &request, manifests)?;
+        let started = start(&state, &request, manifests).await?;
         let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
-        crate::commands::plan::check_outside_holders(
+        crate::plan::check_outside_holders(
             &plan,
             request.skip_prompt,
             request.accept_outside_legacy_tokens,
         )?;
         if !request.skip_prompt {
-            crate::commands::rotation::confirm(&format!(
+            crate::prompt::confirm(&format!(
                 "{}\n\n{}",
                 explanation(&pki, manifests, &state, &started),
-                crate::commands::plan::short(&plan).trim_end()
+                crate::plan::short(&plan).trim_end()
             ))?;
         }
         locked.save(&started)?;
         state = started;
         eprintln!(
             "started the rotation of this control plane: {}",
-            crate::commands::rotation::describe(&state)
+            crate::prompt::describe(&state)
         );
     } else {
         eprintln!(
             "resuming the rotation ({}) at step {}",
-            crate::commands::rotation::describe(&state),
+            crate::prompt::describe(&state),
             state.step()
         );
     }
     print_status_lines(&state, None)?;
 
     let mut store = StateFile(&locked);
-    let mut node = Node {
-        pki: &pki,
-        manifests,
-        cluster,
-        policy: &policy,
-    };
+    let mut node = node(&pki, manifests, &cluster, &policy);
     let started = Instant::now();
     // How long API servers that do not answer (kubelet restarting them) are
     // waited for: the whole timeout with --wait, a minute without.
+    let timeout = request.timeout.unwrap_or_else(|| policy.longest_rotation());
     let patience = if request.wait {
-        request.timeout
+        timeout
     } else {
-        request.timeout.min(NO_WAIT_PATIENCE)
+        timeout.min(NO_WAIT_PATIENCE)
     };
     // The state and effects of the last pass: a pass that finds both again
     // has applied them once already and is waiting on the API servers. (A
@@ -256,17 +253,10 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             }
         }
         print_status_lines(&pass.plan.next, Some(&state))?;
-        if pass.plan.next.step() == Step::RefreshTokens
-            && state.step() != Step::RefreshTokens
-            && pass.plan.next.changes_key()
-        {
-            let found =
-                refresh::plan::legacy_tokens(&node.cluster.client, Timestamp::now()).await?;
-            for token in &found.held_outside {
-                eprintln!(
-                    "re-minting legacy token Secret {token}: no pod mounts it, so its holder outside the cluster needs the new token"
-                );
-            }
+        for token in pass.findings.outside_legacy_tokens.iter().flatten() {
+            eprintln!(
+                "re-minting legacy token Secret {token}: no pod mounts it, so its holder outside the cluster needs the new token"
+            );
         }
         state = pass.plan.next.clone();
         if state.is_completed() {
@@ -279,12 +269,11 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             );
             return Ok(exit::DONE);
         }
-        if started.elapsed() > request.timeout {
-            return Err(anyhow::anyhow!(
-                "the rotation did not complete within the timeout; it stays at step {}: run the same command again to resume",
+        if started.elapsed() > timeout {
+            return Err(crate::Failure::still_running(anyhow::anyhow!(
+                "still running: the rotation did not complete within the timeout; it stays at step {}: run the same command again to resume",
                 state.step()
-            )
-            .into());
+            )));
         }
         let pause = pass.plan.requeue_after.unwrap_or(Duration::from_secs(2));
         last = Some((pass.plan.next, pass.plan.effects));
@@ -294,7 +283,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
 
 /// The rotation `request` starts from the completed `state`, or the
 /// refusal.
-fn start(
+async fn start(
     state: &RotationState,
     request: &RotateRequest,
     manifests: &Path,
@@ -307,7 +296,7 @@ fn start(
     };
     let issuer = match &request.issuer {
         Some(to) => Some(IssuerChange {
-            from: signing_issuer(state, manifests)?,
+            from: signing_issuer(state, async { manifest_issuer(manifests) }).await?,
             to: to.clone(),
         }),
         None => None,
@@ -334,34 +323,35 @@ fn print_status_lines(state: &RotationState, before: Option<&RotationState>) -> 
                 .as_ref()
                 .is_none_or(|before| before[kind].as_ref() != Some(&text))
         {
-            crate::commands::print(&text)?;
+            crate::output::print(&text)?;
         }
     }
     Ok(exit::DONE)
 }
 
-/// The issuer this control plane signs with: the last rotation's, or
-/// before any, the first `--service-account-issuer` of its manifest.
-fn signing_issuer(state: &RotationState, manifests: &Path) -> Result<Issuer, Failure> {
-    if let Some(done) = state.issuer() {
-        return Ok(done.to.clone());
-    }
+/// The issuer this control plane's manifest names first
+/// (`--service-account-issuer`): the one it signs with before ksa ever
+/// changed it.
+fn manifest_issuer(manifests: &Path) -> Result<Issuer, Failure> {
     let path = manifests.join(APISERVER_MANIFEST);
     let text = String::from_utf8(read_limited(&path, MAX_INPUT)?)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let first = manifest::flag_values(&text, ISSUER_FLAG)
+    let first = manifest::flag_values(&text, flags::ISSUER)
         .into_iter()
         .next()
         .ok_or_else(|| {
             Failure::bad_input(anyhow::anyhow!(
-                "{} has no --{ISSUER_FLAG}= line; kubeadm writes one, add it back",
-                path.display()
+                "{} has no --{}= line; kubeadm writes one, add it back",
+                path.display(),
+                flags::ISSUER
             ))
         })?;
     Issuer::new(first).map_err(|error| {
-        Failure::bad_input(
-            anyhow::Error::new(error).context(format!("the --{ISSUER_FLAG} of {}", path.display())),
-        )
+        Failure::bad_input(anyhow::Error::new(error).context(format!(
+            "the --{} of {}",
+            flags::ISSUER,
+            path.display()
+        )))
     })
 }
 
@@ -386,7 +376,7 @@ fn explanation(
     let pinned = String::from_utf8(
         read_limited(&manifests.join(APISERVER_MANIFEST), MAX_INPUT).unwrap_or_default(),
     )
-    .map(|text| manifest::flag_values(&text, AUDIENCES_FLAG).is_empty())
+    .map(|text| manifest::flag_values(&text, flags::AUDIENCES).is_empty())
     .unwrap_or(false);
     let pin = if pinned {
         format!(
@@ -445,7 +435,12 @@ struct StateFile<'a>(&'a LockedState);
 impl StateStore for StateFile<'_> {
     type Error = KubeadmError;
 
-    async fn save(&mut self, before: &RotationState, plan: &Plan) -> Result<(), KubeadmError> {
+    async fn save(
+        &mut self,
+        before: &RotationState,
+        plan: &Plan,
+        _findings: &Findings,
+    ) -> Result<(), KubeadmError> {
         if plan.next != *before {
             self.0.save(&plan.next)?;
         }
@@ -453,39 +448,73 @@ impl StateStore for StateFile<'_> {
     }
 }
 
-/// This node's key files and static pod manifests, and the API servers
-/// they configure, as the driver's world.
-struct Node<'a> {
+/// This node's world: its key files and static pod manifests, and the API
+/// servers `cluster` reaches; nowhere outside.
+fn node<'a>(
     pki: &'a PkiDir,
     manifests: &'a Path,
-    cluster: TargetCluster,
+    cluster: &'a TargetCluster,
     policy: &'a Policy,
+) -> impl World<Error = KubeadmError> + 'a {
+    ClusterWorld::new(
+        cluster,
+        policy,
+        KeyFiles(pki),
+        Manifests {
+            pki,
+            dir: manifests,
+        },
+        None::<Nowhere>,
+        // The lock file this run holds is the operation lock.
+        AlreadyHeld,
+    )
 }
 
-impl World for Node<'_> {
-    type Error = KubeadmError;
+/// This node's key files, as the world's key storage.
+struct KeyFiles<'a>(&'a PkiDir);
 
-    async fn observe(&mut self, state: &RotationState) -> Result<Observed, KubeadmError> {
-        let keys = self.pki.public_keys()?;
-        // Issuer reviews: tokens signed with the key the cluster signs with.
-        let signer = if state.observation().issuers_reviewed.is_empty() {
-            None
-        } else {
-            let key = self
-                .pki
-                .private_key(state.versions().private_key_version())?;
-            Some(AwsLc::new().signing_key(&key).map_err(anyhow::Error::new)?)
-        };
-        let mut observed = self
-            .cluster
-            .observe(&keys, state, self.policy, signer.as_deref())
-            .await?;
-        observed.stored_keys = keys.keys().copied().collect();
-        Ok(observed)
+impl KeyStorage<KubeadmError> for KeyFiles<'_> {
+    async fn public_keys(&self) -> Result<BTreeMap<KeyVersion, PublicKey>, KubeadmError> {
+        Ok(self.0.public_keys()?)
     }
 
-    async fn apply(&mut self, state: &RotationState, effect: &Effect) -> Result<(), KubeadmError> {
-        apply(self.pki, self.manifests, &self.cluster, state, effect).await
+    async fn private_key(&self, version: KeyVersion) -> Result<PrivateKey, KubeadmError> {
+        Ok(self.0.private_key(version)?)
+    }
+
+    async fn contains(&self, version: KeyVersion) -> Result<bool, KubeadmError> {
+        // A file that is not a key is overwritten by the new one.
+        Ok(self.0.private_key(version).is_ok())
+    }
+
+    async fn create(&mut self, version: KeyVersion, key: &PrivateKey) -> Result<(), KubeadmError> {
+        Ok(self.0.store(version, key)?)
+    }
+
+    async fn retire(
+        &mut self,
+        version: KeyVersion,
+        current: KeyVersion,
+    ) -> Result<(), KubeadmError> {
+        // sa.key/sa.pub become the current key before the retired one goes.
+        self.0.make_kubeadm_key(&self.0.private_key(current)?)?;
+        Ok(self.0.delete(version)?)
+    }
+}
+
+/// This node's static pod manifests, as the world's API servers: kubelet
+/// restarts kube-apiserver and kube-controller-manager when they change.
+struct Manifests<'a> {
+    pki: &'a PkiDir,
+    dir: &'a Path,
+}
+
+impl ApiServers<KubeadmError> for Manifests<'_> {
+    async fn roll_out(&mut self, to: RollOut<'_>) -> Result<(), KubeadmError> {
+        // An issuer rotation that keeps the key leaves the key flags,
+        // and kube-controller-manager, as they are.
+        let keys = to.changes_key.then_some((to.public, to.signing));
+        Ok(point_manifests_at(self.pki, self.dir, keys, to.issuers)?)
     }
 }
 
@@ -542,59 +571,10 @@ impl From<ksa_kube::Error> for KubeadmError {
     }
 }
 
-/// Applies one effect; each is idempotent, so a run that crashed halfway
-/// applies it again.
-async fn apply(
-    pki: &PkiDir,
-    manifests: &Path,
-    cluster: &TargetCluster,
-    state: &RotationState,
-    effect: &Effect,
-) -> Result<(), KubeadmError> {
-    match effect {
-        // The lock file this run holds is the operation lock.
-        Effect::HoldOperationLock | Effect::ReleaseOperationLock => {}
-        Effect::GenerateKey { version, spec } => {
-            if pki.private_key(*version).is_err() {
-                let key = AwsLc::new().generate(*spec).map_err(anyhow::Error::new)?;
-                pki.store(*version, &key)?;
-            }
-        }
-        Effect::PublishPublicKeys {
-            public,
-            signing,
-            issuers,
-        }
-        | Effect::SwitchSigner {
-            signing,
-            public,
-            issuers,
-        } => {
-            // An issuer rotation that keeps the key leaves the key flags,
-            // and kube-controller-manager, as they are.
-            let keys = state.changes_key().then_some((public.as_slice(), *signing));
-            point_manifests_at(pki, manifests, keys, issuers.as_deref())?;
-        }
-        Effect::RefreshLegacyTokens { version } => {
-            let signer = AwsLc::new()
-                .signing_key(&pki.private_key(*version)?)
-                .map_err(anyhow::Error::new)?;
-            refresh::refresh_legacy_tokens(&cluster.client, signer.into()).await?;
-        }
-        Effect::RefreshBoundTokens { policy, .. } => {
-            let since = state.step_started_at().unwrap_or_else(Timestamp::now);
-            let marker = state.refresh_marker();
-            refresh::refresh_bound_tokens(&cluster.client, &marker, policy, since).await?;
-        }
-        // kubeadm mode publishes nowhere but the API servers' own
-        // discovery endpoint: there is no rotation resource to name a sink.
-        Effect::PublishOutside { .. } => {}
-        Effect::RetireKey { version } => {
-            pki.make_kubeadm_key(&pki.private_key(state.key_version())?)?;
-            pki.delete(*version)?;
-        }
+impl From<KeyError> for KubeadmError {
+    fn from(error: KeyError) -> KubeadmError {
+        KubeadmError::Files(anyhow::Error::new(error))
     }
-    Ok(())
 }
 
 /// Points kube-apiserver at public keys `public` and signing key
@@ -629,7 +609,7 @@ fn point_manifests_at(
     }
     if let Some(issuers) = issuers {
         apiserver.push((
-            ISSUER_FLAG,
+            flags::ISSUER,
             issuers.iter().map(|i| i.as_str().to_owned()).collect(),
         ));
     }
@@ -659,12 +639,18 @@ fn edited_manifest(
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let mut after = before.clone();
     for (flag, values) in flags {
-        if *flag == ISSUER_FLAG && manifest::flag_values(&after, AUDIENCES_FLAG).is_empty() {
-            // The default audience is pinned to what it defaults to now,
-            // the issuers (see `ksa_kube::flags`).
-            let defaulted = manifest::flag_values(&after, ISSUER_FLAG);
-            after = manifest::insert_list_flag(&after, ISSUER_FLAG, AUDIENCES_FLAG, &defaulted)
-                .with_context(|| path.display().to_string())?;
+        if *flag == flags::ISSUER {
+            // The default audience is pinned by the rule of
+            // `ksa_kube::flags`.
+            let issuers = manifest::flag_values(&after, flags::ISSUER);
+            let audiences = manifest::flag_values(&after, flags::AUDIENCES);
+            let issuers: Vec<&str> = issuers.iter().map(String::as_str).collect();
+            let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+            if let Some(pin) = flags::audiences_to_pin(&issuers, &audiences) {
+                let pin: Vec<String> = pin.into_iter().map(str::to_owned).collect();
+                after = manifest::insert_list_flag(&after, flags::ISSUER, flags::AUDIENCES, &pin)
+                    .with_context(|| path.display().to_string())?;
+            }
         }
         after =
             manifest::set_flag(&after, flag, values).with_context(|| path.display().to_string())?;
@@ -698,9 +684,9 @@ pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
         state.status_line().to_string()
     };
     match output {
-        Format::Text => crate::commands::print(&line)?,
-        Format::Json => crate::commands::print(&serde_json::to_string_pretty(&state)?)?,
-        Format::Yaml => crate::commands::print(&serde_saphyr::to_string(&state)?)?,
+        Format::Text => crate::output::print(&line)?,
+        Format::Json => crate::output::print(&serde_json::to_string_pretty(&state)?)?,
+        Format::Yaml => crate::output::print(&serde_saphyr::to_string(&state)?)?,
     }
     Ok(exit::DONE)
 }

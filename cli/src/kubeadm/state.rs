@@ -3,7 +3,7 @@
 //! `ksa-rotation.lock` from start to end, so a second run cannot interleave;
 //! a crash releases the lock and leaves a state the next run resumes from.
 
-use crate::commands::MAX_INPUT;
+use crate::input::MAX_INPUT;
 use crate::input::read_limited;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};

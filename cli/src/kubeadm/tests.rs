@@ -9,13 +9,14 @@ use ksa_core::KeyId;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
-use ksa_core::rotation::{Effect, RotationState};
+use ksa_core::rotation::{Effect, Policy, RotationState};
 use ksa_kube::cluster::TargetCluster;
+use ksa_kube::driver::World as _;
 
 use super::files::PkiDir;
 use super::{
-    APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST, KEY_FILE, KubeadmError, RotateRequest, apply,
-    manifest_dir,
+    APISERVER_MANIFEST, CONTROLLER_MANAGER_MANIFEST, KEY_FILE, KubeadmError, RotateRequest,
+    manifest_dir, node,
 };
 
 /// Nothing listens here: a test that reaches the API servers fails fast.
@@ -99,7 +100,7 @@ impl Node {
             kube_config: kube::Config::new(NO_API_SERVER.parse().expect("a URL")),
             skip_prompt: true,
             wait: false,
-            timeout: Duration::from_secs(1),
+            timeout: Some(Duration::from_secs(1)),
             issuer: None,
             changes_key: true,
             dry_run: false,
@@ -113,7 +114,9 @@ impl Node {
         let config = kube::Config::new(NO_API_SERVER.parse().expect("a URL"));
         let client = kube::Client::try_from(config.clone()).expect("a client");
         let cluster = TargetCluster::new(client, config);
-        match apply(&self.pki_dir(), &self.manifests, &cluster, state, &effect).await {
+        let (pki, policy) = (self.pki_dir(), Policy::default());
+        let mut world = node(&pki, &self.manifests, &cluster, &policy);
+        match world.apply(state, &effect).await {
             Ok(()) => Ok(()),
             Err(KubeadmError::Files(error)) => Err(format!("{error:#}")),
             Err(KubeadmError::Cluster(error)) => panic!("{effect:?} reached the cluster: {error}"),

@@ -21,8 +21,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAMED: usize = 5;
 /// The longest name kept, in bytes (a DNS-1123 subdomain's limit).
 pub const MAX_NAME_BYTES: usize = 253;
+/// The longest message of the cluster kept (a scheduler's, a ReplicaSet's),
+/// in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 400;
 
-/// The kind of workload whose pod template ksa restarts.
+/// The kind of workload whose pod template ksa restarts (a tenant's, to
+/// refresh its tokens, or the API servers' own, to roll out a key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum WorkloadKind {
     Deployment,
@@ -30,13 +34,44 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
-impl fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl WorkloadKind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [WorkloadKind; 3] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+    ];
+
+    /// The kind as the API names it (`Deployment`).
+    pub fn as_str(self) -> &'static str {
+        match self {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
-        })
+        }
+    }
+
+    /// The kind an object or a spec names, exactly as the API spells it;
+    /// `None` for any other.
+    pub fn parse(kind: &str) -> Option<WorkloadKind> {
+        WorkloadKind::ALL
+            .into_iter()
+            .find(|known| known.as_str() == kind)
+    }
+
+    /// The resource, as `kubectl` spells it (`deployment`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+            WorkloadKind::DaemonSet => "daemonset",
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -58,6 +93,14 @@ pub enum HolderReason {
     RolloutInProgress {
         kind: WorkloadKind,
         workload: String,
+    },
+    /// Its workload's pod template was restarted, and the rollout cannot
+    /// progress: `stall` says why, as the cluster does. It goes on by
+    /// itself once an operator has fixed what the cluster names.
+    RolloutBlocked {
+        kind: WorkloadKind,
+        workload: String,
+        stall: Stall,
     },
     /// Its Deployment is paused, so a template restart would not replace
     /// it: the rotation waits until the Deployment is resumed.
@@ -141,6 +184,7 @@ impl HolderReason {
     pub fn category(&self) -> HolderCategory {
         match self {
             HolderReason::DeploymentPaused { .. }
+            | HolderReason::RolloutBlocked { .. }
             | HolderReason::DisruptionBudget { .. }
             | HolderReason::DisruptionBudgetPending { .. }
             | HolderReason::SeveralDisruptionBudgets { .. }
@@ -178,6 +222,11 @@ impl fmt::Display for HolderReason {
                 "{kind} {}: template restarted, rollout in progress",
                 Clean(workload)
             ),
+            HolderReason::RolloutBlocked {
+                kind,
+                workload,
+                stall,
+            } => write!(f, "{kind} {}: rollout blocked, {stall}", Clean(workload)),
             HolderReason::DeploymentPaused { deployment } => write!(
                 f,
                 "Deployment {} is paused: its rollout waits for `kubectl rollout resume`",
@@ -238,6 +287,116 @@ impl fmt::Display for HolderReason {
     }
 }
 
+/// What stops a restarted workload's rollout, by kind, in the order an
+/// operator should look at them: a cause before what it leads to (pods
+/// that cannot be created or scheduled before the progress deadline they
+/// make the Deployment miss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum StallKind {
+    /// Its ReplicaSet cannot create (or delete) pods: the Deployment's
+    /// `ReplicaFailure` condition (a ResourceQuota that is full, a
+    /// LimitRange or an admission webhook refusing the pod).
+    ReplicaFailure,
+    /// A replacement pod cannot be scheduled: `PodScheduled=False`, reason
+    /// `Unschedulable`.
+    Unschedulable,
+    /// A container of a replacement pod cannot get its image
+    /// (`ErrImagePull`, `ImagePullBackOff`, `InvalidImageName`,
+    /// `ErrImageNeverPull`).
+    ImagePull,
+    /// A container of a replacement pod cannot be created from its spec
+    /// (`CreateContainerConfigError`: a Secret or ConfigMap it names is
+    /// missing).
+    ContainerConfig,
+    /// A container of a replacement pod keeps crashing
+    /// (`CrashLoopBackOff`).
+    CrashLoop,
+    /// The Deployment made no progress within its
+    /// `progressDeadlineSeconds`: `Progressing=False`, reason
+    /// `ProgressDeadlineExceeded`.
+    ProgressDeadline,
+}
+
+/// Why a restarted workload's rollout cannot progress, as the cluster says
+/// it: the reason and message of the condition or container state that
+/// says so, and which replacement pod (and container) when a pod's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stall {
+    pub kind: StallKind,
+    /// The cluster's reason (`FailedCreate`, `Unschedulable`,
+    /// `ImagePullBackOff`, ...), cut at [`MAX_NAME_BYTES`].
+    pub reason: String,
+    /// The cluster's message, cut at [`MAX_MESSAGE_BYTES`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The replacement pod it was seen on; empty when the workload says it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    /// The container of that pod; empty when the pod or the workload says
+    /// it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+}
+
+impl Stall {
+    /// A stall, its texts cut.
+    pub fn new(kind: StallKind, reason: &str, message: &str, pod: &str, container: &str) -> Stall {
+        Stall {
+            kind,
+            reason: cut(reason, MAX_NAME_BYTES).to_owned(),
+            message: cut(message, MAX_MESSAGE_BYTES).to_owned(),
+            pod: cut(pod, MAX_NAME_BYTES).to_owned(),
+            container: cut(container, MAX_NAME_BYTES).to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Stall {
+    /// `replacement pod web-7d9f8-x2k4q cannot be scheduled
+    /// (Unschedulable): 0/3 nodes are available: ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pod = Clean(&self.pod);
+        let container = Clean(&self.container);
+        let of = |f: &mut fmt::Formatter<'_>| {
+            if self.container.is_empty() {
+                write!(f, "replacement pod {pod}")
+            } else {
+                write!(f, "container {container} of replacement pod {pod}")
+            }
+        };
+        match self.kind {
+            StallKind::ReplicaFailure => f.write_str("its ReplicaSet cannot create pods")?,
+            StallKind::ProgressDeadline => {
+                f.write_str("no progress within its progress deadline")?;
+            }
+            StallKind::Unschedulable => {
+                of(f)?;
+                f.write_str(" cannot be scheduled")?;
+            }
+            StallKind::ImagePull => {
+                of(f)?;
+                f.write_str(" cannot pull its image")?;
+            }
+            StallKind::ContainerConfig => {
+                of(f)?;
+                f.write_str(" cannot be created from its spec")?;
+            }
+            StallKind::CrashLoop => {
+                of(f)?;
+                f.write_str(" keeps crashing")?;
+            }
+        }
+        write!(f, " ({})", Clean(&self.reason))?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", Message(&self.message))?;
+        }
+        Ok(())
+    }
+}
+
 /// One holder named in the status: a pod (`namespace/name`) or a node
 /// (no namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,8 +413,8 @@ impl NamedHolder {
     /// A holder, its names cut at [`MAX_NAME_BYTES`].
     pub fn new(namespace: &str, name: &str, reason: HolderReason) -> NamedHolder {
         NamedHolder {
-            namespace: cut(namespace).to_owned(),
-            name: cut(name).to_owned(),
+            namespace: cut(namespace, MAX_NAME_BYTES).to_owned(),
+            name: cut(name, MAX_NAME_BYTES).to_owned(),
             reason,
         }
     }
@@ -309,6 +468,16 @@ impl Holders {
         }
     }
 
+    /// Counts `n` more holders of `category` without naming them (those
+    /// past the first few of a kind, when they are recorded in bulk).
+    pub fn count(&mut self, category: HolderCategory, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let count = self.counts.entry(category).or_insert(0);
+        *count = count.saturating_add(n);
+    }
+
     /// How many holders were counted.
     pub fn total(&self) -> u64 {
         self.counts
@@ -351,33 +520,47 @@ impl fmt::Display for Holders {
     }
 }
 
-/// `text` cut at [`MAX_NAME_BYTES`] on a character boundary.
-fn cut(text: &str) -> &str {
-    if text.len() <= MAX_NAME_BYTES {
+/// `text` cut at `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
         return text;
     }
-    let mut end = MAX_NAME_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     &text[..end]
 }
 
-/// A name as text: cut, with control characters escaped, so a name cannot
-/// forge lines of a log or the CLI's output.
+/// A name as text: cut at [`MAX_NAME_BYTES`], with control characters
+/// escaped, so a name cannot forge lines of a log or the CLI's output.
 struct Clean<'a>(&'a str);
 
 impl fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in cut(self.0).chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                fmt::Write::write_char(f, c)?;
-            }
-        }
-        Ok(())
+        escaped(f, cut(self.0, MAX_NAME_BYTES))
     }
+}
+
+/// A message of the cluster as text (it may quote a name a tenant wrote):
+/// cut at [`MAX_MESSAGE_BYTES`], with control characters escaped.
+struct Message<'a>(&'a str);
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        escaped(f, cut(self.0, MAX_MESSAGE_BYTES))
+    }
+}
+
+fn escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,6 +653,29 @@ mod tests {
         );
         let back: Holders = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, holders);
+        let blocked = HolderReason::RolloutBlocked {
+            kind: WorkloadKind::Deployment,
+            workload: "web".into(),
+            stall: Stall::new(
+                StallKind::ReplicaFailure,
+                "FailedCreate",
+                "exceeded quota",
+                "",
+                "",
+            ),
+        };
+        let json = serde_json::to_value(pod("web-0", blocked.clone())).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "namespace": "apps", "name": "web-0", "reason": "rolloutBlocked",
+                "kind": "Deployment", "workload": "web",
+                "stall": {"kind": "replicaFailure", "reason": "FailedCreate", "message": "exceeded quota"},
+            })
+        );
+        let back: NamedHolder = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back.reason, blocked);
+        assert!(blocked.is_blocked());
         assert_eq!(Holders::default().to_string(), "");
     }
 
@@ -483,6 +689,20 @@ mod tests {
                     workload: "db".into(),
                 },
                 "StatefulSet db: template to be restarted",
+            ),
+            (
+                HolderReason::RolloutBlocked {
+                    kind: WorkloadKind::Deployment,
+                    workload: "web".into(),
+                    stall: Stall::new(
+                        StallKind::Unschedulable,
+                        "Unschedulable",
+                        "0/3 nodes are available",
+                        "web-7d9f8-x2k4q",
+                        "",
+                    ),
+                },
+                "Deployment web: rollout blocked, replacement pod web-7d9f8-x2k4q cannot be scheduled (Unschedulable): 0/3 nodes are available",
             ),
             (
                 HolderReason::DeploymentPaused {

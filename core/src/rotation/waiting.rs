@@ -31,6 +31,16 @@ pub enum Wait {
     /// Trust, Sign, Retire: no API server was observed, and an empty
     /// observation confirms nothing.
     ApiServersObserved,
+    /// Trust, Sign, Retire: these API server instances, named with why,
+    /// could not be asked; the step holds until each answers (or, gone for
+    /// good, is no longer announced).
+    ApiServersUnanswered { instances: Vec<String> },
+    /// Sign, RefreshTokens, Retire: these API server instances, each named
+    /// with what it lost, no longer do what an earlier step confirmed on
+    /// every instance (one restarted with an older configuration: a
+    /// roll-out ksa did not drive, a lagging configuration manager, a
+    /// restored node). The step holds until they are rolled forward.
+    ApiServersRegressed { instances: Vec<String> },
     /// Trust, Sign, Retire: `accepting` of `total` API servers accept key
     /// `version` (the new key).
     ApiServersAccepting {
@@ -129,6 +139,14 @@ impl fmt::Display for Wait {
         match self {
             Wait::KeyStored { version } => write!(f, "key version {version} to be stored"),
             Wait::ApiServersObserved => f.write_str("API servers observed: none"),
+            Wait::ApiServersUnanswered { instances } => {
+                write!(f, "API servers not answering: {}", instances.join(", "))
+            }
+            Wait::ApiServersRegressed { instances } => write!(
+                f,
+                "API servers back on an older configuration: {}",
+                instances.join(", ")
+            ),
             Wait::ApiServersAccepting {
                 version,
                 accepting,
@@ -360,6 +378,13 @@ pub(super) fn assess(
         }
         Step::RefreshTokens => {
             if key {
+                tests.extend([ServerTest::SignsWith(new), ServerTest::Accepts(new)]);
+            }
+            if let Some((_, b)) = issuer {
+                tests.push(ServerTest::IssuesFor(b));
+            }
+            count_servers(&mut waits, servers, &tests);
+            if key {
                 // Legacy tokens are waited for until the deadline, blocked
                 // or not: past it, whatever is still stale is cut off, so
                 // no Secret holds the step for good. Uncounted, nothing is
@@ -407,10 +432,18 @@ pub(super) fn assess(
         }
         Step::Retire => {
             if key {
-                tests.extend([ServerTest::Dropped(old), ServerTest::Accepts(new)]);
+                tests.extend([
+                    ServerTest::Dropped(old),
+                    ServerTest::Accepts(new),
+                    ServerTest::SignsWith(new),
+                ]);
             }
             if let Some((a, b)) = issuer {
-                tests.extend([ServerTest::RejectsIssuer(a), ServerTest::AcceptsIssuer(b)]);
+                tests.extend([
+                    ServerTest::RejectsIssuer(a),
+                    ServerTest::AcceptsIssuer(b),
+                    ServerTest::IssuesFor(b),
+                ]);
             }
             count_servers(&mut waits, servers, &tests);
             if key {
@@ -432,6 +465,15 @@ pub(super) fn assess(
             }
         }
         Step::Completed => {}
+    }
+    let regressed = regressions(state, servers);
+    if !regressed.is_empty() {
+        waits.insert(
+            0,
+            Wait::ApiServersRegressed {
+                instances: regressed,
+            },
+        );
     }
     Assessment {
         waiting: Waiting(waits),
@@ -464,10 +506,52 @@ pub(super) fn old_key_dropped(waiting: &Waiting) -> bool {
         matches!(
             wait,
             Wait::ApiServersObserved
+                | Wait::ApiServersUnanswered { .. }
                 | Wait::ApiServersDroppingOld { .. }
                 | Wait::ApiServersAccepting { .. }
         )
     })
+}
+
+/// The instances that answered but no longer do what an earlier step of
+/// this rotation confirmed on all of them: accept the new key (confirmed
+/// at Trust), sign with it or issue the new issuer (confirmed at Sign).
+/// Each named with what it lost.
+fn regressions(state: &RotationState, servers: &[ApiServerView]) -> Vec<String> {
+    let new = state.key_version();
+    let key = state.changes_key();
+    let issuer = state
+        .issuer()
+        .filter(|_| state.changes_issuer())
+        .map(|change| &change.to);
+    let (trusted, signed) = match state.step() {
+        Step::Sign => (true, false),
+        Step::RefreshTokens | Step::Retire => (true, true),
+        Step::Generate | Step::Trust | Step::Completed => (false, false),
+    };
+    servers
+        .iter()
+        .filter(|server| server.unanswered.is_none())
+        .filter_map(|server| {
+            let mut lost = Vec::new();
+            if key && trusted && !server.accepts.contains(&new) {
+                lost.push(format!("no longer accepts key {new}"));
+            }
+            if key
+                && signed
+                && let Some(signs) = server.signs_with.filter(|signs| *signs != new)
+            {
+                lost.push(format!("signs with key {signs} again"));
+            }
+            if signed
+                && let (Some(issuer), Some(issues)) = (issuer, server.issues.as_ref())
+                && issues != issuer
+            {
+                lost.push(format!("issues tokens of {issues} again"));
+            }
+            (!lost.is_empty()).then(|| format!("{} {}", server.name, lost.join(" and ")))
+        })
+        .collect()
 }
 
 /// A test every API server must pass, and the entry reporting how many do.
@@ -549,6 +633,19 @@ fn count_servers(waits: &mut Vec<Wait>, servers: &[ApiServerView], tests: &[Serv
     if servers.is_empty() {
         waits.push(Wait::ApiServersObserved);
         return;
+    }
+    let unanswered: Vec<String> = servers
+        .iter()
+        .filter_map(|s| {
+            s.unanswered
+                .as_ref()
+                .map(|why| format!("{} ({why})", s.name))
+        })
+        .collect();
+    if !unanswered.is_empty() && !tests.is_empty() {
+        waits.push(Wait::ApiServersUnanswered {
+            instances: unanswered,
+        });
     }
     for test in tests {
         let count = servers.iter().filter(|s| test.holds(s)).count();

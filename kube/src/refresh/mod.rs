@@ -7,8 +7,9 @@
 //! token's kid, restarted templates by their annotation, refreshed pods by
 //! their age.
 //!
-//! - [`rules`]: which pods hold a stale bound token and how each is
-//!   refreshed, decided on plain values (pure, unit-tested).
+//! - [`ksa_core::rotation::refresh`] (the rules): which pods hold a stale
+//!   bound token and how each is refreshed, decided on plain values (pure,
+//!   unit-tested in the core).
 //! - `legacy`: legacy Secret tokens.
 //! - `pods`: `restart-pods`: reads pods, their workloads and
 //!   PodDisruptionBudgets into the rules' values; restarts templates and
@@ -24,11 +25,11 @@ mod legacy;
 mod nodes;
 pub mod plan;
 mod pods;
-pub mod rules;
 
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use ksa_core::rotation::refresh as rules;
 use ksa_core::rotation::{BoundTokenRefresh, Holders, Policy};
 use kube::api::{Api, EvictParams, ListParams};
 use serde::de::DeserializeOwned;

@@ -11,9 +11,9 @@ use ksa_core::rotation::{HolderReason, NamedHolder};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 
 use super::pods::{Budgets, facts, owner_only};
-use super::rules::{self, Drain, Horizon};
 use super::{BoundTokens, each, evict_all, pages};
 use crate::error::Result;
+use ksa_core::rotation::refresh::{self as rules, Drain, Horizon};
 
 /// A node that predates the step: its name, and whether it is cordoned.
 #[derive(Debug)]

@@ -16,9 +16,9 @@ use ksa_core::rotation::{HolderCategory, WorkloadKind};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use super::rules::{self, Horizon, Refresh};
 use super::{each, legacy, pages, pods};
 use crate::error::Result;
+use ksa_core::rotation::refresh::{self as rules, Horizon, Refresh};
 
 /// The most entries of any one list a plan carries.
 pub const MAX_LISTED: usize = 1000;

@@ -1,4 +1,5 @@
-//! `restart-pods`: the cluster read into the values of [`super::rules`],
+//! `restart-pods`: the cluster read into the values of
+//! [`ksa_core::rotation::refresh`] (the rules),
 //! and the verdicts carried out: workload templates restarted, pods
 //! evicted, one pass at a time.
 
@@ -8,17 +9,20 @@ use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use ksa_core::rotation::{NamedHolder, WorkloadKind};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use ksa_core::rotation::WorkloadKind;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
-use super::rules::{
-    self, Budget, Controller, Horizon, Pacer, Phase, Refresh, Selector, Strategy, Verdict, Workload,
-};
 use super::{
     BoundTokens, CONCURRENCY, MAX_TRACKED, MIRROR_ANNOTATION, RESTART_ANNOTATION, each,
     metadata_pages, pages,
 };
 use crate::error::Result;
+use ksa_core::rotation::Stall;
+use ksa_core::rotation::refresh::{
+    self as rules, Budget, Condition, ContainerWaiting, Controller, Horizon, Pacer, Phase, Refresh,
+    Requirement, RolloutStatus, Selector, Strategy, Verdict, Workload,
+};
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -45,12 +49,31 @@ impl Budgets {
     }
 }
 
+/// A PodDisruptionBudget's label selector as the plain requirements the
+/// rules decide on: `matchLabels` entries, then `matchExpressions`. A
+/// missing selector, or one with an expression the API would not accept,
+/// selects nothing, as the Eviction API reads it.
+fn selector(selector: Option<&LabelSelector>) -> Selector {
+    let Some(selector) = selector else {
+        return Selector::new(None);
+    };
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(key, value)| Some(Requirement::label(key, value)));
+    let expressions = selector.match_expressions.iter().flatten().map(|e| {
+        Requirement::expression(&e.key, &e.operator, e.values.clone().unwrap_or_default())
+    });
+    Selector::new(labels.chain(expressions).collect())
+}
+
 fn budget(pdb: &PodDisruptionBudget) -> Budget {
     let spec = pdb.spec.as_ref();
     let status = pdb.status.as_ref();
     Budget {
         name: pdb.metadata.name.clone().unwrap_or_default(),
-        selector: Selector::parse(spec.and_then(|s| s.selector.as_ref())),
+        selector: selector(spec.and_then(|s| s.selector.as_ref())),
         disruptions_allowed: status.map_or(0, |s| s.disruptions_allowed),
         processed: status.and_then(|s| s.observed_generation).unwrap_or(-1)
             >= pdb.metadata.generation.unwrap_or(0),
@@ -97,6 +120,7 @@ impl Index {
                 restarted(&spec.template, version),
                 spec.paused == Some(true),
             );
+            index.stalled(&d.metadata, rules::workload_stall(&rollout_status(&d)));
         }
         let mut statefulsets = std::pin::pin!(each(pages(
             Api::<StatefulSet>::all(client.clone()),
@@ -190,8 +214,20 @@ impl Index {
                 strategy,
                 restarted,
                 paused,
+                stall: None,
             },
         );
+    }
+
+    /// Records what a listed workload's own status says stops its rollout.
+    fn stalled(&mut self, meta: &kube::api::ObjectMeta, stall: Option<Stall>) {
+        if let Some(workload) = meta
+            .uid
+            .as_ref()
+            .and_then(|uid| self.workloads.get_mut(uid))
+        {
+            workload.stall = stall;
+        }
     }
 
     /// The workload of `kind` with `uid` in `namespace`, if listed. An
@@ -227,6 +263,27 @@ impl Index {
             _ => None,
         };
         workload.map_or(other, Controller::Workload)
+    }
+}
+
+/// What a Deployment's status says of its rollout, as the rules read it.
+fn rollout_status(deployment: &Deployment) -> RolloutStatus<'_> {
+    let status = deployment.status.as_ref();
+    let condition = |type_: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == type_))
+            .map(|c| Condition {
+                status: &c.status,
+                reason: c.reason.as_deref().unwrap_or_default(),
+                message: c.message.as_deref().unwrap_or_default(),
+            })
+    };
+    RolloutStatus {
+        observed: status.and_then(|s| s.observed_generation).unwrap_or(-1)
+            >= deployment.metadata.generation.unwrap_or(0),
+        replica_failure: condition("ReplicaFailure"),
+        progressing: condition("Progressing"),
     }
 }
 
@@ -276,6 +333,40 @@ fn condition(pod: &Pod, type_: &str) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
+/// The pod's `PodScheduled` condition.
+fn pod_scheduled(pod: &Pod) -> Option<Condition<'_>> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+        .map(|c| Condition {
+            status: &c.status,
+            reason: c.reason.as_deref().unwrap_or_default(),
+            message: c.message.as_deref().unwrap_or_default(),
+        })
+}
+
+/// The pod's containers and init containers that are waiting, and why.
+fn waiting(pod: &Pod) -> Vec<ContainerWaiting<'_>> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            Some(ContainerWaiting {
+                container: &c.name,
+                reason: waiting.reason.as_deref().unwrap_or_default(),
+                message: waiting.message.as_deref().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 /// `pod` as the rules see it, controlled by `controller`.
 pub(super) fn facts<'a>(pod: &'a Pod, controller: Controller<'a>) -> rules::Pod<'a> {
     let meta = &pod.metadata;
@@ -302,6 +393,8 @@ pub(super) fn facts<'a>(pod: &'a Pod, controller: Controller<'a>) -> rules::Pod<
             .map(String::as_str),
         token_seconds: spec.and_then(token_seconds),
         controller,
+        pod_scheduled: pod_scheduled(pod),
+        waiting: waiting(pod),
     }
 }
 
@@ -439,25 +532,24 @@ fn token_audiences(spec: &PodSpec) -> Vec<String> {
         .collect()
 }
 
-/// How many pods hold a stale bound token, and who.
+/// How many pods hold a stale bound token, and who: the holders of a
+/// rollout the cluster says cannot progress named blocked, with why
+/// ([`rules::Tally`]).
 pub(super) async fn observe(client: &kube::Client, horizon: &Horizon<'_>) -> Result<BoundTokens> {
     let index = Index::build(client, horizon.version).await?;
-    let mut observed = BoundTokens::default();
+    let mut tally = rules::Tally::new(MAX_TRACKED);
     let mut pods = std::pin::pin!(all_pods(client));
     while let Some(pod) = pods.try_next().await? {
         let facts = facts(&pod, index.controller(&pod));
-        if let Verdict::Stale(refresh) =
-            rules::assess(&facts, index.budgets.of(facts.namespace), horizon)
-        {
-            observed.stale += 1;
-            observed.holders.record(NamedHolder::new(
-                facts.namespace,
-                facts.name,
-                refresh.reason(),
-            ));
-        }
+        let verdict = rules::assess(&facts, index.budgets.of(facts.namespace), horizon);
+        tally.see(&facts, &verdict, horizon);
     }
-    Ok(observed)
+    let (stale, holders) = tally.finish();
+    Ok(BoundTokens {
+        stale,
+        holders,
+        ..BoundTokens::default()
+    })
 }
 
 /// A workload to restart: its kind, namespace and name.
@@ -557,10 +649,45 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         PodStatus, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelectorRequirement, OwnerReference,
+    };
     use kube::api::ObjectMeta;
 
     use super::*;
+
+    #[test]
+    fn a_label_selector_becomes_the_requirements_the_eviction_api_reads() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let pod_labels = labels(&[("app", "web"), ("tier", "front")]);
+        let expression = |key: &str, operator: &str, values: Option<&[&str]>| {
+            selector(Some(&LabelSelector {
+                match_labels: Some(labels(&[("tier", "front")])),
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: key.into(),
+                    operator: operator.into(),
+                    values: values.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
+                }]),
+            }))
+        };
+        assert!(expression("app", "In", Some(&["web", "db"])).matches(&pod_labels));
+        assert!(!expression("app", "In", Some(&["db"])).matches(&pod_labels));
+        assert!(expression("zone", "DoesNotExist", None).matches(&pod_labels));
+        // One invalid expression: the selector matches nothing.
+        assert!(!expression("app", "Near", Some(&["web"])).matches(&pod_labels));
+        assert!(!expression("app", "Exists", Some(&["web"])).matches(&pod_labels));
+        // matchLabels count as well as the expressions.
+        let other = labels(&[("app", "web"), ("tier", "back")]);
+        assert!(!expression("app", "In", Some(&["web"])).matches(&other));
+        // No selector matches nothing; an empty one everything.
+        assert!(!selector(None).matches(&pod_labels));
+        assert!(selector(Some(&LabelSelector::default())).matches(&pod_labels));
+    }
 
     fn owner(api_version: &str, kind: &str, uid: &str) -> OwnerReference {
         OwnerReference {
@@ -764,6 +891,99 @@ mod tests {
         let facts = super::facts(&empty, owner_only(&empty));
         assert_eq!(facts.token_seconds, None);
         assert_eq!(facts.controller, Controller::None);
+    }
+
+    #[test]
+    fn what_stops_a_rollout_reads_into_the_rules_values() {
+        use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition,
+        };
+        let quota = r#"pods "web-5d9f8-x7k2p" is forbidden: exceeded quota: pods"#;
+        let mut deployment = Deployment {
+            metadata: ObjectMeta {
+                generation: Some(3),
+                ..ObjectMeta::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(3),
+                conditions: Some(vec![
+                    DeploymentCondition {
+                        type_: "Progressing".into(),
+                        status: "True".into(),
+                        reason: Some("ReplicaSetUpdated".into()),
+                        ..DeploymentCondition::default()
+                    },
+                    DeploymentCondition {
+                        type_: "ReplicaFailure".into(),
+                        status: "True".into(),
+                        reason: Some("FailedCreate".into()),
+                        message: Some(quota.into()),
+                        ..DeploymentCondition::default()
+                    },
+                ]),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        };
+        let stall = rules::workload_stall(&rollout_status(&deployment)).expect("a stall");
+        assert_eq!(
+            stall.to_string(),
+            format!("its ReplicaSet cannot create pods (FailedCreate): {quota}")
+        );
+        // The restart not yet observed by the deployment controller.
+        deployment.metadata.generation = Some(4);
+        assert_eq!(rules::workload_stall(&rollout_status(&deployment)), None);
+        // No status at all: nothing observed.
+        assert_eq!(
+            rules::workload_stall(&rollout_status(&Deployment::default())),
+            None
+        );
+
+        let mut pod = pod_owned_by("apps", vec![]);
+        pod.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/2 nodes are available".into()),
+                ..PodCondition::default()
+            }]),
+            init_container_statuses: Some(vec![ContainerStatus {
+                name: "init".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ImagePullBackOff".into()),
+                        message: Some("Back-off pulling image".into()),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "app".into(),
+                state: Some(ContainerState::default()),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        let facts = facts(&pod, Controller::None);
+        assert_eq!(
+            facts.pod_scheduled,
+            Some(Condition {
+                status: "False",
+                reason: "Unschedulable",
+                message: "0/2 nodes are available",
+            })
+        );
+        assert_eq!(
+            facts.waiting,
+            vec![ContainerWaiting {
+                container: "init",
+                reason: "ImagePullBackOff",
+                message: "Back-off pulling image",
+            }]
+        );
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! of each instance on its own, since a client may reach any of them:
 //! which `iss` its TokenReview accepts (on a token minted here with a
 //! chosen issuer and key), which issuer its discovery document names, and
-//! which `iss` the tokens it issues carry.
+//! which `iss` the tokens it issues carry; the status lines of SPEC
+//! sections 2 and 10, written out; and what the issuer suites
+//! (`tests/tests/issuer_*.rs`) share: the issuers they rotate through, the
+//! user cluster config, and [`follow`], which follows a rotation `ksa`
+//! runs and checks each step's confirmation on every instance.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::PrivateKey;
@@ -15,8 +19,12 @@ use ksa_core::rotation::{RotationState, Step};
 use ksa_core::token::{self, BoundToken, ObjectRef};
 use kube::api::Api;
 
-use crate::InstanceClient;
 use crate::cluster::{request_token, review_token};
+use crate::hosted::{APISERVER_CONTAINER, UNRELATED_ARGS};
+use crate::scenario::{APISERVER_DEPLOYMENT, APPS, CLUSTER};
+use crate::{ISSUER, InstanceClient};
+
+pub mod follow;
 
 /// How long minted tokens live.
 const MINTED_SECONDS: i64 = 3600;
@@ -262,6 +270,105 @@ pub fn key_lines(n: u64) -> [String; 5] {
     ]
 }
 
+/// The issuer every test control plane starts with.
+pub const A: &str = ISSUER;
+/// The issuer rotated to.
+pub const B: &str = "https://issuer-b.example";
+/// The issuer of the key and issuer rotation that follows A -> B.
+pub const C: &str = "https://issuer-c.example";
+/// SPEC section 10's completed line of the rotation to B, written out.
+pub const COMPLETED_B: &str = r#"State of KSAIssuerRotation with KSAIssuer https://issuer-b.example is - status: True, reason: KSAIssuerRotationCompleted, message:{"tokenIssuer":"https://issuer-b.example","signingIssuer":"https://issuer-b.example","acceptedIssuers":["https://issuer-b.example"]}"#;
+/// How long one rotation may take (`--timeout` and the test's own wait).
+pub const ROTATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The service account (in [`APPS`]) whose tokens are minted, issued and
+/// probed.
+pub const APP: &str = "app";
+
+/// A user cluster config naming the API server workload (and the roll-out
+/// kind, when given), as a hosted control plane's operator writes it.
+pub fn user_cluster_config(rollout: Option<&str>, trust_lead_seconds: u64) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: UserCluster\nname: {CLUSTER}\ngkeOnPremVersion: 1.16.0-gke.669\n\
+         enableAdvancedCluster: false\nksaSigningKeyRotation:\n  apiServerWorkload: \
+         {{kind: Deployment, name: {APISERVER_DEPLOYMENT}, container: {APISERVER_CONTAINER}}}\n"
+    );
+    if let Some(rollout) = rollout {
+        text.push_str(&format!("  rollout: {rollout}\n"));
+    }
+    text.push_str(&format!("  trustLeadTimeSeconds: {trust_lead_seconds}\n"));
+    text
+}
+
+/// The API server container's args after a rotation to `issuer`: the
+/// issuer flag where it stood, the default audience pinned to A after it
+/// (the first rewrite added it), every other arg byte for byte.
+pub fn args_signing(issuer: &str) -> Vec<String> {
+    [
+        format!("--service-account-issuer={issuer}"),
+        format!("--api-audiences={A}"),
+    ]
+    .into_iter()
+    .chain(UNRELATED_ARGS.iter().map(|a| (*a).to_owned()))
+    .collect()
+}
+
+/// Each instance's verdict on `token`, asked until every instance answers:
+/// when a rotation completes, the last instance of the last roll-out may
+/// still be restarting (a step is confirmed on the instances the
+/// `kubernetes` EndpointSlice lists, and one shutting down has left it).
+pub async fn verdicts_of(instances: &[InstanceClient], token: &str) -> Result<Vec<bool>> {
+    retrying("TokenReview", || verdicts(instances, token)).await
+}
+
+/// The `iss` of a fresh token from each instance, asked until every
+/// instance answers.
+pub async fn issuers_issued(instances: &[InstanceClient]) -> Result<Vec<String>> {
+    retrying("TokenRequest", || issued_issuers(instances, APPS, APP)).await
+}
+
+/// The issuer each instance's discovery document names, asked until every
+/// instance answers.
+pub async fn issuers_discovered(instances: &[InstanceClient]) -> Result<Vec<String>> {
+    retrying("discovery", || discovery_issuers(instances)).await
+}
+
+/// `want` from every instance, in order, `what` of it.
+pub fn ensure_all<T: PartialEq + std::fmt::Debug>(got: &[T], want: &T, what: &str) -> Result<()> {
+    ensure!(
+        !got.is_empty() && got.iter().all(|g| g == want),
+        "{what}: the instances answer {got:?}, not {want:?} each"
+    );
+    Ok(())
+}
+
+/// The kid each instance serves at `/openid/v1/jwks`, in order.
+pub async fn served_kids(instances: &[InstanceClient]) -> Result<Vec<Vec<String>>> {
+    retrying("/openid/v1/jwks", || async {
+        let mut all = Vec::new();
+        for instance in instances {
+            let request = http::Request::get("/openid/v1/jwks").body(Vec::new())?;
+            let text = instance.client.request_text(request).await?;
+            all.push(
+                ksa_core::jwk::parse_jwks(&text)?
+                    .into_iter()
+                    .map(|k| k.kid.as_str().to_owned())
+                    .collect(),
+            );
+        }
+        Ok(all)
+    })
+    .await
+}
+
+/// The key line and issuer lines interleaved: at each step, the key line,
+/// then the issuer line.
+pub fn interleaved(keys: &[String; 5], issuers: &[String; 5]) -> Vec<String> {
+    keys.iter()
+        .zip(issuers)
+        .flat_map(|(key, issuer)| [key.clone(), issuer.clone()])
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,12 +395,7 @@ mod tests {
     fn a_key_and_issuer_rotation_prints_the_key_line_then_the_issuer_line_at_each_step() {
         let started = issuer_rotation(3, A, B, true).expect("a key and issuer rotation");
         let (keys, issuers) = (key_lines(2), issuer_lines(A, B));
-        let interleaved: Vec<String> = keys
-            .iter()
-            .zip(&issuers)
-            .flat_map(|(key, issuer)| [key.clone(), issuer.clone()])
-            .collect();
-        assert_eq!(wait_lines(&started), interleaved);
+        assert_eq!(wait_lines(&started), interleaved(&keys, &issuers));
         assert_eq!(
             keys[4],
             r#"State of KSASigningKeyRotation with KSASigningKeyVersion 3 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":3,"privateKeyVersion":3,"publicKeyVersions":[3]}"#

@@ -1,9 +1,9 @@
 //! The rules of bound-token refresh, on plain values: whether a pod holds a
 //! bound token, whether that token may predate the RefreshTokens step, and
 //! how it is refreshed (restart its workload's template, evict it, or wait),
-//! with the reason the status gives. No I/O: `super::pods` and
-//! `super::nodes` read the cluster into these values and act on the
-//! verdicts.
+//! with the reason the status gives. No I/O: ksa-kube's `refresh` module
+//! reads the cluster into these values (a PodDisruptionBudget's label
+//! selector into plain [`Requirement`]s) and acts on the verdicts.
 //!
 //! The decisions, and why:
 //!
@@ -23,7 +23,12 @@
 //! - Deployments, and StatefulSets and DaemonSets with a rolling update,
 //!   are refreshed by restarting their pod template: their controllers
 //!   replace the pods within what the strategy allows. A paused Deployment
-//!   would not roll out, so its pods wait for it to be resumed.
+//!   would not roll out, so its pods wait for it to be resumed. A rollout
+//!   the cluster says cannot progress (a ReplicaSet that cannot create
+//!   pods, a replacement pod that cannot be scheduled, crash-loops or
+//!   cannot pull its image, a progress deadline exceeded) names its pods
+//!   blocked, with the cluster's reason, until an operator fixes it
+//!   ([`stall`]).
 //! - Workloads whose template restart does not replace pods (`OnDelete`,
 //!   the pods below a StatefulSet's partition), and pods whose controller
 //!   ksa does not know (a ReplicaSet no Deployment controls, a
@@ -38,12 +43,24 @@
 //!   rotation waits for it to finish, or for the kubelet to refresh its
 //!   token, whichever is first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod budget;
+mod drain;
+#[cfg(test)]
+mod fixtures;
+mod pacer;
+mod stall;
+
+pub use budget::{Budget, Requirement, Selector, eviction_blocked};
+pub use drain::{Drain, drain};
+pub use pacer::Pacer;
+pub use stall::{Condition, ContainerWaiting, RolloutStatus, Tally, pod_stall, workload_stall};
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use ksa_core::rotation::{HolderReason, KUBELET_MAX_REFRESH, KUBELET_SLACK, WorkloadKind};
+
+use super::{HolderReason, Stall, WorkloadKind};
 
 /// A projected token's lifetime when the volume does not say
 /// (`expirationSeconds` defaults to an hour).
@@ -70,7 +87,7 @@ impl Phase {
         }
     }
 
-    fn finished(self) -> bool {
+    pub(super) fn finished(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed)
     }
 }
@@ -100,6 +117,8 @@ pub struct Workload {
     pub restarted: bool,
     /// A paused Deployment.
     pub paused: bool,
+    /// What its own status says stops its rollout ([`workload_stall`]).
+    pub stall: Option<Stall>,
 }
 
 /// What controls a pod, as far as ksa knows.
@@ -142,6 +161,10 @@ pub struct Pod<'a> {
     /// project; `None` when it projects none.
     pub token_seconds: Option<u64>,
     pub controller: Controller<'a>,
+    /// Its `PodScheduled` condition.
+    pub pod_scheduled: Option<Condition<'a>>,
+    /// Its containers (and init containers) that are waiting, and why.
+    pub waiting: Vec<ContainerWaiting<'a>>,
 }
 
 /// The step a verdict is made for.
@@ -171,10 +194,7 @@ impl Horizon<'_> {
     /// lifetime or after 24 h, whichever is first, plus its slack and the
     /// clock skew.
     pub fn kubelet_refreshed_by(&self, token_seconds: u64) -> Timestamp {
-        let refresh = Duration::from_secs(token_seconds.saturating_mul(8) / 10)
-            .min(KUBELET_MAX_REFRESH)
-            .saturating_add(KUBELET_SLACK)
-            .saturating_add(self.skew);
+        let refresh = kubelet_refresh_window(token_seconds, self.skew);
         i64::try_from(refresh.as_secs())
             .ok()
             .and_then(|s| self.since.as_second().checked_add(s))
@@ -370,7 +390,7 @@ fn fresh(pod: &Pod<'_>, token_seconds: u64, horizon: &Horizon<'_>) -> Option<Fre
     None
 }
 
-fn deleting(pod: &Pod<'_>) -> HolderReason {
+pub(super) fn deleting(pod: &Pod<'_>) -> HolderReason {
     if pod.evicted {
         HolderReason::Evicted
     } else {
@@ -408,294 +428,35 @@ pub fn pace_owner<'a>(pod: &Pod<'a>) -> Option<&'a str> {
     }
 }
 
-/// Picks the evictions of one pass: at most one pod per owner, and none
-/// while another pod of that owner is unavailable (its replacement not
-/// ready yet), so an evicted workload loses at most one pod at a time to
-/// the rotation. Bare pods are not paced.
+/// The longest a kubelet waits before refreshing a projected token.
+pub const KUBELET_MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// What the kubelet may take beyond 80% of a token's lifetime to have a
+/// refreshed token in the pod: its jitter (up to 10 s) and the period in
+/// which it remounts a pod's volumes (about a minute), with room to spare.
+pub const KUBELET_SLACK: Duration = Duration::from_secs(120);
+
+/// How long after a projected token of `token_seconds` was issued its
+/// kubelet has replaced it in the pod: at 80% of its lifetime or after
+/// [`KUBELET_MAX_REFRESH`], whichever is first, plus [`KUBELET_SLACK`] and
+/// the clock `skew` allowed between ksa and the kubelets.
 ///
-/// It keeps at most `capacity` candidates (the rest wait for a later pass,
-/// and the candidates of this one are gone by then) and `capacity` owners
-/// with an unavailable pod; past that it cannot tell which owners may lose
-/// a pod, and evicts none that is paced.
-#[derive(Debug)]
-pub struct Pacer<T> {
-    unavailable: HashSet<String>,
-    overflowed: bool,
-    candidates: HashMap<String, T>,
-    alone: Vec<T>,
-    capacity: usize,
-}
-
-impl<T> Pacer<T> {
-    pub fn new(capacity: usize) -> Pacer<T> {
-        Pacer {
-            unavailable: HashSet::new(),
-            overflowed: false,
-            candidates: HashMap::new(),
-            alone: Vec::new(),
-            capacity,
-        }
-    }
-
-    fn room(&self) -> bool {
-        self.candidates.len() + self.alone.len() < self.capacity
-    }
-
-    /// A pod of `owner` was seen, available or not.
-    pub fn see(&mut self, owner: &str, available: bool) {
-        if available || self.unavailable.contains(owner) {
-            return;
-        }
-        if self.unavailable.len() < self.capacity {
-            self.unavailable.insert(owner.to_owned());
-        } else {
-            self.overflowed = true;
-        }
-    }
-
-    /// A stale pod to evict, paced by `pace`.
-    pub fn offer(&mut self, pace: Pace<'_>, pod: T) {
-        if !self.room() {
-            return;
-        }
-        match pace {
-            Pace::Alone => self.alone.push(pod),
-            Pace::Owner(owner) => {
-                if !self.candidates.contains_key(owner) {
-                    self.candidates.insert(owner.to_owned(), pod);
-                }
-            }
-        }
-    }
-
-    /// The pods to evict in this pass.
-    pub fn evictions(self) -> Vec<T> {
-        let mut pods = self.alone;
-        if !self.overflowed {
-            let unavailable = self.unavailable;
-            pods.extend(
-                self.candidates
-                    .into_iter()
-                    .filter(|(owner, _)| !unavailable.contains(owner))
-                    .map(|(_, pod)| pod),
-            );
-        }
-        pods
-    }
-}
-
-/// A label selector, parsed: `None` selects nothing (a missing or invalid
-/// selector, as the Eviction API reads one); no requirement selects all.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selector(Option<Vec<Requirement>>);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Requirement {
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl Selector {
-    pub fn parse(selector: Option<&LabelSelector>) -> Selector {
-        let Some(selector) = selector else {
-            return Selector(None);
-        };
-        let mut requirements: Vec<Requirement> = selector
-            .match_labels
-            .iter()
-            .flatten()
-            .map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()]))
-            .collect();
-        for expression in selector.match_expressions.iter().flatten() {
-            let key = expression.key.clone();
-            let values = expression.values.clone().unwrap_or_default();
-            let requirement = match expression.operator.as_str() {
-                "In" if !values.is_empty() => Requirement::In(key, values),
-                "NotIn" if !values.is_empty() => Requirement::NotIn(key, values),
-                "Exists" if values.is_empty() => Requirement::Exists(key),
-                "DoesNotExist" if values.is_empty() => Requirement::DoesNotExist(key),
-                _ => return Selector(None),
-            };
-            requirements.push(requirement);
-        }
-        Selector(Some(requirements))
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let Some(requirements) = &self.0 else {
-            return false;
-        };
-        requirements.iter().all(|requirement| match requirement {
-            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(key),
-        })
-    }
-}
-
-/// A PodDisruptionBudget, as the Eviction API weighs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Budget {
-    pub name: String,
-    pub selector: Selector,
-    pub disruptions_allowed: i32,
-    /// The disruption controller has seen its current generation.
-    pub processed: bool,
-    /// `unhealthyPodEvictionPolicy: AlwaysAllow`.
-    pub always_allow_unhealthy: bool,
-    pub current_healthy: i32,
-    pub desired_healthy: i32,
-}
-
-/// Why the Eviction API would refuse to evict `pod` now, if it would
-/// (kube-apiserver's `EvictionREST.Create`): a pending, finished or
-/// terminating pod is evicted whatever its budgets; more than one budget
-/// is refused; an unready pod passes when its budget says so.
-pub fn eviction_blocked(pod: &Pod<'_>, budgets: &[Budget]) -> Option<HolderReason> {
-    if matches!(pod.phase, Phase::Pending) || pod.phase.finished() || pod.deleting {
-        return None;
-    }
-    let mut matching = budgets.iter().filter(|b| b.selector.matches(pod.labels));
-    let budget = matching.next()?;
-    let others = matching.count();
-    if others > 0 {
-        return Some(HolderReason::SeveralDisruptionBudgets {
-            count: u32::try_from(others + 1).unwrap_or(u32::MAX),
-            first: budget.name.clone(),
-        });
-    }
-    if !pod.ready
-        && (budget.always_allow_unhealthy
-            || (budget.current_healthy >= budget.desired_healthy && budget.desired_healthy > 0))
-    {
-        return None;
-    }
-    if !budget.processed {
-        return Some(HolderReason::DisruptionBudgetPending {
-            budget: budget.name.clone(),
-        });
-    }
-    (budget.disruptions_allowed <= 0).then(|| HolderReason::DisruptionBudget {
-        budget: budget.name.clone(),
-        allowed: budget.disruptions_allowed,
-    })
-}
-
-/// What `recreate-nodes` does with a pod on the node it drains.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Drain {
-    /// Nothing: it goes with the node (a DaemonSet's pod, a static pod's
-    /// mirror, a finished pod, or one past its kubelet refresh whose
-    /// deletion is stuck).
-    Leave,
-    /// Evict it before the node is deleted.
-    Evict,
-    /// The node waits for it, for the reason given.
-    Wait(HolderReason),
-}
-
-/// What draining does with `pod`: everything but a DaemonSet's pods and
-/// static pods is evicted (through the Eviction API, so PodDisruptionBudgets
-/// hold), as `kubectl drain --ignore-daemonsets --force` does, except that a
-/// running Job's pod is waited for until it finishes or its kubelet has
-/// refreshed its token: only then is it evicted.
-pub fn drain(pod: &Pod<'_>, budgets: &[Budget], horizon: &Horizon<'_>) -> Drain {
-    if pod.mirror || pod.phase.finished() {
-        return Drain::Leave;
-    }
-    let daemon = match pod.controller {
-        Controller::Workload(workload) => workload.kind == WorkloadKind::DaemonSet,
-        Controller::Other { kind, .. } => kind == "DaemonSet",
-        Controller::None | Controller::Job => false,
-    };
-    if daemon {
-        return Drain::Leave;
-    }
-    let refreshed_by =
-        horizon.kubelet_refreshed_by(pod.token_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS));
-    if pod.deleting {
-        // A deletion stuck past the kubelet's refresh (a node that is
-        // gone) holds nothing up: the node's deletion ends it.
-        return if horizon.now >= refreshed_by {
-            Drain::Leave
-        } else {
-            Drain::Wait(deleting(pod))
-        };
-    }
-    if pod.controller == Controller::Job && horizon.now < refreshed_by {
-        return Drain::Wait(HolderReason::RunningJob {
-            until: refreshed_by,
-        });
-    }
-    match eviction_blocked(pod, budgets) {
-        Some(blocked) => Drain::Wait(blocked),
-        None => Drain::Evict,
-    }
+/// Architecture invariant: the one kubelet refresh window, for the `wait`
+/// policy's hold ([`super::BoundTokenRefresh::wait_window`]) and for the
+/// pods `restart-pods` and `recreate-nodes` leave to their kubelet
+/// ([`Horizon::kubelet_refreshed_by`]). It saturates: a skew too large to
+/// add is a window that never closes, never a panic.
+pub fn kubelet_refresh_window(token_seconds: u64, skew: Duration) -> Duration {
+    Duration::from_secs(token_seconds.saturating_mul(8) / 10)
+        .min(KUBELET_MAX_REFRESH)
+        .saturating_add(KUBELET_SLACK)
+        .saturating_add(skew)
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
+    use super::fixtures::{at, budget, horizon, labels, pod, workload};
     use super::*;
-
-    const SINCE: &str = "2026-05-01T12:00:00Z";
-
-    fn at(offset: i64) -> Timestamp {
-        let since: Timestamp = SINCE.parse().expect("time");
-        Timestamp::from_second(since.as_second() + offset).expect("time")
-    }
-
-    fn horizon(now: i64) -> Horizon<'static> {
-        Horizon {
-            since: at(0),
-            now: at(now),
-            skew: Duration::from_secs(60),
-            version: "2",
-        }
-    }
-
-    fn no_labels() -> &'static BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        &EMPTY
-    }
-
-    /// A running, ready, scheduled pod with the default token, created an
-    /// hour before the step, with no controller.
-    fn pod(name: &'static str) -> Pod<'static> {
-        Pod {
-            namespace: "apps",
-            name,
-            uid: "pod-uid",
-            labels: no_labels(),
-            phase: Phase::Running,
-            scheduled: true,
-            created: Some(at(-3600)),
-            started: Some(at(-3590)),
-            deleting: false,
-            evicted: false,
-            ready: true,
-            mirror: false,
-            restarted_for: None,
-            token_seconds: Some(3607),
-            controller: Controller::None,
-        }
-    }
-
-    fn workload(kind: WorkloadKind, strategy: Strategy) -> Workload {
-        Workload {
-            kind,
-            uid: "workload-uid".into(),
-            namespace: "apps".into(),
-            name: "web".into(),
-            strategy,
-            restarted: false,
-            paused: false,
-        }
-    }
 
     fn verdict<'a>(pod: &Pod<'a>) -> Verdict<'a> {
         assess(pod, &[], &horizon(10))
@@ -1021,28 +782,6 @@ mod tests {
         );
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn budget(name: &str, app: &str, allowed: i32) -> Budget {
-        Budget {
-            name: name.into(),
-            selector: Selector::parse(Some(&LabelSelector {
-                match_labels: Some(labels(&[("app", app)])),
-                ..LabelSelector::default()
-            })),
-            disruptions_allowed: allowed,
-            processed: true,
-            always_allow_unhealthy: false,
-            current_healthy: 1,
-            desired_healthy: 1,
-        }
-    }
-
     #[test]
     fn a_budget_that_allows_no_disruption_is_named_instead_of_evicting() {
         let guarded_labels = labels(&[("app", "guarded")]);
@@ -1140,86 +879,6 @@ mod tests {
     }
 
     #[test]
-    fn selectors_match_as_the_eviction_api_matches_them() {
-        let pod_labels = labels(&[("app", "web"), ("tier", "front")]);
-        let expression = |key: &str, operator: &str, values: Option<&[&str]>| {
-            Selector::parse(Some(&LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: key.into(),
-                    operator: operator.into(),
-                    values: values.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
-                }]),
-                ..LabelSelector::default()
-            }))
-        };
-        assert!(expression("app", "In", Some(&["web", "db"])).matches(&pod_labels));
-        assert!(!expression("app", "In", Some(&["db"])).matches(&pod_labels));
-        assert!(expression("app", "NotIn", Some(&["db"])).matches(&pod_labels));
-        assert!(expression("zone", "NotIn", Some(&["a"])).matches(&pod_labels));
-        assert!(expression("tier", "Exists", None).matches(&pod_labels));
-        assert!(expression("zone", "DoesNotExist", None).matches(&pod_labels));
-        assert!(!expression("tier", "DoesNotExist", None).matches(&pod_labels));
-        // Invalid selectors match nothing: an unknown operator, In with no
-        // values, Exists with values.
-        assert!(!expression("app", "Near", Some(&["web"])).matches(&pod_labels));
-        assert!(!expression("app", "In", Some(&[])).matches(&pod_labels));
-        assert!(!expression("app", "Exists", Some(&["web"])).matches(&pod_labels));
-        // No selector matches nothing; an empty one everything.
-        assert!(!Selector::parse(None).matches(&pod_labels));
-        assert!(Selector::parse(Some(&LabelSelector::default())).matches(&pod_labels));
-    }
-
-    #[test]
-    fn the_pacer_evicts_one_pod_per_owner_while_the_others_are_available() {
-        let mut pacer = Pacer::new(100);
-        // Owner a: all available; two stale pods, one evicted this pass.
-        pacer.see("a", true);
-        pacer.offer(Pace::Owner("a"), "a-1");
-        pacer.see("a", true);
-        pacer.offer(Pace::Owner("a"), "a-2");
-        // Owner b: one pod not ready (a replacement): none evicted.
-        pacer.see("b", true);
-        pacer.offer(Pace::Owner("b"), "b-1");
-        pacer.see("b", false);
-        // Bare pods are not paced.
-        pacer.offer(Pace::Alone, "bare-1");
-        pacer.offer(Pace::Alone, "bare-2");
-        let mut evictions = pacer.evictions();
-        evictions.sort_unstable();
-        assert_eq!(evictions, ["a-1", "bare-1", "bare-2"]);
-    }
-
-    #[test]
-    fn the_pacer_is_bounded() {
-        let mut pacer = Pacer::new(3);
-        for owner in ["a", "b", "c", "d", "e"] {
-            pacer.see(owner, true);
-            pacer.offer(Pace::Owner(owner), owner);
-        }
-        pacer.offer(Pace::Alone, "bare");
-        assert_eq!(
-            pacer.evictions().len(),
-            3,
-            "the rest waits for a later pass"
-        );
-        // Available owners take no room: a later pass reaches new owners.
-        let mut pacer = Pacer::new(2);
-        for owner in ["a", "b", "c", "d"] {
-            pacer.see(owner, true);
-        }
-        pacer.offer(Pace::Owner("d"), "d-1");
-        assert_eq!(pacer.evictions(), ["d-1"]);
-        // Too many owners short of a pod to tell: nothing paced is evicted.
-        let mut pacer = Pacer::new(2);
-        for owner in ["a", "b", "c"] {
-            pacer.see(owner, false);
-        }
-        pacer.offer(Pace::Owner("d"), "d-1");
-        pacer.offer(Pace::Alone, "bare");
-        assert_eq!(pacer.evictions(), ["bare"]);
-    }
-
-    #[test]
     fn availability_for_pacing() {
         assert_eq!(available(&pod("ready")), Some(true));
         let unready = Pod {
@@ -1245,66 +904,21 @@ mod tests {
     }
 
     #[test]
-    fn draining_a_node_evicts_all_but_daemons_static_pods_and_running_jobs() {
-        let h = horizon(10);
-        assert_eq!(drain(&pod("bare"), &[], &h), Drain::Evict);
-        let no_token = Pod {
-            token_seconds: None,
-            ..pod("no-token")
-        };
-        assert_eq!(drain(&no_token, &[], &h), Drain::Evict);
-        let mirror = Pod {
-            mirror: true,
-            ..pod("etcd-node-0")
-        };
-        assert_eq!(drain(&mirror, &[], &h), Drain::Leave);
-        let daemon = Pod {
-            controller: Controller::Other {
-                kind: "DaemonSet",
-                uid: "ds",
-            },
-            ..pod("agent-x")
-        };
-        assert_eq!(drain(&daemon, &[], &h), Drain::Leave);
-        let ds = workload(WorkloadKind::DaemonSet, Strategy::Replace);
-        let daemon = Pod {
-            controller: Controller::Workload(&ds),
-            ..pod("agent-y")
-        };
-        assert_eq!(drain(&daemon, &[], &h), Drain::Leave);
-        let done = Pod {
-            phase: Phase::Succeeded,
-            controller: Controller::Job,
-            ..pod("job-done")
-        };
-        assert_eq!(drain(&done, &[], &h), Drain::Leave);
-        let job = Pod {
-            controller: Controller::Job,
-            ..pod("job-running")
-        };
+    fn the_kubelet_window_is_80_percent_of_the_lifetime_at_most_a_day_and_saturates() {
+        let skew = Duration::from_secs(60);
+        // 80% of an hour, plus slack and skew.
         assert_eq!(
-            drain(&job, &[], &h),
-            Drain::Wait(HolderReason::RunningJob { until: at(3065) })
+            kubelet_refresh_window(3600, skew),
+            Duration::from_secs(2880 + 120 + 60)
         );
-        assert_eq!(drain(&job, &[], &horizon(3065)), Drain::Evict);
-        let guarded_labels = labels(&[("app", "guarded")]);
-        let guarded = Pod {
-            labels: &guarded_labels,
-            ..pod("guarded")
-        };
-        assert!(matches!(
-            drain(&guarded, &[budget("guarded-pdb", "guarded", 0)], &h),
-            Drain::Wait(HolderReason::DisruptionBudget { .. })
-        ));
-        let going = Pod {
-            deleting: true,
-            ..pod("going")
-        };
+        // Never more than a day, however long the token lives.
         assert_eq!(
-            drain(&going, &[], &h),
-            Drain::Wait(HolderReason::Terminating)
+            kubelet_refresh_window(u64::MAX, skew),
+            KUBELET_MAX_REFRESH + KUBELET_SLACK + skew
         );
-        assert_eq!(drain(&going, &[], &horizon(3065)), Drain::Leave);
+        // A skew too large to add never panics.
+        assert_eq!(kubelet_refresh_window(3600, Duration::MAX), Duration::MAX);
+        assert_eq!(horizon(0).kubelet_refreshed_by(3600), at(2880 + 120 + 60));
     }
 }
 
@@ -1313,9 +927,8 @@ mod properties {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
+    use crate::rotation::WorkloadKind;
     use jiff::Timestamp;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use ksa_core::rotation::WorkloadKind;
     use proptest::prelude::*;
 
     use super::{
@@ -1403,6 +1016,7 @@ mod properties {
                 strategy: workload_strategy,
                 restarted: workload_restarted,
                 paused,
+                stall: None,
             };
             let controller = match controller {
                 0 => Controller::None,
@@ -1427,11 +1041,13 @@ mod properties {
                 restarted_for: restarted.map(|r| if r { "2" } else { "1" }),
                 token_seconds,
                 controller,
+                pod_scheduled: None,
+                waiting: Vec::new(),
             };
             let horizon = Horizon { since, now: at(now), skew: Duration::from_secs(60), version: "2" };
             let budget = Budget {
                 name: "b".into(),
-                selector: Selector::parse(Some(&LabelSelector::default())),
+                selector: Selector::new(Some(Vec::new())),
                 disruptions_allowed: i32::from(!blocking),
                 processed: true,
                 always_allow_unhealthy: false,

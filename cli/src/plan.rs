@@ -19,7 +19,7 @@ pub fn print(plan: &RotationPlan, output: Format) -> Outcome {
         Format::Json => serde_json::to_string_pretty(plan)?,
         Format::Yaml => serde_saphyr::to_string(plan)?,
     };
-    super::finish(&text)
+    crate::output::finish(&text)
 }
 
 /// The whole plan, for a terminal.
