@@ -382,6 +382,13 @@ pub enum KeysCommand {
         /// The key version to store it as (`--version` is ksa's own).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         key_version: u64,
+        /// The Secret (in the rotation's namespace, data key `value`)
+        /// holding the kubeconfig of the user cluster whose API servers
+        /// sign with the key, as the config's `kubeconfigSecret`. Default:
+        /// the rotation resource's, if it exists; else the cluster
+        /// --kubeconfig names.
+        #[arg(long, value_name = "NAME")]
+        kubeconfig_secret: Option<String>,
         #[command(flatten)]
         kube: KubeArgs,
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]

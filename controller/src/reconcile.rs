@@ -591,20 +591,11 @@ impl Rotation<'_> {
                 .cluster
                 .observe_api_servers(&keys, &observation, None)
                 .await?;
-            let unconfirmed: Vec<String> = views
-                .iter()
-                .filter(|view| !view.accepts.contains(&current) || view.signs_with != Some(current))
-                .map(|view| view.name.clone())
-                .collect();
-            if views.is_empty() || !unconfirmed.is_empty() {
+            if let Err(not_in_use) = ksa_core::instances::in_use_everywhere(&views, current) {
                 return Err(Refusal::ImportNotInUse {
                     secret,
                     kid: key.kid().to_string(),
-                    instances: if views.is_empty() {
-                        "no API server instance answered".to_owned()
-                    } else {
-                        unconfirmed.join(", ")
-                    },
+                    instances: not_in_use.to_string(),
                 }
                 .into());
             }

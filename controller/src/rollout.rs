@@ -189,10 +189,7 @@ impl Refusal {
     }
 }
 
-/// The API server key Secret of a rotation that names none.
-pub fn default_key_secret(rotation: &str) -> String {
-    format!("{rotation}-apiserver-keys")
-}
+pub use ksa_kube::keystore::default_key_secret;
 
 /// Whether the rotation may write the key Secret `name`, whose labels
 /// are `labels` (`None`: it does not exist). Its default Secret is its

@@ -131,9 +131,87 @@ pub fn instances(
     result
 }
 
+/// Why an imported key is not the one the cluster uses: the instances that
+/// do not both sign with it and list it, in words for a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotInUse {
+    /// The instances that did not confirm it (each with why, when it did
+    /// not answer); empty when no instance answered at all.
+    pub instances: Vec<String>,
+}
+
+impl std::fmt::Display for NotInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.instances.is_empty() {
+            f.write_str("no API server instance answered")
+        } else {
+            f.write_str(&self.instances.join(", "))
+        }
+    }
+}
+
+/// Whether the cluster signs with and accepts key `version` today, on
+/// every instance asked: the rule an import of the cluster's current key
+/// must pass (`ksa keys import` before it writes, the controller before it
+/// seals). An instance that was not asked, or answered with another key,
+/// fails it; so does a cluster where no instance answered.
+pub fn in_use_everywhere(
+    views: &[crate::rotation::ApiServerView],
+    version: crate::KeyVersion,
+) -> Result<(), NotInUse> {
+    let instances: Vec<String> = views
+        .iter()
+        .filter(|view| {
+            view.unanswered.is_some()
+                || !view.accepts.contains(&version)
+                || view.signs_with != Some(version)
+        })
+        .map(|view| match &view.unanswered {
+            Some(why) => format!("{} ({why})", view.name),
+            None => view.name.clone(),
+        })
+        .collect();
+    if views.is_empty() || !instances.is_empty() {
+        return Err(NotInUse { instances });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(name: &str, accepts: &[u64], signs: Option<u64>) -> crate::rotation::ApiServerView {
+        crate::rotation::ApiServerView {
+            name: name.to_owned(),
+            accepts: accepts.iter().map(|v| crate::KeyVersion::new(*v)).collect(),
+            signs_with: signs.map(crate::KeyVersion::new),
+            ..crate::rotation::ApiServerView::default()
+        }
+    }
+
+    #[test]
+    fn an_import_is_in_use_only_when_every_instance_signs_with_it_and_lists_it() {
+        let one = crate::KeyVersion::FIRST;
+        assert_eq!(
+            in_use_everywhere(&[view("a", &[1], Some(1)), view("b", &[1], Some(1))], one),
+            Ok(())
+        );
+        let refused = in_use_everywhere(&[view("a", &[1], Some(1)), view("b", &[1], None)], one);
+        assert_eq!(refused.unwrap_err().instances, ["b"]);
+        let refused = in_use_everywhere(&[view("a", &[], Some(1))], one);
+        assert_eq!(refused.unwrap_err().instances, ["a"]);
+        let mut silent = view("c", &[1], Some(1));
+        silent.unanswered = Some("it did not answer".into());
+        assert_eq!(
+            in_use_everywhere(&[silent], one).unwrap_err().to_string(),
+            "c (it did not answer)"
+        );
+        assert_eq!(
+            in_use_everywhere(&[], one).unwrap_err().to_string(),
+            "no API server instance answered"
+        );
+    }
 
     const NOW: i64 = 1_800_000_000;
 

@@ -34,6 +34,12 @@ pub const ANNOTATION_KEY_SET: &str = "ksa.dev/key-set";
 /// What `kubectl apply` leaves on an object it created.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// The Secret the API servers of `rotation` mount when the rotation names
+/// none (`spec.rollout.keySecret`).
+pub fn default_key_secret(rotation: &str) -> String {
+    format!("{rotation}-apiserver-keys")
+}
+
 /// The labels of every object ksa writes for `rotation`.
 pub fn owned_labels(rotation: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -355,26 +361,8 @@ impl KeyStore {
                             == Some(signing_key.to_pem().as_bytes())
                 });
         if !unchanged {
-            let mut secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(secret_name.to_owned()),
-                    labels: Some(owned_labels(&self.rotation)),
-                    annotations: Some(BTreeMap::from([(
-                        ANNOTATION_KEY_SET.to_owned(),
-                        key_set_id(signing, public),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(BTreeMap::from([
-                    (
-                        "sa.key".to_owned(),
-                        ByteString(signing_key.to_pem().as_bytes().to_vec()),
-                    ),
-                    ("sa.pub".to_owned(), ByteString(sa_pub.into_bytes())),
-                ])),
-                ..Secret::default()
-            };
+            let mut secret =
+                self.api_server_keys_secret(secret_name, signing, public, &signing_key, sa_pub);
             if let Some(sealer) = &self.sealer {
                 sealer.seal_secret(Kind::ApiServerKeys, &self.namespace, &mut secret);
             }
@@ -392,6 +380,95 @@ impl KeyStore {
         }
         self.publish_jwks(&public_keys).await?;
         Ok(!unchanged)
+    }
+
+    /// The Secret the API servers mount, as ksa writes it: `sa.key` signs,
+    /// `sa.pub` verifies, with ksa's labels and the key set it holds.
+    fn api_server_keys_secret(
+        &self,
+        secret_name: &str,
+        signing: KeyVersion,
+        public: &[KeyVersion],
+        signing_key: &PrivateKey,
+        sa_pub: String,
+    ) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(secret_name.to_owned()),
+                labels: Some(owned_labels(&self.rotation)),
+                annotations: Some(BTreeMap::from([(
+                    ANNOTATION_KEY_SET.to_owned(),
+                    key_set_id(signing, public),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([
+                (
+                    "sa.key".to_owned(),
+                    ByteString(signing_key.to_pem().as_bytes().to_vec()),
+                ),
+                ("sa.pub".to_owned(), ByteString(sa_pub.into_bytes())),
+            ])),
+            ..Secret::default()
+        }
+    }
+
+    /// Whether the Secret the API servers mount holds `key` as `sa.key`
+    /// (`None`: it does not exist); reads only, so that an import can
+    /// refuse before it writes anything.
+    pub async fn api_server_keys_hold(
+        &self,
+        secret_name: &str,
+        key: &PrivateKey,
+    ) -> Result<Option<ApiServerKeysImport>> {
+        let Some(existing) = self.secrets.get_opt(secret_name).await? else {
+            return Ok(None);
+        };
+        let kid = existing
+            .data
+            .as_ref()
+            .and_then(|d| d.get("sa.key"))
+            .and_then(|pem| parse_pem(&pem.0).ok())
+            .and_then(|keys| keys.private_keys().next().map(|k| k.kid().to_string()));
+        Ok(Some(if kid.as_deref() == Some(key.kid().as_str()) {
+            ApiServerKeysImport::AlreadyThere
+        } else {
+            ApiServerKeysImport::HoldsAnother { kid }
+        }))
+    }
+
+    /// The operator's onboarding (`ksa keys import`): creates the Secret
+    /// the API servers mount, holding `key` as version `version`, the one
+    /// key they sign with and accept, unless it exists. One that exists is
+    /// left as it is: it either holds this key already or is reported.
+    /// An operator's store only: the controller writes it with
+    /// [`KeyStore::publish`].
+    pub async fn import_api_server_keys(
+        &self,
+        secret_name: &str,
+        version: KeyVersion,
+        key: &PrivateKey,
+    ) -> Result<ApiServerKeysImport> {
+        if let Some(found) = self.api_server_keys_hold(secret_name, key).await? {
+            return Ok(found);
+        }
+        let secret = self.api_server_keys_secret(
+            secret_name,
+            version,
+            &[version],
+            key,
+            public_keys_to_pem(std::slice::from_ref(key.public_key())),
+        );
+        match self.secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(ApiServerKeysImport::Created),
+            // Made meanwhile by someone else: read what it holds.
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(self
+                .api_server_keys_hold(secret_name, key)
+                .await?
+                .unwrap_or(ApiServerKeysImport::HoldsAnother { kid: None })),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Writes the JWKS ConfigMap of `keys` (served at the controller's
@@ -511,6 +588,18 @@ impl KeyStore {
             .into())
         }
     }
+}
+
+/// What `ksa keys import` found of the Secret the API servers mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiServerKeysImport {
+    /// It did not exist and now holds the imported key.
+    Created,
+    /// It already held the imported key as its signing key: nothing changed.
+    AlreadyThere,
+    /// It holds another signing key (its kid, when it holds a key at all):
+    /// nothing changed.
+    HoldsAnother { kid: Option<String> },
 }
 
 /// The data entry of the JWKS ConfigMap.

@@ -1,4 +1,4 @@
-//! The README's Install section as the end-to-end tests run it: its shell
+//! The install guide (docs/install.md) as the end-to-end tests run it: its shell
 //! blocks, run as an operator would paste them, with the workspace's `ksa`,
 //! the control plane's kubectl and `helm` (built from its Go module by
 //! `cargo xtask helm`, found through `KSA_HELM_DIR`) on the PATH.
@@ -36,13 +36,11 @@ pub fn helm() -> Result<PathBuf> {
     Ok(helm)
 }
 
-/// The shell blocks of the README's Install section, in order.
+/// The shell blocks of the install guide (docs/install.md, which README's
+/// "A first rotation" sums up), in order.
 pub fn readme_install_blocks() -> Result<Vec<String>> {
-    let readme = std::fs::read_to_string(workspace().join("README.md"))?;
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Install\n"))
-        .context("README.md has no Install section")?;
+    let section = std::fs::read_to_string(workspace().join("docs/install.md"))
+        .context("reading docs/install.md")?;
     Ok(section
         .split("```sh\n")
         .skip(1)
@@ -55,7 +53,7 @@ pub fn install_block<'a>(blocks: &'a [String], marker: &str) -> Result<&'a str> 
     let mut found = blocks.iter().filter(|b| b.contains(marker));
     match (found.next(), found.next()) {
         (Some(block), None) => Ok(block),
-        _ => bail!("the README's Install section must have exactly one block with `{marker}`"),
+        _ => bail!("docs/install.md must have exactly one block with `{marker}`"),
     }
 }
 

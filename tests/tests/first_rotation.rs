@@ -172,3 +172,147 @@ async fn wait_that_times_out_exits_still_running_and_the_rotation_goes_on() -> R
     .await?;
     Ok(())
 }
+
+/// Onboarding by hand: install used to ask for `keys import`, then a
+/// `kubectl create secret` and a `kubectl label` of the API server key
+/// Secret. `keys import` now does it all, and only for the key every API
+/// server instance signs with and lists today: another key, or an API
+/// server key Secret holding another key, is refused with nothing written.
+#[tokio::test]
+async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_other() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use ksa_core::crypto::{AwsLc, SigningBackend as _};
+    use ksa_core::key::{KeySpec, parse_pem};
+
+    let scenario = Scenario::start().await?;
+    let dir = scenario
+        .config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let current = dir.join("current-sa.key");
+    std::fs::write(&current, scenario.first_key.to_pem())?;
+    let stranger = dir.join("stranger-sa.key");
+    std::fs::write(&stranger, AwsLc::new().generate(KeySpec::Rsa2048)?.to_pem())?;
+    let kubeconfig = scenario.kubeconfig.to_string_lossy().into_owned();
+    let import = |rotation: &str, key: &std::path::Path| {
+        scenario.ksa(&[
+            "keys",
+            "import",
+            "--rotation",
+            rotation,
+            "-n",
+            NAMESPACE,
+            "--key",
+            &key.to_string_lossy(),
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+    };
+    let secrets = Api::<Secret>::namespaced(scenario.client.clone(), NAMESPACE);
+    let held_key = |secret: &Secret, entry: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(entry))
+            .and_then(|pem| parse_pem(&pem.0).ok())
+            .and_then(|keys| keys.private_keys().next().map(|k| k.kid().to_string()))
+    };
+    let kid = scenario.first_key.kid().to_string();
+
+    // The cluster's key: both Secrets, checked on the one instance.
+    let output = import("onboarded", &current)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stdout.contains("wrote Secret ")
+            && stdout
+                .contains("onboarded-apiserver-keys (sa.key, sa.pub), which the API servers mount")
+            && stdout.contains("checked on 1 API server instance(s)"),
+        "{stdout}"
+    );
+    let mounted = secrets.get("onboarded-apiserver-keys").await?;
+    ensure!(
+        held_key(&mounted, "sa.key").as_deref() == Some(kid.as_str()),
+        "sa.key is not the imported key"
+    );
+    let labels = mounted.metadata.labels.clone().unwrap_or_default();
+    ensure!(
+        labels.get("ksa.dev/rotation").map(String::as_str) == Some("onboarded")
+            && labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("ksa"),
+        "labels {labels:?}"
+    );
+    let stored = secrets.get("onboarded-signing-key-v1").await?;
+    ensure!(
+        held_key(&stored, "key.pem").as_deref() == Some(kid.as_str()),
+        "the key Secret holds another key"
+    );
+    // Again: nothing changes.
+    let again = import("onboarded", &current)?;
+    ensure!(again.status.success(), "a repeated import failed");
+    ensure!(
+        String::from_utf8_lossy(&again.stdout).contains("already holds this key"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+
+    // A key the cluster does not sign with: refused, nothing written.
+    let output = import("stranger", &stranger)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stderr.contains("is not the key the cluster signs with and accepts today")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    for name in ["stranger-signing-key-v1", "stranger-apiserver-keys"] {
+        ensure!(
+            secrets.get_opt(name).await?.is_none(),
+            "{name} was written for a key not in use"
+        );
+    }
+
+    // An API server key Secret that holds another key: refused before the
+    // key Secret is written.
+    let planted = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("planted-apiserver-keys".into()),
+            ..Default::default()
+        },
+        string_data: Some(std::collections::BTreeMap::from([(
+            "sa.key".to_owned(),
+            std::fs::read_to_string(&stranger)?,
+        )])),
+        ..Secret::default()
+    };
+    secrets.create(&Default::default(), &planted).await?;
+    let output = import("planted", &current)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stderr.contains("planted-apiserver-keys, which the API servers mount, holds kid")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    ensure!(
+        secrets.get_opt("planted-signing-key-v1").await?.is_none(),
+        "the key Secret was written although the import was refused"
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! `ksa keys generate`, `ksa keys jwks` and `ksa keys import`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
@@ -7,9 +8,14 @@ use std::path::Path;
 use anyhow::Context as _;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::instances::in_use_everywhere;
 use ksa_core::jwk::Jwks;
 use ksa_core::key::{Algorithm, KeySpec, PrivateKey, PublicKey, parse_pem};
-use ksa_kube::keystore::KeyStore;
+use ksa_core::rotation::Observation;
+use ksa_kube::api::{ClusterRef, KSASigningKeyRotation, SecretKeyRef};
+use ksa_kube::cluster::TargetCluster;
+use ksa_kube::keystore::{ApiServerKeysImport, KeyStore, default_key_secret};
+use kube::api::Api;
 
 use crate::args::{Alg, Format, KeysCommand, KubeArgs};
 use crate::connection::Connection;
@@ -29,6 +35,7 @@ pub fn run(command: KeysCommand) -> Outcome {
             namespace,
             key,
             key_version,
+            kubeconfig_secret,
             kube,
             output,
         } => import(ImportArgs {
@@ -36,6 +43,7 @@ pub fn run(command: KeysCommand) -> Outcome {
             namespace,
             key,
             version: KeyVersion::new(key_version),
+            kubeconfig_secret,
             kube,
             output,
         }),
@@ -122,6 +130,7 @@ struct ImportArgs {
     /// A path, or `-` for stdin.
     key: String,
     version: KeyVersion,
+    kubeconfig_secret: Option<String>,
     kube: KubeArgs,
     output: Format,
 }
@@ -173,18 +182,63 @@ fn import(args: ImportArgs) -> Outcome {
             .namespace
             .clone()
             .unwrap_or_else(|| connection.config.default_namespace.clone());
-        let listed = listed_by_api_server(&connection.client, key.kid()).await;
-        if listed == Some(false) {
-            eprintln!(
-                "warning: the API server at {} does not list kid {} in /openid/v1/jwks: if this \
-                 is the cluster the key is for, it is not the key the cluster signs with (its \
-                 tokens would be rejected once a rotation publishes the keys ksa stores)",
-                connection.config.cluster_url,
-                key.kid()
-            );
-        }
+        // Nothing is written until every API server instance of the
+        // cluster shows that it signs with this key and lists it.
+        let rotation = Api::<KSASigningKeyRotation>::namespaced(connection.client.clone(), &namespace)
+            .get_opt(&args.rotation)
+            .await
+            .ok()
+            .flatten();
+        let cluster = user_cluster(&args, rotation.as_ref(), &namespace)?;
+        let own = TargetCluster::new(connection.client.clone(), connection.config.clone());
+        let target = TargetCluster::connect(&own, &connection.client, &namespace, cluster.as_ref())
+            .await
+            .map_err(|e| Failure::from(anyhow::Error::new(e).context("reaching the user cluster")))?;
+        let views = target
+            .observe_api_servers(
+                &BTreeMap::from([(args.version, key.public_key().clone())]),
+                &Observation {
+                    api_servers: true,
+                    signing: true,
+                    ..Observation::default()
+                },
+                None,
+            )
+            .await
+            .map_err(|e| {
+                Failure::from(
+                    anyhow::Error::new(e).context("asking the API server instances which key they use"),
+                )
+            })?;
+        in_use_everywhere(&views, args.version).map_err(|not_in_use| {
+            Failure::bad_input(anyhow::anyhow!(
+                "--key {}: kid {} is not the key the cluster signs with and accepts today: {} did \
+                 not both sign a fresh token with it and list it in /openid/v1/jwks; give the API \
+                 servers' current sa.key (nothing was changed)",
+                args.key,
+                key.kid(),
+                not_in_use
+            ))
+        })?;
         let store = KeyStore::new(connection.client.clone(), &namespace, &args.rotation);
         let secret = store.secret_name(args.version);
+        // The Secret the API servers mount, holding this key alone: one
+        // that holds another is refused before anything is written.
+        let key_secret = rotation
+            .as_ref()
+            .and_then(|r| r.spec.rollout.key_secret.clone())
+            .unwrap_or_else(|| default_key_secret(&args.rotation));
+        if let Some(ApiServerKeysImport::HoldsAnother { kid }) = store
+            .api_server_keys_hold(&key_secret, &key)
+            .await
+            .map_err(|error| {
+                Failure::from(
+                    anyhow::Error::new(error).context(format!("reading Secret {namespace}/{key_secret}")),
+                )
+            })?
+        {
+            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key));
+        }
         let imported = store_key(&store, args.version, &key)
             .await
             .map_err(|e| match e {
@@ -198,27 +252,57 @@ fn import(args: ImportArgs) -> Outcome {
                         .context(format!("storing the key in Secret {namespace}/{secret}")),
                 ),
             })?;
+        let mounted = store
+            .import_api_server_keys(&key_secret, args.version, &key)
+            .await
+            .map_err(|error| {
+                Failure::from(
+                    anyhow::Error::new(error)
+                        .context(format!("writing Secret {namespace}/{key_secret}")),
+                )
+            })?;
+        if let ApiServerKeysImport::HoldsAnother { kid } = &mounted {
+            // Made by someone else between the check and the write.
+            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key));
+        }
+        let instances: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
         let json = serde_json::json!({
             "rotation": args.rotation,
             "namespace": namespace,
             "secret": secret,
             "keyVersion": args.version.get(),
             "kid": key.kid().to_string(),
-            "changed": imported == Imported::Stored,
-            "listedByApiServer": listed,
+            "changed": imported == Imported::Stored || mounted == ApiServerKeysImport::Created,
+            "apiServerKeySecret": key_secret,
+            "checkedOn": instances,
         });
         let text = match args.output {
-            Format::Text => match imported {
-                Imported::Stored => format!(
-                    "imported key version {} (kid {}) into Secret {namespace}/{secret}",
-                    args.version,
-                    key.kid()
-                ),
-                Imported::AlreadyThere => format!(
-                    "Secret {namespace}/{secret} already holds this key (kid {}); nothing changed",
-                    key.kid()
-                ),
-            },
+            Format::Text => {
+                let stored = match imported {
+                    Imported::Stored => format!(
+                        "imported key version {} (kid {}) into Secret {namespace}/{secret}",
+                        args.version,
+                        key.kid()
+                    ),
+                    Imported::AlreadyThere => format!(
+                        "Secret {namespace}/{secret} already holds this key (kid {})",
+                        key.kid()
+                    ),
+                };
+                let mounted = match mounted {
+                    ApiServerKeysImport::Created => format!(
+                        "wrote Secret {namespace}/{key_secret} (sa.key, sa.pub), which the API servers mount"
+                    ),
+                    _ => format!(
+                        "Secret {namespace}/{key_secret}, which the API servers mount, already holds this key"
+                    ),
+                };
+                format!(
+                    "{stored}\n{mounted}\nchecked on {} API server instance(s), each signing with it and listing it: {}",
+                    instances.len(),
+                    instances.join(", ")
+                )
+            }
             Format::Json => serde_json::to_string_pretty(&json)?,
             Format::Yaml => serde_saphyr::to_string(&json)?,
         };
@@ -226,19 +310,55 @@ fn import(args: ImportArgs) -> Outcome {
     })
 }
 
-/// Whether the API server's `/openid/v1/jwks` lists `kid`; `None` when it
-/// cannot be read.
-async fn listed_by_api_server(client: &kube::Client, kid: &ksa_core::KeyId) -> Option<bool> {
-    let request = http::Request::get("/openid/v1/jwks")
-        .body(Vec::new())
-        .ok()?;
-    let text = client.request_text(request).await.ok()?;
-    let jwks: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let keys = jwks.get("keys")?.as_array()?;
-    Some(
-        keys.iter()
-            .any(|k| k.get("kid").and_then(|v| v.as_str()) == Some(kid.as_str())),
-    )
+/// The refusal of an import whose API server key Secret holds another key.
+fn holds_another(
+    namespace: &str,
+    key_secret: &str,
+    kid: Option<&str>,
+    key: &PrivateKey,
+) -> Failure {
+    Failure::bad_input(anyhow::anyhow!(
+        "Secret {namespace}/{key_secret}, which the API servers mount, holds {} as sa.key, not \
+         kid {}: ksa writes the signing key only into a Secret that holds the key it imports; \
+         delete it, or point the rotation's spec.rollout.keySecret at another (nothing was changed)",
+        kid.map_or("no key".to_owned(), |kid| format!("kid {kid}")),
+        key.kid(),
+    ))
+}
+
+/// The user cluster whose API servers sign with the key: `--kubeconfig-secret`,
+/// else the rotation resource's, else (`None`) the cluster --kubeconfig
+/// names. The two named must agree.
+fn user_cluster(
+    args: &ImportArgs,
+    rotation: Option<&KSASigningKeyRotation>,
+    namespace: &str,
+) -> Result<Option<ClusterRef>, Failure> {
+    let named = rotation.and_then(|r| r.spec.cluster.clone());
+    let Some(flag) = &args.kubeconfig_secret else {
+        return Ok(named);
+    };
+    if !ksa_kube::names::is_dns1123_subdomain(flag) {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--kubeconfig-secret {flag:?}: not a Secret name (lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    if let Some(named) = &named
+        && named.kubeconfig_secret.name != *flag
+    {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--kubeconfig-secret {flag}: rotation {namespace}/{} reaches its user cluster through \
+             Secret {}; give that one, or leave the flag out (nothing was changed)",
+            args.rotation,
+            named.kubeconfig_secret.name
+        )));
+    }
+    Ok(Some(ClusterRef {
+        kubeconfig_secret: SecretKeyRef {
+            name: flag.clone(),
+            key: named.map_or_else(|| "value".to_owned(), |n| n.kubeconfig_secret.key),
+        },
+    }))
 }
 
 #[derive(Debug)]
