@@ -38,9 +38,21 @@ const LONG_VERSION: &str = concat!(
     propagate_version = true
 )]
 pub struct Cli {
-    /// Log what ksa does to stderr (or set KSA_LOG=debug).
-    #[arg(long, short, global = true)]
-    pub verbose: bool,
+    /// Log to stderr, as kubectl's -v: -v alone or -v=4 says what ksa
+    /// does; -v=6 adds each request, -v=8 everything (0: errors only, the
+    /// default). KSA_LOG (a tracing filter) wins.
+    #[arg(
+        short = 'v',
+        long = "v",
+        visible_alias = "verbose",
+        global = true,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "4",
+        value_parser = clap::value_parser!(u8).range(0..=10),
+    )]
+    pub verbosity: Option<u8>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,16 +83,23 @@ pub enum Command {
     /// target.
     #[command(after_help = "Examples:\n  ksa version\n  ksa version -o json")]
     Version {
+        /// Output format: text (one line), json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
     /// Print shell completions (for `kubectl ksa`, install the
     /// kubectl_complete-ksa binary on the PATH instead).
     #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Write man pages (one per command) into a directory.
     #[command(hide = true)]
-    Man { out: PathBuf },
+    Man {
+        /// The directory to write the man pages into.
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,12 +130,7 @@ pub enum CredentialsCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The user cluster config file (gkectl format).
-    #[arg(
-        long,
-        value_name = "USER_CLUSTER_CONFIG",
-        required_unless_present = "pki_dir",
-        conflicts_with = "pki_dir"
-    )]
+    #[arg(long, value_name = "USER_CLUSTER_CONFIG", conflicts_with = "pki_dir")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -173,12 +187,7 @@ pub enum RotationCommand {
         cluster: ClusterArgs,
         /// With --pki-dir: kubeadm's static pod manifests
         /// (/etc/kubernetes/manifests), edited at each step.
-        #[arg(
-            long,
-            value_name = "DIR",
-            requires = "pki_dir",
-            required_unless_present = "config"
-        )]
+        #[arg(long, value_name = "DIR", requires = "pki_dir")]
         manifests_dir: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -219,6 +228,8 @@ pub enum RotationCommand {
     Status {
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Output format: text (the status line on stdout, where it stands
+        /// on stderr), json or yaml (the status with its line).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
         /// Keep printing each new status line until the rotation completes.
@@ -245,12 +256,7 @@ pub enum IssuerCommand {
         cluster: ClusterArgs,
         /// With --pki-dir: kubeadm's static pod manifests
         /// (/etc/kubernetes/manifests), edited at each step.
-        #[arg(
-            long,
-            value_name = "DIR",
-            requires = "pki_dir",
-            required_unless_present = "config"
-        )]
+        #[arg(long, value_name = "DIR", requires = "pki_dir")]
         manifests_dir: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -282,6 +288,8 @@ pub enum IssuerCommand {
     Status {
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Output format: text (the status line on stdout, where it stands
+        /// on stderr), json or yaml (the status with its line).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
         /// Keep printing each new status line until the rotation completes.
@@ -313,6 +321,7 @@ pub enum StatusCommand {
     Decode {
         /// The status line, or - to read stdin.
         text: Option<String>,
+        /// Output format: json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
         output: DataFormat,
     },
@@ -333,6 +342,7 @@ pub enum KeysCommand {
         after_help = "Examples:\n  ksa keys generate --algorithm RS256 --bits 3072 --out /etc/kubernetes/pki/new\n  ksa keys generate --algorithm ES256 --out ."
     )]
     Generate {
+        /// The key's algorithm: RS256 (RSA) or ES256 (ECDSA P-256).
         #[arg(long, value_enum, default_value_t = Alg::Rs256)]
         algorithm: Alg,
         /// RSA modulus size: 2048, 3072 or 4096.
@@ -345,6 +355,8 @@ pub enum KeysCommand {
         /// Replace existing files (a symlink is replaced, never followed).
         #[arg(long)]
         force: bool,
+        /// Output format: text, json or yaml (the files written and the
+        /// key's kid).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -354,6 +366,7 @@ pub enum KeysCommand {
         /// PEM files: public or private keys, several blocks each; - for stdin.
         #[arg(required = true)]
         files: Vec<String>,
+        /// Output format: json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
         output: DataFormat,
     },
@@ -384,6 +397,8 @@ pub enum KeysCommand {
         key_version: u64,
         #[command(flatten)]
         kube: KubeArgs,
+        /// Output format: text, json or yaml (the Secret, the kid and
+        /// whether anything changed).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -396,6 +411,7 @@ pub enum TokenCommand {
     Decode {
         /// The token, or - for stdin.
         token: Option<String>,
+        /// Output format: json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
         output: DataFormat,
     },
@@ -431,6 +447,7 @@ pub enum TokenCommand {
         /// would be valid forever); refused by default.
         #[arg(long)]
         allow_no_exp: bool,
+        /// Output format: text (the verdict for people), json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -457,10 +474,14 @@ pub enum TokenCommand {
 pub enum MintKind {
     /// A legacy (Secret) token: no expiry.
     Legacy {
+        /// The service account's namespace.
         #[arg(long)]
         namespace: String,
+        /// The service account's name.
         #[arg(long)]
         service_account: String,
+        /// The service account's UID (`kubectl get sa NAME -o
+        /// jsonpath='{.metadata.uid}'`).
         #[arg(long)]
         uid: String,
         /// The Secret the token is for.
@@ -469,18 +490,62 @@ pub enum MintKind {
     },
     /// A bound token, as TokenRequest issues.
     Bound {
+        /// The token's issuer (iss): the API servers'
+        /// --service-account-issuer.
         #[arg(long)]
         issuer: String,
+        /// An audience (aud) of the token; repeat for several.
         #[arg(long, required = true)]
         audience: Vec<String>,
+        /// The service account's namespace.
         #[arg(long)]
         namespace: String,
+        /// The service account's name.
         #[arg(long)]
         service_account: String,
+        /// The service account's UID (`kubectl get sa NAME -o
+        /// jsonpath='{.metadata.uid}'`).
         #[arg(long)]
         uid: String,
         /// Lifetime, at least 10m (e.g. 1h).
         #[arg(long, default_value = "1h")]
         expiration: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every flag and argument of every command, hidden ones included, as
+    /// `PATH: --flag`, that `--help` would show with no text.
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = arg
+                    .get_long()
+                    .map(|long| format!("--{long}"))
+                    .unwrap_or_else(|| arg.get_id().to_string());
+                missing.push(format!("{path}: {name}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_flag_of_every_command_has_help() {
+        let mut command = super::Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        without_help(&command, "ksa", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -163,6 +163,7 @@ pub fn run(request: Request) -> Outcome {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    check_target(&request)?;
     runtime.block_on(async {
         match request {
             Request::Rotate(args) => {
@@ -182,7 +183,7 @@ pub fn run(request: Request) -> Outcome {
                         crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
                             pki_dir: pki_dir.clone(),
                             manifests_dir: args.manifests_dir.clone().unwrap_or_default(),
-                            kube_config: Connection::open(&args.cluster.kube).await?.config,
+                            connection: Connection::open(&args.cluster.kube).await?,
                             skip_prompt: args.skip_prompt,
                             wait: args.wait,
                             timeout: args
@@ -219,6 +220,32 @@ pub fn run(request: Request) -> Outcome {
             } => status(cluster, output, watch, issuer).await,
         }
     })
+}
+
+/// What to give when the command line names no cluster: clap would say
+/// only which flags are missing, not what a user has.
+const NO_TARGET: &str = "which cluster? Give a user cluster: --config USER_CLUSTER_CONFIG (its gkectl \
+config file) with --kubeconfig ADMIN_KUBECONFIG (the admin cluster that runs ksa-controller); \
+or a kubeadm control plane: --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests \
+--kubeconfig /etc/kubernetes/admin.conf. See --help for examples";
+
+/// Refuses a command line that names no cluster, or a kubeadm one without
+/// its manifests, saying what to give.
+fn check_target(request: &Request) -> Result<(), Failure> {
+    let (cluster, manifests_dir) = match request {
+        Request::Rotate(args) => (&args.cluster, Some(&args.manifests_dir)),
+        Request::Status { cluster, .. } => (cluster, None),
+    };
+    if cluster.config.is_none() && cluster.pki_dir.is_none() {
+        return Err(Failure::bad_input(anyhow::anyhow!(NO_TARGET)));
+    }
+    if cluster.pki_dir.is_some() && manifests_dir.is_some_and(Option::is_none) {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--pki-dir needs --manifests-dir: kubeadm's static pod manifests \
+             (/etc/kubernetes/manifests), which ksa edits at each step"
+        )));
+    }
+    Ok(())
 }
 
 struct Target {
@@ -295,13 +322,65 @@ async fn user_cluster(target: &Target) -> Result<TargetCluster, Failure> {
                 key: target.config.kubeconfig_secret_key.clone(),
             },
         });
-    Ok(TargetCluster::connect(
+    TargetCluster::connect(
         &own,
         &target.client,
         &target.config.namespace,
         cluster_ref.as_ref(),
     )
-    .await?)
+    .await
+    .map_err(|error| kubeconfig_secret_error(target, error))
+}
+
+/// Why the user cluster's kubeconfig Secret could not be read, naming the
+/// Secret, the config field and what to do.
+fn kubeconfig_secret_error(target: &Target, error: ksa_kube::Error) -> Failure {
+    let config = &target.config;
+    let (Some(name), ksa_kube::Error::Kube(kube::Error::Api(status))) =
+        (&config.kubeconfig_secret, &error)
+    else {
+        return match error {
+            ksa_kube::Error::Kube(error) => target.connection.unreachable(error),
+            other => Failure::bad_input(other),
+        };
+    };
+    let namespace = &config.namespace;
+    match status.code {
+        404 => Failure::bad_input(anyhow::anyhow!(
+            "the user cluster's kubeconfig Secret {namespace}/{name} \
+             (ksaSigningKeyRotation.kubeconfigSecret in --config) does not exist in the admin \
+             cluster {}: create it with `kubectl create secret generic {name} -n {namespace} \
+             --from-file={}=USER_CLUSTER_KUBECONFIG`, or name the right Secret in \
+             kubeconfigSecret; nothing was changed",
+            target.connection.describe(),
+            config.kubeconfig_secret_key,
+        )),
+        403 => Failure::from(anyhow::anyhow!(
+            "reading the user cluster's kubeconfig Secret {namespace}/{name} is forbidden ({}): \
+             ask for a Role that grants get on secrets in namespace {namespace}; nothing was changed",
+            status.message
+        )),
+        _ => match error {
+            ksa_kube::Error::Kube(error) => target.connection.unreachable(error),
+            other => Failure::from(other),
+        },
+    }
+}
+
+/// An error of the user cluster's API servers, naming where they are: the
+/// server of the kubeconfig Secret, or the admin cluster itself.
+fn user_cluster_error(target: &Target, cluster: &TargetCluster, error: ksa_kube::Error) -> Failure {
+    let ksa_kube::Error::Kube(error) = error else {
+        return Failure::from(error);
+    };
+    match &target.config.kubeconfig_secret {
+        Some(secret) => Failure::from(anyhow::Error::new(error).context(format!(
+            "the user cluster's API server {} (from the kubeconfig in Secret {}/{secret})",
+            cluster.url(),
+            target.config.namespace
+        ))),
+        None => target.connection.unreachable(error),
+    }
 }
 
 /// The issuer the user cluster signs with before ksa ever changed it: the
@@ -424,8 +503,9 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
     // Who the rotation affects and who it could break, from the live
     // cluster, before anything changes.
     let cluster = user_cluster(&target).await?;
-    let plan =
-        ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now()).await?;
+    let plan = ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now())
+        .await
+        .map_err(|error| user_cluster_error(&target, &cluster, error))?;
     if args.dry_run {
         return crate::plan::print(&plan, args.output);
     }
@@ -529,6 +609,14 @@ fn explanation(
 /// or the request's own error.
 fn refused(error: kube::Error, verb: &str, namespace: &str) -> Failure {
     match super::preflight::forbidden(error, verb, namespace) {
+        Ok(kube::Error::Api(status)) if status.code == 404 && verb == "create" => {
+            Failure::bad_input(anyhow::anyhow!(
+                "namespace {namespace} does not exist in the admin cluster ({}): create it \
+                 (kubectl create namespace {namespace}) or name the rotation's namespace with -n \
+                 or ksaSigningKeyRotation.namespace; nothing was changed",
+                ksa_kube::error::describe(&kube::Error::Api(status))
+            ))
+        }
         Ok(other) => conflict_is_busy(other),
         Err(forbidden) => forbidden,
     }
@@ -662,7 +750,9 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
     let target = connect(&args).await?;
     let resource = target.api.get_opt(&target.config.name).await?.ok_or_else(|| {
         anyhow::anyhow!(
-            "no KSASigningKeyRotation {} in namespace {}: no rotation has been started for this cluster",
+            "no KSASigningKeyRotation {} in namespace {}: no rotation has been started for this \
+             cluster (start one with `ksa update credentials ksa-signing-key rotate --config \
+             CONFIG`, or name the namespace it is in with -n)",
             target.config.name,
             target.config.namespace
         )

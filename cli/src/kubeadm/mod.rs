@@ -87,7 +87,9 @@ const PRIVATE_KEY_FILE: &str = "service-account-private-key-file";
 pub struct RotateRequest {
     pub pki_dir: PathBuf,
     pub manifests_dir: PathBuf,
-    pub kube_config: kube::Config,
+    /// The cluster's API servers, through `--kubeconfig`; its errors name
+    /// the server URL, the context and the kubeconfig.
+    pub connection: crate::connection::Connection,
     pub skip_prompt: bool,
     pub wait: bool,
     /// `--timeout`; `None`: the longest the rotation takes when nothing
@@ -140,11 +142,14 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )));
         }
         let started = start(&state, &request, manifests).await?;
+        request.connection.check().await?;
         let cluster = TargetCluster::new(
-            kube::Client::try_from(request.kube_config.clone())?,
-            request.kube_config.clone(),
+            request.connection.client.clone(),
+            request.connection.config.clone(),
         );
-        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now())
+            .await
+            .map_err(|error| at_server(&request.connection, error))?;
         return crate::plan::print(&plan, request.output);
     }
     let locked = LockedState::lock(&pki.dir)?;
@@ -171,11 +176,16 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )))
         })?;
     }
-    let client = kube::Client::try_from(request.kube_config.clone())?;
-    let cluster = TargetCluster::new(client, request.kube_config.clone());
+    let cluster = TargetCluster::new(
+        request.connection.client.clone(),
+        request.connection.config.clone(),
+    );
     if state.is_completed() {
         let started = start(&state, &request, manifests).await?;
-        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
+        request.connection.check().await?;
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now())
+            .await
+            .map_err(|error| at_server(&request.connection, error))?;
         crate::plan::check_outside_holders(
             &plan,
             request.skip_prompt,
@@ -240,7 +250,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
-                Err(error) => return Err(pass_failure(&pki, &state, error)),
+                Err(error) => return Err(pass_failure(&pki, &request.connection, &state, error)),
             };
         let waiting_on_servers = last.as_ref().is_some_and(|(next, effects)| {
             *next == pass.plan.next && *effects == pass.plan.effects
@@ -403,11 +413,28 @@ fn explanation(
     }
 }
 
+/// An error of the cluster's API servers, naming the server URL, the
+/// context and the kubeconfig.
+fn at_server(connection: &crate::connection::Connection, error: ksa_kube::Error) -> Failure {
+    match error {
+        ksa_kube::Error::Kube(error) => connection.unreachable(error),
+        other => Failure::from(other),
+    }
+}
+
 /// What the CLI reports for a pass that stopped.
-fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmError>) -> Failure {
+fn pass_failure(
+    pki: &PkiDir,
+    connection: &crate::connection::Connection,
+    state: &RotationState,
+    error: PassError<KubeadmError>,
+) -> Failure {
     match error {
         PassError::Observe(KubeadmError::Cluster(error)) => anyhow::Error::new(error)
-            .context("observing the API servers; run the same command again to resume")
+            .context(format!(
+                "observing the API servers ({}); run the same command again to resume",
+                connection.describe()
+            ))
             .into(),
         PassError::MissingKey(version) => Failure::bad_input(anyhow::anyhow!(
             "{} is missing, but step {} of the rotation to key version {} needs it; \
@@ -423,7 +450,9 @@ fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmErr
         PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
             match error {
                 KubeadmError::Files(error) => error.into(),
-                KubeadmError::Cluster(error) => anyhow::Error::new(error).into(),
+                KubeadmError::Cluster(error) => anyhow::Error::new(error)
+                    .context(format!("the API servers ({})", connection.describe()))
+                    .into(),
             }
         }
     }
