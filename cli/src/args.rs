@@ -421,7 +421,12 @@ pub enum TokenCommand {
         "Examples:\n",
         "  kubectl get --raw /openid/v1/jwks > jwks.json\n",
         "  kubectl create token app | ksa token verify - --jwks jwks.json --issuer https://kubernetes.default.svc.cluster.local\n",
-        "  ksa token verify \"$TOKEN\" --public-key sa.pub --at 2026-01-01T00:00:00Z -o json"
+        "  ksa token verify \"$TOKEN\" --public-key sa.pub --at 2026-01-01T00:00:00Z -o json\n",
+        "  ksa token verify \"$TOKEN\" --rotation user-cluster-1 -n user-cluster-1 --kubeconfig admin.kubeconfig\n\n",
+        "keyVersion (json, yaml; `key version:` in text) is the rotation's version of the key that\n",
+        "verified the token when ksa knows it: from --rotation, from a --public-key file named\n",
+        "sa-vN.pub or sa-vN.key, or from another key of the same kid that has one. A JWKS names kids\n",
+        "only: with --jwks alone it is null."
     ))]
     Verify {
         /// The token, or - for stdin.
@@ -431,9 +436,22 @@ pub enum TokenCommand {
         /// host and port; when it cannot be fetched, ksa exits 4.
         #[arg(long)]
         jwks: Vec<String>,
-        /// A PEM file of public (or private) keys.
+        /// A PEM file of public (or private) keys. Named as ksa names key
+        /// versions in a kubeadm pki directory (sa-v2.pub, sa-v2.key), its
+        /// keys are of that version.
         #[arg(long = "public-key")]
         public_key: Vec<PathBuf>,
+        /// The rotation (KSASigningKeyRotation) whose key Secrets say each
+        /// key's version, read from the admin cluster; with no --jwks or
+        /// --public-key, its keys are the keys trusted.
+        #[arg(long, value_name = "NAME")]
+        rotation: Option<String>,
+        /// The rotation's namespace, with --rotation; default: the
+        /// kubeconfig context's.
+        #[arg(long, short = 'n', value_name = "NAMESPACE", requires = "rotation")]
+        namespace: Option<String>,
+        #[command(flatten)]
+        kube: KubeArgs,
         /// Accepted issuer; repeat for several. None: any issuer.
         #[arg(long)]
         issuer: Vec<String>,

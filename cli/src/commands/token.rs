@@ -22,6 +22,9 @@ pub fn run(command: TokenCommand) -> Outcome {
             token,
             jwks,
             public_key,
+            rotation,
+            namespace,
+            kube,
             issuer,
             audience,
             at,
@@ -29,7 +32,14 @@ pub fn run(command: TokenCommand) -> Outcome {
             output,
         } => {
             let token = crate::input::argument(token, "token")?;
-            let trusted = trusted_keys(&jwks, &public_key)?;
+            let rotation_keys = match &rotation {
+                Some(name) => Some(rotation_keys(name, namespace.as_deref(), &kube)?),
+                None => None,
+            };
+            let trusted = with_versions(
+                trusted_keys(&jwks, &public_key, rotation_keys.is_some())?,
+                rotation_keys.as_deref().unwrap_or_default(),
+            );
             let at = match at {
                 Some(text) => parse_time(&text)?,
                 None => jiff::Timestamp::now().as_second(),
@@ -65,10 +75,96 @@ pub fn run(command: TokenCommand) -> Outcome {
     }
 }
 
+/// The keys of rotation `name` (`--rotation`), each with its version, read
+/// from its key Secrets in the admin cluster. When they cannot be read the
+/// token is not checked (4): the verdict would lack what was asked for.
+fn rotation_keys(
+    name: &str,
+    namespace: Option<&str>,
+    kube: &crate::args::KubeArgs,
+) -> Result<Vec<TrustedKey>, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = crate::connection::Connection::open(kube).await?;
+        let namespace = namespace.unwrap_or(&connection.config.default_namespace);
+        let store = ksa_kube::keystore::KeyStore::new(connection.client.clone(), namespace, name);
+        let keys = store.public_keys().await.map_err(|error| {
+            let error = match error {
+                ksa_kube::Error::Kube(error) => connection.unreachable(error).error,
+                other => anyhow::Error::new(other),
+            };
+            Failure::cannot_check(error.context(format!(
+                "reading the key versions of rotation {namespace}/{name} (--rotation); the token \
+                 was not checked"
+            )))
+        })?;
+        if keys.is_empty() {
+            eprintln!(
+                "warning: rotation {namespace}/{name} has no key Secrets \
+                 ({name}-signing-key-vN): no key version is known from it"
+            );
+        }
+        Ok(keys
+            .into_iter()
+            .map(|(version, key)| TrustedKey::derived(key).with_version(version))
+            .collect())
+    })
+}
+
+/// The version a key file's name gives, as ksa names the key files of a
+/// kubeadm pki directory: `sa-v2.pub`, `sa-v2.key`.
+fn version_of_file(path: &std::path::Path) -> Option<ksa_core::KeyVersion> {
+    let name = path.file_name()?.to_str()?;
+    let number = name
+        .strip_prefix("sa-v")?
+        .strip_suffix(".pub")
+        .or_else(|| name.strip_prefix("sa-v")?.strip_suffix(".key"))?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(ksa_core::KeyVersion::new)
+}
+
+/// `trusted`, each key without a version given the version that a key of
+/// the same kid has (among `trusted` and `known`), then the keys of
+/// `known` not trusted yet when `trusted` is empty (`--rotation` alone).
+fn with_versions(trusted: Vec<TrustedKey>, known: &[TrustedKey]) -> Vec<TrustedKey> {
+    let version_of = |kid: &ksa_core::KeyId| {
+        trusted
+            .iter()
+            .chain(known)
+            .find(|key| &key.kid == kid && key.version.is_some())
+            .and_then(|key| key.version)
+    };
+    let versioned: Vec<TrustedKey> = trusted
+        .iter()
+        .map(|key| match (key.version, version_of(&key.kid)) {
+            (None, Some(version)) => key.clone().with_version(version),
+            _ => key.clone(),
+        })
+        .collect();
+    if versioned.is_empty() {
+        known.to_vec()
+    } else {
+        versioned
+    }
+}
+
 /// The keys of every `--jwks` (file or URL) and `--public-key`. A file that
 /// cannot be read or parsed is bad input (2); a URL that cannot be fetched
-/// or does not hold a JWKS means the token cannot be checked (4).
-fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKey>, Failure> {
+/// or does not hold a JWKS means the token cannot be checked (4). None at
+/// all is bad input unless `--rotation` supplies them (`from_rotation`).
+fn trusted_keys(
+    jwks: &[String],
+    public_key: &[PathBuf],
+    from_rotation: bool,
+) -> Result<Vec<TrustedKey>, Failure> {
     let mut trusted = Vec::new();
     for source in jwks {
         if source.starts_with("https://") || source.starts_with("http://") {
@@ -95,11 +191,18 @@ fn trusted_keys(jwks: &[String], public_key: &[PathBuf]) -> Result<Vec<TrustedKe
         let keys = parse_pem(&crate::input::read_file(&path.display().to_string())?)
             .with_context(|| format!("--public-key {}", path.display()))
             .map_err(Failure::bad_input)?;
-        trusted.extend(keys.public_keys().cloned().map(TrustedKey::derived));
+        let version = version_of_file(path);
+        trusted.extend(keys.public_keys().cloned().map(|key| {
+            let key = TrustedKey::derived(key);
+            match version {
+                Some(version) => key.with_version(version),
+                None => key,
+            }
+        }));
     }
-    if trusted.is_empty() {
+    if trusted.is_empty() && !from_rotation {
         return Err(Failure::bad_input(anyhow::anyhow!(
-            "no keys to verify against; pass --jwks FILE|URL or --public-key PEM"
+            "no keys to verify against; pass --jwks FILE|URL, --public-key PEM or --rotation NAME"
         )));
     }
     Ok(trusted)
@@ -215,13 +318,17 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
                 .map(|n| format!("\n  note:      {n}"))
                 .collect();
             format!(
-                "{} {} token\n  kid:       {}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
+                "{} {} token\n  kid:       {}{}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
                 paint("valid", "32"),
                 serde_json::to_value(verified.kind())
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
                 shown(verified.kid.as_str()),
+                verified
+                    .key_version
+                    .map(|version| format!("\n  key version: {version}"))
+                    .unwrap_or_default(),
                 verified.algorithm,
                 text(verified.claims.iss.as_deref()),
                 text(verified.claims.sub.as_deref()),
@@ -364,4 +471,55 @@ fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
         Format::Yaml => serde_saphyr::to_string(&json())?,
     };
     crate::output::finish(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ksa_core::KeyVersion;
+    use ksa_core::crypto::AwsLc;
+    use ksa_core::key::KeySpec;
+
+    #[test]
+    fn ksas_key_file_names_give_the_version() {
+        let version = |name: &str| version_of_file(std::path::Path::new(name)).map(|v| v.get());
+        assert_eq!(version("/etc/kubernetes/pki/sa-v2.pub"), Some(2));
+        assert_eq!(version("sa-v13.key"), Some(13));
+        for name in [
+            "sa.pub",
+            "sa-v.pub",
+            "sa-v0.pub",
+            "sa-v2.pem",
+            "sa-v2x.pub",
+            "my-sa-v2.pub",
+        ] {
+            assert_eq!(version(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_key_takes_the_version_a_key_of_its_kid_has() {
+        let backend = AwsLc::new();
+        let key = |_| {
+            backend
+                .generate(KeySpec::EcP256)
+                .expect("a key")
+                .public_key()
+                .clone()
+        };
+        let (one, two) = (key(1), key(2));
+        // From a JWKS: no versions.
+        let from_jwks = vec![
+            TrustedKey::derived(one.clone()),
+            TrustedKey::derived(two.clone()),
+        ];
+        let known = [TrustedKey::derived(two.clone()).with_version(KeyVersion::new(2))];
+        let keys = with_versions(from_jwks.clone(), &known);
+        let versions: Vec<Option<u64>> = keys.iter().map(|k| k.version.map(|v| v.get())).collect();
+        assert_eq!(versions, [None, Some(2)]);
+        // Nothing else trusted: the rotation's keys.
+        assert_eq!(with_versions(Vec::new(), &known), known.to_vec());
+        // Nothing known: as they were.
+        assert_eq!(with_versions(from_jwks.clone(), &[]), from_jwks);
+    }
 }
