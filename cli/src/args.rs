@@ -64,10 +64,39 @@ pub enum Command {
         #[command(subcommand)]
         what: UpdateCommand,
     },
-    /// Decode a status line.
+    /// Start a rotation of the signing key (short for `update credentials
+    /// ksa-signing-key rotate`).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  kubectl ksa rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --wait\n",
+        "  kubectl ksa rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
+    ))]
+    Rotate(KeyRotateArgs),
+    /// Print what a rotation of the signing key would do, changing nothing
+    /// (short for `update credentials ksa-signing-key rotate --dry-run`).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  kubectl ksa plan --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  kubectl ksa plan --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests -o json"
+    ))]
+    Plan(PlanArgs),
+    /// Print where the key rotation stands (short for `update credentials
+    /// ksa-signing-key status`); `status decode` decodes a status line.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = concat!(
+            "Examples:\n",
+            "  kubectl ksa status --config user-cluster.yaml --kubeconfig admin.kubeconfig -o wide\n",
+            "  kubectl ksa status --config user-cluster.yaml -o jsonpath='{.condition.status}'\n",
+            "  ksa status decode 'State of KSASigningKeyRotation with ...'"
+        )
+    )]
     Status {
         #[command(subcommand)]
-        command: StatusCommand,
+        command: Option<StatusCommand>,
+        #[command(flatten)]
+        args: StatusArgs,
     },
     /// Make keys and key sets in the formats kube-apiserver reads.
     Keys {
@@ -83,9 +112,9 @@ pub enum Command {
     /// target.
     #[command(after_help = "Examples:\n  ksa version\n  ksa version -o json")]
     Version {
-        /// Output format: text (one line), json or yaml.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text (one line), json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
     /// Print shell completions (for `kubectl ksa`, install the
     /// kubectl_complete-ksa binary on the PATH instead).
@@ -172,6 +201,78 @@ pub struct KubeArgs {
     pub request_timeout: String,
 }
 
+// `rotate`: of the key (and with --issuer, of the issuer too).
+#[derive(Args, Debug)]
+pub struct KeyRotateArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With --pki-dir: kubeadm's static pod manifests
+    /// (/etc/kubernetes/manifests), edited at each step.
+    #[arg(long, value_name = "DIR", requires = "pki_dir")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub skip_prompt: bool,
+    /// Follow the rotation to the end, printing each new status line.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
+    /// the rotation goes on; with --wait. Default: the longest the
+    /// rotation can take when nothing holds it (three roll-outs, the
+    /// trust lead time, and the longest refresh window).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Also change the token issuer to this https URL, in the same
+    /// steps (one token refresh for both).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Change nothing: print the plan (API servers, legacy and bound
+    /// tokens, who would be restarted, evicted or cut off, the refresh
+    /// window, each step) from the live cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The plan's format, with --dry-run: text, json, yaml or jsonpath=TEMPLATE.
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, requires = "dry_run")]
+    pub output: Output,
+    /// Go on although legacy tokens used outside the cluster (no pod
+    /// mounts them) will be re-minted, cutting their holders off.
+    #[arg(long)]
+    pub accept_outside_legacy_tokens: bool,
+}
+
+// `status`: where a rotation stands.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format: text (the status line on stdout, where it stands
+    /// on stderr), wide (a table, a column per field), json or yaml
+    /// (the status with its line), or jsonpath=TEMPLATE over the json
+    /// (`-o jsonpath={.condition.status}`).
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = WITH_WIDE)]
+    pub output: Output,
+    /// Keep printing each new status line until the rotation completes.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+}
+
+// `plan`: `rotate --dry-run`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With --pki-dir: kubeadm's static pod manifests
+    /// (/etc/kubernetes/manifests).
+    #[arg(long, value_name = "DIR", requires = "pki_dir")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Plan a change of the token issuer to this https URL too.
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// The plan's format: text, json, yaml or jsonpath=TEMPLATE.
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+    pub output: Output,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RotationCommand {
     /// Start a rotation to the next key version.
@@ -182,42 +283,7 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
         "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
     ))]
-    Rotate {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        /// With --pki-dir: kubeadm's static pod manifests
-        /// (/etc/kubernetes/manifests), edited at each step.
-        #[arg(long, value_name = "DIR", requires = "pki_dir")]
-        manifests_dir: Option<PathBuf>,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        skip_prompt: bool,
-        /// Follow the rotation to the end, printing each new status line.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
-        /// the rotation goes on; with --wait. Default: the longest the
-        /// rotation can take when nothing holds it (three roll-outs, the
-        /// trust lead time, and the longest refresh window).
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<String>,
-        /// Also change the token issuer to this https URL, in the same
-        /// steps (one token refresh for both).
-        #[arg(long, value_name = "URL")]
-        issuer: Option<String>,
-        /// Change nothing: print the plan (API servers, legacy and bound
-        /// tokens, who would be restarted, evicted or cut off, the refresh
-        /// window, each step) from the live cluster.
-        #[arg(long)]
-        dry_run: bool,
-        /// The plan's format, with --dry-run.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
-        output: Format,
-        /// Go on although legacy tokens used outside the cluster (no pod
-        /// mounts them) will be re-minted, cutting their holders off.
-        #[arg(long)]
-        accept_outside_legacy_tokens: bool,
-    },
+    Rotate(KeyRotateArgs),
     /// Print where the rotation stands.
     #[command(after_help = concat!(
         "Examples:\n",
@@ -225,17 +291,7 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml -o json\n",
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --watch"
     ))]
-    Status {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        /// Output format: text (the status line on stdout, where it stands
-        /// on stderr), json or yaml (the status with its line).
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
-        /// Keep printing each new status line until the rotation completes.
-        #[arg(long, short = 'w')]
-        watch: bool,
-    },
+    Status(StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,9 +331,9 @@ pub enum IssuerCommand {
         /// window, each step) from the live cluster.
         #[arg(long)]
         dry_run: bool,
-        /// The plan's format, with --dry-run.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
-        output: Format,
+        /// The plan's format, with --dry-run: text, json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, requires = "dry_run")]
+        output: Output,
     },
     /// Print where the issuer rotation stands.
     #[command(after_help = concat!(
@@ -285,17 +341,96 @@ pub enum IssuerCommand {
         "  ksa update credentials ksa-issuer status --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
         "  ksa update credentials ksa-issuer status --pki-dir /etc/kubernetes/pki -o json"
     ))]
-    Status {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        /// Output format: text (the status line on stdout, where it stands
-        /// on stderr), json or yaml (the status with its line).
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
-        /// Keep printing each new status line until the rotation completes.
-        #[arg(long, short = 'w')]
-        watch: bool,
-    },
+    Status(StatusArgs),
+}
+
+/// `-o` as kubectl takes it: the command's formats among text, wide,
+/// json and yaml, and `jsonpath=TEMPLATE` over its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    /// Text with more: for `status`, a table with a column per field.
+    Wide,
+    Json,
+    Yaml,
+    JsonPath(crate::jsonpath::Template),
+}
+
+/// Parses `-o` into [`Output`], taking the formats in `names` and
+/// `jsonpath=`; the names are what `--help` and completion offer.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputParser {
+    pub names: &'static [&'static str],
+}
+
+/// The formats of a command that prints text or data.
+pub const TEXT_OR_DATA: OutputParser = OutputParser {
+    names: &["text", "json", "yaml"],
+};
+/// ... and a wide table (`status`).
+pub const WITH_WIDE: OutputParser = OutputParser {
+    names: &["text", "wide", "json", "yaml"],
+};
+/// The formats of a command whose output is data only.
+pub const DATA_ONLY: OutputParser = OutputParser {
+    names: &["json", "yaml"],
+};
+
+impl clap::builder::TypedValueParser for OutputParser {
+    type Value = Output;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Output, clap::Error> {
+        let text = value.to_str().unwrap_or_default();
+        let refuse = |why: String| {
+            let flag = arg.map_or("-o".to_owned(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for '{flag}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        if let Some(template) = text.strip_prefix("jsonpath=") {
+            return crate::jsonpath::Template::parse(template)
+                .map(Output::JsonPath)
+                .map_err(refuse);
+        }
+        if text == "jsonpath" {
+            return Err(refuse(
+                "jsonpath needs a template: -o jsonpath='{.statusLine}'".to_owned(),
+            ));
+        }
+        if !self.names.contains(&text) {
+            return Err(refuse(format!(
+                "this command's formats are {} and jsonpath=TEMPLATE",
+                self.names.join(", ")
+            )));
+        }
+        Ok(match text {
+            "text" => Output::Text,
+            "wide" => Output::Wide,
+            "json" => Output::Json,
+            _ => Output::Yaml,
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names
+                .iter()
+                .map(|name| clap::builder::PossibleValue::new(*name))
+                // Completed as far as kubectl's shells complete it.
+                .chain(std::iter::once(clap::builder::PossibleValue::new(
+                    "jsonpath=",
+                ))),
+        ))
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,9 +456,9 @@ pub enum StatusCommand {
     Decode {
         /// The status line, or - to read stdin.
         text: Option<String>,
-        /// Output format: json or yaml.
-        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
-        output: DataFormat,
+        /// Output format: json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "json", value_parser = DATA_ONLY)]
+        output: Output,
     },
 }
 
@@ -411,9 +546,9 @@ pub enum TokenCommand {
     Decode {
         /// The token, or - for stdin.
         token: Option<String>,
-        /// Output format: json or yaml.
-        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
-        output: DataFormat,
+        /// Output format: json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "json", value_parser = DATA_ONLY)]
+        output: Output,
     },
     /// Verify a token against keys; exit 0 when valid, 1 when not, 4 when it
     /// could not be checked.
@@ -465,9 +600,10 @@ pub enum TokenCommand {
         /// would be valid forever); refused by default.
         #[arg(long)]
         allow_no_exp: bool,
-        /// Output format: text (the verdict for people), json or yaml.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text (the verdict for people), json, yaml or
+        /// jsonpath=TEMPLATE (`-o jsonpath={.keyVersion}`).
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
     /// Mint a legacy or bound token from a private key, for recovery and tests.
     #[command(after_help = concat!(
@@ -480,9 +616,9 @@ pub enum TokenCommand {
         #[arg(long)]
         key: PathBuf,
         /// text: the token alone; json or yaml: the token with its kid and
-        /// expiry.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, global = true)]
-        output: Format,
+        /// expiry; or jsonpath=TEMPLATE over the json.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, global = true)]
+        output: Output,
         #[command(subcommand)]
         kind: MintKind,
     },

@@ -14,6 +14,8 @@ use clap::Command;
 pub mod directive {
     /// Let the shell complete file names too.
     pub const DEFAULT: u8 = 0;
+    /// No space after the candidate (`jsonpath=` goes on).
+    pub const NO_SPACE: u8 = 2;
     /// No file names: the candidates are all there is.
     pub const NO_FILE_COMP: u8 = 4;
 }
@@ -106,6 +108,8 @@ fn values_of(arg: &clap::Arg, current: &str) -> (Vec<Candidate>, u8) {
         .collect();
     if arg.get_possible_values().is_empty() {
         (values, directive::DEFAULT)
+    } else if !values.is_empty() && values.iter().all(|v| v.value.ends_with('=')) {
+        (values, directive::NO_FILE_COMP | directive::NO_SPACE)
     } else {
         (values, directive::NO_FILE_COMP)
     }
@@ -189,9 +193,20 @@ mod tests {
         assert_eq!(flags, ["--config", "--context", "--controller-namespace"]);
         assert_eq!(
             complete("update credentials ksa-signing-key status -o ").0,
-            ["text", "json", "yaml"]
+            ["text", "wide", "json", "yaml", "jsonpath="]
+        );
+        assert_eq!(
+            complete("version -o ").0,
+            ["text", "json", "yaml", "jsonpath="]
         );
         assert_eq!(complete("keys generate --algorithm E").0, ["ES256"]);
+        assert_eq!(
+            complete("status -o jsonp"),
+            (
+                vec!["jsonpath=".to_owned()],
+                directive::NO_FILE_COMP | directive::NO_SPACE
+            )
+        );
         // A path: the shell's file names.
         assert_eq!(
             complete("update credentials ksa-signing-key status --config u"),

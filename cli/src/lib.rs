@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod fetch;
 pub mod input;
+pub mod jsonpath;
 pub mod kubeadm;
 mod output;
 pub mod plan;

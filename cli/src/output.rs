@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::io::IsTerminal as _;
 
-use crate::args::DataFormat;
+use crate::args::{DataFormat, Output};
 use crate::{Failure, Outcome};
 
 /// `error: outer: cause: root cause`, each cause once.
@@ -178,6 +178,51 @@ pub fn finish(text: &str) -> Outcome {
     }
 }
 
+/// What `-o` asks for: `value` as JSON, YAML or a jsonpath template, or
+/// `text()` (for `wide` too, where a command has no wider text).
+pub fn render(
+    output: &Output,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> Result<String, Failure>,
+) -> Result<String, Failure> {
+    Ok(match output {
+        Output::Text | Output::Wide => text()?,
+        Output::Json => serde_json::to_string_pretty(value)?,
+        Output::Yaml => serde_saphyr::to_string(value)?,
+        Output::JsonPath(template) => template.render(&serde_json::to_value(value)?),
+    })
+}
+
+/// Rows under upper-case headers, in columns three spaces apart, as
+/// kubectl prints tables (`-o wide`).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(width - cell.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        out.push_str(&line(
+            row.iter().map(|cell| shown(cell).into_owned()).collect(),
+        ));
+    }
+    out
+}
+
 /// Data as JSON or YAML.
 pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String, Failure> {
     Ok(match format {
@@ -188,6 +233,21 @@ pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String,
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tables_are_kubectls() {
+        assert_eq!(
+            super::table(
+                &["name", "step", "waiting for"],
+                &[vec![
+                    "user-cluster-1".into(),
+                    "Trust".into(),
+                    "API servers: 1/3".into()
+                ]]
+            ),
+            "NAME             STEP    WAITING FOR\nuser-cluster-1   Trust   API servers: 1/3\n"
+        );
+    }
 
     #[test]
     fn a_kubernetes_error_is_the_servers_message_once_not_a_debug_dump() {

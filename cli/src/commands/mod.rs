@@ -24,7 +24,16 @@ pub fn run(cli: Cli) -> Outcome {
                     which: CredentialsCommand::KsaIssuer { action },
                 },
         } => rotation::run(action.into()),
-        Command::Status { command } => status::run(command),
+        Command::Rotate(args) => rotation::run(args.into()),
+        Command::Plan(args) => rotation::run(args.into()),
+        Command::Status {
+            command: Some(command),
+            ..
+        } => status::run(command),
+        Command::Status {
+            command: None,
+            args,
+        } => rotation::run(rotation::Request::status(args, false)),
         Command::Version { output } => version(output),
         Command::Keys { command } => keys::run(command),
         Command::Token { command } => token::run(command),
@@ -46,23 +55,21 @@ pub fn run(cli: Cli) -> Outcome {
 }
 
 /// `ksa version`.
-fn version(output: crate::args::Format) -> Outcome {
+fn version(output: crate::args::Output) -> Outcome {
     let json = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("KSA_COMMIT"),
         "commitDate": env!("KSA_COMMIT_DATE"),
         "target": env!("KSA_TARGET"),
     });
-    let text = match output {
-        crate::args::Format::Text => format!(
+    let text = crate::output::render(&output, &json, || {
+        Ok(format!(
             "ksa {} (commit {}, {}, {})",
             env!("CARGO_PKG_VERSION"),
             env!("KSA_COMMIT"),
             env!("KSA_COMMIT_DATE"),
             env!("KSA_TARGET")
-        ),
-        crate::args::Format::Json => serde_json::to_string_pretty(&json)?,
-        crate::args::Format::Yaml => serde_saphyr::to_string(&json)?,
-    };
+        ))
+    })?;
     finish(&text)
 }

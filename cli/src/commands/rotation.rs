@@ -18,7 +18,9 @@ use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
-use crate::args::{ClusterArgs, Format, IssuerCommand, RotationCommand};
+use crate::args::{
+    ClusterArgs, IssuerCommand, KeyRotateArgs, Output, PlanArgs, RotationCommand, StatusArgs,
+};
 use crate::config::UserClusterConfig;
 use crate::connection::Connection;
 use crate::{Failure, Outcome, exit};
@@ -63,7 +65,7 @@ pub struct RotateArgs {
     /// `false` for `ksa-issuer rotate`.
     changes_key: bool,
     dry_run: bool,
-    output: Format,
+    output: Output,
     accept_outside_legacy_tokens: bool,
 }
 
@@ -73,48 +75,75 @@ pub enum Request {
     Rotate(RotateArgs),
     Status {
         cluster: ClusterArgs,
-        output: Format,
+        output: Output,
         watch: bool,
         /// `ksa-issuer status`: the issuer line.
         issuer: bool,
     },
 }
 
+impl From<KeyRotateArgs> for Request {
+    fn from(args: KeyRotateArgs) -> Request {
+        let KeyRotateArgs {
+            cluster,
+            manifests_dir,
+            skip_prompt,
+            wait,
+            timeout,
+            issuer,
+            dry_run,
+            output,
+            accept_outside_legacy_tokens,
+        } = args;
+        Request::Rotate(RotateArgs {
+            cluster,
+            manifests_dir,
+            skip_prompt,
+            wait,
+            timeout,
+            issuer,
+            changes_key: true,
+            dry_run,
+            output,
+            accept_outside_legacy_tokens,
+        })
+    }
+}
+
+impl From<PlanArgs> for Request {
+    fn from(args: PlanArgs) -> Request {
+        Request::Rotate(RotateArgs {
+            cluster: args.cluster,
+            manifests_dir: args.manifests_dir,
+            skip_prompt: true,
+            wait: false,
+            timeout: None,
+            issuer: args.issuer,
+            changes_key: true,
+            dry_run: true,
+            output: args.output,
+            accept_outside_legacy_tokens: false,
+        })
+    }
+}
+
+impl Request {
+    /// `status` of the key rotation (`issuer`: false) or the issuer's.
+    pub fn status(args: StatusArgs, issuer: bool) -> Request {
+        Request::Status {
+            cluster: args.cluster,
+            output: args.output,
+            watch: args.watch,
+            issuer,
+        }
+    }
+}
+
 impl From<RotationCommand> for Request {
     fn from(command: RotationCommand) -> Request {
         match command {
-            RotationCommand::Rotate {
-                cluster,
-                manifests_dir,
-                skip_prompt,
-                wait,
-                timeout,
-                issuer,
-                dry_run,
-                output,
-                accept_outside_legacy_tokens,
-            } => Request::Rotate(RotateArgs {
-                cluster,
-                manifests_dir,
-                skip_prompt,
-                wait,
-                timeout,
-                issuer,
-                changes_key: true,
-                dry_run,
-                output,
-                accept_outside_legacy_tokens,
-            }),
-            RotationCommand::Status {
-                cluster,
-                output,
-                watch,
-            } => Request::Status {
-                cluster,
-                output,
-                watch,
-                issuer: false,
-            },
+            RotationCommand::Rotate(args) => args.into(),
+            RotationCommand::Status(args) => Request::status(args, false),
         }
     }
 }
@@ -144,16 +173,7 @@ impl From<IssuerCommand> for Request {
                 // An issuer rotation re-mints no legacy token.
                 accept_outside_legacy_tokens: false,
             }),
-            IssuerCommand::Status {
-                cluster,
-                output,
-                watch,
-            } => Request::Status {
-                cluster,
-                output,
-                watch,
-                issuer: true,
-            },
+            IssuerCommand::Status(args) => Request::status(args, true),
         }
     }
 }
@@ -194,7 +214,7 @@ pub fn run(request: Request) -> Outcome {
                             issuer,
                             changes_key: args.changes_key,
                             dry_run: args.dry_run,
-                            output: args.output,
+                            output: args.output.clone(),
                             accept_outside_legacy_tokens: args.accept_outside_legacy_tokens,
                         })
                         .await
@@ -211,7 +231,7 @@ pub fn run(request: Request) -> Outcome {
                 output,
                 issuer,
                 ..
-            } => crate::kubeadm::status(&pki_dir, output, issuer),
+            } => crate::kubeadm::status(&pki_dir, &output, issuer),
             Request::Status {
                 cluster,
                 output,
@@ -507,7 +527,7 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
         .await
         .map_err(|error| user_cluster_error(&target, &cluster, error))?;
     if args.dry_run {
-        return crate::plan::print(&plan, args.output);
+        return crate::plan::print(&plan, &args.output);
     }
     crate::plan::check_outside_holders(&plan, args.skip_prompt, args.accept_outside_legacy_tokens)?;
     if !args.skip_prompt {
@@ -746,7 +766,7 @@ async fn follow(
     }
 }
 
-async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) -> Outcome {
+async fn status(args: ClusterArgs, output: Output, watch: bool, issuer: bool) -> Outcome {
     let target = connect(&args).await?;
     let resource = target.api.get_opt(&target.config.name).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -798,7 +818,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
         )
     });
     if issuer {
-        return issuer_status(&status, &resource, output);
+        return issuer_status(&status, &resource, &output);
     }
     // A rotation the spec asks for that has not started is not completed,
     // whatever the last one's line said.
@@ -808,7 +828,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
         .as_deref()
         .filter(|w| w.starts_with("refused"));
     let line = state.status_line_for(requested, refusal.is_some());
-    if output == Format::Text {
+    if output == Output::Text {
         // Standard output is the status line alone, byte for byte (scripts
         // parse it); where the rotation stands goes beside it, for people.
         if line != state.status_line() {
@@ -825,10 +845,10 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
             eprintln!("{}", progress_note(&status, jiff::Timestamp::now()));
         }
     }
+    let value = structured(&status, &resource, &line);
     let text = match output {
-        Format::Text => line.to_string(),
-        Format::Json => serde_json::to_string_pretty(&structured(&status, &resource, &line))?,
-        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource, &line))?,
+        Output::Wide => key_table(&value, jiff::Timestamp::now()),
+        output => crate::output::render(&output, &value, || Ok(line.to_string()))?,
     };
     crate::output::finish(&text)
 }
@@ -854,7 +874,7 @@ fn progress_note(status: &RotationStatus, now: jiff::Timestamp) -> String {
 fn issuer_status(
     status: &RotationStatus,
     resource: &KSASigningKeyRotation,
-    output: Format,
+    output: &Output,
 ) -> Outcome {
     let Some(issuer) = &status.issuer else {
         return Err(Failure::bad_input(anyhow::anyhow!(
@@ -876,12 +896,113 @@ fn issuer_status(
             "statusLine": issuer.status_line,
         })
     };
+    let value = structured();
     let text = match output {
-        Format::Text => issuer.status_line.clone(),
-        Format::Json => serde_json::to_string_pretty(&structured())?,
-        Format::Yaml => serde_saphyr::to_string(&structured())?,
+        Output::Wide => issuer_table(&value),
+        output => crate::output::render(output, &value, || Ok(issuer.status_line.clone()))?,
     };
     crate::output::finish(&text)
+}
+
+/// A JSON value as a table cell: text as it is, nothing as `-`, lists
+/// joined by commas.
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(text) if text.is_empty() => "-".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// How long ago an RFC 3339 time was, as kubectl's AGE column says it.
+fn age(value: &serde_json::Value, now: jiff::Timestamp) -> String {
+    value
+        .as_str()
+        .and_then(|text| text.parse::<jiff::Timestamp>().ok())
+        .map_or("-".to_owned(), |at| {
+            crate::output::age(
+                now.as_second()
+                    .saturating_sub(at.as_second())
+                    .unsigned_abs(),
+            )
+        })
+}
+
+/// `status -o wide`: the key rotation as a kubectl table row.
+pub(crate) fn key_table(value: &serde_json::Value, now: jiff::Timestamp) -> String {
+    // Before the controller's first condition, the status line says it.
+    let decoded = value["statusLine"]
+        .as_str()
+        .and_then(|line| ksa_core::status::decode(line).ok())
+        .map(|decoded| {
+            serde_json::json!({
+                "status": if decoded["status"] == true { "True" } else { "False" },
+                "reason": decoded["reason"],
+            })
+        });
+    let condition = match (&value["condition"], &decoded) {
+        (serde_json::Value::Null, Some(decoded)) => decoded,
+        (condition, _) => condition,
+    };
+    crate::output::table(
+        &[
+            "name",
+            "target",
+            "key",
+            "step",
+            "status",
+            "reason",
+            "token",
+            "private",
+            "public",
+            "step age",
+            "waiting for",
+        ],
+        &[vec![
+            cell(&value["cluster"]),
+            cell(&value["targetKeyVersion"]),
+            cell(&value["keyVersion"]),
+            cell(&value["step"]),
+            cell(&condition["status"]),
+            cell(&condition["reason"]),
+            cell(&value["tokenVersion"]),
+            cell(&value["privateKeyVersion"]),
+            cell(&value["publicKeyVersions"]),
+            age(&value["stepStartedAt"], now),
+            cell(&value["waitingFor"]),
+        ]],
+    )
+}
+
+/// `ksa-issuer status -o wide`: the issuer rotation as a kubectl table row.
+fn issuer_table(value: &serde_json::Value) -> String {
+    let condition = &value["condition"];
+    crate::output::table(
+        &[
+            "name",
+            "target",
+            "step",
+            "status",
+            "reason",
+            "signing",
+            "accepted",
+            "tokens",
+            "waiting for",
+        ],
+        &[vec![
+            cell(&value["cluster"]),
+            cell(&value["targetIssuer"]),
+            cell(&value["step"]),
+            cell(&condition["status"]),
+            cell(&condition["reason"]),
+            cell(&value["signingIssuer"]),
+            cell(&value["acceptedIssuers"]),
+            cell(&value["tokenIssuer"]),
+            cell(&value["waitingFor"]),
+        ]],
+    )
 }
 
 fn structured(

@@ -11,7 +11,7 @@ use ksa_core::token::{
     self, BoundToken, Claims, Expectations, NoExpiry, ObjectRef, TokenError, TokenKind, Verified,
 };
 
-use crate::args::{DataFormat, Format, MintKind, TokenCommand};
+use crate::args::{DataFormat, MintKind, Output, TokenCommand};
 use crate::output::{is_stdout_closed, paint, shown};
 use crate::{Failure, Outcome};
 
@@ -69,9 +69,9 @@ pub fn run(command: TokenCommand) -> Outcome {
             } else {
                 NoExpiry::Refuse
             };
-            verify(&token, &keys, &expect, no_expiry, output)
+            verify(&token, &keys, &expect, no_expiry, &output)
         }
-        TokenCommand::Mint { key, kind, output } => mint(&key, kind, output),
+        TokenCommand::Mint { key, kind, output } => mint(&key, kind, &output),
     }
 }
 
@@ -208,7 +208,7 @@ fn trusted_keys(
     Ok(trusted)
 }
 
-fn decode(token: Option<String>, output: DataFormat) -> Outcome {
+fn decode(token: Option<String>, output: Output) -> Outcome {
     let token = crate::input::argument(token, "token")?;
     let decoded = token::decode(&token).map_err(Failure::bad_input)?;
     let claims = serde_json::to_value(&decoded.claims)?;
@@ -229,7 +229,9 @@ fn decode(token: Option<String>, output: DataFormat) -> Outcome {
         "claims": claims,
         "times": times,
     });
-    crate::output::finish(&crate::output::data(&json, output)?)
+    crate::output::finish(&crate::output::render(&output, &json, || {
+        crate::output::data(&json, DataFormat::Json)
+    })?)
 }
 
 fn verify(
@@ -237,7 +239,7 @@ fn verify(
     keys: &KeySet,
     expect: &Expectations,
     no_expiry: NoExpiry,
-    output: Format,
+    output: &Output,
 ) -> Outcome {
     let (text, code) = match token::verify_with(token, keys, expect, no_expiry) {
         Ok(verified) => (valid(&verified, expect, output)?, crate::exit::DONE),
@@ -284,7 +286,7 @@ fn not_checked(verified: &Verified, expect: &Expectations) -> Vec<&'static str> 
     notes
 }
 
-fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<String, Failure> {
+fn valid(verified: &Verified, expect: &Expectations, output: &Output) -> Result<String, Failure> {
     let sa = verified.claims.service_account();
     let notes = not_checked(verified, expect);
     let json = serde_json::json!({
@@ -305,42 +307,38 @@ fn valid(verified: &Verified, expect: &Expectations, output: Format) -> Result<S
         "audienceChecked": !expect.audiences.is_empty(),
         "notes": notes,
     });
-    Ok(match output {
-        Format::Text => {
-            let expires = match (verified.claims.exp, verified.kind()) {
-                (Some(exp), _) => expiry(exp, expect.at),
-                (None, TokenKind::Legacy) => "never (legacy token)".to_owned(),
-                (None, _) => "never (no exp claim; accepted because of --allow-no-exp)".to_owned(),
-            };
-            let text = |value: Option<&str>| shown(value.unwrap_or("-")).into_owned();
-            let notes: String = notes
-                .iter()
-                .map(|n| format!("\n  note:      {n}"))
-                .collect();
-            format!(
-                "{} {} token\n  kid:       {}{}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
-                paint("valid", "32"),
-                serde_json::to_value(verified.kind())
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                shown(verified.kid.as_str()),
-                verified
-                    .key_version
-                    .map(|version| format!("\n  key version: {version}"))
-                    .unwrap_or_default(),
-                verified.algorithm,
-                text(verified.claims.iss.as_deref()),
-                text(verified.claims.sub.as_deref()),
-                verified.claims.aud.as_ref().map_or("-".to_owned(), |a| {
-                    a.iter().map(|a| shown(a)).collect::<Vec<_>>().join(", ")
-                }),
-                expires,
-                notes,
-            )
-        }
-        Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_saphyr::to_string(&json)?,
+    crate::output::render(output, &json, || {
+        let expires = match (verified.claims.exp, verified.kind()) {
+            (Some(exp), _) => expiry(exp, expect.at),
+            (None, TokenKind::Legacy) => "never (legacy token)".to_owned(),
+            (None, _) => "never (no exp claim; accepted because of --allow-no-exp)".to_owned(),
+        };
+        let text = |value: Option<&str>| shown(value.unwrap_or("-")).into_owned();
+        let notes: String = notes
+            .iter()
+            .map(|n| format!("\n  note:      {n}"))
+            .collect();
+        Ok(format!(
+            "{} {} token\n  kid:       {}{}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
+            paint("valid", "32"),
+            serde_json::to_value(verified.kind())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            shown(verified.kid.as_str()),
+            verified
+                .key_version
+                .map(|version| format!("\n  key version: {version}"))
+                .unwrap_or_default(),
+            verified.algorithm,
+            text(verified.claims.iss.as_deref()),
+            text(verified.claims.sub.as_deref()),
+            verified.claims.aud.as_ref().map_or("-".to_owned(), |a| {
+                a.iter().map(|a| shown(a)).collect::<Vec<_>>().join(", ")
+            }),
+            expires,
+            notes,
+        ))
     })
 }
 
@@ -359,21 +357,19 @@ fn expiry(exp: i64, at: i64) -> String {
     }
 }
 
-fn invalid(error: &TokenError, output: Format) -> Result<String, Failure> {
+fn invalid(error: &TokenError, output: &Output) -> Result<String, Failure> {
     let mut message = error.to_string();
     if matches!(error, TokenError::NoExpiry) {
         message.push_str("; pass --allow-no-exp to accept it");
     }
     let json = serde_json::json!({"valid": false, "reason": error.kind(), "error": message});
-    Ok(match output {
-        Format::Text => format!(
+    crate::output::render(output, &json, || {
+        Ok(format!(
             "{}: {}: {}",
             paint("invalid", "31"),
             reason(error),
             shown(&message)
-        ),
-        Format::Json => serde_json::to_string_pretty(&json)?,
-        Format::Yaml => serde_saphyr::to_string(&json)?,
+        ))
     })
 }
 
@@ -404,7 +400,7 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
         })
 }
 
-fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
+fn mint(key_path: &std::path::Path, kind: MintKind, output: &Output) -> Outcome {
     let keys = parse_pem(&crate::input::read_file(&key_path.display().to_string())?)
         .with_context(|| format!("--key {}", key_path.display()))
         .map_err(Failure::bad_input)?;
@@ -458,18 +454,12 @@ fn mint(key_path: &std::path::Path, kind: MintKind, output: Format) -> Outcome {
     };
     let signer = AwsLc::new().signing_key(key)?;
     let minted = token::mint(&claims, signer.as_ref())?;
-    let json = || {
-        serde_json::json!({
-            "token": minted,
-            "kid": key.kid().to_string(),
-            "expires": claims.exp.and_then(|exp| jiff::Timestamp::from_second(exp).ok()).map(|t| t.to_string()),
-        })
-    };
-    let text = match output {
-        Format::Text => minted.clone(),
-        Format::Json => serde_json::to_string_pretty(&json())?,
-        Format::Yaml => serde_saphyr::to_string(&json())?,
-    };
+    let json = serde_json::json!({
+        "token": minted,
+        "kid": key.kid().to_string(),
+        "expires": claims.exp.and_then(|exp| jiff::Timestamp::from_second(exp).ok()).map(|t| t.to_string()),
+    });
+    let text = crate::output::render(output, &json, || Ok(minted.clone()))?;
     crate::output::finish(&text)
 }
 

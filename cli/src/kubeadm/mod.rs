@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
-use crate::args::Format;
+use crate::args::Output;
 use crate::{Failure, Outcome, exit};
 
 const APISERVER_MANIFEST: &str = "kube-apiserver.yaml";
@@ -102,7 +102,7 @@ pub struct RotateRequest {
     pub changes_key: bool,
     /// Print the plan and change nothing.
     pub dry_run: bool,
-    pub output: Format,
+    pub output: Output,
     /// Go on although legacy tokens held outside the cluster will be
     /// re-minted.
     pub accept_outside_legacy_tokens: bool,
@@ -150,7 +150,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
         let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now())
             .await
             .map_err(|error| at_server(&request.connection, error))?;
-        return crate::plan::print(&plan, request.output);
+        return crate::plan::print(&plan, &request.output);
     }
     let locked = LockedState::lock(&pki.dir)?;
     let mut state = match locked.load()? {
@@ -689,7 +689,7 @@ fn edited_manifest(
 
 /// `status --pki-dir`: the status line from the state file (with
 /// `issuer`, the issuer status line).
-pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
+pub fn status(pki_dir: &Path, output: &Output, issuer: bool) -> Outcome {
     let state = match state::read(pki_dir)? {
         Some(state) => state,
         None => {
@@ -712,10 +712,28 @@ pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
     } else {
         state.status_line().to_string()
     };
-    match output {
-        Format::Text => crate::output::print(&line)?,
-        Format::Json => crate::output::print(&serde_json::to_string_pretty(&state)?)?,
-        Format::Yaml => crate::output::print(&serde_saphyr::to_string(&state)?)?,
-    }
+    let text = match output {
+        Output::Wide if !issuer => {
+            // The table of `status -o wide`, from the state file.
+            let status_line = state.status_line();
+            let value = serde_json::json!({
+                "cluster": pki_dir.display().to_string(),
+                "targetKeyVersion": state.key_version(),
+                "keyVersion": state.key_version(),
+                "step": state.step(),
+                "tokenVersion": status_line.versions.token_version(),
+                "privateKeyVersion": status_line.versions.private_key_version(),
+                "publicKeyVersions": status_line.versions.public_key_versions(),
+                "stepStartedAt": state.step_started_at(),
+                "condition": {
+                    "status": if status_line.status() { "True" } else { "False" },
+                    "reason": status_line.reason,
+                },
+            });
+            crate::commands::rotation::key_table(&value, Timestamp::now())
+        }
+        output => crate::output::render(output, &state, || Ok(line.clone()))?,
+    };
+    crate::output::print(&text)?;
     Ok(exit::DONE)
 }

@@ -112,7 +112,7 @@ impl Node {
             issuer: None,
             changes_key: true,
             dry_run: false,
-            output: crate::args::Format::Text,
+            output: crate::args::Output::Text,
             accept_outside_legacy_tokens: false,
         }
     }
