@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
+
+use crate::completion::{complete_context, complete_namespace};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -116,9 +119,12 @@ pub enum Command {
         #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
         output: Output,
     },
-    /// Print shell completions (for `kubectl ksa`, install the
-    /// kubectl_complete-ksa binary on the PATH instead).
-    #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
+    /// Print the shell's completion script: it asks ksa for candidates, so
+    /// kubeconfig contexts and namespaces complete too (for `kubectl ksa`,
+    /// install the kubectl_complete-ksa binary on the PATH instead).
+    #[command(
+        after_help = "Examples:\n  ksa completions bash > /etc/bash_completion.d/ksa\n  source <(COMPLETE=bash ksa)   # the same, for this shell only"
+    )]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
@@ -169,13 +175,19 @@ pub struct ClusterArgs {
         long,
         short = 'n',
         value_name = "NAMESPACE",
-        conflicts_with = "pki_dir"
+        conflicts_with = "pki_dir",
+        add = ArgValueCompleter::new(complete_namespace)
     )]
     pub namespace: Option<String>,
     /// The namespace of ksa-controller's leader Lease, which rotate (and
     /// status --watch) check is held before they start; default: wherever
     /// the Lease is, else ksa-system.
-    #[arg(long, value_name = "NAMESPACE", conflicts_with = "pki_dir")]
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        conflicts_with = "pki_dir",
+        add = ArgValueCompleter::new(complete_namespace)
+    )]
     pub controller_namespace: Option<String>,
     /// A kubeadm control plane instead: its pki directory
     /// (/etc/kubernetes/pki). ksa drives the rotation itself, keeping its
@@ -193,7 +205,7 @@ pub struct KubeArgs {
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context; default: its current-context.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete_context))]
     pub context: Option<String>,
     /// How long one request to the API server may take: 0 (no limit), a
     /// number of seconds, or a duration such as 30s or 1m.
@@ -522,7 +534,7 @@ pub enum KeysCommand {
         #[arg(long, value_name = "NAME")]
         rotation: String,
         /// The rotation's namespace; default: the kubeconfig context's.
-        #[arg(long, short = 'n', value_name = "NAMESPACE")]
+        #[arg(long, short = 'n', value_name = "NAMESPACE", add = ArgValueCompleter::new(complete_namespace))]
         namespace: Option<String>,
         /// The private key (PEM) the cluster signs with; - for stdin.
         #[arg(long, value_name = "FILE")]
@@ -583,7 +595,7 @@ pub enum TokenCommand {
         rotation: Option<String>,
         /// The rotation's namespace, with --rotation; default: the
         /// kubeconfig context's.
-        #[arg(long, short = 'n', value_name = "NAMESPACE", requires = "rotation")]
+        #[arg(long, short = 'n', value_name = "NAMESPACE", requires = "rotation", add = ArgValueCompleter::new(complete_namespace))]
         namespace: Option<String>,
         #[command(flatten)]
         kube: KubeArgs,

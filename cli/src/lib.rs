@@ -85,6 +85,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub type Outcome = Result<u8, Failure>;
 
 pub fn main() -> ExitCode {
+    // `COMPLETE=SHELL ksa ...`: the shell asking for candidates (the
+    // script of `ksa completions SHELL`); answered, and nothing else runs.
+    clap_complete::env::CompleteEnv::with_factory(<args::Cli as clap::CommandFactory>::command)
+        .var(completion::ENV_VAR)
+        .complete();
     let invoked_as = std::env::args_os()
         .next()
         .and_then(|a| {

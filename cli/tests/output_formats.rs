@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
 use common::fake_api::{self, FakeApi, Request};
@@ -216,4 +217,83 @@ fn jsonpath_works_wherever_o_is_and_wide_only_where_it_means_something() {
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
+}
+
+/// `COMPLETE=fish ksa -- ksa WORDS...`: what the completion script asks.
+fn complete(words: &[&str], kubeconfig: &Path) -> common::Run {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ksa"));
+    command
+        .arg("--")
+        .arg("ksa")
+        .args(words)
+        .env("COMPLETE", "fish")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().expect("dir"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    run(&mut command, DEADLINE)
+}
+
+#[test]
+fn contexts_and_namespaces_complete_and_a_silent_cluster_costs_two_seconds() {
+    let api = FakeApi::serve(|request: &Request| {
+        match request.path.split('?').next().unwrap_or_default() {
+            "/api/v1/namespaces" => (
+                200,
+                serde_json::json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": [
+                        {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "default"}},
+                        {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "user-cluster-1"}},
+                    ]
+                }),
+            ),
+            _ => fake_api::not_found(),
+        }
+    });
+    let kubeconfig = fake_api::kubeconfig(
+        &[
+            ("fake", &api.url(), "default"),
+            ("prod-admin", &api.url(), "default"),
+        ],
+        "fake",
+    );
+    let out = complete(&["status", "--context", ""], kubeconfig.path());
+    assert_eq!(out.stdout, "fake\nprod-admin\n", "{out:?}");
+    let out = complete(
+        &[
+            "update",
+            "credentials",
+            "ksa-signing-key",
+            "rotate",
+            "--context",
+            "pr",
+        ],
+        kubeconfig.path(),
+    );
+    assert_eq!(out.stdout, "prod-admin\n", "{out:?}");
+    let out = complete(&["status", "-n", "user"], kubeconfig.path());
+    assert_eq!(out.stdout, "user-cluster-1\n", "{out:?}");
+    // kubectl's plugin completion too.
+    let out = run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl_complete-ksa"))
+            .args(["status", "--namespace", ""])
+            .env("KUBECONFIG", kubeconfig.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        DEADLINE,
+    );
+    assert_eq!(out.stdout, "default\nuser-cluster-1\n:4\n", "{out:?}");
+
+    // A cluster that accepts and never answers: nothing offered, soon.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = format!("http://{}", silent.local_addr().expect("address"));
+    let kubeconfig = fake_api::kubeconfig(&[("silent", &server, "default")], "silent");
+    let out = complete(&["status", "-n", ""], kubeconfig.path());
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(out.took < Duration::from_secs(10), "took {:?}", out.took);
+    drop(silent);
 }

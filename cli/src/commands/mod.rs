@@ -44,11 +44,33 @@ pub fn run(cli: Cli) -> Outcome {
             Ok(crate::exit::DONE)
         }
         Command::Completions { shell } => {
-            // Generated into memory first: clap_complete panics when its
-            // writer fails, as stdout does when closed.
-            let mut command = <Cli as clap::CommandFactory>::command();
+            // The script of `COMPLETE=SHELL ksa`: the shell asks ksa for
+            // the candidates, so contexts and namespaces complete too.
+            use clap_complete::env::EnvCompleter as _;
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "ksa", &mut script);
+            let (var, bin) = (crate::completion::ENV_VAR, "ksa");
+            let written = match shell {
+                clap_complete::Shell::Bash => {
+                    clap_complete::env::Bash.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Zsh => {
+                    clap_complete::env::Zsh.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Fish => {
+                    clap_complete::env::Fish.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Elvish => {
+                    clap_complete::env::Elvish.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::PowerShell => clap_complete::env::Powershell
+                    .write_registration(var, bin, bin, bin, &mut script),
+                other => {
+                    return Err(crate::Failure::bad_input(anyhow::anyhow!(
+                        "no completion script for {other}"
+                    )));
+                }
+            };
+            written?;
             finish(&String::from_utf8_lossy(&script))
         }
     }
