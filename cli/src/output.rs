@@ -1,8 +1,12 @@
 //! Writing to the terminal: errors with their chain, a closed stdout,
 //! colour, and text from tokens shown without control characters.
+//!
+//! Colour is `anstyle`'s, written through `anstream`, which drops it when
+//! stdout is not a terminal or NO_COLOR is set (CLICOLOR_FORCE forces it).
 
 use std::borrow::Cow;
-use std::io::IsTerminal as _;
+
+use anstyle::{AnsiColor, Style};
 
 use crate::args::{DataFormat, Output};
 use crate::{Failure, Outcome};
@@ -103,17 +107,14 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Colour only on a terminal, and never with NO_COLOR set.
-pub fn color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
+/// A valid verdict.
+pub const GOOD: Style = AnsiColor::Green.on_default();
+/// An invalid one.
+pub const BAD: Style = AnsiColor::Red.on_default();
 
-pub fn paint(text: &str, code: &str) -> String {
-    if color() {
-        format!("\x1b[{code}m{text}\x1b[0m")
-    } else {
-        text.to_owned()
-    }
+/// `text` in `style`; [`print`] keeps the colour only where it belongs.
+pub fn paint(text: &str, style: Style) -> String {
+    format!("{style}{text}{style:#}")
 }
 
 /// A time as ksa prints it: RFC 3339 in UTC with how long ago (or how
@@ -129,20 +130,38 @@ pub fn time(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
 }
 
 /// A length of time in one or two units, as kubectl prints ages: `45s`,
-/// `5m`, `5m30s`, `3h`, `3h20m`, `2d`, `2d4h`.
+/// `5m`, `5m30s`, `3h`, `3h20m`, `2d`, `2d4h` (the second unit only while
+/// the first is under 10, truncated). jiff rounds and prints it.
 pub fn age(seconds: u64) -> String {
-    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
-        if big < 10 && small != 0 {
-            format!("{big}{big_unit}{small}{small_unit}")
-        } else {
-            format!("{big}{big_unit}")
-        }
+    use jiff::fmt::friendly::{Designator, Spacing, SpanPrinter};
+    use jiff::{RoundMode, Span, SpanRound, Unit};
+    let (big, small, size) = match seconds {
+        0..60 => (Unit::Second, Unit::Second, 1),
+        60..3600 => (Unit::Minute, Unit::Second, 60),
+        3600..86400 => (Unit::Hour, Unit::Minute, 3600),
+        _ => (Unit::Day, Unit::Hour, 86400),
     };
-    match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => two(seconds / 60, "m", seconds % 60, "s"),
-        3600..86400 => two(seconds / 3600, "h", seconds % 3600 / 60, "m"),
-        _ => two(seconds / 86400, "d", seconds % 86400 / 3600, "h"),
+    let smallest = if seconds / size < 10 { small } else { big };
+    let rounded = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| Span::new().try_seconds(seconds).ok())
+        .and_then(|span| {
+            span.round(
+                SpanRound::new()
+                    .largest(big)
+                    .smallest(smallest)
+                    .mode(RoundMode::Trunc)
+                    .days_are_24_hours(),
+            )
+            .ok()
+        });
+    match rounded {
+        Some(span) => SpanPrinter::new()
+            .designator(Designator::Compact)
+            .spacing(Spacing::None)
+            .span_to_string(&span),
+        // Past jiff's range (hundreds of millennia: a hostile exp).
+        None => format!("{}d", seconds / 86400),
     }
 }
 
@@ -152,7 +171,7 @@ pub fn age(seconds: u64) -> String {
 pub fn print(text: &str) -> Result<(), Failure> {
     use std::io::Write as _;
     let write = || -> std::io::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = anstream::stdout().lock();
         out.write_all(text.as_bytes())?;
         if !text.ends_with('\n') {
             out.write_all(b"\n")?;
@@ -305,6 +324,29 @@ mod tests {
             .map(super::age)
             .collect();
         assert_eq!(ages, ["45s", "5m30s", "59m", "3h20m", "2d7h", "23d"]);
+        let edges: Vec<String> = [0, 60, 600, 3600, 86_400, 90_061, u64::MAX]
+            .into_iter()
+            .map(super::age)
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                "0s",
+                "1m",
+                "10m",
+                "1h",
+                "1d",
+                "1d1h",
+                &format!("{}d", u64::MAX / 86_400)
+            ]
+        );
+    }
+
+    #[test]
+    fn colour_is_anstyles_and_anstream_drops_it_where_it_does_not_belong() {
+        let painted = super::paint("valid", super::GOOD);
+        assert_eq!(painted, "\u{1b}[32mvalid\u{1b}[0m");
+        assert_eq!(anstream::adapter::strip_str(&painted).to_string(), "valid");
     }
 
     #[test]

@@ -297,3 +297,37 @@ fn contexts_and_namespaces_complete_and_a_silent_cluster_costs_two_seconds() {
     assert!(out.took < Duration::from_secs(10), "took {:?}", out.took);
     drop(silent);
 }
+
+#[test]
+fn colour_follows_anstreams_rules() {
+    let jwks = common::jwks_file();
+    let token = vector_token("valid RS256 bound token");
+    let verify = |env: &[(&str, &str)]| {
+        let mut command = ksa(&[
+            "token",
+            "verify",
+            &token,
+            "--jwks",
+            jwks.path().to_str().expect("path"),
+            "--at",
+            "1800000000",
+        ]);
+        command.env_remove("NO_COLOR");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        run(&mut command, DEADLINE)
+    };
+    // Not a terminal: no colour, NO_COLOR or not.
+    let out = verify(&[]);
+    assert!(out.stdout.starts_with("valid bound token"), "{out:?}");
+    // Forced (CLICOLOR_FORCE), unless NO_COLOR.
+    let out = verify(&[("CLICOLOR_FORCE", "1")]);
+    assert!(
+        out.stdout
+            .starts_with("\u{1b}[32mvalid\u{1b}[0m bound token"),
+        "{out:?}"
+    );
+    let out = verify(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]);
+    assert!(out.stdout.starts_with("valid bound token"), "{out:?}");
+}

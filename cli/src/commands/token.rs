@@ -320,7 +320,7 @@ fn valid(verified: &Verified, expect: &Expectations, output: &Output) -> Result<
             .collect();
         Ok(format!(
             "{} {} token\n  kid:       {}{}\n  algorithm: {}\n  issuer:    {}\n  subject:   {}\n  audiences: {}\n  expires:   {}{}",
-            paint("valid", "32"),
+            paint("valid", crate::output::GOOD),
             serde_json::to_value(verified.kind())
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -366,7 +366,7 @@ fn invalid(error: &TokenError, output: &Output) -> Result<String, Failure> {
     crate::output::render(output, &json, || {
         Ok(format!(
             "{}: {}: {}",
-            paint("invalid", "31"),
+            paint("invalid", crate::output::BAD),
             reason(error),
             shown(&message)
         ))
