@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
+
+use crate::completion::{complete_context, complete_namespace};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -38,9 +41,21 @@ const LONG_VERSION: &str = concat!(
     propagate_version = true
 )]
 pub struct Cli {
-    /// Log what ksa does to stderr (or set KSA_LOG=debug).
-    #[arg(long, short, global = true)]
-    pub verbose: bool,
+    /// Log to stderr, as kubectl's -v: -v alone or -v=4 says what ksa
+    /// does; -v=6 adds each request, -v=8 everything (0: errors only, the
+    /// default). KSA_LOG (a tracing filter) wins.
+    #[arg(
+        short = 'v',
+        long = "v",
+        visible_alias = "verbose",
+        global = true,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "4",
+        value_parser = clap::value_parser!(u8).range(0..=10),
+    )]
+    pub verbosity: Option<u8>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,10 +67,39 @@ pub enum Command {
         #[command(subcommand)]
         what: UpdateCommand,
     },
-    /// Decode a status line.
+    /// Start a rotation of the signing key (short for `update credentials
+    /// ksa-signing-key rotate`).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  kubectl ksa rotate --config user-cluster.yaml --kubeconfig admin.kubeconfig --wait\n",
+        "  kubectl ksa rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
+        "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
+    ))]
+    Rotate(KeyRotateArgs),
+    /// Print what a rotation of the signing key would do, changing nothing
+    /// (short for `update credentials ksa-signing-key rotate --dry-run`).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  kubectl ksa plan --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
+        "  kubectl ksa plan --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests -o json"
+    ))]
+    Plan(PlanArgs),
+    /// Print where the key rotation stands (short for `update credentials
+    /// ksa-signing-key status`); `status decode` decodes a status line.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = concat!(
+            "Examples:\n",
+            "  kubectl ksa status --config user-cluster.yaml --kubeconfig admin.kubeconfig -o wide\n",
+            "  kubectl ksa status --config user-cluster.yaml -o jsonpath='{.condition.status}'\n",
+            "  ksa status decode 'State of KSASigningKeyRotation with ...'"
+        )
+    )]
     Status {
         #[command(subcommand)]
-        command: StatusCommand,
+        command: Option<StatusCommand>,
+        #[command(flatten)]
+        args: StatusArgs,
     },
     /// Make keys and key sets in the formats kube-apiserver reads.
     Keys {
@@ -71,16 +115,26 @@ pub enum Command {
     /// target.
     #[command(after_help = "Examples:\n  ksa version\n  ksa version -o json")]
     Version {
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text (one line), json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
-    /// Print shell completions (for `kubectl ksa`, install the
-    /// kubectl_complete-ksa binary on the PATH instead).
-    #[command(after_help = "Example:\n  ksa completions bash > /etc/bash_completion.d/ksa")]
-    Completions { shell: clap_complete::Shell },
+    /// Print the shell's completion script: it asks ksa for candidates, so
+    /// kubeconfig contexts and namespaces complete too (for `kubectl ksa`,
+    /// install the kubectl_complete-ksa binary on the PATH instead).
+    #[command(
+        after_help = "Examples:\n  ksa completions bash > /etc/bash_completion.d/ksa\n  source <(COMPLETE=bash ksa)   # the same, for this shell only"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Write man pages (one per command) into a directory.
     #[command(hide = true)]
-    Man { out: PathBuf },
+    Man {
+        /// The directory to write the man pages into.
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,12 +165,7 @@ pub enum CredentialsCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The user cluster config file (gkectl format).
-    #[arg(
-        long,
-        value_name = "USER_CLUSTER_CONFIG",
-        required_unless_present = "pki_dir",
-        conflicts_with = "pki_dir"
-    )]
+    #[arg(long, value_name = "USER_CLUSTER_CONFIG", conflicts_with = "pki_dir")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -126,13 +175,19 @@ pub struct ClusterArgs {
         long,
         short = 'n',
         value_name = "NAMESPACE",
-        conflicts_with = "pki_dir"
+        conflicts_with = "pki_dir",
+        add = ArgValueCompleter::new(complete_namespace)
     )]
     pub namespace: Option<String>,
     /// The namespace of ksa-controller's leader Lease, which rotate (and
     /// status --watch) check is held before they start; default: wherever
     /// the Lease is, else ksa-system.
-    #[arg(long, value_name = "NAMESPACE", conflicts_with = "pki_dir")]
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        conflicts_with = "pki_dir",
+        add = ArgValueCompleter::new(complete_namespace)
+    )]
     pub controller_namespace: Option<String>,
     /// A kubeadm control plane instead: its pki directory
     /// (/etc/kubernetes/pki). ksa drives the rotation itself, keeping its
@@ -150,12 +205,84 @@ pub struct KubeArgs {
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context; default: its current-context.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete_context))]
     pub context: Option<String>,
     /// How long one request to the API server may take: 0 (no limit), a
     /// number of seconds, or a duration such as 30s or 1m.
     #[arg(long, value_name = "DURATION", default_value = "0")]
     pub request_timeout: String,
+}
+
+// `rotate`: of the key (and with --issuer, of the issuer too).
+#[derive(Args, Debug)]
+pub struct KeyRotateArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With --pki-dir: kubeadm's static pod manifests
+    /// (/etc/kubernetes/manifests), edited at each step.
+    #[arg(long, value_name = "DIR", requires = "pki_dir")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub skip_prompt: bool,
+    /// Follow the rotation to the end, printing each new status line.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
+    /// the rotation goes on; with --wait. Default: the longest the
+    /// rotation can take when nothing holds it (three roll-outs, the
+    /// trust lead time, and the longest refresh window).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Also change the token issuer to this https URL, in the same
+    /// steps (one token refresh for both).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Change nothing: print the plan (API servers, legacy and bound
+    /// tokens, who would be restarted, evicted or cut off, the refresh
+    /// window, each step) from the live cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The plan's format, with --dry-run: text, json, yaml or jsonpath=TEMPLATE.
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, requires = "dry_run")]
+    pub output: Output,
+    /// Go on although legacy tokens used outside the cluster (no pod
+    /// mounts them) will be re-minted, cutting their holders off.
+    #[arg(long)]
+    pub accept_outside_legacy_tokens: bool,
+}
+
+// `status`: where a rotation stands.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format: text (the status line on stdout, where it stands
+    /// on stderr), wide (a table, a column per field), json or yaml
+    /// (the status with its line), or jsonpath=TEMPLATE over the json
+    /// (`-o jsonpath={.condition.status}`).
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = WITH_WIDE)]
+    pub output: Output,
+    /// Keep printing each new status line until the rotation completes.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+}
+
+// `plan`: `rotate --dry-run`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With --pki-dir: kubeadm's static pod manifests
+    /// (/etc/kubernetes/manifests).
+    #[arg(long, value_name = "DIR", requires = "pki_dir")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Plan a change of the token issuer to this https URL too.
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// The plan's format: text, json, yaml or jsonpath=TEMPLATE.
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+    pub output: Output,
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,47 +295,7 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key rotate --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests --kubeconfig /etc/kubernetes/admin.conf --wait\n\n",
         "Exit codes: 0 done (or started, without --wait), 1 failed, 2 bad input, 3 another operation in progress, 5 still running (--wait gave up at its timeout; the rotation goes on)"
     ))]
-    Rotate {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        /// With --pki-dir: kubeadm's static pod manifests
-        /// (/etc/kubernetes/manifests), edited at each step.
-        #[arg(
-            long,
-            value_name = "DIR",
-            requires = "pki_dir",
-            required_unless_present = "config"
-        )]
-        manifests_dir: Option<PathBuf>,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        skip_prompt: bool,
-        /// Follow the rotation to the end, printing each new status line.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
-        /// the rotation goes on; with --wait. Default: the longest the
-        /// rotation can take when nothing holds it (three roll-outs, the
-        /// trust lead time, and the longest refresh window).
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<String>,
-        /// Also change the token issuer to this https URL, in the same
-        /// steps (one token refresh for both).
-        #[arg(long, value_name = "URL")]
-        issuer: Option<String>,
-        /// Change nothing: print the plan (API servers, legacy and bound
-        /// tokens, who would be restarted, evicted or cut off, the refresh
-        /// window, each step) from the live cluster.
-        #[arg(long)]
-        dry_run: bool,
-        /// The plan's format, with --dry-run.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
-        output: Format,
-        /// Go on although legacy tokens used outside the cluster (no pod
-        /// mounts them) will be re-minted, cutting their holders off.
-        #[arg(long)]
-        accept_outside_legacy_tokens: bool,
-    },
+    Rotate(KeyRotateArgs),
     /// Print where the rotation stands.
     #[command(after_help = concat!(
         "Examples:\n",
@@ -216,15 +303,7 @@ pub enum RotationCommand {
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml -o json\n",
         "  ksa update credentials ksa-signing-key status --config user-cluster.yaml --watch"
     ))]
-    Status {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
-        /// Keep printing each new status line until the rotation completes.
-        #[arg(long, short = 'w')]
-        watch: bool,
-    },
+    Status(StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,12 +324,7 @@ pub enum IssuerCommand {
         cluster: ClusterArgs,
         /// With --pki-dir: kubeadm's static pod manifests
         /// (/etc/kubernetes/manifests), edited at each step.
-        #[arg(
-            long,
-            value_name = "DIR",
-            requires = "pki_dir",
-            required_unless_present = "config"
-        )]
+        #[arg(long, value_name = "DIR", requires = "pki_dir")]
         manifests_dir: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -269,9 +343,9 @@ pub enum IssuerCommand {
         /// window, each step) from the live cluster.
         #[arg(long)]
         dry_run: bool,
-        /// The plan's format, with --dry-run.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, requires = "dry_run")]
-        output: Format,
+        /// The plan's format, with --dry-run: text, json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, requires = "dry_run")]
+        output: Output,
     },
     /// Print where the issuer rotation stands.
     #[command(after_help = concat!(
@@ -279,15 +353,96 @@ pub enum IssuerCommand {
         "  ksa update credentials ksa-issuer status --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
         "  ksa update credentials ksa-issuer status --pki-dir /etc/kubernetes/pki -o json"
     ))]
-    Status {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
-        /// Keep printing each new status line until the rotation completes.
-        #[arg(long, short = 'w')]
-        watch: bool,
-    },
+    Status(StatusArgs),
+}
+
+/// `-o` as kubectl takes it: the command's formats among text, wide,
+/// json and yaml, and `jsonpath=TEMPLATE` over its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    /// Text with more: for `status`, a table with a column per field.
+    Wide,
+    Json,
+    Yaml,
+    JsonPath(crate::jsonpath::Template),
+}
+
+/// Parses `-o` into [`Output`], taking the formats in `names` and
+/// `jsonpath=`; the names are what `--help` and completion offer.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputParser {
+    pub names: &'static [&'static str],
+}
+
+/// The formats of a command that prints text or data.
+pub const TEXT_OR_DATA: OutputParser = OutputParser {
+    names: &["text", "json", "yaml"],
+};
+/// ... and a wide table (`status`).
+pub const WITH_WIDE: OutputParser = OutputParser {
+    names: &["text", "wide", "json", "yaml"],
+};
+/// The formats of a command whose output is data only.
+pub const DATA_ONLY: OutputParser = OutputParser {
+    names: &["json", "yaml"],
+};
+
+impl clap::builder::TypedValueParser for OutputParser {
+    type Value = Output;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Output, clap::Error> {
+        let text = value.to_str().unwrap_or_default();
+        let refuse = |why: String| {
+            let flag = arg.map_or("-o".to_owned(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for '{flag}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        if let Some(template) = text.strip_prefix("jsonpath=") {
+            return crate::jsonpath::Template::parse(template)
+                .map(Output::JsonPath)
+                .map_err(refuse);
+        }
+        if text == "jsonpath" {
+            return Err(refuse(
+                "jsonpath needs a template: -o jsonpath='{.statusLine}'".to_owned(),
+            ));
+        }
+        if !self.names.contains(&text) {
+            return Err(refuse(format!(
+                "this command's formats are {} and jsonpath=TEMPLATE",
+                self.names.join(", ")
+            )));
+        }
+        Ok(match text {
+            "text" => Output::Text,
+            "wide" => Output::Wide,
+            "json" => Output::Json,
+            _ => Output::Yaml,
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names
+                .iter()
+                .map(|name| clap::builder::PossibleValue::new(*name))
+                // Completed as far as kubectl's shells complete it.
+                .chain(std::iter::once(clap::builder::PossibleValue::new(
+                    "jsonpath=",
+                ))),
+        ))
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,8 +468,9 @@ pub enum StatusCommand {
     Decode {
         /// The status line, or - to read stdin.
         text: Option<String>,
-        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
-        output: DataFormat,
+        /// Output format: json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "json", value_parser = DATA_ONLY)]
+        output: Output,
     },
 }
 
@@ -333,6 +489,7 @@ pub enum KeysCommand {
         after_help = "Examples:\n  ksa keys generate --algorithm RS256 --bits 3072 --out /etc/kubernetes/pki/new\n  ksa keys generate --algorithm ES256 --out ."
     )]
     Generate {
+        /// The key's algorithm: RS256 (RSA) or ES256 (ECDSA P-256).
         #[arg(long, value_enum, default_value_t = Alg::Rs256)]
         algorithm: Alg,
         /// RSA modulus size: 2048, 3072 or 4096.
@@ -345,6 +502,8 @@ pub enum KeysCommand {
         /// Replace existing files (a symlink is replaced, never followed).
         #[arg(long)]
         force: bool,
+        /// Output format: text, json or yaml (the files written and the
+        /// key's kid).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -354,6 +513,7 @@ pub enum KeysCommand {
         /// PEM files: public or private keys, several blocks each; - for stdin.
         #[arg(required = true)]
         files: Vec<String>,
+        /// Output format: json or yaml.
         #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
         output: DataFormat,
     },
@@ -374,7 +534,7 @@ pub enum KeysCommand {
         #[arg(long, value_name = "NAME")]
         rotation: String,
         /// The rotation's namespace; default: the kubeconfig context's.
-        #[arg(long, short = 'n', value_name = "NAMESPACE")]
+        #[arg(long, short = 'n', value_name = "NAMESPACE", add = ArgValueCompleter::new(complete_namespace))]
         namespace: Option<String>,
         /// The private key (PEM) the cluster signs with; - for stdin.
         #[arg(long, value_name = "FILE")]
@@ -391,6 +551,8 @@ pub enum KeysCommand {
         kubeconfig_secret: Option<String>,
         #[command(flatten)]
         kube: KubeArgs,
+        /// Output format: text, json or yaml (the Secret, the kid and
+        /// whether anything changed).
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -403,8 +565,9 @@ pub enum TokenCommand {
     Decode {
         /// The token, or - for stdin.
         token: Option<String>,
-        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
-        output: DataFormat,
+        /// Output format: json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "json", value_parser = DATA_ONLY)]
+        output: Output,
     },
     /// Verify a token against keys; exit 0 when valid, 1 when not, 4 when it
     /// could not be checked.
@@ -412,7 +575,12 @@ pub enum TokenCommand {
         "Examples:\n",
         "  kubectl get --raw /openid/v1/jwks > jwks.json\n",
         "  kubectl create token app | ksa token verify - --jwks jwks.json --issuer https://kubernetes.default.svc.cluster.local\n",
-        "  ksa token verify \"$TOKEN\" --public-key sa.pub --at 2026-01-01T00:00:00Z -o json"
+        "  ksa token verify \"$TOKEN\" --public-key sa.pub --at 2026-01-01T00:00:00Z -o json\n",
+        "  ksa token verify \"$TOKEN\" --rotation user-cluster-1 -n user-cluster-1 --kubeconfig admin.kubeconfig\n\n",
+        "keyVersion (json, yaml; `key version:` in text) is the rotation's version of the key that\n",
+        "verified the token when ksa knows it: from --rotation, from a --public-key file named\n",
+        "sa-vN.pub or sa-vN.key, or from another key of the same kid that has one. A JWKS names kids\n",
+        "only: with --jwks alone it is null."
     ))]
     Verify {
         /// The token, or - for stdin.
@@ -422,9 +590,22 @@ pub enum TokenCommand {
         /// host and port; when it cannot be fetched, ksa exits 4.
         #[arg(long)]
         jwks: Vec<String>,
-        /// A PEM file of public (or private) keys.
+        /// A PEM file of public (or private) keys. Named as ksa names key
+        /// versions in a kubeadm pki directory (sa-v2.pub, sa-v2.key), its
+        /// keys are of that version.
         #[arg(long = "public-key")]
         public_key: Vec<PathBuf>,
+        /// The rotation (KSASigningKeyRotation) whose key Secrets say each
+        /// key's version, read from the admin cluster; with no --jwks or
+        /// --public-key, its keys are the keys trusted.
+        #[arg(long, value_name = "NAME")]
+        rotation: Option<String>,
+        /// The rotation's namespace, with --rotation; default: the
+        /// kubeconfig context's.
+        #[arg(long, short = 'n', value_name = "NAMESPACE", requires = "rotation", add = ArgValueCompleter::new(complete_namespace))]
+        namespace: Option<String>,
+        #[command(flatten)]
+        kube: KubeArgs,
         /// Accepted issuer; repeat for several. None: any issuer.
         #[arg(long)]
         issuer: Vec<String>,
@@ -438,8 +619,10 @@ pub enum TokenCommand {
         /// would be valid forever); refused by default.
         #[arg(long)]
         allow_no_exp: bool,
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text (the verdict for people), json, yaml or
+        /// jsonpath=TEMPLATE (`-o jsonpath={.keyVersion}`).
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
     /// Mint a legacy or bound token from a private key, for recovery and tests.
     #[command(after_help = concat!(
@@ -452,9 +635,9 @@ pub enum TokenCommand {
         #[arg(long)]
         key: PathBuf,
         /// text: the token alone; json or yaml: the token with its kid and
-        /// expiry.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text, global = true)]
-        output: Format,
+        /// expiry; or jsonpath=TEMPLATE over the json.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA, global = true)]
+        output: Output,
         #[command(subcommand)]
         kind: MintKind,
     },
@@ -464,10 +647,14 @@ pub enum TokenCommand {
 pub enum MintKind {
     /// A legacy (Secret) token: no expiry.
     Legacy {
+        /// The service account's namespace.
         #[arg(long)]
         namespace: String,
+        /// The service account's name.
         #[arg(long)]
         service_account: String,
+        /// The service account's UID (`kubectl get sa NAME -o
+        /// jsonpath='{.metadata.uid}'`).
         #[arg(long)]
         uid: String,
         /// The Secret the token is for.
@@ -476,18 +663,62 @@ pub enum MintKind {
     },
     /// A bound token, as TokenRequest issues.
     Bound {
+        /// The token's issuer (iss): the API servers'
+        /// --service-account-issuer.
         #[arg(long)]
         issuer: String,
+        /// An audience (aud) of the token; repeat for several.
         #[arg(long, required = true)]
         audience: Vec<String>,
+        /// The service account's namespace.
         #[arg(long)]
         namespace: String,
+        /// The service account's name.
         #[arg(long)]
         service_account: String,
+        /// The service account's UID (`kubectl get sa NAME -o
+        /// jsonpath='{.metadata.uid}'`).
         #[arg(long)]
         uid: String,
         /// Lifetime, at least 10m (e.g. 1h).
         #[arg(long, default_value = "1h")]
         expiration: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every flag and argument of every command, hidden ones included, as
+    /// `PATH: --flag`, that `--help` would show with no text.
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = arg
+                    .get_long()
+                    .map(|long| format!("--{long}"))
+                    .unwrap_or_else(|| arg.get_id().to_string());
+                missing.push(format!("{path}: {name}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_flag_of_every_command_has_help() {
+        let mut command = super::Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        without_help(&command, "ksa", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -8,12 +8,49 @@
 //! The candidates are read from the same clap command as the parser, so
 //! they cannot drift from the flags `ksa` accepts.
 
+use std::ffi::OsStr;
+use std::time::Duration;
+
 use clap::Command;
+use clap_complete::engine::{ArgValueCompleter, CompletionCandidate};
+
+/// How long completing a namespace may ask the cluster: a TAB that hangs
+/// is worse than one that offers nothing.
+const NAMESPACE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// `--context`: the contexts of the kubeconfig (`$KUBECONFIG`, else
+/// `~/.kube/config`) that start with what was typed.
+pub fn complete_context(current: &OsStr) -> Vec<CompletionCandidate> {
+    matching(crate::connection::context_names(), current)
+}
+
+/// `--namespace`: the namespaces of the current context's cluster, asked
+/// for at most [`NAMESPACE_PATIENCE`].
+pub fn complete_namespace(current: &OsStr) -> Vec<CompletionCandidate> {
+    matching(
+        crate::connection::namespace_names(NAMESPACE_PATIENCE),
+        current,
+    )
+}
+
+fn matching(names: Vec<String>, current: &OsStr) -> Vec<CompletionCandidate> {
+    let current = current.to_string_lossy();
+    names
+        .into_iter()
+        .filter(|name| name.starts_with(current.as_ref()))
+        .map(CompletionCandidate::new)
+        .collect()
+}
+
+/// The variable the completion scripts set to ask ksa for candidates.
+pub const ENV_VAR: &str = "COMPLETE";
 
 /// Cobra's directives (`cobra.ShellCompDirective`).
 pub mod directive {
     /// Let the shell complete file names too.
     pub const DEFAULT: u8 = 0;
+    /// No space after the candidate (`jsonpath=` goes on).
+    pub const NO_SPACE: u8 = 2;
     /// No file names: the candidates are all there is.
     pub const NO_FILE_COMP: u8 = 4;
 }
@@ -95,6 +132,18 @@ pub fn candidates(command: &Command, words: &[String]) -> (Vec<Candidate>, u8) {
 /// The possible values of `arg` that start with `current`; with none
 /// (a path, a URL), the shell's file names.
 fn values_of(arg: &clap::Arg, current: &str) -> (Vec<Candidate>, u8) {
+    // Values only the environment knows (contexts, namespaces).
+    if let Some(completer) = arg.get::<ArgValueCompleter>() {
+        let values = completer
+            .complete(OsStr::new(current))
+            .into_iter()
+            .map(|candidate| Candidate {
+                value: candidate.get_value().to_string_lossy().into_owned(),
+                help: candidate.get_help().map(first_line),
+            })
+            .collect();
+        return (values, directive::NO_FILE_COMP);
+    }
     let values: Vec<Candidate> = arg
         .get_possible_values()
         .into_iter()
@@ -106,6 +155,8 @@ fn values_of(arg: &clap::Arg, current: &str) -> (Vec<Candidate>, u8) {
         .collect();
     if arg.get_possible_values().is_empty() {
         (values, directive::DEFAULT)
+    } else if !values.is_empty() && values.iter().all(|v| v.value.ends_with('=')) {
+        (values, directive::NO_FILE_COMP | directive::NO_SPACE)
     } else {
         (values, directive::NO_FILE_COMP)
     }
@@ -189,9 +240,20 @@ mod tests {
         assert_eq!(flags, ["--config", "--context", "--controller-namespace"]);
         assert_eq!(
             complete("update credentials ksa-signing-key status -o ").0,
-            ["text", "json", "yaml"]
+            ["text", "wide", "json", "yaml", "jsonpath="]
+        );
+        assert_eq!(
+            complete("version -o ").0,
+            ["text", "json", "yaml", "jsonpath="]
         );
         assert_eq!(complete("keys generate --algorithm E").0, ["ES256"]);
+        assert_eq!(
+            complete("status -o jsonp"),
+            (
+                vec!["jsonpath=".to_owned()],
+                directive::NO_FILE_COMP | directive::NO_SPACE
+            )
+        );
         // A path: the shell's file names.
         assert_eq!(
             complete("update credentials ksa-signing-key status --config u"),

@@ -28,8 +28,6 @@ pub struct UserClusterConfig {
     pub namespace: String,
     /// `enableAdvancedCluster`: rotation is refused when true.
     pub advanced_cluster: bool,
-    /// Accepted issuers (`ksaSigningKeyRotation.issuers`).
-    pub issuers: Vec<String>,
     /// `ksaSigningKeyRotation.issuer`: the issuer to rotate to (the CRD's
     /// `spec.issuer`); `--issuer` wins over it.
     pub issuer: Option<String>,
@@ -100,6 +98,10 @@ pub enum ConfigError {
         suggestion: Option<&'static str>,
         known: &'static [&'static str],
     },
+    /// A key ksa once read and no longer does, refused so that it never
+    /// seems to take effect.
+    #[error("{field}: not supported: {why}")]
+    Unsupported { field: String, why: &'static str },
     #[error("the config is {len} bytes; a user cluster config is at most {max}")]
     TooLarge { len: usize, max: u64 },
 }
@@ -170,9 +172,15 @@ const S3_KEYS: &[&str] = &[
 ];
 const DIRECTORY_KEYS: &[&str] = &["path", "publicUrl"];
 
+/// Why `ksaSigningKeyRotation.issuers` is refused.
+const ISSUERS_UNSUPPORTED: &str = "ksa sets no list of accepted issuers (the API servers' \
+     --service-account-issuer flags are that list, and ksa changes them only during an issuer \
+     rotation). To move tokens to a new issuer, set ksaSigningKeyRotation.issuer: URL (or pass \
+     --issuer URL): the rotation accepts the old and the new issuer while tokens are refreshed, \
+     then only the new one. Remove issuers";
+
 const SECTION_KEYS: &[&str] = &[
     "namespace",
-    "issuers",
     "issuer",
     "key",
     "tokenRefresh",
@@ -429,32 +437,14 @@ impl UserClusterConfig {
                 allowed: "a DNS-1123 label",
             });
         }
-        let issuers = match &section.issuers {
-            None | Some(Written::Null) => Vec::new(),
-            Some(Written::List(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    Written::Text(url)
-                        if url.starts_with("https://") || url == "kubernetes/serviceaccount" =>
-                    {
-                        Ok(url.clone())
-                    }
-                    _ => Err(ConfigError::Invalid {
-                        field: format!("{S}.issuers[{i}]"),
-                        value: item.shown(),
-                        allowed: "an https:// URL (or kubernetes/serviceaccount for legacy tokens)",
-                    }),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    field: field("issuers"),
-                    value: other.shown(),
-                    allowed: "a list of issuer URLs",
-                });
-            }
-        };
+        // Read once and then ignored; refused, whatever it holds, rather
+        // than seem to take effect.
+        if section.issuers.is_some() {
+            return Err(ConfigError::Unsupported {
+                field: field("issuers"),
+                why: ISSUERS_UNSUPPORTED,
+            });
+        }
         let issuer = string(section.issuer.as_ref(), &field("issuer"))?;
         if let Some(url) = &issuer
             && !url.starts_with("https://")
@@ -563,7 +553,6 @@ impl UserClusterConfig {
             name,
             namespace,
             advanced_cluster,
-            issuers,
             issuer,
             key,
             token_refresh,
@@ -784,7 +773,6 @@ gkeOnPremVersion: 1.16.0
 vCenter: {datacenter: dc}
 ksaSigningKeyRotation:
   namespace: ns1
-  issuers: [https://a.example]
   issuer: https://b.example
   key: ECDSA-P256
   tokenRefresh: {policy: wait, maxTokenSeconds: 3600}
@@ -803,7 +791,6 @@ ksaSigningKeyRotation:
                 name: "c1".into(),
                 namespace: "ns1".into(),
                 advanced_cluster: false,
-                issuers: vec!["https://a.example".into()],
                 issuer: Some("https://b.example".into()),
                 key: KeyKind::EcdsaP256,
                 token_refresh: TokenRefreshPolicy::Wait,
@@ -894,7 +881,7 @@ ksaSigningKeyRotation:
         assert_eq!(
             message,
             "ksaSigningKeyRotation.trustLeadTimeSecond: unknown key (did you mean \
-             trustLeadTimeSeconds?); known keys here: namespace, issuers, issuer, key, \
+             trustLeadTimeSeconds?); known keys here: namespace, issuer, key, \
              tokenRefresh, trustLeadTimeSeconds, kubeconfigSecret, kubeconfigSecretKey, \
              keySecret, rollout, apiServerWorkload, publish"
         );
@@ -957,8 +944,16 @@ ksaSigningKeyRotation:
                 "ksaSigningKeyRotation.tokenRefresh.maxTokenSeconds: 10 is not allowed; a whole number of seconds, at least 600",
             ),
             (
-                "name: a\nksaSigningKeyRotation:\n  issuers: [http://x]\n",
-                "ksaSigningKeyRotation.issuers[0]: \"http://x\" is not allowed",
+                "name: a\nksaSigningKeyRotation:\n  issuers: [https://a.example]\n",
+                "ksaSigningKeyRotation.issuers: not supported: ksa sets no list of accepted issuers",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  issuers: []\n",
+                "ksaSigningKeyRotation.issuers: not supported",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  issuer: http://x\n",
+                "ksaSigningKeyRotation.issuer: \"http://x\" is not allowed",
             ),
             ("gkeOnPremVersion: 1.16\n", "name: missing"),
         ];

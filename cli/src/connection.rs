@@ -75,6 +75,71 @@ pub fn kubeconfig_source(
     in_cluster.then_some(KubeconfigSource::InCluster)
 }
 
+/// The context names of the kubeconfig kubectl would read with no
+/// `--kubeconfig` (the files of `KUBECONFIG`, else `~/.kube/config`), for
+/// completion: nothing when there is none or it does not parse.
+pub fn context_names() -> Vec<String> {
+    let source = kubeconfig_source(
+        None,
+        std::env::var_os("KUBECONFIG").as_deref(),
+        std::env::home_dir().as_deref(),
+        false,
+    );
+    let paths = match source {
+        Some(KubeconfigSource::Env(paths)) => paths,
+        Some(KubeconfigSource::Home(path) | KubeconfigSource::Flag(path)) => vec![path],
+        Some(KubeconfigSource::InCluster) | None => Vec::new(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for path in paths.iter().filter(|path| path.exists()) {
+        let Ok(kubeconfig) = read(path) else { continue };
+        for context in kubeconfig.contexts {
+            if !names.contains(&context.name) {
+                names.push(context.name);
+            }
+        }
+    }
+    names
+}
+
+/// The namespaces of the cluster the default context names, for
+/// completion: asked with a deadline of `limit`, nothing when the cluster
+/// does not answer in time or refuses.
+pub fn namespace_names(limit: Duration) -> Vec<String> {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    runtime.block_on(async {
+        let list = async {
+            let args = KubeArgs {
+                request_timeout: format!("{}s", limit.as_secs().max(1)),
+                ..KubeArgs::default()
+            };
+            let connection = Connection::open(&args).await.ok()?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+                kube::Api::all(connection.client);
+            let list = api
+                .list_metadata(&kube::api::ListParams::default())
+                .await
+                .ok()?;
+            Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|namespace| namespace.metadata.name)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        tokio::time::timeout(limit, list)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    })
+}
+
 /// `--request-timeout` in kubectl's forms: `0` (no limit), a bare number of
 /// seconds, or a duration such as `30s`, `1m` or `1h30m`.
 pub fn request_timeout(text: &str) -> Result<Option<Duration>, Failure> {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod fetch;
 pub mod input;
+pub mod jsonpath;
 pub mod kubeadm;
 mod output;
 pub mod plan;
@@ -84,6 +85,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub type Outcome = Result<u8, Failure>;
 
 pub fn main() -> ExitCode {
+    // `COMPLETE=SHELL ksa ...`: the shell asking for candidates (the
+    // script of `ksa completions SHELL`); answered, and nothing else runs.
+    clap_complete::env::CompleteEnv::with_factory(<args::Cli as clap::CommandFactory>::command)
+        .var(completion::ENV_VAR)
+        .complete();
     let invoked_as = std::env::args_os()
         .next()
         .and_then(|a| {
@@ -96,7 +102,7 @@ pub fn main() -> ExitCode {
     if invoked_as.starts_with("kubectl-ksa") {
         command = command.bin_name("kubectl ksa");
     }
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = kubectl_verbosity(std::env::args_os().collect());
     let matches = match command.try_get_matches_from(&argv) {
         Ok(m) => m,
         Err(e) if e.use_stderr() && output::json_in_args(&argv) => {
@@ -120,11 +126,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    let filter = if cli.verbose {
-        "info,ksa_cli=debug,ksa_kube=debug"
-    } else {
-        "error,kube_client=off"
-    };
+    let filter = log_filter(cli.verbosity.unwrap_or(0));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KSA_LOG")
@@ -145,6 +147,113 @@ pub fn main() -> ExitCode {
                 eprintln!("error: {}", output::chain(&failure.error));
             }
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// kubectl's `-v N` (a level after a space) as clap reads it, `-v=N`; and
+/// `-vN` too. `-v` followed by anything but a number stays `-v` alone.
+pub fn kubectl_verbosity(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_level = |text: &str| {
+        !text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit())
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        // After `--`, everything is an argument.
+        if arg == "--" {
+            out.push(arg);
+            out.extend(args);
+            break;
+        }
+        match arg.to_str() {
+            Some(flag @ ("-v" | "--v" | "--verbose"))
+                if args
+                    .peek()
+                    .and_then(|next| next.to_str())
+                    .is_some_and(is_level) =>
+            {
+                let level = args.next().unwrap_or_default();
+                let mut joined = std::ffi::OsString::from(format!("{flag}="));
+                joined.push(level);
+                out.push(joined);
+            }
+            Some(text) if text.strip_prefix("-v").is_some_and(is_level) => {
+                out.push(format!("-v={}", &text[2..]).into());
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+/// The tracing filter of a kubectl-style level: 0 errors only; 1
+/// warnings; 2 what ksa does; 3 and 4 (`-v` alone) ksa's own debug lines;
+/// 5 and 6 the Kubernetes client's too (each request); 7 and up everything,
+/// to trace.
+pub fn log_filter(level: u8) -> &'static str {
+    match level {
+        0 => "error,kube_client=off",
+        1 => "warn,kube_client=off",
+        2 => "info,kube_client=off",
+        3 | 4 => "info,ksa_cli=debug,ksa_kube=debug",
+        5 | 6 => {
+            "info,ksa_cli=debug,ksa_kube=debug,ksa_core=debug,kube_client=debug,kube_runtime=debug"
+        }
+        _ => "trace",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn kubectls_verbosity_forms_become_one() {
+        assert_eq!(
+            kubectl_verbosity(args("ksa -v 6 version")),
+            args("ksa -v=6 version")
+        );
+        assert_eq!(
+            kubectl_verbosity(args("ksa version --v 8")),
+            args("ksa version --v=8")
+        );
+        assert_eq!(
+            kubectl_verbosity(args("ksa -v6 version")),
+            args("ksa -v=6 version")
+        );
+        for unchanged in [
+            "ksa -v version",
+            "ksa -v=3 version",
+            "ksa --v=3 version",
+            "ksa token decode -v -",
+            "ksa status decode -- -v 6",
+        ] {
+            assert_eq!(
+                kubectl_verbosity(args(unchanged)),
+                args(unchanged),
+                "{unchanged}"
+            );
+        }
+    }
+
+    #[test]
+    fn levels_widen_the_log() {
+        assert_eq!(log_filter(0), "error,kube_client=off");
+        // `-v` alone, as before levels.
+        assert_eq!(log_filter(4), "info,ksa_cli=debug,ksa_kube=debug");
+        assert!(log_filter(6).contains("kube_client=debug"));
+        assert_eq!(log_filter(9), "trace");
+        let filters: Vec<&str> = (0..=10).map(log_filter).collect();
+        for filter in filters {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(filter).is_ok(),
+                "{filter}"
+            );
         }
     }
 }

@@ -1,10 +1,14 @@
 //! Writing to the terminal: errors with their chain, a closed stdout,
 //! colour, and text from tokens shown without control characters.
+//!
+//! Colour is `anstyle`'s, written through `anstream`, which drops it when
+//! stdout is not a terminal or NO_COLOR is set (CLICOLOR_FORCE forces it).
 
 use std::borrow::Cow;
-use std::io::IsTerminal as _;
 
-use crate::args::DataFormat;
+use anstyle::{AnsiColor, Style};
+
+use crate::args::{DataFormat, Output};
 use crate::{Failure, Outcome};
 
 /// `error: outer: cause: root cause`, each cause once.
@@ -103,17 +107,14 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Colour only on a terminal, and never with NO_COLOR set.
-pub fn color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
+/// A valid verdict.
+pub const GOOD: Style = AnsiColor::Green.on_default();
+/// An invalid one.
+pub const BAD: Style = AnsiColor::Red.on_default();
 
-pub fn paint(text: &str, code: &str) -> String {
-    if color() {
-        format!("\x1b[{code}m{text}\x1b[0m")
-    } else {
-        text.to_owned()
-    }
+/// `text` in `style`; [`print`] keeps the colour only where it belongs.
+pub fn paint(text: &str, style: Style) -> String {
+    format!("{style}{text}{style:#}")
 }
 
 /// A time as ksa prints it: RFC 3339 in UTC with how long ago (or how
@@ -129,20 +130,38 @@ pub fn time(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
 }
 
 /// A length of time in one or two units, as kubectl prints ages: `45s`,
-/// `5m`, `5m30s`, `3h`, `3h20m`, `2d`, `2d4h`.
+/// `5m`, `5m30s`, `3h`, `3h20m`, `2d`, `2d4h` (the second unit only while
+/// the first is under 10, truncated). jiff rounds and prints it.
 pub fn age(seconds: u64) -> String {
-    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
-        if big < 10 && small != 0 {
-            format!("{big}{big_unit}{small}{small_unit}")
-        } else {
-            format!("{big}{big_unit}")
-        }
+    use jiff::fmt::friendly::{Designator, Spacing, SpanPrinter};
+    use jiff::{RoundMode, Span, SpanRound, Unit};
+    let (big, small, size) = match seconds {
+        0..60 => (Unit::Second, Unit::Second, 1),
+        60..3600 => (Unit::Minute, Unit::Second, 60),
+        3600..86400 => (Unit::Hour, Unit::Minute, 3600),
+        _ => (Unit::Day, Unit::Hour, 86400),
     };
-    match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => two(seconds / 60, "m", seconds % 60, "s"),
-        3600..86400 => two(seconds / 3600, "h", seconds % 3600 / 60, "m"),
-        _ => two(seconds / 86400, "d", seconds % 86400 / 3600, "h"),
+    let smallest = if seconds / size < 10 { small } else { big };
+    let rounded = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| Span::new().try_seconds(seconds).ok())
+        .and_then(|span| {
+            span.round(
+                SpanRound::new()
+                    .largest(big)
+                    .smallest(smallest)
+                    .mode(RoundMode::Trunc)
+                    .days_are_24_hours(),
+            )
+            .ok()
+        });
+    match rounded {
+        Some(span) => SpanPrinter::new()
+            .designator(Designator::Compact)
+            .spacing(Spacing::None)
+            .span_to_string(&span),
+        // Past jiff's range (hundreds of millennia: a hostile exp).
+        None => format!("{}d", seconds / 86400),
     }
 }
 
@@ -152,7 +171,7 @@ pub fn age(seconds: u64) -> String {
 pub fn print(text: &str) -> Result<(), Failure> {
     use std::io::Write as _;
     let write = || -> std::io::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = anstream::stdout().lock();
         out.write_all(text.as_bytes())?;
         if !text.ends_with('\n') {
             out.write_all(b"\n")?;
@@ -178,6 +197,51 @@ pub fn finish(text: &str) -> Outcome {
     }
 }
 
+/// What `-o` asks for: `value` as JSON, YAML or a jsonpath template, or
+/// `text()` (for `wide` too, where a command has no wider text).
+pub fn render(
+    output: &Output,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> Result<String, Failure>,
+) -> Result<String, Failure> {
+    Ok(match output {
+        Output::Text | Output::Wide => text()?,
+        Output::Json => serde_json::to_string_pretty(value)?,
+        Output::Yaml => serde_saphyr::to_string(value)?,
+        Output::JsonPath(template) => template.render(&serde_json::to_value(value)?),
+    })
+}
+
+/// Rows under upper-case headers, in columns three spaces apart, as
+/// kubectl prints tables (`-o wide`).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(width - cell.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        out.push_str(&line(
+            row.iter().map(|cell| shown(cell).into_owned()).collect(),
+        ));
+    }
+    out
+}
+
 /// Data as JSON or YAML.
 pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String, Failure> {
     Ok(match format {
@@ -188,6 +252,21 @@ pub fn data(value: &impl serde::Serialize, format: DataFormat) -> Result<String,
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tables_are_kubectls() {
+        assert_eq!(
+            super::table(
+                &["name", "step", "waiting for"],
+                &[vec![
+                    "user-cluster-1".into(),
+                    "Trust".into(),
+                    "API servers: 1/3".into()
+                ]]
+            ),
+            "NAME             STEP    WAITING FOR\nuser-cluster-1   Trust   API servers: 1/3\n"
+        );
+    }
 
     #[test]
     fn a_kubernetes_error_is_the_servers_message_once_not_a_debug_dump() {
@@ -245,6 +324,29 @@ mod tests {
             .map(super::age)
             .collect();
         assert_eq!(ages, ["45s", "5m30s", "59m", "3h20m", "2d7h", "23d"]);
+        let edges: Vec<String> = [0, 60, 600, 3600, 86_400, 90_061, u64::MAX]
+            .into_iter()
+            .map(super::age)
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                "0s",
+                "1m",
+                "10m",
+                "1h",
+                "1d",
+                "1d1h",
+                &format!("{}d", u64::MAX / 86_400)
+            ]
+        );
+    }
+
+    #[test]
+    fn colour_is_anstyles_and_anstream_drops_it_where_it_does_not_belong() {
+        let painted = super::paint("valid", super::GOOD);
+        assert_eq!(painted, "\u{1b}[32mvalid\u{1b}[0m");
+        assert_eq!(anstream::adapter::strip_str(&painted).to_string(), "valid");
     }
 
     #[test]

@@ -6,19 +6,15 @@ use std::fmt::Write as _;
 
 use ksa_kube::plan::RotationPlan;
 
-use crate::args::Format;
+use crate::args::Output;
 use crate::{Failure, Outcome};
 
 /// How many names the text form lists of each kind before "and N more".
 const NAMES: usize = 10;
 
 /// Prints `plan` (`--dry-run`).
-pub fn print(plan: &RotationPlan, output: Format) -> Outcome {
-    let text = match output {
-        Format::Text => full(plan),
-        Format::Json => serde_json::to_string_pretty(plan)?,
-        Format::Yaml => serde_saphyr::to_string(plan)?,
-    };
+pub fn print(plan: &RotationPlan, output: &Output) -> Outcome {
+    let text = crate::output::render(output, plan, || Ok(full(plan)))?;
     crate::output::finish(&text)
 }
 

@@ -1,7 +1,7 @@
 //! What the CLI says and asks before a rotation starts, for a user
 //! cluster and a kubeadm control plane alike.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 
 use ksa_core::rotation::RotationState;
 
@@ -29,15 +29,16 @@ pub fn confirm(explanation: &str) -> Result<(), Failure> {
         )));
     }
     eprintln!("{explanation}");
-    eprint!("Proceed? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
-        Ok(())
-    } else {
-        Err(Failure::bad_input(anyhow::anyhow!(
+    // dialoguer's y/N on stderr: no by default, an answer ends with Enter.
+    let answer = dialoguer::Confirm::new()
+        .with_prompt("Proceed?")
+        .default(false)
+        .wait_for_newline(true)
+        .interact_on_opt(&dialoguer::console::Term::stderr());
+    match answer {
+        Ok(Some(true)) => Ok(()),
+        Ok(_) | Err(_) => Err(Failure::bad_input(anyhow::anyhow!(
             "not confirmed; nothing was changed"
-        )))
+        ))),
     }
 }

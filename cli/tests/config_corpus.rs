@@ -13,7 +13,7 @@ enableAdvancedCluster: false
 ksaSigningKeyRotation:
   namespace: user-cluster-1
   key: RSA-2048
-  issuers: [https://kubernetes.default.svc.cluster.local]
+  issuer: https://kubernetes.default.svc.cluster.local
   tokenRefresh:
     policy: restart-pods
     maxTokenSeconds: 3600
@@ -92,8 +92,17 @@ fn malformed_configs_get_typed_errors_naming_the_field() {
         (
             "http issuer",
             GOOD.replace("https://kubernetes", "http://kubernetes"),
-            |e| matches!(e, ConfigError::Invalid { field, .. } if field == "ksaSigningKeyRotation.issuers[0]"),
+            |e| matches!(e, ConfigError::Invalid { field, .. } if field == "ksaSigningKeyRotation.issuer"),
             "https://",
+        ),
+        (
+            "a list of accepted issuers, which ksa would not use",
+            GOOD.replace(
+                "issuer: https://kubernetes.default.svc.cluster.local",
+                "issuers: [https://kubernetes.default.svc.cluster.local]",
+            ),
+            |e| matches!(e, ConfigError::Unsupported { field, .. } if field == "ksaSigningKeyRotation.issuers"),
+            "ksaSigningKeyRotation.issuer: URL",
         ),
         (
             "unknown policy",

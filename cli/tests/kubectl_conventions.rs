@@ -504,7 +504,7 @@ fn kubectl_complete_ksa_answers_in_cobras_protocol() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "text\njson\nyaml\n:4\n"
+        "text\nwide\njson\nyaml\njsonpath=\n:4\n"
     );
     // As a Cobra plugin's script passes it on.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl_complete-ksa"))

@@ -69,6 +69,11 @@ impl TargetCluster {
         TargetCluster { client, config }
     }
 
+    /// The API server URL the cluster is reached at, for errors.
+    pub fn url(&self) -> &http::Uri {
+        &self.config.cluster_url
+    }
+
     /// The user cluster a rotation names, or the controller's own.
     ///
     /// The kubeconfig Secret is written by whoever may write Secrets in the

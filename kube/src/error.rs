@@ -79,6 +79,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// NotFound)`), never kube-rs's debug dump of the whole `Status`.
 pub fn describe(error: &kube::Error) -> String {
     match error {
+        // Not a Kubernetes answer: kube-rs keeps the body (an HTML page
+        // from a proxy or a web server) as the message. Shown only when it
+        // is one short line of text, such as `404 page not found`.
+        kube::Error::Api(status) if status.reason == NOT_A_STATUS => {
+            let body = status.message.trim();
+            let short = body.len() <= 100
+                && !body.contains(['<', '\n'])
+                && !body.chars().any(char::is_control);
+            let said = if short && !body.is_empty() {
+                format!(" ({body:?})")
+            } else {
+                String::new()
+            };
+            let why = if status.code == 404 {
+                "the server does not serve this API: a resource type that is not installed, or a \
+                 server URL that is not a Kubernetes API server's"
+            } else {
+                "a proxy in front of the API server answered, or the server URL is not a \
+                 Kubernetes API server's"
+            };
+            format!(
+                "HTTP {} with no Kubernetes Status in the answer{said}; {why}",
+                status.code
+            )
+        }
         kube::Error::Api(status) => {
             let message = if status.message.is_empty() {
                 "the API server refused the request"
@@ -95,9 +120,34 @@ pub fn describe(error: &kube::Error) -> String {
     }
 }
 
+/// The reason kube-rs gives an error answer that is not a `Status`.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_that_is_no_status_is_not_dumped() {
+        let html = kube::core::Status::failure(
+            "<!DOCTYPE HTML>\n<html><body><h1>Error response</h1></body></html>",
+            NOT_A_STATUS,
+        )
+        .with_code(404);
+        assert_eq!(
+            describe(&kube::Error::Api(html.boxed())),
+            "HTTP 404 with no Kubernetes Status in the answer; the server does not serve this \
+             API: a resource type that is not installed, or a server URL that is not a Kubernetes \
+             API server's"
+        );
+        let text = kube::core::Status::failure("404 page not found", NOT_A_STATUS).with_code(404);
+        assert_eq!(
+            describe(&kube::Error::Api(text.boxed())),
+            "HTTP 404 with no Kubernetes Status in the answer (\"404 page not found\"); the \
+             server does not serve this API: a resource type that is not installed, or a server \
+             URL that is not a Kubernetes API server's"
+        );
+    }
 
     #[test]
     fn an_api_error_reads_as_the_api_servers_message_not_a_debug_dump() {

@@ -24,7 +24,16 @@ pub fn run(cli: Cli) -> Outcome {
                     which: CredentialsCommand::KsaIssuer { action },
                 },
         } => rotation::run(action.into()),
-        Command::Status { command } => status::run(command),
+        Command::Rotate(args) => rotation::run(args.into()),
+        Command::Plan(args) => rotation::run(args.into()),
+        Command::Status {
+            command: Some(command),
+            ..
+        } => status::run(command),
+        Command::Status {
+            command: None,
+            args,
+        } => rotation::run(rotation::Request::status(args, false)),
         Command::Version { output } => version(output),
         Command::Keys { command } => keys::run(command),
         Command::Token { command } => token::run(command),
@@ -35,34 +44,54 @@ pub fn run(cli: Cli) -> Outcome {
             Ok(crate::exit::DONE)
         }
         Command::Completions { shell } => {
-            // Generated into memory first: clap_complete panics when its
-            // writer fails, as stdout does when closed.
-            let mut command = <Cli as clap::CommandFactory>::command();
+            // The script of `COMPLETE=SHELL ksa`: the shell asks ksa for
+            // the candidates, so contexts and namespaces complete too.
+            use clap_complete::env::EnvCompleter as _;
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "ksa", &mut script);
+            let (var, bin) = (crate::completion::ENV_VAR, "ksa");
+            let written = match shell {
+                clap_complete::Shell::Bash => {
+                    clap_complete::env::Bash.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Zsh => {
+                    clap_complete::env::Zsh.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Fish => {
+                    clap_complete::env::Fish.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::Elvish => {
+                    clap_complete::env::Elvish.write_registration(var, bin, bin, bin, &mut script)
+                }
+                clap_complete::Shell::PowerShell => clap_complete::env::Powershell
+                    .write_registration(var, bin, bin, bin, &mut script),
+                other => {
+                    return Err(crate::Failure::bad_input(anyhow::anyhow!(
+                        "no completion script for {other}"
+                    )));
+                }
+            };
+            written?;
             finish(&String::from_utf8_lossy(&script))
         }
     }
 }
 
 /// `ksa version`.
-fn version(output: crate::args::Format) -> Outcome {
+fn version(output: crate::args::Output) -> Outcome {
     let json = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("KSA_COMMIT"),
         "commitDate": env!("KSA_COMMIT_DATE"),
         "target": env!("KSA_TARGET"),
     });
-    let text = match output {
-        crate::args::Format::Text => format!(
+    let text = crate::output::render(&output, &json, || {
+        Ok(format!(
             "ksa {} (commit {}, {}, {})",
             env!("CARGO_PKG_VERSION"),
             env!("KSA_COMMIT"),
             env!("KSA_COMMIT_DATE"),
             env!("KSA_TARGET")
-        ),
-        crate::args::Format::Json => serde_json::to_string_pretty(&json)?,
-        crate::args::Format::Yaml => serde_saphyr::to_string(&json)?,
-    };
+        ))
+    })?;
     finish(&text)
 }

@@ -18,7 +18,9 @@ use ksa_kube::cluster::TargetCluster;
 use ksa_kube::lock;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
-use crate::args::{ClusterArgs, Format, IssuerCommand, RotationCommand};
+use crate::args::{
+    ClusterArgs, IssuerCommand, KeyRotateArgs, Output, PlanArgs, RotationCommand, StatusArgs,
+};
 use crate::config::UserClusterConfig;
 use crate::connection::Connection;
 use crate::{Failure, Outcome, exit};
@@ -63,7 +65,7 @@ pub struct RotateArgs {
     /// `false` for `ksa-issuer rotate`.
     changes_key: bool,
     dry_run: bool,
-    output: Format,
+    output: Output,
     accept_outside_legacy_tokens: bool,
 }
 
@@ -73,48 +75,75 @@ pub enum Request {
     Rotate(RotateArgs),
     Status {
         cluster: ClusterArgs,
-        output: Format,
+        output: Output,
         watch: bool,
         /// `ksa-issuer status`: the issuer line.
         issuer: bool,
     },
 }
 
+impl From<KeyRotateArgs> for Request {
+    fn from(args: KeyRotateArgs) -> Request {
+        let KeyRotateArgs {
+            cluster,
+            manifests_dir,
+            skip_prompt,
+            wait,
+            timeout,
+            issuer,
+            dry_run,
+            output,
+            accept_outside_legacy_tokens,
+        } = args;
+        Request::Rotate(RotateArgs {
+            cluster,
+            manifests_dir,
+            skip_prompt,
+            wait,
+            timeout,
+            issuer,
+            changes_key: true,
+            dry_run,
+            output,
+            accept_outside_legacy_tokens,
+        })
+    }
+}
+
+impl From<PlanArgs> for Request {
+    fn from(args: PlanArgs) -> Request {
+        Request::Rotate(RotateArgs {
+            cluster: args.cluster,
+            manifests_dir: args.manifests_dir,
+            skip_prompt: true,
+            wait: false,
+            timeout: None,
+            issuer: args.issuer,
+            changes_key: true,
+            dry_run: true,
+            output: args.output,
+            accept_outside_legacy_tokens: false,
+        })
+    }
+}
+
+impl Request {
+    /// `status` of the key rotation (`issuer`: false) or the issuer's.
+    pub fn status(args: StatusArgs, issuer: bool) -> Request {
+        Request::Status {
+            cluster: args.cluster,
+            output: args.output,
+            watch: args.watch,
+            issuer,
+        }
+    }
+}
+
 impl From<RotationCommand> for Request {
     fn from(command: RotationCommand) -> Request {
         match command {
-            RotationCommand::Rotate {
-                cluster,
-                manifests_dir,
-                skip_prompt,
-                wait,
-                timeout,
-                issuer,
-                dry_run,
-                output,
-                accept_outside_legacy_tokens,
-            } => Request::Rotate(RotateArgs {
-                cluster,
-                manifests_dir,
-                skip_prompt,
-                wait,
-                timeout,
-                issuer,
-                changes_key: true,
-                dry_run,
-                output,
-                accept_outside_legacy_tokens,
-            }),
-            RotationCommand::Status {
-                cluster,
-                output,
-                watch,
-            } => Request::Status {
-                cluster,
-                output,
-                watch,
-                issuer: false,
-            },
+            RotationCommand::Rotate(args) => args.into(),
+            RotationCommand::Status(args) => Request::status(args, false),
         }
     }
 }
@@ -144,16 +173,7 @@ impl From<IssuerCommand> for Request {
                 // An issuer rotation re-mints no legacy token.
                 accept_outside_legacy_tokens: false,
             }),
-            IssuerCommand::Status {
-                cluster,
-                output,
-                watch,
-            } => Request::Status {
-                cluster,
-                output,
-                watch,
-                issuer: true,
-            },
+            IssuerCommand::Status(args) => Request::status(args, true),
         }
     }
 }
@@ -163,6 +183,7 @@ pub fn run(request: Request) -> Outcome {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    check_target(&request)?;
     runtime.block_on(async {
         match request {
             Request::Rotate(args) => {
@@ -182,7 +203,7 @@ pub fn run(request: Request) -> Outcome {
                         crate::kubeadm::rotate(crate::kubeadm::RotateRequest {
                             pki_dir: pki_dir.clone(),
                             manifests_dir: args.manifests_dir.clone().unwrap_or_default(),
-                            kube_config: Connection::open(&args.cluster.kube).await?.config,
+                            connection: Connection::open(&args.cluster.kube).await?,
                             skip_prompt: args.skip_prompt,
                             wait: args.wait,
                             timeout: args
@@ -193,7 +214,7 @@ pub fn run(request: Request) -> Outcome {
                             issuer,
                             changes_key: args.changes_key,
                             dry_run: args.dry_run,
-                            output: args.output,
+                            output: args.output.clone(),
                             accept_outside_legacy_tokens: args.accept_outside_legacy_tokens,
                         })
                         .await
@@ -210,7 +231,7 @@ pub fn run(request: Request) -> Outcome {
                 output,
                 issuer,
                 ..
-            } => crate::kubeadm::status(&pki_dir, output, issuer),
+            } => crate::kubeadm::status(&pki_dir, &output, issuer),
             Request::Status {
                 cluster,
                 output,
@@ -219,6 +240,32 @@ pub fn run(request: Request) -> Outcome {
             } => status(cluster, output, watch, issuer).await,
         }
     })
+}
+
+/// What to give when the command line names no cluster: clap would say
+/// only which flags are missing, not what a user has.
+const NO_TARGET: &str = "which cluster? Give a user cluster: --config USER_CLUSTER_CONFIG (its gkectl \
+config file) with --kubeconfig ADMIN_KUBECONFIG (the admin cluster that runs ksa-controller); \
+or a kubeadm control plane: --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests \
+--kubeconfig /etc/kubernetes/admin.conf. See --help for examples";
+
+/// Refuses a command line that names no cluster, or a kubeadm one without
+/// its manifests, saying what to give.
+fn check_target(request: &Request) -> Result<(), Failure> {
+    let (cluster, manifests_dir) = match request {
+        Request::Rotate(args) => (&args.cluster, Some(&args.manifests_dir)),
+        Request::Status { cluster, .. } => (cluster, None),
+    };
+    if cluster.config.is_none() && cluster.pki_dir.is_none() {
+        return Err(Failure::bad_input(anyhow::anyhow!(NO_TARGET)));
+    }
+    if cluster.pki_dir.is_some() && manifests_dir.is_some_and(Option::is_none) {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--pki-dir needs --manifests-dir: kubeadm's static pod manifests \
+             (/etc/kubernetes/manifests), which ksa edits at each step"
+        )));
+    }
+    Ok(())
 }
 
 struct Target {
@@ -295,13 +342,65 @@ async fn user_cluster(target: &Target) -> Result<TargetCluster, Failure> {
                 key: target.config.kubeconfig_secret_key.clone(),
             },
         });
-    Ok(TargetCluster::connect(
+    TargetCluster::connect(
         &own,
         &target.client,
         &target.config.namespace,
         cluster_ref.as_ref(),
     )
-    .await?)
+    .await
+    .map_err(|error| kubeconfig_secret_error(target, error))
+}
+
+/// Why the user cluster's kubeconfig Secret could not be read, naming the
+/// Secret, the config field and what to do.
+fn kubeconfig_secret_error(target: &Target, error: ksa_kube::Error) -> Failure {
+    let config = &target.config;
+    let (Some(name), ksa_kube::Error::Kube(kube::Error::Api(status))) =
+        (&config.kubeconfig_secret, &error)
+    else {
+        return match error {
+            ksa_kube::Error::Kube(error) => target.connection.unreachable(error),
+            other => Failure::bad_input(other),
+        };
+    };
+    let namespace = &config.namespace;
+    match status.code {
+        404 => Failure::bad_input(anyhow::anyhow!(
+            "the user cluster's kubeconfig Secret {namespace}/{name} \
+             (ksaSigningKeyRotation.kubeconfigSecret in --config) does not exist in the admin \
+             cluster {}: create it with `kubectl create secret generic {name} -n {namespace} \
+             --from-file={}=USER_CLUSTER_KUBECONFIG`, or name the right Secret in \
+             kubeconfigSecret; nothing was changed",
+            target.connection.describe(),
+            config.kubeconfig_secret_key,
+        )),
+        403 => Failure::from(anyhow::anyhow!(
+            "reading the user cluster's kubeconfig Secret {namespace}/{name} is forbidden ({}): \
+             ask for a Role that grants get on secrets in namespace {namespace}; nothing was changed",
+            status.message
+        )),
+        _ => match error {
+            ksa_kube::Error::Kube(error) => target.connection.unreachable(error),
+            other => Failure::from(other),
+        },
+    }
+}
+
+/// An error of the user cluster's API servers, naming where they are: the
+/// server of the kubeconfig Secret, or the admin cluster itself.
+fn user_cluster_error(target: &Target, cluster: &TargetCluster, error: ksa_kube::Error) -> Failure {
+    let ksa_kube::Error::Kube(error) = error else {
+        return Failure::from(error);
+    };
+    match &target.config.kubeconfig_secret {
+        Some(secret) => Failure::from(anyhow::Error::new(error).context(format!(
+            "the user cluster's API server {} (from the kubeconfig in Secret {}/{secret})",
+            cluster.url(),
+            target.config.namespace
+        ))),
+        None => target.connection.unreachable(error),
+    }
 }
 
 /// The issuer the user cluster signs with before ksa ever changed it: the
@@ -424,10 +523,11 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
     // Who the rotation affects and who it could break, from the live
     // cluster, before anything changes.
     let cluster = user_cluster(&target).await?;
-    let plan =
-        ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now()).await?;
+    let plan = ksa_kube::plan::plan(&cluster, &started, &spec.policy(), jiff::Timestamp::now())
+        .await
+        .map_err(|error| user_cluster_error(&target, &cluster, error))?;
     if args.dry_run {
-        return crate::plan::print(&plan, args.output);
+        return crate::plan::print(&plan, &args.output);
     }
     crate::plan::check_outside_holders(&plan, args.skip_prompt, args.accept_outside_legacy_tokens)?;
     if !args.skip_prompt {
@@ -529,6 +629,14 @@ fn explanation(
 /// or the request's own error.
 fn refused(error: kube::Error, verb: &str, namespace: &str) -> Failure {
     match super::preflight::forbidden(error, verb, namespace) {
+        Ok(kube::Error::Api(status)) if status.code == 404 && verb == "create" => {
+            Failure::bad_input(anyhow::anyhow!(
+                "namespace {namespace} does not exist in the admin cluster ({}): create it \
+                 (kubectl create namespace {namespace}) or name the rotation's namespace with -n \
+                 or ksaSigningKeyRotation.namespace; nothing was changed",
+                ksa_kube::error::describe(&kube::Error::Api(status))
+            ))
+        }
         Ok(other) => conflict_is_busy(other),
         Err(forbidden) => forbidden,
     }
@@ -658,11 +766,13 @@ async fn follow(
     }
 }
 
-async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) -> Outcome {
+async fn status(args: ClusterArgs, output: Output, watch: bool, issuer: bool) -> Outcome {
     let target = connect(&args).await?;
     let resource = target.api.get_opt(&target.config.name).await?.ok_or_else(|| {
         anyhow::anyhow!(
-            "no KSASigningKeyRotation {} in namespace {}: no rotation has been started for this cluster",
+            "no KSASigningKeyRotation {} in namespace {}: no rotation has been started for this \
+             cluster (start one with `ksa update credentials ksa-signing-key rotate --config \
+             CONFIG`, or name the namespace it is in with -n)",
             target.config.name,
             target.config.namespace
         )
@@ -708,7 +818,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
         )
     });
     if issuer {
-        return issuer_status(&status, &resource, output);
+        return issuer_status(&status, &resource, &output);
     }
     // A rotation the spec asks for that has not started is not completed,
     // whatever the last one's line said.
@@ -718,7 +828,7 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
         .as_deref()
         .filter(|w| w.starts_with("refused"));
     let line = state.status_line_for(requested, refusal.is_some());
-    if output == Format::Text {
+    if output == Output::Text {
         // Standard output is the status line alone, byte for byte (scripts
         // parse it); where the rotation stands goes beside it, for people.
         if line != state.status_line() {
@@ -735,10 +845,10 @@ async fn status(args: ClusterArgs, output: Format, watch: bool, issuer: bool) ->
             eprintln!("{}", progress_note(&status, jiff::Timestamp::now()));
         }
     }
+    let value = structured(&status, &resource, &line);
     let text = match output {
-        Format::Text => line.to_string(),
-        Format::Json => serde_json::to_string_pretty(&structured(&status, &resource, &line))?,
-        Format::Yaml => serde_saphyr::to_string(&structured(&status, &resource, &line))?,
+        Output::Wide => key_table(&value, jiff::Timestamp::now()),
+        output => crate::output::render(&output, &value, || Ok(line.to_string()))?,
     };
     crate::output::finish(&text)
 }
@@ -764,7 +874,7 @@ fn progress_note(status: &RotationStatus, now: jiff::Timestamp) -> String {
 fn issuer_status(
     status: &RotationStatus,
     resource: &KSASigningKeyRotation,
-    output: Format,
+    output: &Output,
 ) -> Outcome {
     let Some(issuer) = &status.issuer else {
         return Err(Failure::bad_input(anyhow::anyhow!(
@@ -786,12 +896,113 @@ fn issuer_status(
             "statusLine": issuer.status_line,
         })
     };
+    let value = structured();
     let text = match output {
-        Format::Text => issuer.status_line.clone(),
-        Format::Json => serde_json::to_string_pretty(&structured())?,
-        Format::Yaml => serde_saphyr::to_string(&structured())?,
+        Output::Wide => issuer_table(&value),
+        output => crate::output::render(output, &value, || Ok(issuer.status_line.clone()))?,
     };
     crate::output::finish(&text)
+}
+
+/// A JSON value as a table cell: text as it is, nothing as `-`, lists
+/// joined by commas.
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(text) if text.is_empty() => "-".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// How long ago an RFC 3339 time was, as kubectl's AGE column says it.
+fn age(value: &serde_json::Value, now: jiff::Timestamp) -> String {
+    value
+        .as_str()
+        .and_then(|text| text.parse::<jiff::Timestamp>().ok())
+        .map_or("-".to_owned(), |at| {
+            crate::output::age(
+                now.as_second()
+                    .saturating_sub(at.as_second())
+                    .unsigned_abs(),
+            )
+        })
+}
+
+/// `status -o wide`: the key rotation as a kubectl table row.
+pub(crate) fn key_table(value: &serde_json::Value, now: jiff::Timestamp) -> String {
+    // Before the controller's first condition, the status line says it.
+    let decoded = value["statusLine"]
+        .as_str()
+        .and_then(|line| ksa_core::status::decode(line).ok())
+        .map(|decoded| {
+            serde_json::json!({
+                "status": if decoded["status"] == true { "True" } else { "False" },
+                "reason": decoded["reason"],
+            })
+        });
+    let condition = match (&value["condition"], &decoded) {
+        (serde_json::Value::Null, Some(decoded)) => decoded,
+        (condition, _) => condition,
+    };
+    crate::output::table(
+        &[
+            "name",
+            "target",
+            "key",
+            "step",
+            "status",
+            "reason",
+            "token",
+            "private",
+            "public",
+            "step age",
+            "waiting for",
+        ],
+        &[vec![
+            cell(&value["cluster"]),
+            cell(&value["targetKeyVersion"]),
+            cell(&value["keyVersion"]),
+            cell(&value["step"]),
+            cell(&condition["status"]),
+            cell(&condition["reason"]),
+            cell(&value["tokenVersion"]),
+            cell(&value["privateKeyVersion"]),
+            cell(&value["publicKeyVersions"]),
+            age(&value["stepStartedAt"], now),
+            cell(&value["waitingFor"]),
+        ]],
+    )
+}
+
+/// `ksa-issuer status -o wide`: the issuer rotation as a kubectl table row.
+fn issuer_table(value: &serde_json::Value) -> String {
+    let condition = &value["condition"];
+    crate::output::table(
+        &[
+            "name",
+            "target",
+            "step",
+            "status",
+            "reason",
+            "signing",
+            "accepted",
+            "tokens",
+            "waiting for",
+        ],
+        &[vec![
+            cell(&value["cluster"]),
+            cell(&value["targetIssuer"]),
+            cell(&value["step"]),
+            cell(&condition["status"]),
+            cell(&condition["reason"]),
+            cell(&value["signingIssuer"]),
+            cell(&value["acceptedIssuers"]),
+            cell(&value["tokenIssuer"]),
+            cell(&value["waitingFor"]),
+        ]],
+    )
 }
 
 fn structured(

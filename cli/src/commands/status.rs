@@ -10,7 +10,9 @@ pub fn run(command: StatusCommand) -> Outcome {
             // The core's one decoded form, which the browser's
             // `decodeStatus` returns too.
             let value = ksa_core::status::decode(&text).map_err(Failure::bad_input)?;
-            crate::output::finish(&crate::output::data(&value, output)?)
+            crate::output::finish(&crate::output::render(&output, &value, || {
+                crate::output::data(&value, crate::args::DataFormat::Json)
+            })?)
         }
     }
 }

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use self::files::{PkiDir, write_atomic};
 use self::state::LockedState;
-use crate::args::Format;
+use crate::args::Output;
 use crate::{Failure, Outcome, exit};
 
 const APISERVER_MANIFEST: &str = "kube-apiserver.yaml";
@@ -87,7 +87,9 @@ const PRIVATE_KEY_FILE: &str = "service-account-private-key-file";
 pub struct RotateRequest {
     pub pki_dir: PathBuf,
     pub manifests_dir: PathBuf,
-    pub kube_config: kube::Config,
+    /// The cluster's API servers, through `--kubeconfig`; its errors name
+    /// the server URL, the context and the kubeconfig.
+    pub connection: crate::connection::Connection,
     pub skip_prompt: bool,
     pub wait: bool,
     /// `--timeout`; `None`: the longest the rotation takes when nothing
@@ -100,7 +102,7 @@ pub struct RotateRequest {
     pub changes_key: bool,
     /// Print the plan and change nothing.
     pub dry_run: bool,
-    pub output: Format,
+    pub output: Output,
     /// Go on although legacy tokens held outside the cluster will be
     /// re-minted.
     pub accept_outside_legacy_tokens: bool,
@@ -140,12 +142,15 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )));
         }
         let started = start(&state, &request, manifests).await?;
+        request.connection.check().await?;
         let cluster = TargetCluster::new(
-            kube::Client::try_from(request.kube_config.clone())?,
-            request.kube_config.clone(),
+            request.connection.client.clone(),
+            request.connection.config.clone(),
         );
-        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
-        return crate::plan::print(&plan, request.output);
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now())
+            .await
+            .map_err(|error| at_server(&request.connection, error))?;
+        return crate::plan::print(&plan, &request.output);
     }
     let locked = LockedState::lock(&pki.dir)?;
     let mut state = match locked.load()? {
@@ -171,11 +176,16 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
             )))
         })?;
     }
-    let client = kube::Client::try_from(request.kube_config.clone())?;
-    let cluster = TargetCluster::new(client, request.kube_config.clone());
+    let cluster = TargetCluster::new(
+        request.connection.client.clone(),
+        request.connection.config.clone(),
+    );
     if state.is_completed() {
         let started = start(&state, &request, manifests).await?;
-        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now()).await?;
+        request.connection.check().await?;
+        let plan = ksa_kube::plan::plan(&cluster, &started, &policy, Timestamp::now())
+            .await
+            .map_err(|error| at_server(&request.connection, error))?;
         crate::plan::check_outside_holders(
             &plan,
             request.skip_prompt,
@@ -240,7 +250,7 @@ pub async fn rotate(request: RotateRequest) -> Outcome {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
-                Err(error) => return Err(pass_failure(&pki, &state, error)),
+                Err(error) => return Err(pass_failure(&pki, &request.connection, &state, error)),
             };
         let waiting_on_servers = last.as_ref().is_some_and(|(next, effects)| {
             *next == pass.plan.next && *effects == pass.plan.effects
@@ -403,11 +413,28 @@ fn explanation(
     }
 }
 
+/// An error of the cluster's API servers, naming the server URL, the
+/// context and the kubeconfig.
+fn at_server(connection: &crate::connection::Connection, error: ksa_kube::Error) -> Failure {
+    match error {
+        ksa_kube::Error::Kube(error) => connection.unreachable(error),
+        other => Failure::from(other),
+    }
+}
+
 /// What the CLI reports for a pass that stopped.
-fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmError>) -> Failure {
+fn pass_failure(
+    pki: &PkiDir,
+    connection: &crate::connection::Connection,
+    state: &RotationState,
+    error: PassError<KubeadmError>,
+) -> Failure {
     match error {
         PassError::Observe(KubeadmError::Cluster(error)) => anyhow::Error::new(error)
-            .context("observing the API servers; run the same command again to resume")
+            .context(format!(
+                "observing the API servers ({}); run the same command again to resume",
+                connection.describe()
+            ))
             .into(),
         PassError::MissingKey(version) => Failure::bad_input(anyhow::anyhow!(
             "{} is missing, but step {} of the rotation to key version {} needs it; \
@@ -423,7 +450,9 @@ fn pass_failure(pki: &PkiDir, state: &RotationState, error: PassError<KubeadmErr
         PassError::Observe(error) | PassError::Save(error) | PassError::Apply { error, .. } => {
             match error {
                 KubeadmError::Files(error) => error.into(),
-                KubeadmError::Cluster(error) => anyhow::Error::new(error).into(),
+                KubeadmError::Cluster(error) => anyhow::Error::new(error)
+                    .context(format!("the API servers ({})", connection.describe()))
+                    .into(),
             }
         }
     }
@@ -660,7 +689,7 @@ fn edited_manifest(
 
 /// `status --pki-dir`: the status line from the state file (with
 /// `issuer`, the issuer status line).
-pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
+pub fn status(pki_dir: &Path, output: &Output, issuer: bool) -> Outcome {
     let state = match state::read(pki_dir)? {
         Some(state) => state,
         None => {
@@ -683,10 +712,28 @@ pub fn status(pki_dir: &Path, output: Format, issuer: bool) -> Outcome {
     } else {
         state.status_line().to_string()
     };
-    match output {
-        Format::Text => crate::output::print(&line)?,
-        Format::Json => crate::output::print(&serde_json::to_string_pretty(&state)?)?,
-        Format::Yaml => crate::output::print(&serde_saphyr::to_string(&state)?)?,
-    }
+    let text = match output {
+        Output::Wide if !issuer => {
+            // The table of `status -o wide`, from the state file.
+            let status_line = state.status_line();
+            let value = serde_json::json!({
+                "cluster": pki_dir.display().to_string(),
+                "targetKeyVersion": state.key_version(),
+                "keyVersion": state.key_version(),
+                "step": state.step(),
+                "tokenVersion": status_line.versions.token_version(),
+                "privateKeyVersion": status_line.versions.private_key_version(),
+                "publicKeyVersions": status_line.versions.public_key_versions(),
+                "stepStartedAt": state.step_started_at(),
+                "condition": {
+                    "status": if status_line.status() { "True" } else { "False" },
+                    "reason": status_line.reason,
+                },
+            });
+            crate::commands::rotation::key_table(&value, Timestamp::now())
+        }
+        output => crate::output::render(output, &state, || Ok(line.clone()))?,
+    };
+    crate::output::print(&text)?;
     Ok(exit::DONE)
 }

@@ -97,14 +97,22 @@ impl Node {
         RotateRequest {
             pki_dir: self.pki.clone(),
             manifests_dir: self.manifests.clone(),
-            kube_config: kube::Config::new(NO_API_SERVER.parse().expect("a URL")),
+            connection: {
+                let config = kube::Config::new(NO_API_SERVER.parse().expect("a URL"));
+                crate::connection::Connection {
+                    client: kube::Client::try_from(config.clone()).expect("a client"),
+                    config,
+                    context: None,
+                    source: crate::connection::KubeconfigSource::InCluster,
+                }
+            },
             skip_prompt: true,
             wait: false,
             timeout: Some(Duration::from_secs(1)),
             issuer: None,
             changes_key: true,
             dry_run: false,
-            output: crate::args::Format::Text,
+            output: crate::args::Output::Text,
             accept_outside_legacy_tokens: false,
         }
     }
