@@ -1,4 +1,4 @@
-//! Field names as a reader meets them: every field the README shows under
+//! Field names as a reader meets them: every field the docs show under
 //! a rotation's `spec` is one the CRD has (a client that drops unknown
 //! fields would silently lose a misspelt one), the user cluster config's
 //! `publish` section takes the CRD's own names, and a key the config does
@@ -9,9 +9,22 @@ use ksa_kube::api::KSASigningKeyRotation;
 use kube::CustomResourceExt as _;
 use serde_json::Value;
 
+/// README.md and every page of docs/, one after the other.
 fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md is readable")
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ is readable")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+        .iter()
+        .map(|page| std::fs::read_to_string(page).expect("a page of the docs is readable"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The schema of `spec`, generated from the CRD's Rust types.

@@ -8,7 +8,7 @@
 //! - `status: True` that meant nothing: a rotation asked for and not
 //!   started is reported as requested (or refused), not completed.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use ksa_kube::api::KSASigningKeyRotation;
 use ksa_tests::scenario::{CLUSTER, NAMESPACE, Scenario};
 use kube::api::{Api, Patch, PatchParams};
@@ -283,6 +283,33 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
             "{name} was written for a key not in use"
         );
     }
+
+    // A key Secret of version 1 that holds another key: refused, and the
+    // API server key Secret is not written.
+    let stranger_key = parse_pem(&std::fs::read(&stranger)?)?
+        .private_keys()
+        .next()
+        .cloned()
+        .context("the stranger's key")?;
+    ksa_kube::keystore::KeyStore::new(scenario.client.clone(), NAMESPACE, "rival")
+        .create(ksa_core::KeyVersion::FIRST, &stranger_key)
+        .await?;
+    let output = import("rival", &current)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stderr.contains("rival-signing-key-v1 already holds a different key")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    ensure!(
+        secrets.get_opt("rival-apiserver-keys").await?.is_none(),
+        "the API server key Secret was written although the import was refused"
+    );
 
     // An API server key Secret that holds another key: refused before the
     // key Secret is written.
