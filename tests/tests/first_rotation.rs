@@ -343,3 +343,121 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
     );
     Ok(())
 }
+
+/// The sample session of docs/development.md, run: each `$` command of its
+/// block, in a directory holding `user-cluster.yaml` and
+/// `admin.kubeconfig`, prints exactly the lines the block shows under it
+/// (the step a rotation is at and the times, which depend on timing,
+/// named aside).
+// Multi-threaded: `ksa ... --wait` blocks this thread while the harness's
+// roll-out player runs on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_session_prints_what_the_docs_show() -> Result<()> {
+    let page = std::fs::read_to_string(ksa_tests::readme::workspace().join("docs/development.md"))?;
+    let block = page
+        .split("```\n")
+        .find(|b| b.starts_with("$ ksa "))
+        .context("docs/development.md has no block of `$ ksa` commands")?;
+    // (command, the lines it prints)
+    let mut session: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match (line.strip_prefix("$ "), session.last_mut()) {
+            (Some(command), _) => session.push((command.to_owned(), Vec::new())),
+            (None, Some((_, printed))) => printed.push(line.to_owned()),
+            (None, None) => {}
+        }
+    }
+    ensure!(
+        session.len() >= 3,
+        "the session has too few commands: {session:?}"
+    );
+
+    let scenario = Scenario::start().await?;
+    // The session begins after a first rotation, to key version 2.
+    let first = scenario.ksa(&[
+        "update",
+        "credentials",
+        "ksa-signing-key",
+        "rotate",
+        "--skip-prompt",
+        "--wait",
+    ])?;
+    ensure!(
+        first.status.success(),
+        "the first rotation: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let dir = scenario
+        .config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .context("the config's directory")?;
+    ensure!(
+        dir.join("admin.kubeconfig").is_file(),
+        "no admin.kubeconfig beside the config"
+    );
+    let ksa_dir = ksa_tests::ksa_binary("ksa")?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(ksa_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let rotations = Api::<KSASigningKeyRotation>::namespaced(scenario.client.clone(), NAMESPACE);
+    for (command, expected) in &session {
+        let output = std::process::Command::new("bash")
+            .args(["-c", &format!("exec 2>&1\n{command}")])
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env("HOME", &dir)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let printed: Vec<String> = printed.lines().map(step_aside).collect();
+        let expected: Vec<String> = expected.iter().map(|l| step_aside(l)).collect();
+        ensure!(
+            printed == expected,
+            "`{command}` printed\n{}\nwhere docs/development.md shows\n{}",
+            printed.join("\n"),
+            expected.join("\n")
+        );
+        // A started rotation is taken up by the controller before the
+        // next command, as in the session the block was copied from.
+        if command.contains(" rotate ") && output.status.success() {
+            ksa_tests::eventually(
+                "the controller takes the rotation up",
+                std::time::Duration::from_secs(60),
+                || async {
+                    let line = rotations
+                        .get(CLUSTER)
+                        .await?
+                        .status
+                        .map(|s| s.status_line)
+                        .unwrap_or_default();
+                    ensure!(line.contains("ProcessedReason"), "{line}");
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `line` with the word after each `step ` replaced by `S`, and the time
+/// of a `step: STEP since TIME (AGE)` line left out.
+fn step_aside(line: &str) -> String {
+    if line.starts_with("step: ") {
+        return line.split(" since ").next().unwrap_or_default().to_owned();
+    }
+    let mut parts = line.split("step ");
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        let word = part
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(part.len());
+        out.push_str("step S");
+        out.push_str(&part[word..]);
+    }
+    out
+}
