@@ -40,6 +40,8 @@ use kube::api::{Api, Patch, PatchParams};
 use crate::ControlPlane;
 use crate::netns::{self, Netns};
 
+pub mod user_cluster;
+
 /// The variable through which tests find the node's components.
 pub const ENV: &str = "KSA_NODE_DIR";
 /// The pod sandbox image every node has imported.
@@ -521,6 +523,27 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
             archive.display(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Imports the image of the control plane's `name` (`kube-apiserver`
+    /// or `kube-controller-manager`, as `ksa.test/NAME:1`), which `cargo
+    /// xtask node` writes once the control plane is built.
+    pub fn import_control_plane_image(&self, name: &str) -> Result<()> {
+        let archive = node_dir()?.join(format!("images/{name}.tar"));
+        ensure!(
+            archive.is_file(),
+            "{} is missing: run `cargo xtask node` (or `cargo xtask e2e`), which writes it from the \
+             control plane's {name}",
+            archive.display()
+        );
+        let started = Instant::now();
+        self.import_image(&archive, &format!("ksa.test/{name}"))?;
+        eprintln!(
+            "{}: {name} image imported in {:.1?}",
+            self.name,
+            started.elapsed()
         );
         Ok(())
     }
