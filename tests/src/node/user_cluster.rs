@@ -149,6 +149,12 @@ impl UserCluster {
     /// API server at `server` (`https://HOST:PORT`), with inline
     /// certificates only (as a rotation's kubeconfig Secret must be).
     pub fn kubeconfig(&self, server: &str) -> String {
+        self.kubeconfig_with(server, &self.pki.admin_cert, &self.pki.admin_key)
+    }
+
+    /// Like [`UserCluster::kubeconfig`], for the holder of `cert` and
+    /// `key` (a client certificate of [`Pki::client_cert`]).
+    pub fn kubeconfig_with(&self, server: &str, cert: &str, key: &str) -> String {
         let b64 = |s: &str| STANDARD.encode(s);
         format!(
             "apiVersion: v1
@@ -169,8 +175,8 @@ contexts:
 current-context: user
 ",
             ca = b64(&self.pki.ca_cert),
-            cert = b64(&self.pki.admin_cert),
-            key = b64(&self.pki.admin_key),
+            cert = b64(cert),
+            key = b64(key),
         )
     }
 

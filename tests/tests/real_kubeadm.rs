@@ -1,0 +1,538 @@
+//! kubeadm mode on a real node (issue 31): a control plane whose
+//! kube-apiserver and kube-controller-manager are static pods that the
+//! real kubelet runs from its manifests directory (`staticPodPath`), from
+//! the control plane's own binaries ([`user_cluster::APISERVER_IMAGE`],
+//! [`user_cluster::CONTROLLER_MANAGER_IMAGE`]), on the node's network,
+//! reading their keys from the pki directory they mount, as `kubeadm init`
+//! lays them out. The node's kubelet is a node of that very cluster: it
+//! registers with the API server it runs. The cluster's etcd is the
+//! harness's.
+//!
+//! `ksa ... rotate --pki-dir --manifests-dir` edits the manifests and the
+//! kubelet restarts the pods at each step; the CLI is run without `--wait`,
+//! SIGKILLed mid-rotation with `--wait`, raced by a second run, and run
+//! again until done, as in `tests/tests/kubeadm.rs`, while the prober
+//! presents tokens (bound ones, taken before and during the rotation, and
+//! the legacy token kube-controller-manager's token controller fills) to
+//! the API server throughout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use ksa_core::crypto::{AwsLc, SigningBackend as _};
+use ksa_core::jwk::parse_jwks;
+use ksa_core::key::{KeySpec, parse_pem};
+use ksa_core::rotation::{RotationState, Step};
+use ksa_tests::cluster::request_token;
+use ksa_tests::netns::{self, Netns};
+use ksa_tests::node::user_cluster::{
+    APISERVER_IMAGE, APISERVER_PORT, CONTROLLER_MANAGER_IMAGE, UserCluster,
+};
+use ksa_tests::node::{self, Cluster, RealNode};
+use ksa_tests::scenario::{APPS, create_fleet};
+use ksa_tests::{
+    ISSUER, InstanceClient, ProbeTarget, Prober, RotationSource, eventually, ksa_binary,
+    write_private,
+};
+use kube::api::{Api, ListParams};
+
+/// How long the control plane's static pods may take to start on a loaded
+/// machine.
+const PODS_WITHIN: Duration = Duration::from_secs(240);
+
+/// The control plane: its etcd and certificates, the kubeadm layout
+/// (`DIR/etc-kubernetes/pki`, kube-controller-manager's kubeconfig beside
+/// it) and the address its API server serves at: its node's.
+struct Kubeadm {
+    dir: tempfile::TempDir,
+    user: UserCluster,
+    address: std::net::Ipv4Addr,
+}
+
+impl Kubeadm {
+    fn server(&self) -> String {
+        format!("https://{}:{APISERVER_PORT}", self.address)
+    }
+
+    /// kubeadm's `/etc/kubernetes`, which the static pods mount at the same
+    /// path.
+    fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc-kubernetes")
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.etc().join("pki")
+    }
+
+    fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+}
+
+impl Cluster for Kubeadm {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn ca_cert_pem(&self) -> &str {
+        &self.user.pki.ca_cert
+    }
+
+    fn client_cert(&self, user: &str, groups: &[&str]) -> Result<(String, String)> {
+        self.user.pki.client_cert(user, groups)
+    }
+
+    fn kubeconfig_for(&self, cert: &str, key: &str) -> String {
+        self.user.kubeconfig_with(&self.server(), cert, key)
+    }
+
+    async fn client(&self) -> Result<kube::Client> {
+        self.user.client(&self.server()).await
+    }
+}
+
+/// The static pod manifests of kube-apiserver and kube-controller-manager,
+/// laid out as `kubeadm init` writes them (the flags one `- --flag=value`
+/// line each), trimmed to what this control plane needs.
+fn manifests(cluster: &Kubeadm) -> (String, String) {
+    let etc = cluster.etc().display().to_string();
+    let pki = cluster.pki().display().to_string();
+    let address = cluster.address;
+    let flags = |args: Vec<String>| -> String {
+        args.iter()
+            .map(|arg| format!("    - {arg}\n"))
+            .collect::<String>()
+    };
+    let mut apiserver_args = vec![
+        "kube-apiserver".to_owned(),
+        format!("--advertise-address={address}"),
+        format!("--bind-address={address}"),
+    ];
+    apiserver_args.extend(cluster.user.apiserver_args(&pki));
+    apiserver_args.extend([
+        format!("--service-account-issuer={ISSUER}"),
+        format!("--service-account-key-file={pki}/sa.pub"),
+        format!("--service-account-signing-key-file={pki}/sa.key"),
+    ]);
+    let apiserver = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  labels:
+    component: kube-apiserver
+    tier: control-plane
+  name: kube-apiserver
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+{command}    image: {APISERVER_IMAGE}
+    imagePullPolicy: Never
+    name: kube-apiserver
+    readinessProbe:
+      httpGet:
+        host: {address}
+        path: /readyz
+        port: {APISERVER_PORT}
+        scheme: HTTPS
+      periodSeconds: 1
+    securityContext:
+      runAsUser: 0
+      runAsGroup: 0
+    volumeMounts:
+    - mountPath: {etc}
+      name: k8s-certs
+      readOnly: true
+  hostNetwork: true
+  terminationGracePeriodSeconds: 30
+  volumes:
+  - hostPath:
+      path: {etc}
+      type: Directory
+    name: k8s-certs
+",
+        command = flags(apiserver_args),
+    );
+    let controller_manager_args = vec![
+        "kube-controller-manager".to_owned(),
+        format!("--kubeconfig={etc}/controller-manager.conf"),
+        "--bind-address=127.0.0.1".to_owned(),
+        "--secure-port=0".to_owned(),
+        "--leader-elect=false".to_owned(),
+        "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle".to_owned(),
+        format!("--root-ca-file={pki}/ca.crt"),
+        format!("--service-account-private-key-file={pki}/sa.key"),
+        "--use-service-account-credentials=true".to_owned(),
+        "--v=1".to_owned(),
+    ];
+    let controller_manager = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  labels:
+    component: kube-controller-manager
+    tier: control-plane
+  name: kube-controller-manager
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+{command}    image: {CONTROLLER_MANAGER_IMAGE}
+    imagePullPolicy: Never
+    name: kube-controller-manager
+    securityContext:
+      runAsUser: 0
+      runAsGroup: 0
+    volumeMounts:
+    - mountPath: {etc}
+      name: k8s-certs
+      readOnly: true
+  hostNetwork: true
+  terminationGracePeriodSeconds: 30
+  volumes:
+  - hostPath:
+      path: {etc}
+      type: Directory
+    name: k8s-certs
+",
+        command = flags(controller_manager_args),
+    );
+    (apiserver, controller_manager)
+}
+
+fn state(pki: &Path) -> Option<RotationState> {
+    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
+}
+
+fn ksa(args: &[&str], pki: &Path, manifests: &Path, kubeconfig: &Path) -> Result<Command> {
+    let mut command = Command::new(ksa_binary("ksa")?);
+    command
+        .args(["update", "credentials", "ksa-signing-key"])
+        .args(args)
+        .arg("--pki-dir")
+        .arg(pki);
+    if args.first() == Some(&"rotate") {
+        command
+            .arg("--manifests-dir")
+            .arg(manifests)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--skip-prompt");
+    }
+    command.stdin(Stdio::null());
+    Ok(command)
+}
+
+/// Runs `ksa` to its end without blocking the runtime (the prober and the
+/// mirror pods' watch run on it meanwhile).
+async fn run(command: Command) -> Result<Output> {
+    Ok(tokio::process::Command::from(command).output().await?)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The `kubernetes.io/config.hash` of each static pod's mirror pod seen
+/// (the kubelet's hash of the manifest it runs), by pod name, in the
+/// order seen; asked until stopped, every 500 ms (the API server the
+/// mirror pods are read from restarts at every step).
+fn follow_mirror_pods(
+    client: kube::Client,
+) -> (
+    Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let shared = seen.clone();
+    let task = tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "kube-system");
+        loop {
+            if let Ok(list) = pods.list(&ListParams::default()).await {
+                for pod in list {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let hash = pod
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("kubernetes.io/config.hash"))
+                        .cloned();
+                    if let (Some(hash), Ok(mut seen)) = (hash, shared.lock()) {
+                        let hashes = seen.entry(name).or_default();
+                        if hashes.last() != Some(&hash) {
+                            hashes.push(hash);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kubelet_restarts_a_kubeadm_control_planes_static_pods_through_a_rotation_killed_and_resumed()
+-> Result<()> {
+    if let Netns::Ran(outcome) = node::enter()? {
+        return outcome;
+    }
+    let clock = Instant::now();
+    let keep = std::env::var_os("KSA_E2E_KEEP").is_some_and(|v| v == "1");
+    let dir = tempfile::Builder::new()
+        .prefix("ksa-e2e-")
+        .disable_cleanup(keep)
+        .tempdir()?;
+    let address = netns::new_address()?;
+    let cluster = Kubeadm {
+        user: UserCluster::start(dir.path(), &[address.into()])?,
+        dir,
+        address,
+    };
+    // kubeadm's files: the CA, the API server's certificate, the service
+    // account key pair, kube-controller-manager's kubeconfig.
+    let pki = cluster.pki();
+    std::fs::create_dir_all(&pki)?;
+    for (name, pem) in cluster.user.certificate_files() {
+        write_private(&pki.join(name), pem.as_bytes())?;
+    }
+    let first = AwsLc::new().generate(KeySpec::Rsa2048)?;
+    write_private(&pki.join("sa.key"), first.to_pem().as_bytes())?;
+    std::fs::write(
+        pki.join("sa.pub"),
+        ksa_core::key::public_keys_to_pem([first.public_key()]),
+    )?;
+    let (cert, key) = cluster
+        .user
+        .pki
+        .client_cert("system:kube-controller-manager", &[])?;
+    write_private(
+        &cluster.etc().join("controller-manager.conf"),
+        cluster.kubeconfig_for(&cert, &key).as_bytes(),
+    )?;
+    write_private(
+        &cluster.kubeconfig_path(),
+        cluster.user.kubeconfig(&cluster.server()).as_bytes(),
+    )?;
+    let (apiserver, controller_manager) = manifests(&cluster);
+
+    // The node runs them: its kubelet starts the static pods, then
+    // registers with the API server they are.
+    let node = RealNode::join(&cluster, 0, address, |node| {
+        node.import_control_plane_image("kube-apiserver")?;
+        node.import_control_plane_image("kube-controller-manager")?;
+        std::fs::write(node.manifests_dir().join("kube-apiserver.yaml"), &apiserver)?;
+        std::fs::write(
+            node.manifests_dir().join("kube-controller-manager.yaml"),
+            &controller_manager,
+        )?;
+        Ok(())
+    })
+    .await?;
+    let manifests_dir = node.manifests_dir();
+    let client = cluster.client().await?;
+    // A workload's service account and its legacy token, which
+    // kube-controller-manager's token controller fills.
+    create_fleet(&client, APPS, "app", &["app-token"], &[], 1).await?;
+    let (mirrors, follower) = follow_mirror_pods(client.clone());
+    eventually("the static pods' mirror pods", PODS_WITHIN, || async {
+        let seen = mirrors
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        ensure!(seen.len() == 2, "{seen:?}");
+        Ok(())
+    })
+    .await?;
+    let server = cluster.server();
+    let prober = Prober::spawn(
+        client.clone(),
+        vec![InstanceClient {
+            url: server.clone(),
+            client: client.clone(),
+        }],
+        ProbeTarget {
+            namespace: APPS.into(),
+            service_account: "app".into(),
+            legacy_secret: "app-token".into(),
+            rotation: RotationSource::StateFile {
+                pki_dir: pki.clone(),
+            },
+        },
+    );
+    eprintln!(
+        "the kubeadm control plane's static pods run on {} at {server}; ready in {:.1?}",
+        node.name,
+        clock.elapsed()
+    );
+    let kubeconfig = cluster.kubeconfig_path();
+    let rotation = Instant::now();
+
+    // Without --wait: as far as it goes without waiting on the API server.
+    let once = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
+    ensure!(once.status.success(), "{}", text(&once));
+    ensure!(
+        text(&once).contains("run the same command again"),
+        "{}",
+        text(&once)
+    );
+    let stopped_at = state(&pki).map(|s| s.step());
+    ensure!(
+        stopped_at.is_some_and(|step| step >= Step::Trust && step < Step::Completed),
+        "stopped mid-rotation, at {stopped_at:?}"
+    );
+
+    // With --wait, SIGKILLed once it reaches RefreshTokens; a second run
+    // meanwhile is refused.
+    let mut running = ksa(&["rotate", "--wait"], &pki, &manifests_dir, &kubeconfig)?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    while state(&pki).is_none_or(|s| s.step() < Step::RefreshTokens) {
+        if started.elapsed() > Duration::from_secs(300) || running.try_wait()?.is_some() {
+            let _ = running.kill();
+            let output = running.wait_with_output()?;
+            bail!(
+                "the rotation did not reach RefreshTokens; state {:?}; ksa said:\n{}",
+                state(&pki),
+                text(&output)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raced = run(ksa(
+        &["rotate", "--wait"],
+        &pki,
+        &manifests_dir,
+        &kubeconfig,
+    )?)
+    .await?;
+    ensure!(raced.status.code() == Some(3), "{}", text(&raced));
+    ensure!(
+        text(&raced).contains("another ksa holds"),
+        "{}",
+        text(&raced)
+    );
+    // SIGKILL.
+    running.kill()?;
+    running.wait()?;
+    let killed_at = state(&pki).map(|s| s.step());
+    eprintln!("ksa killed at {killed_at:?}");
+
+    // Run again, without --wait, as often as it says: it resumes and
+    // completes.
+    let mut resumed_text = String::new();
+    let started = Instant::now();
+    while !state(&pki).is_some_and(|s| s.is_completed()) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the rotation did not complete in 5 minutes: {resumed_text}"
+        );
+        let resumed = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
+        resumed_text.push_str(&text(&resumed));
+        ensure!(resumed.status.success(), "{resumed_text}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let rotation_took = rotation.elapsed();
+    eprintln!("{resumed_text}");
+    ensure!(
+        resumed_text.contains("resuming the rotation (key version 2)"),
+        "{resumed_text}"
+    );
+    let completed = r#"State of KSASigningKeyRotation with KSASigningKeyVersion 2 is - status: True, reason: KSASigningKeyRotationCompleted, message:{"tokenVersion":2,"privateKeyVersion":2,"publicKeyVersions":[2]}"#;
+    ensure!(resumed_text.contains(completed), "{resumed_text}");
+
+    // The manifests changed in the key flags only.
+    let second = parse_pem(&std::fs::read(pki.join("sa-v2.key"))?)?
+        .private_keys()
+        .next()
+        .cloned()
+        .context("key 2")?;
+    let p = pki.display();
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-apiserver.yaml"))?;
+    ensure!(
+        edited
+            == apiserver
+                .replace(&format!("{p}/sa.pub"), &format!("{p}/sa-v2.pub"))
+                .replace(&format!("{p}/sa.key"), &format!("{p}/sa-v2.key")),
+        "kube-apiserver.yaml changed in more than its key flags:\n{edited}"
+    );
+    let edited = std::fs::read_to_string(manifests_dir.join("kube-controller-manager.yaml"))?;
+    ensure!(
+        edited == controller_manager.replace(&format!("{p}/sa.key"), &format!("{p}/sa-v2.key")),
+        "kube-controller-manager.yaml changed in more than its key flag:\n{edited}"
+    );
+
+    // The API server the kubelet runs now serves key 2 alone.
+    let served = eventually("the API server serves key 2 alone", PODS_WITHIN, || async {
+        let jwks = client
+            .request_text(http::Request::get("/openid/v1/jwks").body(Vec::new())?)
+            .await?;
+        let kids: BTreeSet<String> = parse_jwks(&jwks)?
+            .into_iter()
+            .map(|k| k.kid.as_str().to_owned())
+            .collect();
+        ensure!(
+            kids == BTreeSet::from([second.kid().as_str().to_owned()]),
+            "{kids:?}"
+        );
+        let token = request_token(&client, APPS, "app", Vec::new(), 600).await?;
+        let kid = ksa_core::token::decode(&token)?.header.kid;
+        ensure!(kid.as_deref() == Some(second.kid().as_str()), "{kid:?}");
+        Ok(kids)
+    })
+    .await?;
+
+    // The kubelet restarted the static pods for each manifest it was given.
+    follower.abort();
+    let mirrors = mirrors
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let stats = prober.stats().await;
+    eprintln!(
+        "prober: {} tokens issued, {} reviews, {} unavailable, {} wrongly rejected; mirror pods' \
+         manifests seen: {mirrors:?}; JWKS {served:?}; the rotation took {rotation_took:.1?}, \
+         {:.1?} in all",
+        stats.tokens_issued,
+        stats.reviews,
+        stats.unavailable,
+        stats.wrongly_rejected.len(),
+        clock.elapsed()
+    );
+    ensure!(stats.reviews > 0, "the prober reviewed nothing");
+    ensure!(
+        stats.wrongly_rejected.is_empty(),
+        "valid tokens were rejected: {:#?}",
+        stats.wrongly_rejected
+    );
+    let apiserver_manifests = mirrors
+        .iter()
+        .find(|(name, _)| name.starts_with("kube-apiserver-"))
+        .map(|(_, hashes)| hashes.len())
+        .unwrap_or_default();
+    let controller_manager_manifests = mirrors
+        .iter()
+        .find(|(name, _)| name.starts_with("kube-controller-manager-"))
+        .map(|(_, hashes)| hashes.len())
+        .unwrap_or_default();
+    // kube-apiserver: key 1; keys 1 and 2, signing 1 (Trust); signing 2
+    // (Sign); key 2 (Retire). kube-controller-manager: key 1, key 2.
+    ensure!(
+        apiserver_manifests >= 4 && controller_manager_manifests >= 2,
+        "the kubelet ran {apiserver_manifests} kube-apiserver and {controller_manager_manifests} \
+         kube-controller-manager manifests: {mirrors:?}"
+    );
+    drop(node);
+    Ok(())
+}
