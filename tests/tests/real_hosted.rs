@@ -299,6 +299,9 @@ struct Monitored {
     accepted: u64,
     rejected: u64,
     unavailable: u64,
+    /// Of the rejected, those of a key version the rotation no longer
+    /// protected when they were presented (key 1 once Retire began).
+    rejected_retired: u64,
     /// Rejected tokens that had to be accepted, described.
     wrongly_rejected: Vec<String>,
     tokens_issued: u64,
@@ -417,7 +420,12 @@ impl Monitor {
                 seen.presentations += 1;
                 match verdict {
                     Verdict::Accepted => seen.accepted += 1,
-                    Verdict::Rejected => seen.rejected += 1,
+                    Verdict::Rejected => {
+                        seen.rejected += 1;
+                        if !must_accept {
+                            seen.rejected_retired += 1;
+                        }
+                    }
                     Verdict::Unavailable => seen.unavailable += 1,
                 }
             }
@@ -644,12 +652,13 @@ async fn the_deployment_controller_and_the_kubelet_roll_a_hosted_api_server_thro
     monitor.await?;
     let seen = lock(&seen)?;
     eprintln!(
-        "presentations: {} ({} accepted, {} rejected, {} unanswered) of {} tokens taken during \
-         the rotation and 2 before, in {} rounds; the rotation took {rotation_took:.1?}, {:.1?} \
-         in all",
+        "presentations: {} ({} accepted, {} rejected ({} of them of the retired key, once \
+         Retire began), {} unanswered) of {} tokens taken during the rotation and 2 before, in {} \
+         rounds; the rotation took {rotation_took:.1?}, {:.1?} in all",
         seen.presentations,
         seen.accepted,
         seen.rejected,
+        seen.rejected_retired,
         seen.unavailable,
         seen.tokens_issued,
         seen.rounds.len(),
