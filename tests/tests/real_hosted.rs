@@ -650,7 +650,7 @@ async fn the_deployment_controller_and_the_kubelet_roll_a_hosted_api_server_thro
     .await?;
     stop.store(true, Ordering::Relaxed);
     monitor.await?;
-    let seen = lock(&seen)?;
+    let seen = std::mem::take(&mut *lock(&seen)?);
     eprintln!(
         "presentations: {} ({} accepted, {} rejected ({} of them of the retired key, once \
          Retire began), {} unanswered) of {} tokens taken during the rotation and 2 before, in {} \

@@ -244,9 +244,12 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// What the API server serves: the kid of a token it issues, and the
+/// A key set an API server serves: the kid of a token it issues, and the
 /// kids of its `/openid/v1/jwks` (sorted).
-async fn served(client: &kube::Client) -> Result<(String, Vec<String>)> {
+type KeySet = (String, Vec<String>);
+
+/// What the API server serves.
+async fn served(client: &kube::Client) -> Result<KeySet> {
     let token = request_token(client, APPS, "app", Vec::new(), 600).await?;
     let signs = ksa_core::token::decode(&token)?
         .header
@@ -266,13 +269,8 @@ async fn served(client: &kube::Client) -> Result<(String, Vec<String>)> {
 /// Each key set the API server was seen to serve (signs, accepts), in
 /// order, asked every 300 ms until stopped: kube-apiserver reads its key
 /// files only when it starts, so each change is a restart by the kubelet.
-fn follow_served(
-    client: kube::Client,
-) -> (
-    Arc<Mutex<Vec<(String, Vec<String>)>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let seen: Arc<Mutex<Vec<(String, Vec<String>)>>> = Arc::default();
+fn follow_served(client: kube::Client) -> (Arc<Mutex<Vec<KeySet>>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<Vec<KeySet>>> = Arc::default();
     let shared = seen.clone();
     let task = tokio::spawn(async move {
         loop {
