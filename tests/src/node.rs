@@ -24,6 +24,17 @@
 //! namespace files). Paths containerd, its shims and the kubelet use
 //! outside their configuration (`/run/containerd`, `/var/lib/cni`,
 //! `/var/log/containers`) are tmpfs of the test's mount namespace.
+//!
+//! A node joins a [`Cluster`]: the test control plane
+//! ([`RealNode::start`]), or one whose API server is a static pod of the
+//! node itself ([`RealNode::join`], which writes the static pods before
+//! the kubelet starts). [`user_cluster`] holds what a user cluster whose
+//! kube-apiservers run in pods needs: its etcd, its certificates, the
+//! images of the control plane's own binaries.
+//!
+//! Two real-node tests may run at once: each has its namespaces, its
+//! cgroup tree (named after its outer process) and its directories (seen
+//! with the hosted and kubeadm tests run side by side, each cleaned up).
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -419,7 +419,7 @@ async fn the_kubelet_restarts_a_kubeadm_control_planes_static_pods_through_a_rot
     let killed = running.wait_with_output()?;
     let killed_at = state(&pki).map(|s| s.step());
     eprintln!(
-        "ksa SIGKILLed at {killed_at:?}; it had said:\n{}",
+        "ksa SIGKILLed at {killed_at:?}; it had said: {:?}",
         text(&killed)
     );
     let raced = raced.context("no second run was made while the first ran")?;

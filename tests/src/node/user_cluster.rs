@@ -253,3 +253,19 @@ pub async fn present(client: &reqwest::Client, server: &str, token: &str) -> Ver
         _ => Verdict::Unavailable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_subnet_gives_its_host_addresses_and_anything_else_is_refused() {
+        let all = subnet_addresses("10.244.3.0/24").expect("a /24");
+        assert_eq!(all.len(), 254);
+        assert_eq!(all[0], IpAddr::V4(Ipv4Addr::new(10, 244, 3, 1)));
+        assert_eq!(all[253], IpAddr::V4(Ipv4Addr::new(10, 244, 3, 254)));
+        for bad in ["10.244.3.0", "10.244.0.0/16", "fd00::/24", "ten/24", ""] {
+            assert!(subnet_addresses(bad).is_err(), "{bad:?}");
+        }
+    }
+}
