@@ -24,9 +24,21 @@
 //! namespace files). Paths containerd, its shims and the kubelet use
 //! outside their configuration (`/run/containerd`, `/var/lib/cni`,
 //! `/var/log/containers`) are tmpfs of the test's mount namespace.
+//!
+//! A node joins a [`Cluster`]: the test control plane
+//! ([`RealNode::start`]), or one whose API server is a static pod of the
+//! node itself ([`RealNode::join`], which writes the static pods before
+//! the kubelet starts). [`user_cluster`] holds what a user cluster whose
+//! kube-apiservers run in pods needs: its etcd, its certificates, the
+//! images of the control plane's own binaries.
+//!
+//! Two real-node tests may run at once: each has its namespaces, its
+//! cgroup tree (named after its outer process) and its directories (seen
+//! with the hosted and kubeadm tests run side by side, each cleaned up).
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +51,8 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::ControlPlane;
 use crate::netns::{self, Netns};
+
+pub mod user_cluster;
 
 /// The variable through which tests find the node's components.
 pub const ENV: &str = "KSA_NODE_DIR";
@@ -369,11 +383,64 @@ pub struct RealNode {
     daemons: Vec<Daemon>,
 }
 
+/// The cluster a real node joins: its kubelet and kube-proxy are its
+/// clients, with certificates of its CA; the node's state and logs go in
+/// its directory.
+pub trait Cluster {
+    /// Where the node's state and its daemons' logs go.
+    fn dir(&self) -> &Path;
+    /// The CA of the cluster's API server and client certificates.
+    fn ca_cert_pem(&self) -> &str;
+    /// A client certificate (PEM) and its key for `user` in `groups`.
+    fn client_cert(&self, user: &str, groups: &[&str]) -> Result<(String, String)>;
+    /// A kubeconfig of the API server for the holder of `cert` and `key`.
+    fn kubeconfig_for(&self, cert: &str, key: &str) -> String;
+    /// An admin client.
+    fn client(&self) -> impl Future<Output = Result<kube::Client>> + Send;
+}
+
+impl Cluster for ControlPlane {
+    fn dir(&self) -> &Path {
+        ControlPlane::dir(self)
+    }
+
+    fn ca_cert_pem(&self) -> &str {
+        ControlPlane::ca_cert_pem(self)
+    }
+
+    fn client_cert(&self, user: &str, groups: &[&str]) -> Result<(String, String)> {
+        ControlPlane::client_cert(self, user, groups)
+    }
+
+    fn kubeconfig_for(&self, cert: &str, key: &str) -> String {
+        ControlPlane::kubeconfig_for(self, cert, key)
+    }
+
+    fn client(&self) -> impl Future<Output = Result<kube::Client>> + Send {
+        ControlPlane::client(self)
+    }
+}
+
 impl RealNode {
     /// Starts node number `index` (0 to 200) of `plane`, which
     /// [`ControlPlane::start_for_nodes`] started, and waits until it is
     /// Ready and kube-proxy runs. Only in namespaces [`enter`] made.
     pub async fn start(plane: &ControlPlane, index: u8) -> Result<RealNode> {
+        RealNode::join(plane, index, netns::new_address()?, |_| Ok(())).await
+    }
+
+    /// Starts node number `index` (0 to 200) of `cluster` at `address` (one
+    /// of [`netns::new_address`]), runs `before_kubelet` once containerd
+    /// runs and the test images are imported (to put static pods in
+    /// [`RealNode::manifests_dir`], say, which may run the cluster's own
+    /// API server), starts the kubelet, and waits until the Node is Ready
+    /// and kube-proxy runs. Only in namespaces [`enter`] made.
+    pub async fn join(
+        cluster: &impl Cluster,
+        index: u8,
+        address: Ipv4Addr,
+        before_kubelet: impl FnOnce(&RealNode) -> Result<()>,
+    ) -> Result<RealNode> {
         let started = Instant::now();
         let components = node_dir()?;
         let tree = std::env::var(CGROUP_ENV).context(
@@ -383,15 +450,15 @@ impl RealNode {
         let name = format!("ksa-node-{index}");
         let cgroup = format!("/{tree}/{name}");
         create_cgroup(&format!("{cgroup}/daemons"))?;
-        let dir = plane.dir().join(&name);
+        let dir = cluster.dir().join(&name);
         fs::create_dir_all(&dir)?;
         // A mount of its own: one recursive unmount takes all beneath.
         run(Command::new("mount").arg("--bind").arg(&dir).arg(&dir))?;
         let mut node = RealNode {
             name: name.clone(),
-            address: netns::new_address()?,
+            address,
             pod_cidr: format!("10.244.{index}.0/24"),
-            log_dir: plane.dir().to_owned(),
+            log_dir: cluster.dir().to_owned(),
             bin: components.join("bin"),
             cgroup,
             dir,
@@ -405,9 +472,11 @@ impl RealNode {
             )?;
         }
         node.write_cni_config(&components)?;
-        node.start_kubelet(plane)?;
-        node.wait_ready(plane).await?;
-        node.start_kube_proxy(plane)?;
+        fs::create_dir_all(node.manifests_dir())?;
+        before_kubelet(&node)?;
+        node.start_kubelet(cluster)?;
+        node.wait_ready(cluster).await?;
+        node.start_kube_proxy(cluster)?;
         eprintln!(
             "real node {} ready in {:.1?} at {} (pods {})",
             node.name,
@@ -416,6 +485,12 @@ impl RealNode {
             node.pod_cidr
         );
         Ok(node)
+    }
+
+    /// The kubelet's static pod directory (`staticPodPath`): it runs a pod
+    /// for each manifest there, and restarts it when its file changes.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.path("manifests")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -525,6 +600,27 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
         Ok(())
     }
 
+    /// Imports the image of the control plane's `name` (`kube-apiserver`
+    /// or `kube-controller-manager`, as `ksa.test/NAME:1`), which `cargo
+    /// xtask node` writes once the control plane is built.
+    pub fn import_control_plane_image(&self, name: &str) -> Result<()> {
+        let archive = node_dir()?.join(format!("images/{name}.tar"));
+        ensure!(
+            archive.is_file(),
+            "{} is missing: run `cargo xtask node` (or `cargo xtask e2e`), which writes it from the \
+             control plane's {name}",
+            archive.display()
+        );
+        let started = Instant::now();
+        self.import_image(&archive, &format!("ksa.test/{name}"))?;
+        eprintln!(
+            "{}: {name} image imported in {:.1?}",
+            self.name,
+            started.elapsed()
+        );
+        Ok(())
+    }
+
     fn write_cni_config(&self, components: &Path) -> Result<()> {
         ensure!(components.join("cni/bridge").is_file(), "no bridge plugin");
         let conf = self.path("cni");
@@ -555,14 +651,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
         Ok(())
     }
 
-    fn start_kubelet(&mut self, plane: &ControlPlane) -> Result<()> {
+    fn start_kubelet(&mut self, plane: &impl Cluster) -> Result<()> {
         let (cert, key) =
             plane.client_cert(&format!("system:node:{}", self.name), &["system:nodes"])?;
         let kubeconfig = self.path("kubelet.kubeconfig");
         crate::write_private(&kubeconfig, plane.kubeconfig_for(&cert, &key).as_bytes())?;
         fs::write(self.path("ca.crt"), plane.ca_cert_pem())?;
         fs::write(self.path("resolv.conf"), "nameserver 127.0.0.1\n")?;
-        fs::create_dir_all(self.path("manifests"))?;
         // Kubernetes 1.35 and later refuse cgroup v1 unless told not to.
         let cgroup_v1 = if cgroup_v2() {
             ""
@@ -600,7 +695,7 @@ maxPods: 30
 ",
             cgroup = self.cgroup,
             socket = self.socket().display(),
-            manifests = self.path("manifests").display(),
+            manifests = self.manifests_dir().display(),
             resolv = self.path("resolv.conf").display(),
             logs = self.path("pod-logs").display(),
             address = self.address,
@@ -624,14 +719,16 @@ maxPods: 30
     }
 
     /// Waits until the kubelet has registered the Node and reports it
-    /// Ready; then lifts the `not-ready` taint the API server put on it at
+    /// Ready (its cluster's API server answering by then); then lifts the `not-ready` taint the API server put on it at
     /// registration (the node lifecycle controller, which would, is off in
     /// the test control plane).
-    async fn wait_ready(&mut self, plane: &ControlPlane) -> Result<()> {
+    async fn wait_ready(&mut self, plane: &impl Cluster) -> Result<()> {
         let nodes: Api<Node> = Api::all(plane.client().await?);
         let started = Instant::now();
         loop {
-            if let Some(node) = nodes.get_opt(&self.name).await?
+            // The API server may not answer yet: a node's static pods may
+            // be the API server.
+            if let Ok(Some(node)) = nodes.get_opt(&self.name).await
                 && node_ready(&node)
             {
                 break;
@@ -653,7 +750,7 @@ maxPods: 30
         Ok(())
     }
 
-    fn start_kube_proxy(&mut self, plane: &ControlPlane) -> Result<()> {
+    fn start_kube_proxy(&mut self, plane: &impl Cluster) -> Result<()> {
         let (cert, key) = plane.client_cert("system:kube-proxy", &[])?;
         let kubeconfig = self.path("kube-proxy.kubeconfig");
         crate::write_private(&kubeconfig, plane.kubeconfig_for(&cert, &key).as_bytes())?;

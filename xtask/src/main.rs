@@ -27,8 +27,8 @@
 //! - `helm`: build `helm` from `xtask/helm/` into the cache (`setup` does).
 //! - `krew`: build `krew` from `xtask/krew/` into the cache (`setup` does).
 //! - `node`: build what the tests' real nodes run (containerd, runc, the
-//!   CNI plugins, the kubelet, kube-proxy) and their test images into the
-//!   cache (`setup` does, beside the control plane; see `xtask/src/node.rs`).
+//!   CNI plugins, the kubelet, kube-proxy) and their test images (the
+//!   control plane's kube-apiserver among them) into the cache (`setup` does, beside the control plane; see `xtask/src/node.rs`).
 //! - `demo`: the README's main job: a local control plane, ksa installed,
 //!   one full rotation with its status lines.
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
@@ -77,7 +77,10 @@ fn main() -> Result<()> {
             .map(|dir| println!("{}", dir.display())),
         Some("node") => {
             tools::ensure_debian_packages()?;
-            node::ensure().map(|dir| println!("{}", dir.display()))
+            let dir = node::ensure()?;
+            node::control_plane_images(&control_plane::ensure()?, &dir)?;
+            println!("{}", dir.display());
+            Ok(())
         }
         Some("dist") => dist::run(&rest),
         Some("wasm") => wasm::build().map(drop),
@@ -187,10 +190,13 @@ fn setup() -> Result<Vec<(&'static str, PathBuf)>> {
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
     environment.push(go_tool::KREW.environment()?);
-    environment.push(
-        node.join()
-            .map_err(|_| anyhow::anyhow!("building the node's components panicked"))??,
-    );
+    let node = node
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the node's components panicked"))??;
+    // The images of the control plane's kube-apiserver and
+    // kube-controller-manager, built by now.
+    node::control_plane_images(&environment[0].1, &node.1)?;
+    environment.push(node);
     environment.push(
         image
             .join()
@@ -341,7 +347,9 @@ fn e2e(filters: &[&str]) -> Result<()> {
     environment.push(go_tool::SEAWEEDFS.environment()?);
     environment.push(go_tool::HELM.environment()?);
     environment.push(go_tool::KREW.environment()?);
-    environment.push(node::environment()?);
+    let node = node::environment()?;
+    node::control_plane_images(&environment[0].1, &node.1)?;
+    environment.push(node);
     environment.push(image::environment()?);
     // The inspector page test loads the built package.
     wasm::build()?;

@@ -16,7 +16,12 @@
 //!   daemon from the static Go programs of `xtask/node-images/`: the pod
 //!   sandbox's `pause` and the `token-reader` workload (it reads its
 //!   projected token every second and presents it to the API server), as
-//!   `ctr images import --base-name ksa.test/NAME` takes them.
+//!   `ctr images import --base-name ksa.test/NAME` takes them; and, once
+//!   the control plane is built, `kube-apiserver.tar` and
+//!   `kube-controller-manager.tar`: the control plane's own binaries
+//!   (static), which the hosted test runs as the pods of a user cluster's
+//!   API server Deployment and the kubeadm test as static pods
+//!   ([`control_plane_images`]).
 //!
 //! kube-proxy runs in `nftables` mode: Debian's `nftables` (`nft`) is
 //! installed by `cargo xtask setup` with the other Debian packages, and so
@@ -25,7 +30,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 use crate::control_plane::{self, Binary, Cgo, cache_root, pinned, read_go_mod};
 use crate::image::{Image, Provenance, write_layout};
@@ -289,6 +294,157 @@ pub fn write_archive(layout: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("archiving {}", layout.display()))?;
     archive.into_inner()?.sync_all()?;
     std::fs::rename(&partial, to)?;
+    Ok(())
+}
+
+/// The control plane's binaries the real-node tests run in containers:
+/// the hosted test's API server pods, the kubeadm test's static pods.
+const CONTROL_PLANE_IMAGES: [(&str, &str); 2] = [
+    (
+        "kube-apiserver",
+        "the control plane's kube-apiserver, as the real-node tests run it in pods",
+    ),
+    (
+        "kube-controller-manager",
+        "the control plane's kube-controller-manager, as the real-node tests run it in pods",
+    ),
+];
+
+/// Writes `NODE/images/NAME.tar` for kube-apiserver and
+/// kube-controller-manager: OCI image archives (tagged [`IMAGE_TAG`], as
+/// `ctr images import --base-name ksa.test/NAME` takes them) of one layer
+/// holding the control plane's binary (in `control_plane`, checked static)
+/// under `/usr/local/bin`, run as 65532. Each is kept while newer than its
+/// binary.
+///
+/// The layer is not compressed: it is imported into a containerd on the
+/// same machine, and gzip of 100 MB in this (unoptimised) build would take
+/// minutes.
+pub fn control_plane_images(control_plane: &Path, node: &Path) -> Result<()> {
+    for (name, description) in CONTROL_PLANE_IMAGES {
+        let started = Instant::now();
+        let binary = control_plane.join(name);
+        let archive = node.join("images").join(format!("{name}.tar"));
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if let (Some(image), Some(built)) = (modified(&archive), modified(&binary))
+            && image >= built
+        {
+            eprintln!("node: {name} image cached in {}", archive.display());
+            continue;
+        }
+        let bytes = std::fs::read(&binary).with_context(|| {
+            format!(
+                "reading {} (run `cargo xtask control-plane` to build it)",
+                binary.display()
+            )
+        })?;
+        crate::image::ensure_static(&bytes)
+            .with_context(|| format!("{} is not static", binary.display()))?;
+        let layout = node.join("images").join(name);
+        write_uncompressed_layout(&layout, name, description, &bytes)?;
+        write_archive(&layout, &archive)?;
+        std::fs::remove_dir_all(&layout)?;
+        eprintln!(
+            "node: {name} image written in {:.0?} into {}",
+            started.elapsed(),
+            archive.display()
+        );
+    }
+    Ok(())
+}
+
+/// An OCI image layout in `dir` of one uncompressed layer holding
+/// `usr/local/bin/NAME` (`binary`), its entrypoint, run as
+/// [`crate::image::USER`], tagged [`IMAGE_TAG`].
+fn write_uncompressed_layout(
+    dir: &Path,
+    name: &str,
+    description: &str,
+    binary: &[u8],
+) -> Result<()> {
+    use oci_spec::image::{
+        ANNOTATION_DESCRIPTION, ANNOTATION_REF_NAME, ANNOTATION_TITLE, Arch, ConfigBuilder,
+        Descriptor, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType,
+        OciLayoutBuilder, Os, RootFsBuilder, Sha256Digest,
+    };
+    use std::collections::HashMap;
+    ensure!(!name.contains('/'), "{name} is not a file name");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let write_blob = |media_type: MediaType, bytes: &[u8]| -> Result<Descriptor> {
+        let hex = crate::image::sha256(bytes);
+        std::fs::write(blobs.join(&hex), bytes)?;
+        let digest: Sha256Digest = hex.parse()?;
+        Ok(Descriptor::new(media_type, bytes.len() as u64, digest))
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut prefix = String::new();
+    for part in crate::image::BIN_DIR.split('/') {
+        prefix.push_str(part);
+        prefix.push('/');
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_path(&prefix)?;
+        header.set_mode(0o755);
+        header.set_size(0);
+        header.set_cksum();
+        tar.append(&header, std::io::empty())?;
+    }
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_path(format!("{}/{name}", crate::image::BIN_DIR))?;
+    header.set_mode(0o755);
+    header.set_size(binary.len() as u64);
+    header.set_cksum();
+    tar.append(&header, binary)?;
+    let tar = tar.into_inner()?;
+    let layer = write_blob(MediaType::ImageLayer, &tar)?;
+    let labels = HashMap::from([
+        (ANNOTATION_TITLE.to_owned(), name.to_owned()),
+        (ANNOTATION_DESCRIPTION.to_owned(), description.to_owned()),
+    ]);
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(
+            ConfigBuilder::default()
+                .user(crate::image::USER)
+                .entrypoint(vec![format!("/{}/{name}", crate::image::BIN_DIR)])
+                .labels(labels)
+                .build()?,
+        )
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![layer.digest().to_string()])
+                .build()?,
+        )
+        .build()?;
+    let config = write_blob(MediaType::ImageConfig, &serde_json::to_vec(&config)?)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(vec![layer])
+        .build()?;
+    let mut manifest = write_blob(MediaType::ImageManifest, &serde_json::to_vec(&manifest)?)?;
+    manifest.set_annotations(Some(HashMap::from([(
+        ANNOTATION_REF_NAME.to_owned(),
+        IMAGE_TAG.to_owned(),
+    )])));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest])
+        .build()?;
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()?;
+    std::fs::write(dir.join("oci-layout"), serde_json::to_vec(&layout)?)?;
     Ok(())
 }
 
