@@ -174,12 +174,13 @@ async fn show_error(
     };
     let patch = match &resource.status {
         Some(previous) => {
-            let state = previous.state()?;
+            // From the stored fields, not the state: the error may be that
+            // the state does not load.
             let mut conditions = previous.conditions.clone();
             set_ready(
                 &mut conditions,
                 &previous.conditions,
-                ready(&state, None, &health),
+                ready(previous.step, previous.key_version, None, &health),
                 generation,
                 now,
             );
@@ -197,7 +198,7 @@ async fn show_error(
             set_ready(
                 &mut status.conditions,
                 &[],
-                ready(&state, None, &health),
+                ready(state.step(), state.key_version().get(), None, &health),
                 generation,
                 now,
             );
@@ -226,22 +227,24 @@ enum Health {
     Failing(String),
 }
 
-/// The Ready condition's status, reason and message for `state`, what it
-/// waits for and `health`: True once completed (and nothing refused or
-/// failing), else False with the reason `Progressing`, `Blocked` or
-/// `Failing`.
+/// The Ready condition's status, reason and message for a rotation at
+/// `step` of `key_version`, what it waits for and `health`: True once
+/// completed (and nothing refused or failing), else False with the reason
+/// `Progressing`, `Blocked` or `Failing`.
 fn ready(
-    state: &RotationState,
+    step: Step,
+    key_version: u64,
     waiting: Option<&str>,
     health: &Health,
 ) -> (bool, &'static str, String) {
-    let at = if state.is_completed() {
-        format!("settled on key version {}", state.key_version())
+    let completed = step == Step::Completed;
+    let at = if completed {
+        format!("settled on key version {key_version}")
     } else {
-        format!("at step {}", state.step())
+        format!("at step {step}")
     };
     match health {
-        Health::Progressing if state.is_completed() => (true, "Completed", at),
+        Health::Progressing if completed => (true, "Completed", at),
         Health::Progressing => match waiting.filter(|w| !w.is_empty()) {
             Some(waiting) => (
                 false,
@@ -840,7 +843,12 @@ impl Rotation<'_> {
         set_ready(
             &mut status.conditions,
             previous,
-            ready(state, status.waiting_for.as_deref(), &health),
+            ready(
+                state.step(),
+                state.key_version().get(),
+                status.waiting_for.as_deref(),
+                &health,
+            ),
             generation,
             now,
         );
@@ -1119,6 +1127,14 @@ mod tests {
         rotation::start(&settled(1), &request, Timestamp::UNIX_EPOCH).expect("starts")
     }
 
+    fn ready_of(
+        state: &RotationState,
+        waiting: Option<&str>,
+        health: &Health,
+    ) -> (bool, &'static str, String) {
+        ready(state.step(), state.key_version().get(), waiting, health)
+    }
+
     fn text(ready: (bool, &str, String)) -> (bool, String, String) {
         (ready.0, ready.1.to_owned(), ready.2)
     }
@@ -1126,7 +1142,7 @@ mod tests {
     #[test]
     fn ready_is_true_once_completed_with_nothing_refused_or_failing() {
         assert_eq!(
-            text(ready(&settled(2), None, &Health::Progressing)),
+            text(ready_of(&settled(2), None, &Health::Progressing)),
             (true, "Completed".into(), "settled on key version 2".into())
         );
     }
@@ -1134,7 +1150,7 @@ mod tests {
     #[test]
     fn ready_says_progressing_and_what_the_step_waits_for() {
         assert_eq!(
-            text(ready(
+            text(ready_of(
                 &rotating(),
                 Some("key version 2 to be stored"),
                 &Health::Progressing
@@ -1154,7 +1170,7 @@ mod tests {
         let refused =
             Health::Blocked("refused: ClusterRole ksa-controller-restart-pods is not bound".into());
         assert_eq!(
-            text(ready(&settled(1), None, &refused)),
+            text(ready_of(&settled(1), None, &refused)),
             (
                 false,
                 "Blocked".into(),
@@ -1170,7 +1186,7 @@ mod tests {
             "1 token holder(s) wait for an operator: apps/web (PodDisruptionBudget web allows no disruption)"
                 .into(),
         );
-        let (status, reason, message) = ready(&rotating(), Some("..."), &held);
+        let (status, reason, message) = ready_of(&rotating(), Some("..."), &held);
         assert_eq!((status, reason), (false, "Blocked"));
         assert!(
             message.starts_with("at step Generate: 1 token holder(s)"),
@@ -1181,7 +1197,7 @@ mod tests {
     #[test]
     fn ready_says_failing_with_the_error() {
         assert_eq!(
-            text(ready(
+            text(ready_of(
                 &rotating(),
                 None,
                 &Health::Failing("key version 2 is missing".into())
@@ -1194,7 +1210,7 @@ mod tests {
         );
         // A settled rotation whose passes fail is not Ready either.
         assert_eq!(
-            ready(&settled(2), None, &Health::Failing("x".into())).1,
+            ready_of(&settled(2), None, &Health::Failing("x".into())).1,
             "Failing"
         );
     }
@@ -1207,7 +1223,7 @@ mod tests {
         set_ready(
             &mut conditions,
             &[],
-            ready(&rotating(), None, &Health::Progressing),
+            ready_of(&rotating(), None, &Health::Progressing),
             Some(1),
             then,
         );
@@ -1216,7 +1232,7 @@ mod tests {
         set_ready(
             &mut conditions,
             &previous,
-            ready(&rotating(), None, &Health::Failing("e".into())),
+            ready_of(&rotating(), None, &Health::Failing("e".into())),
             Some(2),
             later,
         );
@@ -1228,7 +1244,7 @@ mod tests {
         set_ready(
             &mut conditions,
             &previous,
-            ready(&settled(2), None, &Health::Progressing),
+            ready_of(&settled(2), None, &Health::Progressing),
             Some(2),
             later,
         );
@@ -1243,7 +1259,7 @@ mod tests {
         set_ready(
             &mut conditions,
             &previous,
-            ready(&rotating(), None, &Health::Failing("é".repeat(5000))),
+            ready_of(&rotating(), None, &Health::Failing("é".repeat(5000))),
             None,
             later,
         );
