@@ -62,6 +62,16 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the error is a write refused because the resource changed
+    /// since it was read (409 Conflict): the next reconcile reads it
+    /// again; nothing an operator need look at.
+    pub fn is_stale_read(&self) -> bool {
+        matches!(
+            self,
+            Error::Kube(ksa_kube::Error::Kube(kube::Error::Api(status))) if status.code == 409
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,7 +8,10 @@
 //!   objects labelled for the rotation.
 //! - [`grants`]: whether the roles a rotation's policy needs are bound.
 //! - [`run`]: leader election and the controller loop (`ksa-controller run`).
+//! - [`logging`]: `KSA_LOG`, `KSA_LOG_FORMAT` and the JSON lines.
 //! - [`serve`]: health, Prometheus metrics, the JWKS and discovery document.
+//! - [`liveness`]: whether the watch and the reconcile loop make progress
+//!   (`/livez`).
 //! - [`manifests`]: the `deploy/` files, generated.
 //! - [`admission`]: the admission policies that hold the controller's writes
 //!   to what a rotation needs.
@@ -18,6 +21,8 @@
 pub mod admission;
 pub mod error;
 pub mod grants;
+pub mod liveness;
+pub mod logging;
 pub mod manifests;
 pub mod publish;
 pub mod reconcile;

@@ -31,7 +31,7 @@ const NAME: &str = "ksa-controller";
 /// The user and group the controller runs as: not root, and the uid of
 /// the image's only user (`cargo xtask image`).
 pub const RUN_AS: i64 = 65532;
-/// The port of `/metrics`, `/healthz`, `/readyz` and the JWKS.
+/// The port of `/metrics`, `/livez`, `/readyz` and the JWKS.
 pub const HTTP_PORT: i32 = 8080;
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
@@ -338,7 +338,7 @@ fn deployment() -> Deployment {
                             container_port: HTTP_PORT,
                             ..ContainerPort::default()
                         }]),
-                        liveness_probe: Some(probe("/healthz")),
+                        liveness_probe: Some(probe("/livez")),
                         readiness_probe: Some(probe("/readyz")),
                         resources: Some(ResourceRequirements {
                             requests: Some(quantities("50m", "64Mi")),

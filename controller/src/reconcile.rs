@@ -19,12 +19,16 @@ use ksa_core::issuer::Issuer;
 use ksa_core::signing_issuer::signing_issuer;
 
 use crate::publish::Locations;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ksa_core::key::{PrivateKey, PublicKey};
 use ksa_core::rotation::{
     self, CutOff, IssuerChange, Observation, Plan, Policy, PublicationView, RotationState,
     StartRequest, Step,
 };
-use ksa_kube::api::{KSASigningKeyRotation, RotationStatus};
+use ksa_kube::api::{
+    KSASigningKeyRotation, READY_BLOCKED, READY_CONDITION_TYPE, READY_FAILING, READY_PROGRESSING,
+    RefusalStatus, RotationStatus,
+};
 use ksa_kube::cluster::TargetCluster;
 use ksa_kube::driver::{self, Findings, PassError, StateStore};
 use ksa_kube::keystore::KeyStore;
@@ -52,11 +56,14 @@ pub struct Context {
     /// The key every object ksa writes and trusts is sealed with.
     pub sealer: Sealer,
     pub metrics: Arc<crate::serve::Metrics>,
+    /// What `/livez` checks: the status writes the watch must deliver.
+    pub liveness: Arc<crate::liveness::Liveness>,
     /// Where rotations publish for outside verifiers, from the flags.
     pub publish: crate::publish::Settings,
-    /// Consecutive failed reconciles of each rotation, for the backoff.
-    pub failures:
-        std::sync::Mutex<std::collections::HashMap<ObjectRef<KSASigningKeyRotation>, u32>>,
+    /// The backoff of each rotation whose last reconcile failed.
+    pub failures: std::sync::Mutex<
+        std::collections::HashMap<ObjectRef<KSASigningKeyRotation>, backon::ExponentialBackoff>,
+    >,
 }
 
 impl std::fmt::Debug for Context {
@@ -116,23 +123,22 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
     match &outcome {
         // A stale read (the cache lags our own last write): the next
         // reconcile reads again. Not worth an operator's attention.
-        Err(Error::Kube(ksa_kube::Error::Kube(kube::Error::Api(status)))) if status.code == 409 => {
+        Err(error) if error.is_stale_read() => {
             tracing::debug!(rotation = %name, "status changed meanwhile; reconciling again");
         }
         Err(error) => {
-            ctx.metrics.reconcile_errors.inc();
             tracing::warn!(rotation = %name, namespace = %namespace, %error, "reconcile failed");
             // Best effort: show the error where operators look. No error
             // holds Secret data (`ksa_kube::Error::Kubeconfig` names fields only).
-            let waiting = match error.refusal_reason() {
-                Some(reason) => {
-                    let note = error.to_string();
-                    publish_event(&ctx, &resource, EventType::Warning, reason, note).await;
-                    format!("refused: {error}")
-                }
-                None => format!("error: {error}"),
-            };
-            let _ = show_error(&api, &resource, &ctx.sealer, waiting).await;
+            let refusal = error.refusal_reason().map(|reason| RefusalStatus {
+                reason: reason.to_owned(),
+                message: error.to_string(),
+            });
+            if let Some(refusal) = &refusal {
+                let note = refusal.message.clone();
+                publish_event(&ctx, &resource, EventType::Warning, &refusal.reason, note).await;
+            }
+            let _ = show_error(&api, &resource, &ctx, error, refusal).await;
         }
         Ok(_) => {
             ctx.failures
@@ -144,37 +150,146 @@ pub async fn reconcile(resource: Arc<KSASigningKeyRotation>, ctx: Arc<Context>) 
     outcome
 }
 
-/// Writes `waiting` into the status: beside the stored state, or, when
-/// there is none yet, with the state the resource stands at (a status
-/// without the state would not load back).
+/// Writes the error into the status (`waitingFor`, the refusal, Ready
+/// Blocked or Failing): beside the stored state, or, when there is none
+/// yet, with the state the resource stands at (a status without the state
+/// would not load back).
 async fn show_error(
     api: &Api<KSASigningKeyRotation>,
     resource: &KSASigningKeyRotation,
-    sealer: &Sealer,
-    waiting: String,
+    ctx: &Context,
+    error: &Error,
+    refusal: Option<RefusalStatus>,
 ) -> Result<()> {
     let name = resource.name_any();
+    let now = Timestamp::now();
+    let generation = resource.meta().generation;
+    let health = match &refusal {
+        Some(refusal) => Health::Blocked(format!("refused: {}", refusal.message)),
+        None => Health::Failing(error.to_string()),
+    };
+    let waiting = match &refusal {
+        Some(refusal) => format!("refused: {}", refusal.message),
+        None => format!("error: {error}"),
+    };
     let patch = match &resource.status {
-        Some(_) => serde_json::json!({"status": {"waitingFor": waiting}}),
+        Some(previous) => {
+            // From the stored fields, not the state: the error may be that
+            // the state does not load.
+            let mut conditions = previous.conditions.clone();
+            set_ready(
+                &mut conditions,
+                &previous.conditions,
+                ready(previous.step, previous.key_version, None, &health),
+                generation,
+                now,
+            );
+            serde_json::json!({"status": {
+                "waitingFor": waiting,
+                "refusal": refusal,
+                "conditions": conditions,
+            }})
+        }
         None => {
             let state = resource.state()?;
-            let status = RotationStatus::of(
-                &state,
-                None,
-                Some(waiting),
-                resource.meta().generation,
-                Timestamp::now(),
-            )
-            .sealed(sealer, resource, &state);
+            let mut status = RotationStatus::of(&state, None, Some(waiting), generation, now)
+                .sealed(&ctx.sealer, resource, &state);
+            status.refusal = refusal;
+            set_ready(
+                &mut status.conditions,
+                &[],
+                ready(state.step(), state.key_version().get(), None, &health),
+                generation,
+                now,
+            );
             serde_json::json!({
                 "metadata": {"resourceVersion": resource.resource_version()},
                 "status": status,
             })
         }
     };
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    let written = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
+    ctx.liveness
+        .wrote(resource, &written, std::time::Instant::now());
     Ok(())
+}
+
+/// What the Ready condition says besides the rotation's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    /// The rotation moves on by itself.
+    Progressing,
+    /// It waits for something only an operator can do: what.
+    Blocked(String),
+    /// Its passes fail: the error.
+    Failing(String),
+}
+
+/// The Ready condition's status, reason and message for a rotation at
+/// `step` of `key_version`, what it waits for and `health`: True once
+/// completed (and nothing refused or failing), else False with the reason
+/// `Progressing`, `Blocked` or `Failing`.
+fn ready(
+    step: Step,
+    key_version: u64,
+    waiting: Option<&str>,
+    health: &Health,
+) -> (bool, &'static str, String) {
+    let completed = step == Step::Completed;
+    let at = if completed {
+        format!("settled on key version {key_version}")
+    } else {
+        format!("at step {step}")
+    };
+    match health {
+        Health::Progressing if completed => (true, "Completed", at),
+        Health::Progressing => match waiting.filter(|w| !w.is_empty()) {
+            Some(waiting) => (
+                false,
+                READY_PROGRESSING,
+                format!("{at}, waiting for {waiting}"),
+            ),
+            None => (false, READY_PROGRESSING, at),
+        },
+        Health::Blocked(what) => (false, READY_BLOCKED, format!("{at}: {what}")),
+        Health::Failing(error) => (false, READY_FAILING, format!("{at}: {error}")),
+    }
+}
+
+/// The longest Ready message written (the API server takes 32 KiB).
+const MAX_CONDITION_MESSAGE: usize = 4096;
+
+/// Sets the Ready condition in `conditions`, its transition time kept
+/// from `previous` while its status is unchanged.
+fn set_ready(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    (status, reason, message): (bool, &str, String),
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == READY_CONDITION_TYPE && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    let condition = Condition {
+        type_: READY_CONDITION_TYPE.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: truncate(message, MAX_CONDITION_MESSAGE),
+        last_transition_time,
+        observed_generation: generation,
+    };
+    match conditions
+        .iter_mut()
+        .find(|c| c.type_ == READY_CONDITION_TYPE)
+    {
+        Some(ready) => *ready = condition,
+        None => conditions.push(condition),
+    }
 }
 
 /// Records an Event about the rotation; a failure to is only logged.
@@ -214,41 +329,42 @@ fn truncate(mut text: String, max: usize) -> String {
 
 /// After a failed reconcile: try again after an exponential backoff with
 /// jitter, per rotation (a refusal, which stands until someone changes the
-/// spec or what it names, starts from a longer delay).
+/// spec or what it names, starts from a longer delay), reset by the next
+/// success.
 pub fn error_policy(
     resource: Arc<KSASigningKeyRotation>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let failures = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(ObjectRef::from_obj(&*resource)).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
     let first = if error.refusal_reason().is_some() {
         Duration::from_secs(30)
     } else {
         Duration::from_secs(2)
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Action::requeue(backoff(first, failures, nanos))
+    let delay = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(ObjectRef::from_obj(&*resource))
+        .or_insert_with(|| backon::BackoffBuilder::build(backoff(first)))
+        .next();
+    Action::requeue(delay.unwrap_or(MAX_BACKOFF))
 }
 
 /// The longest a failing rotation waits before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The delay before attempt `failures + 1`: `first` doubled for each
-/// failure after the first, at most [`MAX_BACKOFF`], then shortened by up to
-/// a fifth according to `entropy` (so that rotations failing together do
-/// not retry together).
-fn backoff(first: Duration, failures: u32, entropy: u32) -> Duration {
-    let doubled = first.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let delay = doubled.min(MAX_BACKOFF);
-    let jitter = delay / 5 * (entropy % 1000) / 1000;
-    delay - jitter
+/// The delays after consecutive failures: from `first`, doubling to half
+/// of [`MAX_BACKOFF`], each lengthened by a random part of itself (up to
+/// all of it: at most [`MAX_BACKOFF`]), so that rotations failing together
+/// do not retry together.
+fn backoff(first: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(first)
+        .with_factor(2.0)
+        .with_max_delay(MAX_BACKOFF / 2)
+        .without_max_times()
+        .with_jitter()
 }
 
 impl Rotation<'_> {
@@ -308,6 +424,8 @@ impl Rotation<'_> {
             tracing::info!(rotation = %self.name, secrets = reminted, "re-minted legacy tokens");
         }
         let pass = pass.map_err(|error| self.pass_error(error))?;
+        self.record_signing_key(pass.plan.next.versions().private_key_version())
+            .await;
         let after = pass.plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(250))))
     }
@@ -446,15 +564,9 @@ impl Rotation<'_> {
     }
 
     fn record(&self, state: &RotationState, next: &RotationState, now: Timestamp) {
-        let labels = crate::serve::RotationLabels {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        };
+        let labels = crate::serve::RotationLabels::new(&self.namespace, &self.name);
         let metrics = &self.ctx.metrics;
-        metrics
-            .step
-            .get_or_create(&labels)
-            .set(i64::from(next.step().number()));
+        metrics.set_step(&labels, next.step());
         metrics
             .in_progress
             .get_or_create(&labels)
@@ -468,12 +580,6 @@ impl Rotation<'_> {
             name: self.name.clone(),
             step: step.to_string(),
         };
-        for step in Step::ROTATION.into_iter().chain([Step::Completed]) {
-            metrics
-                .state
-                .get_or_create(&step_labels(step))
-                .set(i64::from(step == next.step()));
-        }
         if next.is_completed() && !state.is_completed() {
             metrics
                 .last_completion
@@ -488,6 +594,33 @@ impl Rotation<'_> {
                 .step_seconds
                 .get_or_create(&step_labels(state.step()))
                 .observe(seconds);
+        }
+    }
+
+    /// For the key-age metric: when the key `version`, which the rotation
+    /// signs with, was created (its Secret's creation; for an imported
+    /// key, its import). Read once per version, metadata only; a failure
+    /// to read is only logged.
+    async fn record_signing_key(&self, version: KeyVersion) {
+        let labels = crate::serve::RotationLabels::new(&self.namespace, &self.name);
+        if self.ctx.metrics.signing_key_version(&labels) == Some(version.get()) {
+            return;
+        }
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let name = self.keystore.secret_name(version);
+        match secrets.get_metadata_opt(&name).await {
+            Ok(Some(secret)) => {
+                if let Some(Time(created)) = secret.metadata.creation_timestamp {
+                    self.ctx
+                        .metrics
+                        .set_signing_key(&labels, version.get(), created);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, secret = %name, "cannot read when the signing key was created");
+            }
         }
     }
 
@@ -527,10 +660,7 @@ impl Rotation<'_> {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            self.write_status(state, Some(format!("refused: {refusal}")))
-                .await?;
-            self.event(EventType::Warning, "MissingGrant", refusal)
-                .await;
+            self.refuse(state, "MissingGrant", refusal).await?;
             return Ok(None);
         }
         let lock = lock::observe(&self.ctx.client, &self.namespace, &self.name).await?;
@@ -549,10 +679,8 @@ impl Rotation<'_> {
                 Ok(Some(started))
             }
             Err(refusal) => {
-                self.write_status(state, Some(format!("refused: {refusal}")))
+                self.refuse(state, "RotationRefused", refusal.to_string())
                     .await?;
-                self.event(EventType::Warning, "RotationRefused", refusal.to_string())
-                    .await;
                 Ok(None)
             }
         }
@@ -641,34 +769,80 @@ impl Rotation<'_> {
         }
     }
 
-    async fn write_status(&self, state: &RotationState, waiting: Option<String>) -> Result<()> {
-        self.write_status_with(state, waiting, Vec::new(), None)
-            .await
+    /// Records the refusal to start a rotation from `state`: in the status
+    /// (Ready Blocked) and a Warning Event with `reason`.
+    async fn refuse(&self, state: &RotationState, reason: &str, message: String) -> Result<()> {
+        let refusal = RefusalStatus {
+            reason: reason.to_owned(),
+            message: message.clone(),
+        };
+        self.write_status_with(
+            state,
+            Some(format!("refused: {message}")),
+            Vec::new(),
+            None,
+            Some(refusal),
+        )
+        .await?;
+        self.event(EventType::Warning, reason, message).await;
+        Ok(())
     }
 
     /// Writes the status of `state`, what it waits for, the holders only
-    /// an operator can let proceed, and, when given, the legacy tokens held
-    /// outside the cluster (otherwise the list stays as it was).
+    /// an operator can let proceed, when given, the legacy tokens held
+    /// outside the cluster (otherwise the list stays as it was), and the
+    /// refusal, if any; the Ready condition says which.
     async fn write_status_with(
         &self,
         state: &RotationState,
         waiting: Option<String>,
         blocked_holders: Vec<String>,
         outside_legacy_tokens: Option<Vec<String>>,
+        refusal: Option<RefusalStatus>,
     ) -> Result<()> {
         let replace_outside = outside_legacy_tokens.is_some();
-        let status = RotationStatus {
+        let now = Timestamp::now();
+        let generation = self.resource.meta().generation;
+        let health = match (&refusal, blocked_holders.is_empty()) {
+            (Some(refusal), _) => Health::Blocked(format!("refused: {}", refusal.message)),
+            (None, false) => Health::Blocked(format!(
+                "{} token holder(s) wait for an operator: {}",
+                blocked_holders.len(),
+                blocked_holders.join("; ")
+            )),
+            (None, true) => Health::Progressing,
+        };
+        let mut status = RotationStatus {
             blocked_holders,
             outside_legacy_tokens: outside_legacy_tokens.unwrap_or_default(),
+            refusal,
             ..RotationStatus::of(
                 state,
                 self.resource.status.as_ref(),
                 waiting,
-                self.resource.meta().generation,
-                Timestamp::now(),
+                generation,
+                now,
             )
             .sealed(&self.ctx.sealer, self.resource, state)
         };
+        let previous = self
+            .resource
+            .status
+            .as_ref()
+            .map(|status| status.conditions.as_slice())
+            .unwrap_or_default();
+        set_ready(
+            &mut status.conditions,
+            previous,
+            ready(
+                state.step(),
+                state.key_version().get(),
+                status.waiting_for.as_deref(),
+                &health,
+            ),
+            generation,
+            now,
+        );
         // Conditional on the resourceVersion read: a concurrent writer (a
         // second controller that thinks it leads) makes this fail instead of
         // overwriting.
@@ -689,6 +863,7 @@ impl Rotation<'_> {
             "changesKey",
             "issuer",
             "waitingFor",
+            "refusal",
             "blockedHolders",
         ] {
             if patch["status"].get(field).is_none() {
@@ -698,9 +873,13 @@ impl Rotation<'_> {
         if replace_outside && patch["status"].get("outsideLegacyTokens").is_none() {
             patch["status"]["outsideLegacyTokens"] = serde_json::Value::Null;
         }
-        self.api
+        let written = self
+            .api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        self.ctx
+            .liveness
+            .wrote(self.resource, &written, std::time::Instant::now());
         Ok(())
     }
 
@@ -765,7 +944,7 @@ impl StateStore for Status<'_, '_> {
             .map(ToString::to_string)
             .collect();
         self.0
-            .write_status_with(&plan.next, waiting, blocked.clone(), outside.clone())
+            .write_status_with(&plan.next, waiting, blocked.clone(), outside.clone(), None)
             .await?;
         self.0.saved(before, &plan.next).await;
         self.0.blocked_changed(&blocked).await;
@@ -891,14 +1070,190 @@ impl Outside<Error> for Publications<'_, '_> {
 mod tests {
     use super::*;
 
+    use backon::BackoffBuilder as _;
+    use ksa_core::rotation::OperationLock;
+
     #[test]
     fn failures_back_off_exponentially_with_jitter_up_to_five_minutes() {
-        let first = Duration::from_secs(2);
-        let delays: Vec<u64> = (1..=10).map(|n| backoff(first, n, 0).as_secs()).collect();
-        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(backoff(first, u32::MAX, 0), MAX_BACKOFF);
-        // Jitter takes off at most a fifth.
-        assert_eq!(backoff(first, 4, 999).as_millis(), 12_803);
-        assert!(backoff(Duration::from_secs(30), 1, 500) >= Duration::from_secs(24));
+        let bases = [2, 4, 8, 16, 32, 64, 128, 150, 150, 150, 150, 150];
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let delays: Vec<Duration> = backoff(Duration::from_secs(2))
+                .with_jitter_seed(seed)
+                .build()
+                .take(bases.len())
+                .collect();
+            assert_eq!(delays.len(), bases.len(), "the backoff never gives up");
+            for (delay, base) in delays.iter().zip(bases) {
+                let base = Duration::from_secs(base);
+                // Lengthened by a random part of itself, never past the cap.
+                assert!(
+                    base <= *delay && *delay < base * 2 && *delay <= MAX_BACKOFF,
+                    "seed {seed}: {delays:?}"
+                );
+            }
+            firsts.insert(delays[0]);
+        }
+        // Rotations failing together do not retry together.
+        assert!(firsts.len() > 40, "{firsts:?}");
+        let refused = backoff(Duration::from_secs(30))
+            .with_jitter_seed(1)
+            .build()
+            .next()
+            .expect("a delay");
+        assert!(refused >= Duration::from_secs(30), "{refused:?}");
+    }
+
+    fn settled(version: u64) -> RotationState {
+        RotationState::settled(KeyVersion::new(version))
+    }
+
+    fn rotating() -> RotationState {
+        let request = StartRequest {
+            target: KeyVersion::new(2),
+            issuer: None,
+            advanced_cluster: false,
+            lock: OperationLock::Free,
+        };
+        rotation::start(&settled(1), &request, Timestamp::UNIX_EPOCH).expect("starts")
+    }
+
+    fn ready_of(
+        state: &RotationState,
+        waiting: Option<&str>,
+        health: &Health,
+    ) -> (bool, &'static str, String) {
+        ready(state.step(), state.key_version().get(), waiting, health)
+    }
+
+    fn text(ready: (bool, &str, String)) -> (bool, String, String) {
+        (ready.0, ready.1.to_owned(), ready.2)
+    }
+
+    #[test]
+    fn ready_is_true_once_completed_with_nothing_refused_or_failing() {
+        assert_eq!(
+            text(ready_of(&settled(2), None, &Health::Progressing)),
+            (true, "Completed".into(), "settled on key version 2".into())
+        );
+    }
+
+    #[test]
+    fn ready_says_progressing_and_what_the_step_waits_for() {
+        assert_eq!(
+            text(ready_of(
+                &rotating(),
+                Some("key version 2 to be stored"),
+                &Health::Progressing
+            )),
+            (
+                false,
+                "Progressing".into(),
+                "at step Generate, waiting for key version 2 to be stored".into()
+            )
+        );
+    }
+
+    #[test]
+    fn ready_says_blocked_when_a_refusal_waits_for_an_operator() {
+        // The rotation the spec asks for was refused: the settled state is
+        // not Ready, whatever it was before.
+        let refused =
+            Health::Blocked("refused: ClusterRole ksa-controller-restart-pods is not bound".into());
+        assert_eq!(
+            text(ready_of(&settled(1), None, &refused)),
+            (
+                false,
+                "Blocked".into(),
+                "settled on key version 1: refused: ClusterRole ksa-controller-restart-pods is not bound"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn ready_says_blocked_when_token_holders_wait_for_an_operator() {
+        let held = Health::Blocked(
+            "1 token holder(s) wait for an operator: apps/web (PodDisruptionBudget web allows no disruption)"
+                .into(),
+        );
+        let (status, reason, message) = ready_of(&rotating(), Some("..."), &held);
+        assert_eq!((status, reason), (false, "Blocked"));
+        assert!(
+            message.starts_with("at step Generate: 1 token holder(s)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn ready_says_failing_with_the_error() {
+        assert_eq!(
+            text(ready_of(
+                &rotating(),
+                None,
+                &Health::Failing("key version 2 is missing".into())
+            )),
+            (
+                false,
+                "Failing".into(),
+                "at step Generate: key version 2 is missing".into()
+            )
+        );
+        // A settled rotation whose passes fail is not Ready either.
+        assert_eq!(
+            ready_of(&settled(2), None, &Health::Failing("x".into())).1,
+            "Failing"
+        );
+    }
+
+    #[test]
+    fn ready_keeps_its_transition_time_while_its_status_is_unchanged() {
+        let then: Timestamp = "2026-01-01T00:00:00Z".parse().expect("a time");
+        let later: Timestamp = "2026-01-02T00:00:00Z".parse().expect("a time");
+        let mut conditions = Vec::new();
+        set_ready(
+            &mut conditions,
+            &[],
+            ready_of(&rotating(), None, &Health::Progressing),
+            Some(1),
+            then,
+        );
+        let previous = conditions.clone();
+        // Still False (Failing now): the time it turned False stays.
+        set_ready(
+            &mut conditions,
+            &previous,
+            ready_of(&rotating(), None, &Health::Failing("e".into())),
+            Some(2),
+            later,
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].reason, "Failing");
+        assert_eq!(conditions[0].last_transition_time, Time(then));
+        assert_eq!(conditions[0].observed_generation, Some(2));
+        // True: a transition.
+        set_ready(
+            &mut conditions,
+            &previous,
+            ready_of(&settled(2), None, &Health::Progressing),
+            Some(2),
+            later,
+        );
+        assert_eq!(
+            (
+                conditions[0].status.as_str(),
+                &conditions[0].last_transition_time
+            ),
+            ("True", &Time(later))
+        );
+        // A message is kept within what the API server takes.
+        set_ready(
+            &mut conditions,
+            &previous,
+            ready_of(&rotating(), None, &Health::Failing("é".repeat(5000))),
+            None,
+            later,
+        );
+        assert!(conditions[0].message.len() <= MAX_CONDITION_MESSAGE);
     }
 }

@@ -1,16 +1,20 @@
 //! `ksa-controller run`: leader election, then the controller loop.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures::StreamExt as _;
 use ksa_kube::api::KSASigningKeyRotation;
 use ksa_kube::cluster::TargetCluster;
+use kube::ResourceExt as _;
 use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
+use tracing::Instrument as _;
 
 use crate::reconcile::{self, Context};
 
@@ -28,9 +32,10 @@ pub struct RunArgs {
     /// Lease duration in seconds: how soon a replica takes over from a dead leader.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// How to log: `text` or `json` (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KSA_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// Where to serve /healthz, /readyz, /metrics and the JWKS.
+    /// Where to serve /livez, /readyz, /metrics and the JWKS.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
     #[command(flatten)]
@@ -121,24 +126,12 @@ impl OidcArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
-/// Logs to stderr, filtered by RUST_LOG (default `info,kube=warn`).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn".into());
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Text => subscriber.init(),
-    }
+/// Logs to stderr in `format`, filtered by `KSA_LOG`, else `RUST_LOG`,
+/// else `info,kube=warn` ([`crate::logging`]).
+pub fn init_tracing(format: LogFormat) -> Result<()> {
+    crate::logging::init(format)
 }
 
 /// Completes on SIGTERM (what a kubelet sends) or Ctrl-C.
@@ -180,11 +173,61 @@ async fn track_readiness(client: kube::Client, ready: Arc<std::sync::atomic::Ato
     }
 }
 
+/// How often the series of rotations that are gone are removed.
+const PRUNE_PERIOD: Duration = Duration::from_secs(30);
+
+/// One reconcile, as the controller runs it: in a span that names the
+/// rotation (each line it logs carries its namespace and name), counted
+/// and timed by rotation, and watched by `/livez`.
+async fn observed(
+    resource: Arc<KSASigningKeyRotation>,
+    ctx: Arc<Context>,
+) -> crate::Result<Action> {
+    let namespace = resource.namespace().unwrap_or_default();
+    let name = resource.name_any();
+    let labels = crate::serve::RotationLabels::new(&namespace, &name);
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %name);
+    let started = Instant::now();
+    let running = ctx.liveness.reconciling(&resource, started);
+    let result = reconcile::reconcile(resource, ctx.clone())
+        .instrument(span)
+        .await;
+    drop(running);
+    let failed = result.as_ref().is_err_and(|error| !error.is_stale_read());
+    ctx.metrics.reconciled(&labels, started.elapsed(), failed);
+    result
+}
+
+/// For `term`: tells `liveness` when the watch has listed the rotations,
+/// then removes, every [`PRUNE_PERIOD`], the series of rotations no longer
+/// watched (deleted).
+fn watch_progress(
+    store: Store<KSASigningKeyRotation>,
+    term: u64,
+    liveness: Arc<crate::liveness::Liveness>,
+    metrics: Arc<crate::serve::Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        liveness.synced(term, Instant::now());
+        loop {
+            metrics.retain(|rotation| {
+                store
+                    .get(&ObjectRef::new(&rotation.name).within(&rotation.namespace))
+                    .is_some()
+            });
+            tokio::time::sleep(PRUNE_PERIOD).await;
+        }
+    })
+}
+
 /// The leader-election Lease, in `--leader-namespace`.
 pub const LEADER_LEASE: &str = "ksa-controller-leader";
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    init_tracing(args.log_format);
+    init_tracing(args.log_format)?;
     let config = kube::Config::infer()
         .await
         .context("finding cluster credentials")?;
@@ -205,7 +248,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     // Served from the start, so standby replicas serve the JWKS too.
     let metrics = Arc::new(crate::serve::Metrics::default());
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = crate::serve::Health::default();
     let (mut publish, oidc) = args.oidc.settings()?;
     publish.sealer = Some(sealer.clone());
     // Both servers serve only what this sealing key sealed, through one cache.
@@ -229,9 +272,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.http_addr,
         metrics.clone(),
         published,
-        ready.clone(),
+        health.clone(),
     ));
-    let readiness = tokio::spawn(track_readiness(client.clone(), ready.clone()));
+    let readiness = tokio::spawn(track_readiness(client.clone(), health.ready.clone()));
     let identity = args
         .identity
         .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
@@ -271,6 +314,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         backend: ksa_core::crypto::AwsLc::new(),
         sealer,
         metrics: metrics.clone(),
+        liveness: health.liveness.clone(),
         publish,
         failures: std::sync::Mutex::default(),
     });
@@ -289,9 +333,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let controller = Controller::new(api, watcher::Config::default())
+        let controller = Controller::new(api, watcher::Config::default());
+        let store = controller.store();
+        let term = health.liveness.lead(store.clone(), Instant::now());
+        let watched = watch_progress(store, term, health.liveness.clone(), metrics.clone());
+        let controller = controller
             .shutdown_on_signal()
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(observed, reconcile::error_policy, ctx.clone())
             .for_each(|result| async move {
                 if let Err(error) = result {
                     tracing::debug!(%error, "reconcile error");
@@ -304,13 +352,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
         };
-        tokio::select! {
-            () = controller => break,
-            () = lost => {
-                metrics.leader.set(0);
-                tracing::warn!(%identity, "lost leadership; standing by");
-            }
+        let ended = tokio::select! {
+            () = controller => true,
+            () = lost => false,
+        };
+        watched.abort();
+        health.liveness.stand_by();
+        // Only the leader speaks for rotations.
+        metrics.retain(|_| false);
+        metrics.leader.set(0);
+        if ended {
+            break;
         }
+        tracing::warn!(%identity, "lost leadership; standing by");
     }
     server.abort();
     readiness.abort();

@@ -1,4 +1,5 @@
-//! The controller's HTTP endpoints: `/healthz`, `/readyz`, Prometheus
+//! The controller's HTTP endpoints: `/livez` (and its alias `/healthz`),
+//! `/readyz`, Prometheus
 //! `/metrics`, and each rotation's public keys for outside verifiers:
 //! `/jwks/{namespace}/{name}` and
 //! `/jwks/{namespace}/{name}/.well-known/openid-configuration`, served from
@@ -39,6 +40,7 @@ use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::ConfigMap;
 use ksa_core::discovery;
+use ksa_core::rotation::Step;
 use ksa_kube::names::{is_dns1123_label, is_dns1123_subdomain};
 use ksa_kube::provenance::{Kind, Sealer};
 use kube::api::Api;
@@ -50,6 +52,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::liveness::Liveness;
 use crate::publish;
 
 /// How long outside verifiers may cache a JWKS. Short, so that a new key
@@ -85,16 +88,29 @@ struct BuildLabels {
     commit: String,
 }
 
+/// The steps a rotation's state set has a series for.
+const STEPS: [Step; 6] = [
+    Step::Generate,
+    Step::Trust,
+    Step::Sign,
+    Step::RefreshTokens,
+    Step::Retire,
+    Step::Completed,
+];
+
+/// The locations a rotation may have a series for.
+const SINKS: [&str; 3] = ["endpoint", "s3", "directory"];
+
 /// The controller's Prometheus metrics. No label or value carries key
-/// material.
+/// material. Every series of a rotation is labelled with its namespace and
+/// name, and removed once the rotation is gone ([`Metrics::retain`]), so
+/// the number of series is bounded by the rotations there are.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// The current step of each rotation, 1 (Generate) to 6 (Completed).
-    pub step: Family<RotationLabels, Gauge>,
     /// The step as a state set: 1 for the step each rotation is in, 0 for
     /// the others.
-    pub state: Family<StepLabels, Gauge>,
+    step: Family<StepLabels, Gauge>,
     /// The key version each rotation is at or rotating to.
     pub key_version: Family<RotationLabels, Gauge>,
     /// When each rotation last completed (Unix seconds).
@@ -102,9 +118,16 @@ pub struct Metrics {
     /// How long each step of each rotation took, from entering it to its
     /// confirmation.
     pub step_seconds: Family<StepLabels, Histogram>,
-    pub reconcile_errors: Counter,
     /// Rotations not completed.
     pub in_progress: Family<RotationLabels, Gauge>,
+    reconciles: Family<RotationLabels, Counter>,
+    reconcile_errors: Family<RotationLabels, Counter>,
+    reconcile_seconds: Family<RotationLabels, Histogram>,
+    /// Seconds since each rotation's signing key was created, set from
+    /// `signing_keys` when scraped.
+    key_age: Family<RotationLabels, Gauge>,
+    /// Each rotation's signing key version and when it was created.
+    signing_keys: std::sync::Mutex<HashMap<RotationLabels, (u64, jiff::Timestamp)>>,
     pub secrets_refreshed: Counter,
     pub leader: Gauge<i64, AtomicI64>,
     /// When each location was last written (Unix seconds).
@@ -112,6 +135,8 @@ pub struct Metrics {
     /// When an outsider's read of each location last served a JWKS ksa
     /// recognises (Unix seconds).
     pub publish_confirmed: Family<LocationLabels, Gauge>,
+    /// The rotations that have series.
+    rotations: std::sync::Mutex<std::collections::HashSet<RotationLabels>>,
 }
 
 impl Default for Metrics {
@@ -129,84 +154,236 @@ impl Default for Metrics {
             "The controller's version and commit (always 1)",
             build,
         );
-        let state = Family::<StepLabels, Gauge>::default();
-        let key_version = Family::<RotationLabels, Gauge>::default();
-        let last_completion = Family::<RotationLabels, Gauge>::default();
+        let metrics = Metrics {
+            registry: Registry::default(),
+            step: Family::default(),
+            key_version: Family::default(),
+            last_completion: Family::default(),
+            step_seconds: Family::new_with_constructor(|| {
+                Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0])
+            }),
+            in_progress: Family::default(),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_seconds: Family::new_with_constructor(|| {
+                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+            }),
+            key_age: Family::default(),
+            signing_keys: std::sync::Mutex::default(),
+            secrets_refreshed: Counter::default(),
+            leader: Gauge::default(),
+            publish_written: Family::default(),
+            publish_confirmed: Family::default(),
+            rotations: std::sync::Mutex::default(),
+        };
         registry.register(
-            "rotation_state",
-            "1 for the step each rotation is in, 0 for the others",
-            state.clone(),
+            "rotation_step",
+            "1 for the step each rotation is in (Generate .. Completed), 0 for the others",
+            metrics.step.clone(),
         );
         registry.register(
             "rotation_key_version",
             "The key version each rotation is at or rotating to",
-            key_version.clone(),
+            metrics.key_version.clone(),
         );
         registry.register(
             "rotation_last_completion_timestamp_seconds",
             "When each rotation last completed",
-            last_completion.clone(),
-        );
-        let step = Family::<RotationLabels, Gauge>::default();
-        let step_seconds = Family::<StepLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0])
-        });
-        let reconcile_errors = Counter::default();
-        let in_progress = Family::<RotationLabels, Gauge>::default();
-        let secrets_refreshed = Counter::default();
-        let leader = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "rotation_step",
-            "Current step of each rotation (1 Generate .. 6 Completed)",
-            step.clone(),
+            metrics.last_completion.clone(),
         );
         registry.register(
-            "step_duration_seconds",
+            "rotation_step_duration_seconds",
             "Time from entering a step to its confirmation",
-            step_seconds.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed",
-            reconcile_errors.clone(),
+            metrics.step_seconds.clone(),
         );
         registry.register(
             "rotation_in_progress",
             "1 while a rotation is not completed",
-            in_progress.clone(),
+            metrics.in_progress.clone(),
+        );
+        registry.register(
+            "rotation_signing_key_age_seconds",
+            "Seconds since the key each rotation signs with was created (for an imported key, since its import)",
+            metrics.key_age.clone(),
+        );
+        registry.register(
+            "reconcile",
+            "Reconciles of each rotation",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles of each rotation that failed (refusals included)",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long each reconcile of a rotation took",
+            metrics.reconcile_seconds.clone(),
         );
         registry.register(
             "legacy_secrets_refreshed",
             "Legacy token Secrets re-minted",
-            secrets_refreshed.clone(),
+            metrics.secrets_refreshed.clone(),
         );
-        registry.register("leader", "1 while this replica leads", leader.clone());
-        let publish_written = Family::<LocationLabels, Gauge>::default();
-        let publish_confirmed = Family::<LocationLabels, Gauge>::default();
+        registry.register(
+            "leader",
+            "1 while this replica leads",
+            metrics.leader.clone(),
+        );
         registry.register(
             "publish_last_write_timestamp_seconds",
             "When ksa last wrote a rotation's documents to a location",
-            publish_written.clone(),
+            metrics.publish_written.clone(),
         );
         registry.register(
             "publish_last_confirmation_timestamp_seconds",
             "When an outsider's read of a location last served keys ksa recognises",
-            publish_confirmed.clone(),
+            metrics.publish_confirmed.clone(),
         );
         Metrics {
             registry,
-            step,
-            state,
-            key_version,
-            last_completion,
-            step_seconds,
-            reconcile_errors,
-            in_progress,
-            secrets_refreshed,
-            leader,
-            publish_written,
-            publish_confirmed,
+            ..metrics
         }
+    }
+}
+
+impl RotationLabels {
+    pub fn new(namespace: &str, name: &str) -> RotationLabels {
+        RotationLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn step(&self, step: Step) -> StepLabels {
+        StepLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            step: step.to_string(),
+        }
+    }
+
+    fn location(&self, sink: &str) -> LocationLabels {
+        LocationLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            sink: sink.to_owned(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Notes that `rotation` has series, so that [`Metrics::retain`]
+    /// removes them once it is gone.
+    pub fn track(&self, rotation: &RotationLabels) {
+        self.rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rotation.clone());
+    }
+
+    /// One reconcile of `rotation`: how long it took, and whether it
+    /// failed.
+    pub fn reconciled(&self, rotation: &RotationLabels, took: Duration, failed: bool) {
+        self.track(rotation);
+        self.reconciles.get_or_create(rotation).inc();
+        if failed {
+            self.reconcile_errors.get_or_create(rotation).inc();
+        }
+        self.reconcile_seconds
+            .get_or_create(rotation)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The step `rotation` is in: 1 in its state set, 0 for the others.
+    pub fn set_step(&self, rotation: &RotationLabels, current: Step) {
+        self.track(rotation);
+        for step in STEPS {
+            self.step
+                .get_or_create(&rotation.step(step))
+                .set(i64::from(step == current));
+        }
+    }
+
+    /// The key version `rotation` signs with, and when that key was
+    /// created.
+    pub fn set_signing_key(
+        &self,
+        rotation: &RotationLabels,
+        version: u64,
+        created: jiff::Timestamp,
+    ) {
+        self.track(rotation);
+        self.signing_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rotation.clone(), (version, created));
+    }
+
+    /// The key version whose creation [`Metrics::set_signing_key`] last
+    /// recorded for `rotation`.
+    pub fn signing_key_version(&self, rotation: &RotationLabels) -> Option<u64> {
+        self.signing_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(rotation)
+            .map(|(version, _)| *version)
+    }
+
+    /// Removes every series of each rotation `keep` says is gone.
+    pub fn retain(&self, keep: impl Fn(&RotationLabels) -> bool) {
+        let gone: Vec<RotationLabels> = {
+            let mut rotations = self.rotations.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = rotations.iter().filter(|r| !keep(r)).cloned().collect();
+            rotations.retain(|r| keep(r));
+            gone
+        };
+        for rotation in &gone {
+            self.forget(rotation);
+        }
+    }
+
+    fn forget(&self, rotation: &RotationLabels) {
+        for family in [
+            &self.key_version,
+            &self.last_completion,
+            &self.in_progress,
+            &self.key_age,
+        ] {
+            family.remove(rotation);
+        }
+        self.reconciles.remove(rotation);
+        self.reconcile_errors.remove(rotation);
+        self.reconcile_seconds.remove(rotation);
+        for step in STEPS {
+            self.step.remove(&rotation.step(step));
+            self.step_seconds.remove(&rotation.step(step));
+        }
+        for sink in SINKS {
+            self.publish_written.remove(&rotation.location(sink));
+            self.publish_confirmed.remove(&rotation.location(sink));
+        }
+        self.signing_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(rotation);
+    }
+
+    /// The exposition (OpenMetrics text) as of `now`.
+    pub fn encode(&self, now: jiff::Timestamp) -> Result<String, std::fmt::Error> {
+        for (rotation, (_, created)) in self
+            .signing_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let age = now.duration_since(*created).as_secs().max(0);
+            self.key_age.get_or_create(rotation).set(age);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
     }
 }
 
@@ -372,16 +549,25 @@ struct AppState {
     metrics: Arc<Metrics>,
     published: Published,
     ready: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
 }
 
-/// Serves until the process ends. `ready` turns `/readyz` to 200.
+/// What the health endpoints answer from: `ready` turns `/readyz` to 200,
+/// `liveness` says what `/livez` answers.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+    pub liveness: Arc<Liveness>,
+}
+
+/// Serves until the process ends.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     published: Published,
-    ready: Arc<AtomicBool>,
+    health: Health,
 ) -> std::io::Result<()> {
-    let app = router(metrics, published, ready);
+    let app = router(metrics, published, health);
     tracing::info!(%addr, "serving metrics, health and JWKS");
     with_header_timeout(axum_server::bind(addr))
         .serve(app.into_make_service())
@@ -549,17 +735,19 @@ fn unavailable() -> Response {
 }
 
 /// Every endpoint, serving what `published` holds.
-pub fn router(metrics: Arc<Metrics>, published: Published, ready: Arc<AtomicBool>) -> Router {
+pub fn router(metrics: Arc<Metrics>, published: Published, health: Health) -> Router {
     Router::new()
         .route("/jwks/{namespace}/{name}", get(jwks))
         .route_layer(shedding!())
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(livez))
+        .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(AppState {
             metrics,
             published,
-            ready,
+            ready: health.ready,
+            liveness: health.liveness,
         })
 }
 
@@ -591,6 +779,21 @@ pub fn jwks_config_map(namespace: &str, name: &str) -> Result<String, BadJwksPat
     Ok(format!("{name}-jwks"))
 }
 
+/// 200 while the watch and the reconcile loop make progress
+/// ([`crate::liveness`]); 500 naming what is stuck otherwise.
+async fn livez(State(state): State<AppState>) -> Response {
+    let problems = state.liveness.problems(Instant::now());
+    if problems.is_empty() {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    tracing::error!(problems = %problems.join("; "), "not live");
+    let mut body = String::from("not live:\n");
+    for problem in &problems {
+        body.push_str(&format!("- {problem}\n"));
+    }
+    (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok").into_response()
@@ -600,9 +803,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
-        Ok(()) => (
+    match state.metrics.encode(jiff::Timestamp::now()) {
+        Ok(text) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -810,7 +1012,7 @@ mod tests {
         let app = router(
             Arc::new(Metrics::default()),
             published.clone(),
-            Arc::new(AtomicBool::new(true)),
+            Health::default(),
         );
         let request = http::Request::get(path).body(Body::empty()).expect("works");
         let response = app.oneshot(request).await.expect("works");
@@ -981,7 +1183,7 @@ mod tests {
         let jwks = router(
             Arc::new(Metrics::default()),
             published.clone(),
-            Arc::new(AtomicBool::new(true)),
+            Health::default(),
         );
         for _ in 0..20 {
             let request = http::Request::get("/jwks/ns/good")
@@ -1115,6 +1317,156 @@ mod tests {
         }
         assert!(!connects(&first_cert).await, "the old certificate is gone");
         server.abort();
+    }
+
+    /// The sample lines of `metric` in `text`.
+    fn samples<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_step_is_a_state_set_and_reconciles_are_counted_by_rotation() {
+        let metrics = Metrics::default();
+        let a = RotationLabels::new("ns", "a");
+        metrics.set_step(&a, Step::Trust);
+        metrics.set_step(&a, Step::Sign);
+        metrics.reconciled(&a, Duration::from_millis(300), false);
+        metrics.reconciled(&a, Duration::from_secs(2), true);
+        metrics
+            .step_seconds
+            .get_or_create(&a.step(Step::Trust))
+            .observe(90.0);
+        let text = metrics.encode(jiff::Timestamp::now()).expect("encodes");
+        let steps = samples(&text, "ksa_rotation_step");
+        assert_eq!(steps.len(), 6, "{text}");
+        assert!(steps.contains(&r#"ksa_rotation_step{namespace="ns",name="a",step="Sign"} 1"#));
+        assert!(steps.contains(&r#"ksa_rotation_step{namespace="ns",name="a",step="Trust"} 0"#));
+        assert_eq!(steps.iter().filter(|l| l.ends_with(" 1")).count(), 1);
+        assert!(text.contains("# TYPE ksa_rotation_step gauge"), "{text}");
+        assert_eq!(
+            samples(&text, "ksa_reconcile_total"),
+            [r#"ksa_reconcile_total{namespace="ns",name="a"} 2"#]
+        );
+        assert_eq!(
+            samples(&text, "ksa_reconcile_errors_total"),
+            [r#"ksa_reconcile_errors_total{namespace="ns",name="a"} 1"#]
+        );
+        assert!(
+            text.contains(r#"ksa_reconcile_duration_seconds_count{namespace="ns",name="a"} 2"#)
+        );
+        assert!(
+            text.contains(
+                r#"ksa_reconcile_duration_seconds_bucket{le="0.5",namespace="ns",name="a"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE ksa_rotation_step_duration_seconds histogram"));
+        assert!(!text.contains("ksa_step_duration_seconds"));
+        assert!(!text.contains("ksa_rotation_state"));
+    }
+
+    #[test]
+    fn the_key_age_is_counted_from_the_keys_creation_when_scraped() {
+        let metrics = Metrics::default();
+        let a = RotationLabels::new("ns", "a");
+        let created: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("a time");
+        assert_eq!(metrics.signing_key_version(&a), None);
+        metrics.set_signing_key(&a, 2, created);
+        assert_eq!(metrics.signing_key_version(&a), Some(2));
+        let at = |t: &str| {
+            let text = metrics.encode(t.parse().expect("a time")).expect("encodes");
+            samples(&text, "ksa_rotation_signing_key_age_seconds").join("\n")
+        };
+        assert_eq!(
+            at("2026-01-01T01:00:00Z"),
+            r#"ksa_rotation_signing_key_age_seconds{namespace="ns",name="a"} 3600"#
+        );
+        assert_eq!(
+            at("2026-03-02T00:00:00Z"),
+            r#"ksa_rotation_signing_key_age_seconds{namespace="ns",name="a"} 5184000"#
+        );
+    }
+
+    #[test]
+    fn a_rotation_that_is_gone_has_no_series() {
+        let metrics = Metrics::default();
+        let (a, b) = (
+            RotationLabels::new("ns", "a"),
+            RotationLabels::new("ns", "b"),
+        );
+        for rotation in [&a, &b] {
+            metrics.set_step(rotation, Step::Completed);
+            metrics.reconciled(rotation, Duration::from_secs(1), true);
+            metrics.set_signing_key(rotation, 1, jiff::Timestamp::UNIX_EPOCH);
+            metrics.key_version.get_or_create(rotation).set(1);
+            metrics.in_progress.get_or_create(rotation).set(0);
+            metrics.last_completion.get_or_create(rotation).set(1);
+            metrics
+                .step_seconds
+                .get_or_create(&rotation.step(Step::Retire))
+                .observe(3.0);
+            metrics
+                .publish_written
+                .get_or_create(&rotation.location("s3"))
+                .set(1);
+            metrics
+                .publish_confirmed
+                .get_or_create(&rotation.location("endpoint"))
+                .set(1);
+        }
+        metrics.retain(|rotation| rotation.name != "a");
+        let text = metrics.encode(jiff::Timestamp::now()).expect("encodes");
+        assert!(!text.contains(r#"name="a""#), "{text}");
+        assert!(text.contains(r#"name="b""#), "{text}");
+        assert_eq!(metrics.signing_key_version(&a), None);
+        // A standby replica speaks for no rotation.
+        metrics.retain(|_| false);
+        let text = metrics.encode(jiff::Timestamp::now()).expect("encodes");
+        assert!(!text.contains("namespace="), "{text}");
+        assert!(text.contains("ksa_build_info{"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn livez_says_what_is_stuck() {
+        let (published, _) = api_server();
+        let health = Health::default();
+        let app = router(Arc::new(Metrics::default()), published, health.clone());
+        let get = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = http::Request::get(path).body(Body::empty()).expect("works");
+                let response = app.oneshot(request).await.expect("works");
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .expect("works");
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        assert_eq!(get("/livez").await, (StatusCode::OK, "ok".to_owned()));
+        assert_eq!(get("/healthz").await, (StatusCode::OK, "ok".to_owned()));
+        // Leading for longer than the watch may take to list: not live.
+        let (store, _writer) = kube::runtime::reflector::store();
+        let long_ago = Instant::now()
+            .checked_sub(crate::liveness::SYNC_BOUND * 2)
+            .expect("the clock is past that");
+        health.liveness.lead(store, long_ago);
+        let (status, body) = get("/livez").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            body.starts_with(
+                "not live:\n- the watch of KSASigningKeyRotations has not listed them"
+            ),
+            "{body}"
+        );
+        assert_eq!(get("/healthz").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        health.liveness.stand_by();
+        assert_eq!(get("/livez").await.0, StatusCode::OK);
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub const ISSUER_CONDITION_TYPE: &str = "KSAIssuerRotation";
 /// The condition `kubectl wait --for=condition=Ready` waits for: `True`
 /// once the rotation the status records is completed.
 pub const READY_CONDITION_TYPE: &str = "Ready";
+/// The Ready reasons while not completed: the rotation moves on by itself;
+/// it waits for something only an operator can do (a refusal, a missing
+/// grant, token holders a PodDisruptionBudget holds); its passes fail.
+pub const READY_PROGRESSING: &str = "Progressing";
+pub const READY_BLOCKED: &str = "Blocked";
+pub const READY_FAILING: &str = "Failing";
 
 /// Rotate a user cluster's service-account signing key to `keyVersion`,
 /// and its token issuer to `issuer`.
@@ -345,6 +351,12 @@ pub struct RotationStatus {
     /// What the current step waits for, or the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// What the controller refuses to do until an operator changes the
+    /// spec or what it names (a missing grant, a held lock, a Secret ksa
+    /// did not write), while it refuses; `waitingFor` then reads
+    /// `refused: MESSAGE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<RefusalStatus>,
     /// The token holders the step waits for that only an operator can let
     /// proceed (a PodDisruptionBudget that allows no disruption, a paused
     /// Deployment, a legacy token Secret ksa cannot re-mint), each
@@ -365,6 +377,17 @@ pub struct RotationStatus {
     /// anyone else wrote into the status is refused, never acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<String>,
+}
+
+/// A refusal by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusalStatus {
+    /// A CamelCase word, as the Warning Event of the refusal has
+    /// (`MissingGrant`, `RotationRefused`, `KubeconfigRefused`, ...).
+    pub reason: String,
+    /// What is refused and how to fix it.
+    pub message: String,
 }
 
 /// Where the issuer rotation stands: the change (`from`, `to`; the state
@@ -477,7 +500,7 @@ impl RotationStatus {
             if let Some(waiting) = &waiting_for {
                 message.push_str(&format!(", waiting for {waiting}"));
             }
-            condition(READY_CONDITION_TYPE, false, "Rotating", message)
+            condition(READY_CONDITION_TYPE, false, READY_PROGRESSING, message)
         };
         let mut conditions = vec![
             condition(
@@ -525,6 +548,7 @@ impl RotationStatus {
             changes_key: (!state.changes_key()).then_some(false),
             issuer,
             waiting_for,
+            refusal: None,
             blocked_holders: Vec::new(),
             outside_legacy_tokens: Vec::new(),
             observed_generation: generation,
@@ -708,7 +732,7 @@ mod tests {
             ready(&rotating),
             Some((
                 "False".into(),
-                "Rotating".into(),
+                "Progressing".into(),
                 "at step Generate, waiting for key version 2 to be stored".into()
             ))
         );

@@ -409,9 +409,9 @@ async fn outside_verifiers_trust_every_valid_token_through_a_key_and_an_issuer_r
     // set, the key version, the last completion.
     for line in [
         format!(
-            r#"ksa_rotation_state{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Completed"}} 1"#
+            r#"ksa_rotation_step{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Completed"}} 1"#
         ),
-        format!(r#"ksa_rotation_state{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Trust"}} 0"#),
+        format!(r#"ksa_rotation_step{{namespace="{NAMESPACE}",name="{CLUSTER}",step="Trust"}} 0"#),
         format!(r#"ksa_rotation_key_version{{namespace="{NAMESPACE}",name="{CLUSTER}"}} 2"#),
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");

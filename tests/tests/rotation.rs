@@ -440,7 +440,7 @@ async fn two_rotations_through_the_cli_log_nobody_out() -> Result<()> {
     let (_, metrics) = get(&format!("{http}/metrics"))?;
     assert!(
         metrics
-            .contains(r#"ksa_rotation_step{namespace="user-cluster-1",name="user-cluster-1"} 6"#),
+            .contains(r#"ksa_rotation_step{namespace="user-cluster-1",name="user-cluster-1",step="Completed"} 1"#),
         "{metrics}"
     );
     assert!(

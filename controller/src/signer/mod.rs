@@ -150,7 +150,7 @@ external_jwt_signer!(v1alpha1);
 /// Runs the signer until SIGTERM or Ctrl-C, then finishes the calls in
 /// flight and removes the socket.
 pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
-    crate::run::init_tracing(args.log_format);
+    crate::run::init_tracing(args.log_format)?;
     let source = match (&args.secret, &args.key_dir) {
         (Some(secret), _) => {
             let Some((namespace, name)) = secret.split_once('/') else {
