@@ -198,19 +198,25 @@ mod tests {
             Ok(())
         );
         let refused = in_use_everywhere(&[view("a", &[1], Some(1)), view("b", &[1], None)], one);
-        assert_eq!(refused.unwrap_err().instances, ["b"]);
+        assert_eq!(
+            refused,
+            Err(NotInUse {
+                instances: vec!["b".into()]
+            })
+        );
         let refused = in_use_everywhere(&[view("a", &[], Some(1))], one);
-        assert_eq!(refused.unwrap_err().instances, ["a"]);
+        assert_eq!(
+            refused,
+            Err(NotInUse {
+                instances: vec!["a".into()]
+            })
+        );
         let mut silent = view("c", &[1], Some(1));
         silent.unanswered = Some("it did not answer".into());
-        assert_eq!(
-            in_use_everywhere(&[silent], one).unwrap_err().to_string(),
-            "c (it did not answer)"
-        );
-        assert_eq!(
-            in_use_everywhere(&[], one).unwrap_err().to_string(),
-            "no API server instance answered"
-        );
+        let silent = in_use_everywhere(&[silent], one).map_err(|e| e.to_string());
+        assert_eq!(silent, Err("c (it did not answer)".to_owned()));
+        let none = in_use_everywhere(&[], one).map_err(|e| e.to_string());
+        assert_eq!(none, Err("no API server instance answered".to_owned()));
     }
 
     const NOW: i64 = 1_800_000_000;
