@@ -502,10 +502,10 @@ pub enum KeysCommand {
         /// Replace existing files (a symlink is replaced, never followed).
         #[arg(long)]
         force: bool,
-        /// Output format: text, json or yaml (the files written and the
-        /// key's kid).
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text, json, yaml or jsonpath=TEMPLATE (the
+        /// files written and the key's kid).
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
     /// Print the JWKS of PEM keys (public parts only), with kube-apiserver's kids.
     #[command(after_help = "Example:\n  ksa keys jwks /etc/kubernetes/pki/sa.pub new/sa.pub")]
@@ -513,9 +513,9 @@ pub enum KeysCommand {
         /// PEM files: public or private keys, several blocks each; - for stdin.
         #[arg(required = true)]
         files: Vec<String>,
-        /// Output format: json or yaml.
-        #[arg(long, short = 'o', value_enum, default_value_t = DataFormat::Json)]
-        output: DataFormat,
+        /// Output format: json, yaml or jsonpath=TEMPLATE.
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "json", value_parser = DATA_ONLY)]
+        output: Output,
     },
     /// Import the key a cluster signs with today (kube-apiserver's
     /// --service-account-key-file, sa.key) as a rotation's key version 1,
@@ -551,10 +551,11 @@ pub enum KeysCommand {
         kubeconfig_secret: Option<String>,
         #[command(flatten)]
         kube: KubeArgs,
-        /// Output format: text, json or yaml (the Secret, the kid and
-        /// whether anything changed).
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
-        output: Format,
+        /// Output format: text, json, yaml or jsonpath=TEMPLATE (the
+        /// Secrets, the kid, the instances asked and whether anything
+        /// changed).
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
+        output: Output,
     },
 }
 

@@ -331,3 +331,49 @@ fn colour_follows_anstreams_rules() {
     let out = verify(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]);
     assert!(out.stdout.starts_with("valid bound token"), "{out:?}");
 }
+
+/// The `keys` commands take `-o jsonpath=` too: the kid of a generated key
+/// and the algorithm of a JWKS's key, as a script would pick them.
+#[test]
+fn keys_commands_take_jsonpath() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out_dir = dir.path().join("keys");
+    let out_dir = out_dir.to_str().expect("path");
+    let generated = run(
+        &mut ksa(&[
+            "keys",
+            "generate",
+            "--algorithm",
+            "ES256",
+            "--out",
+            out_dir,
+            "-o",
+            "jsonpath={.kid}",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(generated.code, Some(0), "{generated:?}");
+    let kid = generated.stdout.trim().to_owned();
+    assert_eq!(kid.len(), 43, "a kid, alone: {:?}", generated.stdout);
+    let public = format!("{out_dir}/sa.pub");
+    let jwks = run(
+        &mut ksa(&[
+            "keys",
+            "jwks",
+            &public,
+            "-o",
+            "jsonpath={.keys[0].kid} {.keys[0].alg}",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(jwks.code, Some(0), "{jwks:?}");
+    assert_eq!(jwks.stdout.trim(), format!("{kid} ES256"));
+    // jwks prints data only: text is refused, naming the formats.
+    let text = run(&mut ksa(&["keys", "jwks", &public, "-o", "text"]), DEADLINE);
+    assert_eq!(text.code, Some(2), "{text:?}");
+    assert!(
+        text.stderr.contains("json, yaml and jsonpath=TEMPLATE"),
+        "{}",
+        text.stderr
+    );
+}

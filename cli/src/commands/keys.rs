@@ -17,7 +17,7 @@ use ksa_kube::cluster::TargetCluster;
 use ksa_kube::keystore::{ApiServerKeysImport, KeyStore, default_key_secret};
 use kube::api::Api;
 
-use crate::args::{Alg, Format, KeysCommand, KubeArgs};
+use crate::args::{Alg, KeysCommand, KubeArgs, Output};
 use crate::connection::Connection;
 use crate::{Failure, Outcome};
 
@@ -60,12 +60,14 @@ pub fn run(command: KeysCommand) -> Outcome {
                 }
             }
             let jwks = Jwks::from_public_keys(&keys);
-            crate::output::finish(&crate::output::data(&jwks, output)?)
+            crate::output::finish(&crate::output::render(&output, &jwks, || {
+                Ok(serde_json::to_string_pretty(&jwks)?)
+            })?)
         }
     }
 }
 
-fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool, output: Format) -> Outcome {
+fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool, output: Output) -> Outcome {
     let algorithm = match algorithm {
         Alg::Rs256 => Algorithm::RS256,
         Alg::Es256 => Algorithm::ES256,
@@ -100,16 +102,14 @@ fn generate(algorithm: Alg, bits: Option<u32>, out: &Path, force: bool, output: 
     std::fs::File::open(out)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("syncing {}", out.display()))?;
-    let text = match output {
-        Format::Text => format!(
+    let text = crate::output::render(&output, &generated(&key_path, &pub_path, &key), || {
+        Ok(format!(
             "wrote {} (private, 0600) and {}\nkid: {}",
             key_path.display(),
             pub_path.display(),
             key.kid()
-        ),
-        Format::Json => serde_json::to_string_pretty(&generated(&key_path, &pub_path, &key))?,
-        Format::Yaml => serde_saphyr::to_string(&generated(&key_path, &pub_path, &key))?,
-    };
+        ))
+    })?;
     crate::output::finish(&text)
 }
 
@@ -132,7 +132,7 @@ struct ImportArgs {
     version: KeyVersion,
     kubeconfig_secret: Option<String>,
     kube: KubeArgs,
-    output: Format,
+    output: Output,
 }
 
 /// What an import did.
@@ -276,8 +276,7 @@ fn import(args: ImportArgs) -> Outcome {
             "apiServerKeySecret": key_secret,
             "checkedOn": instances,
         });
-        let text = match args.output {
-            Format::Text => {
+        let text = crate::output::render(&args.output, &json, || {
                 let stored = match imported {
                     Imported::Stored => format!(
                         "imported key version {} (kid {}) into Secret {namespace}/{secret}",
@@ -297,15 +296,12 @@ fn import(args: ImportArgs) -> Outcome {
                         "Secret {namespace}/{key_secret}, which the API servers mount, already holds this key"
                     ),
                 };
-                format!(
+                Ok(format!(
                     "{stored}\n{mounted}\nchecked on {} API server instance(s), each signing with it and listing it: {}",
                     instances.len(),
                     instances.join(", ")
-                )
-            }
-            Format::Json => serde_json::to_string_pretty(&json)?,
-            Format::Yaml => serde_saphyr::to_string(&json)?,
-        };
+                ))
+        })?;
         crate::output::finish(&text)
     })
 }
