@@ -123,7 +123,7 @@ pub enum Command {
     /// kubeconfig contexts and namespaces complete too (for `kubectl ksa`,
     /// install the kubectl_complete-ksa binary on the PATH instead).
     #[command(
-        after_help = "Examples:\n  ksa completions bash > /etc/bash_completion.d/ksa\n  source <(COMPLETE=bash ksa)   # the same, for this shell only"
+        after_help = "Examples:\n  ksa completions bash > /etc/bash_completion.d/ksa\n  source <(KSA_COMPLETE=bash ksa)   # the same, for this shell only"
     )]
     Completions {
         /// The shell to complete for.
@@ -524,9 +524,12 @@ pub enum KeysCommand {
         "Examples:\n",
         "  ksa keys import --rotation user-cluster-1 -n user-cluster-1 --key sa.key\n",
         "  ksa keys import --rotation user-cluster-1 -n user-cluster-1 --key sa.key --kubeconfig admin.kubeconfig -o json\n\n",
-        "Writes the Secret NAME-signing-key-v1 (labelled ksa.dev/rotation=NAME, ksa.dev/key-version=1,\n",
-        "annotated ksa.dev/kid=KID). Importing the same key again changes nothing; a different key\n",
-        "already stored there is refused (exit 2)."
+        "First asks every API server instance of the user cluster (the rotation's, or --kubeconfig-secret,\n",
+        "else the --kubeconfig cluster) for a fresh token and its JWKS: unless each signs with the key and\n",
+        "lists it, nothing is written (exit 2). Then writes the Secret NAME-signing-key-v1 (labelled\n",
+        "ksa.dev/rotation=NAME, ksa.dev/key-version=1, annotated ksa.dev/kid=KID) and the Secret the API\n",
+        "servers mount, NAME-apiserver-keys (sa.key, sa.pub). Importing the same key again changes nothing;\n",
+        "a Secret that holds a different key is refused (exit 2)."
     ))]
     Import {
         /// The rotation (the KSASigningKeyRotation resource, the user

@@ -43,7 +43,7 @@ fn matching(names: Vec<String>, current: &OsStr) -> Vec<CompletionCandidate> {
 }
 
 /// The variable the completion scripts set to ask ksa for candidates.
-pub const ENV_VAR: &str = "COMPLETE";
+pub const ENV_VAR: &str = "KSA_COMPLETE";
 
 /// Cobra's directives (`cobra.ShellCompDirective`).
 pub mod directive {

@@ -86,7 +86,10 @@ impl Template {
                         .all()
                         .into_iter()
                         .map(|value| match value {
-                            Value::String(text) => text.clone(),
+                            // A token's claims or a status are anyone's:
+                            // escaped when they hold control characters,
+                            // so they cannot forge lines of the output.
+                            Value::String(text) => crate::output::shown(text).into_owned(),
                             other => other.to_string(),
                         })
                         .collect();
@@ -165,6 +168,20 @@ mod tests {
         // Missing: nothing; null: null.
         assert_eq!(render("{.nothing}", &value), "");
         assert_eq!(render("{.waitingFor}", &value), "null");
+    }
+
+    /// A claim or status string with control characters cannot forge a
+    /// line of the output (hostile read of issue 33): it is escaped, as
+    /// the text output escapes it; a literal of the template is the user's.
+    #[test]
+    fn strings_with_control_characters_are_escaped() {
+        let value = serde_json::json!({"sub": "system:serviceaccount:a:b\nvalid: true\u{1b}[2K"});
+        let shown = render("{.sub}{\"\\n\"}", &value);
+        assert_eq!(
+            shown,
+            "\"system:serviceaccount:a:b\\nvalid: true\\u{1b}[2K\"\n"
+        );
+        assert_eq!(shown.lines().count(), 1);
     }
 
     #[test]

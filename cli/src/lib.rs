@@ -85,7 +85,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub type Outcome = Result<u8, Failure>;
 
 pub fn main() -> ExitCode {
-    // `COMPLETE=SHELL ksa ...`: the shell asking for candidates (the
+    // `KSA_COMPLETE=SHELL ksa ...` (its own name, so that a `COMPLETE` set for
+    // another tool never turns a rotation into a completion): the shell asking for candidates (the
     // script of `ksa completions SHELL`); answered, and nothing else runs.
     clap_complete::env::CompleteEnv::with_factory(<args::Cli as clap::CommandFactory>::command)
         .var(completion::ENV_VAR)

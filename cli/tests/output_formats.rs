@@ -219,14 +219,14 @@ fn jsonpath_works_wherever_o_is_and_wide_only_where_it_means_something() {
     }
 }
 
-/// `COMPLETE=fish ksa -- ksa WORDS...`: what the completion script asks.
+/// `KSA_COMPLETE=fish ksa -- ksa WORDS...`: what the completion script asks.
 fn complete(words: &[&str], kubeconfig: &Path) -> common::Run {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ksa"));
     command
         .arg("--")
         .arg("ksa")
         .args(words)
-        .env("COMPLETE", "fish")
+        .env("KSA_COMPLETE", "fish")
         .env("KUBECONFIG", kubeconfig)
         .env("HOME", kubeconfig.parent().expect("dir"))
         .stdin(std::process::Stdio::null())
@@ -376,4 +376,18 @@ fn keys_commands_take_jsonpath() {
         "{}",
         text.stderr
     );
+}
+
+/// A `COMPLETE` variable set for another tool does not turn a ksa command
+/// into a completion answer (hostile read of issue 33): ksa's is
+/// `KSA_COMPLETE`.
+#[test]
+fn another_tools_complete_variable_changes_nothing() {
+    let mut command = ksa(&["version", "-o", "json"]);
+    command.env("COMPLETE", "bash");
+    let out = run(&mut command, DEADLINE);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let version: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("the version, as JSON");
+    assert!(version["version"].is_string(), "{version}");
 }

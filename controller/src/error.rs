@@ -24,6 +24,12 @@ pub enum Error {
          its discovery document cannot be published outside"
     )]
     IssuerUnknown,
+    #[error(
+        "the reconcile did not finish within {seconds} s (an API server that accepts requests and \
+         never answers, such as a user cluster the kubeconfig Secret names); it was stopped and is \
+         retried: every step resumes where it stopped"
+    )]
+    ReconcileTimedOut { seconds: u64 },
 }
 
 // What `?` meets in the controller's own modules goes where the

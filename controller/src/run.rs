@@ -173,6 +173,12 @@ async fn track_readiness(client: kube::Client, ready: Arc<std::sync::atomic::Ato
     }
 }
 
+/// How long one reconcile may run: half of what `/livez` allows, so that a
+/// reconcile held by a silent API server ends, and is retried, long before
+/// the controller would be restarted.
+pub const RECONCILE_TIMEOUT: Duration =
+    Duration::from_secs(crate::liveness::RECONCILE_BOUND.as_secs() / 2);
+
 /// How often the series of rotations that are gone are removed.
 const PRUNE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -189,9 +195,21 @@ async fn observed(
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %name);
     let started = Instant::now();
     let running = ctx.liveness.reconciling(&resource, started);
-    let result = reconcile::reconcile(resource, ctx.clone())
-        .instrument(span)
-        .await;
+    // Bounded, so that a cluster that never answers cannot hold the
+    // reconcile until /livez restarts the controller for every rotation;
+    // the state is saved before each effect and every effect is
+    // idempotent, so a pass cut off here resumes in the next.
+    let result = match tokio::time::timeout(
+        RECONCILE_TIMEOUT,
+        reconcile::reconcile(resource, ctx.clone()).instrument(span),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(crate::Error::ReconcileTimedOut {
+            seconds: RECONCILE_TIMEOUT.as_secs(),
+        }),
+    };
     drop(running);
     let failed = result.as_ref().is_err_and(|error| !error.is_stale_read());
     ctx.metrics.reconciled(&labels, started.elapsed(), failed);
@@ -374,4 +392,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     drop(leading);
     let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A reconcile held by a silent API server is stopped, and retried,
+    /// well before `/livez` calls the controller stuck.
+    #[test]
+    fn a_reconcile_ends_before_livez_calls_it_stuck() {
+        assert!(super::RECONCILE_TIMEOUT * 2 <= crate::liveness::RECONCILE_BOUND);
+        assert!(super::RECONCILE_TIMEOUT >= std::time::Duration::from_secs(60));
+    }
 }

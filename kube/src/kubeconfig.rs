@@ -211,9 +211,16 @@ impl InlineKubeconfig {
         config.root_cert = self.root_certs.clone();
         config.tls_server_name = self.tls_server_name.clone();
         config.auth_info = self.user.clone();
+        // A server that accepts a request and never answers it must not
+        // hold a reconcile (or `keys import`) for ever.
+        config.read_timeout = Some(READ_TIMEOUT);
         config
     }
 }
+
+/// How long a request to a user cluster may wait for each read of its
+/// answer.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why each refused cluster field is refused.
 const CA_FILE: &str = "it reads a file of the controller; give certificate-authority-data";
@@ -455,6 +462,10 @@ current-context: x
         assert!(config.root_cert_file.is_none());
         assert!(config.proxy_url.is_none());
         assert!(!config.accept_invalid_certs);
+        // A silent user cluster cannot hold a request for ever (hostile
+        // read of issue 33: it held the reconcile until /livez restarted
+        // the controller).
+        assert_eq!(config.read_timeout, Some(super::READ_TIMEOUT));
         let user = &config.auth_info;
         assert!(user.client_certificate_data.is_some() && user.client_key_data.is_some());
         assert!(user.exec.is_none() && user.auth_provider.is_none());

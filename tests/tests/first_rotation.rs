@@ -273,7 +273,8 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
         output.status.code()
     );
     ensure!(
-        stderr.contains("is not the key the cluster signs with and accepts today")
+        stderr.contains("is not the key the cluster at ")
+            && stderr.contains("signs with and accepts today")
             && stderr.contains("nothing was changed"),
         "{stderr}"
     );
@@ -283,6 +284,58 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
             "{name} was written for a key not in use"
         );
     }
+
+    // A rotation whose writer names the Secret the API servers mount
+    // (spec.rollout.keySecret), which nobody made: the import never creates
+    // a Secret under a name the resource's writer chose (hostile read of
+    // issue 33), and a --kubeconfig-secret the rotation does not name is
+    // refused.
+    let tenant: KSASigningKeyRotation = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ksa.dev/v1alpha1",
+        "kind": "KSASigningKeyRotation",
+        "metadata": {"name": "tenant"},
+        "spec": {"keyVersion": 1, "rollout": {"keySecret": "tenant-chosen"}},
+    }))?;
+    Api::<KSASigningKeyRotation>::namespaced(scenario.client.clone(), NAMESPACE)
+        .create(&Default::default(), &tenant)
+        .await?;
+    let output = import("tenant", &current)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stderr.contains("names Secret tenant-chosen (spec.rollout.keySecret)")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    ensure!(
+        secrets.get_opt("tenant-chosen").await?.is_none(),
+        "the import created a Secret under the name the rotation's writer chose"
+    );
+    let output = scenario.ksa(&[
+        "keys",
+        "import",
+        "--rotation",
+        "tenant",
+        "-n",
+        NAMESPACE,
+        "--key",
+        &current.to_string_lossy(),
+        "--kubeconfig-secret",
+        "elsewhere",
+        "--kubeconfig",
+        &kubeconfig,
+    ])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(stderr.contains("names no user cluster"), "{stderr}");
 
     // A key Secret of version 1 that holds another key: refused, and the
     // API server key Secret is not written.

@@ -184,11 +184,22 @@ fn import(args: ImportArgs) -> Outcome {
             .unwrap_or_else(|| connection.config.default_namespace.clone());
         // Nothing is written until every API server instance of the
         // cluster shows that it signs with this key and lists it.
-        let rotation = Api::<KSASigningKeyRotation>::namespaced(connection.client.clone(), &namespace)
+        // The rotation, if it exists, names the user cluster and the
+        // Secret its API servers mount; only its absence (or the CRD's) is
+        // no answer, any other error stops the import.
+        let rotation = match Api::<KSASigningKeyRotation>::namespaced(connection.client.clone(), &namespace)
             .get_opt(&args.rotation)
             .await
-            .ok()
-            .flatten();
+        {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(error) => {
+                return Err(Failure::from(anyhow::Error::new(error).context(format!(
+                    "reading rotation {namespace}/{} (nothing was changed)",
+                    args.rotation
+                ))));
+            }
+        };
         let cluster = user_cluster(&args, rotation.as_ref(), &namespace)?;
         let own = TargetCluster::new(connection.client.clone(), connection.config.clone());
         let target = TargetCluster::connect(&own, &connection.client, &namespace, cluster.as_ref())
@@ -212,12 +223,17 @@ fn import(args: ImportArgs) -> Outcome {
             })?;
         in_use_everywhere(&views, args.version).map_err(|not_in_use| {
             Failure::bad_input(anyhow::anyhow!(
-                "--key {}: kid {} is not the key the cluster signs with and accepts today: {} did \
-                 not both sign a fresh token with it and list it in /openid/v1/jwks; give the API \
-                 servers' current sa.key (nothing was changed)",
+                "--key {}: kid {} is not the key the cluster at {} ({}) signs with and accepts today: \
+                 {} did not both sign a fresh token with it and list it in /openid/v1/jwks; give the \
+                 API servers' current sa.key (nothing was changed)",
                 args.key,
                 key.kid(),
-                not_in_use
+                target.url(),
+                cluster.as_ref().map_or_else(
+                    || "the cluster --kubeconfig names".to_owned(),
+                    |c| format!("through Secret {namespace}/{}", c.kubeconfig_secret.name)
+                ),
+                crate::output::shown(&not_in_use.to_string())
             ))
         })?;
         let store = KeyStore::new(connection.client.clone(), &namespace, &args.rotation);
@@ -228,6 +244,39 @@ fn import(args: ImportArgs) -> Outcome {
             .as_ref()
             .and_then(|r| r.spec.rollout.key_secret.clone())
             .unwrap_or_else(|| default_key_secret(&args.rotation));
+        if key_secret != default_key_secret(&args.rotation) {
+            // A Secret the rotation names is the operator's, made and
+            // labelled beforehand: the import never creates one under a
+            // name the resource's writer chose.
+            if !ksa_kube::names::is_dns1123_subdomain(&key_secret) {
+                return Err(Failure::bad_input(anyhow::anyhow!(
+                    "rotation {namespace}/{}: spec.rollout.keySecret {:?} is not a Secret name (nothing was changed)",
+                    args.rotation,
+                    crate::output::shown(&key_secret)
+                )));
+            }
+            let existing = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(connection.client.clone(), &namespace)
+                .get_opt(&key_secret)
+                .await
+                .map_err(|error| {
+                    Failure::from(anyhow::Error::new(error).context(format!("reading Secret {namespace}/{key_secret}")))
+                })?;
+            let labels = existing.as_ref().and_then(|s| s.metadata.labels.clone()).unwrap_or_default();
+            if existing.is_none()
+                || labels.get(ksa_kube::keystore::LABEL_ROTATION).map(String::as_str) != Some(args.rotation.as_str())
+                || labels.contains_key(ksa_kube::keystore::LABEL_KEY_VERSION)
+            {
+                return Err(Failure::bad_input(anyhow::anyhow!(
+                    "rotation {namespace}/{} names Secret {key_secret} (spec.rollout.keySecret) for its API \
+                     servers: keys import writes the signing key only into {} or into a Secret that already \
+                     exists, labelled ksa.dev/rotation={} and not a key Secret; create and label it, or \
+                     remove keySecret (nothing was changed)",
+                    args.rotation,
+                    default_key_secret(&args.rotation),
+                    args.rotation
+                )));
+            }
+        }
         if let Some(ApiServerKeysImport::HoldsAnother { kid }) = store
             .api_server_keys_hold(&key_secret, &key)
             .await
@@ -237,7 +286,7 @@ fn import(args: ImportArgs) -> Outcome {
                 )
             })?
         {
-            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key));
+            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key, None));
         }
         let imported = store_key(&store, args.version, &key)
             .await
@@ -263,9 +312,12 @@ fn import(args: ImportArgs) -> Outcome {
             })?;
         if let ApiServerKeysImport::HoldsAnother { kid } = &mounted {
             // Made by someone else between the check and the write.
-            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key));
+            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key, Some(&secret)));
         }
-        let instances: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        let instances: Vec<String> = views
+            .iter()
+            .map(|v| crate::output::shown(&v.name).into_owned())
+            .collect();
         let json = serde_json::json!({
             "rotation": args.rotation,
             "namespace": namespace,
@@ -306,19 +358,28 @@ fn import(args: ImportArgs) -> Outcome {
     })
 }
 
-/// The refusal of an import whose API server key Secret holds another key.
+/// The refusal of an import whose API server key Secret holds another key;
+/// `written`: the key Secret the import had already written, when it had.
 fn holds_another(
     namespace: &str,
     key_secret: &str,
     kid: Option<&str>,
     key: &PrivateKey,
+    written: Option<&str>,
 ) -> Failure {
     Failure::bad_input(anyhow::anyhow!(
         "Secret {namespace}/{key_secret}, which the API servers mount, holds {} as sa.key, not \
          kid {}: ksa writes the signing key only into a Secret that holds the key it imports; \
-         delete it, or point the rotation's spec.rollout.keySecret at another (nothing was changed)",
+         delete it, or point the rotation's spec.rollout.keySecret at another ({})",
         kid.map_or("no key".to_owned(), |kid| format!("kid {kid}")),
         key.kid(),
+        written.map_or_else(
+            || "nothing was changed".to_owned(),
+            |secret| format!(
+                "it was made while this import ran; Secret {namespace}/{secret} holds the imported \
+                 key, and importing again once it is fixed changes nothing there"
+            )
+        ),
     ))
 }
 
@@ -334,6 +395,15 @@ fn user_cluster(
     let Some(flag) = &args.kubeconfig_secret else {
         return Ok(named);
     };
+    if rotation.is_some() && named.is_none() {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--kubeconfig-secret {}: rotation {namespace}/{} names no user cluster (the controller \
+             checks the cluster it runs in); leave the flag out, or set the rotation's spec.cluster \
+             (nothing was changed)",
+            crate::output::shown(flag),
+            args.rotation
+        )));
+    }
     if !ksa_kube::names::is_dns1123_subdomain(flag) {
         return Err(Failure::bad_input(anyhow::anyhow!(
             "--kubeconfig-secret {flag:?}: not a Secret name (lowercase letters, digits, '-' and '.')"
@@ -346,7 +416,7 @@ fn user_cluster(
             "--kubeconfig-secret {flag}: rotation {namespace}/{} reaches its user cluster through \
              Secret {}; give that one, or leave the flag out (nothing was changed)",
             args.rotation,
-            named.kubeconfig_secret.name
+            crate::output::shown(&named.kubeconfig_secret.name)
         )));
     }
     Ok(Some(ClusterRef {

@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> Outcome {
             Ok(crate::exit::DONE)
         }
         Command::Completions { shell } => {
-            // The script of `COMPLETE=SHELL ksa`: the shell asks ksa for
+            // The script of `KSA_COMPLETE=SHELL ksa`: the shell asks ksa for
             // the candidates, so contexts and namespaces complete too.
             use clap_complete::env::EnvCompleter as _;
             let mut script = Vec::new();

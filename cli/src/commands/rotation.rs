@@ -904,13 +904,15 @@ fn issuer_status(
     crate::output::finish(&text)
 }
 
-/// A JSON value as a table cell: text as it is, nothing as `-`, lists
-/// joined by commas.
+/// A JSON value as a table cell: text as it is (escaped when it holds
+/// control characters), nothing as `-`, lists joined by commas.
 fn cell(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Null => "-".to_owned(),
         serde_json::Value::String(text) if text.is_empty() => "-".to_owned(),
-        serde_json::Value::String(text) => text.clone(),
+        // The status is written by whoever may write it: never raw bytes
+        // on the terminal.
+        serde_json::Value::String(text) => crate::output::shown(text).into_owned(),
         serde_json::Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
