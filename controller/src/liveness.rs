@@ -242,6 +242,22 @@ impl Liveness {
     }
 }
 
+/// Waits until the watch behind `store` has listed the rotations; false
+/// when it never will (its stream is gone).
+///
+/// Asked again each second: a `Store::wait_until_ready` that began before
+/// the controller's stream was first polled is not always woken
+/// (kube-runtime 5.0; `tests/store_listed.rs`), so each wait is short and
+/// the next one finds the store ready.
+pub async fn listed(store: &Store<KSASigningKeyRotation>) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(ready) => return ready.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
 fn named(rotation: &Rotation) -> String {
     match &rotation.namespace {
         Some(namespace) => format!("{namespace}/{}", rotation.name),

@@ -226,16 +226,20 @@ fn watch_progress(
     metrics: Arc<crate::serve::Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_err() {
+        if !crate::liveness::listed(&store).await {
             return;
         }
         liveness.synced(term, Instant::now());
+        tracing::info!(rotations = store.len(), "the watch listed the rotations");
         loop {
-            metrics.retain(|rotation| {
+            let gone = metrics.retain(|rotation| {
                 store
                     .get(&ObjectRef::new(&rotation.name).within(&rotation.namespace))
                     .is_some()
             });
+            for rotation in gone {
+                tracing::info!(namespace = %rotation.namespace, name = %rotation.name, "removed the metrics of a rotation that is gone");
+            }
             tokio::time::sleep(PRUNE_PERIOD).await;
         }
     })
@@ -377,7 +381,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         watched.abort();
         health.liveness.stand_by();
         // Only the leader speaks for rotations.
-        metrics.retain(|_| false);
+        let _ = metrics.retain(|_| false);
         metrics.leader.set(0);
         if ended {
             break;

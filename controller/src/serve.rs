@@ -331,8 +331,9 @@ impl Metrics {
             .map(|(version, _)| *version)
     }
 
-    /// Removes every series of each rotation `keep` says is gone.
-    pub fn retain(&self, keep: impl Fn(&RotationLabels) -> bool) {
+    /// Removes every series of each rotation `keep` says is gone; returns
+    /// those rotations.
+    pub fn retain(&self, keep: impl Fn(&RotationLabels) -> bool) -> Vec<RotationLabels> {
         let gone: Vec<RotationLabels> = {
             let mut rotations = self.rotations.lock().unwrap_or_else(|e| e.into_inner());
             let gone = rotations.iter().filter(|r| !keep(r)).cloned().collect();
@@ -342,6 +343,7 @@ impl Metrics {
         for rotation in &gone {
             self.forget(rotation);
         }
+        gone
     }
 
     fn forget(&self, rotation: &RotationLabels) {

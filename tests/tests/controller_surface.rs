@@ -182,7 +182,8 @@ async fn ready_says_blocked_livez_and_metrics_follow_the_rotation() -> Result<()
             Ok(())
         },
     )
-    .await?;
+    .await
+    .with_context(|| installation.controller_log())?;
     let (status, body) = get(&format!("{http}/livez")).await?;
     assert_eq!((status, body.as_str()), (200, "ok"));
     Ok(())
