@@ -156,12 +156,22 @@ async fn ready_says_blocked_livez_and_metrics_follow_the_rotation() -> Result<()
     assert_eq!(steps.len(), 1, "one step at a time: {steps:?}");
 
     // Each line of a reconcile carries the rotation at the top level.
-    let log = installation.controller_log();
-    let reconcile_line = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["message"] == "step confirmed" || line["message"] == "generated key");
-    let line = reconcile_line.with_context(|| format!("no reconcile line in the log:\n{log}"))?;
+    // The controller writes its log as it goes: read until the line is there.
+    let line = eventually(
+        "a reconcile's log line",
+        Duration::from_secs(60),
+        || async {
+            let log = installation.controller_log();
+            let reconcile_line = log
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|line| {
+                    line["message"] == "step confirmed" || line["message"] == "generated key"
+                });
+            reconcile_line.with_context(|| format!("no reconcile line in the log:\n{log}"))
+        },
+    )
+    .await?;
     assert_eq!(line["namespace"], ROTATIONS, "{line}");
     assert_eq!(line["name"], ROTATIONS, "{line}");
 
