@@ -1,0 +1,93 @@
+//! The chart's controller health and logging values: the liveness probe
+//! asks `/livez`, `logs.format` is the controller's `--log-format` and
+//! `logs.level` its `KSA_LOG`, and a format the controller does not know is
+//! refused by the chart's schema.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, ensure};
+use clap::Parser as _;
+use ksa_controller::run::{LogFormat, RunArgs};
+use ksa_tests::readme::{helm, workspace};
+use serde_json::Value;
+
+/// `helm template` of the chart with these `--set` values: the controller
+/// Deployment, or helm's error.
+fn deployment(values: &[&str]) -> Result<Value> {
+    let chart = workspace().join("charts").join("ksa");
+    let mut command = Command::new(helm()?);
+    command
+        .args(["template", "ksa", "--namespace", "ksa-system"])
+        .arg(&chart)
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("ksa-helm-config"),
+        )
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("ksa-helm-cache"),
+        )
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("ksa-helm-data"));
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let out = command.output().context("running helm")?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    serde_saphyr::from_multiple::<Value>(&text)?
+        .into_iter()
+        .find(|object| object["kind"] == "Deployment")
+        .context("no Deployment rendered")
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The controller's args, as `ksa-controller` parses them.
+fn run_args(container: &Value) -> Result<RunArgs> {
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .context("no args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(args.first() == Some(&"run"), "{args:?}");
+    Ok(RunArgs::try_parse_from(
+        std::iter::once("ksa-controller").chain(args[1..].iter().copied()),
+    )?)
+}
+
+fn ksa_log(container: &Value) -> Option<&str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|env| env["name"] == "KSA_LOG")?["value"]
+        .as_str()
+}
+
+#[test]
+fn the_chart_probes_livez_and_sets_the_log_level_and_format() -> Result<()> {
+    let default = deployment(&[])?;
+    let controller = container(&default);
+    assert_eq!(controller["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(controller["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(matches!(run_args(controller)?.log_format, LogFormat::Json));
+    assert_eq!(ksa_log(controller), None, "the controller's default filter");
+
+    // helm --set splits at commas unless escaped.
+    let set = deployment(&[r"logs.level=info\,ksa_controller=debug", "logs.format=text"])?;
+    let controller = container(&set);
+    assert!(matches!(run_args(controller)?.log_format, LogFormat::Text));
+    assert_eq!(ksa_log(controller), Some("info,ksa_controller=debug"));
+    // The filter the chart passes is one the controller takes.
+    ksa_controller::logging::filter(ksa_log(controller), None)?;
+
+    let refused = deployment(&["logs.format=yaml"]).expect_err("refused");
+    assert!(refused.to_string().contains("/logs/format"), "{refused}");
+    Ok(())
+}
