@@ -300,17 +300,30 @@ async fn publish_event(
     reason: &str,
     note: String,
 ) {
+    let note = truncate(note, MAX_EVENT_NOTE);
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(truncate(note, MAX_EVENT_NOTE)),
-        action: "Rotate".to_owned(),
+        action: event_action(&note),
+        note: Some(note),
         secondary: None,
     };
     let reference = resource.object_ref(&());
     if let Err(error) = ctx.recorder.publish(&event, &reference).await {
         tracing::debug!(%error, "could not record event");
     }
+}
+
+/// The Event's action: `Rotate`, told apart by its note. kube-runtime's
+/// recorder folds an Event into an earlier one of the same reason and
+/// action as a series (a count), keeping the first note: a second
+/// `RefreshBlocked` naming another holder was lost. The same note again
+/// is still one Event counted again.
+fn event_action(note: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    note.hash(&mut hasher);
+    format!("Rotate-{:016x}", hasher.finish())
 }
 
 /// The API server refuses an Event note over 1 KiB.
@@ -1152,6 +1165,14 @@ mod tests {
                 "at step Generate, waiting for key version 2 to be stored".into()
             )
         );
+    }
+
+    #[test]
+    fn events_with_other_notes_are_not_folded_into_one() {
+        let one = super::event_action("1 token holder(s): a");
+        assert_eq!(one, super::event_action("1 token holder(s): a"));
+        assert_ne!(one, super::event_action("2 token holder(s): a; b"));
+        assert!(one.starts_with("Rotate-") && one.len() <= 128);
     }
 
     #[test]
