@@ -367,13 +367,14 @@ pub fn error_policy(
 /// The longest a failing rotation waits before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The delays after consecutive failures: from `first`, doubling to half
-/// of [`MAX_BACKOFF`], each lengthened by a random part of itself (up to
-/// all of it: at most [`MAX_BACKOFF`]), so that rotations failing together
-/// do not retry together.
+/// The delays after consecutive failures: between half of and all of
+/// `first`, doubling to between half of and all of [`MAX_BACKOFF`] (a base
+/// from `first / 2`, each lengthened by a random part of itself), so that
+/// rotations failing together do not retry together and a refusal an
+/// operator fixes is tried again no later than the undisturbed doubling.
 fn backoff(first: Duration) -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::new()
-        .with_min_delay(first)
+        .with_min_delay(first / 2)
         .with_factor(2.0)
         .with_max_delay(MAX_BACKOFF / 2)
         .without_max_times()
@@ -1088,7 +1089,7 @@ mod tests {
 
     #[test]
     fn failures_back_off_exponentially_with_jitter_up_to_five_minutes() {
-        let bases = [2, 4, 8, 16, 32, 64, 128, 150, 150, 150, 150, 150];
+        let bases = [1, 2, 4, 8, 16, 32, 64, 128, 150, 150, 150, 150];
         let mut firsts = std::collections::BTreeSet::new();
         for seed in 0..50 {
             let delays: Vec<Duration> = backoff(Duration::from_secs(2))
@@ -1114,7 +1115,11 @@ mod tests {
             .build()
             .next()
             .expect("a delay");
-        assert!(refused >= Duration::from_secs(30), "{refused:?}");
+        // A refusal fixed by an operator is tried again within 30 s.
+        assert!(
+            refused >= Duration::from_secs(15) && refused < Duration::from_secs(30),
+            "{refused:?}"
+        );
     }
 
     fn settled(version: u64) -> RotationState {
