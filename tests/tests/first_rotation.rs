@@ -266,18 +266,14 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
 
     // A key the cluster does not sign with: refused, nothing written.
     let output = import("stranger", &stranger)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        output.status.code()
-    );
-    ensure!(
-        stderr.contains("is not the key the cluster at ")
-            && stderr.contains("signs with and accepts today")
-            && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
+    refused(
+        &output,
+        &[
+            "is not the key the cluster at ",
+            "signs with and accepts today",
+            "nothing was changed",
+        ],
+    )?;
     for name in ["stranger-signing-key-v1", "stranger-apiserver-keys"] {
         ensure!(
             secrets.get_opt(name).await?.is_none(),
@@ -300,17 +296,13 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
         .create(&Default::default(), &tenant)
         .await?;
     let output = import("tenant", &current)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        output.status.code()
-    );
-    ensure!(
-        stderr.contains("names Secret tenant-chosen (spec.rollout.keySecret)")
-            && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
+    refused(
+        &output,
+        &[
+            "names Secret tenant-chosen (spec.rollout.keySecret)",
+            "nothing was changed",
+        ],
+    )?;
     ensure!(
         secrets.get_opt("tenant-chosen").await?.is_none(),
         "the import created a Secret under the name the rotation's writer chose"
@@ -329,13 +321,7 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
         "--kubeconfig",
         &kubeconfig,
     ])?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        output.status.code()
-    );
-    ensure!(stderr.contains("names no user cluster"), "{stderr}");
+    refused(&output, &["names no user cluster"])?;
 
     // A key Secret of version 1 that holds another key: refused, and the
     // API server key Secret is not written.
@@ -348,17 +334,13 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
         .create(ksa_core::KeyVersion::FIRST, &stranger_key)
         .await?;
     let output = import("rival", &current)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        output.status.code()
-    );
-    ensure!(
-        stderr.contains("rival-signing-key-v1 already holds a different key")
-            && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
+    refused(
+        &output,
+        &[
+            "rival-signing-key-v1 already holds a different key",
+            "nothing was changed",
+        ],
+    )?;
     ensure!(
         secrets.get_opt("rival-apiserver-keys").await?.is_none(),
         "the API server key Secret was written although the import was refused"
@@ -379,17 +361,13 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
     };
     secrets.create(&Default::default(), &planted).await?;
     let output = import("planted", &current)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        output.status.code()
-    );
-    ensure!(
-        stderr.contains("planted-apiserver-keys, which the API servers mount, holds kid")
-            && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
+    refused(
+        &output,
+        &[
+            "planted-apiserver-keys, which the API servers mount, holds kid",
+            "nothing was changed",
+        ],
+    )?;
     ensure!(
         secrets.get_opt("planted-signing-key-v1").await?.is_none(),
         "the key Secret was written although the import was refused"
@@ -513,4 +491,18 @@ fn step_aside(line: &str) -> String {
         out.push_str(&part[word..]);
     }
     out
+}
+
+/// `output` is a refusal (exit 2) whose stderr says each of `says`.
+fn refused(output: &std::process::Output, says: &[&str]) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    for said in says {
+        ensure!(stderr.contains(said), "{stderr}");
+    }
+    Ok(())
 }
