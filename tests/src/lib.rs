@@ -29,6 +29,7 @@ mod control_plane;
 pub mod hosted;
 pub mod install;
 pub mod issuer;
+pub mod kubeadm;
 pub mod kubelet;
 pub mod netns;
 pub mod node;

@@ -13,51 +13,31 @@ use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, public_keys_to_pem};
-use ksa_core::rotation::RotationState;
 use ksa_tests::cluster::request_token;
 use ksa_tests::issuer::follow::{Followed, StepsSeen, run, stderr, stdout_lines};
 use ksa_tests::issuer::{
     A, APP, B, COMPLETED_B, ROTATION_TIMEOUT, ensure_all, issuer_lines, issuers_discovered,
     issuers_issued, key_line, mint_token, token_audiences, token_issuer, verdicts_of,
 };
+use ksa_tests::kubeadm;
 use ksa_tests::kubelet::{StaticPods, kubeadm_manifests, manifest_issuer_flags};
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, create_workload};
 use ksa_tests::{
     ApiServerKeys, ControlPlane, HA_INSTANCES, IssuerFlags, ProbeTarget, Prober, RotationSource,
-    ksa_binary, write_private,
+    write_private,
 };
 use kube::api::Api;
 use tokio::sync::Mutex;
 
-/// The issuer state a kubeadm control plane's `ksa-rotation.json` records.
-fn state_file(pki: &Path) -> Option<RotationState> {
-    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
-}
-
-/// `ksa update credentials ksa-issuer ARGS --pki-dir ...` (and, to rotate,
-/// the manifests, the kubeconfig and --skip-prompt).
+/// `ksa update credentials ksa-issuer ARGS` against the control plane.
 fn kubeadm_issuer(
     args: &[&str],
     pki: &Path,
     manifests: &Path,
     kubeconfig: &Path,
 ) -> Result<std::process::Command> {
-    let mut command = std::process::Command::new(ksa_binary("ksa")?);
-    command
-        .args(["update", "credentials", "ksa-issuer"])
-        .args(args)
-        .arg("--pki-dir")
-        .arg(pki);
-    if args.first() == Some(&"rotate") {
-        command
-            .arg("--manifests-dir")
-            .arg(manifests)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--skip-prompt");
-    }
-    Ok(command)
+    kubeadm::command("ksa-issuer", args, pki, manifests, kubeconfig)
 }
 
 /// Records each step the state file goes through, with its
@@ -79,7 +59,7 @@ impl StateFileSteps {
         let (shared, pki) = (steps.clone(), pki.to_owned());
         let task = tokio::spawn(async move {
             loop {
-                if let Some(state) = state_file(&pki).filter(|s| s.issuer().is_some()) {
+                if let Some(state) = kubeadm::state(&pki).filter(|s| s.issuer().is_some()) {
                     let mut steps = shared.lock().await;
                     let entry = (state.step(), state.step_started_at());
                     if steps.last() != Some(&entry) {
@@ -155,14 +135,14 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
     let started = Instant::now();
     let (mut runs, mut kills) = (0, 0);
     let mut printed: Vec<String> = Vec::new();
-    while !state_file(&pki).is_some_and(|s| s.is_completed() && s.issuer().is_some()) {
+    while !kubeadm::state(&pki).is_some_and(|s| s.is_completed() && s.issuer().is_some()) {
         ensure!(
             runs < 80 && started.elapsed() < ROTATION_TIMEOUT,
             "not completed after {runs} runs: {:?}",
-            state_file(&pki)
+            kubeadm::state(&pki)
         );
         runs += 1;
-        let before = state_file(&pki).map(|s| s.step());
+        let before = kubeadm::state(&pki).map(|s| s.step());
         let mut child = tokio::process::Command::from(kubeadm_issuer(
             &["rotate", "--issuer", B],
             &pki,
@@ -180,9 +160,9 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
             ensure!(
                 started.elapsed() < ROTATION_TIMEOUT,
                 "run {runs} did not exit in {ROTATION_TIMEOUT:?} from the start; the state file: {:?}",
-                state_file(&pki)
+                kubeadm::state(&pki)
             );
-            let now = state_file(&pki).map(|s| s.step());
+            let now = kubeadm::state(&pki).map(|s| s.step());
             if kills < 3 && runs > 1 && now != before {
                 child.start_kill()?;
                 killed_at = now;
@@ -203,7 +183,7 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
                 eprintln!(
                     "run {runs}: exit {:?}, at {:?}\n{}",
                     output.status.code(),
-                    state_file(&pki).map(|s| s.step()),
+                    kubeadm::state(&pki).map(|s| s.step()),
                     stderr(&output).trim()
                 );
                 assert_eq!(
@@ -218,7 +198,7 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let elapsed = started.elapsed();
-    let state = state_file(&pki).context("the state file")?;
+    let state = kubeadm::state(&pki).context("the state file")?;
     let followed = steps.followed(state.completed_at()).await;
     drop(steps);
     eprintln!("kubeadm A -> B: {runs} runs, {kills} SIGKILLed, {elapsed:.1?}");

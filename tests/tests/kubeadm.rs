@@ -16,39 +16,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, PrivateKey, parse_pem, public_keys_to_pem};
-use ksa_core::rotation::{RotationState, Step};
+use ksa_core::rotation::Step;
 use ksa_core::token::{self, BoundToken, ObjectRef};
 use ksa_tests::cluster::{request_token, review_token};
+use ksa_tests::kubeadm;
 use ksa_tests::kubelet::{StaticPods, kubeadm_manifests as manifests};
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APPS, create_workload};
 use ksa_tests::{
-    ApiServerKeys, ControlPlane, ISSUER, ProbeTarget, Prober, RotationSource, ksa_binary,
-    write_private,
+    ApiServerKeys, ControlPlane, ISSUER, ProbeTarget, Prober, RotationSource, write_private,
 };
 use tokio::sync::Mutex;
 
-fn state(pki: &Path) -> Option<RotationState> {
-    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
-}
-
 fn ksa(args: &[&str], pki: &Path, manifests: &Path, kubeconfig: &Path) -> Result<Command> {
-    let mut command = Command::new(ksa_binary("ksa")?);
-    command
-        .args(["update", "credentials", "ksa-signing-key"])
-        .args(args)
-        .arg("--pki-dir")
-        .arg(pki);
-    if args.first() == Some(&"rotate") {
-        command
-            .arg("--manifests-dir")
-            .arg(manifests)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--skip-prompt");
-    }
-    command.stdin(Stdio::null());
-    Ok(command)
+    kubeadm::command("ksa-signing-key", args, pki, manifests, kubeconfig)
 }
 
 /// Runs `ksa` to its end without blocking the runtime: the harness playing
@@ -220,7 +201,7 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         "{}",
         text(&once)
     );
-    let stopped_at = state(&pki).map(|s| s.step());
+    let stopped_at = kubeadm::state(&pki).map(|s| s.step());
     assert!(
         stopped_at.is_some_and(|step| step >= Step::Trust && step < Step::Completed),
         "stopped mid-rotation, at {stopped_at:?}"
@@ -237,13 +218,13 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         .stderr(Stdio::piped())
         .spawn()?;
     let started = Instant::now();
-    while state(&pki).is_none_or(|s| s.step() < Step::RefreshTokens) {
+    while kubeadm::state(&pki).is_none_or(|s| s.step() < Step::RefreshTokens) {
         if started.elapsed() > Duration::from_secs(120) {
             let _ = running.kill();
             let output = running.wait_with_output()?;
             bail!(
                 "the rotation did not reach RefreshTokens; state {:?}; ksa said:\n{}",
-                state(&pki),
+                kubeadm::state(&pki),
                 text(&output)
             );
         }
@@ -264,7 +245,7 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
     );
     running.kill()?;
     running.wait()?;
-    let at = state(&pki).map(|s| s.step());
+    let at = kubeadm::state(&pki).map(|s| s.step());
     if at.is_some_and(|step| step < Step::Retire) {
         assert!(
             accepted(&client, &extra_token).await?,
@@ -279,7 +260,7 @@ async fn a_kubeadm_control_plane_rotates_through_its_manifests_and_resumes() -> 
         let resumed = run(ksa(&["rotate"], &pki, &manifests_dir, &kubeconfig)?).await?;
         resumed_text.push_str(&text(&resumed));
         assert!(resumed.status.success(), "{resumed_text}");
-        if state(&pki).is_some_and(|s| s.is_completed()) {
+        if kubeadm::state(&pki).is_some_and(|s| s.is_completed()) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

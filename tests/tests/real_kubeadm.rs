@@ -30,8 +30,9 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::jwk::parse_jwks;
 use ksa_core::key::{KeySpec, parse_pem};
-use ksa_core::rotation::{RotationState, Step};
+use ksa_core::rotation::Step;
 use ksa_tests::cluster::request_token;
+use ksa_tests::kubeadm;
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::node::user_cluster::{
     APISERVER_IMAGE, APISERVER_PORT, CONTROLLER_MANAGER_IMAGE, UserCluster,
@@ -39,8 +40,7 @@ use ksa_tests::node::user_cluster::{
 use ksa_tests::node::{self, Cluster, RealNode};
 use ksa_tests::scenario::{APPS, create_fleet};
 use ksa_tests::{
-    ISSUER, InstanceClient, ProbeTarget, Prober, RotationSource, eventually, ksa_binary,
-    write_private,
+    ISSUER, InstanceClient, ProbeTarget, Prober, RotationSource, eventually, write_private,
 };
 use kube::api::{Api, PostParams};
 
@@ -208,29 +208,13 @@ spec:
     (apiserver, controller_manager)
 }
 
-fn state(pki: &Path) -> Option<RotationState> {
-    serde_json::from_slice(&std::fs::read(pki.join("ksa-rotation.json")).ok()?).ok()
-}
-
 fn ksa(args: &[&str], pki: &Path, manifests: &Path, kubeconfig: &Path) -> Result<Command> {
-    let mut command = Command::new(ksa_binary("ksa")?);
-    command
-        .args(["update", "credentials", "ksa-signing-key"])
-        .args(args)
-        .arg("--pki-dir")
-        .arg(pki);
+    let mut command = kubeadm::command("ksa-signing-key", args, pki, manifests, kubeconfig)?;
     if args.first() == Some(&"rotate") {
-        command
-            .arg("--manifests-dir")
-            .arg(manifests)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--skip-prompt")
-            // The prober holds the legacy token with no pod mounting it,
-            // and reads it again once re-minted.
-            .arg("--accept-outside-legacy-tokens");
+        // The prober holds the legacy token with no pod mounting it, and
+        // reads it again once re-minted.
+        command.arg("--accept-outside-legacy-tokens");
     }
-    command.stdin(Stdio::null());
     Ok(command)
 }
 
@@ -389,15 +373,16 @@ async fn the_kubelet_restarts_a_kubeadm_control_planes_static_pods_through_a_rot
     let started = Instant::now();
     // Before it starts, the state file (once written) holds key 1's
     // completed rotation.
-    let at =
-        |step: Step| state(&pki).is_some_and(|s| s.key_version().get() == 2 && s.step() >= step);
+    let at = |step: Step| {
+        kubeadm::state(&pki).is_some_and(|s| s.key_version().get() == 2 && s.step() >= step)
+    };
     while !at(Step::Sign) {
         if started.elapsed() > Duration::from_secs(300) || running.try_wait()?.is_some() {
             let _ = running.kill();
             let output = running.wait_with_output()?;
             bail!(
                 "the rotation did not reach Sign; state {:?}; ksa said:\n{}",
-                state(&pki),
+                kubeadm::state(&pki),
                 text(&output)
             );
         }
@@ -417,7 +402,7 @@ async fn the_kubelet_restarts_a_kubeadm_control_planes_static_pods_through_a_rot
     // SIGKILL.
     running.kill()?;
     let killed = running.wait_with_output()?;
-    let killed_at = state(&pki).map(|s| s.step());
+    let killed_at = kubeadm::state(&pki).map(|s| s.step());
     eprintln!(
         "ksa SIGKILLed at {killed_at:?}; it had said: {:?}",
         text(&killed)
@@ -434,7 +419,7 @@ async fn the_kubelet_restarts_a_kubeadm_control_planes_static_pods_through_a_rot
     // completes.
     let mut resumed_text = String::new();
     let started = Instant::now();
-    while !state(&pki).is_some_and(|s| s.is_completed()) {
+    while !kubeadm::state(&pki).is_some_and(|s| s.is_completed()) {
         ensure!(
             started.elapsed() < Duration::from_secs(300),
             "the rotation did not complete in 5 minutes: {resumed_text}"
