@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::core::v1::Secret;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::{KeySpec, public_keys_to_pem};
 use ksa_tests::cluster::request_token;
 use ksa_tests::issuer::follow::{Followed, StepsSeen, run, stderr, stdout_lines};
 use ksa_tests::issuer::{
-    A, APP, B, COMPLETED_B, ROTATION_TIMEOUT, ensure_all, issuer_lines, issuers_discovered,
-    issuers_issued, key_line, mint_token, token_audiences, token_issuer, verdicts_of,
+    A, APP, B, COMPLETED_B, ROTATION_TIMEOUT, ensure_all, ensure_legacy_token_accepted,
+    issuer_lines, issuers_discovered, issuers_issued, key_line, mint_token, token_audiences,
+    token_issuer, verdicts_of,
 };
 use ksa_tests::kubeadm;
 use ksa_tests::kubelet::{StaticPods, kubeadm_manifests, manifest_issuer_flags};
@@ -27,7 +27,6 @@ use ksa_tests::{
     ApiServerKeys, ControlPlane, HA_INSTANCES, IssuerFlags, ProbeTarget, Prober, RotationSource,
     write_private,
 };
-use kube::api::Api;
 use tokio::sync::Mutex;
 
 /// `ksa update credentials ksa-issuer ARGS` against the control plane.
@@ -287,18 +286,7 @@ async fn a_kubeadm_control_plane_changes_its_issuer_through_its_manifest_and_res
         [A],
         "the default audience stayed A"
     );
-    let legacy = Api::<Secret>::namespaced(client.clone(), APPS)
-        .get("app-token")
-        .await?
-        .data
-        .and_then(|d| d.get("token").cloned())
-        .context("the legacy token")?;
-    let legacy = String::from_utf8(legacy.0)?;
-    ensure_all(
-        &verdicts_of(&instances, &legacy).await?,
-        &true,
-        "the legacy token",
-    )?;
+    ensure_legacy_token_accepted(&client, &instances).await?;
 
     let stats = prober.stats().await;
     eprintln!("kubeadm A -> B: prober: {stats:?}");

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _};
 use ksa_core::key::KeySpec;
@@ -18,8 +17,9 @@ use ksa_tests::issuer::follow::{
     stdout_lines,
 };
 use ksa_tests::issuer::{
-    A, APP, B, COMPLETED_B, args_signing, ensure_all, issuer_lines, issuer_rotation, mint_token,
-    retrying, served_kids, token_issuer, user_cluster_config, verdicts_of,
+    A, APP, B, COMPLETED_B, args_signing, ensure_all, ensure_legacy_token_accepted, ensure_signing,
+    issuer_lines, issuer_rotation, mint_token, served_kids, token_issuer, user_cluster_config,
+    verdicts_of,
 };
 use ksa_tests::netns::{self, Netns};
 use ksa_tests::scenario::{APISERVER_DEPLOYMENT, APPS, CLUSTER, NAMESPACE, create_workload};
@@ -153,42 +153,14 @@ async fn the_issuer_changes_through_the_external_signer_roll_out_with_no_restart
         !annotations.contains_key("ksa.dev/key-set"),
         "the workload was restarted for a key set: {annotations:?}"
     );
-    assert_eq!(
-        served_kids(&instances).await?,
-        vec![vec![kid.clone()]; HA_INSTANCES]
-    );
-    for instance in &instances {
-        let jwt = retrying("TokenRequest", || {
-            request_token(&instance.client, APPS, APP, Vec::new(), 3600)
-        })
-        .await?;
-        let decoded = ksa_core::token::decode(&jwt)?;
-        assert_eq!(
-            decoded.header.kid.as_deref(),
-            Some(kid.as_str()),
-            "{}",
-            instance.url
-        );
-        assert_eq!(decoded.claims.iss.as_deref(), Some(B), "{}", instance.url);
-    }
+    ensure_signing(&instances, &kid, B).await?;
     let minted_a = mint_token(&client, APPS, APP, A, &[A], &first).await?;
     ensure_all(
         &verdicts_of(&instances, &minted_a).await?,
         &false,
         "a token of A",
     )?;
-    let legacy = Api::<Secret>::namespaced(client.clone(), APPS)
-        .get("app-token")
-        .await?
-        .data
-        .and_then(|d| d.get("token").cloned())
-        .context("the legacy token")?;
-    let legacy = String::from_utf8(legacy.0)?;
-    ensure_all(
-        &verdicts_of(&instances, &legacy).await?,
-        &true,
-        "the legacy token",
-    )?;
+    ensure_legacy_token_accepted(&client, &instances).await?;
     let mut status = std::process::Command::new(ksa_binary("ksa")?);
     status
         .args(["update", "credentials", "ksa-issuer", "status", "--config"])

@@ -360,6 +360,56 @@ pub async fn served_kids(instances: &[InstanceClient]) -> Result<Vec<Vec<String>
     .await
 }
 
+/// Every instance serves the one key `kid` at `/openid/v1/jwks` and
+/// issues tokens of `kid` carrying `iss` `issuer`.
+pub async fn ensure_signing(instances: &[InstanceClient], kid: &str, issuer: &str) -> Result<()> {
+    let served = served_kids(instances).await?;
+    ensure!(
+        served == vec![vec![kid.to_owned()]; instances.len()],
+        "the instances serve {served:?}, not [{kid}] each"
+    );
+    for instance in instances {
+        let jwt = retrying("TokenRequest", || {
+            request_token(&instance.client, APPS, APP, Vec::new(), 3600)
+        })
+        .await?;
+        let decoded = token::decode(&jwt)?;
+        ensure!(
+            decoded.header.kid.as_deref() == Some(kid),
+            "{}: issued a token of {:?}, not {kid}",
+            instance.url,
+            decoded.header.kid
+        );
+        ensure!(
+            decoded.claims.iss.as_deref() == Some(issuer),
+            "{}: issued a token of {:?}, not {issuer}",
+            instance.url,
+            decoded.claims.iss
+        );
+    }
+    Ok(())
+}
+
+/// The legacy token of `APPS/app-token` (the suites' Secret), which every
+/// instance must still accept.
+pub async fn ensure_legacy_token_accepted(
+    client: &kube::Client,
+    instances: &[InstanceClient],
+) -> Result<()> {
+    let legacy = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), APPS)
+        .get("app-token")
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .context("the legacy token")?;
+    let legacy = String::from_utf8(legacy.0)?;
+    ensure_all(
+        &verdicts_of(instances, &legacy).await?,
+        &true,
+        "the legacy token",
+    )
+}
+
 /// The key line and issuer lines interleaved: at each step, the key line,
 /// then the issuer line.
 pub fn interleaved(keys: &[String; 5], issuers: &[String; 5]) -> Vec<String> {
