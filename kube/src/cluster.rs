@@ -382,7 +382,8 @@ impl TargetCluster {
             }
             if wants_fresh_token && let Ok(fresh) = probe::fresh_token(&client).await {
                 if observation.signing {
-                    view.signs_with = fresh.kid.and_then(|kid| versions.get(&kid).copied());
+                    // By the signature, not the header's word for it.
+                    view.signs_with = fresh.signed_with(keys);
                 }
                 if observation.issuer_signing {
                     view.issues = fresh.iss;

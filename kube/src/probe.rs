@@ -7,15 +7,19 @@
 //! that instance's address); an instance that does not answer confirms
 //! nothing, so a failed request is `None`, never a guess.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{
     TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
-use ksa_core::KeyId;
-use ksa_core::crypto::SigningKey;
+use ksa_core::crypto::{AwsLc, SigningKey};
 use ksa_core::issuer::Issuer;
+use ksa_core::key::PublicKey;
+use ksa_core::keyset::{KeySet, TrustedKey};
 use ksa_core::token::{self, BoundToken, ObjectRef};
+use ksa_core::{KeyId, KeyVersion};
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::error::{Error, Result};
@@ -57,11 +61,45 @@ pub async fn ensure_probe_account(client: &kube::Client) -> Result<String> {
 }
 
 /// What a fresh token an instance issued says about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FreshToken {
+    /// The `kid` its header names: what the instance says it signed with,
+    /// unverified; [`FreshToken::signed_with`] checks it.
     pub kid: Option<KeyId>,
     /// `None` when the `iss` is absent or not an issuer.
     pub iss: Option<Issuer>,
+    /// The token itself, which `Debug` never prints.
+    token: String,
+}
+
+impl std::fmt::Debug for FreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshToken")
+            .field("kid", &self.kid)
+            .field("iss", &self.iss)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FreshToken {
+    /// The version among `keys` that signed the token: the one its `kid`
+    /// names, if that key verifies its signature. A header names any kid
+    /// it likes; only the signature says which key signed. The token is
+    /// judged at its own `iat`: the instance's clock is not ksa's.
+    pub fn signed_with(&self, keys: &BTreeMap<KeyVersion, PublicKey>) -> Option<KeyVersion> {
+        let kid = self.kid.as_ref()?;
+        let (version, key) = keys.iter().find(|(_, key)| key.kid() == kid)?;
+        let set = KeySet::new(
+            [TrustedKey::derived(key.clone()).with_version(*version)],
+            &AwsLc::new(),
+        )
+        .ok()?;
+        let issued = token::decode(&self.token).ok()?.claims.iat;
+        let at = issued.unwrap_or_else(|| Timestamp::now().as_second());
+        token::verify(&self.token, &set, &token::Expectations::at(at))
+            .ok()
+            .and(Some(*version))
+    }
 }
 
 /// Requests a fresh token from the instance `client` talks to.
@@ -78,14 +116,23 @@ pub async fn fresh_token(client: &kube::Client) -> Result<FreshToken> {
         .create_token_request(PROBE_ACCOUNT, &PostParams::default(), &request)
         .await?;
     let token = response.status.map(|s| s.token).unwrap_or_default();
-    let decoded = token::decode(&token).map_err(|e| Error::BadResponse {
-        what: "fresh TokenRequest token",
-        detail: e.to_string(),
-    })?;
-    Ok(FreshToken {
-        kid: decoded.header.kid.map(KeyId::new),
-        iss: decoded.claims.iss.and_then(|iss| Issuer::new(iss).ok()),
-    })
+    FreshToken::from_token(token)
+}
+
+impl FreshToken {
+    /// The token an instance answered, its header and claims read.
+    fn from_token(token: String) -> Result<FreshToken> {
+        let decoded = token::decode(&token).map_err(|e| Error::BadResponse {
+            what: "fresh TokenRequest token",
+            detail: e.to_string(),
+        })?;
+        let fresh = FreshToken {
+            kid: decoded.header.kid.map(KeyId::new),
+            iss: decoded.claims.iss.and_then(|iss| Issuer::new(iss).ok()),
+            token: String::new(),
+        };
+        Ok(FreshToken { token, ..fresh })
+    }
 }
 
 /// The issuer the instance's `/.well-known/openid-configuration` names.
@@ -185,5 +232,56 @@ mod tests {
         );
         assert_eq!(claims.exp, Some(now.as_second() + PROBE_TOKEN_SECONDS));
         assert_eq!(decoded.header.kid.as_deref(), Some(key.kid().as_str()));
+    }
+
+    #[test]
+    fn a_fresh_token_is_signed_with_the_key_that_verifies_it_not_the_one_its_header_names() {
+        use base64::Engine as _;
+        let backend = AwsLc::new();
+        let one = backend.generate(KeySpec::EcP256).expect("a key");
+        let two = backend.generate(KeySpec::EcP256).expect("a key");
+        let keys: BTreeMap<KeyVersion, PublicKey> = [
+            (KeyVersion::new(1), one.public_key().clone()),
+            (KeyVersion::new(2), two.public_key().clone()),
+        ]
+        .into();
+        let issuer = Issuer::new("https://b.example").expect("an issuer");
+        let signer = backend.signing_key(&two).expect("a signer");
+        let token =
+            issuer_probe_token(&issuer, "uid-1", signer.as_ref(), Timestamp::now()).expect("mints");
+        let fresh = FreshToken::from_token(token.clone()).expect("reads");
+        assert_eq!(fresh.signed_with(&keys), Some(KeyVersion::new(2)));
+        // The same signature under a header that names key 1.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts.next().expect("a header")).expect("b64"))
+                .expect("json");
+        let mut forged = header.clone();
+        forged["kid"] = one.kid().as_str().into();
+        let forged = format!(
+            "{}.{}.{}",
+            b64.encode(serde_json::to_vec(&forged).expect("json")),
+            parts.next().expect("claims"),
+            parts.next().expect("a signature")
+        );
+        let fresh = FreshToken::from_token(forged).expect("reads");
+        assert_eq!(fresh.kid.as_ref(), Some(one.kid()));
+        assert_eq!(
+            fresh.signed_with(&keys),
+            None,
+            "the header's word was taken"
+        );
+        assert!(
+            !format!("{fresh:?}").contains(&token[..20]),
+            "Debug printed the token"
+        );
+        // A key the store does not hold signs nothing it knows.
+        let three = backend.generate(KeySpec::EcP256).expect("a key");
+        let signer = backend.signing_key(&three).expect("a signer");
+        let token =
+            issuer_probe_token(&issuer, "uid-1", signer.as_ref(), Timestamp::now()).expect("mints");
+        let fresh = FreshToken::from_token(token).expect("reads");
+        assert_eq!(fresh.signed_with(&keys), None);
     }
 }
