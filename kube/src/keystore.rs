@@ -425,17 +425,7 @@ impl KeyStore {
         let Some(existing) = self.secrets.get_opt(secret_name).await? else {
             return Ok(None);
         };
-        let kid = existing
-            .data
-            .as_ref()
-            .and_then(|d| d.get("sa.key"))
-            .and_then(|pem| parse_pem(&pem.0).ok())
-            .and_then(|keys| keys.private_keys().next().map(|k| k.kid().to_string()));
-        Ok(Some(if kid.as_deref() == Some(key.kid().as_str()) {
-            ApiServerKeysImport::AlreadyThere
-        } else {
-            ApiServerKeysImport::HoldsAnother { kid }
-        }))
+        Ok(Some(api_server_keys_import(&existing, key)))
     }
 
     /// The operator's onboarding (`ksa keys import`): creates the Secret
@@ -712,4 +702,64 @@ fn private_key_of(secret: &Secret) -> Result<PrivateKey> {
             name,
             problem: "holds no private key",
         })
+}
+
+/// What an existing API server key Secret means for an import of `key`:
+/// it holds that very key as `sa.key` (the whole key, not its kid: a kid
+/// names only the public half), or something else.
+fn api_server_keys_import(existing: &Secret, key: &PrivateKey) -> ApiServerKeysImport {
+    let held = existing
+        .data
+        .as_ref()
+        .and_then(|d| d.get("sa.key"))
+        .and_then(|pem| parse_pem(&pem.0).ok())
+        .and_then(|keys| keys.private_keys().next().cloned());
+    match held {
+        Some(held) if *held.to_pem() == *key.to_pem() => ApiServerKeysImport::AlreadyThere,
+        held => ApiServerKeysImport::HoldsAnother {
+            kid: held.map(|k| k.kid().to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ksa_core::crypto::{AwsLc, SigningBackend as _};
+    use ksa_core::key::KeySpec;
+
+    fn holding(sa_key: &[u8]) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                "sa.key".to_owned(),
+                ByteString(sa_key.to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn an_api_server_key_secret_holds_the_import_only_with_the_whole_key() {
+        let backend = AwsLc::new();
+        let key = backend.generate(KeySpec::EcP256).expect("a key");
+        let other = backend.generate(KeySpec::EcP256).expect("a key");
+        assert_eq!(
+            api_server_keys_import(&holding(key.to_pem().as_bytes()), &key),
+            ApiServerKeysImport::AlreadyThere
+        );
+        assert_eq!(
+            api_server_keys_import(&holding(other.to_pem().as_bytes()), &key),
+            ApiServerKeysImport::HoldsAnother {
+                kid: Some(other.kid().to_string())
+            }
+        );
+        assert_eq!(
+            api_server_keys_import(&holding(b"not a key"), &key),
+            ApiServerKeysImport::HoldsAnother { kid: None }
+        );
+        assert_eq!(
+            api_server_keys_import(&Secret::default(), &key),
+            ApiServerKeysImport::HoldsAnother { kid: None }
+        );
+    }
 }
