@@ -596,6 +596,31 @@ async fn present_a_legacy_token_from_outside(client: &kube::Client) -> Result<St
     }
 }
 
+/// Every object `api` lists, as `KIND namespace/name`, with `field` of
+/// its metadata, into `into`.
+async fn listed<K, V>(
+    api: Api<K>,
+    kind: &str,
+    field: impl Fn(&kube::api::ObjectMeta) -> V,
+    into: &mut std::collections::BTreeMap<String, V>,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for object in api.list(&ListParams::default()).await? {
+        let m = object.meta();
+        into.insert(
+            format!(
+                "{kind} {}/{}",
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default()
+            ),
+            field(m),
+        );
+    }
+    Ok(())
+}
+
 /// What the dry run must leave as it was: every object a rotation writes
 /// or could write.
 #[derive(Debug, PartialEq)]
@@ -615,72 +640,41 @@ impl Snapshot {
     async fn take(client: &kube::Client) -> Result<Snapshot> {
         use std::collections::{BTreeMap, BTreeSet};
         let params = ListParams::default();
-        let key = |m: &kube::api::ObjectMeta, kind: &str| {
-            format!(
-                "{kind} {}/{}",
-                m.namespace.as_deref().unwrap_or_default(),
-                m.name.as_deref().unwrap_or_default()
-            )
-        };
+        let c = client;
         let mut versions = BTreeMap::new();
-        for s in Api::<Secret>::all(client.clone()).list(&params).await? {
-            versions.insert(
-                key(&s.metadata, "Secret"),
-                s.metadata.resource_version.unwrap_or_default(),
-            );
-        }
-        for c in Api::<ConfigMap>::all(client.clone()).list(&params).await? {
-            versions.insert(
-                key(&c.metadata, "ConfigMap"),
-                c.metadata.resource_version.unwrap_or_default(),
-            );
-        }
-        for a in Api::<ServiceAccount>::all(client.clone())
-            .list(&params)
-            .await?
-        {
-            versions.insert(
-                key(&a.metadata, "ServiceAccount"),
-                a.metadata.resource_version.unwrap_or_default(),
-            );
-        }
-        for l in Api::<Lease>::namespaced(client.clone(), NAMESPACE)
-            .list(&params)
-            .await?
-        {
-            versions.insert(key(&l.metadata, "Lease"), String::new());
-        }
+        let version = |m: &kube::api::ObjectMeta| m.resource_version.clone().unwrap_or_default();
+        let v = &mut versions;
+        listed(Api::<Secret>::all(c.clone()), "Secret", version, v).await?;
+        listed(Api::<ConfigMap>::all(c.clone()), "ConfigMap", version, v).await?;
+        listed(
+            Api::<ServiceAccount>::all(c.clone()),
+            "ServiceAccount",
+            version,
+            v,
+        )
+        .await?;
+        let leases = Api::<Lease>::namespaced(c.clone(), NAMESPACE);
+        listed(leases, "Lease", |_| String::new(), v).await?;
         let mut generations = BTreeMap::new();
-        for d in Api::<Deployment>::all(client.clone()).list(&params).await? {
-            generations.insert(
-                key(&d.metadata, "Deployment"),
-                d.metadata.generation.unwrap_or_default(),
-            );
-        }
-        for d in Api::<StatefulSet>::all(client.clone())
-            .list(&params)
-            .await?
-        {
-            generations.insert(
-                key(&d.metadata, "StatefulSet"),
-                d.metadata.generation.unwrap_or_default(),
-            );
-        }
-        for d in Api::<DaemonSet>::all(client.clone()).list(&params).await? {
-            generations.insert(
-                key(&d.metadata, "DaemonSet"),
-                d.metadata.generation.unwrap_or_default(),
-            );
-        }
-        for b in Api::<PodDisruptionBudget>::all(client.clone())
-            .list(&params)
-            .await?
-        {
-            generations.insert(
-                key(&b.metadata, "PodDisruptionBudget"),
-                b.metadata.generation.unwrap_or_default(),
-            );
-        }
+        let generation = |m: &kube::api::ObjectMeta| m.generation.unwrap_or_default();
+        let g = &mut generations;
+        listed(
+            Api::<Deployment>::all(c.clone()),
+            "Deployment",
+            generation,
+            g,
+        )
+        .await?;
+        listed(
+            Api::<StatefulSet>::all(c.clone()),
+            "StatefulSet",
+            generation,
+            g,
+        )
+        .await?;
+        listed(Api::<DaemonSet>::all(c.clone()), "DaemonSet", generation, g).await?;
+        let budgets = Api::<PodDisruptionBudget>::all(c.clone());
+        listed(budgets, "PodDisruptionBudget", generation, g).await?;
         let rotations = Api::<KSASigningKeyRotation>::all(client.clone())
             .list(&params)
             .await?
