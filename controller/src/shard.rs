@@ -268,34 +268,38 @@ impl Shard {
         let told = shard.changes.clone();
         let mut seen: Option<BTreeSet<String>> = None;
         let mut listed = false;
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(
-                reflector::reflector(writer, watcher(api, config)).default_backoff()
-            );
-            while let Some(event) = events.next().await {
-                match event {
-                    Err(error) => {
-                        tracing::warn!(%error, "the watch of this shard's namespaces failed; retrying");
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut events = std::pin::pin!(
+                    reflector::reflector(writer, watcher(api, config)).default_backoff()
+                );
+                while let Some(event) = events.next().await {
+                    match event {
+                        Err(error) => {
+                            tracing::warn!(%error, "the watch of this shard's namespaces failed; retrying");
+                            continue;
+                        }
+                        Ok(watcher::Event::InitDone) => listed = true,
+                        Ok(_) => {}
+                    }
+                    if !listed {
                         continue;
                     }
-                    Ok(watcher::Event::InitDone) => listed = true,
-                    Ok(_) => {}
+                    let now: BTreeSet<String> = store
+                        .state()
+                        .iter()
+                        .filter_map(|ns| ns.metadata.name.clone())
+                        .collect();
+                    if seen.as_ref() != Some(&now) {
+                        tracing::info!(namespaces = ?now, "this shard's namespaces");
+                        seen = Some(now);
+                        told.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                 }
-                if !listed {
-                    continue;
-                }
-                let now: BTreeSet<String> = store
-                    .state()
-                    .iter()
-                    .filter_map(|ns| ns.metadata.name.clone())
-                    .collect();
-                if seen.as_ref() != Some(&now) {
-                    tracing::info!(namespaces = ?now, "this shard's namespaces");
-                    seen = Some(now);
-                    told.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            }
-        });
+            },
+            span,
+        ));
         shard
     }
 
