@@ -212,15 +212,22 @@ async fn observed(
     let ctx = ctx.clone();
     let namespace = resource.namespace().unwrap_or_default();
     let name = resource.name_any();
-    if let Some(shard) = &shard
-        && let Some(action) = not_ours(shard, &namespace, &name).await?
-    {
-        return Ok(action);
-    }
     let labels = crate::serve::RotationLabels::new(&namespace, &name);
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %name);
     let started = Instant::now();
     let running = ctx.liveness.reconciling(&resource, started);
+    // A shard's check counts as the loop's activity for `/livez`: a shard
+    // whose rotations are all another's is not stuck.
+    if let Some(shard) = &shard {
+        match not_ours(shard, &resource, &namespace, &name).await {
+            Ok(None) => {}
+            Ok(Some(action)) => return Ok(action),
+            Err(error) => {
+                tracing::warn!(%namespace, %name, %error, "cannot read or write the rotation's shard claim; retrying");
+                return Err(error);
+            }
+        }
+    }
     // Bounded, so that a cluster that never answers cannot hold the
     // reconcile until /livez restarts the controller for every rotation;
     // the state is saved before each effect and every effect is
@@ -248,15 +255,26 @@ struct Sharded {
     shard: Option<Arc<Shard>>,
 }
 
+/// How soon a shard looks again at a rotation of a namespace it does not
+/// select (a change of the selection reconciles it at once): within the
+/// loop's bound of `/livez`, so that a shard whose rotations are all
+/// another's is not taken for stuck.
+const NOT_SELECTED_RETRY: Duration = Duration::from_secs(300);
+
 /// How soon a shard looks again at a rotation another shard claims.
 const CLAIMED_RETRY: Duration = Duration::from_secs(15);
 
 /// Before a shard's reconcile: `Some` (what to do instead) when the
 /// rotation is not this shard's to act on now; the claim taken or renewed
 /// otherwise ([`crate::shard`]).
-async fn not_ours(shard: &Shard, namespace: &str, name: &str) -> crate::Result<Option<Action>> {
+async fn not_ours(
+    shard: &Shard,
+    resource: &KSASigningKeyRotation,
+    namespace: &str,
+    name: &str,
+) -> crate::Result<Option<Action>> {
     if !shard.selects(namespace) {
-        // Left alone; a change of the selection reconciles it again.
+        // Left alone.
         if shard
             .release(namespace, name)
             .await
@@ -266,10 +284,15 @@ async fn not_ours(shard: &Shard, namespace: &str, name: &str) -> crate::Result<O
         } else {
             tracing::debug!(%namespace, %name, "not in this shard's namespaces");
         }
-        return Ok(Some(Action::await_change()));
+        return Ok(Some(Action::requeue(NOT_SELECTED_RETRY)));
     }
     match shard
-        .claim(namespace, name, jiff::Timestamp::now())
+        .claim(
+            namespace,
+            name,
+            kube::Resource::owner_ref(resource, &()),
+            jiff::Timestamp::now(),
+        )
         .await
         .map_err(ksa_kube::Error::from)?
     {
@@ -524,5 +547,19 @@ mod tests {
     fn a_reconcile_ends_before_livez_calls_it_stuck() {
         assert!(super::RECONCILE_TIMEOUT * 2 <= crate::liveness::RECONCILE_BOUND);
         assert!(super::RECONCILE_TIMEOUT >= std::time::Duration::from_secs(60));
+    }
+
+    /// A shard whose rotations are all another shard's still reconciles
+    /// within `/livez`'s loop bound.
+    #[test]
+    fn a_shard_looks_at_the_rotations_it_does_not_serve_within_the_loop_bound() {
+        assert!(super::NOT_SELECTED_RETRY < crate::liveness::LOOP_BOUND);
+        assert!(super::CLAIMED_RETRY < crate::liveness::LOOP_BOUND);
+    }
+
+    #[test]
+    fn a_shard_leads_on_a_lease_of_its_own() {
+        assert_eq!(super::leader_lease(None), "ksa-controller-leader");
+        assert_eq!(super::leader_lease(Some("a")), "ksa-controller-leader-a");
     }
 }

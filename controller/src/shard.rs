@@ -23,12 +23,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::core::{Expression, Selector};
 use kube::runtime::reflector::{self, Store};
@@ -313,8 +314,13 @@ impl Shard {
 
     /// Waits until the namespaces are listed (at once without a selector).
     pub async fn listed(&self) {
+        // Asked again each second, as `crate::liveness::listed` does: a
+        // wait that began early is not always woken (kube-runtime 5.0).
         if let Some(store) = &self.namespaces {
-            let _ = store.wait_until_ready().await;
+            while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready())
+                .await
+                .is_err()
+            {}
         }
     }
 
@@ -332,10 +338,12 @@ impl Shard {
     }
 
     /// Takes or renews the claim of `rotation`, or says who holds it.
+    /// A new claim is owned by the rotation (`owner`): deleted with it.
     pub async fn claim(
         &self,
         namespace: &str,
         rotation: &str,
+        owner: Option<OwnerReference>,
         now: Timestamp,
     ) -> Result<Claim, kube::Error> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
@@ -346,6 +354,7 @@ impl Shard {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     labels: Some([(SHARD_LABEL.to_owned(), self.name.clone())].into()),
+                    owner_references: owner.map(|owner| vec![owner]),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {

@@ -296,7 +296,19 @@ async fn two_shards_never_act_on_one_rotation_and_the_fleet_shows_where_each_sta
         "claim {:?}",
         holder(&lease)
     );
-    let spec = lease.and_then(|l| l.spec).context("a claim")?;
+    let lease = lease.context("a claim")?;
+    ensure!(
+        lease
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|owners| owners
+                .iter()
+                .any(|o| o.kind == "KSASigningKeyRotation" && o.name == CLUSTER)),
+        "the claim is deleted with its rotation: {:?}",
+        lease.metadata.owner_references
+    );
+    let spec = lease.spec.context("a claim's spec")?;
     let taken = spec.acquire_time.clone().context("acquired")?.0;
     ensure!(
         spec.lease_transitions.unwrap_or(0) >= 1,
