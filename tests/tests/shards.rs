@@ -492,3 +492,81 @@ async fn fleet_view(scenario: &Scenario) -> Result<()> {
     );
     Ok(())
 }
+
+/// `helm template` of the chart with these `--set` values: its output, or
+/// helm's error.
+fn helm_template(values: &[&str]) -> Result<std::result::Result<String, String>> {
+    let chart = ksa_tests::readme::workspace().join("charts").join("ksa");
+    let mut command = std::process::Command::new(ksa_tests::readme::helm()?);
+    command
+        .args(["template", "ksa-a"])
+        .arg(chart)
+        .args(["--namespace", "ksa-system"])
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("ksa-helm-config"),
+        )
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("ksa-helm-cache"),
+        )
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("ksa-helm-data"));
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let output = command.output()?;
+    Ok(if output.status.success() {
+        Ok(String::from_utf8(output.stdout)?)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    })
+}
+
+/// One release per shard: the chart passes the shard's flags, labels its
+/// pods, and refuses values that cannot work, saying what to do.
+#[test]
+fn the_chart_runs_one_shard_per_release() -> Result<()> {
+    let rendered = helm_template(&[
+        "shard.name=a",
+        "shard.namespaceSelector=!ksa.dev/shard",
+        "serviceMonitor.enabled=true",
+    ])?
+    .map_err(anyhow::Error::msg)?;
+    for needed in [
+        "- --shard=a",
+        "- \"--namespace-selector=!ksa.dev/shard\"",
+        "ksa.dev/shard: \"a\"",
+        "podTargetLabels:\n  - ksa.dev/shard",
+        "  - namespaces\n  verbs:\n  - list\n  - watch",
+    ] {
+        ensure!(rendered.contains(needed), "no {needed:?} in\n{rendered}");
+    }
+    let unsharded = helm_template(&[])?.map_err(anyhow::Error::msg)?;
+    ensure!(!unsharded.contains("--shard") && !unsharded.contains("ksa.dev/shard"));
+    for (values, says) in [
+        (
+            vec!["shard.namespaceSelector=ksa.dev/shard=a"],
+            "shard.namespaceSelector needs shard.name",
+        ),
+        (
+            vec![
+                "shard.name=a",
+                "shard.namespaceSelector=ksa.dev/shard=a",
+                "watchNamespace=user-cluster-1",
+            ],
+            "exclude each other",
+        ),
+        (vec!["shard.name=Shard_A"], "/shard/name"),
+        (
+            vec!["shard.namespaceSelector=a;b"],
+            "/shard/namespaceSelector",
+        ),
+        (vec!["shard.zone=x"], "zone"),
+    ] {
+        match helm_template(&values)? {
+            Ok(_) => anyhow::bail!("{values:?} rendered"),
+            Err(error) => ensure!(error.contains(says), "{values:?}: {error}"),
+        }
+    }
+    Ok(())
+}
