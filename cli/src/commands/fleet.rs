@@ -794,6 +794,41 @@ mod tests {
     }
 
     #[test]
+    fn all_namespaces_takes_no_single_clusters_flags() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| crate::args::Cli::try_parse_from(args);
+        for fine in [
+            &["ksa", "status", "-A"][..],
+            &["ksa", "status", "--all-namespaces", "-o", "wide"],
+            &[
+                "ksa",
+                "update",
+                "credentials",
+                "ksa-signing-key",
+                "status",
+                "-A",
+                "-o",
+                "json",
+            ],
+            &["ksa", "plan", "-A", "-o", "json"],
+            &["ksa", "rotate", "-A", "--dry-run"],
+        ] {
+            assert!(parse(fine).is_ok(), "{fine:?}");
+        }
+        for (bad, says) in [
+            (&["ksa", "status", "-A", "--watch"][..], "--watch"),
+            (&["ksa", "status", "-A", "-n", "x"], "--namespace"),
+            (&["ksa", "status", "-A", "--config", "c.yaml"], "--config"),
+            (&["ksa", "plan", "-A", "--issuer", "https://i"], "--issuer"),
+            (&["ksa", "rotate", "-A"], "--dry-run"),
+            (&["ksa", "rotate", "-A", "--dry-run", "--wait"], "--wait"),
+        ] {
+            let error = parse(bad).expect_err(&format!("{bad:?}")).to_string();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
     fn the_fleet_plan_exits_as_rotate_does() {
         let p = |outcome| Planned {
             namespace: "n".into(),
