@@ -250,6 +250,15 @@ pub struct KeyRotateArgs {
     /// mounts them) will be re-minted, cutting their holders off.
     #[arg(long)]
     pub accept_outside_legacy_tokens: bool,
+    /// With --dry-run: plan every rotation in the admin cluster, as
+    /// `plan -A` (rotations are started one cluster at a time).
+    #[arg(
+        long,
+        short = 'A',
+        requires = "dry_run",
+        conflicts_with_all = ["config", "namespace", "pki_dir", "issuer", "manifests_dir", "wait"]
+    )]
+    pub all_namespaces: bool,
 }
 
 // `status`: where a rotation stands.
@@ -266,6 +275,16 @@ pub struct StatusArgs {
     /// Keep printing each new status line until the rotation completes.
     #[arg(long, short = 'w')]
     pub watch: bool,
+    /// Every rotation in the admin cluster, one line each (NAMESPACE NAME
+    /// STEP READY REASON WAITING FOR AGE), with a summary on stderr; -o
+    /// wide adds the key versions, the step's age and the issuer; json,
+    /// yaml and jsonpath give `{items, summary}`. Needs no --config.
+    #[arg(
+        long,
+        short = 'A',
+        conflicts_with_all = ["config", "namespace", "pki_dir", "watch"]
+    )]
+    pub all_namespaces: bool,
 }
 
 // `plan`: `rotate --dry-run`.
@@ -283,6 +302,18 @@ pub struct PlanArgs {
     /// The plan's format: text, json, yaml or jsonpath=TEMPLATE.
     #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = TEXT_OR_DATA)]
     pub output: Output,
+    /// Plan a key rotation of every rotation in the admin cluster: one
+    /// line each (would rotate, and what; refused, and why; or not
+    /// planned), and a summary; needs no --config (the user cluster
+    /// configs are not read: enableAdvancedCluster is not checked).
+    /// Exits 0 when every one would start, 3 when one would be refused,
+    /// 1 when one could not be planned.
+    #[arg(
+        long,
+        short = 'A',
+        conflicts_with_all = ["config", "namespace", "pki_dir", "issuer", "manifests_dir"]
+    )]
+    pub all_namespaces: bool,
 }
 
 #[derive(Subcommand, Debug)]

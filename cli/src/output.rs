@@ -215,8 +215,13 @@ pub fn render(
 /// Rows under upper-case headers, in columns three spaces apart, as
 /// kubectl prints tables (`-o wide`).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    // Measured as shown: an escaped cell is longer than its text.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| shown(cell).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -235,9 +240,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     };
     let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {
-        out.push_str(&line(
-            row.iter().map(|cell| shown(cell).into_owned()).collect(),
-        ));
+        out.push_str(&line(row));
     }
     out
 }

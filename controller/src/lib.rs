@@ -29,6 +29,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod run;
 pub mod serve;
+pub mod shard;
 pub mod signer;
 
 pub use error::{Error, Result};

@@ -80,6 +80,9 @@ pub fn cluster_role() -> ClusterRole {
                 &["get", "patch", "update"],
             ),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+            // A shard's namespaces (`--namespace-selector`): which
+            // rotations are its to act on.
+            rule(&[""], &["namespaces"], &["list", "watch"]),
             // Every API server instance: where they are, and (issuer
             // rotations) whether each accepts a token of an issuer.
             rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),

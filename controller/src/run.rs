@@ -17,12 +17,31 @@ use kube::runtime::{Controller, watcher};
 use tracing::Instrument as _;
 
 use crate::reconcile::{self, Context};
+use crate::shard::{Claim, Shard};
 
 #[derive(Parser, Debug, Clone)]
 pub struct RunArgs {
     /// Only watch this namespace (default: all).
     #[arg(long, env = "KSA_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// This controller's shard, one of several controllers in one admin
+    /// cluster: its leader Lease is ksa-controller-leader-NAME, its logs
+    /// carry `shard`, and it claims each rotation before it acts on it
+    /// (a Lease ROTATION-shard-claim), so that two shards never act on one
+    /// rotation (docs/controller.md, Fleets and shards).
+    #[arg(long, env = "KSA_SHARD", value_name = "NAME")]
+    pub shard: Option<String>,
+    /// With --shard: reconcile only the rotations of the namespaces this
+    /// Kubernetes label selector selects now, e.g. `ksa.dev/shard=a`, or
+    /// `!ksa.dev/shard` for the shard of every namespace not labelled.
+    #[arg(
+        long,
+        env = "KSA_NAMESPACE_SELECTOR",
+        value_name = "SELECTOR",
+        requires = "shard",
+        conflicts_with = "namespace"
+    )]
+    pub namespace_selector: Option<String>,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "KSA_LEADER_NAMESPACE", default_value = "ksa-system")]
     pub leader_namespace: String,
@@ -187,14 +206,28 @@ const PRUNE_PERIOD: Duration = Duration::from_secs(30);
 /// and timed by rotation, and watched by `/livez`.
 async fn observed(
     resource: Arc<KSASigningKeyRotation>,
-    ctx: Arc<Context>,
+    sharded: Arc<Sharded>,
 ) -> crate::Result<Action> {
+    let Sharded { ctx, shard } = &*sharded;
+    let ctx = ctx.clone();
     let namespace = resource.namespace().unwrap_or_default();
     let name = resource.name_any();
     let labels = crate::serve::RotationLabels::new(&namespace, &name);
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %name);
     let started = Instant::now();
     let running = ctx.liveness.reconciling(&resource, started);
+    // A shard's check counts as the loop's activity for `/livez`: a shard
+    // whose rotations are all another's is not stuck.
+    if let Some(shard) = &shard {
+        match not_ours(shard, &resource, &namespace, &name).await {
+            Ok(None) => {}
+            Ok(Some(action)) => return Ok(action),
+            Err(error) => {
+                tracing::warn!(%namespace, %name, %error, "cannot read or write the rotation's shard claim; retrying");
+                return Err(error);
+            }
+        }
+    }
     // Bounded, so that a cluster that never answers cannot hold the
     // reconcile until /livez restarts the controller for every rotation;
     // the state is saved before each effect and every effect is
@@ -214,6 +247,61 @@ async fn observed(
     let failed = result.as_ref().is_err_and(|error| !error.is_stale_read());
     ctx.metrics.reconciled(&labels, started.elapsed(), failed);
     result
+}
+
+/// What every reconcile shares, and this controller's shard.
+struct Sharded {
+    ctx: Arc<Context>,
+    shard: Option<Arc<Shard>>,
+}
+
+/// How soon a shard looks again at a rotation of a namespace it does not
+/// select (a change of the selection reconciles it at once): within the
+/// loop's bound of `/livez`, so that a shard whose rotations are all
+/// another's is not taken for stuck.
+const NOT_SELECTED_RETRY: Duration = Duration::from_secs(300);
+
+/// How soon a shard looks again at a rotation another shard claims.
+const CLAIMED_RETRY: Duration = Duration::from_secs(15);
+
+/// Before a shard's reconcile: `Some` (what to do instead) when the
+/// rotation is not this shard's to act on now; the claim taken or renewed
+/// otherwise ([`crate::shard`]).
+async fn not_ours(
+    shard: &Shard,
+    resource: &KSASigningKeyRotation,
+    namespace: &str,
+    name: &str,
+) -> crate::Result<Option<Action>> {
+    if !shard.selects(namespace) {
+        // Left alone.
+        if shard
+            .release(namespace, name)
+            .await
+            .map_err(ksa_kube::Error::from)?
+        {
+            tracing::info!(%namespace, %name, shard = %shard.name, "the namespace left this shard: released the rotation, and no longer acts on it");
+        } else {
+            tracing::debug!(%namespace, %name, "not in this shard's namespaces");
+        }
+        return Ok(Some(Action::requeue(NOT_SELECTED_RETRY)));
+    }
+    match shard
+        .claim(
+            namespace,
+            name,
+            kube::Resource::owner_ref(resource, &()),
+            jiff::Timestamp::now(),
+        )
+        .await
+        .map_err(ksa_kube::Error::from)?
+    {
+        Claim::Ours => Ok(None),
+        Claim::Theirs { holder } => {
+            tracing::info!(%namespace, %name, %holder, "another shard claims this rotation; waiting for it to release it");
+            Ok(Some(Action::requeue(CLAIMED_RETRY)))
+        }
+    }
 }
 
 /// For `term`: tells `liveness` when the watch has listed the rotations,
@@ -245,11 +333,43 @@ fn watch_progress(
     })
 }
 
-/// The leader-election Lease, in `--leader-namespace`.
+/// The leader-election Lease, in `--leader-namespace`; a shard's is
+/// `ksa-controller-leader-SHARD`.
 pub const LEADER_LEASE: &str = "ksa-controller-leader";
+
+/// The leader Lease of `shard`.
+pub fn leader_lease(shard: Option<&str>) -> String {
+    match shard {
+        Some(shard) => format!("{LEADER_LEASE}-{shard}"),
+        None => LEADER_LEASE.to_owned(),
+    }
+}
+
+/// The shard flags, checked before anything is read: the selector, parsed.
+fn shard_flags(args: &RunArgs) -> Result<Option<kube::core::Selector>> {
+    if let Some(name) = &args.shard {
+        crate::shard::check_name(name).map_err(anyhow::Error::msg)?;
+    }
+    args.namespace_selector
+        .as_deref()
+        .map(crate::shard::parse_selector)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
 
 pub async fn run(args: RunArgs) -> Result<()> {
     init_tracing(args.log_format)?;
+    let selector = shard_flags(&args)?;
+    match args.shard.clone() {
+        Some(shard) => {
+            let span = tracing::info_span!("shard", shard = %shard);
+            lead(args, selector).instrument(span).await
+        }
+        None => lead(args, selector).await,
+    }
+}
+
+async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<()> {
     let config = kube::Config::infer()
         .await
         .context("finding cluster credentials")?;
@@ -301,10 +421,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .identity
         .unwrap_or_else(|| format!("ksa-controller-{}", std::process::id()));
 
+    let lease_name = leader_lease(args.shard.as_deref());
+    let shard = args
+        .shard
+        .clone()
+        .map(|name| crate::shard::Shard::new(client.clone(), name, &identity, selector.as_ref()));
     // Setting up reads or creates the Lease: retried while the API server
     // is away (restarting with new keys, say), rather than exiting.
     let leader = loop {
-        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
             .with_namespace(&args.leader_namespace)
             .with_identity(&identity)
             .with_duration(args.lease_seconds)
@@ -349,19 +474,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
         while !*leading.borrow_and_update() {
             leading.changed().await.context("leader election stopped")?;
         }
-        tracing::info!(%identity, "leading");
+        tracing::info!(%identity, lease = %lease_name, "leading");
         metrics.leader.set(1);
         let api: Api<KSASigningKeyRotation> = match &args.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let controller = Controller::new(api, watcher::Config::default());
+        let mut controller = Controller::new(api, watcher::Config::default());
+        // A shard's namespaces, listed before its first reconcile: a
+        // rotation is acted on only while its namespace is selected, and
+        // every rotation is looked at again when the selection changes.
+        if let Some(shard) = &shard {
+            controller = controller.reconcile_all_on(shard.changes());
+            shard.listed().await;
+        }
         let store = controller.store();
         let term = health.liveness.lead(store.clone(), Instant::now());
         let watched = watch_progress(store, term, health.liveness.clone(), metrics.clone());
         let controller = controller
             .shutdown_on_signal()
-            .run(observed, reconcile::error_policy, ctx.clone())
+            .run(
+                observed,
+                |resource, error, sharded| {
+                    reconcile::error_policy(resource, error, sharded.ctx.clone())
+                },
+                Arc::new(Sharded {
+                    ctx: ctx.clone(),
+                    shard: shard.clone(),
+                }),
+            )
             .for_each(|result| async move {
                 if let Err(error) = result {
                     tracing::debug!(%error, "reconcile error");
@@ -406,5 +547,19 @@ mod tests {
     fn a_reconcile_ends_before_livez_calls_it_stuck() {
         assert!(super::RECONCILE_TIMEOUT * 2 <= crate::liveness::RECONCILE_BOUND);
         assert!(super::RECONCILE_TIMEOUT >= std::time::Duration::from_secs(60));
+    }
+
+    /// A shard whose rotations are all another shard's still reconciles
+    /// within `/livez`'s loop bound.
+    #[test]
+    fn a_shard_looks_at_the_rotations_it_does_not_serve_within_the_loop_bound() {
+        assert!(super::NOT_SELECTED_RETRY < crate::liveness::LOOP_BOUND);
+        assert!(super::CLAIMED_RETRY < crate::liveness::LOOP_BOUND);
+    }
+
+    #[test]
+    fn a_shard_leads_on_a_lease_of_its_own() {
+        assert_eq!(super::leader_lease(None), "ksa-controller-leader");
+        assert_eq!(super::leader_lease(Some("a")), "ksa-controller-leader-a");
     }
 }

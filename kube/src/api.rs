@@ -47,8 +47,9 @@ pub const READY_FAILING: &str = "Failing";
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.keyVersion"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Why Ready is what it is: Completed, Progressing, Blocked (waits for an operator: -o wide says on what) or Failing","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Since","type":"date","jsonPath":".status.conditions[?(@.type==\"Ready\")].lastTransitionTime"}"#,
-    printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuer.signingIssuer"}"#,
+    printcolumn = r#"{"name":"Issuer","type":"string","priority":1,"jsonPath":".status.issuer.signingIssuer"}"#,
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.waitingFor"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -129,4 +129,11 @@ and how to fix it. Included by the Deployment.
 {{- if and .Values.watchNamespace .Values.rotationNamespaces (not (has .Values.watchNamespace .Values.rotationNamespaces)) }}
 {{- fail (printf "watchNamespace %s is not one of rotationNamespaces %v: the controller would watch a namespace where it holds no rotation role" .Values.watchNamespace .Values.rotationNamespaces) }}
 {{- end }}
+{{- $shard := .Values.shard | default dict }}
+{{- if and $shard.namespaceSelector (not $shard.name) }}
+{{- fail "shard.namespaceSelector needs shard.name: each shard is leader-elected on a Lease of its own (ksa-controller-leader-NAME); give it a name, e.g. --set shard.name=a" }}
+{{- end }}
+{{- if and $shard.namespaceSelector .Values.watchNamespace }}
+{{- fail "shard.namespaceSelector and watchNamespace exclude each other: a shard serves the namespaces its selector selects; leave watchNamespace empty" }}
+{{- end }}
 {{- end }}

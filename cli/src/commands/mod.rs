@@ -1,5 +1,6 @@
 //! One module per command family; [`run`] dispatches.
 
+mod fleet;
 mod keys;
 pub(crate) mod preflight;
 pub(crate) mod rotation;

@@ -165,6 +165,16 @@ async fn leader_held(
         None => {
             let everywhere = ListParams::default().fields(&format!("metadata.name={LEADER_LEASE}"));
             match Api::<Lease>::all(client.clone()).list(&everywhere).await {
+                // No unsharded controller: a shard's (`--shard NAME`,
+                // ksa-controller-leader-NAME), wherever it is; not among
+                // the nodes' Leases.
+                Ok(list) if list.items.is_empty() => (
+                    Api::<Lease>::all(client.clone())
+                        .list(&ListParams::default().fields("metadata.namespace!=kube-node-lease"))
+                        .await
+                        .map(|list| leaders(list.items)),
+                    "any namespace".to_owned(),
+                ),
                 Ok(list) => (Ok(list.items), "any namespace".to_owned()),
                 Err(kube::Error::Api(status)) if status.code == 403 => (
                     one_lease(Api::namespaced(client, CONTROLLER_NAMESPACE)).await,
@@ -190,7 +200,27 @@ async fn leader_held(
 }
 
 async fn one_lease(api: Api<Lease>) -> Result<Vec<Lease>, kube::Error> {
-    Ok(api.get_opt(LEADER_LEASE).await?.into_iter().collect())
+    match api.get_opt(LEADER_LEASE).await? {
+        Some(lease) => Ok(vec![lease]),
+        // A shard's.
+        None => Ok(leaders(api.list(&ListParams::default()).await?.items)),
+    }
+}
+
+/// The leader Leases among `leases`: the controller's, or a shard's
+/// (`ksa-controller-leader-SHARD`).
+fn leaders(leases: Vec<Lease>) -> Vec<Lease> {
+    leases
+        .into_iter()
+        .filter(|lease| {
+            lease.metadata.name.as_deref().is_some_and(|name| {
+                name == LEADER_LEASE
+                    || name
+                        .strip_prefix(LEADER_LEASE)
+                        .is_some_and(|shard| shard.starts_with('-'))
+            })
+        })
+        .collect()
 }
 
 /// Whether one of `leases` is held now: a holder, renewed within its
@@ -209,8 +239,9 @@ fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(
     let mut last = None;
     for lease in leases {
         let where_ = format!(
-            "{}/{LEADER_LEASE}",
-            lease.metadata.namespace.as_deref().unwrap_or("?")
+            "{}/{}",
+            lease.metadata.namespace.as_deref().unwrap_or("?"),
+            lease.metadata.name.as_deref().unwrap_or(LEADER_LEASE)
         );
         let Some(spec) = &lease.spec else { continue };
         let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());

@@ -67,6 +67,8 @@ pub struct RotateArgs {
     dry_run: bool,
     output: Output,
     accept_outside_legacy_tokens: bool,
+    /// `-A --dry-run`: the fleet's plan.
+    all_namespaces: bool,
 }
 
 /// A command of `ksa-signing-key` or `ksa-issuer`.
@@ -79,6 +81,8 @@ pub enum Request {
         watch: bool,
         /// `ksa-issuer status`: the issuer line.
         issuer: bool,
+        /// `-A`: every rotation.
+        all_namespaces: bool,
     },
 }
 
@@ -94,6 +98,7 @@ impl From<KeyRotateArgs> for Request {
             dry_run,
             output,
             accept_outside_legacy_tokens,
+            all_namespaces,
         } = args;
         Request::Rotate(RotateArgs {
             cluster,
@@ -106,6 +111,7 @@ impl From<KeyRotateArgs> for Request {
             dry_run,
             output,
             accept_outside_legacy_tokens,
+            all_namespaces,
         })
     }
 }
@@ -123,6 +129,7 @@ impl From<PlanArgs> for Request {
             dry_run: true,
             output: args.output,
             accept_outside_legacy_tokens: false,
+            all_namespaces: args.all_namespaces,
         })
     }
 }
@@ -135,6 +142,7 @@ impl Request {
             output: args.output,
             watch: args.watch,
             issuer,
+            all_namespaces: args.all_namespaces,
         }
     }
 }
@@ -172,6 +180,7 @@ impl From<IssuerCommand> for Request {
                 output,
                 // An issuer rotation re-mints no legacy token.
                 accept_outside_legacy_tokens: false,
+                all_namespaces: false,
             }),
             IssuerCommand::Status(args) => Request::status(args, true),
         }
@@ -186,6 +195,15 @@ pub fn run(request: Request) -> Outcome {
     check_target(&request)?;
     runtime.block_on(async {
         match request {
+            Request::Rotate(args) if args.all_namespaces => {
+                super::fleet::plan(&args.cluster.kube, &args.output).await
+            }
+            Request::Status {
+                cluster,
+                output,
+                all_namespaces: true,
+                ..
+            } => super::fleet::status(&cluster.kube, &output).await,
             Request::Rotate(args) => {
                 // A URL that cannot be an issuer is refused before anything
                 // is read or changed.
@@ -237,6 +255,7 @@ pub fn run(request: Request) -> Outcome {
                 output,
                 watch,
                 issuer,
+                ..
             } => status(cluster, output, watch, issuer).await,
         }
     })
@@ -253,6 +272,15 @@ or a kubeadm control plane: --pki-dir /etc/kubernetes/pki --manifests-dir /etc/k
 /// its manifests, saying what to give.
 fn check_target(request: &Request) -> Result<(), Failure> {
     let (cluster, manifests_dir) = match request {
+        // The fleet: every rotation of the admin cluster.
+        Request::Rotate(RotateArgs {
+            all_namespaces: true,
+            ..
+        })
+        | Request::Status {
+            all_namespaces: true,
+            ..
+        } => return Ok(()),
         Request::Rotate(args) => (&args.cluster, Some(&args.manifests_dir)),
         Request::Status { cluster, .. } => (cluster, None),
     };
@@ -823,10 +851,9 @@ async fn status(args: ClusterArgs, output: Output, watch: bool, issuer: bool) ->
     // A rotation the spec asks for that has not started is not completed,
     // whatever the last one's line said.
     let requested = KeyVersion::new(resource.spec.key_version);
-    let refusal = status
-        .waiting_for
-        .as_deref()
-        .filter(|w| w.starts_with("refused"));
+    // `status.refusal`; for a status of a controller before it, the
+    // `refused: ` prefix of `waitingFor`.
+    let refusal = super::fleet::refusal(&status);
     let line = state.status_line_for(requested, refusal.is_some());
     if output == Output::Text {
         // Standard output is the status line alone, byte for byte (scripts
@@ -835,7 +862,10 @@ async fn status(args: ClusterArgs, output: Output, watch: bool, issuer: bool) ->
             eprintln!(
                 "the rotation to key version {requested} is {}",
                 match refusal {
-                    Some(refusal) => format!("{} by the controller", crate::output::shown(refusal)),
+                    Some(refusal) => format!(
+                        "{} by the controller",
+                        crate::output::shown(&refusal.describe())
+                    ),
                     None => "asked for; the controller has not started it yet (is it running? \
                              `kubectl get pods -A -l app.kubernetes.io/name=ksa-controller`)"
                         .to_owned(),
