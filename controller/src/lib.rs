@@ -8,6 +8,8 @@
 //!   objects labelled for the rotation.
 //! - [`grants`]: whether the roles a rotation's policy needs are bound.
 //! - [`run`]: leader election and the controller loop (`ksa-controller run`).
+//! - [`shard`]: a shard's namespaces (`--namespace-selector`) and its claim
+//!   on each rotation, so that two shards never act on one.
 //! - [`logging`]: `KSA_LOG`, `KSA_LOG_FORMAT` and the JSON lines.
 //! - [`serve`]: health, Prometheus metrics, the JWKS and discovery document.
 //! - [`liveness`]: whether the watch and the reconcile loop make progress
