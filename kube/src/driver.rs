@@ -504,6 +504,17 @@ mod tests {
         async fn legacy_tokens_held_outside(&self) -> Result<Vec<String>, Crash> {
             Ok(Vec::new())
         }
+
+        async fn kubelet_refreshes(
+            &self,
+            _marker: &str,
+            _since: Timestamp,
+            _skew: Duration,
+            _requests: &BTreeMap<String, Timestamp>,
+        ) -> Result<ksa_core::rotation::refresh::KubeletRefreshes, Crash> {
+            // The crash model runs restart-pods: never asked.
+            Ok(Default::default())
+        }
     }
 
     fn policy() -> Policy {
