@@ -427,7 +427,7 @@ impl Rotation<'_> {
             namespace: &self.namespace,
             rotation: &self.name,
         };
-        let feed = self.refresh_feed().await;
+        let feed = self.refresh_feed(&state).await;
         let mut world = ClusterWorld::new(
             &self.cluster,
             &self.policy,
@@ -456,11 +456,15 @@ impl Rotation<'_> {
     /// observe its kubelets' refreshes: its Secret written (sealed) and its
     /// token registered. Without an endpoint, or with a Secret ksa did not
     /// seal, a Warning Event says so and the window alone decides.
-    async fn refresh_feed(&self) -> Option<crate::audit::RotationFeed> {
+    async fn refresh_feed(&self, state: &RotationState) -> Option<crate::audit::RotationFeed> {
         if !self.resource.spec.observes_refreshes() {
             return None;
         }
         let Some(settings) = &self.ctx.audit else {
+            // Said while a rotation runs, not every pass of a settled one.
+            if state.is_completed() {
+                return None;
+            }
             self.event(
                 EventType::Warning,
                 "AuditWebhookNotServed",
