@@ -14,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ksa_kube::api::{DirectorySink, KeyKind, PublishSpec, RolloutKind, S3Sink, TokenRefreshPolicy};
+use ksa_kube::api::{
+    DirectorySink, KeyKind, PublishSpec, RefreshObserver, RolloutKind, S3Sink, TokenRefreshPolicy,
+};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -38,6 +40,10 @@ pub struct UserClusterConfig {
     /// (default), `recreate-nodes` or `wait`.
     pub token_refresh: TokenRefreshPolicy,
     pub max_token_seconds: u64,
+    /// `ksaSigningKeyRotation.tokenRefresh.observe`: `AuditWebhook` (with
+    /// `wait`) observes the kubelets' refreshes (the CRD's
+    /// `spec.tokenRefresh.observe`).
+    pub observe: Option<RefreshObserver>,
     pub trust_lead_time_seconds: u64,
     /// `ksaSigningKeyRotation.kubeconfigSecret`: the Secret in the admin
     /// cluster holding the user cluster's kubeconfig.
@@ -199,11 +205,12 @@ const SECTION_KEYS: &[&str] = &[
 struct RawTokenRefresh {
     policy: Option<Written>,
     max_token_seconds: Option<Written>,
+    observe: Option<Written>,
     #[serde(flatten)]
     unknown: BTreeMap<String, IgnoredAny>,
 }
 
-const TOKEN_REFRESH_KEYS: &[&str] = &["policy", "maxTokenSeconds"];
+const TOKEN_REFRESH_KEYS: &[&str] = &["policy", "maxTokenSeconds", "observe"];
 
 /// `ksaSigningKeyRotation.apiServerWorkload`.
 #[derive(Debug, Deserialize)]
@@ -465,7 +472,7 @@ impl UserClusterConfig {
         let refresh = mapping(
             section.token_refresh,
             &field("tokenRefresh"),
-            "a mapping with policy and maxTokenSeconds",
+            "a mapping with policy, maxTokenSeconds and observe",
         )?;
         if let Some(refresh) = &refresh {
             known_keys(&refresh.unknown, &field("tokenRefresh"), TOKEN_REFRESH_KEYS)?;
@@ -484,6 +491,19 @@ impl UserClusterConfig {
             "a whole number of seconds, at least 600",
         )?
         .unwrap_or(0);
+        let observe = one_of(
+            refresh.as_ref().and_then(|r| r.observe.as_ref()),
+            &field("tokenRefresh.observe"),
+            &[("AuditWebhook", RefreshObserver::AuditWebhook)],
+            "AuditWebhook (with policy wait), or leave it out",
+        )?;
+        if observe.is_some() && token_refresh != TokenRefreshPolicy::Wait {
+            return Err(ConfigError::Invalid {
+                field: field("tokenRefresh.observe"),
+                value: format!("AuditWebhook with policy {token_refresh}"),
+                allowed: "only with policy wait (the other policies refresh pods themselves)",
+            });
+        }
         let trust_lead_time_seconds = number(
             section.trust_lead_time_seconds.as_ref(),
             &field("trustLeadTimeSeconds"),
@@ -557,6 +577,7 @@ impl UserClusterConfig {
             key,
             token_refresh,
             max_token_seconds,
+            observe,
             trust_lead_time_seconds,
             kubeconfig_secret,
             kubeconfig_secret_key,
@@ -775,7 +796,7 @@ ksaSigningKeyRotation:
   namespace: ns1
   issuer: https://b.example
   key: ECDSA-P256
-  tokenRefresh: {policy: wait, maxTokenSeconds: 3600}
+  tokenRefresh: {policy: wait, maxTokenSeconds: 3600, observe: AuditWebhook}
   trustLeadTimeSeconds: 300
   kubeconfigSecret: c1-kubeconfig
   kubeconfigSecretKey: admin.conf
@@ -795,6 +816,7 @@ ksaSigningKeyRotation:
                 key: KeyKind::EcdsaP256,
                 token_refresh: TokenRefreshPolicy::Wait,
                 max_token_seconds: 3600,
+                observe: Some(RefreshObserver::AuditWebhook),
                 trust_lead_time_seconds: 300,
                 kubeconfig_secret: Some("c1-kubeconfig".into()),
                 kubeconfig_secret_key: "admin.conf".into(),
@@ -942,6 +964,14 @@ ksaSigningKeyRotation:
             (
                 "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    maxTokenSeconds: 10\n",
                 "ksaSigningKeyRotation.tokenRefresh.maxTokenSeconds: 10 is not allowed; a whole number of seconds, at least 600",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    policy: wait\n    observe: Audit\n",
+                "ksaSigningKeyRotation.tokenRefresh.observe: \"Audit\" is not allowed; AuditWebhook",
+            ),
+            (
+                "name: a\nksaSigningKeyRotation:\n  tokenRefresh:\n    observe: AuditWebhook\n",
+                "ksaSigningKeyRotation.tokenRefresh.observe: AuditWebhook with policy restart-pods is not allowed; only with policy wait",
             ),
             (
                 "name: a\nksaSigningKeyRotation:\n  issuers: [https://a.example]\n",

@@ -21,6 +21,7 @@
 //! - [`error`]: `ksa_kube::Error` and the reconciler's own refusals.
 
 pub mod admission;
+pub mod audit;
 pub mod error;
 pub mod grants;
 pub mod liveness;

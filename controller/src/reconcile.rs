@@ -60,6 +60,10 @@ pub struct Context {
     pub liveness: Arc<crate::liveness::Liveness>,
     /// Where rotations publish for outside verifiers, from the flags.
     pub publish: crate::publish::Settings,
+    /// The audit webhook, when the controller serves one
+    /// (`--audit-public-url`): where `tokenRefresh.observe` rotations see
+    /// their kubelets' refreshes.
+    pub audit: Option<crate::audit::Settings>,
     /// The backoff of each rotation whose last reconcile failed.
     pub failures: std::sync::Mutex<
         std::collections::HashMap<ObjectRef<KSASigningKeyRotation>, backon::ExponentialBackoff>,
@@ -423,6 +427,7 @@ impl Rotation<'_> {
             namespace: &self.namespace,
             rotation: &self.name,
         };
+        let feed = self.refresh_feed(&state).await;
         let mut world = ClusterWorld::new(
             &self.cluster,
             &self.policy,
@@ -431,6 +436,9 @@ impl Rotation<'_> {
             outside,
             lease,
         );
+        if let Some(feed) = &feed {
+            world = world.with_refresh_feed(feed);
+        }
         let pass = driver::pass(&mut Status(self), &mut world, &state, &self.policy, now).await;
         let reminted = world.reminted();
         if reminted > 0 {
@@ -442,6 +450,79 @@ impl Rotation<'_> {
             .await;
         let after = pass.plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(250))))
+    }
+
+    /// The audit webhook's records of this rotation, when its spec asks to
+    /// observe its kubelets' refreshes: its Secret written (sealed) and its
+    /// token registered. Without an endpoint, or with a Secret ksa did not
+    /// seal, a Warning Event says so and the window alone decides.
+    async fn refresh_feed(&self, state: &RotationState) -> Option<crate::audit::RotationFeed> {
+        if !self.resource.spec.observes_refreshes() {
+            return None;
+        }
+        let Some(settings) = &self.ctx.audit else {
+            // Said while a rotation runs, not every pass of a settled one.
+            if state.is_completed() {
+                return None;
+            }
+            self.event(
+                EventType::Warning,
+                "AuditWebhookNotServed",
+                "spec.tokenRefresh.observe is AuditWebhook, but this controller serves no audit \
+                 endpoint (start it with --audit-public-url, docs/controller.md): RefreshTokens \
+                 waits out the kubelet refresh window"
+                    .to_owned(),
+            )
+            .await;
+            return None;
+        };
+        match crate::audit::ensure(
+            settings,
+            &self.ctx.sealer,
+            &self.ctx.client,
+            &self.namespace,
+            &self.name,
+        )
+        .await
+        {
+            Ok(feed) => Some(feed),
+            Err(error) => {
+                tracing::warn!(rotation = %self.name, %error, "the audit webhook Secret");
+                self.event(
+                    EventType::Warning,
+                    "AuditWebhookRefused",
+                    format!(
+                        "{error}; until then RefreshTokens waits out the kubelet refresh window"
+                    ),
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    /// A Warning Event naming the pods RefreshTokens of the `wait` policy
+    /// did not see refreshing when the window closed.
+    async fn refresh_not_observed(&self, unseen: &ksa_core::rotation::refresh::KubeletRefreshes) {
+        self.event(
+            EventType::Warning,
+            "RefreshNotObserved",
+            format!(
+                "RefreshTokens ends by the kubelet refresh window: {} of {} pods from before it \
+                 were not seen getting a new token in the API servers' audit stream{}. Their \
+                 kubelets should have refreshed by now (audit events can be dropped: a full \
+                 batch buffer, a controller restart); Retire stops the old key verifying \
+                 (docs/rotation.md: Observing the kubelets' refreshes)",
+                unseen.unseen_count(),
+                unseen.pods,
+                if unseen.unseen.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", unseen.unseen.join(", "))
+                }
+            ),
+        )
+        .await;
     }
 
     /// The controller's error for a pass that stopped.
@@ -966,6 +1047,9 @@ impl StateStore for Status<'_, '_> {
         self.0
             .cut_off(&plan.cut_off, before.previous_version())
             .await;
+        if let Some(unseen) = &plan.refresh_not_observed {
+            self.0.refresh_not_observed(unseen).await;
+        }
         if let Some(outside) = outside {
             self.0.held_outside(&outside).await;
         }

@@ -59,6 +59,8 @@ pub struct RunArgs {
     pub http_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub oidc: OidcArgs,
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
 }
 
 /// Where outside verifiers read each rotation's keys.
@@ -410,6 +412,20 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
             }
         })
     });
+    let audit = args.audit.settings()?;
+    let audit_server = audit.as_ref().map(|(settings, cert, key)| {
+        let served = crate::audit::serve(
+            args.audit.audit_addr,
+            cert.clone(),
+            key.clone(),
+            settings.feeds.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::error!(%error, "the audit webhook endpoint stopped; observed refreshes wait out the window");
+            }
+        })
+    });
     let server = tokio::spawn(crate::serve::serve(
         args.http_addr,
         metrics.clone(),
@@ -463,6 +479,7 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
         metrics: metrics.clone(),
         liveness: health.liveness.clone(),
         publish,
+        audit: audit.as_ref().map(|(settings, _, _)| settings.clone()),
         failures: std::sync::Mutex::default(),
     });
     // Lead while the Lease is ours; when it is lost (the API server was
@@ -527,12 +544,20 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
         if ended {
             break;
         }
+        // A standby records no audit events: it answers 503 and the API
+        // servers retry, on the leader.
+        if let Some((settings, _, _)) = &audit {
+            settings.feeds.clear();
+        }
         tracing::warn!(%identity, "lost leadership; standing by");
     }
     server.abort();
     readiness.abort();
     if let Some(oidc_server) = oidc_server {
         oidc_server.abort();
+    }
+    if let Some(audit_server) = audit_server {
+        audit_server.abort();
     }
     drop(leading);
     let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;

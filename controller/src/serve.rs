@@ -617,6 +617,26 @@ pub async fn serve_oidc(
     }
 }
 
+/// Serves `app` (the `what` endpoint) over HTTPS with the certificate and
+/// key read from files, reloaded when they change, each request's headers
+/// read within [`HEADER_READ_TIMEOUT`] and at most [`MAX_IN_FLIGHT`]
+/// requests at a time; until the process ends.
+pub async fn serve_https(
+    what: &'static str,
+    addr: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    app: Router,
+) -> std::io::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = RustlsConfig::from_pem_file(&cert, &key).await?;
+    tokio::spawn(reload_certificate(config.clone(), cert, key));
+    tracing::info!(%addr, "serving the {what} endpoint over HTTPS");
+    with_header_timeout(axum_server::bind_rustls(addr, config))
+        .serve(app.route_layer(shedding!()).into_make_service())
+        .await
+}
+
 /// Reloads the certificate and key when either file changes (a Secret
 /// volume is updated in place); a pair that does not load is logged and
 /// the previous one kept.
@@ -633,11 +653,11 @@ async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
         }
         match config.reload_from_pem_file(&cert, &key).await {
             Ok(()) => {
-                tracing::info!("reloaded the OIDC endpoint's certificate");
+                tracing::info!(cert = %cert.display(), "reloaded an endpoint's certificate");
                 current = now;
             }
             Err(error) => {
-                tracing::warn!(%error, "the new OIDC certificate does not load; keeping the old one")
+                tracing::warn!(%error, cert = %cert.display(), "the new certificate does not load; keeping the old one")
             }
         }
     }

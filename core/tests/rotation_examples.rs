@@ -685,3 +685,97 @@ fn a_requested_rotation_not_started_is_not_completed() {
         settled.status_line()
     );
 }
+
+/// The `wait` policy with its kubelets' refreshes observed (an audit
+/// webhook): RefreshTokens ends once every pod from before it was seen
+/// refreshing, before the window; the window still bounds it when a
+/// refresh goes unseen, and then the pods are named.
+#[test]
+fn observed_refreshes_end_refresh_tokens_before_the_window_which_still_bounds_it() {
+    use ksa_core::rotation::refresh::KubeletRefreshes;
+    let policy = Policy {
+        bound_token_refresh: BoundTokenRefresh::Wait {
+            max_token_seconds: 0,
+        },
+        ..Policy::default()
+    };
+    let refresh = state_at(2, Step::RefreshTokens, NOW);
+    let mut seen = observed(&[1, 2], vec![server(&[1, 2], 2)]);
+    seen.stale_legacy_tokens = Some(0);
+    // A 600 s token: the window is 480 s + 120 s slack + 60 s skew.
+    seen.longest_bound_token_seconds = Some(600);
+    let at = |seconds: i64| now() + jiff::SignedDuration::from_secs(seconds);
+
+    // Not observed: the window alone decides, as before.
+    let plan = rotation::step(&refresh, &seen, at(300), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(60)));
+    let plan = rotation::step(&refresh, &seen, at(660), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(plan.refresh_not_observed, None);
+
+    // Observed, one of two pods seen: it waits, says so, looks again soon.
+    seen.kubelet_refreshes = Some(KubeletRefreshes {
+        pods: 2,
+        seen: 1,
+        unseen: vec!["apps/reader-x".into()],
+    });
+    let plan = rotation::step(&refresh, &seen, at(300), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+    assert_eq!(
+        plan.waiting.to_string(),
+        "bound-token holders to refresh: 1 of 2 pods seen refreshing their token (not seen: apps/reader-x), observed; the kubelet refresh window closes at 2026-11-30T00:11:00Z"
+    );
+    assert_eq!(
+        plan.requeue_after,
+        Some(rotation::OBSERVED_REFRESH_POLL),
+        "looks again every few seconds, not once a minute"
+    );
+
+    // Both seen: it ends at once, long before the window.
+    seen.kubelet_refreshes = Some(KubeletRefreshes {
+        pods: 2,
+        seen: 2,
+        unseen: Vec::new(),
+    });
+    let plan = rotation::step(&refresh, &seen, at(300), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(plan.refresh_not_observed, None);
+    // No pod from before the step at all: nothing to wait for.
+    seen.kubelet_refreshes = Some(KubeletRefreshes::default());
+    let plan = rotation::step(&refresh, &seen, at(1), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+
+    // One never seen (a dropped audit event): the window ends the step,
+    // and the plan names the pod for the RefreshNotObserved warning.
+    let unseen = KubeletRefreshes {
+        pods: 2,
+        seen: 1,
+        unseen: vec!["apps/reader-x".into()],
+    };
+    seen.kubelet_refreshes = Some(unseen.clone());
+    let plan = rotation::step(&refresh, &seen, at(659), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+    assert_eq!(plan.refresh_not_observed, None);
+    let plan = rotation::step(&refresh, &seen, at(660), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::Retire);
+    assert_eq!(plan.refresh_not_observed, Some(unseen));
+
+    // Still, legacy tokens hold it: an observation ends only the bound
+    // tokens' wait.
+    seen.kubelet_refreshes = Some(KubeletRefreshes {
+        pods: 1,
+        seen: 1,
+        unseen: Vec::new(),
+    });
+    seen.stale_legacy_tokens = Some(3);
+    let plan = rotation::step(&refresh, &seen, at(300), &policy).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+    assert_eq!(plan.waiting.to_string(), "legacy tokens to re-mint: 3");
+
+    // Under restart-pods the observation changes nothing.
+    seen.stale_legacy_tokens = Some(0);
+    seen.stale_bound_tokens = Some(2);
+    let plan = rotation::step(&refresh, &seen, at(300), &Policy::default()).expect("steps");
+    assert_eq!(plan.next.step(), Step::RefreshTokens);
+}

@@ -144,6 +144,7 @@ fn only_what_is_needed(state: &RotationState, observed: &Observed) -> Observed {
         longest_bound_token_seconds: observed
             .longest_bound_token_seconds
             .filter(|_| needed.tokens),
+        kubelet_refreshes: observed.kubelet_refreshes.clone().filter(|_| needed.tokens),
         publications: if needed.publications {
             observed.publications.clone()
         } else {
@@ -477,6 +478,15 @@ fn check_account(
                     && until.is_none_or(|until| until > now)
             }
             Wait::TokenLifetimesObserved => observed.longest_bound_token_seconds.is_none(),
+            Wait::KubeletRefreshes {
+                seen, pods, until, ..
+            } => {
+                observed
+                    .kubelet_refreshes
+                    .as_ref()
+                    .is_some_and(|r| r.seen == seen && r.pods == pods && !r.all_seen())
+                    && until.is_none_or(|until| until > now)
+            }
             Wait::IssuerAccepted {
                 ref issuer,
                 accepting,

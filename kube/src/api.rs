@@ -283,6 +283,38 @@ pub struct TokenRefreshSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 3600))]
     pub legacy_token_deadline_seconds: Option<u64>,
+    /// For `wait`: how the kubelets' token refreshes are observed.
+    /// `AuditWebhook`: the controller writes the Secret `NAME-audit-webhook`
+    /// (an audit policy and a webhook kubeconfig) for the user cluster's
+    /// kube-apiservers to mount (docs/rotation.md), and RefreshTokens ends
+    /// once every pod from before it was seen getting a new token, at the
+    /// latest when the kubelet refresh window closes (then a Warning Event
+    /// `RefreshNotObserved` names the pods not seen). Unset: the window
+    /// alone. Needs the controller's `--audit-public-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<RefreshObserver>,
+}
+
+// How a `wait` rotation observes the kubelets' refreshes (no doc comments
+// on the variants: the CRD's schema would carry them).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RefreshObserver {
+    AuditWebhook,
+}
+
+/// The Secret the controller writes for a rotation that observes its
+/// kubelets' refreshes through an audit webhook: `NAME-audit-webhook`.
+pub fn audit_webhook_secret(rotation: &str) -> String {
+    format!("{rotation}-audit-webhook")
+}
+
+impl RotationSpec {
+    /// Whether this rotation observes its kubelets' refreshes through the
+    /// audit webhook (`tokenRefresh.observe: AuditWebhook` with `wait`).
+    pub fn observes_refreshes(&self) -> bool {
+        self.token_refresh.policy == TokenRefreshPolicy::Wait
+            && self.token_refresh.observe == Some(RefreshObserver::AuditWebhook)
+    }
 }
 
 /// The policy names are the core's.

@@ -504,6 +504,27 @@ mod tests {
         async fn legacy_tokens_held_outside(&self) -> Result<Vec<String>, Crash> {
             Ok(Vec::new())
         }
+
+        async fn kubelet_refreshes(
+            &self,
+            _marker: &str,
+            since: Timestamp,
+            _skew: Duration,
+            requests: &BTreeMap<String, Timestamp>,
+        ) -> Result<ksa_core::rotation::refresh::KubeletRefreshes, Crash> {
+            // One pod from before the step, uid `pod-uid`: seen once the
+            // feed shows a request for it since the step began.
+            let seen = requests.get("pod-uid").is_some_and(|at| *at >= since);
+            Ok(ksa_core::rotation::refresh::KubeletRefreshes {
+                pods: 1,
+                seen: u64::from(seen),
+                unseen: if seen {
+                    Vec::new()
+                } else {
+                    vec!["apps/pod".to_owned()]
+                },
+            })
+        }
     }
 
     fn policy() -> Policy {
@@ -590,6 +611,87 @@ mod tests {
         panic!(
             "the rotation did not complete: {:?}",
             model.get().stored.last()
+        );
+    }
+
+    /// The audit stream's records, as the controller's feed gives them.
+    struct Heard(std::sync::Mutex<BTreeMap<String, Timestamp>>);
+
+    impl crate::world::RefreshFeed for Heard {
+        fn token_requests(&self) -> BTreeMap<String, Timestamp> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_refresh_feed_the_wait_policy_ends_refresh_tokens_on_the_observation() {
+        let policy = Policy {
+            bound_token_refresh: BoundTokenRefresh::Wait {
+                max_token_seconds: 0,
+            },
+            ..policy()
+        };
+        let model = Shared::new(Model::new(1));
+        let feed = Heard(std::sync::Mutex::new(BTreeMap::new()));
+        let mut now = Timestamp::UNIX_EPOCH;
+        let mut refresh_passes = 0;
+        for _ in 0..100 {
+            let state = model.get().stored.last().cloned().unwrap_or_else(started);
+            if state.is_completed() {
+                break;
+            }
+            now += Duration::from_secs(1);
+            if state.step() == Step::RefreshTokens {
+                refresh_passes += 1;
+                // Nothing heard for a few passes: it waits (the window, of
+                // unknown lifetimes, never closes here); then the
+                // kubelet's request arrives.
+                if refresh_passes == 5 {
+                    // The kubelet refreshes its pod's token (what the
+                    // model's holders hold), and the API server's audit
+                    // stream says so.
+                    {
+                        let mut kubelet = model.get();
+                        let desired = kubelet.desired.clone();
+                        kubelet.refresh_to = Some((desired.signs, desired.issuers[0].clone()));
+                    }
+                    feed.0
+                        .lock()
+                        .expect("not poisoned")
+                        .insert("pod-uid".into(), now);
+                }
+            }
+            let mut world = ClusterWorld::new(
+                &model,
+                &policy,
+                model.clone(),
+                model.clone(),
+                Some(model.clone()),
+                model.clone(),
+            )
+            .with_refresh_feed(&feed);
+            pass(&mut model.clone(), &mut world, &state, &policy, now)
+                .await
+                .expect("a pass");
+        }
+        let stored = model.get().stored.clone();
+        assert_eq!(
+            stored.last().map(RotationState::step),
+            Some(Step::Completed)
+        );
+        assert_eq!(refresh_passes, 5, "ended on the pass after it was heard");
+
+        // Without the feed it never ends on its own within as many passes.
+        let model = Shared::new(Model::new(1));
+        let mut now = Timestamp::UNIX_EPOCH;
+        for _ in 0..100 {
+            let state = model.get().stored.last().cloned().unwrap_or_else(started);
+            now += Duration::from_secs(1);
+            pass_on(&model, &state, &policy, now).await.expect("a pass");
+        }
+        assert_eq!(
+            model.get().stored.last().map(RotationState::step),
+            Some(Step::RefreshTokens)
         );
     }
 

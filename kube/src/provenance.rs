@@ -70,6 +70,10 @@ pub enum Kind {
     Endpoint,
     /// The stored state of a rotation resource (its status).
     State,
+    /// The audit webhook Secret the API servers mount
+    /// (`NAME-audit-webhook`: an audit policy and a kubeconfig naming the
+    /// controller's audit endpoint, with its bearer token).
+    AuditWebhook,
 }
 
 impl Kind {
@@ -80,13 +84,14 @@ impl Kind {
             Kind::Jwks => "jwks",
             Kind::Endpoint => "endpoint",
             Kind::State => "state",
+            Kind::AuditWebhook => "audit-webhook",
         }
     }
 
     /// The resource kind, for messages.
     pub fn resource(self) -> &'static str {
         match self {
-            Kind::KeySecret | Kind::ApiServerKeys => "Secret",
+            Kind::KeySecret | Kind::ApiServerKeys | Kind::AuditWebhook => "Secret",
             Kind::Jwks | Kind::Endpoint => "ConfigMap",
             Kind::State => "KSASigningKeyRotation",
         }
@@ -122,6 +127,11 @@ impl NotOurs {
             }
             Kind::Jwks | Kind::Endpoint => {
                 "Find out who created or changed it, then delete it: ksa writes it anew."
+            }
+            Kind::AuditWebhook => {
+                "Find out who created or changed it (it tells the API servers where to send \
+                 their audit events), then delete it: ksa writes it anew, and the API servers \
+                 must be given the new one."
             }
             Kind::State => {
                 "Its status was written by someone other than ksa-controller; restore the \

@@ -11,6 +11,7 @@
 //! | [`Outside`] | the locations outside verifiers read | none ([`Nowhere`]) |
 //! | [`Lock`] | the operation lock Lease ([`Lease`]) | the lock file of the run ([`AlreadyHeld`]) |
 //! | [`UserCluster`] | [`TargetCluster`] | [`TargetCluster`] |
+//! | [`RefreshFeed`] (optional) | the audit webhook's records, when the rotation asks | none |
 //!
 //! The state store is the driver's ([`driver::StateStore`]). The driver's
 //! crash tests drive this world over in-memory ports, so what they test is
@@ -30,6 +31,7 @@ use ksa_core::KeyVersion;
 use ksa_core::crypto::{AwsLc, SigningBackend as _, SigningKey};
 use ksa_core::issuer::Issuer;
 use ksa_core::key::{KeyError, PrivateKey, PublicKey};
+use ksa_core::rotation::refresh::KubeletRefreshes;
 use ksa_core::rotation::{
     BoundTokenRefresh, Effect, Observed, Plan, Policy, PublicationView, RotationState, Step,
 };
@@ -183,6 +185,16 @@ impl<E: From<Error>> Lock<E> for Lease<'_> {
     }
 }
 
+/// What the user cluster's API servers' audit stream showed of the
+/// kubelets' token refreshes (`TokenRequest`s by `system:node:*` bound to
+/// a pod): for the `wait` policy to end RefreshTokens once every pod from
+/// before it is seen refreshing, instead of by the window alone.
+pub trait RefreshFeed: Send + Sync {
+    /// The latest TokenRequest received (the API server's
+    /// `requestReceivedTimestamp`) for each pod uid it was bound to.
+    fn token_requests(&self) -> BTreeMap<String, Timestamp>;
+}
+
 /// The user cluster: its API servers and the tokens in circulation.
 pub trait UserCluster<E> {
     /// What the API servers do and how many tokens are stale, as `state`
@@ -212,6 +224,17 @@ pub trait UserCluster<E> {
     /// The legacy token Secrets used lately that no pod mounts: held
     /// outside the cluster.
     fn legacy_tokens_held_outside(&self) -> impl Future<Output = Result<Vec<String>, E>> + Send;
+
+    /// The pods holding a bound token from before RefreshTokens began
+    /// (`since`) and which of them `requests` (pod uid: latest TokenRequest
+    /// received) shows refreshed ([`ksa_core::rotation::refresh::tally`]).
+    fn kubelet_refreshes(
+        &self,
+        marker: &str,
+        since: Timestamp,
+        skew: std::time::Duration,
+        requests: &BTreeMap<String, Timestamp>,
+    ) -> impl Future<Output = Result<KubeletRefreshes, E>> + Send;
 }
 
 impl<E: From<Error>> UserCluster<E> for TargetCluster {
@@ -242,6 +265,16 @@ impl<E: From<Error>> UserCluster<E> for TargetCluster {
         let found = refresh::plan::legacy_tokens(&self.client, Timestamp::now()).await?;
         Ok(found.held_outside.iter().map(ToString::to_string).collect())
     }
+
+    async fn kubelet_refreshes(
+        &self,
+        marker: &str,
+        since: Timestamp,
+        skew: std::time::Duration,
+        requests: &BTreeMap<String, Timestamp>,
+    ) -> Result<KubeletRefreshes, E> {
+        Ok(refresh::observe_kubelet_refreshes(&self.client, marker, since, skew, requests).await?)
+    }
 }
 
 /// The world of one rotation, over a shell's ports whose errors are `E`:
@@ -254,6 +287,7 @@ pub struct ClusterWorld<'a, E, C, K, A, O, L> {
     api_servers: A,
     outside: Option<O>,
     lock: L,
+    refresh_feed: Option<&'a dyn RefreshFeed>,
     backend: AwsLc,
     reminted: usize,
     error: PhantomData<fn() -> E>,
@@ -277,10 +311,18 @@ impl<'a, E, C, K, A, O, L> ClusterWorld<'a, E, C, K, A, O, L> {
             api_servers,
             outside,
             lock,
+            refresh_feed: None,
             backend: AwsLc::new(),
             reminted: 0,
             error: PhantomData,
         }
+    }
+
+    /// Observes the kubelets' token refreshes through `feed` in
+    /// RefreshTokens of the `wait` policy ([`Observed::kubelet_refreshes`]).
+    pub fn with_refresh_feed(mut self, feed: &'a dyn RefreshFeed) -> Self {
+        self.refresh_feed = Some(feed);
+        self
     }
 
     /// The legacy token Secrets re-minted so far, for logs and metrics.
@@ -315,6 +357,24 @@ where
             .observe(&keys, state, self.policy, signer.as_deref())
             .await?;
         observed.stored_keys = keys.keys().copied().collect();
+        // The wait policy's refreshes, as the audit stream showed them.
+        if let Some(feed) = self.refresh_feed
+            && state.step() == Step::RefreshTokens
+            && self.policy.bound_token_refresh.waits()
+            && let Some(since) = state.step_started_at()
+        {
+            let requests = feed.token_requests();
+            let refreshes = self
+                .cluster
+                .kubelet_refreshes(
+                    &state.refresh_marker(),
+                    since,
+                    self.policy.clock_skew,
+                    &requests,
+                )
+                .await?;
+            observed.kubelet_refreshes = Some(refreshes);
+        }
         if state.observation().publications
             && let Some(outside) = &mut self.outside
         {

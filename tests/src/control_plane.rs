@@ -77,6 +77,8 @@ pub struct InstanceSpec {
     /// `--api-audiences` (a comma-separated list). None: kube-apiserver's
     /// default, the issuers.
     pub api_audiences: Option<String>,
+    /// More flags a roll-out gives it (the audit webhook's).
+    pub extra_flags: Vec<String>,
 }
 
 impl InstanceSpec {
@@ -87,6 +89,7 @@ impl InstanceSpec {
             signing,
             issuers: vec![ISSUER.to_owned()],
             api_audiences: None,
+            extra_flags: Vec::new(),
         }
     }
 
@@ -102,6 +105,14 @@ impl InstanceSpec {
     pub fn with_keys(&self, keys: &ApiServerKeys) -> InstanceSpec {
         InstanceSpec {
             signing: Signing::KeyFiles(keys.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The same, with these more flags.
+    pub fn with_extra_flags(&self, flags: &[String]) -> InstanceSpec {
+        InstanceSpec {
+            extra_flags: flags.to_vec(),
             ..self.clone()
         }
     }
@@ -734,7 +745,8 @@ current-context: e2e
             .arg("--shutdown-send-retry-after=true")
             .arg("--profiling=false")
             .arg("--v=1")
-            .args(&self.extra_flags);
+            .args(&self.extra_flags)
+            .args(&instance.spec.extra_flags);
         let process = Process::spawn(&instance.name, command, d)?;
         self.instances[index].process = Some(process);
         Ok(())

@@ -55,6 +55,9 @@ impl SpecId {
         if let Some(audiences) = &spec.api_audiences {
             issuers.push_str(&format!(", api-audiences {audiences}"));
         }
+        if !spec.extra_flags.is_empty() {
+            issuers.push_str(&format!(", {}", spec.extra_flags.join(" ")));
+        }
         SpecId { key_set, issuers }
     }
 }

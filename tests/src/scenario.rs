@@ -145,6 +145,24 @@ impl Scenario {
         let kubeconfig = plane.kubeconfig_path();
         let mut installation =
             Installation::install(&client, NAMESPACE, CLUSTER, &first_key, plane.dir()).await?;
+        if where_ == Plane::RealNode {
+            // The audit webhook endpoint, for rotations that observe their
+            // kubelets' refreshes ([`Scenario::mount_audit_webhook`]): over
+            // HTTPS with the API server's own certificate (it names
+            // 127.0.0.1), which the API server verifies with its CA.
+            let addr = crate::loopback_addr()?;
+            let d = plane.dir();
+            installation.extra_args.extend([
+                format!("--audit-addr={addr}"),
+                format!("--audit-public-url=https://{addr}/audit"),
+                format!(
+                    "--audit-tls-cert-file={}",
+                    d.join("apiserver.crt").display()
+                ),
+                format!("--audit-tls-key-file={}", d.join("apiserver.key").display()),
+                format!("--audit-ca-file={}", d.join("ca.crt").display()),
+            ]);
+        }
         installation.start_controller(&plane.controller_kubeconfig_path())?;
         let config = plane.dir().join("user-cluster.yaml");
         std::fs::write(
@@ -245,6 +263,41 @@ impl Scenario {
     /// how many were asked.
     pub async fn check_roll_outs(&self) -> Result<usize> {
         self.plane.lock().await.roll_log().check()
+    }
+
+    /// Gives the API server the audit webhook Secret the controller wrote
+    /// for the rotation (`tokenRefresh.observe: AuditWebhook`), as an
+    /// operator mounts it: waits for the Secret, writes its policy and
+    /// kubeconfig beside the API server's files, and rolls the API server
+    /// out with `--audit-policy-file`, `--audit-webhook-config-file` and
+    /// `--audit-webhook-batch-max-wait=1s` (docs/rotation.md). The flags
+    /// stay in every later roll-out.
+    pub async fn mount_audit_webhook(&self, within: Duration) -> Result<()> {
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), NAMESPACE);
+        let name = ksa_kube::api::audit_webhook_secret(CLUSTER);
+        let data = crate::wait::eventually("the audit webhook Secret", within, || async {
+            let secret = secrets.get_opt(&name).await?.context("not written yet")?;
+            secret.data.context("no data")
+        })
+        .await?;
+        let mut plane = self.plane.lock().await;
+        let dir = plane.dir().join("audit");
+        std::fs::create_dir_all(&dir)?;
+        let mut flags = Vec::new();
+        for (key, flag) in [
+            ("audit-policy.yaml", "--audit-policy-file"),
+            ("audit-webhook.kubeconfig", "--audit-webhook-config-file"),
+        ] {
+            let value = data
+                .get(key)
+                .with_context(|| format!("the audit webhook Secret has no {key}"))?;
+            let path = dir.join(key);
+            crate::write_private(&path, &value.0)?;
+            flags.push(format!("{flag}={}", path.display()));
+        }
+        flags.push("--audit-webhook-batch-max-wait=1s".to_owned());
+        let spec = plane.spec().with_extra_flags(&flags);
+        plane.roll_out(&spec).await
     }
 
     /// The legacy token currently in the workload's Secret.

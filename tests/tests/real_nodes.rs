@@ -371,8 +371,12 @@ fn kid_and_iat(token: &str) -> Result<(String, jiff::Timestamp)> {
     ))
 }
 
+/// The `wait` policy with its refreshes observed (`tokenRefresh.observe:
+/// AuditWebhook`): the API server, given the audit webhook Secret the
+/// controller wrote, tells the controller of the kubelet's TokenRequest,
+/// and RefreshTokens ends on it, not by the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_the_wait_policy_the_kubelet_refreshes_a_token_within_the_window_ksa_waits_out()
+async fn with_the_wait_policy_refresh_tokens_ends_when_the_kubelets_refresh_is_observed_not_by_the_window()
 -> Result<()> {
     if let Netns::Ran(outcome) = node::enter()? {
         return outcome;
@@ -385,7 +389,7 @@ async fn with_the_wait_policy_the_kubelet_refreshes_a_token_within_the_window_ks
         &scenario.config,
         format!(
             "apiVersion: v1\nkind: UserCluster\nname: {CLUSTER}\ngkeOnPremVersion: 1.16.0-gke.669\n\
-             enableAdvancedCluster: false\nksaSigningKeyRotation:\n  tokenRefresh: {{policy: wait}}\n"
+             enableAdvancedCluster: false\nksaSigningKeyRotation:\n  tokenRefresh: {{policy: wait, observe: AuditWebhook}}\n"
         ),
     )?;
     // Only the reader holds a bound token, of 600 s: `web`, whose default
@@ -444,6 +448,16 @@ async fn with_the_wait_policy_the_kubelet_refreshes_a_token_within_the_window_ks
         "--timeout",
         "30m",
     ])?;
+    // As an operator does once the rotation asked for its feed: the API
+    // server gets the controller's audit webhook Secret.
+    scenario
+        .mount_audit_webhook(Duration::from_secs(120))
+        .await
+        .with_context(|| scenario.installation.controller_log())?;
+    eprintln!(
+        "the API server posts its audit events to the controller, {:.1?} in",
+        clock.elapsed()
+    );
     // The first time the file was seen to hold another key's token, and
     // that token's issue time (when the kubelet asked for it).
     let mut refreshed: Option<(jiff::Timestamp, String, jiff::Timestamp)> = None;
@@ -479,6 +493,26 @@ async fn with_the_wait_policy_the_kubelet_refreshes_a_token_within_the_window_ks
         .context("the controller never logged RefreshTokens' end")?;
     let secs = |from: jiff::Timestamp, to: jiff::Timestamp| (to - from).get_seconds();
     let model = ksa_core::rotation::kubelet_refresh_window(REFRESHED_TOKEN_SECONDS, Duration::ZERO);
+    // Where the window ksa waited out before would have closed: from
+    // RefreshTokens' start, with the clock skew the rotation allows.
+    let window = ksa_core::rotation::kubelet_refresh_window(
+        REFRESHED_TOKEN_SECONDS,
+        ksa_core::rotation::Policy::default().clock_skew,
+    );
+    let window_end = began + jiff::SignedDuration::try_from(window)?;
+    eprintln!(
+        "observed: the kubelet requested the new token {} s after issue; RefreshTokens ended \
+         {} s after that request ({} s after the refresh was seen in the pod's file), {} s after \
+         it began; the window would have ended {} s after it began ({} s after issue), {} s \
+         later than RefreshTokens did",
+        secs(issued, new_iat),
+        secs(new_iat, ended),
+        secs(seen_at, ended),
+        secs(began, ended),
+        window.as_secs(),
+        secs(issued, window_end),
+        secs(ended, window_end),
+    );
     eprintln!(
         "kubelet refresh of a {REFRESHED_TOKEN_SECONDS} s token issued at {issued}: requested \
          {} s after issue (80%: {} s), seen in the pod's file {} s after issue; the model: by {} \
@@ -511,10 +545,35 @@ async fn with_the_wait_policy_the_kubelet_refreshes_a_token_within_the_window_ks
         restarts == 0,
         "the reader's container restarted {restarts} times"
     );
+    // It ended on the kubelet's request: after it (the token in the file
+    // is seen by a poll each second, so to within that), soon after it,
+    // and well before the window.
     ensure!(
-        new_kid != old_kid && seen_at < ended,
-        "RefreshTokens ended at {ended}, before the kubelet refreshed the token (seen at {seen_at})"
+        new_kid != old_kid && new_iat <= ended && secs(seen_at, ended) >= -2,
+        "RefreshTokens ended at {ended}, before the kubelet refreshed the token (requested at \
+         {new_iat}, seen in the file at {seen_at})"
     );
+    ensure!(
+        secs(new_iat, ended) <= 60,
+        "RefreshTokens ended {} s after the kubelet's request: not on the observation",
+        secs(new_iat, ended)
+    );
+    ensure!(
+        secs(ended, window_end) >= 60,
+        "RefreshTokens ended {} s before the window would have: not on the observation",
+        secs(ended, window_end)
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), ksa_tests::scenario::NAMESPACE);
+    let unseen: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RefreshNotObserved"))
+        .filter_map(|e| e.message)
+        .collect();
+    ensure!(unseen.is_empty(), "the refresh went unseen: {unseen:?}");
     ensure!(
         secs(issued, seen_at) <= model.as_secs() as i64,
         "the kubelet refreshed the token {} s after issue, later than the model's {} s",

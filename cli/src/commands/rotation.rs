@@ -349,6 +349,7 @@ fn spec_for(config: &UserClusterConfig, key_version: u64, issuer: Option<&Issuer
         token_refresh: TokenRefreshSpec {
             policy: config.token_refresh,
             max_token_seconds: config.max_token_seconds,
+            observe: config.observe,
             ..TokenRefreshSpec::default()
         },
         trust_lead_time_seconds: config.trust_lead_time_seconds,

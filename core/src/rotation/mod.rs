@@ -29,7 +29,7 @@ pub use holders::{
 };
 pub use legacy::{CutOff, LegacyTokens};
 pub use observed::{ApiServerView, Observation, Observed, PublicationView};
-pub use plan::{Effect, Plan, StepError, step};
+pub use plan::{Effect, OBSERVED_REFRESH_POLL, Plan, StepError, step};
 pub use policy::{BoundTokenRefresh, Policy, TokenRefreshPolicy, UnknownTokenRefreshPolicy};
 pub use refresh::{KUBELET_MAX_REFRESH, KUBELET_SLACK, kubelet_refresh_window};
 pub use start::{OperationLock, Refusal, Requested, StartRequest, start, start_new};

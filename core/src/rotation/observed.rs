@@ -97,6 +97,14 @@ pub struct Observed {
     /// observed. What [`BoundTokenRefresh::Wait`](super::BoundTokenRefresh::Wait) waits out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub longest_bound_token_seconds: Option<u64>,
+    /// For [`BoundTokenRefresh::Wait`](super::BoundTokenRefresh::Wait) with
+    /// its refreshes observed (an audit webhook): the pods from before
+    /// RefreshTokens and how many of them their kubelet was seen refreshing
+    /// ([`refresh::tally`](super::refresh::tally)). The step ends once all
+    /// were seen, or when the window passes. `None`: not observed, the
+    /// window alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_refreshes: Option<super::refresh::KubeletRefreshes>,
     /// What an outsider reads at each discovery document ksa publishes
     /// (Trust and Retire, [`Observation::publications`]); empty when none is
     /// configured.

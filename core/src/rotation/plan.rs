@@ -89,6 +89,11 @@ pub struct Plan {
     /// stale, whose holders Retire cuts off (given up by the operator, or
     /// left at the deadline). Empty otherwise.
     pub cut_off: CutOff,
+    /// On the pass that ends RefreshTokens of the `wait` policy with its
+    /// refreshes observed, when the window closed before every pod was seen
+    /// refreshing: those pods (audit events can be dropped, so they may well
+    /// have refreshed). `None` otherwise.
+    pub refresh_not_observed: Option<super::refresh::KubeletRefreshes>,
 }
 
 /// Why a plan was refused. Only a bug can cause this; the caller must stop
@@ -100,6 +105,10 @@ pub struct StepError {
     pub to: Step,
     pub violation: InvariantViolation,
 }
+
+/// How often RefreshTokens of the `wait` policy looks again while its
+/// kubelets' refreshes are observed (each look lists the pods).
+pub const OBSERVED_REFRESH_POLL: Duration = Duration::from_secs(10);
 
 /// Advances a rotation by at most one step and says what to do next.
 ///
@@ -155,10 +164,15 @@ pub fn step(
     {
         let elapsed = elapsed_since(state.step_started_at, now).unwrap_or_default();
         if elapsed < window {
-            // Look again when the window closes, at least once a minute.
-            wait = (window - elapsed)
-                .min(Duration::from_secs(60))
-                .max(policy.poll_interval);
+            // Look again when the window closes, at least once a minute;
+            // with the refreshes observed, every few seconds, to end soon
+            // after the last is seen.
+            let every = if observed.kubelet_refreshes.is_some() {
+                OBSERVED_REFRESH_POLL
+            } else {
+                Duration::from_secs(60)
+            };
+            wait = (window - elapsed).min(every).max(policy.poll_interval);
         }
     }
 
@@ -209,6 +223,17 @@ pub fn step(
             CutOff::default()
         };
 
+    let refresh_not_observed = observed
+        .kubelet_refreshes
+        .as_ref()
+        .filter(|refreshes| {
+            state.step == Step::RefreshTokens
+                && next.step != state.step
+                && policy.bound_token_refresh.waits()
+                && !refreshes.all_seen()
+        })
+        .cloned();
+
     let mut effects = effects_of(&next, policy, now);
     let old_dropped = next.step == Step::Retire
         && state.step == Step::Retire
@@ -240,6 +265,7 @@ pub fn step(
         requeue_after,
         waiting,
         cut_off,
+        refresh_not_observed,
     })
 }
 

@@ -97,6 +97,17 @@ pub enum Wait {
     /// RefreshTokens (`wait` policy): the projected token lifetimes pods
     /// hold, which size the window, were not observed.
     TokenLifetimesObserved,
+    /// RefreshTokens (`wait` policy, refreshes observed): `seen` of `pods`
+    /// pods from before the step were seen (in the API servers' audit
+    /// stream) getting a new token from their kubelet; the step ends when
+    /// all were, or at the latest when the window closes at `until`.
+    KubeletRefreshes {
+        seen: u64,
+        pods: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unseen: Vec<String>,
+        until: Option<Timestamp>,
+    },
     /// Retire: `dropped` of `total` API servers no longer accept key
     /// `version` (the old key).
     ApiServersDroppingOld {
@@ -196,6 +207,23 @@ impl fmt::Display for Wait {
                 f,
                 "bound-token holders to refresh: (waiting out the kubelet refresh window, until {until})"
             ),
+            Wait::KubeletRefreshes {
+                seen,
+                pods,
+                unseen,
+                until,
+            } => {
+                let refreshes = crate::rotation::refresh::KubeletRefreshes {
+                    pods: *pods,
+                    seen: *seen,
+                    unseen: unseen.clone(),
+                };
+                write!(f, "bound-token holders to refresh: {refreshes}, observed")?;
+                match until {
+                    Some(until) => write!(f, "; the kubelet refresh window closes at {until}"),
+                    None => Ok(()),
+                }
+            }
             Wait::TokenLifetimesObserved => f.write_str(
                 "bound-token holders to refresh: (the projected token lifetimes pods hold, which size the kubelet refresh window, not observed yet)",
             ),
@@ -415,11 +443,23 @@ pub(super) fn assess(
                         .bound_token_refresh
                         .wait_window(longest, policy.clock_skew)
                 });
+                let refreshes = observed.kubelet_refreshes.as_ref();
                 match window {
+                    // Every pod from before the step was seen refreshing.
+                    _ if refreshes.is_some_and(|r| r.all_seen()) => {}
                     Some(window) if elapsed_since(state.step_started_at, now) >= Some(window) => {}
-                    Some(window) => waits.push(Wait::RefreshWindow {
-                        until: state.step_started_at.map(|at| deadline(at, window)),
-                    }),
+                    Some(window) => {
+                        let until = state.step_started_at.map(|at| deadline(at, window));
+                        waits.push(match refreshes {
+                            Some(r) => Wait::KubeletRefreshes {
+                                seen: r.seen,
+                                pods: r.pods,
+                                unseen: r.unseen.clone(),
+                                until,
+                            },
+                            None => Wait::RefreshWindow { until },
+                        });
+                    }
                     // Not observed: nothing says how long to wait.
                     None => waits.push(Wait::TokenLifetimesObserved),
                 }

@@ -171,6 +171,26 @@ pub async fn observe_bound_tokens(
     })
 }
 
+/// For the `wait` policy with its refreshes observed: the pods holding a
+/// bound token from before RefreshTokens began (`since`), and which of
+/// them a TokenRequest in `requests` (pod uid: the latest received, from
+/// the API servers' audit stream) shows refreshed with the new key.
+pub async fn observe_kubelet_refreshes(
+    client: &kube::Client,
+    marker: &str,
+    since: Timestamp,
+    skew: std::time::Duration,
+    requests: &std::collections::BTreeMap<String, Timestamp>,
+) -> Result<rules::KubeletRefreshes> {
+    let horizon = rules::Horizon {
+        since,
+        now: Timestamp::now(),
+        skew,
+        version: marker,
+    };
+    pods::kubelet_refreshes(client, &horizon, requests).await
+}
+
 /// One pass of bound-token refresh under `policy`, with the default clock
 /// skew ([`Policy::default`], which is what every rotation runs with).
 pub async fn refresh_bound_tokens(

@@ -438,6 +438,24 @@ pub(super) async fn longest_stale_token(
     Ok(longest)
 }
 
+/// The `wait` policy's refreshes, observed: the pods from before the step
+/// and which of them a TokenRequest bound to their uid (`requests`, the
+/// latest received for each, from the audit stream) shows refreshed
+/// ([`rules::tally`]). Only the pods themselves are read.
+pub(super) async fn kubelet_refreshes(
+    client: &kube::Client,
+    horizon: &Horizon<'_>,
+    requests: &BTreeMap<String, jiff::Timestamp>,
+) -> Result<rules::KubeletRefreshes> {
+    let mut refreshes = rules::KubeletRefreshes::default();
+    let mut pods = std::pin::pin!(all_pods(client));
+    while let Some(pod) = pods.try_next().await? {
+        let facts = facts(&pod, Controller::None);
+        rules::tally([&facts], requests, horizon, &mut refreshes);
+    }
+    Ok(refreshes)
+}
+
 /// What the refresh would do to each pod if RefreshTokens began at
 /// `horizon.since` (a dry run), and the projected tokens pods hold, each
 /// list cut at [`super::plan::MAX_LISTED`]. Reads only.

@@ -47,11 +47,13 @@ mod budget;
 mod drain;
 #[cfg(test)]
 mod fixtures;
+mod observed;
 mod pacer;
 mod stall;
 
 pub use budget::{Budget, Requirement, Selector, eviction_blocked};
 pub use drain::{Drain, drain};
+pub use observed::{KubeletRefreshes, must_refresh, refreshed, refreshed_from, tally};
 pub use pacer::Pacer;
 pub use stall::{Condition, ContainerWaiting, RolloutStatus, Tally, pod_stall, workload_stall};
 
@@ -367,6 +369,18 @@ pub fn stale_token_seconds(pod: &Pod<'_>, horizon: &Horizon<'_>) -> Option<u64> 
 
 /// Why a token of this lifetime held by `pod` is fresh, if it is.
 fn fresh(pod: &Pod<'_>, token_seconds: u64, horizon: &Horizon<'_>) -> Option<Fresh> {
+    if let Some(fresh) = fresh_by_age(pod, horizon) {
+        return Some(fresh);
+    }
+    if horizon.now >= horizon.kubelet_refreshed_by(token_seconds) {
+        return Some(Fresh::RefreshedByKubelet);
+    }
+    None
+}
+
+/// Why the token `pod` holds is fresh by the pod's own age (created or
+/// started since the step began), if it is; the kubelet's refresh aside.
+fn fresh_by_age(pod: &Pod<'_>, horizon: &Horizon<'_>) -> Option<Fresh> {
     // A pod without a creation time is taken for old.
     if let Some(created) = pod.created {
         if horizon.after_since(created, Duration::ZERO) {
@@ -383,9 +397,6 @@ fn fresh(pod: &Pod<'_>, token_seconds: u64, horizon: &Horizon<'_>) -> Option<Fre
         .is_some_and(|started| horizon.after_since(started, horizon.skew))
     {
         return Some(Fresh::StartedSince);
-    }
-    if horizon.now >= horizon.kubelet_refreshed_by(token_seconds) {
-        return Some(Fresh::RefreshedByKubelet);
     }
     None
 }
