@@ -200,7 +200,9 @@ impl Fleet {
         {
             let installed =
                 Installation::install(&admin_client, &name, &name, &key, admin.dir()).await?;
-            installation.get_or_insert(installed);
+            if installation.is_none() {
+                installation = Some(installed);
+            }
             let kubeconfig = std::fs::read(plane.kubeconfig_path())?;
             Api::<Secret>::namespaced(admin_client.clone(), &name)
                 .create(

@@ -90,7 +90,7 @@ pub fn run(quick: bool) -> Result<()> {
             Command::new(bin("ksa-bench-rollout"))
                 .arg("--zoo")
                 .args(deployments)
-                .envs(environment),
+                .envs(environment.clone()),
         )?,
         "ksa-bench-rollout --zoo",
     )?;
