@@ -166,6 +166,18 @@ async fn five_user_clusters_rotate_at_once_and_a_blocked_one_holds_back_none() -
         stuck_status.step == Step::RefreshTokens && !completed(&stuck_status),
         "the stuck one: {stuck_status:?}"
     );
+    // Each status names nothing of another cluster.
+    for (name, status) in statuses.iter().chain([(&stuck.name, &stuck_status)]) {
+        let text = serde_json::to_string(status)?;
+        let others: Vec<&String> = names
+            .iter()
+            .filter(|other| *other != name && text.contains(other.as_str()))
+            .collect();
+        ensure!(
+            others.is_empty(),
+            "{name}'s status names {others:?}: {text}"
+        );
+    }
     let holder = pdb_holder(&stuck_status).context("named")?.clone();
     eprintln!("{} blocked: {holder}", stuck.name);
     let waiting = stuck_status.waiting_for.clone().unwrap_or_default();
@@ -217,7 +229,7 @@ async fn five_user_clusters_rotate_at_once_and_a_blocked_one_holds_back_none() -
     for (name, status) in &statuses {
         ensure!(
             status.blocked_holders.is_empty()
-                && status.waiting_for.is_none()
+                && status.waiting_for.as_deref().unwrap_or_default().is_empty()
                 && !status.status_line.contains(&stuck.name)
                 && ready_reason(status) == Some(("True", "Completed")),
             "{name}: {status:?}"
