@@ -179,6 +179,13 @@ fn fleet_results(measured: &Value) -> Result<Vec<Value>> {
             Some(("total", number(row, "admin_api_requests")?)),
         ));
     }
+    if let Some(stopped) = measured["stopped"].as_object() {
+        eprintln!(
+            "STOPPED: the fleet bench stopped at {} user clusters: {}",
+            stopped.get("clusters").unwrap_or(&Value::Null),
+            stopped.get("error").and_then(Value::as_str).unwrap_or("")
+        );
+    }
     let growth = &measured["growth"];
     if let Some(n_ratio) = growth["clusters"].as_f64() {
         for (field, what) in [

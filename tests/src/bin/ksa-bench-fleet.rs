@@ -17,7 +17,10 @@
 //! and, from the smallest N to the largest, the growth ratio of each
 //! total beside the growth of N: a total growing faster than N (by more
 //! than 10%, the noise of a shared machine) is printed as a SUPERLINEAR
-//! line. Nothing is asserted about time.
+//! line. Nothing is asserted about time. A size the machine cannot hold
+//! (a control plane that does not start, rotations that do not complete
+//! within 30 minutes) ends the run with a STOPPED line and is reported
+//! under `stopped`, with the smaller sizes measured.
 //!
 //! Prints one JSON object. Usage: ksa-bench-fleet N...
 
