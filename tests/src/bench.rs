@@ -4,6 +4,8 @@
 //! `ksa rotate` and the real `ksa-controller`, measured from outside: its
 //! time, the controller's API requests (the audit log), peak memory
 //! (`VmHWM`) and CPU (`/proc`), and the times of its step changes (its log).
+//! `ksa-bench-fleet` audits its admin cluster the same way
+//! ([`audit_flags`], [`audited_requests`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
