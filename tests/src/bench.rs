@@ -4,6 +4,8 @@
 //! `ksa rotate` and the real `ksa-controller`, measured from outside: its
 //! time, the controller's API requests (the audit log), peak memory
 //! (`VmHWM`) and CPU (`/proc`), and the times of its step changes (its log).
+//! `ksa-bench-fleet` audits its admin cluster the same way
+//! ([`audit_flags`], [`audited_requests`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +43,40 @@ rules:
 - level: None
 "
     )
+}
+
+/// The kube-apiserver flags that audit every request of the controller's
+/// user, once each, into `dir/audit.log` (JSON, one event per line), and
+/// that log's path.
+pub fn audit_flags(dir: &std::path::Path) -> Result<(Vec<String>, PathBuf)> {
+    let policy = dir.join("audit-policy.yaml");
+    let audit_log = dir.join("audit.log");
+    std::fs::write(&policy, audit_policy())?;
+    Ok((
+        vec![
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", audit_log.display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+        ],
+        audit_log,
+    ))
+}
+
+/// When each request in an audit log of [`audit_flags`] was received, in
+/// the log's order (none before the log exists).
+pub fn audited_requests(audit_log: &std::path::Path) -> Result<Vec<Timestamp>> {
+    let log = std::fs::read_to_string(audit_log).unwrap_or_default();
+    log.lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)?;
+            event["requestReceivedTimestamp"]
+                .as_str()
+                .context("an audit event without requestReceivedTimestamp")?
+                .parse()
+                .context("an audit event's requestReceivedTimestamp")
+        })
+        .collect()
 }
 
 /// ksa installed on an audited control plane, ready to rotate.
@@ -115,19 +151,9 @@ impl RotationBench {
     ) -> Result<RotationBench> {
         let key = AwsLc::new().generate(KeySpec::Rsa2048)?;
         let dir = tempfile::tempdir()?;
-        let policy = dir.path().join("audit-policy.yaml");
-        let audit_log = dir.path().join("audit.log");
-        std::fs::write(&policy, audit_policy())?;
-        let mut plane = ControlPlane::start_with_flags(
-            ApiServerKeys::single(key.clone()),
-            vec![
-                format!("--audit-policy-file={}", policy.display()),
-                format!("--audit-log-path={}", audit_log.display()),
-                "--audit-log-format=json".into(),
-                "--audit-log-mode=blocking".into(),
-            ],
-        )
-        .await?;
+        let (flags, audit_log) = audit_flags(dir.path())?;
+        let mut plane =
+            ControlPlane::start_with_flags(ApiServerKeys::single(key.clone()), flags).await?;
         prepare(&mut plane).await?;
         let client = plane.client().await?;
         let mut installation =
@@ -159,17 +185,7 @@ impl RotationBench {
 
     /// When each audited request was received, in the log's order.
     fn audited_requests(&self) -> Result<Vec<Timestamp>> {
-        let log = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
-        log.lines()
-            .map(|line| {
-                let event: serde_json::Value = serde_json::from_str(line)?;
-                event["requestReceivedTimestamp"]
-                    .as_str()
-                    .context("an audit event without requestReceivedTimestamp")?
-                    .parse()
-                    .context("an audit event's requestReceivedTimestamp")
-            })
-            .collect()
+        audited_requests(&self.audit_log)
     }
 
     /// Rotates to key version `to` with a fresh controller process (so its

@@ -26,6 +26,7 @@ pub mod browser;
 pub mod bucket_verifier;
 pub mod cluster;
 mod control_plane;
+pub mod fleet;
 pub mod hosted;
 pub mod install;
 pub mod issuer;

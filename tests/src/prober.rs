@@ -79,6 +79,19 @@ impl Prober {
         instances: Vec<InstanceClient>,
         target: ProbeTarget,
     ) -> Prober {
+        Prober::spawn_with_admin(client.clone(), client, instances, target)
+    }
+
+    /// Like [`Prober::spawn`], for a user cluster apart from the admin
+    /// cluster: requests tokens and reads the legacy Secret through
+    /// `client` (the user cluster), and reads the rotation and its key
+    /// store through `admin`.
+    pub fn spawn_with_admin(
+        client: kube::Client,
+        admin: kube::Client,
+        instances: Vec<InstanceClient>,
+        target: ProbeTarget,
+    ) -> Prober {
         let stats = Arc::new(Mutex::new(ProbeStats::default()));
         let shared = stats.clone();
         let task = tokio::spawn(async move {
@@ -86,6 +99,7 @@ impl Prober {
             let mut kid_versions: BTreeMap<String, u64> = BTreeMap::new();
             let probe = Probe {
                 client: &client,
+                admin: &admin,
                 instances: &instances,
                 target: &target,
                 stats: &shared,
@@ -191,6 +205,8 @@ async fn review(client: &kube::Client, token: &str) -> Result<bool, kube::Error>
 /// Where one round of probing reads, reviews and counts.
 struct Probe<'a> {
     client: &'a kube::Client,
+    /// Where the rotation resource and its key store are read.
+    admin: &'a kube::Client,
     instances: &'a [InstanceClient],
     target: &'a ProbeTarget,
     stats: &'a Mutex<ProbeStats>,
@@ -270,8 +286,8 @@ async fn learn_kids(
 
 impl Probe<'_> {
     async fn once(&self, tokens: &mut Vec<String>, kid_versions: &mut BTreeMap<String, u64>) {
-        let (client, target, stats) = (self.client, self.target, self.stats);
-        learn_kids(client, &target.rotation, kid_versions).await;
+        let (client, admin, target, stats) = (self.client, self.admin, self.target, self.stats);
+        learn_kids(admin, &target.rotation, kid_versions).await;
         let fresh = crate::cluster::request_token(
             client,
             &target.namespace,
@@ -308,7 +324,7 @@ impl Probe<'_> {
             .map(|t| (t, false))
             .chain(legacy_token.map(|t| (t, true)));
         for (token, is_legacy) in candidates.collect::<Vec<_>>() {
-            let Some(before) = protected(client, target).await else {
+            let Some(before) = protected(admin, target).await else {
                 continue;
             };
             let version = kid_versions.get(&kid(&token)).copied();
@@ -342,7 +358,7 @@ impl Probe<'_> {
             }
             // Re-check: the rotation may have moved on, or the legacy
             // Secret been re-minted, between reading and reviewing.
-            let Some(after) = protected(client, target).await else {
+            let Some(after) = protected(admin, target).await else {
                 continue;
             };
             let still_protected = after.covers(version, &issuer, is_legacy);

@@ -34,7 +34,7 @@
 //! - `bench [--quick]`: criterion benchmarks and their reference numbers,
 //!   written to `target/bench/report.json` and `report.md`; `bench scale`
 //!   runs only the scale part (legacy refresh at 1k/5k/10k Secrets, its
-//!   chart).
+//!   chart), `bench fleet` only its fleet part (N user clusters at once).
 //! - `fuzz [--seconds N]`: each libFuzzer target for N seconds (nightly).
 //! - `deny`: `cargo deny check` of licenses, bans, sources and advisories
 //!   (`deny.toml`).
@@ -116,12 +116,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("bench") if rest.contains(&"scale") => scale::run(rest.contains(&"--quick")),
+        Some("bench") if rest.contains(&"fleet") => scale::fleet(rest.contains(&"--quick")),
         Some("bench") => bench::run(rest.contains(&"--quick")),
         Some("fuzz") => fuzz::run(seconds(&rest, 60)?),
         Some("deny") => deny(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | krew | node | image | dist [--base-url URL] | e2e [TEST...] | bench [scale] [--quick] | fuzz [--seconds N] | deny>"
+                "usage: cargo xtask <demo | ci | setup | wasm | serve-inspector [--port N] | manifests | man | control-plane | helm | krew | node | image | dist [--base-url URL] | e2e [TEST...] | bench [scale | fleet] [--quick] | fuzz [--seconds N] | deny>"
             );
             std::process::exit(2);
         }

@@ -11,6 +11,12 @@
 //!   zoo's mix (`ksa-bench-rollout --zoo`: every kind of workload, some
 //!   refreshed by eviction, some holding no token), beside a bare restart
 //!   of what they hold;
+//! - a fleet (issue 34): N hosted user clusters rotated at once by one
+//!   controller (`ksa-bench-fleet`), for N = 1, 5 and 20 (1 and 3 with
+//!   `--quick`): the time until all complete, the controller's memory and
+//!   CPU per user cluster and its requests to the admin API server per
+//!   rotation, and how each grows with N (`cargo xtask bench fleet` runs
+//!   this part alone);
 //!
 //! into the report, and a chart, `target/bench/scale.png` (the README shows
 //! a copy in `docs/`).
@@ -49,6 +55,8 @@ pub fn run(quick: bool) -> Result<()> {
         "ksa-bench-refresh",
         "--bin",
         "ksa-bench-rollout",
+        "--bin",
+        "ksa-bench-fleet",
     ]))?;
     let bin = |name: &str| root.join("target/release").join(name);
     let secrets: &[&str] = if quick {
@@ -82,15 +90,125 @@ pub fn run(quick: bool) -> Result<()> {
             Command::new(bin("ksa-bench-rollout"))
                 .arg("--zoo")
                 .args(deployments)
-                .envs(environment),
+                .envs(environment.clone()),
         )?,
         "ksa-bench-rollout --zoo",
     )?;
     let mut results = legacy_results(&legacy)?;
     results.extend(bound_results(&bound, "deployments")?);
     results.extend(bound_results(&zoo, "zoo_workloads")?);
+    results.extend(fleet_results(&fleet_run(quick, &environment)?)?);
     write_report(&root.join("target/bench"), results)?;
     chart(&legacy, &bound, &zoo, &root.join("target/bench/scale.png"))
+}
+
+/// `cargo xtask bench fleet [--quick]`: the fleet part alone.
+pub fn fleet(quick: bool) -> Result<()> {
+    let root = crate::root();
+    let environment = crate::control_plane::environment()?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ksa-cli",
+        "-p",
+        "ksa-controller",
+        "-p",
+        "ksa-tests",
+        "--bin",
+        "ksa",
+        "--bin",
+        "ksa-controller",
+        "--bin",
+        "ksa-bench-fleet",
+    ]))?;
+    let results = fleet_results(&fleet_run(quick, &environment)?)?;
+    write_report(&root.join("target/bench"), results)
+}
+
+/// The fleet sizes: 1, 5 and 20 user clusters (1 and 3 quick), or those
+/// `KSA_BENCH_FLEET_SIZES` lists (space-separated), for a machine that
+/// holds fewer or more.
+fn fleet_run(quick: bool, environment: &[(&'static str, PathBuf); 2]) -> Result<Value> {
+    let sizes: Vec<String> = match std::env::var("KSA_BENCH_FLEET_SIZES") {
+        Ok(sizes) if !sizes.trim().is_empty() => {
+            sizes.split_whitespace().map(str::to_owned).collect()
+        }
+        _ if quick => vec!["1".into(), "3".into()],
+        _ => vec!["1".into(), "5".into(), "20".into()],
+    };
+    let program = crate::root().join("target/release/ksa-bench-fleet");
+    run_json(
+        Command::new(program)
+            .args(&sizes)
+            .envs(environment.iter().cloned()),
+    )
+}
+
+/// The rows of `ksa-bench-fleet`, and the growth of each total from the
+/// smallest fleet to the largest beside the growth of the fleet (the
+/// reference: a ratio above 1 is a cost growing faster than linearly).
+fn fleet_results(measured: &Value) -> Result<Vec<Value>> {
+    let rows = rows(measured, "ksa-bench-fleet")?;
+    let mut results = Vec::new();
+    for row in &rows {
+        let n = number(row, "clusters")?;
+        let at = |name: &str| format!("fleet.{name}_{n}_clusters");
+        results.push(result(
+            &at("seconds_all_completed"),
+            number(row, "seconds_all_completed")?,
+            "s",
+            Some(("first completed", number(row, "first_completed_seconds")?)),
+        ));
+        results.push(result(
+            &at("controller_peak_rss_mib_per_cluster"),
+            number(row, "controller_peak_rss_mib_per_cluster")?,
+            "MiB",
+            Some(("peak total", number(row, "controller_peak_rss_mib")?)),
+        ));
+        results.push(result(
+            &at("controller_cpu_seconds_per_cluster"),
+            number(row, "controller_cpu_seconds_per_cluster")?,
+            "s",
+            Some(("total", number(row, "controller_cpu_seconds")?)),
+        ));
+        results.push(result(
+            &at("admin_api_requests_per_rotation"),
+            number(row, "admin_api_requests_per_rotation")?,
+            "requests",
+            Some(("total", number(row, "admin_api_requests")?)),
+        ));
+    }
+    if let Some(stopped) = measured["stopped"].as_object() {
+        eprintln!(
+            "STOPPED: the fleet bench stopped at {} user clusters: {}",
+            stopped.get("clusters").unwrap_or(&Value::Null),
+            stopped.get("error").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    let growth = &measured["growth"];
+    if let Some(n_ratio) = growth["clusters"].as_f64() {
+        for (field, what) in [
+            ("seconds_all_completed", "time to complete all"),
+            ("controller_peak_rss_mib", "controller peak memory"),
+            ("controller_cpu_seconds", "controller CPU"),
+            ("admin_api_requests", "admin API requests"),
+        ] {
+            let ratio = number(&growth[field], "ratio")?;
+            if growth[field]["superlinear"].as_bool() == Some(true) {
+                eprintln!(
+                    "SUPERLINEAR: the fleet's {what} grew {ratio:.2}x for {n_ratio:.0}x the clusters"
+                );
+            }
+            results.push(result(
+                &format!("fleet.growth.{field}"),
+                ratio,
+                "x",
+                Some(("growth of the clusters", n_ratio)),
+            ));
+        }
+    }
+    Ok(results)
 }
 
 fn rows(measured: &Value, bench: &str) -> Result<Vec<Value>> {
