@@ -470,7 +470,9 @@ async fn handle(
         None => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5")],
+                // A new connection for the retry, which the Service may
+                // send to the leader.
+                [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
                 "this replica does not record this rotation now; retry",
             )
                 .into_response();

@@ -91,3 +91,66 @@ fn the_chart_probes_livez_and_sets_the_log_level_and_format() -> Result<()> {
     assert!(refused.to_string().contains("/logs/format"), "{refused}");
     Ok(())
 }
+
+#[test]
+fn the_chart_serves_the_audit_webhook_over_https_with_the_controllers_own_flags() -> Result<()> {
+    let default = run_args(container(&deployment(&[])?))?;
+    assert_eq!(default.audit.audit_public_url, None, "off by default");
+    let enabled = deployment(&[
+        "audit.enabled=true",
+        "audit.publicUrl=https://ksa-audit.example",
+        "audit.tls.secretName=audit-tls",
+    ])?;
+    let controller = container(&enabled);
+    let args = run_args(controller)?;
+    assert_eq!(
+        args.audit.audit_public_url.as_deref(),
+        Some("https://ksa-audit.example")
+    );
+    assert_eq!(args.audit.audit_addr.port(), 9443);
+    let dir = std::path::Path::new("/etc/ksa/audit-tls");
+    assert_eq!(
+        args.audit.audit_tls_cert_file.as_deref(),
+        Some(dir.join("tls.crt").as_path())
+    );
+    assert_eq!(
+        args.audit.audit_tls_key_file.as_deref(),
+        Some(dir.join("tls.key").as_path())
+    );
+    assert_eq!(
+        args.audit.audit_ca_file.as_deref(),
+        Some(dir.join("ca.crt").as_path())
+    );
+    let ports = controller["ports"].as_array().context("no ports")?;
+    ensure!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "audit" && p["containerPort"] == 9443),
+        "{ports:?}"
+    );
+    let volumes = enabled["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .context("no volumes")?;
+    ensure!(
+        volumes
+            .iter()
+            .any(|v| v["name"] == "audit-tls" && v["secret"]["secretName"] == "audit-tls"),
+        "{volumes:?}"
+    );
+    // HTTPS only, at a URL: the chart refuses what the controller would.
+    for values in [
+        &["audit.enabled=true", "audit.tls.secretName=audit-tls"][..],
+        &[
+            "audit.enabled=true",
+            "audit.publicUrl=https://ksa-audit.example",
+        ][..],
+        &[
+            "audit.enabled=true",
+            "audit.publicUrl=http://ksa-audit.example",
+            "audit.tls.secretName=audit-tls",
+        ][..],
+    ] {
+        ensure!(deployment(values).is_err(), "{values:?} rendered");
+    }
+    Ok(())
+}

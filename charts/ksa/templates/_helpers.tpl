@@ -94,6 +94,7 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "ksa.fullname" . }}
 {{/* Where the pod mounts what the OIDC endpoint and the directory sink read and write. */}}
 {{- define "ksa.oidcTlsDir" -}}/etc/ksa/oidc-tls{{- end }}
 {{- define "ksa.oidcCaDir" -}}/etc/ksa/oidc-ca{{- end }}
+{{- define "ksa.auditTlsDir" -}}/etc/ksa/audit-tls{{- end }}
 
 {{/*
 Refusals of values that the schema cannot express: each names the value
