@@ -38,6 +38,10 @@ pub const PROBE_AUDIENCE: &str = "ksa.dev/issuer-probe";
 /// only one review, and is worthless soon if it leaked).
 const PROBE_TOKEN_SECONDS: i64 = 600;
 
+/// How far a fresh token's `iat` may be from ksa's clock: the lifetime
+/// ksa asks for, beyond which a token is a replay or a clock far off.
+const FRESH_IAT_SPREAD: i64 = PROBE_TOKEN_SECONDS;
+
 /// Makes sure the probe service account exists and returns its UID (a
 /// bound token names it, and kube-apiserver checks it).
 pub async fn ensure_probe_account(client: &kube::Client) -> Result<String> {
@@ -85,8 +89,19 @@ impl FreshToken {
     /// The version among `keys` that signed the token: the one its `kid`
     /// names, if that key verifies its signature. A header names any kid
     /// it likes; only the signature says which key signed. The token is
-    /// judged at its own `iat`: the instance's clock is not ksa's.
+    /// judged at its own `iat`, since the instance's clock is not ksa's,
+    /// but that `iat` must be within [`FRESH_IAT_SPREAD`] of now: an old
+    /// token signed with the key, replayed, is not the instance signing
+    /// with it now (SECURITY.md finding 25).
     pub fn signed_with(&self, keys: &BTreeMap<KeyVersion, PublicKey>) -> Option<KeyVersion> {
+        self.signed_with_at(keys, Timestamp::now().as_second())
+    }
+
+    fn signed_with_at(
+        &self,
+        keys: &BTreeMap<KeyVersion, PublicKey>,
+        now: i64,
+    ) -> Option<KeyVersion> {
         let kid = self.kid.as_ref()?;
         let (version, key) = keys.iter().find(|(_, key)| key.kid() == kid)?;
         let set = KeySet::new(
@@ -94,9 +109,12 @@ impl FreshToken {
             &AwsLc::new(),
         )
         .ok()?;
-        let issued = token::decode(&self.token).ok()?.claims.iat;
-        let at = issued.unwrap_or_else(|| Timestamp::now().as_second());
-        token::verify(&self.token, &set, &token::Expectations::at(at))
+        // A TokenRequest's token always carries `iat`.
+        let issued = token::decode(&self.token).ok()?.claims.iat?;
+        if issued.abs_diff(now) > FRESH_IAT_SPREAD.unsigned_abs() {
+            return None;
+        }
+        token::verify(&self.token, &set, &token::Expectations::at(issued))
             .ok()
             .and(Some(*version))
     }
@@ -283,5 +301,27 @@ mod tests {
             issuer_probe_token(&issuer, "uid-1", signer.as_ref(), Timestamp::now()).expect("mints");
         let fresh = FreshToken::from_token(token).expect("reads");
         assert_eq!(fresh.signed_with(&keys), None);
+    }
+
+    #[test]
+    fn an_old_token_signed_with_the_key_is_not_the_instance_signing_with_it_now() {
+        let backend = AwsLc::new();
+        let two = backend.generate(KeySpec::EcP256).expect("a key");
+        let keys: BTreeMap<KeyVersion, PublicKey> =
+            [(KeyVersion::new(2), two.public_key().clone())].into();
+        let issuer = Issuer::new("https://b.example").expect("an issuer");
+        let signer = backend.signing_key(&two).expect("a signer");
+        let issued = Timestamp::now();
+        let token = issuer_probe_token(&issuer, "uid-1", signer.as_ref(), issued).expect("mints");
+        let fresh = FreshToken::from_token(token).expect("reads");
+        let at = issued.as_second();
+        assert_eq!(
+            fresh.signed_with_at(&keys, at + FRESH_IAT_SPREAD),
+            Some(KeyVersion::new(2))
+        );
+        // Replayed an hour later, or judged by a clock an hour behind.
+        assert_eq!(fresh.signed_with_at(&keys, at + 3600), None);
+        assert_eq!(fresh.signed_with_at(&keys, at - 3600), None);
+        assert_eq!(fresh.signed_with_at(&keys, at + FRESH_IAT_SPREAD + 1), None);
     }
 }
