@@ -14,21 +14,30 @@
 //! Every POST is hostile until shown otherwise ([`handle`]): its bearer
 //! token must be the one of the rotation its path names (compared in
 //! constant time), its body at most [`MAX_BODY`] read within
-//! [`READ_TIMEOUT`], and it must parse as an `audit.k8s.io/v1`
-//! `EventList` into this module's own minimal structs, which never take in
-//! `responseObject`. Of its events only a node's successful TokenRequest
-//! bound to a pod is kept ([`token_request`]): the pod's namespace, name,
-//! uid and when the API server received the request, at most
-//! [`MAX_PODS`] pods a rotation, in memory ([`AuditFeeds`]). Nothing of
-//! a request reaches logs, Events, status or metrics but counts.
+//! [`READ_TIMEOUT`], [`MAX_READS`] bodies at a time, and it must parse as
+//! an `audit.k8s.io/v1` `EventList` of at most [`MAX_ITEMS`] events, each
+//! read into this module's own minimal structs (which never take in
+//! `responseObject`) and made into a record or nothing before the next is
+//! read. Of its events only a node's successful TokenRequest bound to a
+//! pod is kept ([`token_request`]): the pod's uid and when the API server
+//! received the request, at most [`MAX_PODS`] pods a rotation and
+//! [`MAX_RECORDS`] in all, in memory ([`AuditFeeds`]), and only while the
+//! rotation is in RefreshTokens, from when the step began: older records
+//! are dropped. Nothing of a request reaches logs, Events, status or
+//! metrics but counts. The listener speaks HTTP/1.1 only, which has a
+//! header read timeout ([`crate::serve::serve_https`]).
 //!
 //! Only the leader reconciles, so only it registers rotations: a replica
-//! that has not registered the rotation a POST names answers 503, and the
-//! API server's webhook backend retries (on another replica, through the
-//! Service). Records are in memory: after a restart, refreshes seen before
-//! are gone, and RefreshTokens ends by the window
-//! (`RefreshNotObserved`).
+//! that does not lead answers every POST 503, and the API server's webhook
+//! backend retries (on another replica, through the Service). The leader
+//! answers 401 alike for a wrong token and a rotation it has not
+//! registered (deleted, not observing, another shard's, or not reconciled
+//! yet since it began to lead: that batch is lost), so that no one without
+//! a token learns which rotations exist. Records are in memory: after a
+//! restart, refreshes seen before are gone, and RefreshTokens ends by the
+//! window (`RefreshNotObserved`).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,32 +59,58 @@ use ksa_kube::keystore::owned_labels;
 use ksa_kube::provenance::{Kind, NotOurs, Sealer, Subject};
 use ksa_kube::world::RefreshFeed;
 use kube::api::{Api, ObjectMeta};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tokio::sync::Semaphore;
 
-/// The largest body a POST may carry.
-pub const MAX_BODY: usize = 8 << 20;
+/// The largest body a POST may carry. The policy ksa writes logs only the
+/// nodes' TokenRequests, at `Request` level: an event is about 1.5 KiB, so
+/// a batch of the API server's default `--audit-webhook-batch-max-size`
+/// (400 events) is about 600 KiB. 2 MiB leaves room for longer names and
+/// annotations; a larger body (a policy merged with others', a larger
+/// batch size) is refused with 413, and the batch is lost: that
+/// rotation's RefreshTokens ends by the window.
+pub const MAX_BODY: usize = 2 << 20;
 /// How long a client has to send its body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most events one body may hold: 25 times the API server's default
+/// batch (400). More is refused (413) as the parse reaches the first one
+/// past it; each event is made into a record, or nothing, as it is read.
+pub const MAX_ITEMS: usize = 10_000;
+/// How many bodies are read at a time, across every rotation: at most
+/// `MAX_READS` × [`MAX_BODY`] of bodies are held. A post beyond it waits
+/// up to [`READ_SLOT_WAIT`] for a turn, then gets 503 (the API server's
+/// webhook backend retries).
+pub const MAX_READS: usize = 4;
+/// How long a post waits for a turn to have its body read.
+pub const READ_SLOT_WAIT: Duration = Duration::from_secs(2);
 /// The most pods one rotation's records hold; past it, new pods are not
 /// recorded (counted in the log), and RefreshTokens ends by the window.
 pub const MAX_PODS: usize = 200_000;
+/// The most pods every rotation's records hold together (at about 120
+/// bytes a record, 60 MB): past it, new pods are not recorded.
+pub const MAX_RECORDS: usize = 500_000;
 /// The data entry holding the audit policy.
 pub const POLICY_KEY: &str = "audit-policy.yaml";
 /// The data entry holding the webhook kubeconfig.
 pub const KUBECONFIG_KEY: &str = "audit-webhook.kubeconfig";
-/// The longest name or uid a record keeps (a DNS subdomain).
+/// The longest name a request is taken with (a DNS subdomain).
 const MAX_NAME: usize = 253;
+/// The longest pod uid recorded (Kubernetes uids are 36 characters).
+const MAX_UID: usize = 64;
+/// The path every rotation's is below: `--audit-public-url` ends with it.
+const AUDIT_PATH: &str = "/audit";
 
 /// Where the audit endpoint listens and how the API servers reach it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuditArgs {
     /// The audit webhook's public base URL, as the user clusters'
-    /// kube-apiservers reach it (https://); each rotation that observes its
-    /// kubelets' refreshes is told to post to URL/NAMESPACE/NAME. Unset: no
-    /// audit endpoint, and `tokenRefresh.observe` waits out the window.
+    /// kube-apiservers reach it: https://HOST[:PORT][/PREFIX]/audit; each
+    /// rotation that observes its kubelets' refreshes is told to post to
+    /// URL/NAMESPACE/NAME. Unset: no audit endpoint, and
+    /// `tokenRefresh.observe` waits out the window.
     #[arg(long, value_name = "URL")]
     pub audit_public_url: Option<String>,
     /// Where to serve the audit endpoint.
@@ -97,10 +132,47 @@ pub struct AuditArgs {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub feeds: AuditFeeds,
-    /// `--audit-public-url`, without a trailing `/`.
+    /// `--audit-public-url` as parsed and serialized again, without a
+    /// trailing `/`: no whitespace or control character, ending in
+    /// `/audit`.
     pub public_url: String,
     /// `--audit-ca-file`'s PEM.
     pub ca: Option<Vec<u8>>,
+}
+
+/// `--audit-public-url`, checked: the URL's own serialization (never the
+/// flag's text, which the URL parser reads past newlines and tabs in), of
+/// an https URL with a host, no credentials, query or fragment, whose path
+/// ends in `/audit`; without a trailing `/`.
+fn public_url(flag: &str) -> anyhow::Result<String> {
+    if flag.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        anyhow::bail!(
+            "--audit-public-url {flag:?} holds a space, newline or other control character: \
+             give the URL alone, e.g. https://ksa.example:9443/audit"
+        );
+    }
+    let parsed = url::Url::parse(flag)
+        .with_context(|| format!("--audit-public-url {flag:?} is not a URL"))?;
+    if parsed.scheme() != "https"
+        || parsed.host_str().is_none()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        anyhow::bail!(
+            "--audit-public-url {flag:?}: give an https:// URL with a host and no user, query or \
+             fragment (the bearer token must not cross plain HTTP)"
+        );
+    }
+    if !parsed.path().trim_end_matches('/').ends_with(AUDIT_PATH) {
+        anyhow::bail!(
+            "--audit-public-url {flag:?}: its path must end in {AUDIT_PATH} (the endpoint serves \
+             POST {AUDIT_PATH}/NAMESPACE/NAME; a proxy in front may add a prefix before it), \
+             e.g. https://ksa.example:9443/audit"
+        );
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 impl AuditArgs {
@@ -110,18 +182,7 @@ impl AuditArgs {
         let Some(url) = &self.audit_public_url else {
             return Ok(None);
         };
-        let parsed = url::Url::parse(url)
-            .with_context(|| format!("--audit-public-url {url:?} is not a URL"))?;
-        if parsed.scheme() != "https"
-            || parsed.host_str().is_none()
-            || parsed.query().is_some()
-            || parsed.fragment().is_some()
-        {
-            anyhow::bail!(
-                "--audit-public-url {url:?}: give an https:// URL with a host and no query or \
-                 fragment (the bearer token must not cross plain HTTP)"
-            );
-        }
+        let public_url = public_url(url)?;
         let (Some(cert), Some(key)) = (&self.audit_tls_cert_file, &self.audit_tls_key_file) else {
             anyhow::bail!(
                 "--audit-public-url needs --audit-tls-cert-file and --audit-tls-key-file"
@@ -137,7 +198,7 @@ impl AuditArgs {
         Ok(Some((
             Settings {
                 feeds: AuditFeeds::default(),
-                public_url: url.trim_end_matches('/').to_owned(),
+                public_url,
                 ca,
             },
             cert.clone(),
@@ -146,12 +207,12 @@ impl AuditArgs {
     }
 }
 
-/// One TokenRequest a node made for a pod, as recorded.
+/// One TokenRequest a node made for a pod: what a record keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seen {
-    pub namespace: String,
-    pub pod: String,
+    /// The pod's uid.
     pub uid: String,
+    /// When the API server received the request.
     pub received: Timestamp,
 }
 
@@ -159,16 +220,28 @@ pub struct Seen {
 struct Feed {
     /// SHA-256 of the rotation's bearer token.
     token: [u8; 32],
+    /// While the rotation is in RefreshTokens: when the step began.
+    /// Records from before it are of no use to it (a refresh counts only
+    /// after the step began): they are dropped and not taken in. `None`:
+    /// nothing is recorded (posts are answered, their events let go).
+    since: Option<Timestamp>,
     /// By pod uid: the latest request received.
-    requests: HashMap<String, Seen>,
-    /// Requests not recorded: past [`MAX_PODS`].
-    dropped: u64,
+    requests: HashMap<Box<str>, Timestamp>,
+}
+
+/// Every registered rotation's records, and whether this replica leads.
+#[derive(Default)]
+struct Registry {
+    /// Only the leader registers rotations and records; a replica that
+    /// does not lead answers every post 503.
+    leading: bool,
+    rotations: HashMap<(String, String), Feed>,
 }
 
 /// Every registered rotation's records, shared by the endpoint and the
 /// reconciler.
 #[derive(Clone, Default)]
-pub struct AuditFeeds(Arc<Mutex<HashMap<(String, String), Feed>>>);
+pub struct AuditFeeds(Arc<Mutex<Registry>>);
 
 impl std::fmt::Debug for AuditFeeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,20 +253,53 @@ fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
+/// What one post's events came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Recorded {
+    /// Taken in, or a later time for a pod already recorded.
+    kept: usize,
+    /// Received before the step began, or the rotation not in
+    /// RefreshTokens: let go.
+    stale: usize,
+    /// New pods past [`MAX_PODS`] or [`MAX_RECORDS`]: not recorded.
+    dropped: usize,
+}
+
 impl AuditFeeds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Feed>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic elsewhere leaves the records as they were: still usable.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// This replica leads: posts are answered by their token (401 for a
+    /// rotation not registered, as for a wrong token).
+    pub fn lead(&self) {
+        self.lock().leading = true;
+    }
+
+    /// Leadership lost: forgets every rotation, and answers every post 503
+    /// (the API servers retry, on the leader).
+    pub fn stand_by(&self) {
+        let mut registry = self.lock();
+        registry.leading = false;
+        registry.rotations.clear();
+    }
+
+    fn leading(&self) -> bool {
+        self.lock().leading
+    }
+
     /// Accepts posts for rotation `namespace/name` bearing `token`; a new
-    /// token forgets what the old one recorded.
-    pub fn register(&self, namespace: &str, name: &str, token: &[u8]) {
+    /// token forgets what the old one recorded. `since`: when its
+    /// RefreshTokens began, while it is in it; records from before are
+    /// dropped. `None`: nothing is recorded, and what was is forgotten.
+    pub fn register(&self, namespace: &str, name: &str, token: &[u8], since: Option<Timestamp>) {
         let token = digest(token);
-        let mut feeds = self.lock();
-        let feed = feeds
+        let mut registry = self.lock();
+        let feed = registry
+            .rotations
             .entry((namespace.to_owned(), name.to_owned()))
             .or_default();
         if feed.token != token {
@@ -202,17 +308,40 @@ impl AuditFeeds {
                 ..Feed::default()
             };
         }
+        if feed.since != since {
+            feed.since = since;
+            match since {
+                None => feed.requests = HashMap::new(),
+                Some(since) => {
+                    feed.requests.retain(|_, received| *received >= since);
+                    feed.requests.shrink_to_fit();
+                }
+            }
+        }
     }
 
     /// Stops accepting posts for rotation `namespace/name` and forgets its
-    /// records.
+    /// records (deleted, no longer observing, or not this controller's).
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.lock().remove(&(namespace.to_owned(), name.to_owned()));
+        self.lock()
+            .rotations
+            .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// Forgets every rotation (leadership lost: a standby records nothing).
-    pub fn clear(&self) {
-        self.lock().clear();
+    /// Forgets every rotation `keep` is false for; returns them (namespace,
+    /// name).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) -> Vec<(String, String)> {
+        let mut registry = self.lock();
+        let gone: Vec<(String, String)> = registry
+            .rotations
+            .keys()
+            .filter(|(namespace, name)| !keep(namespace, name))
+            .cloned()
+            .collect();
+        for key in &gone {
+            registry.rotations.remove(key);
+        }
+        gone
     }
 
     /// The feed of rotation `namespace/name`, for its world.
@@ -223,50 +352,63 @@ impl AuditFeeds {
         }
     }
 
-    /// What was recorded for rotation `namespace/name`, by pod uid.
-    pub fn records(&self, namespace: &str, name: &str) -> Vec<Seen> {
-        let feeds = self.lock();
-        let mut all: Vec<Seen> = feeds
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|feed| feed.requests.values().cloned().collect())
-            .unwrap_or_default();
-        all.sort_by(|a, b| a.uid.cmp(&b.uid));
-        all
-    }
-
-    /// Whether `presented` is rotation `namespace/name`'s token: `None`
-    /// when no such rotation is registered here.
-    fn authenticate(&self, namespace: &str, name: &str, presented: &[u8]) -> Option<bool> {
+    /// Whether `presented` is rotation `namespace/name`'s token; false for
+    /// a rotation not registered here.
+    fn authenticate(&self, namespace: &str, name: &str, presented: &[u8]) -> bool {
         let presented = digest(presented);
-        let feeds = self.lock();
-        let feed = feeds.get(&(namespace.to_owned(), name.to_owned()))?;
-        Some(bool::from(feed.token.ct_eq(&presented)))
+        let registry = self.lock();
+        // Compared against something either way.
+        let token = registry
+            .rotations
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|feed| feed.token);
+        let known = token.is_some();
+        let matches = bool::from(token.unwrap_or_default().ct_eq(&presented));
+        known && matches
     }
 
-    /// Records `seen` for rotation `namespace/name`; returns how many were
-    /// dropped (past [`MAX_PODS`]).
-    fn record(&self, namespace: &str, name: &str, seen: Vec<Seen>) -> u64 {
-        let mut feeds = self.lock();
-        let Some(feed) = feeds.get_mut(&(namespace.to_owned(), name.to_owned())) else {
-            return 0;
+    /// Records `seen` for rotation `namespace/name`.
+    fn record(&self, namespace: &str, name: &str, seen: Vec<Seen>) -> Recorded {
+        let mut registry = self.lock();
+        let mut total: usize = registry
+            .rotations
+            .values()
+            .map(|feed| feed.requests.len())
+            .sum();
+        let mut recorded = Recorded::default();
+        let Some(feed) = registry
+            .rotations
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return recorded;
         };
-        let mut dropped = 0;
+        let Some(since) = feed.since else {
+            recorded.stale = seen.len();
+            return recorded;
+        };
         for request in seen {
-            let full = feed.requests.len() >= MAX_PODS;
-            match feed.requests.get_mut(&request.uid) {
+            if request.received < since {
+                recorded.stale += 1;
+                continue;
+            }
+            let room = feed.requests.len() < MAX_PODS && total < MAX_RECORDS;
+            match feed.requests.get_mut(request.uid.as_str()) {
                 Some(known) => {
-                    if request.received > known.received {
-                        *known = request;
+                    if request.received > *known {
+                        *known = request.received;
                     }
+                    recorded.kept += 1;
                 }
-                None if !full => {
-                    feed.requests.insert(request.uid.clone(), request);
+                None if room => {
+                    feed.requests
+                        .insert(request.uid.into_boxed_str(), request.received);
+                    total += 1;
+                    recorded.kept += 1;
                 }
-                None => dropped += 1,
+                None => recorded.dropped += 1,
             }
         }
-        feed.dropped = feed.dropped.saturating_add(dropped);
-        dropped
+        recorded
     }
 }
 
@@ -279,13 +421,14 @@ pub struct RotationFeed {
 
 impl RefreshFeed for RotationFeed {
     fn token_requests(&self) -> BTreeMap<String, Timestamp> {
-        let feeds = self.feeds.lock();
-        feeds
+        let registry = self.feeds.lock();
+        registry
+            .rotations
             .get(&self.key)
             .map(|feed| {
                 feed.requests
                     .iter()
-                    .map(|(uid, seen)| (uid.clone(), seen.received))
+                    .map(|(uid, received)| (uid.to_string(), *received))
                     .collect()
             })
             .unwrap_or_default()
@@ -294,17 +437,104 @@ impl RefreshFeed for RotationFeed {
 
 // The parts of an `audit.k8s.io/v1` EventList that are read. Everything
 // else, `responseObject` first (at RequestResponse level it holds the
-// token), is skipped unread into nothing.
+// token), is skipped unread into nothing. `items` is read one event at a
+// time, each made into a record or nothing before the next is read
+// ([`Items`]), at most [`MAX_ITEMS`] of them: a body of many small events
+// never becomes as many structs.
 
+/// The fields of the list that are read.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum ListField {
+    ApiVersion,
+    Kind,
+    Items,
+    #[serde(other)]
+    Other,
+}
+
+/// An EventList, as read: its kind and version, and its events' records.
+#[derive(Default)]
 struct EventList {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    items: Vec<Event>,
+    api_version: Option<String>,
+    kind: Option<String>,
+    seen: Vec<Seen>,
+}
+
+/// Reads an EventList; sets `over` when its items are past [`MAX_ITEMS`].
+struct ListReader<'a> {
+    over: &'a Cell<bool>,
+}
+
+impl<'de> Visitor<'de> for ListReader<'_> {
+    type Value = EventList;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an audit.k8s.io/v1 EventList")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<EventList, M::Error> {
+        let mut list = EventList::default();
+        let mut items = false;
+        while let Some(field) = map.next_key::<ListField>()? {
+            match field {
+                ListField::ApiVersion if list.api_version.is_some() => {
+                    return Err(de::Error::duplicate_field("apiVersion"));
+                }
+                ListField::ApiVersion => list.api_version = Some(map.next_value()?),
+                ListField::Kind if list.kind.is_some() => {
+                    return Err(de::Error::duplicate_field("kind"));
+                }
+                ListField::Kind => list.kind = Some(map.next_value()?),
+                ListField::Items if items => return Err(de::Error::duplicate_field("items")),
+                ListField::Items => {
+                    items = true;
+                    list.seen = map.next_value_seed(Items { over: self.over })?;
+                }
+                ListField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// Reads `items` one event at a time into the records of the
+/// TokenRequests among them.
+struct Items<'a> {
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for Items<'_> {
+    type Value = Vec<Seen>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Seen>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = Vec<Seen>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of audit events")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Seen>, S::Error> {
+        let mut seen = Vec::new();
+        for _ in 0..MAX_ITEMS {
+            match seq.next_element::<Event>()? {
+                Some(event) => seen.extend(token_request(&event)),
+                None => return Ok(seen),
+            }
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            self.over.set(true);
+            return Err(de::Error::invalid_length(MAX_ITEMS + 1, &self));
+        }
+        Ok(seen)
+    }
 }
 
 #[derive(Deserialize)]
@@ -401,7 +631,8 @@ fn token_request(event: &Event) -> Option<Seen> {
         || bound.kind != "Pod"
         || !fits(&object.namespace)
         || !fits(&bound.name)
-        || !fits(&bound.uid)
+        || bound.uid.is_empty()
+        || bound.uid.len() > MAX_UID
     {
         return None;
     }
@@ -411,8 +642,6 @@ fn token_request(event: &Event) -> Option<Seen> {
         .parse::<Timestamp>()
         .ok()?;
     Some(Seen {
-        namespace: object.namespace.clone(),
-        pod: bound.name.clone(),
         uid: bound.uid.clone(),
         received,
     })
@@ -425,25 +654,58 @@ enum BadBody {
     Unparsable { line: usize, column: usize },
     /// Another kind or version.
     NotAnEventList,
+    /// More than [`MAX_ITEMS`] events.
+    TooManyItems,
 }
 
 /// The pods' TokenRequests in `body` (an `audit.k8s.io/v1` EventList).
 fn token_requests(body: &[u8]) -> Result<Vec<Seen>, BadBody> {
-    let list: EventList = serde_json::from_slice(body).map_err(|error| BadBody::Unparsable {
-        line: error.line(),
-        column: error.column(),
-    })?;
-    if list.api_version != "audit.k8s.io/v1" || list.kind != "EventList" {
+    let over = Cell::new(false);
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let list = reader
+        .deserialize_map(ListReader { over: &over })
+        .and_then(|list| reader.end().map(|()| list))
+        .map_err(|error| {
+            if over.get() {
+                BadBody::TooManyItems
+            } else {
+                BadBody::Unparsable {
+                    line: error.line(),
+                    column: error.column(),
+                }
+            }
+        })?;
+    if list.api_version.as_deref() != Some("audit.k8s.io/v1")
+        || list.kind.as_deref() != Some("EventList")
+    {
         return Err(BadBody::NotAnEventList);
     }
-    Ok(list.items.iter().filter_map(token_request).collect())
+    Ok(list.seen)
+}
+
+/// What the endpoint's handler shares.
+#[derive(Clone)]
+struct Endpoint {
+    feeds: AuditFeeds,
+    /// Turns to have a body read ([`MAX_READS`]).
+    reads: Arc<Semaphore>,
+    /// How long a post waits for one ([`READ_SLOT_WAIT`]).
+    wait: Duration,
 }
 
 /// The endpoint's routes.
 pub fn router(feeds: AuditFeeds) -> Router {
+    router_with(feeds, MAX_READS, READ_SLOT_WAIT)
+}
+
+fn router_with(feeds: AuditFeeds, reads: usize, wait: Duration) -> Router {
     Router::new()
         .route("/audit/{namespace}/{name}", post(handle))
-        .with_state(feeds)
+        .with_state(Endpoint {
+            feeds,
+            reads: Arc::new(Semaphore::new(reads)),
+            wait,
+        })
 }
 
 fn answer(status: StatusCode, text: &'static str) -> Response {
@@ -452,51 +714,66 @@ fn answer(status: StatusCode, text: &'static str) -> Response {
 
 /// One POST of the API server's webhook backend.
 async fn handle(
-    State(feeds): State<AuditFeeds>,
+    State(endpoint): State<Endpoint>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let feeds = &endpoint.feeds;
     if !ksa_kube::names::is_dns1123_label(&namespace) || name.is_empty() || name.len() > MAX_NAME {
         return answer(StatusCode::NOT_FOUND, "no such rotation");
+    }
+    // Decided by leadership alone: whether a rotation is registered is
+    // told to no one without its token.
+    if !feeds.leading() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            // A new connection for the retry, which the Service may send
+            // to the leader.
+            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+            "this replica does not lead: it records nothing; retry",
+        )
+            .into_response();
     }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    match feeds.authenticate(&namespace, &name, presented) {
-        // Not registered here (a standby replica, or before the leader's
-        // first reconcile): the backend retries.
-        None => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                // A new connection for the retry, which the Service may
-                // send to the leader.
-                [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
-                "this replica does not record this rotation now; retry",
-            )
-                .into_response();
-        }
-        Some(false) => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "the bearer token is not this rotation's: mount the rotation's own \
-                 NAME-audit-webhook Secret",
-            )
-                .into_response();
-        }
-        Some(true) => {}
+    // The same answer for a rotation not registered and a wrong token.
+    if !feeds.authenticate(&namespace, &name, presented) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "the bearer token is not this rotation's: mount the rotation's own \
+             NAME-audit-webhook Secret",
+        )
+            .into_response();
     }
+    let too_large = || {
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than 2 MiB: lower --audit-webhook-batch-max-size",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return too_large();
+    }
+    // Held until the body is parsed and dropped.
+    let Ok(Ok(_turn)) = tokio::time::timeout(endpoint.wait, endpoint.reads.acquire()).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy reading other posts; retry",
+        )
+            .into_response();
+    };
     let read = tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await;
     let body = match read {
         Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "the body took too long"),
-        Ok(Err(_)) => {
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the body is larger than 8 MiB: lower --audit-webhook-batch-max-size",
-            );
-        }
+        Ok(Err(_)) => return too_large(),
         Ok(Ok(body)) => body,
     };
     let seen = match token_requests(&body) {
@@ -507,18 +784,24 @@ async fn handle(
                 "not an audit.k8s.io/v1 EventList: set --audit-webhook-version=audit.k8s.io/v1",
             );
         }
+        Err(BadBody::TooManyItems) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "more than 10000 events in one body: lower --audit-webhook-batch-max-size",
+            );
+        }
         Err(BadBody::Unparsable { line, column }) => {
             tracing::warn!(rotation = %name, %namespace, line, column, "an audit POST that does not parse");
             return answer(StatusCode::BAD_REQUEST, "the body is not an EventList");
         }
     };
-    let count = seen.len();
-    let dropped = feeds.record(&namespace, &name, seen);
-    if dropped > 0 {
-        tracing::warn!(rotation = %name, %namespace, dropped, "audit records full: pods not recorded; RefreshTokens ends by the window");
+    drop(body);
+    let recorded = feeds.record(&namespace, &name, seen);
+    if recorded.dropped > 0 {
+        tracing::warn!(rotation = %name, %namespace, dropped = recorded.dropped, "audit records full: pods not recorded; RefreshTokens ends by the window");
     }
-    if count > 0 {
-        tracing::debug!(rotation = %name, %namespace, count, "kubelet token requests recorded");
+    if recorded.kept > 0 {
+        tracing::debug!(rotation = %name, %namespace, count = recorded.kept, "kubelet token requests recorded");
     }
     answer(StatusCode::OK, "ok")
 }
@@ -568,10 +851,12 @@ fn kubeconfig(settings: &Settings, namespace: &str, name: &str, token: &str) -> 
         "# Written by ksa-controller for rotation {namespace}/{name}: \
          kube-apiserver --audit-webhook-config-file.\n\
          apiVersion: v1\nkind: Config\nclusters:\n- name: ksa-controller\n  cluster:\n    \
-         server: {url}/{namespace}/{name}{ca}\nusers:\n- name: ksa-audit\n  user:\n    \
+         server: {server}{ca}\nusers:\n- name: ksa-audit\n  user:\n    \
          token: {token}\ncontexts:\n- name: ksa-audit\n  context: {{cluster: ksa-controller, \
          user: ksa-audit}}\ncurrent-context: ksa-audit\n",
-        url = settings.public_url,
+        // Quoted, though the URL was checked to hold no space or line
+        // break: a YAML string that nothing in it can end.
+        server = serde_json::Value::from(format!("{}/{namespace}/{name}", settings.public_url)),
     )
 }
 
@@ -636,15 +921,17 @@ pub enum NoFeed {
 
 /// Makes sure rotation `namespace/name` has its sealed webhook Secret
 /// (written with a new token when missing, rewritten with its token when
-/// the URL or CA changed), and registers its token; returns its feed. A
-/// Secret of that name that ksa did not seal is refused, and nothing is
-/// registered.
+/// the URL or CA changed), and registers its token, recording from `since`
+/// (when its RefreshTokens began, while it is in it; `None`: recording
+/// nothing, [`AuditFeeds::register`]); returns its feed. A Secret of that
+/// name that ksa did not seal is refused, and nothing is registered.
 pub async fn ensure(
     settings: &Settings,
     sealer: &Sealer,
     client: &kube::Client,
     namespace: &str,
     name: &str,
+    since: Option<Timestamp>,
 ) -> Result<RotationFeed, NoFeed> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret_name = ksa_kube::api::audit_webhook_secret(name);
@@ -687,7 +974,9 @@ pub async fn ensure(
         .await?;
         tracing::info!(rotation = %name, %namespace, secret = %secret_name, "wrote the audit webhook Secret");
     }
-    settings.feeds.register(namespace, name, token.as_bytes());
+    settings
+        .feeds
+        .register(namespace, name, token.as_bytes(), since);
     Ok(settings.feeds.feed(namespace, name))
 }
 

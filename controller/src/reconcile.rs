@@ -455,9 +455,14 @@ impl Rotation<'_> {
     /// The audit webhook's records of this rotation, when its spec asks to
     /// observe its kubelets' refreshes: its Secret written (sealed) and its
     /// token registered. Without an endpoint, or with a Secret ksa did not
-    /// seal, a Warning Event says so and the window alone decides.
+    /// seal, a Warning Event says so and the window alone decides. Its
+    /// requests are recorded only while it is in RefreshTokens, from when
+    /// the step began; a rotation that stops observing is forgotten.
     async fn refresh_feed(&self, state: &RotationState) -> Option<crate::audit::RotationFeed> {
         if !self.resource.spec.observes_refreshes() {
+            if let Some(settings) = &self.ctx.audit {
+                settings.feeds.forget(&self.namespace, &self.name);
+            }
             return None;
         }
         let Some(settings) = &self.ctx.audit else {
@@ -482,11 +487,17 @@ impl Rotation<'_> {
             &self.ctx.client,
             &self.namespace,
             &self.name,
+            (state.step() == Step::RefreshTokens)
+                .then(|| state.step_started_at())
+                .flatten(),
         )
         .await
         {
             Ok(feed) => Some(feed),
             Err(error) => {
+                if matches!(error, crate::audit::NoFeed::NotOurs(_)) {
+                    settings.feeds.forget(&self.namespace, &self.name);
+                }
                 tracing::warn!(rotation = %self.name, %error, "the audit webhook Secret");
                 self.event(
                     EventType::Warning,

@@ -223,7 +223,14 @@ async fn observed(
     if let Some(shard) = &shard {
         match not_ours(shard, &resource, &namespace, &name).await {
             Ok(None) => {}
-            Ok(Some(action)) => return Ok(action),
+            Ok(Some(action)) => {
+                // Another shard's, or none's: its audit posts are not ours
+                // to record, nor its token to keep.
+                if let Some(audit) = &ctx.audit {
+                    audit.feeds.forget(&namespace, &name);
+                }
+                return Ok(action);
+            }
             Err(error) => {
                 tracing::warn!(%namespace, %name, %error, "cannot read or write the rotation's shard claim; retrying");
                 return Err(error);
@@ -307,13 +314,14 @@ async fn not_ours(
 }
 
 /// For `term`: tells `liveness` when the watch has listed the rotations,
-/// then removes, every [`PRUNE_PERIOD`], the series of rotations no longer
-/// watched (deleted).
+/// then removes, every [`PRUNE_PERIOD`], the series and the audit records
+/// and token of rotations no longer watched (deleted).
 fn watch_progress(
     store: Store<KSASigningKeyRotation>,
     term: u64,
     liveness: Arc<crate::liveness::Liveness>,
     metrics: Arc<crate::serve::Metrics>,
+    feeds: Option<crate::audit::AuditFeeds>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !crate::liveness::listed(&store).await {
@@ -329,6 +337,12 @@ fn watch_progress(
             });
             for rotation in gone {
                 tracing::info!(namespace = %rotation.namespace, name = %rotation.name, "removed the metrics of a rotation that is gone");
+            }
+            let watched = |namespace: &str, name: &str| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_some()
+            };
+            for (namespace, name) in feeds.iter().flat_map(|feeds| feeds.retain(watched)) {
+                tracing::info!(%namespace, %name, "forgot the audit records and token of a rotation that is gone");
             }
             tokio::time::sleep(PRUNE_PERIOD).await;
         }
@@ -493,6 +507,9 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
         }
         tracing::info!(%identity, lease = %lease_name, "leading");
         metrics.leader.set(1);
+        if let Some((settings, _, _)) = &audit {
+            settings.feeds.lead();
+        }
         let api: Api<KSASigningKeyRotation> = match &args.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -507,7 +524,15 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
         }
         let store = controller.store();
         let term = health.liveness.lead(store.clone(), Instant::now());
-        let watched = watch_progress(store, term, health.liveness.clone(), metrics.clone());
+        let watched = watch_progress(
+            store,
+            term,
+            health.liveness.clone(),
+            metrics.clone(),
+            audit
+                .as_ref()
+                .map(|(settings, _, _)| settings.feeds.clone()),
+        );
         let controller = controller
             .shutdown_on_signal()
             .run(
@@ -541,13 +566,13 @@ async fn lead(args: RunArgs, selector: Option<kube::core::Selector>) -> Result<(
         // Only the leader speaks for rotations.
         let _ = metrics.retain(|_| false);
         metrics.leader.set(0);
-        if ended {
-            break;
-        }
         // A standby records no audit events: it answers 503 and the API
         // servers retry, on the leader.
         if let Some((settings, _, _)) = &audit {
-            settings.feeds.clear();
+            settings.feeds.stand_by();
+        }
+        if ended {
+            break;
         }
         tracing::warn!(%identity, "lost leadership; standing by");
     }

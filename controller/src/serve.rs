@@ -399,6 +399,9 @@ const MAX_LOOKUPS: usize = 8;
 const MAX_IN_FLIGHT: usize = 64;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections [`serve_https`] holds open at once (the audit
+/// webhook: a few API servers' posts); more are closed as they come.
+pub const MAX_HTTPS_CONNECTIONS: usize = 256;
 
 /// The ConfigMaps ksa published, as the endpoints serve them: read through
 /// the API with the controller's credentials, checked against their seal,
@@ -608,7 +611,7 @@ pub async fn serve_oidc(
             // The process's provider, unless one is installed already.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let config = RustlsConfig::from_pem_file(&cert, &key).await?;
-            tokio::spawn(reload_certificate(config.clone(), cert, key));
+            tokio::spawn(reload_certificate(config.clone(), cert, key, false));
             tracing::info!(%addr, "serving OIDC discovery over HTTPS");
             with_header_timeout(axum_server::bind_rustls(addr, config))
                 .serve(app.into_make_service())
@@ -618,9 +621,11 @@ pub async fn serve_oidc(
 }
 
 /// Serves `app` (the `what` endpoint) over HTTPS with the certificate and
-/// key read from files, reloaded when they change, each request's headers
-/// read within [`HEADER_READ_TIMEOUT`] and at most [`MAX_IN_FLIGHT`]
-/// requests at a time; until the process ends.
+/// key read from files, reloaded when they change, over HTTP/1.1 alone
+/// (the only protocol ALPN offers; HTTP/2 has no header read timeout
+/// here), each request's headers read within [`HEADER_READ_TIMEOUT`], at
+/// most [`MAX_IN_FLIGHT`] requests and [`MAX_HTTPS_CONNECTIONS`]
+/// connections at a time; until the process ends.
 pub async fn serve_https(
     what: &'static str,
     addr: SocketAddr,
@@ -630,17 +635,109 @@ pub async fn serve_https(
 ) -> std::io::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = RustlsConfig::from_pem_file(&cert, &key).await?;
-    tokio::spawn(reload_certificate(config.clone(), cert, key));
+    http1_only(&config);
+    tokio::spawn(reload_certificate(config.clone(), cert, key, true));
     tracing::info!(%addr, "serving the {what} endpoint over HTTPS");
-    with_header_timeout(axum_server::bind_rustls(addr, config))
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(Limited::new(MAX_HTTPS_CONNECTIONS));
+    with_header_timeout(axum_server::bind(addr).acceptor(acceptor).http1_only())
         .serve(app.route_layer(shedding!()).into_make_service())
         .await
 }
 
+/// Makes `config` offer HTTP/1.1 alone in ALPN.
+fn http1_only(config: &RustlsConfig) {
+    let mut inner = (*config.get_inner()).clone();
+    inner.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.reload_from_config(Arc::new(inner));
+}
+
+/// An acceptor that holds at most as many connections as it has permits:
+/// one beyond is closed at once.
+#[derive(Clone)]
+struct Limited(Arc<Semaphore>);
+
+impl Limited {
+    fn new(connections: usize) -> Limited {
+        Limited(Arc::new(Semaphore::new(connections)))
+    }
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for Limited {
+    type Stream = Counted<I>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Counted<I>, S)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(match self.0.clone().try_acquire_owned() {
+            Ok(permit) => Ok((
+                Counted {
+                    stream,
+                    _permit: permit,
+                },
+                service,
+            )),
+            Err(_) => Err(std::io::Error::other("too many connections")),
+        })
+    }
+}
+
+/// A connection, holding its place among [`Limited`]'s until dropped.
+struct Counted<I> {
+    stream: I,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 /// Reloads the certificate and key when either file changes (a Secret
 /// volume is updated in place); a pair that does not load is logged and
-/// the previous one kept.
-async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
+/// the previous one kept; with `http1`, offering HTTP/1.1 alone.
+async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf, http1: bool) {
     let read = |cert: &PathBuf, key: &PathBuf| -> Option<(Vec<u8>, Vec<u8>)> {
         Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?))
     };
@@ -651,7 +748,14 @@ async fn reload_certificate(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
         if now.is_none() || now == current {
             continue;
         }
-        match config.reload_from_pem_file(&cert, &key).await {
+        // Loaded aside and its ALPN set before it is served.
+        let loaded = RustlsConfig::from_pem_file(&cert, &key).await.map(|new| {
+            if http1 {
+                http1_only(&new);
+            }
+            config.reload_from_config(new.get_inner());
+        });
+        match loaded {
             Ok(()) => {
                 tracing::info!(cert = %cert.display(), "reloaded an endpoint's certificate");
                 current = now;
@@ -1339,6 +1443,101 @@ mod tests {
         }
         assert!(!connects(&first_cert).await, "the old certificate is gone");
         server.abort();
+    }
+
+    /// The ALPN protocol a client offering `offered` negotiates with the
+    /// HTTPS endpoint at `addr` whose certificate is `cert` (DER); `Err`
+    /// when the handshake fails.
+    fn negotiate(
+        addr: SocketAddr,
+        cert: Vec<u8>,
+        offered: &[&[u8]],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(cert))
+            .expect("a root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a client");
+        let mut socket = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a timeout");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut socket).map_err(|e| e.to_string())?;
+        }
+        Ok(conn.alpn_protocol().map(<[u8]>::to_vec))
+    }
+
+    /// The audit endpoint speaks HTTP/1.1 alone, which has a header read
+    /// timeout: ALPN offers nothing else, and a client asking for HTTP/2
+    /// alone is refused.
+    #[tokio::test]
+    async fn the_https_endpoint_offers_only_http_1_1() {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("a certificate");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("written");
+        std::fs::write(&key_file, key.serialize_pem()).expect("written");
+        let addr = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            socket.local_addr().expect("an address")
+        };
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(serve_https("test", addr, cert_file, key_file, app));
+        let der = cert.der().to_vec();
+        let offered: &[&[u8]] = &[b"h2", b"http/1.1"];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let negotiated = loop {
+            let der = der.clone();
+            match tokio::task::spawn_blocking(move || negotiate(addr, der, offered))
+                .await
+                .expect("ran")
+            {
+                Ok(negotiated) => break negotiated,
+                Err(error) => {
+                    assert!(std::time::Instant::now() < deadline, "{error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert_eq!(negotiated.as_deref(), Some(&b"http/1.1"[..]));
+        let h2_only = tokio::task::spawn_blocking(move || negotiate(addr, der, &[b"h2"]))
+            .await
+            .expect("ran");
+        assert!(h2_only.is_err(), "{h2_only:?}");
+        server.abort();
+    }
+
+    /// Past its connections, the acceptor closes a new one; a connection
+    /// closed makes room.
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed() {
+        use axum_server::accept::Accept as _;
+        let limited = Limited::new(2);
+        let first = limited
+            .accept(tokio::io::duplex(64).0, ())
+            .await
+            .expect("one");
+        let _second = limited
+            .accept(tokio::io::duplex(64).0, ())
+            .await
+            .expect("two");
+        assert!(limited.accept(tokio::io::duplex(64).0, ()).await.is_err());
+        drop(first);
+        assert!(limited.accept(tokio::io::duplex(64).0, ()).await.is_ok());
     }
 
     /// The sample lines of `metric` in `text`.
