@@ -81,7 +81,9 @@ pub enum Command {
     #[command(after_help = concat!(
         "Examples:\n",
         "  kubectl ksa plan --config user-cluster.yaml --kubeconfig admin.kubeconfig\n",
-        "  kubectl ksa plan --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests -o json"
+        "  kubectl ksa plan --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests -o json\n",
+        "  kubectl ksa plan -A --kubeconfig admin.kubeconfig --timeout 30m --detailed-exit-code\n\n",
+        "Exit codes of -A: 0 the plan made, whatever each rotation's outcome; 1 it could not be made (the admin cluster unreachable, the CRD missing, listing forbidden); 2 bad flags. With --detailed-exit-code, a plan made exits 0 when every rotation would start, 3 when one would be refused and every other would start, 4 when one could not be planned"
     ))]
     Plan(PlanArgs),
     /// Print where the key rotation stands (short for `update credentials
@@ -180,8 +182,9 @@ pub struct ClusterArgs {
     )]
     pub namespace: Option<String>,
     /// The namespace of ksa-controller's leader Lease, which rotate (and
-    /// status --watch) check is held before they start; default: wherever
-    /// the Lease is, else ksa-system.
+    /// status --watch) check is held before they start; only Leases there
+    /// count. Default: ksa-system when a leader Lease is there, else the
+    /// one namespace holding a Lease named ksa-controller-leader.
     #[arg(
         long,
         value_name = "NAMESPACE",
@@ -231,7 +234,9 @@ pub struct KeyRotateArgs {
     /// Give up waiting after this long (e.g. 30m, 2h), exiting 5 while
     /// the rotation goes on; with --wait. Default: the longest the
     /// rotation can take when nothing holds it (three roll-outs, the
-    /// trust lead time, and the longest refresh window).
+    /// trust lead time, and the longest refresh window). With -A
+    /// --dry-run: how long the whole fleet plan may take (default 10m),
+    /// as `plan -A --timeout`.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Also change the token issuer to this https URL, in the same
@@ -259,6 +264,11 @@ pub struct KeyRotateArgs {
         conflicts_with_all = ["config", "namespace", "pki_dir", "issuer", "manifests_dir", "wait"]
     )]
     pub all_namespaces: bool,
+    /// With -A --dry-run: exit with what the fleet's rotations say, as
+    /// `plan -A --detailed-exit-code`: 0 every one would start, 3 one
+    /// would be refused, 4 one could not be planned.
+    #[arg(long, requires = "all_namespaces", conflicts_with_all = ["config", "namespace", "pki_dir"])]
+    pub detailed_exit_code: bool,
 }
 
 // `status`: where a rotation stands.
@@ -306,14 +316,27 @@ pub struct PlanArgs {
     /// line each (would rotate, and what; refused, and why; or not
     /// planned), and a summary; needs no --config (the user cluster
     /// configs are not read: enableAdvancedCluster is not checked).
-    /// Exits 0 when every one would start, 3 when one would be refused,
-    /// 1 when one could not be planned.
+    /// Exits 0 once the plan is made, whatever each rotation's outcome
+    /// (see --detailed-exit-code); non-zero when it cannot be made (the
+    /// admin cluster unreachable, the CRD missing, listing forbidden).
     #[arg(
         long,
         short = 'A',
         conflicts_with_all = ["config", "namespace", "pki_dir", "issuer", "manifests_dir"]
     )]
     pub all_namespaces: bool,
+    /// With -A: exit with what the fleet's rotations say, once the plan is
+    /// made: 0 every one would start (or there are none), 3 one would be
+    /// refused (another rotation or operation in progress) and every other
+    /// would start, 4 one could not be planned (its user cluster
+    /// unreachable or unreadable, or --timeout passed first).
+    #[arg(long, requires = "all_namespaces", conflicts_with_all = ["config", "namespace", "pki_dir"])]
+    pub detailed_exit_code: bool,
+    /// With -A: how long the whole plan may take (default 10m); each user
+    /// cluster gets at most 2 minutes within it, and the rotations not
+    /// planned by then are reported as not planned.
+    #[arg(long, value_name = "DURATION", requires = "all_namespaces", conflicts_with_all = ["config", "namespace", "pki_dir"])]
+    pub timeout: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

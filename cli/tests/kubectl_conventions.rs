@@ -237,6 +237,25 @@ fn admin_cluster(
                 fake_api::access(allowed, "no RBAC policy matched")
             }
             ("GET", "/apis/coordination.k8s.io/v1/leases") => fake_api::leases(leases.clone()),
+            // One namespace's, listed or by name, as an API server answers.
+            ("GET", path) if path.starts_with("/apis/coordination.k8s.io/v1/namespaces/") => {
+                let rest = &path["/apis/coordination.k8s.io/v1/namespaces/".len()..];
+                let (namespace, name) = match rest.split('/').collect::<Vec<_>>()[..] {
+                    [namespace, "leases"] => (namespace, None),
+                    [namespace, "leases", name] => (namespace, Some(name)),
+                    _ => return fake_api::not_found(),
+                };
+                let items = leases.as_array().cloned().unwrap_or_default();
+                let mut there = items
+                    .into_iter()
+                    .filter(|lease| lease["metadata"]["namespace"] == namespace);
+                match name {
+                    None => fake_api::leases(serde_json::Value::Array(there.collect())),
+                    Some(name) => there
+                        .find(|lease| lease["metadata"]["name"] == name)
+                        .map_or_else(fake_api::not_found, |lease| (200, lease)),
+                }
+            }
             _ => fake_api::not_found(),
         }
     }
@@ -352,6 +371,43 @@ fn rotate_fails_within_seconds_when_no_controller_holds_the_leader_lease() {
             .contains("the Lease ksa-system/ksa-controller-leader was last renewed")
             && out.stderr.contains("(1h ago) by ksa-controller-1"),
         "{}",
+        out.stderr
+    );
+}
+
+/// A Lease a tenant made in its own namespace, named as a shard's leader
+/// Lease and renewed just now (or, named as the controller's, renewed
+/// years ahead), is no running controller.
+#[test]
+fn a_tenants_lease_is_no_running_controller() {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string();
+    let tenants = serde_json::json!([{
+        "metadata": {"name": "ksa-controller-leader-x", "namespace": "tenant-1"},
+        "spec": {"holderIdentity": "me", "leaseDurationSeconds": 15, "renewTime": now}
+    }]);
+    let api = FakeApi::serve(admin_cluster(true, true, tenants));
+    let out = rotate(&api);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "no ksa-controller is running: no Lease ksa-controller-leader in namespace ksa-system"
+        ),
+        "{}",
+        out.stderr
+    );
+    let ahead = serde_json::json!([{
+        "metadata": {"name": "ksa-controller-leader", "namespace": "ksa-system"},
+        "spec": {"holderIdentity": "ksa-controller-\u{1b}[2J", "leaseDurationSeconds": 15,
+            "renewTime": "2099-01-01T00:00:00.000000Z"}
+    }]);
+    let api = FakeApi::serve(admin_cluster(true, true, ahead));
+    let out = rotate(&api);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("later than now") && !out.stderr.contains('\u{1b}'),
+        "{:?}",
         out.stderr
     );
 }

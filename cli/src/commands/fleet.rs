@@ -21,6 +21,9 @@ use crate::{Failure, Outcome, exit};
 /// How long the plan of one rotation may take before it is reported as
 /// not planned: an unreachable user cluster does not hold the others.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the whole fleet plan may take by default (`--timeout`): the
+/// rotations not planned by then are reported as not planned.
+pub const FLEET_TIMEOUT: Duration = Duration::from_secs(600);
 /// How many user clusters are planned at once.
 const PLANS_AT_ONCE: usize = 4;
 /// How much of what a rotation waits for the table shows (-o wide: all).
@@ -389,6 +392,7 @@ async fn plan_one(
     connection: &Connection,
     resource: &KSASigningKeyRotation,
     now: jiff::Timestamp,
+    deadline: &Deadline,
 ) -> Planned {
     let namespace = resource.metadata.namespace.clone().unwrap_or_default();
     let name = resource.metadata.name.clone().unwrap_or_default();
@@ -450,7 +454,16 @@ async fn plan_one(
             })?;
         Ok(Ok((started.key_version().get(), plan)))
     };
-    match tokio::time::timeout(PLAN_TIMEOUT, result).await {
+    // Within its own time, and within what is left of the fleet's.
+    let left = deadline
+        .at
+        .saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        planned.message = Some(deadline.passed());
+        return planned;
+    }
+    let limit = left.min(PLAN_TIMEOUT);
+    match tokio::time::timeout(limit, result).await {
         Ok(Ok(Ok((to, plan)))) => {
             planned.outcome = PlanOutcome::WouldRotate;
             planned.to = Some(to);
@@ -461,6 +474,7 @@ async fn plan_one(
             planned.message = Some(refusal);
         }
         Ok(Err(error)) => planned.message = Some(crate::output::chain(&error)),
+        Err(_) if limit < PLAN_TIMEOUT => planned.message = Some(deadline.passed()),
         Err(_) => {
             planned.message = Some(format!(
                 "its user cluster did not answer within {} s",
@@ -469,6 +483,63 @@ async fn plan_one(
         }
     }
     planned
+}
+
+/// When the whole fleet plan ends (`--timeout`).
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// Why a rotation the deadline cut off is not planned.
+    fn passed(&self) -> String {
+        format!(
+            "not planned within the fleet plan's --timeout of {:#}: pass a longer --timeout \
+             to plan it, or plan it alone with `plan --config`",
+            jiff::SignedDuration::try_from(self.timeout).unwrap_or(jiff::SignedDuration::MAX)
+        )
+    }
+}
+
+/// The fleet plan's `--timeout`: a duration of more than 0, else
+/// [`FLEET_TIMEOUT`].
+pub fn fleet_timeout(text: Option<&str>) -> Result<Duration, Failure> {
+    let Some(text) = text else {
+        return Ok(FLEET_TIMEOUT);
+    };
+    let timeout = crate::input::duration(text, "--timeout")?;
+    if timeout.is_zero() {
+        return Err(Failure::bad_input(anyhow::anyhow!(
+            "--timeout: {text:?} leaves no time to plan anything: give a duration such as 10m"
+        )));
+    }
+    Ok(timeout)
+}
+
+/// The rotations in the order they are planned (`resources` sorted by
+/// namespace): one of each namespace in turn, so that the rotations of
+/// one namespace, however many and however slow their user clusters,
+/// cannot use up the fleet's `--timeout` before the other namespaces'
+/// rotations are planned.
+fn fair_order(resources: &[KSASigningKeyRotation]) -> Vec<&KSASigningKeyRotation> {
+    let mut namespaces: Vec<Vec<&KSASigningKeyRotation>> = Vec::new();
+    for resource in resources {
+        match namespaces.last_mut() {
+            Some(last) if last[0].metadata.namespace == resource.metadata.namespace => {
+                last.push(resource);
+            }
+            _ => namespaces.push(vec![resource]),
+        }
+    }
+    let rounds = namespaces.iter().map(Vec::len).max().unwrap_or(0);
+    (0..rounds)
+        .flat_map(|round| {
+            namespaces
+                .iter()
+                .filter_map(move |namespace| namespace.get(round).copied())
+        })
+        .collect()
 }
 
 /// One line of what a plan would do.
@@ -517,12 +588,18 @@ impl PlanSummary {
         }
     }
 
-    /// 0 when every rotation would start; 1 when one could not be planned;
-    /// else 3 when one would be refused (as `rotate` exits when another
-    /// rotation or operation is in progress).
-    pub fn exit_code(&self) -> u8 {
-        if self.not_planned > 0 {
-            exit::FAILED
+    /// The exit code of the fleet plan, once it is made: 0, whatever the
+    /// rotations' outcomes (they are the tenants' doing, and the table
+    /// and the summary say them); with `--detailed-exit-code`, 0 when
+    /// every rotation would start, 4 when one could not be planned (its
+    /// user cluster unreachable or unreadable, or the `--timeout`
+    /// passed), else 3 when one would be refused (as `rotate` exits when
+    /// another rotation or operation is in progress).
+    pub fn exit_code(&self, detailed: bool) -> u8 {
+        if !detailed {
+            exit::DONE
+        } else if self.not_planned > 0 {
+            exit::CANNOT_CHECK
         } else if self.refused > 0 {
             exit::BUSY
         } else {
@@ -575,18 +652,52 @@ pub fn plan_table(planned: &[Planned]) -> String {
     )
 }
 
-/// `plan -A` (`rotate -A --dry-run`): what rotating every rotation's key
-/// would do, and refuse; nothing changes.
-pub async fn plan(kube: &KubeArgs, output: &Output) -> Outcome {
-    let connection = admin(kube).await?;
-    let resources = rotations(&connection).await?;
-    let now = jiff::Timestamp::now();
-    let mut planned: Vec<Planned> = futures::stream::iter(&resources)
-        .map(|resource| plan_one(&connection, resource, now))
+/// The plans of `resources` (sorted by namespace and name), at most
+/// [`PLANS_AT_ONCE`] at a time, all within `timeout`.
+async fn plan_all(
+    connection: &Connection,
+    resources: &[KSASigningKeyRotation],
+    now: jiff::Timestamp,
+    timeout: Duration,
+) -> Vec<Planned> {
+    let start = tokio::time::Instant::now();
+    let deadline = Deadline {
+        // Past any plan when the --timeout given is beyond what a clock
+        // holds.
+        at: start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600)),
+        timeout,
+    };
+    let mut planned: Vec<Planned> = futures::stream::iter(fair_order(resources))
+        .map(|resource| plan_one(connection, resource, now, &deadline))
         .buffer_unordered(PLANS_AT_ONCE)
         .collect()
         .await;
     planned.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    planned
+}
+
+/// The fleet plan's own flags.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanFlags {
+    /// `--detailed-exit-code`: exit with what the fleet's outcomes say
+    /// ([`PlanSummary::exit_code`]).
+    pub detailed_exit_code: bool,
+    /// `--timeout`: how long the whole plan may take.
+    pub timeout: Duration,
+}
+
+/// `plan -A` (`rotate -A --dry-run`): what rotating every rotation's key
+/// would do, and refuse; nothing changes. Exits non-zero when the plan
+/// cannot be made (the admin cluster unreachable, the CRD missing, listing
+/// the rotations forbidden); what the rotations' user clusters answer, or
+/// not, changes the exit code only with `--detailed-exit-code`.
+pub async fn plan(kube: &KubeArgs, output: &Output, flags: PlanFlags) -> Outcome {
+    let connection = admin(kube).await?;
+    let resources = rotations(&connection).await?;
+    let now = jiff::Timestamp::now();
+    let planned = plan_all(&connection, &resources, now, flags.timeout).await;
     let summary = PlanSummary::of(&planned);
     match output {
         Output::Text | Output::Wide => {
@@ -609,7 +720,7 @@ pub async fn plan(kube: &KubeArgs, output: &Output) -> Outcome {
             crate::output::print(&text)?;
         }
     }
-    Ok(summary.exit_code())
+    Ok(summary.exit_code(flags.detailed_exit_code))
 }
 
 #[cfg(test)]
@@ -828,9 +939,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_fleet_plan_exits_as_rotate_does() {
-        let p = |outcome| Planned {
+    fn planned(outcome: PlanOutcome) -> Planned {
+        Planned {
             namespace: "n".into(),
             name: "n".into(),
             key_version: 1,
@@ -838,17 +948,31 @@ mod tests {
             to: None,
             message: Some("rotation to key version 2 in progress\u{1b}".into()),
             plan: None,
-        };
+        }
+    }
+
+    /// The rotations' outcomes are the tenants' doing: they set the exit
+    /// code only when asked to (`--detailed-exit-code`).
+    #[test]
+    fn the_fleet_plan_exits_0_unless_asked_for_the_detailed_code() {
+        let p = planned;
         let all = [p(PlanOutcome::WouldRotate)];
-        assert_eq!(PlanSummary::of(&all).exit_code(), exit::DONE);
         let refused = [p(PlanOutcome::WouldRotate), p(PlanOutcome::Refused)];
-        assert_eq!(PlanSummary::of(&refused).exit_code(), exit::BUSY);
+        let unreachable = [p(PlanOutcome::Refused), p(PlanOutcome::NotPlanned)];
+        for outcomes in [&all[..], &refused, &unreachable, &[]] {
+            assert_eq!(PlanSummary::of(outcomes).exit_code(false), exit::DONE);
+        }
+        assert_eq!(PlanSummary::of(&all).exit_code(true), exit::DONE);
+        assert_eq!(PlanSummary::of(&[]).exit_code(true), exit::DONE);
+        assert_eq!(PlanSummary::of(&refused).exit_code(true), exit::BUSY);
+        assert_eq!(
+            PlanSummary::of(&unreachable).exit_code(true),
+            exit::CANNOT_CHECK
+        );
         assert_eq!(
             PlanSummary::of(&refused).to_string(),
             "2 rotations: 1 would rotate, 1 refused, 0 could not be planned; nothing was changed"
         );
-        let unreachable = [p(PlanOutcome::Refused), p(PlanOutcome::NotPlanned)];
-        assert_eq!(PlanSummary::of(&unreachable).exit_code(), exit::FAILED);
         let table = plan_table(&unreachable);
         assert!(
             table.starts_with("NAMESPACE   NAME   KEY   TO   OUTCOME"),
@@ -859,5 +983,137 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains('\u{1b}'), "escaped: {table:?}");
+    }
+
+    #[test]
+    fn the_fleet_flags_parse_and_need_all_namespaces() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| crate::args::Cli::try_parse_from(args);
+        for fine in [
+            &["ksa", "plan", "-A", "--detailed-exit-code"][..],
+            &["ksa", "plan", "-A", "--timeout", "30m"],
+            &[
+                "ksa",
+                "rotate",
+                "-A",
+                "--dry-run",
+                "--detailed-exit-code",
+                "--timeout",
+                "1h",
+            ],
+        ] {
+            assert!(parse(fine).is_ok(), "{fine:?}");
+        }
+        for (bad, says) in [
+            (
+                &["ksa", "plan", "--detailed-exit-code"][..],
+                "--all-namespaces",
+            ),
+            (&["ksa", "plan", "--timeout", "1m"], "--all-namespaces"),
+            (
+                &["ksa", "plan", "--config", "c.yaml", "--detailed-exit-code"],
+                "--config",
+            ),
+            (
+                &["ksa", "plan", "--pki-dir", "p", "--timeout", "1m"],
+                "--pki-dir",
+            ),
+            (
+                &["ksa", "rotate", "--dry-run", "--detailed-exit-code"],
+                "--all-namespaces",
+            ),
+            (
+                &[
+                    "ksa",
+                    "rotate",
+                    "--config",
+                    "c",
+                    "--dry-run",
+                    "--detailed-exit-code",
+                ],
+                "--config",
+            ),
+        ] {
+            let error = parse(bad).expect_err(&format!("{bad:?}")).to_string();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+        assert_eq!(fleet_timeout(None).expect("default"), FLEET_TIMEOUT);
+        assert_eq!(
+            fleet_timeout(Some("90s")).expect("90 s"),
+            Duration::from_secs(90)
+        );
+        for bad in ["0s", "soon", "-1m"] {
+            let error = fleet_timeout(Some(bad)).expect_err(bad);
+            assert_eq!(error.code, exit::BAD_INPUT, "{bad}");
+            assert!(error.error.to_string().contains("--timeout"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_namespace_is_planned_in_turn() {
+        let resources: Vec<KSASigningKeyRotation> = [
+            ("a", "1"),
+            ("a", "2"),
+            ("a", "3"),
+            ("b", "1"),
+            ("c", "1"),
+            ("c", "2"),
+        ]
+        .iter()
+        .map(|(namespace, name)| resource(namespace, name, 2, serde_json::Value::Null))
+        .collect();
+        let order: Vec<String> = fair_order(&resources)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r.metadata.namespace.as_deref().unwrap_or_default(),
+                    r.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        assert_eq!(order, ["a/1", "b/1", "c/1", "a/2", "c/2", "a/3"]);
+        assert!(fair_order(&[]).is_empty());
+    }
+
+    /// An admin cluster (and user clusters) that accept connections and
+    /// never answer: the fleet plan ends at its deadline, each rotation
+    /// reported as not planned, saying why.
+    #[tokio::test]
+    async fn the_fleet_plan_ends_at_its_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        let config = kube::Config::new(url.parse().expect("a URL"));
+        let connection = Connection {
+            client: kube::Client::try_from(config.clone()).expect("a client"),
+            config,
+            context: None,
+            source: crate::connection::KubeconfigSource::InCluster,
+        };
+        let resources: Vec<KSASigningKeyRotation> = (0..PLANS_AT_ONCE + 3)
+            .map(|i| {
+                resource(
+                    &format!("tenant-{i}"),
+                    "r",
+                    2,
+                    status(2, "Completed", "Completed", None),
+                )
+            })
+            .collect();
+        let planned = plan_all(&connection, &resources, now(), Duration::from_millis(200)).await;
+        assert_eq!(planned.len(), resources.len());
+        for p in &planned {
+            assert_eq!(p.outcome, PlanOutcome::NotPlanned, "{p:?}");
+            let message = p.message.as_deref().unwrap_or_default();
+            assert!(
+                message.starts_with("not planned within the fleet plan's --timeout of 200ms"),
+                "{message}"
+            );
+        }
+        let summary = PlanSummary::of(&planned);
+        assert_eq!(summary.not_planned, resources.len());
+        assert_eq!(summary.exit_code(false), exit::DONE);
+        assert_eq!(summary.exit_code(true), exit::CANNOT_CHECK);
+        drop(listener);
     }
 }

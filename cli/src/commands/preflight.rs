@@ -147,85 +147,183 @@ pub async fn controller_running(
     }
 }
 
-/// Whether a controller holds the leader Lease: in `namespace` when given,
-/// else wherever it is (one Lease of that name cluster-wide), else in
-/// [`CONTROLLER_NAMESPACE`] when Leases cannot be listed cluster-wide.
-/// The outer error: the Leases could not be read; the inner one: no
-/// controller holds the Lease.
+/// How many Leases one list request reads.
+const LEASE_PAGE: u32 = 100;
+
+/// Whether a controller holds the leader Lease. Only Leases in the
+/// controller's namespace count: a Lease anyone may create in their own
+/// namespace proves nothing. That namespace is `namespace`
+/// (`--controller-namespace`) when given; else [`CONTROLLER_NAMESPACE`]
+/// when a leader Lease is there; else the one namespace that holds a Lease
+/// named [`LEADER_LEASE`] (the unsharded controller's, found by name); the
+/// CLI cannot know more without the flag, and asks for it when several
+/// namespaces hold one. The outer error: the Leases could not be read; the
+/// inner one: no controller holds the Lease.
 async fn leader_held(
     connection: &Connection,
     namespace: Option<&str>,
 ) -> Result<Result<(), Failure>, Failure> {
     let client = connection.client.clone();
-    let (leases, place) = match namespace {
-        Some(namespace) => (
-            one_lease(Api::namespaced(client, namespace)).await,
-            format!("namespace {namespace}"),
-        ),
-        None => {
-            let everywhere = ListParams::default().fields(&format!("metadata.name={LEADER_LEASE}"));
-            match Api::<Lease>::all(client.clone()).list(&everywhere).await {
-                // No unsharded controller: a shard's (`--shard NAME`,
-                // ksa-controller-leader-NAME), wherever it is; not among
-                // the nodes' Leases.
-                Ok(list) if list.items.is_empty() => (
-                    Api::<Lease>::all(client.clone())
-                        .list(&ListParams::default().fields("metadata.namespace!=kube-node-lease"))
-                        .await
-                        .map(|list| leaders(list.items)),
-                    "any namespace".to_owned(),
-                ),
-                Ok(list) => (Ok(list.items), "any namespace".to_owned()),
-                Err(kube::Error::Api(status)) if status.code == 403 => (
-                    one_lease(Api::namespaced(client, CONTROLLER_NAMESPACE)).await,
-                    format!("namespace {CONTROLLER_NAMESPACE}"),
-                ),
-                Err(error) => (Err(error), String::new()),
-            }
+    let now = jiff::Timestamp::now();
+    if let Some(namespace) = namespace {
+        return match one_lease(Api::namespaced(client, namespace)).await {
+            Ok(leases) => Ok(check_leader(
+                &leases,
+                namespace,
+                &format!("namespace {namespace}"),
+                now,
+            )),
+            Err(error) => cannot_read(connection, error),
+        };
+    }
+    let usual = one_lease(Api::namespaced(client.clone(), CONTROLLER_NAMESPACE)).await;
+    let usual = match usual {
+        Ok(leases) if !leases.is_empty() => {
+            return Ok(check_leader(
+                &leases,
+                CONTROLLER_NAMESPACE,
+                &format!("namespace {CONTROLLER_NAMESPACE}"),
+                now,
+            ));
         }
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) if status.code == 403 => Some(status),
+        Err(error) => return Err(connection.unreachable(error)),
     };
-    match leases {
-        Ok(leases) => Ok(check_leader(&leases, &place, jiff::Timestamp::now())),
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            // Not allowed to look: say so, and go on.
-            eprintln!(
-                "warning: cannot check that ksa-controller runs (reading its Lease is forbidden: {}); \
-                 pass --controller-namespace if it runs elsewhere",
-                status.message
-            );
-            Ok(Ok(()))
-        }
+    // Not in the usual namespace: the unsharded controller's Lease, by
+    // name, wherever it is.
+    let by_name = ListParams::default().fields(&format!("metadata.name={LEADER_LEASE}"));
+    match list_all(&Api::<Lease>::all(client), &by_name, is_unsharded).await {
+        Ok(leases) => Ok(discovered(&leases, now)),
+        Err(kube::Error::Api(status)) if status.code == 403 => match usual {
+            // Neither could be read.
+            Some(forbidden) => cannot_read(connection, kube::Error::Api(forbidden)),
+            None => Ok(check_leader(
+                &[],
+                CONTROLLER_NAMESPACE,
+                &format!("namespace {CONTROLLER_NAMESPACE}"),
+                now,
+            )),
+        },
         Err(error) => Err(connection.unreachable(error)),
     }
 }
 
+/// The answer when the Leases cannot be read: not allowed to look, a
+/// warning, and the check passes; else the connection's failure.
+fn cannot_read(
+    connection: &Connection,
+    error: kube::Error,
+) -> Result<Result<(), Failure>, Failure> {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => {
+            eprintln!(
+                "warning: cannot check that ksa-controller runs (reading its Lease is forbidden: {}); \
+                 pass --controller-namespace if it runs elsewhere",
+                crate::output::shown(&status.message)
+            );
+            Ok(Ok(()))
+        }
+        error => Err(connection.unreachable(error)),
+    }
+}
+
+/// The decision on the Leases named [`LEADER_LEASE`] found cluster-wide,
+/// when [`CONTROLLER_NAMESPACE`] holds no leader Lease: the one namespace
+/// that holds one is taken for the controller's; several cannot be told
+/// apart (any of them may be a tenant's), so the operator is asked to say.
+fn discovered(leases: &[Lease], now: jiff::Timestamp) -> Result<(), Failure> {
+    let leases: Vec<Lease> = leases.iter().filter(|l| is_unsharded(l)).cloned().collect();
+    let mut namespaces: Vec<&str> = leases
+        .iter()
+        .filter_map(|lease| lease.metadata.namespace.as_deref())
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    match namespaces[..] {
+        [] => check_leader(
+            &[],
+            CONTROLLER_NAMESPACE,
+            &format!("namespace {CONTROLLER_NAMESPACE} nor in any other namespace"),
+            now,
+        ),
+        [namespace] => check_leader(
+            &leases,
+            namespace,
+            &format!("namespace {}", crate::output::shown(namespace)),
+            now,
+        ),
+        ref several => {
+            let shown: Vec<String> = several
+                .iter()
+                .map(|n| crate::output::shown(n).into_owned())
+                .collect();
+            Err(Failure::from(anyhow::anyhow!(
+                "cannot tell which ksa-controller runs: namespaces {} each hold a Lease \
+                 {LEADER_LEASE}, and {CONTROLLER_NAMESPACE} holds none; anyone allowed to create \
+                 Leases in a namespace can make one there. Pass --controller-namespace with \
+                 the namespace ksa-controller runs in (its --leader-namespace); nothing was \
+                 changed",
+                shown.join(", ")
+            )))
+        }
+    }
+}
+
+/// The controller's Lease in `api`'s namespace, else its shards'.
 async fn one_lease(api: Api<Lease>) -> Result<Vec<Lease>, kube::Error> {
     match api.get_opt(LEADER_LEASE).await? {
         Some(lease) => Ok(vec![lease]),
         // A shard's.
-        None => Ok(leaders(api.list(&ListParams::default()).await?.items)),
+        None => list_all(&api, &ListParams::default(), is_leader).await,
     }
 }
 
-/// The leader Leases among `leases`: the controller's, or a shard's
-/// (`ksa-controller-leader-SHARD`).
-fn leaders(leases: Vec<Lease>) -> Vec<Lease> {
-    leases
-        .into_iter()
-        .filter(|lease| {
-            lease.metadata.name.as_deref().is_some_and(|name| {
-                name == LEADER_LEASE
-                    || name
-                        .strip_prefix(LEADER_LEASE)
-                        .is_some_and(|shard| shard.starts_with('-'))
-            })
-        })
-        .collect()
+/// Every Lease `params` selects that `keep` keeps, read a page at a time.
+async fn list_all(
+    api: &Api<Lease>,
+    params: &ListParams,
+    keep: impl Fn(&Lease) -> bool,
+) -> Result<Vec<Lease>, kube::Error> {
+    let mut params = params.clone().limit(LEASE_PAGE);
+    let mut kept = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        kept.extend(page.items.into_iter().filter(|lease| keep(lease)));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(kept),
+        }
+    }
 }
 
-/// Whether one of `leases` is held now: a holder, renewed within its
-/// duration (plus [`LEASE_GRACE`]).
-fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(), Failure> {
+/// Whether `lease` is the unsharded controller's leader Lease.
+fn is_unsharded(lease: &Lease) -> bool {
+    lease.metadata.name.as_deref() == Some(LEADER_LEASE)
+}
+
+/// Whether `lease` is a leader Lease: the controller's, or a shard's
+/// (`ksa-controller-leader-SHARD`).
+fn is_leader(lease: &Lease) -> bool {
+    lease.metadata.name.as_deref().is_some_and(|name| {
+        name == LEADER_LEASE
+            || name
+                .strip_prefix(LEADER_LEASE)
+                .is_some_and(|shard| shard.starts_with('-'))
+    })
+}
+
+/// Whether one of the leader Leases of `leases` in `namespace` (the
+/// controller's; a Lease elsewhere counts for nothing) is held now: a
+/// holder, renewed within its duration (plus [`LEASE_GRACE`]), and not
+/// later than now (plus [`LEASE_GRACE`], for clocks that differ): a
+/// renewal in the future would count as held for ever.
+fn check_leader(
+    leases: &[Lease],
+    namespace: &str,
+    place: &str,
+    now: jiff::Timestamp,
+) -> Result<(), Failure> {
     let missing = |detail: String| {
         Failure::from(anyhow::anyhow!(
             "no ksa-controller is running: {detail}; nothing would carry the rotation out. \
@@ -233,16 +331,20 @@ fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(
              --controller-namespace; nothing was changed"
         ))
     };
+    let leases: Vec<&Lease> = leases
+        .iter()
+        .filter(|lease| lease.metadata.namespace.as_deref() == Some(namespace) && is_leader(lease))
+        .collect();
     if leases.is_empty() {
         return Err(missing(format!("no Lease {LEADER_LEASE} in {place}")));
     }
     let mut last = None;
     for lease in leases {
-        let where_ = format!(
-            "{}/{}",
-            lease.metadata.namespace.as_deref().unwrap_or("?"),
+        let where_ = crate::output::shown(&format!(
+            "{namespace}/{}",
             lease.metadata.name.as_deref().unwrap_or(LEADER_LEASE)
-        );
+        ))
+        .into_owned();
         let Some(spec) = &lease.spec else { continue };
         let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
         let renewed = spec.renew_time.as_ref().map(|t| t.0);
@@ -250,15 +352,24 @@ fn check_leader(leases: &[Lease], place: &str, now: jiff::Timestamp) -> Result<(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
         );
         match (holder, renewed) {
-            (Some(_), Some(renewed)) => {
+            (Some(holder), Some(renewed)) => {
+                let holder = crate::output::shown(holder);
                 let age = now.duration_since(renewed);
-                if age.unsigned_abs() <= duration + LEASE_GRACE || age.is_negative() {
+                if age.is_negative() && age.unsigned_abs() > LEASE_GRACE {
+                    last = Some(format!(
+                        "the Lease {where_} says it was renewed {} by {holder}, later than now: \
+                         a clock more than {} s off, or a Lease ksa-controller did not write",
+                        crate::output::time(renewed, now),
+                        LEASE_GRACE.as_secs()
+                    ));
+                    continue;
+                }
+                if age.unsigned_abs() <= duration + LEASE_GRACE {
                     return Ok(());
                 }
                 last = Some(format!(
-                    "the Lease {where_} was last renewed {} by {}",
+                    "the Lease {where_} was last renewed {} by {holder}",
                     crate::output::time(renewed, now),
-                    holder.unwrap_or_default()
                 ));
             }
             _ => last = Some(format!("the Lease {where_} has no holder")),
@@ -378,14 +489,148 @@ mod tests {
     fn a_lease_renewed_within_its_duration_is_a_running_controller() {
         let now = at("2026-11-30T10:00:00Z");
         let held = lease(Some("ksa-controller-1"), Some("2026-11-30T09:59:50Z"));
-        assert!(check_leader(&[held], "any namespace", now).is_ok());
+        assert!(check_leader(&[held], "ksa-system", "namespace ksa-system", now).is_ok());
+        // A shard's, and a renewal a little ahead of this clock.
+        let shard = named(
+            "ksa-system",
+            "ksa-controller-leader-a",
+            Some("shard-a-0"),
+            Some("2026-11-30T10:00:05Z"),
+        );
+        assert!(check_leader(&[shard], "ksa-system", "namespace ksa-system", now).is_ok());
+    }
+
+    fn named(namespace: &str, name: &str, holder: Option<&str>, renewed: Option<&str>) -> Lease {
+        let mut lease = lease(holder, renewed);
+        lease.metadata.namespace = Some(namespace.into());
+        lease.metadata.name = Some(name.into());
+        lease
+    }
+
+    fn says(result: Result<(), Failure>) -> String {
+        result.expect_err("no controller").error.to_string()
+    }
+
+    /// A Lease a tenant creates in its own namespace, named as a shard's
+    /// or as the controller's, and held, is no running controller.
+    #[test]
+    fn a_leader_lease_outside_the_controllers_namespace_counts_for_nothing() {
+        let now = at("2026-11-30T10:00:00Z");
+        let tenant = named(
+            "tenant-1",
+            "ksa-controller-leader-x",
+            Some("me"),
+            Some("2026-11-30T09:59:59Z"),
+        );
+        let error = says(check_leader(
+            std::slice::from_ref(&tenant),
+            CONTROLLER_NAMESPACE,
+            "namespace ksa-system",
+            now,
+        ));
+        assert!(
+            error.contains("no Lease ksa-controller-leader in namespace ksa-system"),
+            "{error}"
+        );
+        // Found by name: a tenant's beside the controller's own elsewhere
+        // cannot be told apart; the operator is asked to say.
+        let theirs = named(
+            "tenant-1",
+            LEADER_LEASE,
+            Some("me"),
+            Some("2026-11-30T09:59:59Z"),
+        );
+        let ours = named(
+            "ksa-elsewhere",
+            LEADER_LEASE,
+            Some("ksa-controller-0"),
+            Some("2026-11-30T09:59:59Z"),
+        );
+        let error = says(discovered(&[theirs.clone(), ours.clone()], now));
+        assert!(
+            error.contains("namespaces ksa-elsewhere, tenant-1 each hold a Lease")
+                && error.contains("--controller-namespace"),
+            "{error}"
+        );
+        assert!(discovered(&[ours], now).is_ok(), "the only one");
+        // Found by name means by that name: a shard's name elsewhere is
+        // not the controller's.
+        let error = says(discovered(&[tenant], now));
+        assert!(error.contains("nor in any other namespace"), "{error}");
+        let error = says(discovered(&[], now));
+        assert!(
+            error.contains(
+                "no Lease ksa-controller-leader in namespace ksa-system nor in any other namespace"
+            ),
+            "{error}"
+        );
+        // A name that only starts like a leader's is none.
+        let other = named(
+            CONTROLLER_NAMESPACE,
+            "ksa-controller-leaderboard",
+            Some("me"),
+            Some("2026-11-30T09:59:59Z"),
+        );
+        assert!(check_leader(&[other], CONTROLLER_NAMESPACE, "namespace ksa-system", now).is_err());
+    }
+
+    /// A renewal later than now would count as held for ever.
+    #[test]
+    fn a_lease_renewed_in_the_future_is_no_controller() {
+        let now = at("2026-11-30T10:00:00Z");
+        let future = lease(Some("ksa-controller-1"), Some("2030-01-01T00:00:00Z"));
+        let error = says(check_leader(
+            &[future],
+            "ksa-system",
+            "namespace ksa-system",
+            now,
+        ));
+        assert!(
+            error.contains("the Lease ksa-system/ksa-controller-leader says it was renewed 2030-01-01T00:00:00Z")
+                && error.contains("later than now"),
+            "{error}"
+        );
+        let just_past_the_skew = lease(Some("ksa-controller-1"), Some("2026-11-30T10:00:11Z"));
+        assert!(
+            check_leader(
+                &[just_past_the_skew],
+                "ksa-system",
+                "namespace ksa-system",
+                now
+            )
+            .is_err()
+        );
+    }
+
+    /// The holder is whatever wrote the Lease: escaped before it reaches
+    /// the terminal.
+    #[test]
+    fn a_holder_with_terminal_escapes_is_shown_escaped() {
+        let now = at("2026-11-30T10:00:00Z");
+        for renewed in ["2026-11-30T09:00:00Z", "2030-01-01T00:00:00Z"] {
+            let stale = lease(Some("evil\u{1b}]0;owned\u{7}\u{1b}[2J"), Some(renewed));
+            let error = says(check_leader(
+                &[stale],
+                "ksa-system",
+                "namespace ksa-system",
+                now,
+            ));
+            assert!(
+                !error.contains('\u{1b}') && !error.contains('\u{7}'),
+                "{error:?}"
+            );
+            assert!(error.contains("by \"evil\\u{1b}]0;owned"), "{error}");
+        }
     }
 
     #[test]
     fn no_lease_an_empty_holder_or_a_stale_one_is_no_controller() {
         let now = at("2026-11-30T10:00:00Z");
         let cases = [
-            (vec![], "no Lease ksa-controller-leader in any namespace"),
+            (
+                vec![],
+                "no Lease ksa-controller-leader in namespace ksa-system",
+            ),
             (
                 vec![lease(None, Some("2026-11-30T09:59:59Z"))],
                 "the Lease ksa-system/ksa-controller-leader has no holder",
@@ -399,7 +644,7 @@ mod tests {
             ),
         ];
         for (leases, says) in cases {
-            let error = check_leader(&leases, "any namespace", now)
+            let error = check_leader(&leases, "ksa-system", "namespace ksa-system", now)
                 .expect_err("no controller")
                 .error
                 .to_string();

@@ -69,6 +69,8 @@ pub struct RotateArgs {
     accept_outside_legacy_tokens: bool,
     /// `-A --dry-run`: the fleet's plan.
     all_namespaces: bool,
+    /// With `-A`: exit with what the fleet's rotations say.
+    detailed_exit_code: bool,
 }
 
 /// A command of `ksa-signing-key` or `ksa-issuer`.
@@ -99,6 +101,7 @@ impl From<KeyRotateArgs> for Request {
             output,
             accept_outside_legacy_tokens,
             all_namespaces,
+            detailed_exit_code,
         } = args;
         Request::Rotate(RotateArgs {
             cluster,
@@ -112,6 +115,7 @@ impl From<KeyRotateArgs> for Request {
             output,
             accept_outside_legacy_tokens,
             all_namespaces,
+            detailed_exit_code,
         })
     }
 }
@@ -123,13 +127,15 @@ impl From<PlanArgs> for Request {
             manifests_dir: args.manifests_dir,
             skip_prompt: true,
             wait: false,
-            timeout: None,
+            // With -A: the fleet plan's.
+            timeout: args.timeout,
             issuer: args.issuer,
             changes_key: true,
             dry_run: true,
             output: args.output,
             accept_outside_legacy_tokens: false,
             all_namespaces: args.all_namespaces,
+            detailed_exit_code: args.detailed_exit_code,
         })
     }
 }
@@ -181,6 +187,7 @@ impl From<IssuerCommand> for Request {
                 // An issuer rotation re-mints no legacy token.
                 accept_outside_legacy_tokens: false,
                 all_namespaces: false,
+                detailed_exit_code: false,
             }),
             IssuerCommand::Status(args) => Request::status(args, true),
         }
@@ -196,7 +203,11 @@ pub fn run(request: Request) -> Outcome {
     runtime.block_on(async {
         match request {
             Request::Rotate(args) if args.all_namespaces => {
-                super::fleet::plan(&args.cluster.kube, &args.output).await
+                let flags = super::fleet::PlanFlags {
+                    detailed_exit_code: args.detailed_exit_code,
+                    timeout: super::fleet::fleet_timeout(args.timeout.as_deref())?,
+                };
+                super::fleet::plan(&args.cluster.kube, &args.output, flags).await
             }
             Request::Status {
                 cluster,
