@@ -230,7 +230,7 @@ pub fn ensure() -> Result<PathBuf> {
 /// [`IMAGE_TAG`]), through the same layout writer as `cargo xtask image`.
 fn write_images(dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let programs = dir.join("programs");
+    let programs = dir.join(scratch("programs"));
     let provenance = Provenance {
         version: IMAGE_TAG.to_owned(),
         revision: "test".to_owned(),
@@ -268,10 +268,14 @@ fn write_images(dir: &Path) -> Result<()> {
             description: description.to_owned(),
             binaries: vec![(name.to_owned(), bytes)],
         };
-        let layout = dir.join(name);
+        let layout = dir.join(scratch(name));
         write_layout(&layout, &image, &provenance)?;
         write_archive(&layout, &dir.join(format!("{name}.tar")))?;
+        std::fs::remove_dir_all(&layout)
+            .with_context(|| format!("removing {}", layout.display()))?;
     }
+    std::fs::remove_dir_all(&programs)
+        .with_context(|| format!("removing {}", programs.display()))?;
     eprintln!(
         "node: images pause and token-reader written in {:.0?} into {}",
         started.elapsed(),
@@ -280,10 +284,23 @@ fn write_images(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The name of this process's scratch copy of `name` in the shared cache:
+/// two set-ups at once (`cargo xtask ci` beside `cargo xtask e2e`) each
+/// write their own and rename the result into place, never into one
+/// another's files.
+fn scratch(name: &str) -> String {
+    format!(".{name}.{}.partial", std::process::id())
+}
+
 /// Writes the image layout `layout` as a tar archive `to`, its root the
-/// layout's (`index.json`, `oci-layout`, `blobs/`).
+/// layout's (`index.json`, `oci-layout`, `blobs/`), through a scratch file
+/// of this process renamed into place.
 pub fn write_archive(layout: &Path, to: &Path) -> Result<()> {
-    let partial = to.with_extension("tar.partial");
+    let file_name = to
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no file name", to.display()))?;
+    let partial = to.with_file_name(scratch(file_name));
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut archive = tar::Builder::new(file);
@@ -340,7 +357,7 @@ pub fn control_plane_images(control_plane: &Path, node: &Path) -> Result<()> {
         })?;
         crate::image::ensure_static(&bytes)
             .with_context(|| format!("{} is not static", binary.display()))?;
-        let layout = node.join("images").join(name);
+        let layout = node.join("images").join(scratch(name));
         write_uncompressed_layout(&layout, name, description, &bytes)?;
         write_archive(&layout, &archive)?;
         std::fs::remove_dir_all(&layout)?;
