@@ -19,7 +19,10 @@
 //! that shard released it (it saw the namespace leave its selection) or
 //! let it lapse: unrenewed for [`CLAIM_SECONDS`], longer than any reconcile
 //! may run ([`crate::run::RECONCILE_TIMEOUT`]), so the shard that held it
-//! has stopped acting under it.
+//! has stopped acting under it. That holds while the claim's calls answer
+//! within [`CLAIM_CALLS_TIMEOUT`] (they are cut off there) and the hosts'
+//! clocks agree within [`CLAIM_CLOCK_SKEW`]. The claim is between shards:
+//! the replicas of one shard are kept apart by its leader election.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -42,6 +45,36 @@ pub const SHARD_LABEL: &str = "ksa.dev/shard";
 /// run, so that a shard that took it before has ended every reconcile it
 /// began under it.
 pub const CLAIM_SECONDS: i32 = crate::run::RECONCILE_TIMEOUT.as_secs() as i32 + 60;
+
+/// How long the calls that take or renew a claim may take: with a
+/// reconcile's [`crate::run::RECONCILE_TIMEOUT`], within [`CLAIM_SECONDS`].
+pub const CLAIM_CALLS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How far ahead of this shard's clock a claim's renewal may be and still
+/// count: the clock skew between the admin cluster's hosts that the claim
+/// tolerates (the margin of [`CLAIM_SECONDS`] over a reconcile, less the
+/// claim's calls).
+pub const CLAIM_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// Whether a claim last renewed at `renewed`, for `duration_seconds`, has
+/// lapsed at `now`. A claim's Lease is in the rotation's namespace, which
+/// its tenant can write: a duration is never taken as longer than
+/// [`CLAIM_SECONDS`], and a renewal further in the future than
+/// [`CLAIM_CLOCK_SKEW`] is no renewal, so that no written value holds a
+/// rotation beyond [`CLAIM_SECONDS`] (SECURITY.md).
+fn lapsed(renewed: Option<Timestamp>, duration_seconds: Option<i32>, now: Timestamp) -> bool {
+    let Some(renewed) = renewed else {
+        return true;
+    };
+    let (renewed, now) = (renewed.as_second(), now.as_second());
+    let seconds = i64::from(
+        duration_seconds
+            .unwrap_or(CLAIM_SECONDS)
+            .clamp(0, CLAIM_SECONDS),
+    );
+    let skew = CLAIM_CLOCK_SKEW.as_secs() as i64;
+    now > renewed.saturating_add(seconds) || renewed > now.saturating_add(skew)
+}
 
 /// The name of the claim Lease of `rotation`.
 pub fn claim_name(rotation: &str) -> String {
@@ -339,7 +372,35 @@ impl Shard {
 
     /// Takes or renews the claim of `rotation`, or says who holds it.
     /// A new claim is owned by the rotation (`owner`): deleted with it.
+    ///
+    /// The claim is renewed as of `now`, taken before its calls, and the
+    /// reconcile it admits starts after them: so they are bounded by
+    /// [`CLAIM_CALLS_TIMEOUT`], and the reconcile ends (at most
+    /// [`crate::run::RECONCILE_TIMEOUT`] later) before the claim lapses.
     pub async fn claim(
+        &self,
+        namespace: &str,
+        rotation: &str,
+        owner: Option<OwnerReference>,
+        now: Timestamp,
+    ) -> Result<Claim, kube::Error> {
+        tokio::time::timeout(
+            CLAIM_CALLS_TIMEOUT,
+            self.claim_unbounded(namespace, rotation, owner, now),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the API server did not answer the claim's calls within {} s",
+                    CLAIM_CALLS_TIMEOUT.as_secs()
+                ),
+            ))))
+        })
+    }
+
+    async fn claim_unbounded(
         &self,
         namespace: &str,
         rotation: &str,
@@ -380,11 +441,11 @@ impl Shard {
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let renewed = spec.renew_time.as_ref().map(|t| t.0);
-        let lapsed = renewed.is_none_or(|at| {
-            let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(CLAIM_SECONDS).max(0));
-            now.as_second() > at.as_second().saturating_add(seconds)
-        });
+        let lapsed = lapsed(
+            spec.renew_time.as_ref().map(|t| t.0),
+            spec.lease_duration_seconds,
+            now,
+        );
         let taken = if holder.is_empty() || self.ours(&holder) {
             false
         } else if lapsed {
@@ -462,6 +523,31 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn no_value_a_tenant_writes_into_a_claim_holds_it_longer_than_claim_seconds() {
+        let now = Timestamp::from_second(1_800_000_000).expect("a time");
+        let ago = |s: i64| Some(Timestamp::from_second(now.as_second() - s).expect("a time"));
+        let claim = i64::from(CLAIM_SECONDS);
+        assert!(!lapsed(ago(0), Some(CLAIM_SECONDS), now));
+        assert!(!lapsed(ago(claim), None, now));
+        assert!(lapsed(ago(claim + 1), Some(CLAIM_SECONDS), now));
+        assert!(lapsed(None, Some(CLAIM_SECONDS), now));
+        // A longer duration is taken as CLAIM_SECONDS.
+        assert!(lapsed(ago(claim + 1), Some(i32::MAX), now));
+        assert!(lapsed(ago(1), Some(-5), now));
+        // A renewal from a clock a little ahead counts; one far in the
+        // future is none.
+        let skew = CLAIM_CLOCK_SKEW.as_secs() as i64;
+        assert!(!lapsed(ago(-skew), Some(CLAIM_SECONDS), now));
+        assert!(lapsed(ago(-skew - 1), Some(CLAIM_SECONDS), now));
+        assert!(lapsed(Some(Timestamp::MAX), Some(CLAIM_SECONDS), now));
+        // The reconcile a claim admits ends before it lapses.
+        assert!(
+            CLAIM_CALLS_TIMEOUT + crate::run::RECONCILE_TIMEOUT + CLAIM_CLOCK_SKEW
+                <= Duration::from_secs(CLAIM_SECONDS as u64)
+        );
     }
 
     #[test]
