@@ -143,8 +143,9 @@ pub struct Settings {
 /// `--audit-public-url`, checked: the URL's own serialization (never the
 /// flag's text, which the URL parser reads past newlines and tabs in), of
 /// an https URL with a host, no credentials, query or fragment, whose path
-/// ends in `/audit`; without a trailing `/`.
-fn public_url(flag: &str) -> anyhow::Result<String> {
+/// ends in `/audit`; without a trailing `/`. Public for the chart's test,
+/// which checks the URL the chart renders as the controller will.
+pub fn public_url(flag: &str) -> anyhow::Result<String> {
     if flag.chars().any(|c| c.is_control() || c.is_whitespace()) {
         anyhow::bail!(
             "--audit-public-url {flag:?} holds a space, newline or other control character: \

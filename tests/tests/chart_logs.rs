@@ -98,15 +98,22 @@ fn the_chart_serves_the_audit_webhook_over_https_with_the_controllers_own_flags(
     assert_eq!(default.audit.audit_public_url, None, "off by default");
     let enabled = deployment(&[
         "audit.enabled=true",
-        "audit.publicUrl=https://ksa-audit.example",
+        "audit.publicUrl=https://ksa-audit.example/audit",
         "audit.tls.secretName=audit-tls",
     ])?;
     let controller = container(&enabled);
     let args = run_args(controller)?;
     assert_eq!(
         args.audit.audit_public_url.as_deref(),
-        Some("https://ksa-audit.example")
+        Some("https://ksa-audit.example/audit")
     );
+    // The URL the chart renders is one the controller takes.
+    ksa_controller::audit::public_url(
+        args.audit
+            .audit_public_url
+            .as_deref()
+            .context("no --audit-public-url")?,
+    )?;
     assert_eq!(args.audit.audit_addr.port(), 9443);
     let dir = std::path::Path::new("/etc/ksa/audit-tls");
     assert_eq!(
@@ -142,11 +149,23 @@ fn the_chart_serves_the_audit_webhook_over_https_with_the_controllers_own_flags(
         &["audit.enabled=true", "audit.tls.secretName=audit-tls"][..],
         &[
             "audit.enabled=true",
-            "audit.publicUrl=https://ksa-audit.example",
+            "audit.publicUrl=https://ksa-audit.example/audit",
         ][..],
         &[
             "audit.enabled=true",
-            "audit.publicUrl=http://ksa-audit.example",
+            "audit.publicUrl=http://ksa-audit.example/audit",
+            "audit.tls.secretName=audit-tls",
+        ][..],
+        // The controller serves POST /audit/NAMESPACE/NAME: a URL whose
+        // path does not end in /audit reaches nothing.
+        &[
+            "audit.enabled=true",
+            "audit.publicUrl=https://ksa-audit.example",
+            "audit.tls.secretName=audit-tls",
+        ][..],
+        &[
+            "audit.enabled=true",
+            "audit.publicUrl=https://ksa-audit.example/audit?x=1",
             "audit.tls.secretName=audit-tls",
         ][..],
     ] {
