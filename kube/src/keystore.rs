@@ -456,7 +456,10 @@ impl KeyStore {
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(self
                 .api_server_keys_hold(secret_name, key)
                 .await?
-                .unwrap_or(ApiServerKeysImport::HoldsAnother { kid: None })),
+                .unwrap_or(ApiServerKeysImport::HoldsAnother {
+                    kid: None,
+                    also_trusted: 0,
+                })),
             Err(error) => Err(error.into()),
         }
     }
@@ -587,9 +590,14 @@ pub enum ApiServerKeysImport {
     Created,
     /// It already held the imported key as its signing key: nothing changed.
     AlreadyThere,
-    /// It holds another signing key (its kid, when it holds a key at all):
-    /// nothing changed.
-    HoldsAnother { kid: Option<String> },
+    /// It holds another signing key (its kid, when it holds a key at all),
+    /// or the imported one with an `sa.pub` that is not that key's public
+    /// half alone (`also_trusted`: how many other public keys it holds,
+    /// which the API servers accept too): nothing changed.
+    HoldsAnother {
+        kid: Option<String>,
+        also_trusted: usize,
+    },
 }
 
 /// The data entry of the JWKS ConfigMap.
@@ -706,18 +714,39 @@ fn private_key_of(secret: &Secret) -> Result<PrivateKey> {
 
 /// What an existing API server key Secret means for an import of `key`:
 /// it holds that very key as `sa.key` (the whole key, not its kid: a kid
-/// names only the public half), or something else.
+/// names only the public half) and that key's public half alone as
+/// `sa.pub` (every key in it is one the API servers accept), or something
+/// else.
 fn api_server_keys_import(existing: &Secret, key: &PrivateKey) -> ApiServerKeysImport {
-    let held = existing
-        .data
-        .as_ref()
-        .and_then(|d| d.get("sa.key"))
-        .and_then(|pem| parse_pem(&pem.0).ok())
-        .and_then(|keys| keys.private_keys().next().cloned());
+    let entry = |name: &str| {
+        existing
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .and_then(|pem| parse_pem(&pem.0).ok())
+    };
+    let held = entry("sa.key").and_then(|keys| keys.private_keys().next().cloned());
+    let trusted: Vec<PublicKey> = entry("sa.pub")
+        .map(|keys| keys.public_keys().cloned().collect())
+        .unwrap_or_default();
     match held {
-        Some(held) if *held.to_pem() == *key.to_pem() => ApiServerKeysImport::AlreadyThere,
+        Some(held) if *held.to_pem() == *key.to_pem() => {
+            let others = trusted
+                .iter()
+                .filter(|public| public.to_pem() != key.public_key().to_pem())
+                .count();
+            if others == 0 && trusted.len() == 1 {
+                ApiServerKeysImport::AlreadyThere
+            } else {
+                ApiServerKeysImport::HoldsAnother {
+                    kid: Some(held.kid().to_string()),
+                    also_trusted: others,
+                }
+            }
+        }
         held => ApiServerKeysImport::HoldsAnother {
             kid: held.map(|k| k.kid().to_string()),
+            also_trusted: 0,
         },
     }
 }
@@ -738,28 +767,79 @@ mod tests {
         }
     }
 
+    /// What the import writes: `sa.key` and its public half as `sa.pub`.
+    fn mounted(key: &PrivateKey, trusted: &[&PublicKey]) -> Secret {
+        let mut secret = holding(key.to_pem().as_bytes());
+        secret.data.get_or_insert_with(BTreeMap::new).insert(
+            "sa.pub".to_owned(),
+            ByteString(public_keys_to_pem(trusted.iter().copied()).into_bytes()),
+        );
+        secret
+    }
+
     #[test]
     fn an_api_server_key_secret_holds_the_import_only_with_the_whole_key() {
         let backend = AwsLc::new();
         let key = backend.generate(KeySpec::EcP256).expect("a key");
         let other = backend.generate(KeySpec::EcP256).expect("a key");
         assert_eq!(
-            api_server_keys_import(&holding(key.to_pem().as_bytes()), &key),
+            api_server_keys_import(&mounted(&key, &[key.public_key()]), &key),
             ApiServerKeysImport::AlreadyThere
         );
         assert_eq!(
-            api_server_keys_import(&holding(other.to_pem().as_bytes()), &key),
+            api_server_keys_import(&mounted(&other, &[other.public_key()]), &key),
             ApiServerKeysImport::HoldsAnother {
-                kid: Some(other.kid().to_string())
+                kid: Some(other.kid().to_string()),
+                also_trusted: 0,
             }
         );
         assert_eq!(
             api_server_keys_import(&holding(b"not a key"), &key),
-            ApiServerKeysImport::HoldsAnother { kid: None }
+            ApiServerKeysImport::HoldsAnother {
+                kid: None,
+                also_trusted: 0,
+            }
         );
         assert_eq!(
             api_server_keys_import(&Secret::default(), &key),
-            ApiServerKeysImport::HoldsAnother { kid: None }
+            ApiServerKeysImport::HoldsAnother {
+                kid: None,
+                also_trusted: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn an_api_server_key_secret_that_trusts_another_key_does_not_hold_the_import() {
+        let backend = AwsLc::new();
+        let key = backend.generate(KeySpec::EcP256).expect("a key");
+        let planted = backend.generate(KeySpec::EcP256).expect("a key");
+        let kid = Some(key.kid().to_string());
+        // The API servers would accept tokens the planted key signs.
+        assert_eq!(
+            api_server_keys_import(
+                &mounted(&key, &[key.public_key(), planted.public_key()]),
+                &key
+            ),
+            ApiServerKeysImport::HoldsAnother {
+                kid: kid.clone(),
+                also_trusted: 1,
+            }
+        );
+        // An sa.pub without the key's own public half, or none at all.
+        assert_eq!(
+            api_server_keys_import(&mounted(&key, &[planted.public_key()]), &key),
+            ApiServerKeysImport::HoldsAnother {
+                kid: kid.clone(),
+                also_trusted: 1,
+            }
+        );
+        assert_eq!(
+            api_server_keys_import(&holding(key.to_pem().as_bytes()), &key),
+            ApiServerKeysImport::HoldsAnother {
+                kid,
+                also_trusted: 0,
+            }
         );
     }
 }

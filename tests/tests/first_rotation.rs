@@ -372,6 +372,45 @@ async fn keys_import_onboards_the_cluster_key_in_one_command_and_refuses_any_oth
         secrets.get_opt("planted-signing-key-v1").await?.is_none(),
         "the key Secret was written although the import was refused"
     );
+
+    // One that holds the imported key, and in its sa.pub another public
+    // key the API servers would accept too: refused alike.
+    let current_key = parse_pem(&std::fs::read(&current)?)?
+        .private_keys()
+        .next()
+        .cloned()
+        .context("the current key")?;
+    let trusting = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("trusting-apiserver-keys".into()),
+            ..Default::default()
+        },
+        string_data: Some(std::collections::BTreeMap::from([
+            ("sa.key".to_owned(), current_key.to_pem().to_string()),
+            (
+                "sa.pub".to_owned(),
+                ksa_core::key::public_keys_to_pem([
+                    current_key.public_key(),
+                    stranger_key.public_key(),
+                ]),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    secrets.create(&Default::default(), &trusting).await?;
+    let output = import("trusting", &current)?;
+    refused(
+        &output,
+        &[
+            "trusting-apiserver-keys, which the API servers mount, holds kid",
+            "also holds 1 other public key(s)",
+            "nothing was changed",
+        ],
+    )?;
+    ensure!(
+        secrets.get_opt("trusting-signing-key-v1").await?.is_none(),
+        "the key Secret was written although the import was refused"
+    );
     Ok(())
 }
 

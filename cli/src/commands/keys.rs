@@ -277,7 +277,7 @@ fn import(args: ImportArgs) -> Outcome {
                 )));
             }
         }
-        if let Some(ApiServerKeysImport::HoldsAnother { kid }) = store
+        if let Some(ApiServerKeysImport::HoldsAnother { kid, also_trusted }) = store
             .api_server_keys_hold(&key_secret, &key)
             .await
             .map_err(|error| {
@@ -286,7 +286,13 @@ fn import(args: ImportArgs) -> Outcome {
                 )
             })?
         {
-            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key, None));
+            return Err(holds_another(
+                &namespace,
+                &key_secret,
+                (kid.as_deref(), also_trusted),
+                &key,
+                None,
+            ));
         }
         let imported = store_key(&store, args.version, &key)
             .await
@@ -310,9 +316,15 @@ fn import(args: ImportArgs) -> Outcome {
                         .context(format!("writing Secret {namespace}/{key_secret}")),
                 )
             })?;
-        if let ApiServerKeysImport::HoldsAnother { kid } = &mounted {
+        if let ApiServerKeysImport::HoldsAnother { kid, also_trusted } = &mounted {
             // Made by someone else between the check and the write.
-            return Err(holds_another(&namespace, &key_secret, kid.as_deref(), &key, Some(&secret)));
+            return Err(holds_another(
+                &namespace,
+                &key_secret,
+                (kid.as_deref(), *also_trusted),
+                &key,
+                Some(&secret),
+            ));
         }
         let instances: Vec<String> = views
             .iter()
@@ -363,16 +375,33 @@ fn import(args: ImportArgs) -> Outcome {
 fn holds_another(
     namespace: &str,
     key_secret: &str,
-    kid: Option<&str>,
+    (kid, also_trusted): (Option<&str>, usize),
     key: &PrivateKey,
     written: Option<&str>,
 ) -> Failure {
+    let holds = if kid == Some(key.kid().as_str()) {
+        // The imported key, with an sa.pub that is not its public half alone.
+        format!(
+            "holds kid {} as sa.key, but its sa.pub {}",
+            key.kid(),
+            match also_trusted {
+                0 => "does not hold that key's public half alone".to_owned(),
+                n => format!(
+                    "also holds {n} other public key(s), which the API servers accept as well"
+                ),
+            }
+        )
+    } else {
+        format!(
+            "holds {} as sa.key, not kid {}",
+            kid.map_or("no key".to_owned(), |kid| format!("kid {kid}")),
+            key.kid()
+        )
+    };
     Failure::bad_input(anyhow::anyhow!(
-        "Secret {namespace}/{key_secret}, which the API servers mount, holds {} as sa.key, not \
-         kid {}: ksa writes the signing key only into a Secret that holds the key it imports; \
+        "Secret {namespace}/{key_secret}, which the API servers mount, {holds}: ksa writes the \
+         signing key only into a Secret that holds the key it imports and trusts no other; \
          delete it, or point the rotation's spec.rollout.keySecret at another ({})",
-        kid.map_or("no key".to_owned(), |kid| format!("kid {kid}")),
-        key.kid(),
         written.map_or_else(
             || "nothing was changed".to_owned(),
             |secret| format!(
