@@ -244,7 +244,11 @@ fn discovered(leases: &[Lease], now: jiff::Timestamp) -> Result<(), Failure> {
         [] => check_leader(
             &[],
             CONTROLLER_NAMESPACE,
-            &format!("namespace {CONTROLLER_NAMESPACE} nor in any other namespace"),
+            &format!(
+                "namespace {CONTROLLER_NAMESPACE} nor in any other namespace (a shard's Lease, \
+                 {LEADER_LEASE}-SHARD, is looked for only in {CONTROLLER_NAMESPACE} and in the \
+                 namespace --controller-namespace names: pass it when the shards run elsewhere)"
+            ),
             now,
         ),
         [namespace] => check_leader(
@@ -561,7 +565,7 @@ mod tests {
         assert!(
             error.contains(
                 "no Lease ksa-controller-leader in namespace ksa-system nor in any other namespace"
-            ),
+            ) && error.contains("pass it when the shards run elsewhere"),
             "{error}"
         );
         // A name that only starts like a leader's is none.
