@@ -14,7 +14,8 @@
 //! Every POST is hostile until shown otherwise ([`handle`]): its bearer
 //! token must be the one of the rotation its path names (compared in
 //! constant time), its body at most [`MAX_BODY`] read within
-//! [`READ_TIMEOUT`], [`MAX_READS`] bodies at a time, and it must parse as
+//! [`READ_TIMEOUT`], [`MAX_READS`] bodies at a time and at most
+//! [`MAX_READS_PER_ROTATION`] of one rotation's, and it must parse as
 //! an `audit.k8s.io/v1` `EventList` of at most [`MAX_ITEMS`] events, each
 //! read into this module's own minimal structs (which never take in
 //! `responseObject`) and made into a record or nothing before the next is
@@ -73,8 +74,9 @@ use tokio::sync::Semaphore;
 /// batch size) is refused with 413, and the batch is lost: that
 /// rotation's RefreshTokens ends by the window.
 pub const MAX_BODY: usize = 2 << 20;
-/// How long a client has to send its body.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to send its body: a 2 MiB batch from an API
+/// server takes well under a second; a slow sender holds a turn no longer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most events one body may hold: 25 times the API server's default
 /// batch (400). More is refused (413) as the parse reaches the first one
 /// past it; each event is made into a record, or nothing, as it is read.
@@ -84,6 +86,11 @@ pub const MAX_ITEMS: usize = 10_000;
 /// up to [`READ_SLOT_WAIT`] for a turn, then gets 503 (the API server's
 /// webhook backend retries).
 pub const MAX_READS: usize = 4;
+/// How many of those turns one rotation's posts may hold at once (its
+/// user cluster's API server instances post side by side), so that one
+/// rotation's token holder cannot take every turn and keep the other
+/// rotations' batches out.
+pub const MAX_READS_PER_ROTATION: usize = 2;
 /// How long a post waits for a turn to have its body read.
 pub const READ_SLOT_WAIT: Duration = Duration::from_secs(2);
 /// The most pods one rotation's records hold; past it, new pods are not
@@ -146,13 +153,15 @@ pub struct Settings {
 /// ends in `/audit`; without a trailing `/`. Public for the chart's test,
 /// which checks the URL the chart renders as the controller will.
 pub fn public_url(flag: &str) -> anyhow::Result<String> {
-    if flag.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    let public = flag;
+    let flag = &without_credentials(public);
+    if public.chars().any(|c| c.is_control() || c.is_whitespace()) {
         anyhow::bail!(
             "--audit-public-url {flag:?} holds a space, newline or other control character: \
              give the URL alone, e.g. https://ksa.example:9443/audit"
         );
     }
-    let parsed = url::Url::parse(flag)
+    let parsed = url::Url::parse(public)
         .with_context(|| format!("--audit-public-url {flag:?} is not a URL"))?;
     if parsed.scheme() != "https"
         || parsed.host_str().is_none()
@@ -174,6 +183,19 @@ pub fn public_url(flag: &str) -> anyhow::Result<String> {
         );
     }
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `url` as an error shows it: any `user:password@` before its host
+/// replaced, since errors reach the log.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://REDACTED@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 impl AuditArgs {
@@ -217,10 +239,22 @@ pub struct Seen {
     pub received: Timestamp,
 }
 
+/// A rotation's turns to have a body read ([`MAX_READS_PER_ROTATION`]).
+#[derive(Clone)]
+struct Turns(Arc<Semaphore>);
+
+impl Default for Turns {
+    fn default() -> Turns {
+        Turns(Arc::new(Semaphore::new(MAX_READS_PER_ROTATION)))
+    }
+}
+
 #[derive(Default)]
 struct Feed {
     /// SHA-256 of the rotation's bearer token.
     token: [u8; 32],
+    /// Its posts' turns to be read.
+    turns: Turns,
     /// While the rotation is in RefreshTokens: when the step began.
     /// Records from before it are of no use to it (a refresh counts only
     /// after the step began): they are dropped and not taken in. `None`:
@@ -355,17 +389,18 @@ impl AuditFeeds {
 
     /// Whether `presented` is rotation `namespace/name`'s token; false for
     /// a rotation not registered here.
-    fn authenticate(&self, namespace: &str, name: &str, presented: &[u8]) -> bool {
+    /// The rotation's turns to have a body read, when `presented` is its
+    /// token.
+    fn authenticate(&self, namespace: &str, name: &str, presented: &[u8]) -> Option<Turns> {
         let presented = digest(presented);
         let registry = self.lock();
-        // Compared against something either way.
-        let token = registry
+        let feed = registry
             .rotations
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|feed| feed.token);
-        let known = token.is_some();
-        let matches = bool::from(token.unwrap_or_default().ct_eq(&presented));
-        known && matches
+            .get(&(namespace.to_owned(), name.to_owned()));
+        // Compared against something either way.
+        let token = feed.map(|feed| feed.token).unwrap_or_default();
+        let matches = bool::from(token.ct_eq(&presented));
+        feed.filter(|_| matches).map(|feed| feed.turns.clone())
     }
 
     /// Records `seen` for rotation `namespace/name`.
@@ -525,8 +560,16 @@ impl<'de> Visitor<'de> for Items<'_> {
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Seen>, S::Error> {
         let mut seen = Vec::new();
         for _ in 0..MAX_ITEMS {
-            match seq.next_element::<Event>()? {
-                Some(event) => seen.extend(token_request(&event)),
+            // Each event on its own: one of a shape this does not read (a
+            // patch's requestObject is a JSON Patch list, say, when the
+            // operator's merged policy logs more than ksa's) is no
+            // TokenRequest, never the whole batch refused.
+            match seq.next_element::<&'de serde_json::value::RawValue>()? {
+                Some(raw) => seen.extend(
+                    serde_json::from_str::<Event>(raw.get())
+                        .ok()
+                        .and_then(|event| token_request(&event)),
+                ),
                 None => return Ok(seen),
             }
         }
@@ -741,7 +784,7 @@ async fn handle(
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
     // The same answer for a rotation not registered and a wrong token.
-    if !feeds.authenticate(&namespace, &name, presented) {
+    let Some(turns) = feeds.authenticate(&namespace, &name, presented) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -749,7 +792,7 @@ async fn handle(
              NAME-audit-webhook Secret",
         )
             .into_response();
-    }
+    };
     let too_large = || {
         answer(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -762,8 +805,14 @@ async fn handle(
     if declared.is_some_and(|length| length > MAX_BODY as u64) {
         return too_large();
     }
-    // Held until the body is parsed and dropped.
-    let Ok(Ok(_turn)) = tokio::time::timeout(endpoint.wait, endpoint.reads.acquire()).await else {
+    // Held until the body is parsed and dropped: one of this rotation's
+    // turns, then one of every rotation's.
+    let turn = async {
+        let own = turns.0.acquire().await?;
+        let any = endpoint.reads.acquire().await?;
+        Ok::<_, tokio::sync::AcquireError>((own, any))
+    };
+    let Ok(Ok(_turn)) = tokio::time::timeout(endpoint.wait, turn).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],

@@ -327,6 +327,55 @@ async fn a_body_of_too_many_events_is_refused() {
 /// is answered 503 (retried) when none comes; a post without the token
 /// never waits.
 #[tokio::test]
+async fn one_rotations_slow_posts_do_not_keep_anothers_out() {
+    let feeds = feeds();
+    let app = router_with(feeds.clone(), MAX_READS, Duration::from_millis(200));
+    let post = |token: &str, body: Body| {
+        let rotation = if token == TOKEN_A { "a" } else { "b" };
+        Request::post(format!("/audit/ns/{rotation}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .expect("request")
+    };
+    // Bodies that never end, each holding a turn until READ_TIMEOUT.
+    let never = || Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+    let slow: Vec<_> = (0..MAX_READS)
+        .map(|_| tokio::spawn(app.clone().oneshot(post(TOKEN_A, never()))))
+        .collect();
+    let turns = feeds
+        .lock()
+        .rotations
+        .get(&("ns".to_owned(), "a".to_owned()))
+        .map(|feed| feed.turns.clone())
+        .expect("registered");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while turns.0.available_permits() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow posts never took their turns"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Rotation a holds all its turns: its next post waits, then 503.
+    let busy = app
+        .clone()
+        .oneshot(post(TOKEN_A, Body::from(list(vec![node_event()]))))
+        .await
+        .expect("answers");
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Rotation b's batch is read and recorded all the same.
+    let other = app
+        .oneshot(post(TOKEN_B, Body::from(list(vec![node_event()]))))
+        .await
+        .expect("answers");
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(records(&feeds, "ns", "b").len(), 1);
+    for post in slow {
+        post.abort();
+    }
+}
+
+#[tokio::test]
 async fn bodies_are_read_a_few_at_a_time() {
     let feeds = feeds();
     let app = router_with(feeds.clone(), 0, Duration::ZERO);
@@ -436,6 +485,39 @@ async fn a_request_response_event_is_used_without_its_token_being_kept() {
     assert_eq!(
         post(&feeds, "/audit/ns/a", Some(TOKEN_A), list(vec![odd])).await,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_event_of_another_shape_is_skipped_not_the_batch_refused() {
+    let feeds = feeds();
+    // A policy merged with the operator's logs patches too: their
+    // requestObject is a JSON Patch list. Others may carry fields of types
+    // this never reads.
+    let patch = serde_json::json!({
+        "stage": "ResponseComplete",
+        "verb": "patch",
+        "user": {"username": "admin"},
+        "objectRef": {"resource": "deployments", "namespace": "apps", "name": "web"},
+        "responseStatus": {"code": 200},
+        "requestObject": [
+            {"op": "replace", "path": "/spec/replicas", "value": 3},
+            {"op": "add", "path": "/metadata/labels/x", "value": "y"}
+        ]
+    });
+    let odd = serde_json::json!({"stage": 7, "user": "not an object", "objectRef": []});
+    let status = post(
+        &feeds,
+        "/audit/ns/a",
+        Some(TOKEN_A),
+        list(vec![patch, odd, node_event()]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        records(&feeds, "ns", "a"),
+        BTreeMap::from([("uid-1".to_owned(), at("2026-12-05T00:10:05.123456Z"))]),
+        "the node's TokenRequest in the same batch was lost"
     );
 }
 
@@ -653,6 +735,19 @@ fn the_flags_refuse_plain_http_and_a_url_without_a_certificate() {
 
 /// A newline in `--audit-public-url` (which the URL parser reads past)
 /// cannot put a line of its own, a `token:` say, into the kubeconfig.
+#[test]
+fn a_password_in_the_public_url_is_refused_and_never_shown() {
+    for flag in [
+        "https://ops:s3cret@ksa.example/audit",
+        "https://ops:s3cret@ksa.example/audit\n",
+        "https://ops:s3cret@ksa.example:99999/audit",
+    ] {
+        let error = format!("{:#}", public_url(flag).expect_err("refused"));
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("REDACTED@ksa.example"), "{error}");
+    }
+}
+
 #[test]
 fn a_newline_in_the_public_url_is_refused_and_never_reaches_the_kubeconfig() {
     for flag in [
