@@ -399,6 +399,9 @@ const MAX_LOOKUPS: usize = 8;
 const MAX_IN_FLIGHT: usize = 64;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client of [`serve_https`] may take over its TLS handshake,
+/// holding one of [`MAX_HTTPS_CONNECTIONS`] meanwhile.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections [`serve_https`] holds open at once (the audit
 /// webhook: a few API servers' posts); more are closed as they come.
 pub const MAX_HTTPS_CONNECTIONS: usize = 256;
@@ -639,6 +642,7 @@ pub async fn serve_https(
     tokio::spawn(reload_certificate(config.clone(), cert, key, true));
     tracing::info!(%addr, "serving the {what} endpoint over HTTPS");
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
         .acceptor(Limited::new(MAX_HTTPS_CONNECTIONS));
     with_header_timeout(axum_server::bind(addr).acceptor(acceptor).http1_only())
         .serve(app.route_layer(shedding!()).into_make_service())
