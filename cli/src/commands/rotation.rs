@@ -598,18 +598,40 @@ async fn rotate(args: &RotateArgs, issuer: Option<Issuer>) -> Outcome {
             // Conditional on what we read: of two racing `rotate`s, one
             // wins. A key rotation clears a stored issuer (a merge patch
             // keeps what it leaves out).
-            let mut patch = serde_json::json!({
-                "metadata": {"resourceVersion": resource.metadata.resource_version},
-                "spec": spec,
-            });
-            if issuer.is_none() {
-                patch["spec"]["issuer"] = serde_json::Value::Null;
+            let mut version = resource.metadata.resource_version.clone();
+            let mut conflicts = 0;
+            loop {
+                let mut patch = serde_json::json!({
+                    "metadata": {"resourceVersion": version},
+                    "spec": spec,
+                });
+                if issuer.is_none() {
+                    patch["spec"]["issuer"] = serde_json::Value::Null;
+                }
+                let conflict = match target
+                    .api
+                    .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(status)) if status.code == 409 => status,
+                    Err(error) => return Err(refused(error, verb, &config.namespace)),
+                };
+                // The controller's own writes (its status, just after a
+                // rotation completed, say) move the resourceVersion too:
+                // the patch is made again while nothing this rotate
+                // decided on has changed; another rotate's is refused.
+                conflicts += 1;
+                let fresh = target
+                    .api
+                    .get(&config.name)
+                    .await
+                    .map_err(|e| refused(e, verb, &config.namespace))?;
+                if conflicts > 3 || !decided_on_the_same(&resource, &fresh, &state) {
+                    return Err(conflict_is_busy(kube::Error::Api(conflict)));
+                }
+                version = fresh.metadata.resource_version;
             }
-            target
-                .api
-                .patch(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| refused(e, verb, &config.namespace))?;
         }
     }
     eprintln!(
@@ -680,6 +702,22 @@ fn refused(error: kube::Error, verb: &str, namespace: &str) -> Failure {
         Ok(other) => conflict_is_busy(other),
         Err(forbidden) => forbidden,
     }
+}
+
+/// Whether `fresh` holds what a rotate that read `read` (its state:
+/// `state`) decided on: the same spec (no other rotate changed it) and the
+/// same state in its status, though the controller may have written other
+/// fields of it since.
+fn decided_on_the_same(
+    read: &KSASigningKeyRotation,
+    fresh: &KSASigningKeyRotation,
+    state: &RotationState,
+) -> bool {
+    let spec = |resource: &KSASigningKeyRotation| serde_json::to_value(&resource.spec).ok();
+    read.metadata.generation == fresh.metadata.generation
+        && spec(read).is_some()
+        && spec(read) == spec(fresh)
+        && fresh.state().ok().as_ref() == Some(state)
 }
 
 fn conflict_is_busy(error: kube::Error) -> Failure {
@@ -1074,6 +1112,41 @@ fn structured(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A conflict from the controller's own status write is made again; one
+    /// from another rotate's spec, or a state that moved, is not.
+    #[test]
+    fn a_conflict_is_retried_only_when_nothing_decided_on_changed() {
+        let now: jiff::Timestamp = "2026-11-30T10:05:00Z".parse().expect("a time");
+        let state = RotationState::settled(KeyVersion::new(2));
+        let read: KSASigningKeyRotation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ksa.dev/v1alpha1",
+            "kind": "KSASigningKeyRotation",
+            "metadata": {"name": "c", "namespace": "c", "generation": 4, "resourceVersion": "10"},
+            "spec": {"keyVersion": 2},
+        }))
+        .expect("a rotation");
+        let mut read = read;
+        read.status = Some(RotationStatus::of(&state, None, None, None, now));
+        let mut fresh = read.clone();
+        fresh.metadata.resource_version = Some("11".into());
+        fresh.status = Some(RotationStatus::of(
+            &state,
+            None,
+            Some("done".into()),
+            None,
+            now,
+        ));
+        assert!(decided_on_the_same(&read, &fresh, &state));
+        let mut other_rotate = fresh.clone();
+        other_rotate.metadata.generation = Some(5);
+        other_rotate.spec.key_version = 3;
+        assert!(!decided_on_the_same(&read, &other_rotate, &state));
+        let moved = RotationState::settled(KeyVersion::new(3));
+        let mut progressed = fresh.clone();
+        progressed.status = Some(RotationStatus::of(&moved, None, None, None, now));
+        assert!(!decided_on_the_same(&read, &progressed, &state));
+    }
 
     #[test]
     fn status_text_says_the_step_since_when_and_what_it_waits_for() {
