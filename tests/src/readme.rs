@@ -36,6 +36,18 @@ pub fn helm() -> Result<PathBuf> {
     Ok(helm)
 }
 
+/// A `helm` command that reads and writes none of the user's repositories,
+/// configuration or cache (its homes under the temporary directory).
+pub fn helm_command() -> Result<std::process::Command> {
+    let mut command = std::process::Command::new(helm()?);
+    let home = std::env::temp_dir();
+    command
+        .env("HELM_CONFIG_HOME", home.join("ksa-helm-config"))
+        .env("HELM_CACHE_HOME", home.join("ksa-helm-cache"))
+        .env("HELM_DATA_HOME", home.join("ksa-helm-data"));
+    Ok(command)
+}
+
 /// The shell blocks of the install guide (docs/install.md, which README's
 /// "A first rotation" sums up), in order.
 pub fn readme_install_blocks() -> Result<Vec<String>> {

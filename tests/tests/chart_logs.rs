@@ -3,31 +3,20 @@
 //! `logs.level` its `KSA_LOG`, and a format the controller does not know is
 //! refused by the chart's schema.
 
-use std::process::Command;
-
 use anyhow::{Context as _, Result, ensure};
 use clap::Parser as _;
 use ksa_controller::run::{LogFormat, RunArgs};
-use ksa_tests::readme::{helm, workspace};
+use ksa_tests::readme::{helm_command, workspace};
 use serde_json::Value;
 
 /// `helm template` of the chart with these `--set` values: the controller
 /// Deployment, or helm's error.
 fn deployment(values: &[&str]) -> Result<Value> {
     let chart = workspace().join("charts").join("ksa");
-    let mut command = Command::new(helm()?);
+    let mut command = helm_command()?;
     command
         .args(["template", "ksa", "--namespace", "ksa-system"])
-        .arg(&chart)
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("ksa-helm-config"),
-        )
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("ksa-helm-cache"),
-        )
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("ksa-helm-data"));
+        .arg(&chart);
     for value in values {
         command.args(["--set", value]);
     }

@@ -85,18 +85,8 @@ fn chart() -> PathBuf {
 /// Runs helm and returns its standard output, or fails with its standard
 /// error.
 fn run_helm(args: &[&str]) -> Result<String> {
-    let out = Command::new(helm()?)
+    let out = ksa_tests::readme::helm_command()?
         .args(args)
-        // No user's repositories or cache.
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("ksa-helm-config"),
-        )
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("ksa-helm-cache"),
-        )
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("ksa-helm-data"))
         .output()
         .context("running helm")?;
     ensure!(

@@ -509,20 +509,11 @@ async fn fleet_view(scenario: &Scenario) -> Result<()> {
 /// helm's error.
 fn helm_template(values: &[&str]) -> Result<std::result::Result<String, String>> {
     let chart = ksa_tests::readme::workspace().join("charts").join("ksa");
-    let mut command = std::process::Command::new(ksa_tests::readme::helm()?);
+    let mut command = ksa_tests::readme::helm_command()?;
     command
         .args(["template", "ksa-a"])
         .arg(chart)
-        .args(["--namespace", "ksa-system"])
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("ksa-helm-config"),
-        )
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("ksa-helm-cache"),
-        )
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("ksa-helm-data"));
+        .args(["--namespace", "ksa-system"]);
     for value in values {
         command.args(["--set", value]);
     }

@@ -35,10 +35,10 @@ use crate::bench::{number, result, run_json, write_report};
 /// the set-up installs).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-pub fn run(quick: bool) -> Result<()> {
-    let root = crate::root();
-    let environment = crate::control_plane::environment()?;
-    crate::run(crate::cargo().args([
+/// Builds the release `ksa`, `ksa-controller` and the bench programs
+/// `benches` (of ksa-tests) that drive them.
+fn build_release(benches: &[&str]) -> Result<()> {
+    let mut args = vec![
         "build",
         "--release",
         "-p",
@@ -51,13 +51,17 @@ pub fn run(quick: bool) -> Result<()> {
         "ksa",
         "--bin",
         "ksa-controller",
-        "--bin",
-        "ksa-bench-refresh",
-        "--bin",
-        "ksa-bench-rollout",
-        "--bin",
-        "ksa-bench-fleet",
-    ]))?;
+    ];
+    for bench in benches {
+        args.extend(["--bin", bench]);
+    }
+    crate::run(crate::cargo().args(args))
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let root = crate::root();
+    let environment = crate::control_plane::environment()?;
+    build_release(&["ksa-bench-refresh", "ksa-bench-rollout", "ksa-bench-fleet"])?;
     let bin = |name: &str| root.join("target/release").join(name);
     let secrets: &[&str] = if quick {
         &["200", "1000"]
@@ -106,22 +110,7 @@ pub fn run(quick: bool) -> Result<()> {
 pub fn fleet(quick: bool) -> Result<()> {
     let root = crate::root();
     let environment = crate::control_plane::environment()?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "ksa-cli",
-        "-p",
-        "ksa-controller",
-        "-p",
-        "ksa-tests",
-        "--bin",
-        "ksa",
-        "--bin",
-        "ksa-controller",
-        "--bin",
-        "ksa-bench-fleet",
-    ]))?;
+    build_release(&["ksa-bench-fleet"])?;
     let results = fleet_results(&fleet_run(quick, &environment)?)?;
     write_report(&root.join("target/bench"), results)
 }
